@@ -1,0 +1,39 @@
+//! Prints the streamops CRDs as YAML, or writes them into a directory.
+//!
+//! `crdgen` prints all CRDs as one multi-document stream (pipe it to
+//! `kubectl apply -f -`); `crdgen --write DIR` writes one file per CRD.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use streamops_crds::schema::{CRD_FILES, crds, to_yaml};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let write_dir = match args.as_slice() {
+        [] => None,
+        [flag, dir] if flag == "--write" => Some(PathBuf::from(dir)),
+        _ => {
+            eprintln!("usage: crdgen [--write DIR]");
+            return ExitCode::from(2);
+        }
+    };
+    for (crd, file) in crds().iter().zip(CRD_FILES) {
+        let yaml = match to_yaml(crd) {
+            Ok(y) => y,
+            Err(e) => {
+                eprintln!("crdgen: cannot render {file}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match &write_dir {
+            Some(dir) => {
+                if let Err(e) = std::fs::write(dir.join(file), yaml) {
+                    eprintln!("crdgen: cannot write {}: {e}", dir.join(file).display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    ExitCode::SUCCESS
+}

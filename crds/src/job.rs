@@ -1,0 +1,825 @@
+//! `StreamJob`: a keyed, windowed aggregation from Kafka to Kafka.
+//!
+//! Every optional field has its default applied in code ([`StreamJobSpec::defaulted`]),
+//! never in the CRD schema, so GitOps diffs only ever show what a user wrote.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    common::KafkaClusterSpec,
+    duration::DurationSpec,
+    validate::{FieldError, Validation},
+};
+
+/// Aggregation names become JSON field names in the output record.
+pub const AGGREGATION_NAME_PATTERN: &str = r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$";
+/// Output record fields the runtime writes itself; aggregations may not shadow them.
+pub const RESERVED_OUTPUT_FIELDS: [&str; 4] = ["key", "windowStart", "windowEnd", "final"];
+/// Checkpoint/savepoint storage URL schemes the runtime can write to.
+pub const STORAGE_SCHEMES: [&str; 4] = ["file", "s3", "gs", "az"];
+
+/// Annotations users (or Argo CD actions) set on a StreamJob. Actions set
+/// annotations, never spec fields, so Argo CD self-heal does not revert them.
+pub mod annotation {
+    /// Any new value requests a savepoint now (the "savepoint now" action
+    /// writes a timestamp). Same effect as changing `spec.savepointNonce`.
+    pub const SAVEPOINT_REQUEST: &str = "streamops.io/savepoint-request";
+    /// `"true"`: suspend the job (stop with a savepoint) whatever `spec.state`
+    /// says. Removing it resumes.
+    pub const SUSPEND: &str = "streamops.io/suspend";
+    /// `"true"`: reconciliation is paused; nothing is created, changed or stopped.
+    pub const PAUSED: &str = "streamops.io/paused";
+}
+
+/// A keyed, windowed aggregation over event time, run as one runtime pod per
+/// group of source partitions, writing its results exactly once.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "streamops.io",
+    version = "v1alpha1",
+    kind = "StreamJob",
+    namespaced,
+    status = "StreamJobStatus",
+    shortname = "sjob",
+    shortname = "sj",
+    category = "streamops",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".status.parallelism"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Savepoint",
+        type_ = "string",
+        json_path = ".status.lastSavepoint.id",
+        priority = 1
+    ),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobSpec {
+    /// Runtime image. Absent: the operator's configured runtime image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    pub source: SourceSpec,
+    pub pipeline: PipelineSpec,
+    pub sink: SinkSpec,
+    /// Where records later than `pipeline.allowedLateness` go. Absent: they are
+    /// counted (`streamops_records_late_total`) and not written anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_events: Option<SinkSpec>,
+    /// Where records that cannot be decoded or evaluated go, with the reason in
+    /// a header. Absent: they are counted and not written anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<SinkSpec>,
+    /// Most runtime pods to run. Absent: one per source partition. Never more
+    /// than the source partition count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub parallelism: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
+    /// How a spec change reaches running pods. Absent: `savepoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_mode: Option<UpgradeMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeSpec>,
+    /// Absent: `running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// Change to any new value to take a savepoint now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+    /// Kafka cluster. Absent: the operator's default cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<KafkaClusterSpec>,
+    /// Resources of each runtime container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Strategic-merge-style overrides for the runtime pod template
+    /// (labels, annotations, nodeSelector, tolerations, affinity, ...).
+    /// Security settings the operator enforces (non-root, read-only root
+    /// filesystem) cannot be loosened here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub pod_template: Option<serde_json::Value>,
+}
+
+fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Names of StreamTopic resources in this namespace to read.
+    #[schemars(length(min = 1, max = 16))]
+    pub topics: Vec<String>,
+    /// Absent: `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<RecordFormat>,
+    pub event_time: EventTimeSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkSpec>,
+    /// Where to start when there is no checkpoint or savepoint. Absent: `earliest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_from: Option<StartPosition>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordFormat {
+    /// One JSON object per record value.
+    #[default]
+    Json,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTimeSpec {
+    /// CEL expression over `record` giving the event time, e.g. `record.ts`.
+    #[schemars(length(min = 1))]
+    pub field: String,
+    /// Absent: `epochMillis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TimeFormat>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TimeFormat {
+    #[default]
+    EpochMillis,
+    EpochSeconds,
+    /// RFC 3339 string, e.g. `2026-11-22T14:00:00.250Z`.
+    Rfc3339,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WatermarkSpec {
+    /// Bounded out-of-orderness: the watermark trails the highest event time
+    /// seen on a partition by this much. Absent: `0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_orderness: Option<DurationSpec>,
+    /// A partition with no records for this long (wall time) stops holding the
+    /// watermark back. Absent: never (exact, wall-clock-independent output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<DurationSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineSpec {
+    /// CEL expression over `record`; records for which it is false are skipped
+    /// (and counted). Absent: keep every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub filter: Option<String>,
+    /// CEL expressions over `record` whose values form the grouping key.
+    #[schemars(length(min = 1, max = 8))]
+    pub key_by: Vec<String>,
+    pub window: WindowSpec,
+    /// How long after a window closes late records still update it (and
+    /// re-emit it). Later records go to `lateEvents`. Absent: `0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_lateness: Option<DurationSpec>,
+    #[schemars(length(min = 1, max = 32))]
+    pub aggregations: Vec<AggregationSpec>,
+    /// Absent: `onWindowClose`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit: Option<EmitMode>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowSpec {
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// Window length (tumbling, sliding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<DurationSpec>,
+    /// Distance between window starts (sliding only); at most `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<DurationSpec>,
+    /// Inactivity that closes a session (session only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<DurationSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WindowKind {
+    Tumbling,
+    Sliding,
+    Session,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregationSpec {
+    /// Output field name.
+    #[schemars(regex(pattern = AGGREGATION_NAME_PATTERN))]
+    pub name: String,
+    pub function: AggregateFunction,
+    /// CEL expression over `record` for the aggregated value; required for
+    /// every function but `count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub field: Option<String>,
+    /// How many entries `topK` keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub k: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AggregateFunction {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    DistinctCount,
+    TopK,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EmitMode {
+    /// One final result per key and window when the watermark passes its end
+    /// (plus updates for allowed-late records).
+    #[default]
+    OnWindowClose,
+    /// A result after every record that changes a window, then a final one.
+    OnUpdate,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    /// Name of a StreamTopic resource in this namespace.
+    #[schemars(length(min = 1))]
+    pub topic: String,
+    /// Absent: `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<RecordFormat>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Absent: `10s`. Results become visible once per interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationSpec>,
+    /// `file:///path`, `s3://bucket/prefix`, `gs://...`, `az://...`. Absent:
+    /// the operator's configured default storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub storage: Option<String>,
+    /// Savepoints kept in history (the newest is never removed). Absent: 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub savepoints_to_keep: Option<i32>,
+    /// Savepoints older than this are removed (the newest is never removed).
+    /// Absent: kept until `savepointsToKeep` pushes them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_max_age: Option<DurationSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMode {
+    /// Stop with a savepoint, start the new version from it (default).
+    #[default]
+    Savepoint,
+    /// Stop, start the new version from the last committed checkpoint.
+    LastState,
+    /// Stop, start the new version with empty state from the committed offsets.
+    Stateless,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// How long every pod has to finish stop-with-savepoint. Absent: `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_timeout: Option<DurationSpec>,
+    /// How long a new version has to become healthy before it is rolled back.
+    /// Absent: `120s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout: Option<DurationSpec>,
+    /// Roll back to the last stable spec when the new version is not healthy
+    /// in time. Absent: `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<bool>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum JobState {
+    #[default]
+    Running,
+    /// Stopped with a savepoint; resumes from it when set back to `running`.
+    Suspended,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// Savepoint location to start from (first deployment only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub from_savepoint: Option<String>,
+    /// Allow starting with empty state when there is nothing to restore or the
+    /// change is state-incompatible. Absent: `false` (refuse, never silently
+    /// start from nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_empty_state: Option<bool>,
+}
+
+/// Where a job is in its life; `status.phase`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum JobPhase {
+    Deploying,
+    Running,
+    Savepointing,
+    Upgrading,
+    Suspended,
+    RollingBack,
+    Failed,
+}
+
+/// A savepoint (or the checkpoint a rollout restored from).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointRecord {
+    pub id: String,
+    /// Storage URL of its manifest.
+    pub location: String,
+    /// Input offsets it resumes from, as `topic/partition` -> next offset.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offsets: BTreeMap<String, i64>,
+    pub time: Time,
+    /// The job generation that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+}
+
+/// The operator's write-ahead record of an upgrade in flight: written before
+/// any pod is stopped, so an operator restart resumes (or unwinds) it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeIntent {
+    pub savepoint_id: String,
+    pub target_generation: i64,
+    /// The spec being rolled out (schemaless, like `lastStableSpec`).
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub spec: StreamJobSpec,
+    pub started: Time,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// Runtime pods running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i32>,
+    /// Partitions of the source topics, summed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_partitions: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint: Option<SavepointRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoint_history: Vec<SavepointRecord>,
+    /// The last spec that ran healthy; rollback target. Stored schemaless so
+    /// that a status written under an older CRD stays readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub last_stable_spec: Option<StreamJobSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stable_generation: Option<i64>,
+    /// A generation that failed to become healthy and was rolled back; not
+    /// retried until the spec changes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeIntent>,
+    /// The savepoint nonce (spec field or annotation) last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_savepoint_request: Option<String>,
+    /// Records behind the source's end, summed over partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+/// Defaults, applied in code and documented here and in the README.
+pub mod defaults {
+    pub const CHECKPOINT_INTERVAL_MS: u64 = 10_000;
+    pub const SAVEPOINTS_TO_KEEP: i32 = 5;
+    pub const SAVEPOINT_TIMEOUT_MS: u64 = 60_000;
+    pub const HEALTH_TIMEOUT_MS: u64 = 120_000;
+}
+
+impl StreamJobSpec {
+    /// The spec with every default filled in: what the operator compares to
+    /// classify a change, and what the runtime executes.
+    pub fn defaulted(&self) -> StreamJobSpec {
+        let mut s = self.clone();
+        s.source.format.get_or_insert_default();
+        s.source.event_time.format.get_or_insert_default();
+        s.source.start_from.get_or_insert_default();
+        let wm = s.source.watermark.get_or_insert(WatermarkSpec {
+            out_of_orderness: None,
+            idle_timeout: None,
+        });
+        wm.out_of_orderness
+            .get_or_insert_with(|| DurationSpec::from_millis(0));
+        s.pipeline
+            .allowed_lateness
+            .get_or_insert_with(|| DurationSpec::from_millis(0));
+        s.pipeline.emit.get_or_insert_default();
+        for sink in [Some(&mut s.sink), s.late_events.as_mut(), s.dead_letter.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            sink.format.get_or_insert_default();
+        }
+        let cp = s.checkpoint.get_or_insert(CheckpointSpec {
+            interval: None,
+            storage: None,
+            savepoints_to_keep: None,
+            savepoint_max_age: None,
+        });
+        cp.interval
+            .get_or_insert_with(|| DurationSpec::from_millis(defaults::CHECKPOINT_INTERVAL_MS));
+        cp.savepoints_to_keep.get_or_insert(defaults::SAVEPOINTS_TO_KEEP);
+        s.upgrade_mode.get_or_insert_default();
+        let up = s.upgrade.get_or_insert(UpgradeSpec {
+            savepoint_timeout: None,
+            health_timeout: None,
+            rollback: None,
+        });
+        up.savepoint_timeout
+            .get_or_insert_with(|| DurationSpec::from_millis(defaults::SAVEPOINT_TIMEOUT_MS));
+        up.health_timeout
+            .get_or_insert_with(|| DurationSpec::from_millis(defaults::HEALTH_TIMEOUT_MS));
+        up.rollback.get_or_insert(true);
+        s.state.get_or_insert_default();
+        let restore = s.restore.get_or_insert(RestoreSpec {
+            from_savepoint: None,
+            allow_empty_state: None,
+        });
+        restore.allow_empty_state.get_or_insert(false);
+        s
+    }
+
+    pub fn allows_empty_state(&self) -> bool {
+        self.restore
+            .as_ref()
+            .and_then(|r| r.allow_empty_state)
+            .unwrap_or(false)
+    }
+
+    /// StreamTopic names this job writes to, with the spec field naming each.
+    fn output_topics(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            Some(("spec.sink.topic", self.sink.topic.as_str())),
+            self.late_events
+                .as_ref()
+                .map(|s| ("spec.lateEvents.topic", s.topic.as_str())),
+            self.dead_letter
+                .as_ref()
+                .map(|s| ("spec.deadLetter.topic", s.topic.as_str())),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+impl WindowSpec {
+    fn validate_into(&self, errors: &mut Vec<FieldError>) {
+        const F: &str = "spec.pipeline.window";
+        let positive = |errors: &mut Vec<FieldError>, name: &str, d: &Option<DurationSpec>| match d {
+            None => errors.push(FieldError::new(
+                format!("{F}.{name}"),
+                format!("required for a {} window", self.kind.as_str()),
+            )),
+            Some(d) if d.as_millis() == 0 => {
+                errors.push(FieldError::new(format!("{F}.{name}"), "must be at least 1ms"))
+            }
+            Some(_) => {}
+        };
+        let forbid = |errors: &mut Vec<FieldError>, name: &str, present: bool| {
+            if present {
+                errors.push(FieldError::new(
+                    format!("{F}.{name}"),
+                    format!("not used by a {} window; remove it", self.kind.as_str()),
+                ));
+            }
+        };
+        match self.kind {
+            WindowKind::Tumbling => {
+                positive(errors, "size", &self.size);
+                forbid(errors, "slide", self.slide.is_some());
+                forbid(errors, "gap", self.gap.is_some());
+            }
+            WindowKind::Sliding => {
+                positive(errors, "size", &self.size);
+                positive(errors, "slide", &self.slide);
+                forbid(errors, "gap", self.gap.is_some());
+                if let (Some(size), Some(slide)) = (&self.size, &self.slide)
+                    && slide.as_millis() > size.as_millis()
+                {
+                    errors.push(FieldError::new(
+                        format!("{F}.slide"),
+                        format!(
+                            "slide {slide} is longer than size {size}; records would fall between windows"
+                        ),
+                    ));
+                }
+            }
+            WindowKind::Session => {
+                positive(errors, "gap", &self.gap);
+                forbid(errors, "size", self.size.is_some());
+                forbid(errors, "slide", self.slide.is_some());
+            }
+        }
+    }
+}
+
+impl WindowKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tumbling => "tumbling",
+            Self::Sliding => "sliding",
+            Self::Session => "session",
+        }
+    }
+}
+
+impl Validation for StreamJobSpec {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        self.pipeline.window.validate_into(&mut errors);
+
+        let mut names = BTreeSet::new();
+        for (i, agg) in self.pipeline.aggregations.iter().enumerate() {
+            let f = format!("spec.pipeline.aggregations[{i}]");
+            if !names.insert(agg.name.as_str()) {
+                errors.push(FieldError::new(
+                    format!("{f}.name"),
+                    format!("duplicate aggregation name {:?}", agg.name),
+                ));
+            }
+            if RESERVED_OUTPUT_FIELDS.contains(&agg.name.as_str()) {
+                errors.push(FieldError::new(
+                    format!("{f}.name"),
+                    format!(
+                        "{:?} is a field the runtime writes itself; pick another name",
+                        agg.name
+                    ),
+                ));
+            }
+            match (agg.function, &agg.field) {
+                (AggregateFunction::Count, _) => {}
+                (func, None) => errors.push(FieldError::new(
+                    format!("{f}.field"),
+                    format!("required for {func:?}: the expression whose values are aggregated"),
+                )),
+                _ => {}
+            }
+            match (agg.function, agg.k) {
+                (AggregateFunction::TopK, None) => {
+                    errors.push(FieldError::new(format!("{f}.k"), "required for topK"))
+                }
+                (AggregateFunction::TopK, Some(_)) | (_, None) => {}
+                (func, Some(_)) => errors.push(FieldError::new(
+                    format!("{f}.k"),
+                    format!("only used by topK, not {func:?}; remove it"),
+                )),
+            }
+        }
+
+        for (i, key) in self.pipeline.key_by.iter().enumerate() {
+            if key.trim().is_empty() {
+                errors.push(FieldError::new(
+                    format!("spec.pipeline.keyBy[{i}]"),
+                    "empty expression",
+                ));
+            }
+        }
+
+        let sources: BTreeSet<&str> = self.source.topics.iter().map(String::as_str).collect();
+        if sources.len() != self.source.topics.len() {
+            errors.push(FieldError::new("spec.source.topics", "a topic is listed twice"));
+        }
+        let mut outputs = BTreeMap::new();
+        for (field, topic) in self.output_topics() {
+            if sources.contains(topic) {
+                errors.push(FieldError::new(
+                    field,
+                    format!("{topic:?} is also a source topic; the job would read its own output"),
+                ));
+            }
+            if let Some(other) = outputs.insert(topic, field) {
+                errors.push(FieldError::new(
+                    field,
+                    format!("{topic:?} is already used by {other}; give each output its own topic"),
+                ));
+            }
+        }
+
+        if let Some(cp) = &self.checkpoint {
+            if let Some(interval) = &cp.interval
+                && interval.as_millis() < 100
+            {
+                errors.push(FieldError::new(
+                    "spec.checkpoint.interval",
+                    "must be at least 100ms (each checkpoint is a Kafka transaction)",
+                ));
+            }
+            if let Some(url) = &cp.storage {
+                let scheme = url.split_once("://").map(|(s, _)| s);
+                if !scheme.is_some_and(|s| STORAGE_SCHEMES.contains(&s)) {
+                    errors.push(FieldError::new(
+                        "spec.checkpoint.storage",
+                        format!(
+                            "{url:?} is not a storage URL; use one of {}",
+                            STORAGE_SCHEMES.map(|s| format!("{s}://")).join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn example() -> StreamJobSpec {
+        serde_json::from_value(serde_json::json!({
+            "source": {"topics": ["clicks"], "eventTime": {"field": "record.ts"}},
+            "pipeline": {
+                "keyBy": ["record.user_id"],
+                "window": {"type": "tumbling", "size": "10s"},
+                "aggregations": [
+                    {"name": "clicks", "function": "count"},
+                    {"name": "spent", "function": "sum", "field": "record.amount"}
+                ]
+            },
+            "sink": {"topic": "clicks-per-user"}
+        }))
+        .unwrap()
+    }
+
+    fn fields(spec: &StreamJobSpec) -> Vec<String> {
+        spec.validate().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_plain_job_is_valid() {
+        assert_eq!(example().validate(), vec![]);
+    }
+
+    #[test]
+    fn defaulting_is_idempotent_and_fills_every_option() {
+        let d = example().defaulted();
+        assert_eq!(d.defaulted(), d);
+        assert_eq!(d.upgrade_mode, Some(UpgradeMode::Savepoint));
+        assert_eq!(d.pipeline.emit, Some(EmitMode::OnWindowClose));
+        let cp = d.checkpoint.as_ref().unwrap();
+        assert_eq!(cp.interval.as_ref().unwrap().as_millis(), 10_000);
+        assert!(!d.allows_empty_state());
+        // Defaulting never changes the validity of a spec.
+        assert_eq!(d.validate(), vec![]);
+    }
+
+    #[test]
+    fn sliding_slide_longer_than_size_is_refused() {
+        let mut s = example();
+        s.pipeline.window = WindowSpec {
+            kind: WindowKind::Sliding,
+            size: Some("10s".parse().unwrap()),
+            slide: Some("20s".parse().unwrap()),
+            gap: None,
+        };
+        assert_eq!(fields(&s), vec!["spec.pipeline.window.slide"]);
+    }
+
+    #[test]
+    fn window_fields_must_match_the_window_type() {
+        let mut s = example();
+        s.pipeline.window = WindowSpec {
+            kind: WindowKind::Session,
+            size: Some("10s".parse().unwrap()),
+            slide: None,
+            gap: Some("0s".parse().unwrap()),
+        };
+        assert_eq!(
+            fields(&s),
+            vec!["spec.pipeline.window.gap", "spec.pipeline.window.size"]
+        );
+    }
+
+    #[test]
+    fn aggregation_mistakes_name_their_field() {
+        let mut s = example();
+        s.pipeline.aggregations.push(AggregationSpec {
+            name: "clicks".into(),
+            function: AggregateFunction::TopK,
+            field: None,
+            k: None,
+        });
+        s.pipeline.aggregations.push(AggregationSpec {
+            name: "final".into(),
+            function: AggregateFunction::Max,
+            field: Some("record.amount".into()),
+            k: Some(3),
+        });
+        assert_eq!(
+            fields(&s),
+            vec![
+                "spec.pipeline.aggregations[2].name",
+                "spec.pipeline.aggregations[2].field",
+                "spec.pipeline.aggregations[2].k",
+                "spec.pipeline.aggregations[3].name",
+                "spec.pipeline.aggregations[3].k",
+            ]
+        );
+    }
+
+    #[test]
+    fn sink_must_differ_from_source_and_other_outputs() {
+        let mut s = example();
+        s.sink.topic = "clicks".into();
+        s.dead_letter = Some(SinkSpec {
+            topic: "clicks".into(),
+            format: None,
+        });
+        assert_eq!(
+            fields(&s),
+            vec![
+                "spec.sink.topic",
+                "spec.deadLetter.topic",
+                "spec.deadLetter.topic"
+            ]
+        );
+    }
+
+    #[test]
+    fn storage_url_scheme_is_checked() {
+        let mut s = example();
+        s.checkpoint = Some(CheckpointSpec {
+            interval: Some("50ms".parse().unwrap()),
+            storage: Some("/var/lib/checkpoints".into()),
+            savepoints_to_keep: None,
+            savepoint_max_age: None,
+        });
+        assert_eq!(
+            fields(&s),
+            vec!["spec.checkpoint.interval", "spec.checkpoint.storage"]
+        );
+    }
+}
