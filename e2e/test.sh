@@ -6,10 +6,11 @@
 # checkout under $STREAMOPS_CACHE, then runs, in order:
 #   1. cargo fmt --check, cargo clippy -D warnings
 #   2. unit and property tests (no cluster, no broker)
-#   3. API tests against a real etcd + kube-apiserver
-#   4. the single-node cluster smoke test (real kubelet + containerd pods)
+#   3. Argo CD health/action scripts (Lua table tests)
+#   4. API tests against a real etcd + kube-apiserver
+#   5. the single-node cluster smoke test (real kubelet + containerd pods)
 # Needs root (containerd, iptables, mounts). Stages can be picked with
-# STREAMOPS_STAGES="lint unit api smoke" (default: all).
+# STREAMOPS_STAGES="lint unit chart api smoke" (default: all).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +18,7 @@ root=$(cd "$here/.." && pwd)
 export STREAMOPS_CACHE=${STREAMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamops}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
 export CARGO_TERM_COLOR=never
-stages=${STREAMOPS_STAGES:-lint unit api smoke}
+stages=${STREAMOPS_STAGES:-lint unit chart api smoke}
 cd "$root"
 
 declare -a timings=()
@@ -47,6 +48,11 @@ fi
 
 if wants unit; then
   stage unit cargo test --workspace --exclude streamops-e2e --locked
+fi
+
+if wants chart; then
+  command -v lua5.4 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4; }
+  stage argocd-lua lua5.4 charts/streamops/argocd/tests/run.lua
 fi
 
 if wants api; then
