@@ -11,6 +11,7 @@ demo:
 test:
 	e2e/test.sh
 
-## Regenerate the committed CRD YAML from the Rust types.
+## Regenerate the committed CRD YAML (crds/ and the chart's copy) from the Rust types.
 crds:
 	cargo run -q -p streamops-crds --bin crdgen -- --write crds
+	cargo run -q -p streamops-crds --bin crdgen -- --write charts/streamops/crds

@@ -63,6 +63,10 @@ if wants api; then
     trap "'$here/cluster/cluster.sh' down || true" RETURN
     export STREAMOPS_KUBECONFIG=$state/kubeconfig
     cargo test -p streamops-e2e --locked --test api
+    # The Helm chart with Helm's own engine (helm-sdkpy; no helm binary here).
+    python3 -c 'import helm_sdkpy' 2>/dev/null ||
+      pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
+    python3 "$here/chart/test_chart.py"
     # The same through kubectl, as a user would: CRDs, then the examples.
     local ns=kubectl-apply-$$
     KUBECONFIG=$STREAMOPS_KUBECONFIG kubectl apply -f crds/

@@ -22,7 +22,7 @@ use crate::{
 /// Aggregation names become JSON field names in the output record.
 pub const AGGREGATION_NAME_PATTERN: &str = r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$";
 /// Output record fields the runtime writes itself; aggregations may not shadow them.
-pub const RESERVED_OUTPUT_FIELDS: [&str; 4] = ["key", "windowStart", "windowEnd", "final"];
+pub const RESERVED_OUTPUT_FIELDS: [&str; 5] = ["key", "windowStart", "windowEnd", "final", "firing"];
 /// Checkpoint/savepoint storage URL schemes the runtime can write to.
 pub const STORAGE_SCHEMES: [&str; 4] = ["file", "s3", "gs", "az"];
 

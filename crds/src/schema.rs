@@ -129,13 +129,18 @@ mod tests {
 
     #[test]
     fn committed_yaml_matches_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        for (crd, file) in crds().iter().zip(CRD_FILES) {
-            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-            assert!(
-                committed == to_yaml(crd).unwrap(),
-                "crds/{file} is out of date: run `cargo run -p streamops-crds --bin crdgen -- --write crds`"
-            );
+        // The same files live in crds/ (kubectl apply -f crds/) and in the
+        // Helm chart's crds/ directory; both must match the types.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in [root.to_path_buf(), root.join("../charts/streamops/crds")] {
+            for (crd, file) in crds().iter().zip(CRD_FILES) {
+                let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                assert!(
+                    committed == to_yaml(crd).unwrap(),
+                    "{} is out of date: run `make crds`",
+                    dir.join(file).display()
+                );
+            }
         }
     }
 }

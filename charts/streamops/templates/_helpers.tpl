@@ -1,0 +1,36 @@
+{{- define "streamops.name" -}}streamops-operator{{- end -}}
+
+{{- define "streamops.fullname" -}}
+{{- if contains "streamops" .Release.Name -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-streamops-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamops.labels" -}}
+app.kubernetes.io/name: {{ include "streamops.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "streamops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "streamops.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "streamops.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "streamops.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamops.watchNamespace" -}}
+{{- if eq .Values.installMode "namespaced" -}}
+{{- default .Release.Namespace .Values.watchNamespace -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Chart tests with Helm's real engine (helm-sdkpy bundles Helm's Go library;
+there is no helm binary in the registries these machines reach).
+
+Against the cluster named by STREAMOPS_KUBECONFIG:
+  - the chart lints clean;
+  - bad values are refused by values.schema.json before anything is applied;
+  - install in both modes creates the ServiceAccount, least-privilege RBAC and
+    a hardened Deployment; upgrade changes it; uninstall removes it and
+    leaves the CRDs (and so every StreamTopic/StreamJob) in place.
+Whether the operator then becomes Ready is proven on the full node
+(e2e/smoke), where its image can run.
+"""
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import helm_sdkpy as helm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHART = os.path.join(ROOT, "charts", "streamops")
+KUBECONFIG = os.environ.get("STREAMOPS_KUBECONFIG")
+
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name} {detail}")
+
+
+def sync(result):
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result
+
+
+def kubectl(*args):
+    out = subprocess.run(["kubectl", "--kubeconfig", KUBECONFIG, *args], capture_output=True, text=True)
+    return out.returncode, out.stdout, out.stderr
+
+
+def get(kind, name, ns=None):
+    args = ["get", kind, name, "-o", "json"] + (["-n", ns] if ns else [])
+    rc, out, _ = kubectl(*args)
+    return json.loads(out) if rc == 0 else None
+
+
+def main():
+    if not KUBECONFIG:
+        sys.exit("STREAMOPS_KUBECONFIG is not set: run through `make test` or start e2e/cluster/cluster.sh")
+
+    lint = sync(helm.Lint(helm.Configuration(namespace="default")).run(CHART))
+    errors = [m for m in lint.get("Messages", []) if m.get("Severity", 0) >= 2]
+    check("chart lints without warnings or errors", not errors and not lint.get("Errors"), str(lint))
+
+    ns = "chart-" + uuid.uuid4().hex[:6]
+    cfg = helm.Configuration(namespace=ns, kubeconfig=KUBECONFIG)
+    for bad, why in [
+        ({"replicaCount": 0}, "replicaCount"),
+        ({"installMode": "everywhere"}, "installMode"),
+        ({"kafka": {"bootstrapServers": "no port"}}, "bootstrapServers"),
+        ({"typoed": True}, "typoed"),
+    ]:
+        try:
+            sync(helm.Install(cfg).run("bad", CHART, values=bad, create_namespace=True, wait=False))
+            check(f"values {bad} refused", False, "install succeeded")
+        except helm.HelmError as e:
+            check(f"values {bad} refused, naming {why}", why in str(e), str(e))
+
+    release = "streamops"
+    values = {"kafka": {"bootstrapServers": "10.244.0.1:9092"}, "replicaCount": 2,
+              "image": {"repository": "localhost/streamops-operator", "tag": "dev", "pullPolicy": "Never"}}
+    sync(helm.Install(cfg).run(release, CHART, values=values, create_namespace=True, wait=False))
+    dep = get("deployment", "streamops-operator", ns)
+    check("install creates the operator Deployment", dep is not None)
+    if dep:
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        check("2 replicas with leader election", dep["spec"]["replicas"] == 2 and
+              any(e["name"] == "STREAMOPS_LEADER_ELECTION" and e["value"] == "true" for e in c["env"]))
+        check("pod runs as non-root with seccomp RuntimeDefault",
+              pod["securityContext"]["runAsNonRoot"] is True and
+              pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault")
+        sc = c["securityContext"]
+        check("read-only root filesystem, no privilege escalation, no capabilities",
+              sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"])
+        check("default bootstrap passed to the operator",
+              {"name": "STREAMOPS_KAFKA_BOOTSTRAP", "value": "10.244.0.1:9092"} in c["env"])
+    role = get("clusterrole", "streamops-operator")
+    check("cluster mode grants a ClusterRole", role is not None)
+    if role:
+        verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+        check("secrets: get only (no list/watch)", verbs.get(("", "secrets")) == {"get"}, str(verbs.get(("", "secrets"))))
+        check("no wildcard verbs or resources",
+              all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in role["rules"]))
+        check("never deletes streamops resources",
+              all("delete" not in v for (g, r), v in verbs.items() if g == "streamops.io"))
+    rc, _, err = kubectl("auth", "can-i", "list", "secrets", "--as", f"system:serviceaccount:{ns}:streamops-operator", "-A")
+    check("the ServiceAccount cannot list secrets", rc != 0, err)
+    rc, _, _ = kubectl("auth", "can-i", "patch", "streamtopics.streamops.io/status", "--as",
+                       f"system:serviceaccount:{ns}:streamops-operator", "-n", "default")
+    check("the ServiceAccount can patch StreamTopic status anywhere", rc == 0)
+
+    values["replicaCount"] = 1
+    sync(helm.Upgrade(cfg).run(release, CHART, values=values, wait=False))
+    dep = get("deployment", "streamops-operator", ns)
+    check("upgrade changes the Deployment", dep is not None and dep["spec"]["replicas"] == 1)
+
+    sync(helm.Uninstall(cfg).run(release, wait=False))
+    check("uninstall removes the Deployment", get("deployment", "streamops-operator", ns) is None)
+    check("uninstall removes the ClusterRole", get("clusterrole", "streamops-operator") is None)
+    check("uninstall leaves the CRDs", get("crd", "streamtopics.streamops.io") is not None and
+          get("crd", "streamjobs.streamops.io") is not None)
+
+    # Namespaced mode: a Role in the watched namespace, no ClusterRole.
+    watched = ns + "-apps"
+    kubectl("create", "namespace", watched)
+    sync(helm.Install(cfg).run(release, CHART, values={"installMode": "namespaced", "watchNamespace": watched},
+                               wait=False))
+    check("namespaced mode grants no ClusterRole", get("clusterrole", "streamops-operator") is None)
+    check("namespaced mode grants a Role in the watched namespace", get("role", "streamops-operator", watched) is not None)
+    rc, _, _ = kubectl("auth", "can-i", "patch", "streamtopics.streamops.io/status", "--as",
+                       f"system:serviceaccount:{ns}:streamops-operator", "-n", "default")
+    check("namespaced mode cannot touch other namespaces", rc != 0)
+    sync(helm.Uninstall(cfg).run(release, wait=False))
+    kubectl("delete", "namespace", ns, watched, "--wait=false")
+
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
