@@ -28,7 +28,7 @@ impl DurationSpec {
     }
 
     pub fn from_millis(ms: u64) -> Self {
-        let text = if ms % 1000 == 0 {
+        let text = if ms.is_multiple_of(1000) {
             format!("{}s", ms / 1000)
         } else {
             format!("{ms}ms")

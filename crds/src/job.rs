@@ -41,6 +41,9 @@ pub mod annotation {
 
 /// A keyed, windowed aggregation over event time, run as one runtime pod per
 /// group of source partitions, writing its results exactly once.
+// `printcolumn(...)` repeats keys such as `type_` by design; clippy reads them
+// as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "streamops.io",

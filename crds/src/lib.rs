@@ -4,6 +4,7 @@
 //! Shared by the operator (which reconciles them) and the runtime (which
 //! executes a job's compiled spec), so neither keeps a copy.
 
+pub mod change;
 pub mod common;
 pub mod duration;
 pub mod job;

@@ -37,6 +37,9 @@ pub mod annotation {
 /// configs are reverted on the next resync; changes Kafka cannot do (fewer
 /// partitions, a new name) are refused with `Stalled=True` and the topic is
 /// left untouched.
+// `printcolumn(...)` repeats keys such as `type_` by design; clippy reads them
+// as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "streamops.io",

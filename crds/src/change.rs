@@ -1,0 +1,275 @@
+//! What a StreamJob spec change means for a running job: a pure function of
+//! the old and new spec, compared after defaulting (so writing out a default
+//! is never a change).
+//!
+//! The operator uses it to decide what to do before touching anything; the
+//! runtime uses [`state_compatibility`] to refuse restoring a savepoint into a
+//! pipeline that would misread it.
+//!
+//! # State-compatibility matrix
+//!
+//! State is keyed by (input partition, group key, window) and holds one
+//! accumulator per aggregation name. A change is compatible when every piece
+//! of restored state still means what the new pipeline thinks it means:
+//!
+//! | Change | Verdict | Why |
+//! |---|---|---|
+//! | `pipeline.keyBy` | incompatible | state is keyed by the old key |
+//! | `pipeline.window` (type, size, slide, gap) | incompatible | open windows have the old bounds |
+//! | aggregation added | compatible | open windows start it empty |
+//! | aggregation removed | compatible | its accumulators are dropped |
+//! | aggregation's `function`, `field` or `k` changed | incompatible | the accumulator holds something else |
+//! | `pipeline.filter`, `allowedLateness`, `emit` | compatible | they act on records not yet seen |
+//! | `source.eventTime`, `source.watermark` | compatible | watermarks are kept per partition; new records use the new rule |
+//! | `source.topics` added or removed | compatible | added topics start at `startFrom`; removed ones stop being read |
+//! | sink, late-events, dead-letter topics, formats | compatible | outputs only |
+//! | `parallelism` | compatible | state is per input partition and moves with it |
+//! | image, resources, pod template, cluster, checkpoint settings | compatible | not part of state |
+//!
+//! An incompatible change is refused (`Stalled`, before any savepoint) unless
+//! `spec.restore.allowEmptyState` is true, in which case the new version
+//! starts with empty state from the committed input offsets.
+
+use std::collections::BTreeMap;
+
+use crate::job::{AggregationSpec, JobState, StreamJobSpec};
+
+/// What the operator must do to go from the running spec to the new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Nothing that running pods see changed (timeouts, retention, restore
+    /// hints, the upgrade mode itself): update status only.
+    Ignore,
+    /// Only `parallelism` changed: savepoint, restart with new partition
+    /// owners, restore.
+    Rescale,
+    /// Anything the pods run changed: savepoint (per `upgradeMode`), roll out
+    /// the new spec, restore.
+    Upgrade,
+    /// `state` went to `suspended`: stop with a savepoint, run nothing.
+    Suspend,
+    /// `state` went back to `running`: start from the suspend savepoint (and
+    /// apply whatever else changed meanwhile).
+    Resume,
+}
+
+/// Whether state written by the old pipeline can be restored into the new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compatibility {
+    Compatible,
+    /// Each entry names a field and why its state cannot carry over.
+    Incompatible(Vec<String>),
+}
+
+impl Compatibility {
+    pub fn is_compatible(&self) -> bool {
+        matches!(self, Self::Compatible)
+    }
+}
+
+/// The verdict on one spec change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecChange {
+    pub kind: ChangeKind,
+    pub compatibility: Compatibility,
+    /// The new spec asked for a savepoint (a new `savepointNonce`).
+    pub savepoint_requested: bool,
+}
+
+/// Classifies the change from `old` (what runs) to `new` (what the spec says).
+pub fn classify(old: &StreamJobSpec, new: &StreamJobSpec) -> SpecChange {
+    let (old, new) = (old.defaulted(), new.defaulted());
+    let savepoint_requested = new.savepoint_nonce.is_some() && new.savepoint_nonce != old.savepoint_nonce;
+    let compatibility = state_compatibility(&old, &new);
+    let kind = match (old.state, new.state) {
+        (Some(JobState::Running), Some(JobState::Suspended)) => ChangeKind::Suspend,
+        (Some(JobState::Suspended), Some(JobState::Running)) => ChangeKind::Resume,
+        _ if runtime_view(&old) != runtime_view(&new) => ChangeKind::Upgrade,
+        _ if old.parallelism != new.parallelism => ChangeKind::Rescale,
+        _ => ChangeKind::Ignore,
+    };
+    SpecChange {
+        kind,
+        compatibility,
+        savepoint_requested,
+    }
+}
+
+/// The part of a (defaulted) spec that running pods execute: everything but
+/// parallelism, lifecycle requests and operator-side settings.
+fn runtime_view(spec: &StreamJobSpec) -> StreamJobSpec {
+    let mut view = spec.clone();
+    view.parallelism = None;
+    view.state = None;
+    view.savepoint_nonce = None;
+    view.restore = None;
+    view.upgrade_mode = None;
+    view.upgrade = None;
+    if let Some(cp) = view.checkpoint.as_mut() {
+        cp.savepoints_to_keep = None;
+        cp.savepoint_max_age = None;
+    }
+    view
+}
+
+/// Applies the matrix in the module documentation.
+pub fn state_compatibility(old: &StreamJobSpec, new: &StreamJobSpec) -> Compatibility {
+    let mut reasons = Vec::new();
+    if old.pipeline.key_by != new.pipeline.key_by {
+        reasons.push(format!(
+            "spec.pipeline.keyBy changed ({:?} -> {:?}): state is keyed by the old key",
+            old.pipeline.key_by, new.pipeline.key_by
+        ));
+    }
+    if old.pipeline.window != new.pipeline.window {
+        reasons.push("spec.pipeline.window changed: open windows have the old bounds".to_owned());
+    }
+    let by_name = |aggs: &[AggregationSpec]| -> BTreeMap<String, AggregationSpec> {
+        aggs.iter().map(|a| (a.name.clone(), a.clone())).collect()
+    };
+    let (old_aggs, new_aggs) = (
+        by_name(&old.pipeline.aggregations),
+        by_name(&new.pipeline.aggregations),
+    );
+    for (name, new_agg) in &new_aggs {
+        if let Some(old_agg) = old_aggs.get(name)
+            && old_agg != new_agg
+        {
+            reasons.push(format!(
+                "aggregation {name:?} changed its function, field or k: its state holds something else \
+                 (give the new aggregation a new name to start it empty)"
+            ));
+        }
+    }
+    if reasons.is_empty() {
+        Compatibility::Compatible
+    } else {
+        Compatibility::Incompatible(reasons)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{AggregateFunction, WindowKind};
+
+    fn base() -> StreamJobSpec {
+        serde_json::from_value(serde_json::json!({
+            "source": {"topics": ["clicks"], "eventTime": {"field": "record.ts"}},
+            "pipeline": {
+                "keyBy": ["record.user_id"],
+                "window": {"type": "tumbling", "size": "10s"},
+                "aggregations": [{"name": "clicks", "function": "count"}]
+            },
+            "sink": {"topic": "out"}
+        }))
+        .unwrap()
+    }
+
+    fn change(edit: impl FnOnce(&mut StreamJobSpec)) -> SpecChange {
+        let old = base();
+        let mut new = base();
+        edit(&mut new);
+        classify(&old, &new)
+    }
+
+    #[test]
+    fn writing_out_a_default_is_not_a_change() {
+        let c = change(|s| s.upgrade_mode = Some(crate::job::UpgradeMode::Savepoint));
+        assert_eq!(c.kind, ChangeKind::Ignore);
+        let c = change(|s| *s = s.defaulted());
+        assert_eq!(c.kind, ChangeKind::Ignore);
+        assert!(c.compatibility.is_compatible());
+    }
+
+    #[test]
+    fn operator_side_settings_are_ignored() {
+        for edit in [
+            (|s: &mut StreamJobSpec| s.upgrade_mode = Some(crate::job::UpgradeMode::Stateless)) as fn(&mut _),
+            |s| {
+                s.restore = Some(crate::job::RestoreSpec {
+                    from_savepoint: None,
+                    allow_empty_state: Some(true),
+                })
+            },
+            |s| {
+                s.checkpoint = Some(crate::job::CheckpointSpec {
+                    interval: None,
+                    storage: None,
+                    savepoints_to_keep: Some(9),
+                    savepoint_max_age: None,
+                })
+            },
+        ] {
+            assert_eq!(change(edit).kind, ChangeKind::Ignore);
+        }
+    }
+
+    #[test]
+    fn parallelism_alone_is_a_rescale() {
+        let c = change(|s| s.parallelism = Some(2));
+        assert_eq!(c.kind, ChangeKind::Rescale);
+        assert!(c.compatibility.is_compatible());
+    }
+
+    #[test]
+    fn an_upgrade_wins_over_a_rescale() {
+        let c = change(|s| {
+            s.parallelism = Some(2);
+            s.image = Some("runtime:v2".into());
+        });
+        assert_eq!(c.kind, ChangeKind::Upgrade);
+    }
+
+    #[test]
+    fn adding_an_aggregation_is_a_compatible_upgrade() {
+        let c = change(|s| {
+            s.pipeline.aggregations.push(AggregationSpec {
+                name: "spent".into(),
+                function: AggregateFunction::Sum,
+                field: Some("record.amount".into()),
+                k: None,
+            })
+        });
+        assert_eq!(c.kind, ChangeKind::Upgrade);
+        assert_eq!(c.compatibility, Compatibility::Compatible);
+    }
+
+    #[test]
+    fn changing_key_window_or_an_aggregation_is_incompatible() {
+        let key = change(|s| s.pipeline.key_by = vec!["record.page".into()]);
+        let window = change(|s| s.pipeline.window.kind = WindowKind::Session);
+        let agg = change(|s| s.pipeline.aggregations[0].function = AggregateFunction::Max);
+        for c in [&key, &window, &agg] {
+            assert_eq!(c.kind, ChangeKind::Upgrade);
+            assert!(!c.compatibility.is_compatible(), "{c:?}");
+        }
+        let Compatibility::Incompatible(reasons) = key.compatibility else {
+            unreachable!()
+        };
+        assert!(reasons[0].starts_with("spec.pipeline.keyBy"), "{reasons:?}");
+    }
+
+    #[test]
+    fn suspend_and_resume_are_lifecycle_changes() {
+        assert_eq!(
+            change(|s| s.state = Some(JobState::Suspended)).kind,
+            ChangeKind::Suspend
+        );
+        let mut suspended = base();
+        suspended.state = Some(JobState::Suspended);
+        let mut resumed = base();
+        resumed.image = Some("runtime:v2".into());
+        assert_eq!(classify(&suspended, &resumed).kind, ChangeKind::Resume);
+    }
+
+    #[test]
+    fn a_new_nonce_requests_a_savepoint_without_restarting() {
+        let c = change(|s| s.savepoint_nonce = Some("2026-11-22T15:00:00Z".into()));
+        assert_eq!(c.kind, ChangeKind::Ignore);
+        assert!(c.savepoint_requested);
+        let mut old = base();
+        old.savepoint_nonce = Some("a".into());
+        assert!(!classify(&old, &old.clone()).savepoint_requested);
+    }
+}
