@@ -1,0 +1,574 @@
+#!/usr/bin/env bash
+# A local single-node Kubernetes 1.20 (or just etcd + kube-apiserver) and a
+# Kafka-compatible broker (nisshi), from binaries built by install.sh.
+# Needs root. See e2e/README.md.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+E2E=$(cd "$HERE/.." && pwd)
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+
+: "${STREAMOPS_NODE_IP:=10.244.0.1}"       # bridge gateway; apiserver, kubelet and broker address
+: "${STREAMOPS_BRIDGE:=cni0}"
+: "${STREAMOPS_NODE_NAME:=streamops-node}"
+: "${STREAMOPS_APISERVER_PORT:=6443}"
+: "${STREAMOPS_ETCD_PORT:=2379}"
+: "${STREAMOPS_BROKER_PORT:=9092}"
+: "${STREAMOPS_BROKER_STORAGE:=memory://nisshi/}"   # nisshi --storage-engine, e.g. sqlite://FILE
+: "${STREAMOPS_UP_TIMEOUT:=180}"
+POD_CIDR=${STREAMOPS_NODE_IP%.*}.0/24    # the node's pods: NODE_IP's /24
+POD_PREFIX=24
+CLUSTER_CIDR=$POD_CIDR
+SERVICE_CIDR=10.96.0.0/12
+SERVICE_IP=10.96.0.1
+BRIDGE=$STREAMOPS_BRIDGE
+CNI_NET=streamops
+
+PKI=$STATE/pki
+LOGS=$STATE/logs
+PIDS=$STATE/pids
+KUBECONFIG_ADMIN=$STATE/kubeconfig
+CTRD_DIR=$STATE/containerd
+CTRD_SOCK=$CTRD_DIR/containerd.sock
+APISERVER_URL=https://127.0.0.1:$STREAMOPS_APISERVER_PORT
+
+usage() {
+  cat <<EOF
+Usage: $0 <command> [options]
+
+Commands:
+  up --control-plane  etcd + kube-apiserver on 127.0.0.1 only (envtest-style, no node)
+  up                  full single node: etcd, apiserver, controller-manager, scheduler,
+                      containerd, CNI bridge, kubelet, kube-proxy; waits for node Ready
+  down [--purge]      stop everything started from \$STATE (incl. the broker), remove
+                      containers, mounts, netns, iptables rules and the $BRIDGE bridge.
+                      --purge also deletes \$STATE (certs, image store). Safe to repeat.
+  status              what runs, node state, where the logs are
+  broker up|down      start/stop nisshi on 0.0.0.0:$STREAMOPS_BROKER_PORT advertising
+                      $STREAMOPS_NODE_IP:$STREAMOPS_BROKER_PORT (reachable from pods and host);
+                      the bootstrap address is printed and written to \$STATE/bootstrap
+  kubectl ARGS...     kubectl against this cluster
+  env                 print export lines (KUBECONFIG, STREAMOPS_BOOTSTRAP)
+
+Files:
+  \$STATE=$STATE (STREAMOPS_STATE)
+  kubeconfig  \$STATE/kubeconfig (admin, static token)
+  logs        \$STATE/logs/<component>.log
+  cache       $CACHE (STREAMOPS_CACHE; filled by install.sh)
+
+Environment: STREAMOPS_STATE, STREAMOPS_CACHE, STREAMOPS_NODE_IP ($STREAMOPS_NODE_IP; pods get its /24),
+  STREAMOPS_BRIDGE ($STREAMOPS_BRIDGE), STREAMOPS_NODE_NAME ($STREAMOPS_NODE_NAME),
+  STREAMOPS_APISERVER_PORT ($STREAMOPS_APISERVER_PORT), STREAMOPS_ETCD_PORT ($STREAMOPS_ETCD_PORT),
+  STREAMOPS_BROKER_PORT ($STREAMOPS_BROKER_PORT), STREAMOPS_BROKER_STORAGE ($STREAMOPS_BROKER_STORAGE),
+  STREAMOPS_UP_TIMEOUT ($STREAMOPS_UP_TIMEOUT s)
+EOF
+}
+
+# --- helpers ---------------------------------------------------------------
+
+kc() { "$(kubectl_bin)" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+
+pid_of() { local f=$PIDS/$1.pid; [[ -f $f ]] && cat "$f"; }
+alive() { local p; p=$(pid_of "$1") && [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+
+# start NAME CMD... : run in its own session, log to $LOGS/NAME.log, pid in $PIDS/NAME.pid
+start() {
+  local name=$1; shift
+  if alive "$name"; then log "$name already running (pid $(pid_of "$name"))"; return 0; fi
+  [[ -x $1 ]] || command -v "$1" >/dev/null || die "$name: $1 not found (run e2e/cluster/install.sh)"
+  mkdir -p "$LOGS" "$PIDS"
+  printf '\n=== %s start: %s\n' "$(date -Is)" "$*" >>"$LOGS/$name.log"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+  log "started $name (pid $!, log $LOGS/$name.log)"
+}
+
+# stop NAME... : TERM all, wait up to 10 s, then KILL the rest.
+stop() {
+  local name p i pids=() names=()
+  for name in "$@"; do
+    p=$(pid_of "$name") || continue
+    if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
+      kill -TERM "$p" 2>/dev/null || true
+      pids+=("$p"); names+=("$name")
+    fi
+  done
+  for ((i = 0; i < 50; i++)); do
+    local any=0
+    for p in ${pids[@]+"${pids[@]}"}; do kill -0 "$p" 2>/dev/null && any=1; done
+    ((any)) || break
+    sleep 0.2
+  done
+  for i in "${!pids[@]}"; do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} did not stop on TERM; KILL"; kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+    log "stopped ${names[$i]} (pid ${pids[$i]})"
+  done
+  for name in "$@"; do rm -f "$PIDS/$name.pid"; done
+}
+
+# wait_for WHAT TIMEOUT CMD... : poll until CMD succeeds
+wait_for() {
+  local what=$1 timeout=$2 t0=$SECONDS; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS - t0 > timeout)); then die "timed out after ${timeout}s waiting for $what (logs: $LOGS)"; fi
+    sleep 1
+  done
+}
+
+check_alive() {
+  local n
+  for n in "$@"; do
+    alive "$n" || { tail -30 "$LOGS/$n.log" >&2 || true; die "$n exited (log: $LOGS/$n.log)"; }
+  done
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# --- PKI, tokens, kubeconfigs ------------------------------------------------
+
+gen_pki() {
+  mkdir -p "$PKI"; chmod 700 "$PKI"
+  if [[ ! -f $PKI/ca.crt ]]; then
+    log "generating CA and service-account keys in $PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=streamops-e2e-ca" \
+      -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  fi
+  # The serving cert is re-issued when the address set changes.
+  local sans="IP:127.0.0.1,IP:$STREAMOPS_NODE_IP,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  if [[ ! -f $PKI/apiserver.crt || $(cat "$PKI/apiserver.sans" 2>/dev/null) != "$sans" ]]; then
+    log "issuing apiserver serving certificate ($sans)"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+      -keyout "$PKI/apiserver.key" -out "$PKI/apiserver.csr" 2>/dev/null
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n' "$sans" >"$PKI/apiserver.ext"
+    openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$PKI/apiserver.ext" -out "$PKI/apiserver.crt" 2>/dev/null
+    echo "$sans" >"$PKI/apiserver.sans"
+  fi
+  if [[ ! -f $PKI/tokens.csv ]]; then
+    t() { openssl rand -hex 16; }
+    # token,user,uid,"group1,group2"
+    {
+      echo "$(t),admin,admin,system:masters"
+      echo "$(t),system:kube-controller-manager,kcm,system:masters"
+      echo "$(t),system:kube-scheduler,ksched,"
+      echo "$(t),system:kube-proxy,kproxy,"
+      echo "$(t),system:node:$STREAMOPS_NODE_NAME,kubelet,system:nodes"
+    } >"$PKI/tokens.csv"
+    chmod 600 "$PKI/tokens.csv"
+  fi
+}
+
+token_for() { awk -F, -v u="$1" '$2 == u { print $1 }' "$PKI/tokens.csv"; }
+
+write_kubeconfig() { # FILE USER
+  local file=$1 user=$2 token
+  token=$(token_for "$user"); [[ -n $token ]] || die "no token for $user in $PKI/tokens.csv"
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: streamops-e2e
+  cluster:
+    server: $APISERVER_URL
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: $user
+  user:
+    token: $token
+contexts:
+- name: streamops-e2e
+  context: {cluster: streamops-e2e, user: $user}
+current-context: streamops-e2e
+EOF
+  chmod 600 "$file"
+}
+
+# --- components ----------------------------------------------------------------
+
+start_etcd() {
+  mkdir -p "$STATE/etcd"; chmod 700 "$STATE/etcd"
+  local peer=$((STREAMOPS_ETCD_PORT + 1))
+  start etcd etcd --name streamops --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$STREAMOPS_ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$STREAMOPS_ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$peer" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "streamops=http://127.0.0.1:$peer" \
+    --listen-metrics-urls "" --log-level warn
+}
+
+start_apiserver() { # MODE
+  local bind=127.0.0.1 adv=()
+  if [[ $1 == full ]]; then bind=0.0.0.0; adv=(--advertise-address="$STREAMOPS_NODE_IP"); fi
+  start kube-apiserver "$KBIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$STREAMOPS_ETCD_PORT" \
+    --bind-address="$bind" --secure-port="$STREAMOPS_APISERVER_PORT" --insecure-port=0 "${adv[@]}" \
+    --cert-dir="$PKI/apiserver-certs" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --token-auth-file="$PKI/tokens.csv" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --allow-privileged=true \
+    --kubelet-preferred-address-types=InternalIP \
+    --profiling=false --v=1
+}
+
+apiserver_ready() {
+  curl -fsS --max-time 3 --cacert "$PKI/ca.crt" -H "Authorization: Bearer $(token_for admin)" \
+    "$APISERVER_URL/readyz" 2>/dev/null | grep -qx ok
+}
+
+ensure_bridge() {
+  # The CNI bridge plugin creates cni0 on the first pod; we create it up front
+  # so the apiserver, kubelet and broker can use its gateway address at once.
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    log "creating bridge $BRIDGE with $STREAMOPS_NODE_IP/$POD_PREFIX"
+    ip link add "$BRIDGE" type bridge
+  fi
+  ip -4 addr show dev "$BRIDGE" | grep -q "inet $STREAMOPS_NODE_IP/" \
+    || ip addr add "$STREAMOPS_NODE_IP/$POD_PREFIX" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+}
+
+write_containerd_config() {
+  mkdir -p "$CTRD_DIR/root" "$CTRD_DIR/state" "$STATE/cni/net.d" "$STATE/cni/ipam"
+  cat >"$CTRD_DIR/config.toml" <<EOF
+version = 2
+root = "$CTRD_DIR/root"
+state = "$CTRD_DIR/state"
+oom_score = 0
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "$CTRD_SOCK"
+
+[ttrpc]
+  address = "$CTRD_SOCK.ttrpc"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:local"
+  # Without this every sandbox fails with "can't get final child's PID from pipe".
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni/net.d"
+    max_conf_num = 1
+EOF
+  cat >"$STATE/cni/net.d/10-$CNI_NET.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "$CNI_NET",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$STATE/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$STREAMOPS_NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+}
+
+ctr_() { ctr --address "$CTRD_SOCK" -n k8s.io "$@"; }
+
+import_pause() {
+  if ctr_ images ls -q 2>/dev/null | grep -qx 'localhost/pause:local'; then return 0; fi
+  local tar=$STATE/images/pause.tar
+  python3 "$E2E/images/mkimage.py" --tag localhost/pause:local --out "$tar" \
+    --file "$KBIN/pause:/pause" --entrypoint /pause --user 65535:65535 >/dev/null 2>&1 \
+    || die "building the pause image failed (python3 $E2E/images/mkimage.py)"
+  ctr_ images import "$tar" >/dev/null || die "ctr images import $tar failed"
+  log "imported localhost/pause:local"
+}
+
+# --- up / down -----------------------------------------------------------------
+
+check_binaries() {
+  local b
+  for b in "$@"; do [[ -x $KBIN/$b ]] || die "$KBIN/$b missing: run e2e/cluster/install.sh first"; done
+  command -v etcd >/dev/null || die "etcd missing: run e2e/cluster/install.sh first"
+}
+
+cmd_up() {
+  local mode=full
+  case ${1:-} in
+    --control-plane) mode=control-plane ;;
+    "") ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "up: unknown option $1" ;;
+  esac
+  need_root "cluster.sh up"
+  local t0=$SECONDS cur
+  cur=$(cat "$STATE/mode" 2>/dev/null || true)
+  if [[ -n $cur && $cur != "$mode" ]] && alive kube-apiserver; then
+    die "a $cur cluster is already running from $STATE; run '$0 down' first"
+  fi
+  if [[ $mode == full ]]; then
+    check_binaries kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause
+    command -v containerd >/dev/null && command -v runc >/dev/null && [[ -x /usr/lib/cni/bridge ]] \
+      || die "containerd/runc/CNI plugins missing: run e2e/cluster/install.sh first"
+    [[ $(stat -fc %T /sys/fs/cgroup) != cgroup2fs ]] || log "note: cgroup v2 host; kubelet 1.20 with cgroupfs may misbehave"
+  else
+    check_binaries kube-apiserver
+  fi
+  mkdir -p "$STATE" "$LOGS" "$PIDS"
+  echo "$mode" >"$STATE/mode"
+  gen_pki
+  write_kubeconfig "$KUBECONFIG_ADMIN" admin
+
+  start_etcd
+  wait_for etcd 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$STREAMOPS_ETCD_PORT"
+  [[ $mode == full ]] && ensure_bridge
+  start_apiserver "$mode"
+  local tw=$SECONDS
+  until apiserver_ready; do
+    check_alive etcd kube-apiserver
+    ((SECONDS - tw < STREAMOPS_UP_TIMEOUT)) || die "kube-apiserver not ready after ${STREAMOPS_UP_TIMEOUT}s (log: $LOGS/kube-apiserver.log)"
+    sleep 1
+  done
+  log "kube-apiserver ready on $APISERVER_URL"
+
+  if [[ $mode == full ]]; then
+    write_kubeconfig "$STATE/controller-manager.kubeconfig" system:kube-controller-manager
+    write_kubeconfig "$STATE/scheduler.kubeconfig" system:kube-scheduler
+    write_kubeconfig "$STATE/kube-proxy.kubeconfig" system:kube-proxy
+    write_kubeconfig "$STATE/kubelet.kubeconfig" "system:node:$STREAMOPS_NODE_NAME"
+    start kube-controller-manager "$KBIN/kube-controller-manager" \
+      --kubeconfig="$STATE/controller-manager.kubeconfig" \
+      --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+      --leader-elect=false --controllers='*,-nodeipam' --port=0 \
+      --bind-address=127.0.0.1 --secure-port=0 --v=1
+    start kube-scheduler "$KBIN/kube-scheduler" \
+      --kubeconfig="$STATE/scheduler.kubeconfig" --leader-elect=false \
+      --port=0 --bind-address=127.0.0.1 --secure-port=0 --v=1
+
+    write_containerd_config
+    start containerd containerd --config "$CTRD_DIR/config.toml"
+    wait_for containerd 30 ctr --address "$CTRD_SOCK" version
+    import_pause
+
+    mkdir -p "$STATE/kubelet"
+    start kubelet "$KBIN/kubelet" \
+      --kubeconfig="$STATE/kubelet.kubeconfig" \
+      --hostname-override="$STREAMOPS_NODE_NAME" --node-ip="$STREAMOPS_NODE_IP" \
+      --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" \
+      --volume-plugin-dir="$STATE/kubelet/volume-plugins" \
+      --seccomp-profile-root="$STATE/kubelet/seccomp" \
+      --container-runtime=remote --container-runtime-endpoint="unix://$CTRD_SOCK" \
+      --runtime-request-timeout=5m \
+      --fail-swap-on=false --cgroup-driver=cgroupfs \
+      --pod-infra-container-image=localhost/pause:local \
+      --cgroups-per-qos=false --enforce-node-allocatable= --eviction-hard= \
+      --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
+      --cluster-domain=cluster.local --read-only-port=0 \
+      --healthz-bind-address=127.0.0.1 --v=1
+    start kube-proxy "$KBIN/kube-proxy" \
+      --kubeconfig="$STATE/kube-proxy.kubeconfig" --proxy-mode=iptables \
+      --hostname-override="$STREAMOPS_NODE_NAME" --cluster-cidr="$CLUSTER_CIDR" \
+      --conntrack-max-per-core=0 --metrics-bind-address=127.0.0.1:10249 \
+      --healthz-bind-address=127.0.0.1:10256 --v=1
+
+    log "waiting for node $STREAMOPS_NODE_NAME to be Ready"
+    tw=$SECONDS
+    until [[ $(kc get node "$STREAMOPS_NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]; do
+      check_alive etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy
+      ((SECONDS - tw < STREAMOPS_UP_TIMEOUT)) || die "node not Ready after ${STREAMOPS_UP_TIMEOUT}s (logs: $LOGS)"
+      sleep 1
+    done
+    # Pods get ServiceAccount tokens only once the default SA exists.
+    wait_for "default ServiceAccount" 60 kc get serviceaccount default -n default
+    kc get nodes -o wide
+  fi
+  log "cluster ($mode) up in $((SECONDS - t0)) s"
+  echo "KUBECONFIG=$KUBECONFIG_ADMIN"
+}
+
+# Every mount below our state dir, deepest first.
+our_mounts() {
+  awk -v s="$STATE/" '{ m = $2; gsub(/\\040/, " ", m); if (index(m, s) == 1) print m }' /proc/self/mounts | sort -r
+}
+
+cmd_down() {
+  local purge=0
+  case ${1:-} in --purge) purge=1 ;; "") ;; -h|--help) usage; exit 0 ;; *) die "down: unknown option $1" ;; esac
+  need_root "cluster.sh down"
+  [[ -d $STATE ]] || { log "nothing to do: $STATE does not exist"; return 0; }
+  local mode; mode=$(cat "$STATE/mode" 2>/dev/null || true)
+  stop broker kubelet kube-proxy kube-scheduler kube-controller-manager
+
+  # Pod sandboxes and containers: kill tasks, remember their network namespaces.
+  local netns=() id ns
+  if [[ -S $CTRD_SOCK ]] && ctr --address "$CTRD_SOCK" version >/dev/null 2>&1; then
+    for id in $(ctr_ containers ls -q 2>/dev/null); do
+      ns=$(ctr_ containers info "$id" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    spec = json.load(sys.stdin).get("Spec") or {}
+    for n in (spec.get("linux") or {}).get("namespaces") or []:
+        if n.get("type") == "network" and n.get("path"): print(n["path"])
+except Exception: pass' || true)
+      [[ -n $ns ]] && echo "$ns" >>"$STATE/netns.list"
+      ctr_ tasks kill -s KILL "$id" >/dev/null 2>&1 || true
+    done
+    sleep 0.5
+    for id in $(ctr_ containers ls -q 2>/dev/null); do
+      ctr_ tasks delete -f "$id" >/dev/null 2>&1 || true
+      ctr_ containers delete "$id" >/dev/null 2>&1 || true
+    done
+  fi
+  stop containerd
+  # Leftover shims of our containerd (they outlive it by design).
+  local p
+  for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $CTRD_SOCK" || true); do
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  stop kube-apiserver
+  stop etcd
+
+  # Mounts: kubelet volumes (secret tmpfs), container rootfs, sandbox shm, netns.
+  local m
+  for m in $(our_mounts); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"; done
+  # Pod network namespaces (bind mounts under /run/netns, named in the sandbox specs;
+  # the list survives an interrupted down).
+  [[ -f $STATE/netns.list ]] && mapfile -t netns < <(sort -u "$STATE/netns.list")
+  for ns in ${netns[@]+"${netns[@]}"}; do
+    ns=$(realpath -m "$ns")
+    if grep -q " $ns nsfs " /proc/self/mounts; then umount "$ns" 2>/dev/null || umount -l "$ns" 2>/dev/null || true; fi
+    rm -f "$ns" 2>/dev/null || log "could not remove $ns"
+  done
+  # Network: bridge, CNI masquerade chains, kube-proxy and kubelet chains.
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE" && log "deleted bridge $BRIDGE"; fi
+  if [[ $mode == full ]]; then
+    [[ -x $KBIN/kube-proxy ]] && "$KBIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+    clean_iptables
+    # Pod logs kubelet writes to fixed host paths.
+    rm -rf /var/log/pods/* /var/log/containers/* 2>/dev/null || true
+  fi
+
+  rm -rf "$PIDS" "$STATE/netns.list" "$STATE/etcd" "$STATE/kubelet" "$CTRD_DIR/state" "$STATE/cni/ipam" "$STATE/bootstrap" "$STATE/mode"
+  if ((purge)); then
+    local left; left=$(our_mounts)
+    [[ -z $left ]] || die "still mounted under $STATE, not purging: $left"
+    rm -rf "$STATE"; log "down; purged $STATE"
+    return 0
+  fi
+  log "down (logs kept in $LOGS)"
+}
+
+# Remove rules in the built-in chains that jump to KUBE-*/CNI-* chains, then
+# those chains. Assumes no other Kubernetes/CNI runs on this host.
+clean_iptables() {
+  command -v iptables >/dev/null || return 0
+  local table rule chain
+  for table in nat filter mangle; do
+    iptables -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' | while read -r rule; do
+      # shellcheck disable=SC2086
+      eval "iptables -t $table ${rule/-A/-D}" 2>/dev/null || true
+    done || true
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-)/ { print $2 }'); do
+      iptables -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-)/ { print $2 }'); do
+      iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+}
+
+cmd_status() {
+  local n
+  echo "state:  $STATE  (mode: $(cat "$STATE/mode" 2>/dev/null || echo none))"
+  echo "logs:   $LOGS/<component>.log"
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy broker; do
+    if alive "$n"; then printf '  %-24s running (pid %s)\n' "$n" "$(pid_of "$n")"
+    elif [[ -f $PIDS/$n.pid ]]; then printf '  %-24s DEAD (see %s)\n' "$n" "$LOGS/$n.log"
+    fi
+  done
+  if alive kube-apiserver && apiserver_ready; then
+    echo "apiserver: ready at $APISERVER_URL; KUBECONFIG=$KUBECONFIG_ADMIN"
+    kc get nodes -o wide 2>/dev/null || true
+  else
+    echo "apiserver: not running"
+  fi
+  if [[ -f $STATE/bootstrap ]]; then echo "broker: $(cat "$STATE/bootstrap")"; fi
+}
+
+cmd_broker() {
+  case ${1:-} in
+    up)
+      need_root "cluster.sh broker up"
+      [[ -x $NISSHI_BIN ]] || die "$NISSHI_BIN missing: run e2e/cluster/install.sh --only nisshi"
+      mkdir -p "$STATE" "$LOGS" "$PIDS"
+      ensure_bridge
+      local addr=$STREAMOPS_NODE_IP:$STREAMOPS_BROKER_PORT
+      if ! alive broker && port_open 127.0.0.1 "$STREAMOPS_BROKER_PORT"; then
+        die "port $STREAMOPS_BROKER_PORT is already in use by another process"
+      fi
+      start broker "$NISSHI_BIN" broker \
+        --listener-url "tcp://0.0.0.0:$STREAMOPS_BROKER_PORT" \
+        --advertised-listener-url "tcp://$addr" \
+        --storage-engine "$STREAMOPS_BROKER_STORAGE"
+      local tw=$SECONDS
+      until port_open "$STREAMOPS_NODE_IP" "$STREAMOPS_BROKER_PORT"; do
+        check_alive broker
+        ((SECONDS - tw < 60)) || die "broker not listening after 60s (log: $LOGS/broker.log)"
+        sleep 0.5
+      done
+      echo "$addr" >"$STATE/bootstrap"
+      log "broker up; bootstrap $addr (also in $STATE/bootstrap)"
+      echo "STREAMOPS_BOOTSTRAP=$addr"
+      ;;
+    down)
+      stop broker
+      rm -f "$STATE/bootstrap"
+      # The bridge stays if the node uses it; 'down' removes it.
+      if [[ $(cat "$STATE/mode" 2>/dev/null) != full ]] && ! alive kubelet && ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link del "$BRIDGE" || true
+      fi
+      ;;
+    *) die "usage: $0 broker up|down" ;;
+  esac
+}
+
+case ${1:-} in
+  up) shift; cmd_up "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  status) cmd_status ;;
+  broker) shift; cmd_broker "$@" ;;
+  kubectl) shift; kc "$@" ;;
+  env)
+    echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+    if [[ -f $STATE/bootstrap ]]; then echo "export STREAMOPS_BOOTSTRAP=$(cat "$STATE/bootstrap")"; fi
+    ;;
+  -h|--help|help) usage ;;
+  "") usage >&2; exit 2 ;;
+  *) usage >&2; die "unknown command: $1" ;;
+esac

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Installs everything the local e2e cluster needs: Debian packages, Kubernetes
+# binaries built from Debian's source package (patched), the pause binary and
+# the nisshi broker. Idempotent; build results are cached outside the checkout.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+
+usage() {
+  cat <<EOF
+Usage: $0 [--only packages|kubernetes|nisshi]... [--help]
+
+Installs the local e2e cluster toolchain (needs root):
+  packages    apt packages: ${APT_PACKAGES[*]}
+  kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+              kube-proxy, kubectl and pause, built from 'apt-get source kubernetes'
+              (v$STREAMOPS_K8S_VERSION) with vendored reflect2 replaced by Debian's 1.0.2
+              -> $KBIN
+  nisshi      Kafka-compatible broker nisshi $STREAMOPS_NISSHI_VERSION (cargo install)
+              -> $NISSHI_BIN
+
+Without --only, does all three. A second run finds the caches and does nothing.
+
+Environment:
+  STREAMOPS_CACHE   cache root (default \${XDG_CACHE_HOME:-\$HOME/.cache}/streamops)
+                    now: $CACHE
+  STREAMOPS_NICE    niceness for the builds (default 10)
+  STREAMOPS_JOBS    parallel jobs for the builds (default: nproc)
+EOF
+}
+
+ONLY=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h|--help) usage; exit 0 ;;
+    --only) [[ $# -ge 2 ]] || die "--only needs an argument"; ONLY+=("$2"); shift 2 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+[[ ${#ONLY[@]} -gt 0 ]] || ONLY=(packages kubernetes nisshi)
+for o in "${ONLY[@]}"; do
+  case $o in packages|kubernetes|nisshi) ;; *) die "unknown component for --only: $o" ;; esac
+done
+want() { local o; for o in "${ONLY[@]}"; do [[ $o == "$1" ]] && return 0; done; return 1; }
+
+NICE=${STREAMOPS_NICE:-10}
+JOBS=${STREAMOPS_JOBS:-$(nproc)}
+
+APT_UPDATED=0
+apt_update_once() {
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    log "apt-get update"
+    apt-get update -qq || die "apt-get update failed (no access to the Debian mirror?)"
+    APT_UPDATED=1
+  fi
+}
+
+install_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  need_root "installing packages (${missing[*]})"
+  apt_update_once
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+# --- Kubernetes ------------------------------------------------------------
+
+k8s_cached() {
+  local b
+  for b in "${K8S_BINARIES[@]}"; do [[ -x $KBIN/$b ]] || return 1; done
+}
+
+ensure_deb_src() {
+  # apt-get source needs a deb-src entry for bookworm.
+  if apt-get source --print-uris kubernetes >/dev/null 2>&1; then return 0; fi
+  need_root "adding a deb-src entry"
+  local f=/etc/apt/sources.list.d/streamops-bookworm-src.sources
+  log "adding deb-src entry $f"
+  cat >"$f" <<'EOS'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOS
+  APT_UPDATED=0
+  apt_update_once
+  apt-get source --print-uris kubernetes >/dev/null 2>&1 \
+    || die "apt-get source kubernetes still unavailable after adding $f"
+}
+
+build_kubernetes() {
+  if k8s_cached; then
+    log "kubernetes $STREAMOPS_K8S_VERSION ($STREAMOPS_K8S_PATCH_TAG) cached in $KBIN"
+    return 0
+  fi
+  ensure_deb_src
+  local src=$K8S_DIR/src
+  rm -rf "$src"; mkdir -p "$src"
+  log "fetching Debian source of kubernetes into $src"
+  (cd "$src" && apt-get source -qq kubernetes >"$K8S_DIR/apt-source.log" 2>&1) \
+    || { tail -20 "$K8S_DIR/apt-source.log" >&2; die "apt-get source kubernetes failed"; }
+  local tree
+  tree=$(find "$src" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -1)
+  [[ -n $tree && -f $tree/Makefile ]] || die "no kubernetes source tree under $src"
+  # Debian versions it 1.20.5+really1.20.2: check the real upstream version
+  # (the tag recorded in the exported tree).
+  grep -q "tag: v$STREAMOPS_K8S_VERSION'" "$tree/hack/lib/version.sh" \
+    || die "source tree $tree is not Kubernetes v$STREAMOPS_K8S_VERSION"
+
+  # Required patch: vendored reflect2 1.0.1 breaks under Go >= 1.18 (the apiserver
+  # rejects custom resources with "metadata.name: Required value", then panics).
+  local r2=/usr/share/gocode/src/github.com/modern-go/reflect2
+  [[ -f $r2/reflect2.go ]] || die "$r2 missing: install golang-github-modern-go-reflect2-dev"
+  log "patching vendor/github.com/modern-go/reflect2 with Debian's copy ($r2)"
+  rm -rf "$tree/vendor/github.com/modern-go/reflect2"
+  cp -rL "$r2" "$tree/vendor/github.com/modern-go/reflect2"
+  rm -f "$tree/vendor/github.com/modern-go/reflect2/go.mod" "$tree/vendor/github.com/modern-go/reflect2/go.sum"
+  find "$tree/vendor/github.com/modern-go/reflect2" -name '*_test.go' -delete
+  rm -rf "$tree/vendor/github.com/modern-go/reflect2/tests"
+
+  log "building kubernetes (nice $NICE, $JOBS jobs; ~5-8 min cold on 2 cores), log: $K8S_DIR/build.log"
+  local t0=$SECONDS
+  (
+    cd "$tree"
+    export GOPATH=$tree/.go GOFLAGS=-mod=vendor GO111MODULE=on
+    export GOMAXPROCS=$JOBS
+    mkdir -p .go/src/k8s.io
+    ln -sfn ../../.. .go/src/k8s.io/kubernetes
+    CGO_ENABLED=0 nice -n "$NICE" make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy cmd/kubectl"
+  ) >"$K8S_DIR/build.log" 2>&1 || { tail -40 "$K8S_DIR/build.log" >&2; die "kubernetes build failed (see $K8S_DIR/build.log)"; }
+
+  local out=$tree/_output/bin tmp=$K8S_DIR/bin.tmp
+  [[ -d $out ]] || out=$tree/_output/local/bin/linux/amd64
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local b
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+    [[ -x $out/$b ]] || die "build did not produce $out/$b"
+    cp "$out/$b" "$tmp/$b"
+  done
+  # The pause binary for the sandbox image.
+  local pv
+  pv=$(sed -n 's/^TAG *?\{0,1\}= *//p' "$tree/build/pause/Makefile" 2>/dev/null || true)
+  gcc -Os -static -DVERSION="${pv:-local}" -o "$tmp/pause" "$tree/build/pause/linux/pause.c" \
+    || die "building pause failed"
+  strip "$tmp/pause" 2>/dev/null || true
+  rm -rf "$KBIN"; mv "$tmp" "$KBIN"
+  # The tree is big (~1.5 GB with build output); keep only the binaries.
+  rm -rf "$src"
+  log "kubernetes built in $((SECONDS - t0)) s -> $KBIN"
+}
+
+# --- nisshi ----------------------------------------------------------------
+
+build_nisshi() {
+  if [[ -x $NISSHI_BIN ]]; then
+    log "nisshi $STREAMOPS_NISSHI_VERSION cached at $NISSHI_BIN"
+    return 0
+  fi
+  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
+  mkdir -p "$NISSHI_ROOT"
+  local logf=$CACHE/nisshi-$STREAMOPS_NISSHI_VERSION.build.log t0=$SECONDS
+  log "cargo install nisshi@$STREAMOPS_NISSHI_VERSION (nice $NICE; ~10-15 min cold), log: $logf"
+  # shellcheck disable=SC2054
+  local args=(install "nisshi@$STREAMOPS_NISSHI_VERSION" --ignore-rust-version
+              --no-default-features --features dynostore,libsql
+              --root "$NISSHI_ROOT" -j "$JOBS")
+  # --locked first (reproducible); without it if the lock file does not resolve.
+  if ! nice -n "$NICE" cargo "${args[@]}" --locked >"$logf" 2>&1; then
+    log "cargo install --locked failed; retrying without --locked"
+    nice -n "$NICE" cargo "${args[@]}" >>"$logf" 2>&1 \
+      || { tail -40 "$logf" >&2; die "cargo install nisshi failed (see $logf)"; }
+  fi
+  [[ -x $NISSHI_BIN ]] || die "cargo install finished but $NISSHI_BIN is missing"
+  log "nisshi built in $((SECONDS - t0)) s -> $NISSHI_BIN"
+}
+
+mkdir -p "$CACHE"
+if want packages; then install_packages "${APT_PACKAGES[@]}"; fi
+if want kubernetes; then
+  install_packages golang-go rsync make gcc libc6-dev dpkg-dev golang-github-modern-go-reflect2-dev
+  build_kubernetes
+fi
+if want nisshi; then
+  install_packages gcc libc6-dev
+  build_nisshi
+fi
+log "done. kubernetes: $KBIN  nisshi: $NISSHI_BIN"

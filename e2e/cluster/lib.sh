@@ -1,0 +1,46 @@
+# shellcheck shell=bash disable=SC2034
+# Shared settings for the e2e cluster scripts. Sourced, not executed.
+#
+# Everything here can be overridden from the environment.
+
+: "${STREAMOPS_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/streamops}"
+: "${STREAMOPS_STATE:=/tmp/streamops-cluster}"
+: "${STREAMOPS_K8S_VERSION:=1.20.2}"
+# Bump the patch tag whenever the way we patch/build Kubernetes changes:
+# it is part of the cache key.
+: "${STREAMOPS_K8S_PATCH_TAG:=reflect2-1.0.2}"
+: "${STREAMOPS_NISSHI_VERSION:=0.7.0}"
+
+CACHE=$STREAMOPS_CACHE
+STATE=$STREAMOPS_STATE
+K8S_DIR=$CACHE/kubernetes-$STREAMOPS_K8S_VERSION-$STREAMOPS_K8S_PATCH_TAG
+KBIN=$K8S_DIR/bin
+NISSHI_ROOT=$CACHE/nisshi-$STREAMOPS_NISSHI_VERSION
+NISSHI_BIN=$NISSHI_ROOT/bin/nisshi
+
+# Binaries the Kubernetes build must produce (kubectl is built too, and used
+# only when no kubectl is on PATH).
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl pause)
+
+# Debian packages the local cluster needs at run time and build time.
+APT_PACKAGES=(
+  etcd-server golang-go rsync containerd runc containernetworking-plugins
+  iptables openssl dpkg-dev conntrack socat gcc libc6-dev make
+  golang-github-modern-go-reflect2-dev ca-certificates python3 iproute2
+  procps util-linux curl
+)
+
+log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [[ $(id -u) -eq 0 ]] || die "$1 needs root (containerd, iptables, mounts, apt). Re-run as root."
+}
+
+# kubectl: the one on PATH (any version >= 1.19 talks to a 1.20 apiserver),
+# else the one we built from the same source tree.
+kubectl_bin() {
+  if command -v kubectl >/dev/null 2>&1; then command -v kubectl
+  elif [[ -x $KBIN/kubectl ]]; then echo "$KBIN/kubectl"
+  else die "no kubectl: run e2e/cluster/install.sh"; fi
+}
