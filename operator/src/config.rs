@@ -1,0 +1,110 @@
+//! Operator-wide settings: every flag has an environment fallback so the
+//! Helm chart can set them either way.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings of `streamops-operator run` (and of [`crate::run`] in tests).
+#[derive(Args, Clone, Debug)]
+pub struct OperatorConfig {
+    /// Default Kafka bootstrap servers, for resources without `spec.cluster`.
+    #[arg(long, env = "STREAMOPS_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: Option<String>,
+    /// Default cluster credentials: `security.protocol` (PLAINTEXT, SSL,
+    /// SASL_PLAINTEXT, SASL_SSL). Used only with `--kafka-bootstrap`.
+    #[arg(long, env = "STREAMOPS_KAFKA_SECURITY_PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+    /// Default cluster credentials: SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    #[arg(long, env = "STREAMOPS_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// Default cluster credentials: file holding the SASL user name (e.g. a mounted Secret).
+    #[arg(long, env = "STREAMOPS_KAFKA_SASL_USERNAME_FILE")]
+    pub kafka_sasl_username_file: Option<PathBuf>,
+    /// Default cluster credentials: file holding the SASL password.
+    #[arg(long, env = "STREAMOPS_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// Default cluster credentials: CA bundle (PEM) file.
+    #[arg(long, env = "STREAMOPS_KAFKA_TLS_CA_FILE")]
+    pub kafka_tls_ca_file: Option<PathBuf>,
+    /// Default cluster credentials: client certificate (PEM) file.
+    #[arg(long, env = "STREAMOPS_KAFKA_TLS_CERT_FILE")]
+    pub kafka_tls_cert_file: Option<PathBuf>,
+    /// Default cluster credentials: client private key (PEM) file.
+    #[arg(long, env = "STREAMOPS_KAFKA_TLS_KEY_FILE")]
+    pub kafka_tls_key_file: Option<PathBuf>,
+    /// Timeout of each Kafka admin request.
+    #[arg(long, env = "STREAMOPS_KAFKA_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_timeout: Duration,
+    /// How often a healthy topic is compared with Kafka again (drift revert).
+    #[arg(long, env = "STREAMOPS_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+    /// First retry delay after a transient failure; doubles per consecutive failure.
+    #[arg(long, env = "STREAMOPS_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay after repeated transient failures.
+    #[arg(long, env = "STREAMOPS_RETRY_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "STREAMOPS_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of the metrics/health HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "STREAMOPS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Elect a leader through a coordination.k8s.io/v1 Lease before acting.
+    #[arg(long, env = "STREAMOPS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "STREAMOPS_LEASE_NAME", default_value = "streamops-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (default: the pod name / host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a Lease stays valid without renewal.
+    #[arg(long, env = "STREAMOPS_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews its Lease.
+    #[arg(long, env = "STREAMOPS_LEASE_RENEW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_renew: Duration,
+    /// Log format.
+    #[arg(long, env = "STREAMOPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            kafka_bootstrap: None,
+            kafka_security_protocol: None,
+            kafka_sasl_mechanism: None,
+            kafka_sasl_username_file: None,
+            kafka_sasl_password_file: None,
+            kafka_tls_ca_file: None,
+            kafka_tls_cert_file: None,
+            kafka_tls_key_file: None,
+            kafka_timeout: Duration::from_secs(10),
+            resync_interval: Duration::from_secs(300),
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            watch_namespace: None,
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            leader_election: true,
+            lease_name: "streamops-operator".into(),
+            lease_namespace: "default".into(),
+            identity: None,
+            lease_duration: Duration::from_secs(15),
+            lease_renew: Duration::from_secs(5),
+            log_format: LogFormat::Text,
+        }
+    }
+}

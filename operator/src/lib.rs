@@ -1,0 +1,139 @@
+//! The streamops operator: controllers that make Kafka and the cluster match
+//! StreamTopic (and, later, StreamJob) resources.
+//!
+//! Layout: `topic/` (plan = pure decisions, controller = observe/act shell),
+//! `kafka/` (client settings, admin calls), `leader` (Lease election),
+//! `http` + `metrics` (observability), `context` (what reconciles share).
+
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod http;
+pub mod kafka;
+pub mod leader;
+pub mod metrics;
+pub mod telemetry;
+pub mod topic;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::Context as _;
+use futures::FutureExt;
+use kube::Client;
+use tracing::{info, warn};
+
+pub use config::OperatorConfig;
+use metrics::Metrics;
+
+/// `streamops-operator run`: in-cluster config (or kubeconfig), stops on
+/// SIGINT/SIGTERM.
+pub async fn run(config: OperatorConfig) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster service account or KUBECONFIG)")?;
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    };
+    run_controllers(client, config, shutdown).await
+}
+
+/// Runs the HTTP server, elects a leader (unless disabled) and runs the
+/// controllers until `shutdown` resolves. Returns an error when leadership is
+/// lost, so the process exits and restarts as a follower.
+pub async fn run_controllers(
+    client: Client,
+    config: OperatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (addr, server) = http::serve(
+        config.http_addr,
+        http::Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    info!(%addr, "serving /metrics, /healthz, /readyz");
+    let shutdown = shutdown.shared();
+
+    let mut elector = if config.leader_election {
+        let identity = config
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("streamops-operator-{}", std::process::id()));
+        let mut elector = leader::LeaderElector::new(
+            client.clone(),
+            &config.lease_namespace,
+            &config.lease_name,
+            &identity,
+            config.lease_duration,
+            config.lease_renew,
+        );
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown.clone() => { server.abort(); return Ok(()); }
+        }
+        Some(elector)
+    } else {
+        None
+    };
+    ready.store(true, Ordering::Relaxed);
+
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = elector.take().map(|mut elector| {
+        tokio::spawn(async move {
+            tokio::select! {
+                () = elector.hold() => { let _ = lost_tx.send(()); }
+                _ = release_rx => elector.release().await,
+            }
+        })
+    });
+    let lost = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let shutdown = shutdown.clone();
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                Ok(()) = lost_rx => lost.store(true, Ordering::SeqCst),
+            }
+        }
+    };
+    topic::controller::run(client, config.clone(), metrics, stop).await;
+    server.abort();
+    if lost.load(Ordering::SeqCst) {
+        anyhow::bail!(
+            "lost leadership (Lease {}/{}): exiting",
+            config.lease_namespace,
+            config.lease_name
+        );
+    }
+    if let Some(holder) = holder {
+        let _ = release_tx.send(());
+        if let Err(e) = holder.await {
+            warn!(error = %e, "lease holder task failed");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Two StreamTopics naming the same Kafka topic on the same cluster: the
+//! older resource (creationTimestamp, then uid) wins; the newer one is
+//! `Stalled` with reason `Conflict` and never touches Kafka.
+
+use std::cmp::Ordering;
+
+use k8s_openapi::jiff::Timestamp;
+use streamops_crds::StreamTopic;
+
+use super::{annotation_is, cluster_key};
+use streamops_crds::topic::annotation;
+
+/// One resource's claim on a Kafka topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub created: Option<Timestamp>,
+    /// Normalised bootstrap servers; empty for the operator's default cluster.
+    pub cluster: String,
+    pub topic: String,
+}
+
+impl Claim {
+    /// The claim a resource makes, or `None` when it claims nothing
+    /// (`streamops.io/managed: "false"`).
+    pub fn of(topic: &StreamTopic) -> Option<Self> {
+        if annotation_is(topic, annotation::MANAGED, "false") {
+            return None;
+        }
+        let pinned = topic
+            .status
+            .as_ref()
+            .filter(|s| s.ownership.is_some())
+            .and_then(|s| s.topic_name.clone());
+        Some(Self {
+            namespace: topic.metadata.namespace.clone().unwrap_or_default(),
+            name: topic.metadata.name.clone().unwrap_or_default(),
+            uid: topic.metadata.uid.clone().unwrap_or_default(),
+            created: topic.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            cluster: cluster_key(topic.spec.cluster.as_ref()),
+            topic: pinned.unwrap_or_else(|| topic.kafka_topic_name()),
+        })
+    }
+
+    /// Seniority: older first; a missing timestamp sorts last; uid breaks ties.
+    fn seniority(&self, other: &Self) -> Ordering {
+        match (self.created, other.created) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        }
+        .then_with(|| self.uid.cmp(&other.uid))
+    }
+}
+
+/// The oldest other claim on the same topic and cluster, if it is older than
+/// `me`: then `me` must stand back.
+pub fn winner_over<'a>(me: &Claim, others: impl IntoIterator<Item = &'a Claim>) -> Option<&'a Claim> {
+    others
+        .into_iter()
+        .filter(|o| o.uid != me.uid && o.topic == me.topic && o.cluster == me.cluster)
+        .filter(|o| o.seniority(me) == Ordering::Less)
+        .min_by(|a, b| a.seniority(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(name: &str, uid: &str, secs: i64, topic: &str) -> Claim {
+        Claim {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: uid.into(),
+            created: Some(Timestamp::from_second(secs).unwrap()),
+            cluster: String::new(),
+            topic: topic.into(),
+        }
+    }
+
+    #[test]
+    fn older_wins_then_uid() {
+        let a = claim("a", "u2", 10, "t");
+        let b = claim("b", "u1", 20, "t");
+        let c = claim("c", "u0", 10, "t");
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(winner_over(&b, &all), Some(&c));
+        assert_eq!(winner_over(&a, &all), Some(&c));
+        assert_eq!(winner_over(&c, &all), None);
+    }
+
+    #[test]
+    fn different_topic_or_cluster_is_no_conflict() {
+        let a = claim("a", "u1", 10, "t");
+        let mut b = claim("b", "u2", 20, "t");
+        let other_topic = claim("c", "u3", 5, "x");
+        let mut other_cluster = claim("d", "u4", 5, "t");
+        other_cluster.cluster = "broker-2:9092".into();
+        assert_eq!(
+            winner_over(&b, &[other_topic.clone(), other_cluster.clone()]),
+            None
+        );
+        b.cluster = "broker-2:9092".into();
+        assert_eq!(winner_over(&b, &[a, other_cluster.clone()]), Some(&other_cluster));
+    }
+}

@@ -1,0 +1,588 @@
+//! The StreamTopic controller shell: observe Kafka, ask [`plan`] what to do,
+//! act, and record the outcome in status (the write-ahead log: ownership is
+//! written before a topic is created, so a restart at any moment resumes).
+
+use std::{future::Future, sync::Arc, time::Instant};
+
+use futures::StreamExt;
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::EventType,
+        finalizer::{self, Event as FinalizerEvent},
+        watcher,
+    },
+};
+use streamops_crds::{
+    Health, StreamTopic, StreamTopicStatus, Validation,
+    topic::{TopicOwnership, annotation},
+};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{
+    annotation_is,
+    conflict::{Claim, winner_over},
+    plan::{
+        self, CleanupInput, CleanupPlan, DesiredTopic, ObservedTopic, RecordedTopic, TopicPlan, TopicUpdate,
+    },
+    status,
+};
+use crate::{
+    context::Context,
+    error::{Error, Result},
+    kafka::{FailureKind, KafkaAdmin},
+};
+
+/// Name of the controller in metrics and logs.
+pub const CONTROLLER: &str = "streamtopic";
+/// Held while the operator may still have to delete the Kafka topic.
+pub const FINALIZER: &str = "streamops.io/topic";
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    config: crate::OperatorConfig,
+    metrics: crate::metrics::Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<StreamTopic> = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let ctx = Context::new(client, config, metrics, controller.store());
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+}
+
+/// One reconciliation, timed and counted.
+pub async fn reconcile(topic: Arc<StreamTopic>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        controller = CONTROLLER,
+        namespace = topic.namespace().unwrap_or_default(),
+        name = topic.name_any(),
+        generation = topic.metadata.generation.unwrap_or_default(),
+    );
+    async move {
+        let started = Instant::now();
+        let ns = topic.namespace().unwrap_or_default();
+        let api: Api<StreamTopic> = Api::namespaced(ctx.client.clone(), &ns);
+        let result = finalizer::finalizer(&api, FINALIZER, topic.clone(), |event| async {
+            match event {
+                FinalizerEvent::Apply(t) => apply(&t, &api, &ctx).await,
+                FinalizerEvent::Cleanup(t) => cleanup(&t, &api, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+            other => Error::Finalizer(Box::new(other)),
+        });
+        ctx.metrics
+            .reconciled(CONTROLLER, result.is_ok(), started.elapsed());
+        match &result {
+            Ok(_) => ctx.reset_backoff(&topic.uid().unwrap_or_default()),
+            Err(e) => ctx.metrics.error(CONTROLLER, e.reason()),
+        }
+        update_managed_gauge(&ctx);
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Transient failures are retried with exponential backoff per object.
+pub fn error_policy(topic: Arc<StreamTopic>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.next_backoff(&topic.uid().unwrap_or_default());
+    warn!(namespace = topic.namespace().unwrap_or_default(), name = topic.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn update_managed_gauge(ctx: &Context) {
+    let (mut created, mut adopted) = (0, 0);
+    for t in ctx.topics.state() {
+        if annotation_is(&t, annotation::MANAGED, "false") {
+            continue;
+        }
+        match t.status.as_ref().and_then(|s| s.ownership) {
+            Some(TopicOwnership::Created) => created += 1,
+            Some(TopicOwnership::Adopted) => adopted += 1,
+            None => {}
+        }
+    }
+    ctx.metrics.set_topics_managed(created, adopted);
+}
+
+fn recorded(topic: &StreamTopic) -> RecordedTopic {
+    let status = topic.status.clone().unwrap_or_default();
+    RecordedTopic {
+        name: status.topic_name,
+        ownership: status.ownership,
+        managed_config_keys: status.managed_config_keys.into_iter().collect(),
+    }
+}
+
+fn desired(topic: &StreamTopic) -> DesiredTopic {
+    DesiredTopic {
+        name: topic.kafka_topic_name(),
+        partitions: topic.spec.partitions,
+        replication_factor: topic.spec.replication_factor,
+        config: topic.spec.config.clone(),
+        adopt: annotation_is(topic, annotation::ADOPT, "true"),
+    }
+}
+
+/// Records `health` with `status`; emits an event when the reason changed
+/// (so a resync that finds the same refusal does not repeat it).
+async fn report(
+    topic: &StreamTopic,
+    api: &Api<StreamTopic>,
+    ctx: &Context,
+    status: StreamTopicStatus,
+    health: Health,
+) -> Result<()> {
+    let changed = status::previous_reason(topic) != Some(health.reason());
+    let new_status = status::with_health(topic, status, &health);
+    status::apply(api, topic, &new_status).await?;
+    if changed {
+        let (type_, action) = match &health {
+            Health::Stalled { .. } => (EventType::Warning, "Refuse"),
+            Health::Reconciling { .. } => (EventType::Normal, "Reconcile"),
+            Health::Ready { .. } => (EventType::Normal, "Reconcile"),
+        };
+        ctx.event(topic, type_, health.reason(), action, health.message().to_owned())
+            .await;
+    }
+    Ok(())
+}
+
+fn base_status(topic: &StreamTopic) -> StreamTopicStatus {
+    topic.status.clone().unwrap_or_default()
+}
+
+async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Result<Action> {
+    let resync = Action::requeue(ctx.config.resync_interval);
+    if annotation_is(topic, annotation::MANAGED, "false") {
+        let health = Health::ready(
+            "Unmanaged",
+            "annotation streamops.io/managed=\"false\": the operator does not touch this topic",
+        );
+        report(topic, api, ctx, base_status(topic), health).await?;
+        return Ok(Action::await_change());
+    }
+    if annotation_is(topic, annotation::PAUSED, "true") {
+        let health = Health::reconciling(
+            "Paused",
+            "annotation streamops.io/paused=\"true\": reconciliation is suspended; remove it to resume",
+        );
+        report(topic, api, ctx, base_status(topic), health).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(message) = topic.spec.validation_message() {
+        report(
+            topic,
+            api,
+            ctx,
+            base_status(topic),
+            Health::stalled("InvalidSpec", message),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(me) = Claim::of(topic) {
+        let claims: Vec<Claim> = ctx.topics.state().iter().filter_map(|t| Claim::of(t)).collect();
+        if let Some(winner) = winner_over(&me, &claims) {
+            let message = format!(
+                "Kafka topic {:?} is already managed by StreamTopic {}/{} (older); delete one of the two resources or \
+                 change spec.topicName",
+                me.topic, winner.namespace, winner.name
+            );
+            report(
+                topic,
+                api,
+                ctx,
+                base_status(topic),
+                Health::stalled("Conflict", message),
+            )
+            .await?;
+            return Ok(resync);
+        }
+    }
+
+    let error = match sync_kafka(topic, api, ctx).await {
+        Ok(action) => return Ok(action),
+        Err(e) => e,
+    };
+    // The failed step may have recorded an intent (ownership before
+    // CreateTopics): build on the latest status, never on the stale one.
+    let latest = api.get_status(&topic.name_any()).await?;
+    let health = if error.is_transient() {
+        Health::reconciling(error.reason(), error.to_string())
+    } else {
+        Health::stalled(error.reason(), error.to_string())
+    };
+    report(&latest, api, ctx, base_status(&latest), health).await?;
+    if error.is_transient() {
+        Err(error)
+    } else {
+        ctx.metrics.error(CONTROLLER, error.reason());
+        Ok(resync)
+    }
+}
+
+async fn admin_for(topic: &StreamTopic, ctx: &Context) -> Result<KafkaAdmin> {
+    let ns = topic.namespace().unwrap_or_default();
+    let settings = ctx
+        .kafka
+        .settings(&ctx.client, &ns, topic.spec.cluster.as_ref())
+        .await?;
+    ctx.kafka.admin(&settings)
+}
+
+/// Observe -> plan -> act. Errors that a user must fix come back as `Err`
+/// with a non-transient [`Error`]; the caller turns them into `Stalled`.
+async fn sync_kafka(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Result<Action> {
+    let admin = admin_for(topic, ctx).await?;
+    let desired = desired(topic);
+    let recorded = recorded(topic);
+    let observed = admin.describe(&desired.name).await.map_err(Error::from_admin)?;
+    let plan = plan::plan(&desired, &recorded, observed.as_ref());
+    info!(topic = %desired.name, ?plan, "planned");
+    match plan {
+        TopicPlan::Refuse(refusal) => {
+            let mut status = base_status(topic);
+            if let Some(o) = &observed
+                && recorded.ownership.is_some()
+            {
+                status.partitions = Some(o.partitions);
+                status.replication_factor = Some(o.replication_factor);
+            }
+            report(
+                topic,
+                api,
+                ctx,
+                status,
+                Health::stalled(refusal.reason(), refusal.message()),
+            )
+            .await?;
+            Ok(Action::requeue(ctx.config.resync_interval))
+        }
+        TopicPlan::Create {
+            partitions,
+            replication_factor,
+            config,
+        } => {
+            create(
+                topic,
+                api,
+                ctx,
+                &admin,
+                &desired,
+                partitions,
+                replication_factor,
+                &config,
+            )
+            .await
+        }
+        TopicPlan::Update(update) => {
+            let Some(observed) = observed else {
+                return Err(Error::KafkaUnavailable("topic vanished while planning".into()));
+            };
+            apply_update(topic, api, ctx, &admin, &desired, &recorded, observed, update).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create(
+    topic: &StreamTopic,
+    api: &Api<StreamTopic>,
+    ctx: &Context,
+    admin: &KafkaAdmin,
+    desired: &DesiredTopic,
+    partitions: i32,
+    replication_factor: Option<i32>,
+    config: &std::collections::BTreeMap<String, String>,
+) -> Result<Action> {
+    // Intent first: a restart after CreateTopics succeeded still knows the
+    // topic is ours.
+    let mut status = base_status(topic);
+    status.topic_name = Some(desired.name.clone());
+    status.ownership = Some(TopicOwnership::Created);
+    status.managed_config_keys = config.keys().cloned().collect();
+    let creating = Health::reconciling("Creating", format!("creating Kafka topic {:?}", desired.name));
+    let intent = status::with_health(topic, status.clone(), &creating);
+    status::apply(api, topic, &intent).await?;
+
+    if let Err(failure) = admin
+        .create(&desired.name, partitions, replication_factor, config)
+        .await
+    {
+        if failure.kind == FailureKind::Unavailable {
+            // Outcome unknown; the intent stays and the next attempt looks again.
+            return Err(Error::from_admin(failure));
+        }
+        // Not created: forget the intent so nothing is deleted or adopted by mistake.
+        let mut cleared = base_status(topic);
+        cleared.ownership = None;
+        cleared.topic_name = None;
+        cleared.managed_config_keys.clear();
+        let (reason, message) = if failure.kind == FailureKind::AlreadyExists {
+            (
+                "TopicExistsNotAdopted",
+                format!(
+                    "topic {:?} was created by someone else meanwhile: {}",
+                    desired.name, failure.message
+                ),
+            )
+        } else {
+            (
+                "KafkaRejected",
+                format!(
+                    "Kafka refused to create topic {:?}: {}",
+                    desired.name, failure.message
+                ),
+            )
+        };
+        let refreshed = StreamTopic {
+            status: Some(intent),
+            ..topic.clone()
+        };
+        report(&refreshed, api, ctx, cleared, Health::stalled(reason, message)).await?;
+        return Ok(Action::requeue(ctx.config.resync_interval));
+    }
+    info!(topic = %desired.name, partitions, "created Kafka topic");
+    let refreshed = StreamTopic {
+        status: Some(intent),
+        ..topic.clone()
+    };
+    ctx.event(
+        topic,
+        EventType::Normal,
+        "Created",
+        "CreateTopic",
+        format!(
+            "created Kafka topic {:?} with {partitions} partitions",
+            desired.name
+        ),
+    )
+    .await;
+    status.partitions = Some(partitions);
+    status.replication_factor = replication_factor;
+    status.config = config.clone();
+    match admin.describe(&desired.name).await.map_err(Error::from_admin)? {
+        Some(observed) => {
+            status.partitions = Some(observed.partitions);
+            status.replication_factor = Some(observed.replication_factor);
+            report(&refreshed, api, ctx, status, ready(desired, &observed)).await?;
+            Ok(Action::requeue(ctx.config.resync_interval))
+        }
+        None => {
+            // Metadata not propagated yet: look again shortly.
+            report(&refreshed, api, ctx, status, creating).await?;
+            Ok(Action::requeue(std::time::Duration::from_secs(1)))
+        }
+    }
+}
+
+fn ready(desired: &DesiredTopic, observed: &ObservedTopic) -> Health {
+    Health::ready(
+        "Synced",
+        format!(
+            "Kafka topic {:?}: {} partitions, replication factor {}, {} managed config keys",
+            desired.name,
+            observed.partitions,
+            observed.replication_factor,
+            desired.config.len()
+        ),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_update(
+    topic: &StreamTopic,
+    api: &Api<StreamTopic>,
+    ctx: &Context,
+    admin: &KafkaAdmin,
+    desired: &DesiredTopic,
+    recorded: &RecordedTopic,
+    mut observed: ObservedTopic,
+    update: TopicUpdate,
+) -> Result<Action> {
+    let mut status = base_status(topic);
+    status.topic_name = Some(desired.name.clone());
+    status.ownership = Some(update.ownership);
+    status.partitions = Some(observed.partitions);
+    status.replication_factor = Some(observed.replication_factor);
+    if recorded.ownership.is_none() {
+        // Adoption: recorded before anything is changed.
+        status.managed_config_keys = recorded.managed_config_keys.iter().cloned().collect();
+        let adopting = Health::reconciling(
+            "Adopting",
+            format!("adopting existing Kafka topic {:?}", desired.name),
+        );
+        let intent = status::with_health(topic, status.clone(), &adopting);
+        status::apply(api, topic, &intent).await?;
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "Adopted",
+            "AdoptTopic",
+            format!("adopted existing Kafka topic {:?}", desired.name),
+        )
+        .await;
+    }
+
+    if !update.config_changes.is_empty() {
+        let summary = update
+            .config_changes
+            .iter()
+            .map(|c| match c {
+                plan::ConfigChange::Set { key, value } => format!("{key}={value}"),
+                plan::ConfigChange::Delete { key } => format!("-{key}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Err(failure) = admin
+            .alter_config(&desired.name, update.config_changes.clone())
+            .await
+        {
+            return Err(match failure.kind {
+                FailureKind::Unavailable => Error::KafkaUnavailable(failure.message),
+                FailureKind::Unsupported => Error::BrokerLacksIncrementalAlterConfigs(format!(
+                    "the broker does not support IncrementalAlterConfigs (Kafka >= 2.3 needed): {}",
+                    failure.message
+                )),
+                _ => Error::KafkaRejected(format!("config change [{summary}] refused: {}", failure.message)),
+            });
+        }
+        info!(topic = %desired.name, changes = %summary, "updated topic config");
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "ConfigUpdated",
+            "AlterConfigs",
+            format!("Kafka topic {:?}: {summary}", desired.name),
+        )
+        .await;
+    }
+    status.config = desired.config.clone();
+    status.managed_config_keys = update.managed_config_keys.clone();
+
+    if let Some(total) = update.grow_partitions_to {
+        match admin.grow_partitions(&desired.name, total).await {
+            Ok(()) => {
+                ctx.event(
+                    topic,
+                    EventType::Normal,
+                    "PartitionsIncreased",
+                    "CreatePartitions",
+                    format!(
+                        "Kafka topic {:?}: {} -> {total} partitions",
+                        desired.name, observed.partitions
+                    ),
+                )
+                .await;
+                observed.partitions = total;
+                status.partitions = Some(total);
+            }
+            Err(failure) => {
+                let error = match failure.kind {
+                    FailureKind::Unavailable => return Err(Error::KafkaUnavailable(failure.message)),
+                    FailureKind::Unsupported => Error::BrokerLacksCreatePartitions(format!(
+                        "spec.partitions {total} > {current}: the broker does not support CreatePartitions, so the \
+                         topic keeps {current} partitions ({msg})",
+                        current = observed.partitions,
+                        msg = failure.message
+                    )),
+                    _ => Error::KafkaRejected(format!(
+                        "growing to {total} partitions refused: {}",
+                        failure.message
+                    )),
+                };
+                ctx.metrics.error(CONTROLLER, error.reason());
+                report(
+                    topic,
+                    api,
+                    ctx,
+                    status,
+                    Health::stalled(error.reason(), error.to_string()),
+                )
+                .await?;
+                return Ok(Action::requeue(ctx.config.resync_interval));
+            }
+        }
+    }
+    report(topic, api, ctx, status, ready(desired, &observed)).await?;
+    Ok(Action::requeue(ctx.config.resync_interval))
+}
+
+async fn cleanup(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Result<Action> {
+    let input = CleanupInput {
+        policy: topic.spec.deletion_policy(),
+        recorded: recorded(topic),
+        unmanaged: annotation_is(topic, annotation::MANAGED, "false"),
+        skip_kafka: annotation_is(topic, annotation::SKIP_KAFKA_DELETION, "true"),
+        paused: annotation_is(topic, annotation::PAUSED, "true"),
+    };
+    match plan::cleanup(&input) {
+        CleanupPlan::Keep { reason } => {
+            let name = input.recorded.name.unwrap_or_else(|| topic.kafka_topic_name());
+            ctx.event(
+                topic,
+                EventType::Normal,
+                "TopicKept",
+                "DeleteResource",
+                format!("resource deleted; Kafka topic {name:?} left in place ({reason})"),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        CleanupPlan::DeleteTopic { name } => {
+            let result = match admin_for(topic, ctx).await {
+                Ok(admin) => admin.delete(&name).await.map_err(Error::from_admin),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    info!(topic = %name, "deleted Kafka topic");
+                    ctx.event(
+                        topic,
+                        EventType::Normal,
+                        "Deleted",
+                        "DeleteTopic",
+                        format!("deleted Kafka topic {name:?} (deletionPolicy: Delete)"),
+                    )
+                    .await;
+                    Ok(Action::await_change())
+                }
+                Err(e) => {
+                    // No silent escape after N retries: the finalizer stays
+                    // until Kafka answers or a user opts out explicitly.
+                    let message = format!(
+                        "cannot delete Kafka topic {name:?}: {e}. Retrying with backoff; if the Kafka cluster is gone \
+                         for good, annotate the resource with {}=\"true\" to remove it without touching Kafka",
+                        annotation::SKIP_KAFKA_DELETION
+                    );
+                    let health = if e.is_transient() {
+                        Health::reconciling("DeletionBlocked", message)
+                    } else {
+                        Health::stalled("DeletionBlocked", message)
+                    };
+                    report(topic, api, ctx, base_status(topic), health).await?;
+                    Err(e)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! StreamTopic controller against the real apiserver and broker. Needs
+//! STREAMOPS_KUBECONFIG and STREAMOPS_BOOTSTRAP (see operator/README.md);
+//! fails, never skips, without them.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::*;
+use kube::ResourceExt;
+use serde_json::json;
+use streamops_crds::{KafkaClusterSpec, topic::TopicOwnership};
+use streamops_operator::topic::plan::ConfigChange;
+
+fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_reverts_drift_removes_keys_and_deletes() {
+    let h = Harness::start().await;
+    let topic = unique("orders");
+    let mut s = spec(
+        &topic,
+        2,
+        &[("retention.ms", "60000"), ("cleanup.policy", "delete")],
+    );
+    s.deletion_policy = Some(streamops_crds::topic::DeletionPolicy::Delete);
+    h.create("orders", s, &[]).await;
+
+    let t = h.wait("orders", "Ready", is_ready).await;
+    let status = t.status.clone().unwrap();
+    assert_eq!(status.ownership, Some(TopicOwnership::Created));
+    assert_eq!(status.topic_name.as_deref(), Some(topic.as_str()));
+    assert_eq!(status.partitions, Some(2));
+    assert_eq!(
+        status.managed_config_keys,
+        vec!["cleanup.policy".to_string(), "retention.ms".to_string()]
+    );
+    assert!(t.finalizers().iter().any(|f| f == "streamops.io/topic"));
+    let observed = h.kafka(&topic).await.expect("topic created");
+    assert_eq!(observed.partitions, 2);
+    assert_eq!(
+        observed.config.get("retention.ms").map(String::as_str),
+        Some("60000")
+    );
+    h.wait_event("orders", "Created").await;
+
+    // Out-of-band drift: one key changed, one removed. The resync reverts both.
+    h.admin
+        .alter_config(
+            &topic,
+            vec![
+                ConfigChange::Set {
+                    key: "retention.ms".into(),
+                    value: "1".into(),
+                },
+                ConfigChange::Delete {
+                    key: "cleanup.policy".into(),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    h.wait_kafka(&topic, "drift reverted", |o| {
+        o.is_some_and(|o| {
+            o.config.get("retention.ms").map(String::as_str) == Some("60000")
+                && o.config.get("cleanup.policy").map(String::as_str) == Some("delete")
+        })
+    })
+    .await;
+
+    // A key leaving the spec is removed (the operator set it); a new one is set.
+    h.patch(
+        "orders",
+        json!({"spec": {"config": {"cleanup.policy": null, "segment.ms": "3600000"}}}),
+    )
+    .await;
+    h.wait_kafka(&topic, "cleanup.policy removed, segment.ms set", |o| {
+        o.is_some_and(|o| {
+            !o.config.contains_key("cleanup.policy")
+                && o.config.get("segment.ms").map(String::as_str) == Some("3600000")
+        })
+    })
+    .await;
+    let t = h.wait("orders", "Ready for generation 2", is_ready).await;
+    assert_eq!(
+        t.status.unwrap().managed_config_keys,
+        vec!["retention.ms".to_string(), "segment.ms".to_string()]
+    );
+
+    // Metrics are served.
+    let body = http_get(h.http_port, "/metrics").await;
+    assert!(
+        body.contains("streamops_reconciles_total{controller=\"streamtopic\",result=\"ok\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("streamops_topics_managed{ownership=\"Created\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("streamops_reconcile_duration_seconds_bucket"),
+        "{body}"
+    );
+    assert!(http_get(h.http_port, "/healthz").await.contains("ok"));
+
+    // deletionPolicy: Delete removes the topic it created.
+    h.api.delete("orders", &Default::default()).await.unwrap();
+    h.wait_gone("orders").await;
+    h.wait_kafka(&topic, "topic deleted", |o| o.is_none()).await;
+    h.finish(&[&topic]).await;
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics server");
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_what_kafka_cannot_do() {
+    let h = Harness::start().await;
+    let topic = unique("refuse");
+    h.create("t", spec(&topic, 3, &[("retention.ms", "1000")]), &[])
+        .await;
+    h.wait("t", "Ready", is_ready).await;
+
+    // Partition decrease.
+    h.patch("t", json!({"spec": {"partitions": 1}})).await;
+    h.wait("t", "Stalled PartitionDecrease", |t| {
+        is_stalled(t, "PartitionDecreaseUnsupported")
+    })
+    .await;
+    h.wait_event("t", "PartitionDecreaseUnsupported").await;
+    assert_eq!(h.kafka(&topic).await.unwrap().partitions, 3);
+
+    // Replication factor change.
+    h.patch("t", json!({"spec": {"partitions": 3, "replicationFactor": 2}}))
+        .await;
+    h.wait("t", "Stalled RF change", |t| {
+        is_stalled(t, "ReplicationFactorChangeUnsupported")
+    })
+    .await;
+
+    // Rename.
+    h.patch(
+        "t",
+        json!({"spec": {"replicationFactor": null, "topicName": format!("{topic}-renamed")}}),
+    )
+    .await;
+    let t = h
+        .wait("t", "Stalled rename", |t| is_stalled(t, "TopicRenameUnsupported"))
+        .await;
+    assert!(
+        condition(&t, "Stalled")
+            .unwrap()
+            .message
+            .contains("cannot rename")
+    );
+    assert!(h.kafka(&format!("{topic}-renamed")).await.is_none());
+
+    // Partition increase: nisshi lacks CreatePartitions.
+    h.patch("t", json!({"spec": {"topicName": topic, "partitions": 5}}))
+        .await;
+    let t = h
+        .wait("t", "Stalled missing CreatePartitions", |t| {
+            is_stalled(t, "BrokerLacksCreatePartitions")
+        })
+        .await;
+    assert!(
+        condition(&t, "Stalled")
+            .unwrap()
+            .message
+            .contains("CreatePartitions")
+    );
+    assert_eq!(t.status.unwrap().partitions, Some(3));
+
+    // Back to what Kafka has: Ready again.
+    h.patch("t", json!({"spec": {"partitions": 3}})).await;
+    h.wait("t", "Ready again", is_ready).await;
+
+    // The broker's own refusal (replication factor above its maximum) keeps its message.
+    let bad = unique("badrf");
+    let mut s = spec(&bad, 1, &[]);
+    s.replication_factor = Some(100);
+    h.create("bad", s, &[]).await;
+    let t = h
+        .wait("bad", "Stalled KafkaRejected", |t| is_stalled(t, "KafkaRejected"))
+        .await;
+    let message = &condition(&t, "Stalled").unwrap().message;
+    assert!(message.to_lowercase().contains("replication"), "{message}");
+    assert_eq!(
+        t.status.unwrap().ownership,
+        None,
+        "a topic that was not created is not owned"
+    );
+    assert!(h.kafka(&bad).await.is_none());
+    h.finish(&[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopts_only_on_opt_in_and_keeps_foreign_settings() {
+    let h = Harness::start().await;
+    let topic = unique("legacy");
+    h.admin
+        .create(
+            &topic,
+            2,
+            None,
+            &cfg(&[("retention.ms", "5000"), ("segment.ms", "777000")]),
+        )
+        .await
+        .unwrap();
+    let mut s = spec(
+        &topic,
+        2,
+        &[("retention.ms", "5000"), ("cleanup.policy", "compact")],
+    );
+    s.deletion_policy = Some(streamops_crds::topic::DeletionPolicy::Retain);
+    h.create("legacy", s, &[]).await;
+    h.wait("legacy", "Stalled TopicExists", |t| {
+        is_stalled(t, "TopicExistsNotAdopted")
+    })
+    .await;
+    assert!(
+        !h.kafka(&topic)
+            .await
+            .unwrap()
+            .config
+            .contains_key("cleanup.policy"),
+        "refused topic was touched"
+    );
+
+    h.annotate("legacy", "streamops.io/adopt", Some("true")).await;
+    let t = h
+        .wait("legacy", "Ready adopted", |t| {
+            is_ready(t) && t.status.as_ref().unwrap().ownership == Some(TopicOwnership::Adopted)
+        })
+        .await;
+    assert_eq!(
+        t.status.unwrap().managed_config_keys,
+        vec!["cleanup.policy".to_string()]
+    );
+    h.wait_event("legacy", "Adopted").await;
+
+    // Both keys leave the spec: only the operator's own goes.
+    h.patch("legacy", json!({"spec": {"config": null}})).await;
+    h.wait_kafka(&topic, "cleanup.policy removed, own settings kept", |o| {
+        o.is_some_and(|o| {
+            !o.config.contains_key("cleanup.policy")
+                && o.config.get("retention.ms").map(String::as_str) == Some("5000")
+                && o.config.get("segment.ms").map(String::as_str) == Some("777000")
+        })
+    })
+    .await;
+
+    // Retain: deleting the resource keeps the topic.
+    h.api.delete("legacy", &Default::default()).await.unwrap();
+    h.wait_gone("legacy").await;
+    assert!(h.kafka(&topic).await.is_some());
+    h.finish(&[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_unmanaged_and_conflicting_resources() {
+    let h = Harness::start().await;
+    let paused = unique("paused");
+    h.create(
+        "paused",
+        spec(&paused, 1, &[]),
+        &[("streamops.io/paused", "true")],
+    )
+    .await;
+    h.wait("paused", "Reconciling Paused", |t| is_reconciling(t, "Paused"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        h.kafka(&paused).await.is_none(),
+        "paused resource created its topic"
+    );
+    h.annotate("paused", "streamops.io/paused", None).await;
+    h.wait("paused", "Ready after unpause", is_ready).await;
+    assert!(h.kafka(&paused).await.is_some());
+
+    // Unmanaged: config changes are not applied.
+    h.annotate("paused", "streamops.io/managed", Some("false")).await;
+    h.wait("paused", "Unmanaged", |t| {
+        condition(t, "Ready").is_some_and(|c| c.reason == "Unmanaged")
+    })
+    .await;
+    h.patch("paused", json!({"spec": {"config": {"retention.ms": "4242"}}}))
+        .await;
+    h.wait("paused", "Unmanaged for new generation", |t| {
+        condition(t, "Ready")
+            .is_some_and(|c| c.reason == "Unmanaged" && c.observed_generation == t.metadata.generation)
+    })
+    .await;
+    assert!(
+        !h.kafka(&paused)
+            .await
+            .unwrap()
+            .config
+            .contains_key("retention.ms")
+    );
+
+    // Two resources, one topic: the older wins.
+    let shared = unique("shared");
+    h.create("first", spec(&shared, 1, &[]), &[]).await;
+    h.wait("first", "Ready", is_ready).await;
+    h.create("second", spec(&shared, 1, &[("retention.ms", "1")]), &[])
+        .await;
+    let t = h
+        .wait("second", "Stalled Conflict", |t| is_stalled(t, "Conflict"))
+        .await;
+    let message = &condition(&t, "Stalled").unwrap().message;
+    assert!(message.contains(&format!("{}/first", h.ns)), "{message}");
+    assert!(
+        !h.kafka(&shared)
+            .await
+            .unwrap()
+            .config
+            .contains_key("retention.ms")
+    );
+    h.finish(&[&paused, &shared]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_kafka_is_reconciling_and_unowned_topic_deletes_freely() {
+    let h = Harness::start().await;
+    let topic = unique("nowhere");
+    let mut s = spec(&topic, 1, &[]);
+    s.deletion_policy = Some(streamops_crds::topic::DeletionPolicy::Delete);
+    s.cluster = Some(KafkaClusterSpec {
+        bootstrap_servers: format!("127.0.0.1:{}", free_port()),
+        tls: None,
+        sasl: None,
+    });
+    h.create("t", s, &[]).await;
+    let t = h
+        .wait("t", "Reconciling KafkaUnavailable", |t| {
+            is_reconciling(t, "KafkaUnavailable")
+        })
+        .await;
+    assert_eq!(t.status.unwrap().ownership, None);
+    // Nothing was ever created, so there is nothing to delete in Kafka.
+    h.api.delete("t", &Default::default()).await.unwrap();
+    h.wait_gone("t").await;
+    h.finish(&[]).await;
+}
+
+/// A broker of this test's own (so stopping it disturbs no one).
+struct OwnBroker {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnBroker {
+    async fn start(port: u16) -> Self {
+        let bin = nisshi_bin();
+        assert!(
+            bin.exists(),
+            "nisshi binary {} missing (set STREAMOPS_NISSHI_BIN or run e2e/cluster/install.sh)",
+            bin.display()
+        );
+        let child = tokio::process::Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nisshi");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nisshi did not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_is_reconciling_and_recovers() {
+    let h = Harness::start().await;
+    let port = free_port();
+    let mut broker = OwnBroker::start(port).await;
+    let topic = unique("outage");
+    let mut s = spec(&topic, 1, &[("retention.ms", "12345")]);
+    s.cluster = Some(KafkaClusterSpec {
+        bootstrap_servers: format!("127.0.0.1:{port}"),
+        tls: None,
+        sasl: None,
+    });
+    h.create("t", s, &[]).await;
+    h.wait("t", "Ready", is_ready).await;
+
+    broker.stop().await;
+    h.wait("t", "Reconciling KafkaUnavailable", |t| {
+        is_reconciling(t, "KafkaUnavailable")
+    })
+    .await;
+
+    // Back (with empty memory storage): the resource wins, the topic returns.
+    let mut broker = OwnBroker::start(broker.port).await;
+    h.wait("t", "Ready after recovery", |t| {
+        is_ready(t) && condition(t, "Ready").is_some_and(|c| c.reason == "Synced")
+    })
+    .await;
+    let own = admin(&format!("127.0.0.1:{port}"));
+    let observed = own.describe(&topic).await.unwrap().expect("topic recreated");
+    assert_eq!(
+        observed.config.get("retention.ms").map(String::as_str),
+        Some("12345")
+    );
+
+    // Deleting (policy Delete) while the broker is down: the finalizer stays,
+    // the resource says why and names the escape hatch; no silent give-up.
+    h.patch("t", json!({"spec": {"deletionPolicy": "Delete"}})).await;
+    h.wait("t", "Ready with Delete policy", is_ready).await;
+    broker.stop().await;
+    h.api.delete("t", &Default::default()).await.unwrap();
+    let t = h
+        .wait("t", "DeletionBlocked", |t| {
+            condition(t, "Ready").is_some_and(|c| c.reason == "DeletionBlocked")
+        })
+        .await;
+    assert!(
+        condition(&t, "Ready")
+            .unwrap()
+            .message
+            .contains("streamops.io/skip-kafka-deletion")
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        h.api.get_opt("t").await.unwrap().is_some(),
+        "finalizer dropped silently"
+    );
+    h.wait_event("t", "DeletionBlocked").await;
+    h.annotate("t", "streamops.io/skip-kafka-deletion", Some("true"))
+        .await;
+    h.wait_gone("t").await;
+    h.finish(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_replica_leads() {
+    use streamops_operator::leader::LeaderElector;
+    let client = client().await;
+    let lease = unique("lease");
+    let ns = "default";
+    let d = Duration::from_secs(4);
+    let r = Duration::from_millis(500);
+    let mut a = LeaderElector::new(client.clone(), ns, &lease, "replica-a", d, r);
+    let mut b = LeaderElector::new(client.clone(), ns, &lease, "replica-b", d, r);
+    tokio::time::timeout(Duration::from_secs(5), a.acquire())
+        .await
+        .expect("a leads");
+    // While a renews, b cannot acquire.
+    let holding = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(6), a.hold())
+            .await
+            .expect_err("a keeps the lease");
+        a
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(6), b.acquire())
+            .await
+            .is_err(),
+        "b led while a held the lease"
+    );
+    let mut a = holding.await.unwrap();
+    // a releases: b takes over promptly.
+    a.release().await;
+    tokio::time::timeout(Duration::from_secs(5), b.acquire())
+        .await
+        .expect("b leads after release");
+    // a, now without the lease, sees it lost.
+    tokio::time::timeout(Duration::from_secs(5), a.hold())
+        .await
+        .expect("a notices it lost the lease");
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client, ns);
+    let _ = leases.delete(&lease, &Default::default()).await;
+}

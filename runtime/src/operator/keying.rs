@@ -1,0 +1,284 @@
+//! Stage 1: from a source record's value bytes to a [`KeyedRecord`]:
+//! decode, filter, event time, group key, aggregation inputs.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::KeyedRecord;
+use crate::aggregate::{AggInput, AggregateFunction, Number, stable_hash64};
+use crate::codec::{FieldPaths, RecordDecoder, Scalar};
+use crate::expr::Expr;
+use crate::time::{EventTime, TimeFormat, parse_rfc3339_ms};
+
+/// The compiled stage-1 half of a plan.
+pub struct KeyingPlan {
+    pub decoder: Box<dyn RecordDecoder>,
+    pub paths: FieldPaths,
+    pub filter: Option<Expr>,
+    pub event_time: Expr,
+    pub time_format: TimeFormat,
+    pub key_by: Vec<Expr>,
+    /// `(spec name, function, input expression)`; `None` input only for `count`.
+    pub aggregations: Vec<(String, AggregateFunction, Option<Expr>)>,
+}
+
+impl KeyingPlan {
+    /// Whether any expression needs the CEL interpreter (then each record is
+    /// additionally decoded in full).
+    fn needs_cel(&self) -> bool {
+        let mut exprs = self
+            .filter
+            .iter()
+            .chain(std::iter::once(&self.event_time))
+            .chain(self.key_by.iter())
+            .chain(self.aggregations.iter().filter_map(|a| a.2.as_ref()));
+        exprs.any(|e| !e.is_path())
+    }
+}
+
+/// Why a record went to the dead-letter output. [`DeadLetterReason::kind`]
+/// is the metric label.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetterReason {
+    InvalidRecord(String),
+    MissingEventTime,
+    InvalidEventTime(String),
+    /// An expression failed or returned the wrong type; `field` is its spec path.
+    Expression {
+        field: String,
+        message: String,
+    },
+    MissingKey {
+        index: usize,
+    },
+    /// A non-numeric or non-finite value for a numeric aggregation.
+    InvalidAggregateInput {
+        aggregation: String,
+        message: String,
+    },
+}
+
+impl DeadLetterReason {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeadLetterReason::InvalidRecord(_) => "invalid_record",
+            DeadLetterReason::MissingEventTime => "missing_event_time",
+            DeadLetterReason::InvalidEventTime(_) => "invalid_event_time",
+            DeadLetterReason::Expression { .. } => "expression_error",
+            DeadLetterReason::MissingKey { .. } => "missing_key",
+            DeadLetterReason::InvalidAggregateInput { .. } => "invalid_aggregate_input",
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadLetterReason::InvalidRecord(m) => write!(f, "{m}"),
+            DeadLetterReason::MissingEventTime => write!(f, "event time field is missing or null"),
+            DeadLetterReason::InvalidEventTime(m) => write!(f, "invalid event time: {m}"),
+            DeadLetterReason::Expression { field, message } => write!(f, "{field}: {message}"),
+            DeadLetterReason::MissingKey { index } => {
+                write!(f, "spec.pipeline.keyBy[{index}]: field is missing")
+            }
+            DeadLetterReason::InvalidAggregateInput { aggregation, message } => {
+                write!(f, "aggregation {aggregation:?}: {message}")
+            }
+        }
+    }
+}
+
+/// What stage 1 made of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOutcome {
+    Keyed,
+    /// The filter returned false.
+    Filtered,
+}
+
+const INLINE_SLOTS: usize = 8;
+
+/// Runs a [`KeyingPlan`] record by record, reusing buffers.
+pub struct KeyingStage {
+    plan: Arc<KeyingPlan>,
+    needs_cel: bool,
+    scratch: Vec<u8>,
+}
+
+impl KeyingStage {
+    pub fn new(plan: Arc<KeyingPlan>) -> Self {
+        let needs_cel = plan.needs_cel();
+        KeyingStage {
+            plan,
+            needs_cel,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Fills `out` from the value bytes of one record. On success `out` holds
+    /// the keyed record (unless filtered); on error nothing in `out` is
+    /// meaningful.
+    pub fn key(&mut self, value: &[u8], out: &mut KeyedRecord) -> Result<KeyOutcome, DeadLetterReason> {
+        let plan = &*self.plan;
+        // Slots on the stack for the common case: no allocation per record.
+        let n = plan.paths.slot_count();
+        let mut inline: [Option<Scalar<'_>>; INLINE_SLOTS] = [const { None }; INLINE_SLOTS];
+        let mut heap: Vec<Option<Scalar<'_>>> = Vec::new();
+        let slots: &mut [Option<Scalar<'_>>] = if n <= INLINE_SLOTS {
+            &mut inline[..n]
+        } else {
+            heap.resize(n, None);
+            &mut heap
+        };
+        plan.decoder
+            .extract(value, &plan.paths, slots)
+            .map_err(DeadLetterReason::InvalidRecord)?;
+        let ctx = if self.needs_cel {
+            let record = plan
+                .decoder
+                .to_cel(value)
+                .map_err(DeadLetterReason::InvalidRecord)?;
+            let mut ctx = cel::Context::default();
+            ctx.add_variable_from_value("record", record);
+            Some(ctx)
+        } else {
+            None
+        };
+        let ctx = ctx.as_ref();
+        let expr_err = |field: &str| {
+            let field = field.to_string();
+            move |message: String| DeadLetterReason::Expression { field, message }
+        };
+
+        if let Some(filter) = &plan.filter {
+            match filter
+                .eval(slots, ctx)
+                .map_err(expr_err("spec.pipeline.filter"))?
+            {
+                Some(Scalar::Bool(true)) => {}
+                Some(Scalar::Bool(false)) | None | Some(Scalar::Null) => {
+                    return Ok(KeyOutcome::Filtered);
+                }
+                Some(other) => {
+                    return Err(DeadLetterReason::Expression {
+                        field: "spec.pipeline.filter".into(),
+                        message: format!("expected a bool, got {other:?}"),
+                    });
+                }
+            }
+        }
+
+        let ts = plan
+            .event_time
+            .eval(slots, ctx)
+            .map_err(expr_err("spec.source.eventTime.field"))?;
+        out.event_time = event_time(ts, plan.time_format)?;
+
+        out.group_key.clear();
+        out.group_key.push(b'[');
+        for (i, k) in plan.key_by.iter().enumerate() {
+            if i > 0 {
+                out.group_key.push(b',');
+            }
+            let v = k
+                .eval(slots, ctx)
+                .map_err(|m| DeadLetterReason::Expression {
+                    field: format!("spec.pipeline.keyBy[{i}]"),
+                    message: m,
+                })?
+                .ok_or(DeadLetterReason::MissingKey { index: i })?;
+            if !v.write_canonical(&mut out.group_key) {
+                return Err(DeadLetterReason::Expression {
+                    field: format!("spec.pipeline.keyBy[{i}]"),
+                    message: "key is an object or array".into(),
+                });
+            }
+        }
+        out.group_key.push(b']');
+
+        out.inputs.clear();
+        out.values.clear();
+        for (i, (name, function, expr)) in plan.aggregations.iter().enumerate() {
+            let Some(expr) = expr else {
+                out.inputs.push(AggInput::Present);
+                continue;
+            };
+            let v = expr.eval(slots, ctx).map_err(|m| DeadLetterReason::Expression {
+                field: format!("spec.pipeline.aggregations[{i}].field"),
+                message: m,
+            })?;
+            let invalid = |message: String| DeadLetterReason::InvalidAggregateInput {
+                aggregation: name.clone(),
+                message,
+            };
+            let input = match (v, function) {
+                (None | Some(Scalar::Null), _) => AggInput::Absent,
+                (Some(_), AggregateFunction::Count) => AggInput::Present,
+                (Some(Scalar::Int(x)), f) if f.is_numeric() => AggInput::Number(Number::Int(x)),
+                (Some(Scalar::Float(x)), f) if f.is_numeric() => {
+                    if !x.is_finite() {
+                        return Err(invalid(format!("non-finite number {x}")));
+                    }
+                    AggInput::Number(Number::Float(x))
+                }
+                (Some(other), f) if f.is_numeric() => {
+                    return Err(invalid(format!("not a number: {other:?}")));
+                }
+                (Some(other), AggregateFunction::TopK { .. }) => {
+                    let start = out.values.len();
+                    if !other.write_canonical(&mut out.values) {
+                        return Err(invalid("topK values must be scalars".into()));
+                    }
+                    let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(out.values.len())) else {
+                        return Err(invalid("topK value is too large".into()));
+                    };
+                    AggInput::Text { start, end }
+                }
+                (Some(other), _) => {
+                    self.scratch.clear();
+                    if !other.write_canonical(&mut self.scratch) {
+                        return Err(invalid("distinct values must be scalars".into()));
+                    }
+                    AggInput::Hash(stable_hash64(&self.scratch))
+                }
+            };
+            out.inputs.push(input);
+        }
+        Ok(KeyOutcome::Keyed)
+    }
+}
+
+fn event_time(v: Option<Scalar<'_>>, format: TimeFormat) -> Result<EventTime, DeadLetterReason> {
+    match (v, format) {
+        (None | Some(Scalar::Null), _) => Err(DeadLetterReason::MissingEventTime),
+        (Some(Scalar::Int(t)), TimeFormat::EpochMillis) => Ok(t),
+        (Some(Scalar::Float(f)), TimeFormat::EpochMillis) => {
+            // Range check keeps the cast exact-enough and never saturating silently.
+            if f.is_finite() && f.abs() < 9.0e15 {
+                Ok(f.floor() as i64)
+            } else {
+                Err(DeadLetterReason::InvalidEventTime(format!("{f} is out of range")))
+            }
+        }
+        (Some(Scalar::Int(t)), TimeFormat::EpochSeconds) => t
+            .checked_mul(1_000)
+            .ok_or_else(|| DeadLetterReason::InvalidEventTime(format!("{t} s is out of range"))),
+        (Some(Scalar::Float(f)), TimeFormat::EpochSeconds) => {
+            if f.is_finite() && f.abs() < 9.0e12 {
+                Ok((f * 1_000.0).floor() as i64)
+            } else {
+                Err(DeadLetterReason::InvalidEventTime(format!(
+                    "{f} s is out of range"
+                )))
+            }
+        }
+        (Some(Scalar::Str(s)), TimeFormat::Rfc3339) => parse_rfc3339_ms(&s)
+            .ok_or_else(|| DeadLetterReason::InvalidEventTime(format!("{s:?} is not RFC 3339"))),
+        (Some(other), TimeFormat::EpochMillis | TimeFormat::EpochSeconds) => Err(
+            DeadLetterReason::InvalidEventTime(format!("expected an epoch number, got {other:?}")),
+        ),
+        (Some(other), TimeFormat::Rfc3339) => Err(DeadLetterReason::InvalidEventTime(format!(
+            "expected an RFC 3339 string, got {other:?}"
+        ))),
+    }
+}

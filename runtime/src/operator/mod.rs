@@ -1,0 +1,79 @@
+//! The dataflow, as two stages that the Kafka layer can run on either side of
+//! a repartition topic (in-process tests connect them directly, see
+//! [`crate::engine`]):
+//!
+//! 1. [`keying::KeyingStage`]: decode, filter, event time, group key and
+//!    aggregation inputs of each source record -> [`KeyedRecord`].
+//! 2. [`window_operator::WindowOperator`]: one per partition of the keyed
+//!    stream ([`partitioner::partition_for`] routes by group key), windowing and
+//!    aggregation with its own state namespace and watermark.
+
+pub mod keying;
+pub mod partitioner;
+pub mod window_operator;
+
+use crate::aggregate::AggInput;
+use crate::time::EventTime;
+use crate::window::Window;
+
+/// A record after stage 1: everything stage 2 needs, nothing more.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyedRecord {
+    /// Canonical JSON text of the group key array, e.g. `["u1",3]`; equal
+    /// keys have equal bytes.
+    pub group_key: Vec<u8>,
+    pub event_time: EventTime,
+    /// One input per aggregation, in plan order.
+    pub inputs: Vec<AggInput>,
+    /// Canonical JSON text of `topK` inputs ([`AggInput::Text`] ranges).
+    pub values: Vec<u8>,
+}
+
+/// Why a result was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Firing {
+    /// `onUpdate` mode: the window changed and is still open (`final: false`).
+    Early,
+    /// The watermark passed the window end (`final: true`); exactly one per
+    /// (key, window) that received on-time data.
+    OnTime,
+    /// A record within `allowedLateness` updated a window whose end had
+    /// passed: a revised final result (`final: true`, `firing: "late"`).
+    Late,
+}
+
+impl Firing {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Firing::Early)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firing::Early => "early",
+            Firing::OnTime => "onTime",
+            Firing::Late => "late",
+        }
+    }
+}
+
+/// One aggregation result of one (key, window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    pub group_key: Vec<u8>,
+    pub window: Window,
+    pub firing: Firing,
+    /// One value per aggregation, in plan order.
+    pub aggregates: Vec<serde_json::Value>,
+}
+
+/// What stage 2 did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Added to at least one window.
+    Accepted,
+    /// Every window of the record had passed `end + allowedLateness`: the
+    /// record goes to the late-events output.
+    Late,
+    /// A sliding window with `slide > size` has no window at this time.
+    Unassigned,
+}
