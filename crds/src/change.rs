@@ -96,8 +96,10 @@ pub fn classify(old: &StreamJobSpec, new: &StreamJobSpec) -> SpecChange {
 }
 
 /// The part of a (defaulted) spec that running pods execute: everything but
-/// parallelism, lifecycle requests and operator-side settings.
-fn runtime_view(spec: &StreamJobSpec) -> StreamJobSpec {
+/// parallelism, lifecycle requests and operator-side settings. The operator
+/// derives a pod template's revision from it, so an ignored change never
+/// makes running pods look outdated.
+pub fn runtime_view(spec: &StreamJobSpec) -> StreamJobSpec {
     let mut view = spec.clone();
     view.parallelism = None;
     view.state = None;

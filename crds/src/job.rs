@@ -399,6 +399,10 @@ pub struct SavepointRecord {
     /// The job generation that wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The checkpoint id its transaction committed (highest over the pods);
+    /// what a rollback compares the new version's commits against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_id: Option<i64>,
 }
 
 /// The operator's write-ahead record of an upgrade in flight: written before
@@ -406,12 +410,70 @@ pub struct SavepointRecord {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeIntent {
+    /// Id of the savepoint this intent takes (or took); also names the
+    /// intent when it takes none (`withSavepoint: false`).
     pub savepoint_id: String,
     pub target_generation: i64,
     /// The spec being rolled out (schemaless, like `lastStableSpec`).
     #[schemars(schema_with = "preserve_unknown_object")]
     pub spec: StreamJobSpec,
     pub started: Time,
+    /// What the intent does. Absent: `Upgrade`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<IntentKind>,
+    /// Whether the running pods are stopped with a savepoint first
+    /// (`upgradeMode: savepoint`). Absent: `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with_savepoint: Option<bool>,
+    /// Runtime pods the rollout starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i32>,
+    /// Source partitions the rollout was planned for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_partitions: Option<i32>,
+    /// Savepoint location the new pods restore; absent: the last committed
+    /// checkpoint (or empty state, per `restoreMode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
+    /// How the new pods get their state. Absent: from `restoreFrom` when set,
+    /// else the last committed checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_mode: Option<RestoreMode>,
+    /// Set when the old pods are gone and the new ones were requested; the
+    /// health timeout counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started: Option<Time>,
+}
+
+/// What an [`UpgradeIntent`] is for.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum IntentKind {
+    /// First deployment of the job.
+    Deploy,
+    /// A spec change the pods run.
+    Upgrade,
+    /// New parallelism or source partition count.
+    Rescale,
+    /// Stop (with a savepoint in `savepoint` mode) and run nothing.
+    Suspend,
+    /// Start again after a suspend.
+    Resume,
+    /// A savepoint on request; the pods keep running.
+    Savepoint,
+    /// Back to `lastStableSpec` after a failed upgrade.
+    Rollback,
+}
+
+/// Where restored pods take their state from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// The savepoint at `restoreFrom`.
+    Savepoint,
+    /// The checkpoint the last committed marker names.
+    LastState,
+    /// Empty state, reading on from the committed input offsets.
+    Empty,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -1,0 +1,198 @@
+//! The contract between the operator and a runtime pod: the compiled job file
+//! (`job.json`, from the `<job>-config` ConfigMap), the environment, and the
+//! admin API's JSON bodies. Both sides use these types, so neither keeps a copy.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{RestoreMode, StreamJobSpec};
+
+/// Paths and variables of the runtime container.
+pub mod env {
+    /// Where the compiled job is mounted (ConfigMap `<job>-config`, key `job.json`).
+    pub const JOB_FILE: &str = "STREAMOPS_JOB_FILE";
+    pub const JOB_DIR: &str = "/etc/streamops/job";
+    pub const JOB_FILE_KEY: &str = "job.json";
+    /// The pod's name; the runtime takes its ordinal from the trailing `-N`.
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Same names as the operator's own Kafka settings.
+    pub const KAFKA_BOOTSTRAP: &str = "STREAMOPS_KAFKA_BOOTSTRAP";
+    pub const SECURITY_PROTOCOL: &str = "STREAMOPS_KAFKA_SECURITY_PROTOCOL";
+    pub const SASL_MECHANISM: &str = "STREAMOPS_KAFKA_SASL_MECHANISM";
+    pub const SASL_USERNAME_FILE: &str = "STREAMOPS_KAFKA_SASL_USERNAME_FILE";
+    pub const SASL_PASSWORD_FILE: &str = "STREAMOPS_KAFKA_SASL_PASSWORD_FILE";
+    pub const TLS_CA_FILE: &str = "STREAMOPS_KAFKA_TLS_CA_FILE";
+    pub const TLS_CERT_FILE: &str = "STREAMOPS_KAFKA_TLS_CERT_FILE";
+    pub const TLS_KEY_FILE: &str = "STREAMOPS_KAFKA_TLS_KEY_FILE";
+    /// Kafka credentials are files under this directory, never values in env.
+    pub const KAFKA_CREDENTIALS_DIR: &str = "/etc/streamops/kafka";
+    pub const ADMIN_TOKEN_FILE: &str = "STREAMOPS_ADMIN_TOKEN_FILE";
+    pub const ADMIN_DIR: &str = "/etc/streamops/admin";
+    /// Key of the admin token in Secret `<job>-admin`.
+    pub const ADMIN_TOKEN_KEY: &str = "token";
+    pub const ADMIN_ADDR: &str = "STREAMOPS_ADMIN_ADDR";
+    pub const ADMIN_PORT: u16 = 8080;
+    pub const STATE_DIR: &str = "STREAMOPS_STATE_DIR";
+    pub const STATE_PATH: &str = "/var/lib/streamops/state";
+}
+
+/// `job.json`: what one runtime pod executes.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobConfig {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// The StreamJob generation this configuration was compiled from.
+    pub generation: i64,
+    /// The spec after [`StreamJobSpec::defaulted`].
+    pub spec: StreamJobSpec,
+    /// Runtime pods (M). Pod ordinal `i` owns tasks `{t : t % M == i}`.
+    pub parallelism: i32,
+    pub topics: JobTopics,
+    pub restore: RestoreConfig,
+}
+
+/// Kafka topic names, resolved from the StreamTopic references of the spec.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTopics {
+    /// In spec order; tasks `0..P` are their partitions concatenated.
+    pub source: Vec<SourceTopic>,
+    pub sink: String,
+    pub late_events: Option<String>,
+    pub dead_letter: Option<String>,
+    /// Internal, P partitions, owned by the job.
+    pub repartition: String,
+    /// Internal, P partitions, `cleanup.policy=compact`, owned by the job.
+    pub control: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceTopic {
+    pub topic: String,
+    pub partitions: i32,
+}
+
+impl JobTopics {
+    /// P: the task count.
+    pub fn total_partitions(&self) -> i32 {
+        self.source.iter().map(|s| s.partitions).sum()
+    }
+}
+
+/// Where a starting pod takes its state from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreConfig {
+    /// Savepoint to restore (`<storage>/savepoints/<id>`), for the first start
+    /// of this generation. A pod of the same generation that restarts after
+    /// committing newer checkpoints must prefer its newer committed marker.
+    pub savepoint: Option<String>,
+    /// Start empty when there is nothing to restore.
+    pub allow_empty_state: bool,
+    /// `savepoint` (restore `savepoint`), `last-state` (the checkpoint the last
+    /// committed marker names) or `empty` (empty state, committed offsets).
+    /// Absent in older files: `savepoint` when `savepoint` is set, else
+    /// `last-state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RestoreMode>,
+}
+
+/// The names of a job's internal topics.
+pub fn repartition_topic(namespace: &str, job: &str) -> String {
+    format!("streamops.{namespace}.{job}.repartition")
+}
+
+pub fn control_topic(namespace: &str, job: &str) -> String {
+    format!("streamops.{namespace}.{job}.checkpoints")
+}
+
+/// `GET /v1/status`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStatus {
+    pub state: RuntimeState,
+    pub generation: i64,
+    #[serde(default)]
+    pub tasks: Vec<i32>,
+    /// Last committed checkpoint id; absent before the first commit.
+    #[serde(default)]
+    pub checkpoint_id: Option<i64>,
+    #[serde(default)]
+    pub last_commit_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeState {
+    Starting,
+    Restoring,
+    Running,
+    Stopped,
+    Failed,
+}
+
+/// `POST /v1/savepoints` body.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct SavepointRequest {
+    pub id: String,
+    /// Stop processing once the savepoint's transaction committed.
+    pub stop: bool,
+}
+
+/// `GET /v1/savepoints/{id}`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointStatus {
+    pub id: String,
+    pub state: SavepointState,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub checkpoint_id: Option<i64>,
+    /// `topic-partition` -> next offset, for this pod's tasks.
+    #[serde(default)]
+    pub offsets: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SavepointState {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_bodies_match_the_documented_json() {
+        let s: RuntimeStatus = serde_json::from_value(serde_json::json!({
+            "state": "Running", "generation": 3, "tasks": [0, 4], "checkpointId": 17, "lastCommitMs": 5
+        }))
+        .unwrap();
+        assert_eq!(s.checkpoint_id, Some(17));
+        let sp: SavepointStatus = serde_json::from_value(serde_json::json!({
+            "id": "sp-1", "state": "Completed", "location": "file:///c/savepoints/sp-1",
+            "checkpointId": 17, "offsets": {"clicks-0": 123}, "error": null
+        }))
+        .unwrap();
+        assert_eq!(sp.state, SavepointState::Completed);
+        assert_eq!(sp.offsets["clicks-0"], 123);
+        let restore = serde_json::to_value(RestoreConfig {
+            savepoint: None,
+            allow_empty_state: false,
+            mode: None,
+        })
+        .unwrap();
+        assert_eq!(
+            restore,
+            serde_json::json!({"savepoint": null, "allowEmptyState": false})
+        );
+    }
+}
