@@ -97,7 +97,10 @@ def main():
     check("cluster mode grants a ClusterRole", role is not None)
     if role:
         verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-        check("secrets: get only (no list/watch)", verbs.get(("", "secrets")) == {"get"}, str(verbs.get(("", "secrets"))))
+        check("secrets: get and create only (no list/watch/update)", verbs.get(("", "secrets")) == {"get", "create"},
+              str(verbs.get(("", "secrets"))))
+        check("pods: list only (never deleted, never exec'd)", verbs.get(("", "pods")) == {"list"}, str(verbs.get(("", "pods"))))
+        check("the operator deletes nothing (owner references do)", all("delete" not in v for v in verbs.values()))
         check("no wildcard verbs or resources",
               all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in role["rules"]))
         check("never deletes streamops resources",

@@ -79,6 +79,20 @@ pub struct OperatorConfig {
     /// Log format.
     #[arg(long, env = "STREAMOPS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Image of StreamJob runtime pods without `spec.image`.
+    #[arg(long, env = "STREAMOPS_RUNTIME_IMAGE")]
+    pub runtime_image: Option<String>,
+    /// Checkpoint storage of StreamJobs without `spec.checkpoint.storage`.
+    /// `file://` paths are a hostPath on the node: local clusters and kind only.
+    #[arg(
+        long,
+        env = "STREAMOPS_CHECKPOINT_STORAGE",
+        default_value = "file:///var/lib/streamops/checkpoints"
+    )]
+    pub checkpoint_storage: String,
+    /// Timeout of each call to a runtime pod's admin API.
+    #[arg(long, env = "STREAMOPS_RUNTIME_ADMIN_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub runtime_admin_timeout: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -105,6 +119,9 @@ impl Default for OperatorConfig {
             lease_duration: Duration::from_secs(15),
             lease_renew: Duration::from_secs(5),
             log_format: LogFormat::Text,
+            runtime_image: None,
+            checkpoint_storage: "file:///var/lib/streamops/checkpoints".into(),
+            runtime_admin_timeout: Duration::from_secs(3),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The streamops operator: controllers that make Kafka and the cluster match
-//! StreamTopic (and, later, StreamJob) resources.
+//! StreamTopic and StreamJob resources.
 //!
 //! Layout: `topic/` (plan = pure decisions, controller = observe/act shell),
+//! `job/` (plan = the upgrade state machine, resources = the object graph,
+//! admin = the runtime pods' admin API, controller = the shell),
 //! `kafka/` (client settings, admin calls), `leader` (Lease election),
 //! `http` + `metrics` (observability), `context` (what reconciles share).
 
@@ -9,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod http;
+pub mod job;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
@@ -120,7 +123,11 @@ pub async fn run_controllers(
             }
         }
     };
-    topic::controller::run(client, config.clone(), metrics, stop).await;
+    let stop = stop.shared();
+    tokio::join!(
+        topic::controller::run(client.clone(), config.clone(), metrics.clone(), stop.clone()),
+        job::controller::run(client, config.clone(), metrics, stop),
+    );
     server.abort();
     if lost.load(Ordering::SeqCst) {
         anyhow::bail!(

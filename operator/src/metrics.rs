@@ -13,6 +13,8 @@ pub struct Metrics {
     errors: IntCounterVec,
     duration: HistogramVec,
     managed: IntGaugeVec,
+    job_operations: IntCounterVec,
+    savepoint_duration: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -54,11 +56,30 @@ impl Metrics {
             &["ownership"],
         )
         .expect("static metric definition");
+        let job_operations = IntCounterVec::new(
+            Opts::new(
+                "job_operations_total",
+                "StreamJob operations by kind (savepoint, upgrade, rollback) and result",
+            ),
+            &["operation", "result"],
+        )
+        .expect("static metric definition");
+        let savepoint_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "job_savepoint_duration_seconds",
+                "Time from requesting a savepoint to every pod reporting it complete",
+            )
+            .buckets(vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]),
+            &[],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(managed.clone()),
+            Box::new(job_operations.clone()),
+            Box::new(savepoint_duration.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -68,7 +89,21 @@ impl Metrics {
             errors,
             duration,
             managed,
+            job_operations,
+            savepoint_duration,
         }
+    }
+
+    /// A StreamJob operation finished: `operation` is savepoint, upgrade or
+    /// rollback; `result` succeeded or failed.
+    pub fn job_operation(&self, operation: &str, result: &str) {
+        self.job_operations.with_label_values(&[operation, result]).inc();
+    }
+
+    pub fn savepoint_took(&self, seconds: f64) {
+        self.savepoint_duration
+            .with_label_values(&[] as &[&str])
+            .observe(seconds);
     }
 
     pub fn reconciled(&self, controller: &str, ok: bool, took: Duration) {

@@ -1,0 +1,712 @@
+//! The StreamJob controller shell: observe (the job's latest status, its
+//! StreamTopics, its pods and what their admin API says), ask
+//! [`plan::decide`], then act in write-ahead order: status first, then the
+//! object graph, then the one admin call.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Pod, Secret, Service},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{self, Event as FinalizerEvent},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use streamops_crds::{
+    Health, StreamJob, StreamTopic, Validation,
+    common::is_ready,
+    job::{JobPhase, annotation},
+    runtime_api::{JobTopics, SavepointRequest, SourceTopic, env},
+    topic::annotation as topic_annotation,
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{
+    JOB_LABEL, JobNames, REVISION_ANNOTATION,
+    admin::{HttpAdmin, PodEndpoint, RuntimeAdmin},
+    annotation_is,
+    plan::{self, AdminCall, Deployment, Observed, Outcome, PodView, Step},
+    resources::{self, KafkaAccess, PodInputs},
+    status,
+};
+use crate::{
+    config::OperatorConfig,
+    context::backoff,
+    error::{Error, Result},
+    kafka::{FailureKind, KafkaAdmin, KafkaClients},
+    metrics::Metrics,
+};
+
+/// Name of the controller in metrics and logs.
+pub const CONTROLLER: &str = "streamjob";
+/// Held while the job's internal Kafka topics may still have to be deleted.
+pub const FINALIZER: &str = "streamops.io/job";
+
+/// What every StreamJob reconcile shares.
+pub struct JobContext {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub kafka: KafkaClients,
+    pub config: OperatorConfig,
+    pub admin: Arc<dyn RuntimeAdmin>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl JobContext {
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Metrics,
+        admin: Arc<dyn RuntimeAdmin>,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "streamops-operator".into(),
+            instance: config.identity.clone(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            kafka: KafkaClients::new(&config),
+            client,
+            metrics,
+            config,
+            admin,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn next_backoff(&self, uid: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(uid.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff(self.config.retry_base, self.config.retry_max, *n)
+    }
+
+    fn reset_backoff(&self, uid: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
+    async fn event(&self, job: &StreamJob, warning: bool, reason: &str, note: String) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
+            warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (jobs, topics, sets): (Api<StreamJob>, Api<StreamTopic>, Api<StatefulSet>) =
+        match &config.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let controller = Controller::new(jobs, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let admin = Arc::new(HttpAdmin::new(config.runtime_admin_timeout));
+    let ctx = JobContext::new(client, config, metrics, admin);
+    controller
+        .owns(sets, watcher::Config::default().labels(JOB_LABEL))
+        // A StreamTopic becoming Ready (or changing partitions) wakes the
+        // jobs that reference it: one GitOps sync of topics and job converges.
+        .watches(topics, watcher::Config::default(), move |topic: StreamTopic| {
+            let ns = topic.namespace().unwrap_or_default();
+            let name = topic.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && references(j, &name))
+                .map(|j| ObjectRef::from_obj(&*j))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+}
+
+/// Whether the job names StreamTopic `topic` anywhere.
+fn references(job: &StreamJob, topic: &str) -> bool {
+    let s = &job.spec;
+    s.source.topics.iter().any(|t| t == topic)
+        || s.sink.topic == topic
+        || s.late_events.as_ref().is_some_and(|t| t.topic == topic)
+        || s.dead_letter.as_ref().is_some_and(|t| t.topic == topic)
+}
+
+pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<JobContext>) -> Result<Action> {
+    let span = info_span!(
+        "reconcile",
+        controller = CONTROLLER,
+        namespace = job.namespace().unwrap_or_default(),
+        name = job.name_any(),
+        generation = job.metadata.generation.unwrap_or_default(),
+    );
+    async move {
+        let started = Instant::now();
+        let ns = job.namespace().unwrap_or_default();
+        let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
+        let result = finalizer::finalizer(&api, FINALIZER, job.clone(), |event| async {
+            match event {
+                FinalizerEvent::Apply(j) => apply(&j, &api, &ctx).await,
+                FinalizerEvent::Cleanup(j) => cleanup(&j, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+            other => Error::Finalizer(Box::new(other)),
+        });
+        ctx.metrics
+            .reconciled(CONTROLLER, result.is_ok(), started.elapsed());
+        match &result {
+            Ok(_) => ctx.reset_backoff(&job.uid().unwrap_or_default()),
+            Err(e) => ctx.metrics.error(CONTROLLER, e.reason()),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<JobContext>) -> Action {
+    let delay = ctx.next_backoff(&job.uid().unwrap_or_default());
+    warn!(namespace = job.namespace().unwrap_or_default(), name = job.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Records `health` (and `new_status`) when anything changed; emits an
+/// event when the Ready reason changed.
+async fn report(
+    job: &StreamJob,
+    api: &Api<StreamJob>,
+    ctx: &JobContext,
+    new_status: streamops_crds::StreamJobStatus,
+    health: &Health,
+) -> Result<()> {
+    let changed_reason = status::previous_reason(job) != Some(health.reason());
+    let new_status = status::with_health(job, new_status, health);
+    if job.status.as_ref() != Some(&new_status) {
+        status::apply(api, job, &new_status).await?;
+    }
+    if changed_reason {
+        let warning = matches!(health, Health::Stalled { .. });
+        ctx.event(job, warning, health.reason(), health.message().to_owned())
+            .await;
+    }
+    Ok(())
+}
+
+/// What the pods need from outside the spec: image, Kafka access, storage.
+struct Setup {
+    image: String,
+    kafka: KafkaAccess,
+    storage: String,
+}
+
+fn setup(job: &StreamJob, config: &OperatorConfig) -> std::result::Result<Setup, Health> {
+    let image = job
+        .spec
+        .image
+        .clone()
+        .or_else(|| config.runtime_image.clone())
+        .filter(|i| !i.trim().is_empty())
+        .ok_or_else(|| {
+            Health::stalled(
+                "NoRuntimeImage",
+                "no spec.image and the operator has no default runtime image (STREAMOPS_RUNTIME_IMAGE)",
+            )
+        })?;
+    let kafka = match &job.spec.cluster {
+        Some(cluster) => KafkaAccess::from_spec(cluster),
+        None => {
+            let bootstrap = config
+                .kafka_bootstrap
+                .clone()
+                .filter(|b| !b.trim().is_empty())
+                .ok_or_else(|| {
+                    Health::stalled(Error::NoKafkaCluster.reason(), Error::NoKafkaCluster.to_string())
+                })?;
+            let has_credentials = [
+                &config.kafka_sasl_username_file,
+                &config.kafka_sasl_password_file,
+                &config.kafka_tls_ca_file,
+                &config.kafka_tls_cert_file,
+                &config.kafka_tls_key_file,
+            ]
+            .iter()
+            .any(|f| f.is_some());
+            if has_credentials {
+                // The operator's own credentials never leave its namespace.
+                return Err(Health::stalled(
+                    "ClusterCredentialsRequired",
+                    "the operator's default Kafka cluster needs credentials, which are never copied into job \
+                     namespaces; set spec.cluster with Secret refs in this namespace",
+                ));
+            }
+            KafkaAccess {
+                bootstrap,
+                security_protocol: config.kafka_security_protocol.clone(),
+                sasl_mechanism: None,
+                files: Vec::new(),
+            }
+        }
+    };
+    let storage = job
+        .spec
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.storage.clone())
+        .unwrap_or_else(|| config.checkpoint_storage.clone());
+    Ok(Setup {
+        image,
+        kafka,
+        storage,
+    })
+}
+
+/// The Kafka names of the topics the spec references, or why not yet.
+async fn resolve_topics(
+    job: &StreamJob,
+    names: &JobNames,
+    client: &Client,
+) -> Result<std::result::Result<JobTopics, String>> {
+    let api: Api<StreamTopic> = Api::namespaced(client.clone(), &names.namespace);
+    let mut problems = Vec::new();
+    let mut resolve = async |name: &str| -> Result<Option<(String, i32)>> {
+        let Some(topic) = api.get_opt(name).await? else {
+            problems.push(format!("StreamTopic {name:?} not found"));
+            return Ok(None);
+        };
+        let st = topic.status.clone().unwrap_or_default();
+        if !is_ready(&st.conditions, st.observed_generation, topic.metadata.generation) {
+            let why = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_else(|| "no status yet".into());
+            problems.push(format!("StreamTopic {name:?} is not Ready ({why})"));
+            return Ok(None);
+        }
+        let kafka_name = st.topic_name.clone().unwrap_or_else(|| topic.kafka_topic_name());
+        Ok(Some((kafka_name, st.partitions.unwrap_or(topic.spec.partitions))))
+    };
+    let mut source = Vec::new();
+    for name in &job.spec.source.topics {
+        if let Some((topic, partitions)) = resolve(name).await? {
+            source.push(SourceTopic { topic, partitions });
+        }
+    }
+    let sink = resolve(&job.spec.sink.topic).await?;
+    let late = match &job.spec.late_events {
+        Some(s) => Some(resolve(&s.topic).await?),
+        None => None,
+    };
+    let dead = match &job.spec.dead_letter {
+        Some(s) => Some(resolve(&s.topic).await?),
+        None => None,
+    };
+    if !problems.is_empty() {
+        return Ok(Err(problems.join("; ")));
+    }
+    let name = |r: Option<(String, i32)>| r.map(|(n, _)| n).unwrap_or_default();
+    Ok(Ok(JobTopics {
+        source,
+        sink: name(sink),
+        late_events: late.map(name),
+        dead_letter: dead.map(name),
+        repartition: names.repartition_topic(),
+        control: names.control_topic(),
+    }))
+}
+
+async fn kafka_admin(job: &StreamJob, ctx: &JobContext) -> Result<KafkaAdmin> {
+    let ns = job.namespace().unwrap_or_default();
+    let settings = ctx
+        .kafka
+        .settings(&ctx.client, &ns, job.spec.cluster.as_ref())
+        .await?;
+    ctx.kafka.admin(&settings)
+}
+
+/// Creates the repartition and control topics with P partitions (growing
+/// them when P grew).
+async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobTopics) -> Result<()> {
+    let admin = kafka_admin(job, ctx).await?;
+    let partitions = topics.total_partitions();
+    let compact: BTreeMap<String, String> = [("cleanup.policy".to_owned(), "compact".to_owned())].into();
+    for (name, config) in [(&topics.repartition, BTreeMap::new()), (&topics.control, compact)] {
+        match admin.describe(name).await.map_err(Error::from_admin)? {
+            None => {
+                match admin.create(name, partitions, None, &config).await {
+                    Ok(()) => {}
+                    Err(f) if f.kind == FailureKind::AlreadyExists => {}
+                    Err(f) => return Err(Error::from_admin(f)),
+                }
+                info!(topic = %name, partitions, "created internal topic");
+                ctx.event(
+                    job,
+                    false,
+                    "InternalTopicCreated",
+                    format!("created Kafka topic {name:?} with {partitions} partitions"),
+                )
+                .await;
+            }
+            Some(observed) if observed.partitions < partitions => {
+                admin
+                    .grow_partitions(name, partitions)
+                    .await
+                    .map_err(|f| match f.kind {
+                        FailureKind::Unsupported => Error::BrokerLacksCreatePartitions(format!(
+                            "internal topic {name:?} needs {partitions} partitions (has {}): the broker does not \
+                             support CreatePartitions",
+                            observed.partitions
+                        )),
+                        _ => Error::from_admin(f),
+                    })?;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn random_token() -> Result<String> {
+    let bytes = tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map(|()| bytes)
+    })
+    .await
+    .map_err(|e| Error::Credentials(format!("admin token task failed: {e}")))?
+    .map_err(|e| Error::Credentials(format!("cannot read /dev/urandom for the admin token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The admin token, creating `<job>-admin` once (never updated, never logged).
+async fn admin_token(job: &StreamJob, names: &JobNames, ctx: &JobContext) -> Result<Option<String>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let read = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(env::ADMIN_TOKEN_KEY))
+            .and_then(|ByteString(b)| String::from_utf8(b.clone()).ok())
+    };
+    if let Some(secret) = secrets.get_opt(&names.admin_secret()).await? {
+        return Ok(read(&secret));
+    }
+    let token = random_token().await?;
+    let secret = resources::admin_secret(job, names, &token).map_err(Error::KafkaClientConfig)?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(Some(token)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(secrets
+            .get_opt(&names.admin_secret())
+            .await?
+            .as_ref()
+            .and_then(read)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn server_side_apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<()>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply(status::FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await?;
+    Ok(())
+}
+
+struct ObservedPods {
+    views: Vec<PodView>,
+    endpoints: Vec<PodEndpoint>,
+}
+
+async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -> Result<ObservedPods> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{JOB_LABEL}={}", names.job)))
+        .await?;
+    let mut views = Vec::new();
+    let mut endpoints = Vec::new();
+    for pod in list.items {
+        let name = pod.name_any();
+        let status = pod.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let restarts = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .map(|c| c.restart_count)
+            .sum();
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        if let (Some(ip), Some(token)) = (status.pod_ip.as_deref(), token)
+            && let Ok(ip) = ip.parse::<IpAddr>()
+            && !terminating
+        {
+            endpoints.push(PodEndpoint {
+                pod: name.clone(),
+                addr: SocketAddr::new(ip, env::ADMIN_PORT),
+                token: token.to_owned(),
+            });
+        }
+        views.push(PodView {
+            revision: pod.annotations().get(REVISION_ANNOTATION).cloned(),
+            name,
+            ready,
+            restarts,
+            terminating,
+        });
+    }
+    Ok(ObservedPods { views, endpoints })
+}
+
+async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Result<Action> {
+    // The write-ahead log is read from the apiserver, never from a cache
+    // that may lag behind the last write.
+    let Some(job) = api.get_opt(&job.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let job = &job;
+    let names = JobNames::of(job);
+    let current = job.status.clone().unwrap_or_default();
+    if annotation_is(job, annotation::PAUSED, "true") {
+        let health = Health::reconciling(
+            "Paused",
+            "annotation streamops.io/paused=\"true\": nothing is created, changed or stopped; remove it to resume",
+        );
+        report(job, api, ctx, current, &health).await?;
+        return Ok(Action::await_change());
+    }
+    let setup = match setup(job, &ctx.config) {
+        Ok(s) => s,
+        Err(health) => {
+            report(job, api, ctx, current, &health).await?;
+            return Ok(Action::requeue(ctx.config.resync_interval));
+        }
+    };
+    let topics = resolve_topics(job, &names, &ctx.client).await?;
+    let valid = job.spec.validation_message().is_none();
+    if valid && let Ok(t) = &topics {
+        if let Err(e) = ensure_internal_topics(job, ctx, t).await {
+            let health = if e.is_transient() {
+                Health::reconciling(e.reason(), e.to_string())
+            } else {
+                Health::stalled(e.reason(), e.to_string())
+            };
+            report(job, api, ctx, current, &health).await?;
+            return if e.is_transient() {
+                Err(e)
+            } else {
+                Ok(Action::requeue(ctx.config.resync_interval))
+            };
+        }
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
+        let svc = resources::service(job, &names).map_err(Error::KafkaClientConfig)?;
+        server_side_apply(&services, &names.service(), &svc).await?;
+    }
+    let token = admin_token(job, &names, ctx).await?;
+    let pods = observe_pods(&names, ctx, token.as_deref()).await?;
+
+    let intent = current.upgrade.clone();
+    let savepointing = current.phase == Some(JobPhase::Savepointing);
+    let admin = ctx.admin.clone();
+    let answers = futures::future::join_all(pods.endpoints.iter().map(|ep| {
+        let admin = admin.clone();
+        let sp_id = intent
+            .as_ref()
+            .filter(|_| savepointing)
+            .map(|i| i.savepoint_id.clone());
+        async move {
+            let status = admin.status(ep).await.map_err(|e| e.to_string());
+            let savepoint = match &sp_id {
+                Some(id) => Some(admin.savepoint(ep, id).await.map_err(|e| e.to_string())),
+                None => None,
+            };
+            (ep.pod.clone(), status, savepoint)
+        }
+    }))
+    .await;
+    let mut runtime = BTreeMap::new();
+    let mut savepoints = BTreeMap::new();
+    for (pod, status, savepoint) in answers {
+        runtime.insert(pod.clone(), status);
+        if let Some(sp) = savepoint {
+            savepoints.insert(pod, sp);
+        }
+    }
+    let observed = Observed {
+        generation: job.metadata.generation.unwrap_or_default(),
+        spec: job.spec.clone(),
+        status: current,
+        suspend_annotation: annotation_is(job, annotation::SUSPEND, "true"),
+        savepoint_annotation: job.annotations().get(annotation::SAVEPOINT_REQUEST).cloned(),
+        topics,
+        pods: pods.views,
+        runtime,
+        savepoints,
+        now: Timestamp::now(),
+    };
+    let step = plan::decide(&observed);
+    info!(phase = ?step.status.phase, reason = step.health.reason(), call = ?step.call, "decided");
+
+    // 1. The write-ahead log.
+    report(job, api, ctx, step.status.clone(), &step.health).await?;
+    // 2. The object graph.
+    if let Some(d) = &step.deployment {
+        deploy(job, &names, &setup, d, ctx).await?;
+    }
+    // 3. The admin call.
+    call(&step, &pods.endpoints, ctx).await;
+    for t in &step.events {
+        ctx.event(job, t.warning, t.reason, t.message.clone()).await;
+    }
+    count(&step, &ctx.metrics);
+    Ok(Action::requeue(step.requeue.max(Duration::from_millis(200))))
+}
+
+async fn deploy(
+    job: &StreamJob,
+    names: &JobNames,
+    setup: &Setup,
+    d: &Deployment,
+    ctx: &JobContext,
+) -> Result<()> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let cm = resources::config_map(job, names, d).map_err(Error::KafkaClientConfig)?;
+    server_side_apply(&config_maps, &names.config_map(), &cm).await?;
+    let inputs = PodInputs {
+        names,
+        image: &setup.image,
+        kafka: &setup.kafka,
+        storage: &setup.storage,
+    };
+    let sts = resources::statefulset(job, &inputs, d).map_err(Error::KafkaClientConfig)?;
+    server_side_apply(&sets, &names.statefulset(), &sts).await
+}
+
+async fn call(step: &Step, endpoints: &[PodEndpoint], ctx: &JobContext) {
+    let on = |pods: &Vec<String>| -> Vec<&PodEndpoint> {
+        endpoints.iter().filter(|e| pods.contains(&e.pod)).collect()
+    };
+    match &step.call {
+        AdminCall::None => {}
+        AdminCall::Savepoint { id, stop, pods } => {
+            let request = SavepointRequest {
+                id: id.clone(),
+                stop: *stop,
+            };
+            for ep in on(pods) {
+                // Idempotent per id: a lost answer is retried next reconcile.
+                if let Err(e) = ctx.admin.trigger_savepoint(ep, &request).await {
+                    warn!(pod = %ep.pod, error = %e, "savepoint trigger failed");
+                }
+            }
+        }
+        AdminCall::Resume { pods } => {
+            for ep in on(pods) {
+                if let Err(e) = ctx.admin.resume(ep).await {
+                    warn!(pod = %ep.pod, error = %e, "resume failed");
+                }
+            }
+        }
+    }
+}
+
+fn count(step: &Step, metrics: &Metrics) {
+    for outcome in &step.outcomes {
+        match outcome {
+            Outcome::SavepointCompleted { seconds } => {
+                metrics.savepoint_took(*seconds);
+                metrics.job_operation("savepoint", "succeeded");
+            }
+            Outcome::SavepointFailed => metrics.job_operation("savepoint", "failed"),
+            Outcome::UpgradeSucceeded { .. } => metrics.job_operation("upgrade", "succeeded"),
+            Outcome::UpgradeFailed => metrics.job_operation("upgrade", "failed"),
+            Outcome::RolledBack => metrics.job_operation("rollback", "succeeded"),
+            Outcome::RollbackFailed => metrics.job_operation("rollback", "failed"),
+        }
+    }
+}
+
+/// Deletes the internal topics (the pods, ConfigMap, Service and Secret go
+/// by owner reference).
+async fn cleanup(job: &StreamJob, ctx: &JobContext) -> Result<Action> {
+    if annotation_is(job, topic_annotation::SKIP_KAFKA_DELETION, "true") {
+        return Ok(Action::await_change());
+    }
+    let names = JobNames::of(job);
+    let admin = match kafka_admin(job, ctx).await {
+        Ok(a) => a,
+        // No cluster configured: nothing was ever created.
+        Err(Error::NoKafkaCluster) => return Ok(Action::await_change()),
+        Err(e) => return Err(e),
+    };
+    for topic in [names.repartition_topic(), names.control_topic()] {
+        admin.delete(&topic).await.map_err(Error::from_admin)?;
+        info!(%topic, "deleted internal topic");
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,1292 @@
+//! The StreamJob state machine: one pure function, [`decide`], from what the
+//! controller observed (spec, status, pods, the runtime's admin answers, the
+//! clock) to the next [`Step`]: the status to persist *before* acting, the
+//! kstatus health, the object graph to apply and at most one admin call.
+//!
+//! Status is the write-ahead log. An operation in flight is an
+//! [`UpgradeIntent`] in `status.upgrade` plus `status.phase`:
+//!
+//! | phase | intent | meaning | next |
+//! |---|---|---|---|
+//! | `Savepointing` | savepoint id | stop-with-savepoint (or a plain savepoint) asked of every pod | all Completed: record it; any Failed / timeout: resume pods, `Stalled` |
+//! | `Suspended` | present | savepoint recorded, pods being removed | no pods left: intent cleared |
+//! | `Deploying` / `Upgrading` / `RollingBack` | `rolloutStarted` absent | old pods being removed (StatefulSet scaled to 0) | no pods left: `rolloutStarted` = now, scale to M |
+//! | same | `rolloutStarted` set | new pods starting | all Ready and stable: `lastStableSpec` = intent spec; health timeout: roll back / `Stalled` |
+//! | `Failed` | present | the rolled-out version is unhealthy and nothing safe is left to do | waits for it to recover or for a new generation |
+//!
+//! Every step is idempotent: running [`decide`] again on the persisted
+//! status, with whatever the pods now say, continues where the last run
+//! stopped (the tests below do exactly that from every persisted status).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use streamops_crds::{
+    Health, StreamJobSpec, StreamJobStatus, Validation,
+    change::{self, ChangeKind, Compatibility},
+    job::{IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord, UpgradeIntent, UpgradeMode},
+    runtime_api::{JobTopics, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus},
+};
+
+/// A new version must stay Ready this long after its pods were requested
+/// (at most a quarter of the health timeout) before it counts as stable.
+pub const STABLE_AFTER: Duration = Duration::from_secs(5);
+/// How soon to look again while an operation is in flight.
+pub const POLL: Duration = Duration::from_secs(1);
+/// How soon to look again in a steady state (health, stopped pods, lag).
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// A runtime pod of the job's StatefulSet, as the controller saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    /// The pod template revision it was created from ([`revision`]).
+    pub revision: Option<String>,
+    /// The Ready condition (the runtime's `/readyz`).
+    pub ready: bool,
+    /// Container restarts since the pod was created.
+    pub restarts: i32,
+    /// Has a deletion timestamp.
+    pub terminating: bool,
+}
+
+/// An admin API answer, or why there is none (unreachable, HTTP error).
+pub type Answer<T> = Result<T, String>;
+
+/// Everything [`decide`] looks at.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub generation: i64,
+    pub spec: StreamJobSpec,
+    pub status: StreamJobStatus,
+    /// Annotation `streamops.io/suspend: "true"`.
+    pub suspend_annotation: bool,
+    /// Annotation `streamops.io/savepoint-request`.
+    pub savepoint_annotation: Option<String>,
+    /// The resolved topics, or why they are not usable yet.
+    pub topics: Result<JobTopics, String>,
+    pub pods: Vec<PodView>,
+    /// `GET /v1/status` per pod name (pods with no address are absent).
+    pub runtime: BTreeMap<String, Answer<RuntimeStatus>>,
+    /// `GET /v1/savepoints/{intent's id}` per pod name; `Ok(None)` is a 404.
+    pub savepoints: BTreeMap<String, Answer<Option<SavepointStatus>>>,
+    pub now: Timestamp,
+}
+
+/// What the StatefulSet and ConfigMap should say now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deployment {
+    /// Defaulted.
+    pub spec: StreamJobSpec,
+    pub generation: i64,
+    /// M, the pods the job runs with (what `job.json` says).
+    pub parallelism: i32,
+    /// StatefulSet replicas: M, or 0 while old pods are removed / suspended.
+    pub replicas: i32,
+    pub topics: JobTopics,
+    pub restore: RestoreConfig,
+    /// Pod template annotation; see [`revision`].
+    pub revision: String,
+}
+
+/// The one admin call a step makes (on the pods named).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminCall {
+    None,
+    Savepoint {
+        id: String,
+        stop: bool,
+        pods: Vec<String>,
+    },
+    Resume {
+        pods: Vec<String>,
+    },
+}
+
+/// A Kubernetes Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the metrics count.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    SavepointCompleted { seconds: f64 },
+    SavepointFailed,
+    UpgradeSucceeded { seconds: f64 },
+    UpgradeFailed,
+    RolledBack,
+    RollbackFailed,
+}
+
+/// The decision: persist `status` (with `health`), then apply `deployment`,
+/// then make `call`; look again after `requeue`.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub status: StreamJobStatus,
+    pub health: Health,
+    pub deployment: Option<Deployment>,
+    pub call: AdminCall,
+    pub events: Vec<Transition>,
+    pub outcomes: Vec<Outcome>,
+    pub requeue: Duration,
+}
+
+impl Step {
+    fn new(status: StreamJobStatus, health: Health) -> Self {
+        Self {
+            status,
+            health,
+            deployment: None,
+            call: AdminCall::None,
+            events: Vec::new(),
+            outcomes: Vec::new(),
+            requeue: RESYNC,
+        }
+    }
+    fn deploy(mut self, d: Option<Deployment>) -> Self {
+        self.deployment = d;
+        self
+    }
+    fn call(mut self, call: AdminCall) -> Self {
+        self.call = call;
+        self
+    }
+    fn event(mut self, warning: bool, reason: &'static str, message: impl Into<String>) -> Self {
+        self.events.push(Transition {
+            warning,
+            reason,
+            message: message.into(),
+        });
+        self
+    }
+    fn outcome(mut self, o: Outcome) -> Self {
+        self.outcomes.push(o);
+        self
+    }
+    fn poll(mut self) -> Self {
+        self.requeue = POLL;
+        self
+    }
+}
+
+/// Pods the job runs: the source partition count P, capped by
+/// `spec.parallelism`; at least 1, never above P.
+pub fn target_parallelism(spec: &StreamJobSpec, partitions: i32) -> i32 {
+    let p = partitions.max(1);
+    spec.parallelism.map_or(p, |cap| cap.clamp(1, p))
+}
+
+/// A stable hash of what the pods execute: the runtime view of the spec, M
+/// and the topics. Ignored spec changes (timeouts, retention, nonce) and the
+/// restore hint do not change it, so they never make running pods outdated.
+pub fn revision(spec: &StreamJobSpec, parallelism: i32, topics: &JobTopics) -> String {
+    let view = change::runtime_view(&spec.defaulted());
+    let text = serde_json::to_string(&(view, parallelism, topics)).unwrap_or_default();
+    // FNV-1a: stable across Rust versions, unlike `DefaultHasher`.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The savepoint-request key: changes whenever `spec.savepointNonce` or the
+/// `savepoint-request` annotation gets a new value.
+pub fn savepoint_request_key(spec: &StreamJobSpec, annotation: Option<&str>) -> Option<String> {
+    match (spec.savepoint_nonce.as_deref(), annotation) {
+        (None, None) => None,
+        (n, a) => Some(format!(
+            "nonce={};annotation={}",
+            n.unwrap_or(""),
+            a.unwrap_or("")
+        )),
+    }
+}
+
+/// Savepoint history, newest first: at most `keep`, none older than
+/// `max_age`, but the newest is never removed.
+pub fn retain_savepoints(
+    history: Vec<SavepointRecord>,
+    keep: usize,
+    max_age: Option<Duration>,
+    now: Timestamp,
+) -> Vec<SavepointRecord> {
+    history
+        .into_iter()
+        .enumerate()
+        .filter(|(i, sp)| {
+            *i == 0
+                || (*i < keep.max(1)
+                    && max_age.is_none_or(|age| millis_between(sp.time.0, now) <= age.as_millis() as i64))
+        })
+        .map(|(_, sp)| sp)
+        .collect()
+}
+
+fn millis_between(earlier: Timestamp, later: Timestamp) -> i64 {
+    later.as_millisecond() - earlier.as_millisecond()
+}
+
+fn elapsed(since: &Time, now: Timestamp) -> Duration {
+    Duration::from_millis(u64::try_from(millis_between(since.0, now)).unwrap_or(0))
+}
+
+fn secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+struct Timeouts {
+    savepoint: Duration,
+    health: Duration,
+    rollback: bool,
+}
+
+fn timeouts(spec: &StreamJobSpec) -> Timeouts {
+    let d = spec.defaulted();
+    let up = d.upgrade.unwrap_or(streamops_crds::job::UpgradeSpec {
+        savepoint_timeout: None,
+        health_timeout: None,
+        rollback: None,
+    });
+    Timeouts {
+        savepoint: up
+            .savepoint_timeout
+            .map_or(Duration::from_secs(60), |t| t.as_duration()),
+        health: up
+            .health_timeout
+            .map_or(Duration::from_secs(120), |t| t.as_duration()),
+        rollback: up.rollback.unwrap_or(true),
+    }
+}
+
+fn upgrade_mode(spec: &StreamJobSpec) -> UpgradeMode {
+    spec.upgrade_mode.unwrap_or_default()
+}
+
+fn desired_suspended(o: &Observed) -> bool {
+    o.suspend_annotation || o.spec.state == Some(JobState::Suspended)
+}
+
+/// Live (not terminating) pods, in name order.
+fn live_pods(o: &Observed) -> Vec<&PodView> {
+    let mut pods: Vec<&PodView> = o.pods.iter().filter(|p| !p.terminating).collect();
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    pods
+}
+
+/// Pods whose runtime says it is Stopped (an abandoned stop-with-savepoint).
+fn stopped_pods(o: &Observed) -> Vec<String> {
+    o.runtime
+        .iter()
+        .filter(|(_, a)| matches!(a, Ok(s) if s.state == RuntimeState::Stopped))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+fn ready_count(o: &Observed, revision: &str) -> usize {
+    live_pods(o)
+        .iter()
+        .filter(|p| p.ready && p.revision.as_deref() == Some(revision))
+        .count()
+}
+
+/// The intent's defaulted view: kind and options with their defaults.
+fn kind_of(intent: &UpgradeIntent) -> IntentKind {
+    intent.kind.unwrap_or(IntentKind::Upgrade)
+}
+
+/// What the pods of `intent` run.
+fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Option<Deployment> {
+    let topics = o.topics.clone().ok()?;
+    let parallelism = intent
+        .parallelism
+        .unwrap_or_else(|| target_parallelism(&intent.spec, topics.total_partitions()));
+    let mode = intent.restore_mode.unwrap_or(if intent.restore_from.is_some() {
+        RestoreMode::Savepoint
+    } else {
+        RestoreMode::LastState
+    });
+    Some(Deployment {
+        spec: intent.spec.defaulted(),
+        generation: intent.target_generation,
+        parallelism,
+        replicas,
+        revision: revision(&intent.spec, parallelism, &topics),
+        restore: RestoreConfig {
+            savepoint: intent
+                .restore_from
+                .clone()
+                .filter(|_| mode == RestoreMode::Savepoint),
+            allow_empty_state: mode == RestoreMode::Empty || intent.spec.allows_empty_state(),
+            mode: Some(mode),
+        },
+        topics,
+    })
+}
+
+/// What runs in a steady state: the last stable spec, restoring (on a pod
+/// restart) from the last committed checkpoint.
+fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> {
+    let spec = o.status.last_stable_spec.as_ref()?;
+    let topics = o.topics.clone().ok()?;
+    let parallelism = o
+        .status
+        .parallelism
+        .filter(|m| *m > 0)
+        .unwrap_or_else(|| target_parallelism(spec, topics.total_partitions()));
+    Some(Deployment {
+        spec: spec.defaulted(),
+        generation: o.status.last_stable_generation.unwrap_or(o.generation),
+        parallelism,
+        replicas: replicas.unwrap_or(parallelism),
+        revision: revision(spec, parallelism, &topics),
+        restore: RestoreConfig {
+            savepoint: None,
+            allow_empty_state: spec.allows_empty_state(),
+            mode: Some(RestoreMode::LastState),
+        },
+        topics,
+    })
+}
+
+/// The next step. See the module documentation for the states.
+pub fn decide(o: &Observed) -> Step {
+    match o.status.upgrade.clone() {
+        Some(intent) => continue_intent(o, intent),
+        None => steady(o),
+    }
+}
+
+fn steady(o: &Observed) -> Step {
+    let status = o.status.clone();
+    let deployed = status.last_stable_spec.is_some();
+    if let Some(message) = o.spec.validation_message() {
+        return Step::new(status, Health::stalled("InvalidSpec", message)).deploy(steady_deployment(o, None));
+    }
+    let topics = match &o.topics {
+        Ok(t) => t.clone(),
+        Err(why) => {
+            let health = Health::reconciling("TopicNotReady", why.clone());
+            let mut step = Step::new(status, health);
+            step.requeue = Duration::from_secs(5);
+            return step;
+        }
+    };
+    let p = topics.total_partitions();
+    let m = target_parallelism(&o.spec, p);
+
+    if !deployed {
+        if desired_suspended(o) {
+            let mut status = status;
+            status.phase = Some(JobPhase::Suspended);
+            status.parallelism = Some(0);
+            status.source_partitions = Some(p);
+            return Step::new(
+                status,
+                Health::ready("Suspended", "suspended before its first deployment; nothing runs"),
+            );
+        }
+        let (mode, from) = match o.spec.restore.as_ref().and_then(|r| r.from_savepoint.clone()) {
+            Some(location) => (RestoreMode::Savepoint, Some(location)),
+            // A new job: its control topic was just created, there is no
+            // state to lose, so it starts empty at `source.startFrom`.
+            None => (RestoreMode::Empty, None),
+        };
+        let intent = new_intent(o, IntentKind::Deploy, o.spec.clone(), false, m, p, mode, from);
+        let message = format!(
+            "deploying generation {} with {m} pods for {p} partitions",
+            o.generation
+        );
+        return begin(
+            o,
+            intent,
+            JobPhase::Deploying,
+            Health::reconciling("Deploying", message.clone()),
+        )
+        .event(false, "Deploying", message);
+    }
+
+    let last_stable = status.last_stable_spec.clone().unwrap_or_else(|| o.spec.clone());
+    let mode = upgrade_mode(&o.spec);
+
+    if status.phase == Some(JobPhase::Suspended) {
+        if desired_suspended(o) {
+            return Step::new(status, Health::ready("Suspended", suspended_message(o)))
+                .deploy(steady_deployment(o, Some(0)));
+        }
+        let compat = change::classify(&last_stable, &o.spec).compatibility;
+        let Some(restore) = restore_for(o, &compat, mode, true) else {
+            return incompatible(o, &compat);
+        };
+        let (restore_mode, from) = restore;
+        let intent = new_intent(
+            o,
+            IntentKind::Resume,
+            o.spec.clone(),
+            false,
+            m,
+            p,
+            restore_mode,
+            from,
+        );
+        let message = format!("resuming generation {} with {m} pods", o.generation);
+        return begin(
+            o,
+            intent,
+            JobPhase::Upgrading,
+            Health::reconciling("Resuming", message.clone()),
+        )
+        .event(false, "Resuming", message);
+    }
+
+    if desired_suspended(o) {
+        let with_savepoint = mode == UpgradeMode::Savepoint;
+        let running_m = status.parallelism.unwrap_or(m);
+        let mut spec = last_stable.clone();
+        spec.state = Some(JobState::Suspended);
+        let intent = new_intent(
+            o,
+            IntentKind::Suspend,
+            spec,
+            with_savepoint,
+            running_m,
+            status.source_partitions.unwrap_or(p),
+            RestoreMode::LastState,
+            None,
+        );
+        let phase = if with_savepoint {
+            JobPhase::Savepointing
+        } else {
+            JobPhase::Suspended
+        };
+        let message = if with_savepoint {
+            format!("suspending: stop-with-savepoint {}", intent.savepoint_id)
+        } else {
+            "suspending: removing the pods (the last committed checkpoint is kept)".to_owned()
+        };
+        return begin(
+            o,
+            intent,
+            phase,
+            Health::reconciling("Suspending", message.clone()),
+        )
+        .event(false, "Suspending", message);
+    }
+
+    if o.status.failed_generation == Some(o.generation) {
+        let health = previous_stall(o).unwrap_or_else(|| {
+            Health::stalled(
+                "UpgradeFailed",
+                format!(
+                    "generation {} failed and is not retried; generation {} keeps running. Change the spec to try again",
+                    o.generation,
+                    status.last_stable_generation.unwrap_or_default()
+                ),
+            )
+        });
+        return resume_stopped(o, Step::new(status, health).deploy(steady_deployment(o, None)));
+    }
+
+    let change = change::classify(&last_stable, &o.spec);
+    let running_m = status.parallelism.unwrap_or(m);
+    let running_p = status.source_partitions.unwrap_or(p);
+    let needs_restart =
+        matches!(change.kind, ChangeKind::Upgrade | ChangeKind::Rescale) || running_m != m || running_p != p;
+    if needs_restart {
+        let Some((restore_mode, _)) = restore_for(o, &change.compatibility, mode, false) else {
+            return resume_stopped(o, incompatible(o, &change.compatibility));
+        };
+        let kind = if change.kind == ChangeKind::Upgrade {
+            IntentKind::Upgrade
+        } else {
+            IntentKind::Rescale
+        };
+        let with_savepoint = mode == UpgradeMode::Savepoint;
+        let intent = new_intent(o, kind, o.spec.clone(), with_savepoint, m, p, restore_mode, None);
+        let what = match kind {
+            IntentKind::Rescale => {
+                format!("rescaling {running_m} -> {m} pods ({running_p} -> {p} partitions)")
+            }
+            _ => format!(
+                "upgrading generation {} -> {}",
+                status.last_stable_generation.unwrap_or_default(),
+                o.generation
+            ),
+        };
+        let (phase, message) = if with_savepoint {
+            (
+                JobPhase::Savepointing,
+                format!("{what}: stop-with-savepoint {}", intent.savepoint_id),
+            )
+        } else {
+            (JobPhase::Upgrading, format!("{what} ({} mode)", mode_name(mode)))
+        };
+        let reason = if kind == IntentKind::Rescale {
+            "Rescaling"
+        } else {
+            "Upgrading"
+        };
+        return begin(o, intent, phase, Health::reconciling(reason, message.clone()))
+            .event(false, reason, message);
+    }
+
+    // Nothing the pods run changed: record the spec as the running one.
+    let mut status = status;
+    status.last_stable_spec = Some(o.spec.clone());
+    status.last_stable_generation = Some(o.generation);
+    status.source_partitions = Some(p);
+    status.parallelism = Some(running_m);
+    let o2 = Observed {
+        status: status.clone(),
+        ..o.clone()
+    };
+    let deployment = steady_deployment(&o2, None);
+    let key = savepoint_request_key(&o.spec, o.savepoint_annotation.as_deref());
+    if key.is_some() && key != status.handled_savepoint_request {
+        let intent = new_intent(
+            &o2,
+            IntentKind::Savepoint,
+            o.spec.clone(),
+            true,
+            running_m,
+            p,
+            RestoreMode::LastState,
+            None,
+        );
+        let message = format!("savepoint {} requested", intent.savepoint_id);
+        return begin(
+            &o2,
+            intent,
+            JobPhase::Savepointing,
+            Health::reconciling("Savepointing", message.clone()),
+        )
+        .event(false, "SavepointRequested", message);
+    }
+    status.phase = Some(JobPhase::Running);
+    let revision = deployment
+        .as_ref()
+        .map(|d| d.revision.clone())
+        .unwrap_or_default();
+    let ready = ready_count(o, &revision);
+    let want = usize::try_from(running_m).unwrap_or(0);
+    let health = if ready >= want {
+        Health::ready(
+            "Running",
+            format!(
+                "generation {} running on {running_m} pods for {p} partitions",
+                o.generation
+            ),
+        )
+    } else {
+        Health::reconciling("PodsNotReady", format!("{ready}/{want} runtime pods ready"))
+    };
+    let mut step = resume_stopped(o, Step::new(status, health).deploy(deployment));
+    if ready < want {
+        step.requeue = Duration::from_secs(5);
+    }
+    step
+}
+
+fn mode_name(mode: UpgradeMode) -> &'static str {
+    match mode {
+        UpgradeMode::Savepoint => "savepoint",
+        UpgradeMode::LastState => "last-state",
+        UpgradeMode::Stateless => "stateless",
+    }
+}
+
+fn suspended_message(o: &Observed) -> String {
+    match &o.status.last_savepoint {
+        Some(sp) => format!("suspended; resumes from savepoint {} ({})", sp.id, sp.location),
+        None => "suspended; resumes from the last committed checkpoint".to_owned(),
+    }
+}
+
+/// The stalled health recorded last, kept while the same generation is refused.
+fn previous_stall(o: &Observed) -> Option<Health> {
+    let ready = o.status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    let stalled = o
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Stalled" && c.status == "True");
+    stalled.then(|| Health::stalled(ready.reason.clone(), ready.message.clone()))
+}
+
+/// How the new version gets its state, or `None` when the change is
+/// state-incompatible and the spec does not allow starting empty.
+fn restore_for(
+    o: &Observed,
+    compat: &Compatibility,
+    mode: UpgradeMode,
+    resume: bool,
+) -> Option<(RestoreMode, Option<String>)> {
+    if mode == UpgradeMode::Stateless {
+        return Some((RestoreMode::Empty, None));
+    }
+    if !compat.is_compatible() {
+        return o.spec.allows_empty_state().then_some((RestoreMode::Empty, None));
+    }
+    match (mode, resume, &o.status.last_savepoint) {
+        // Resuming in savepoint mode: the suspend savepoint.
+        (UpgradeMode::Savepoint, true, Some(sp)) => Some((RestoreMode::Savepoint, Some(sp.location.clone()))),
+        // Upgrading in savepoint mode: the location is filled in once taken.
+        (UpgradeMode::Savepoint, false, _) => Some((RestoreMode::Savepoint, None)),
+        _ => Some((RestoreMode::LastState, None)),
+    }
+}
+
+fn incompatible(o: &Observed, compat: &Compatibility) -> Step {
+    let reasons = match compat {
+        Compatibility::Incompatible(r) => r.join("; "),
+        Compatibility::Compatible => String::new(),
+    };
+    let message = format!(
+        "generation {} is state-incompatible with the running generation {}: {reasons}. Nothing was stopped; set \
+         spec.restore.allowEmptyState: true to start the new version with empty state, or revert the change",
+        o.generation,
+        o.status.last_stable_generation.unwrap_or_default()
+    );
+    let health = Health::stalled("IncompatibleChange", message.clone());
+    let replicas = (o.status.phase == Some(JobPhase::Suspended)).then_some(0);
+    Step::new(o.status.clone(), health)
+        .deploy(steady_deployment(o, replicas))
+        .event(true, "IncompatibleChange", message)
+}
+
+fn resume_stopped(o: &Observed, step: Step) -> Step {
+    let stopped = stopped_pods(o);
+    if stopped.is_empty() || step.call != AdminCall::None {
+        return step;
+    }
+    let message = format!("resuming stopped pods {}", stopped.join(", "));
+    step.call(AdminCall::Resume { pods: stopped })
+        .event(false, "ResumingPods", message)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_intent(
+    o: &Observed,
+    kind: IntentKind,
+    spec: StreamJobSpec,
+    with_savepoint: bool,
+    parallelism: i32,
+    partitions: i32,
+    restore_mode: RestoreMode,
+    restore_from: Option<String>,
+) -> UpgradeIntent {
+    let target_generation = if matches!(kind, IntentKind::Suspend | IntentKind::Savepoint) {
+        o.status.last_stable_generation.unwrap_or(o.generation)
+    } else {
+        o.generation
+    };
+    UpgradeIntent {
+        savepoint_id: format!("sp-{}-{}", o.generation, o.now.as_millisecond()),
+        target_generation,
+        spec,
+        started: Time(o.now),
+        kind: Some(kind),
+        with_savepoint: Some(with_savepoint),
+        parallelism: Some(parallelism),
+        source_partitions: Some(partitions),
+        restore_from,
+        restore_mode: Some(restore_mode),
+        rollout_started: None,
+    }
+}
+
+/// Records `intent` (the write-ahead entry) and nothing else: the action
+/// follows on the next reconcile, from the persisted status.
+fn begin(o: &Observed, intent: UpgradeIntent, phase: JobPhase, health: Health) -> Step {
+    let mut status = o.status.clone();
+    status.upgrade = Some(intent);
+    status.phase = Some(phase);
+    let mut step = Step::new(status, health).deploy(steady_deployment(o, None));
+    step.requeue = Duration::ZERO;
+    step
+}
+
+fn continue_intent(o: &Observed, intent: UpgradeIntent) -> Step {
+    match o.status.phase {
+        Some(JobPhase::Savepointing) => savepointing(o, intent),
+        Some(JobPhase::Suspended) => draining_for_suspend(o, intent),
+        _ => rollout(o, intent),
+    }
+}
+
+/// One pod's answer about the savepoint in flight.
+enum PodSavepoint {
+    Completed(SavepointStatus),
+    Failed(String),
+    Pending(String),
+    Unknown,
+}
+
+fn savepointing(o: &Observed, intent: UpgradeIntent) -> Step {
+    let kind = kind_of(&intent);
+    let stop = kind != IntentKind::Savepoint;
+    let timeouts = timeouts(&intent.spec);
+    let expected = usize::try_from(o.status.parallelism.unwrap_or(0)).unwrap_or(0);
+    let pods = live_pods(o);
+    let answers: Vec<(String, PodSavepoint)> = pods
+        .iter()
+        .map(|p| {
+            let a = match o.savepoints.get(&p.name) {
+                None => PodSavepoint::Pending("no pod address yet".into()),
+                Some(Err(e)) => PodSavepoint::Pending(e.clone()),
+                Some(Ok(None)) => PodSavepoint::Unknown,
+                Some(Ok(Some(s))) => match s.state {
+                    SavepointState::Completed => PodSavepoint::Completed(s.clone()),
+                    SavepointState::Failed => {
+                        PodSavepoint::Failed(s.error.clone().unwrap_or_else(|| "no reason given".into()))
+                    }
+                    SavepointState::InProgress => PodSavepoint::Pending("in progress".into()),
+                },
+            };
+            (p.name.clone(), a)
+        })
+        .collect();
+
+    let completed: Vec<&SavepointStatus> = answers
+        .iter()
+        .filter_map(|(_, a)| match a {
+            PodSavepoint::Completed(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if expected > 0 && completed.len() == answers.len() && answers.len() >= expected {
+        return savepoint_completed(o, intent, &completed);
+    }
+    if let Some((pod, why)) = answers.iter().find_map(|(n, a)| match a {
+        PodSavepoint::Failed(why) => Some((n, why)),
+        _ => None,
+    }) {
+        return savepoint_failed(o, intent, format!("pod {pod} failed it: {why}"));
+    }
+    let took = elapsed(&intent.started, o.now);
+    if took > timeouts.savepoint {
+        let pending: Vec<String> = answers
+            .iter()
+            .filter_map(|(n, a)| match a {
+                PodSavepoint::Pending(why) => Some(format!("{n} ({why})")),
+                PodSavepoint::Unknown => Some(format!("{n} (not started)")),
+                _ => None,
+            })
+            .collect();
+        let missing = expected.saturating_sub(answers.len());
+        let mut why = format!("not complete after {}", secs(timeouts.savepoint));
+        if !pending.is_empty() {
+            why.push_str(&format!("; waiting for {}", pending.join(", ")));
+        }
+        if missing > 0 {
+            why.push_str(&format!("; {missing} of {expected} pods are missing"));
+        }
+        return savepoint_failed(o, intent, why);
+    }
+    let to_trigger: Vec<String> = answers
+        .iter()
+        .filter(|(_, a)| matches!(a, PodSavepoint::Unknown))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let health = Health::reconciling(
+        "Savepointing",
+        format!(
+            "savepoint {}: {}/{expected} pods completed",
+            intent.savepoint_id,
+            completed.len()
+        ),
+    );
+    let call = if to_trigger.is_empty() {
+        AdminCall::None
+    } else {
+        AdminCall::Savepoint {
+            id: intent.savepoint_id.clone(),
+            stop,
+            pods: to_trigger,
+        }
+    };
+    Step::new(o.status.clone(), health)
+        .deploy(steady_deployment(o, None))
+        .call(call)
+        .poll()
+}
+
+fn savepoint_completed(o: &Observed, mut intent: UpgradeIntent, parts: &[&SavepointStatus]) -> Step {
+    let kind = kind_of(&intent);
+    let location = parts.iter().find_map(|s| s.location.clone()).unwrap_or_default();
+    let mut offsets = BTreeMap::new();
+    for part in parts {
+        offsets.extend(part.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    let record = SavepointRecord {
+        id: intent.savepoint_id.clone(),
+        location: location.clone(),
+        offsets,
+        time: Time(o.now),
+        generation: o.status.last_stable_generation,
+        checkpoint_id: parts.iter().filter_map(|s| s.checkpoint_id).max(),
+    };
+    let took = elapsed(&intent.started, o.now);
+    let spec = o.spec.defaulted();
+    let cp = spec.checkpoint.as_ref();
+    let keep = cp.and_then(|c| c.savepoints_to_keep).unwrap_or(5);
+    let max_age = cp
+        .and_then(|c| c.savepoint_max_age.as_ref())
+        .map(|d| d.as_duration());
+    let mut status = o.status.clone();
+    let mut history = vec![record.clone()];
+    history.extend(status.savepoint_history.drain(..).filter(|s| s.id != record.id));
+    status.savepoint_history = retain_savepoints(history, usize::try_from(keep).unwrap_or(5), max_age, o.now);
+    status.last_savepoint = Some(record);
+    let message = format!(
+        "savepoint {} completed in {} at {location}",
+        intent.savepoint_id,
+        secs(took)
+    );
+    let base = |status: StreamJobStatus, health: Health| {
+        Step::new(status, health)
+            .event(false, "SavepointCompleted", message.clone())
+            .outcome(Outcome::SavepointCompleted {
+                seconds: took.as_secs_f64(),
+            })
+    };
+    match kind {
+        IntentKind::Savepoint => {
+            status.upgrade = None;
+            status.phase = Some(JobPhase::Running);
+            status.handled_savepoint_request =
+                savepoint_request_key(&o.spec, o.savepoint_annotation.as_deref());
+            let o2 = Observed {
+                status: status.clone(),
+                ..o.clone()
+            };
+            base(status, Health::ready("SavepointCompleted", message.clone()))
+                .deploy(steady_deployment(&o2, None))
+        }
+        IntentKind::Suspend => {
+            intent.restore_from = Some(location);
+            intent.restore_mode = Some(RestoreMode::Savepoint);
+            status.upgrade = Some(intent);
+            status.phase = Some(JobPhase::Suspended);
+            let o2 = Observed {
+                status: status.clone(),
+                ..o.clone()
+            };
+            let mut step = base(
+                status,
+                Health::reconciling("Suspending", "removing the stopped pods"),
+            )
+            .deploy(steady_deployment(&o2, Some(0)));
+            step.requeue = Duration::ZERO;
+            step
+        }
+        _ => {
+            if intent.restore_mode != Some(RestoreMode::Empty) {
+                intent.restore_mode = Some(RestoreMode::Savepoint);
+                intent.restore_from = Some(location);
+            }
+            status.upgrade = Some(intent.clone());
+            status.phase = Some(JobPhase::Upgrading);
+            let mut step = base(
+                status,
+                Health::reconciling("Upgrading", "savepoint taken; replacing the pods"),
+            )
+            .deploy(intent_deployment(o, &intent, 0));
+            step.requeue = Duration::ZERO;
+            step
+        }
+    }
+}
+
+fn savepoint_failed(o: &Observed, intent: UpgradeIntent, why: String) -> Step {
+    let kind = kind_of(&intent);
+    let mut status = o.status.clone();
+    status.upgrade = None;
+    status.phase = Some(JobPhase::Running);
+    let pods: Vec<String> = live_pods(o).iter().map(|p| p.name.clone()).collect();
+    let message = format!(
+        "savepoint {} failed: {why}. The running version (generation {}) keeps running; stopped pods are resumed",
+        intent.savepoint_id,
+        o.status.last_stable_generation.unwrap_or_default()
+    );
+    let health = if kind == IntentKind::Savepoint {
+        // A requested savepoint that failed is not retried until asked again.
+        status.handled_savepoint_request = savepoint_request_key(&o.spec, o.savepoint_annotation.as_deref());
+        Health::ready("SavepointFailed", message.clone())
+    } else {
+        // Not retried in a loop: a new generation (any spec change) retries.
+        status.failed_generation = Some(o.generation);
+        Health::stalled("SavepointFailed", format!("{message}. Change the spec to retry"))
+    };
+    let mut step = Step::new(status, health)
+        .deploy(steady_deployment(o, None))
+        .call(AdminCall::Resume { pods })
+        .event(true, "SavepointFailed", message)
+        .outcome(Outcome::SavepointFailed);
+    if kind != IntentKind::Savepoint {
+        step = step.outcome(Outcome::UpgradeFailed);
+    }
+    step
+}
+
+fn draining_for_suspend(o: &Observed, _intent: UpgradeIntent) -> Step {
+    if !o.pods.is_empty() {
+        return Step::new(
+            o.status.clone(),
+            Health::reconciling("Suspending", format!("waiting for {} pods to go", o.pods.len())),
+        )
+        .deploy(steady_deployment(o, Some(0)))
+        .poll();
+    }
+    let mut status = o.status.clone();
+    status.upgrade = None;
+    let message = suspended_message(o);
+    Step::new(status, Health::ready("Suspended", message.clone()))
+        .deploy(steady_deployment(o, Some(0)))
+        .event(false, "Suspended", message)
+}
+
+fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
+    let kind = kind_of(&intent);
+    // A failed rollout waits for a fix: a new generation redeploys from the
+    // last committed state (its pods cannot take a savepoint).
+    if o.status.phase == Some(JobPhase::Failed)
+        && o.generation != intent.target_generation
+        && kind != IntentKind::Rollback
+    {
+        return redeploy_failed(o, &intent);
+    }
+    let Some(target) = intent_deployment(o, &intent, intent.parallelism.unwrap_or(1)) else {
+        let why = o.topics.clone().err().unwrap_or_default();
+        return Step::new(o.status.clone(), Health::reconciling("TopicNotReady", why)).poll();
+    };
+    let phase_reason = match kind {
+        IntentKind::Deploy => "Deploying",
+        IntentKind::Rollback => "RollingBack",
+        IntentKind::Resume => "Resuming",
+        IntentKind::Rescale => "Rescaling",
+        _ => "Upgrading",
+    };
+    let Some(started) = intent.rollout_started.clone() else {
+        if !o.pods.is_empty() {
+            // OnDelete + scale to 0: the old pods go first, then the new start.
+            let health = Health::reconciling(
+                phase_reason,
+                format!("waiting for {} old pods to go", o.pods.len()),
+            );
+            return Step::new(o.status.clone(), health)
+                .deploy(Some(Deployment {
+                    replicas: 0,
+                    ..target
+                }))
+                .poll();
+        }
+        let mut intent = intent;
+        intent.rollout_started = Some(Time(o.now));
+        let mut status = o.status.clone();
+        status.upgrade = Some(intent.clone());
+        let message = format!(
+            "starting {} pods of generation {}{}",
+            target.parallelism,
+            target.generation,
+            match &target.restore.savepoint {
+                Some(sp) => format!(" from savepoint {sp}"),
+                None => String::new(),
+            }
+        );
+        return Step::new(status, Health::reconciling(phase_reason, message.clone()))
+            .deploy(Some(target))
+            .event(false, "Starting", message)
+            .poll();
+    };
+
+    let timeouts = timeouts(&intent.spec);
+    let since = elapsed(&started, o.now);
+    let want = usize::try_from(target.parallelism).unwrap_or(0);
+    let pods = live_pods(o);
+    let new_pods: Vec<&&PodView> = pods
+        .iter()
+        .filter(|p| p.revision.as_deref() == Some(target.revision.as_str()))
+        .collect();
+    let ready = new_pods.iter().filter(|p| p.ready).count();
+    let restarted = new_pods.iter().any(|p| p.restarts > 0);
+    let stable_after = STABLE_AFTER.min(timeouts.health / 4);
+    if ready >= want && !restarted && since >= stable_after {
+        return rollout_succeeded(o, intent, target, since);
+    }
+    let progress = format!(
+        "{ready}/{want} pods of generation {} ready after {}{}",
+        target.generation,
+        secs(since),
+        if restarted { "; a pod restarted" } else { "" }
+    );
+    if since <= timeouts.health || o.status.phase == Some(JobPhase::Failed) {
+        let health = if o.status.phase == Some(JobPhase::Failed) {
+            previous_stall(o).unwrap_or_else(|| Health::stalled("Unhealthy", progress.clone()))
+        } else if kind == IntentKind::Deploy && since > timeouts.health {
+            Health::stalled("Unhealthy", progress.clone())
+        } else {
+            Health::reconciling(phase_reason, progress.clone())
+        };
+        return Step::new(o.status.clone(), health).deploy(Some(target)).poll();
+    }
+    match kind {
+        IntentKind::Deploy => {
+            // No earlier version to go back to: keep waiting, say so.
+            Step::new(
+                o.status.clone(),
+                Health::stalled(
+                    "Unhealthy",
+                    format!("{progress}; health timeout {} exceeded", secs(timeouts.health)),
+                ),
+            )
+            .deploy(Some(target))
+            .poll()
+        }
+        IntentKind::Rollback => {
+            let mut status = o.status.clone();
+            status.phase = Some(JobPhase::Failed);
+            let message = format!(
+                "rollback to generation {} is not healthy either: {progress}",
+                intent.target_generation
+            );
+            Step::new(status, Health::stalled("RollbackFailed", message.clone()))
+                .deploy(Some(target))
+                .event(true, "RollbackFailed", message)
+                .outcome(Outcome::RollbackFailed)
+                .poll()
+        }
+        _ => rollout_failed(o, intent, target, progress),
+    }
+}
+
+fn rollout_succeeded(o: &Observed, intent: UpgradeIntent, target: Deployment, took: Duration) -> Step {
+    let kind = kind_of(&intent);
+    let mut status = o.status.clone();
+    status.last_stable_spec = Some(intent.spec.clone());
+    status.last_stable_generation = Some(intent.target_generation);
+    status.parallelism = Some(target.parallelism);
+    status.source_partitions = Some(target.topics.total_partitions());
+    status.upgrade = None;
+    status.phase = Some(JobPhase::Running);
+    if kind == IntentKind::Deploy {
+        // A nonce present at creation is not a request.
+        status.handled_savepoint_request = savepoint_request_key(&o.spec, o.savepoint_annotation.as_deref());
+    }
+    let o2 = Observed {
+        status: status.clone(),
+        ..o.clone()
+    };
+    let steady = steady_deployment(&o2, None);
+    if kind == IntentKind::Rollback {
+        let failed = status.failed_generation.unwrap_or_default();
+        let message = format!(
+            "generation {failed} was not healthy within its health timeout and was rolled back; generation {} runs \
+             again. Change the spec to try again",
+            intent.target_generation
+        );
+        return Step::new(status, Health::stalled("RolledBack", message.clone()))
+            .deploy(steady)
+            .event(true, "RolledBack", message)
+            .outcome(Outcome::RolledBack);
+    }
+    status.failed_generation = None;
+    let message = format!(
+        "generation {} running on {} pods ({} after the pods were requested)",
+        intent.target_generation,
+        target.parallelism,
+        secs(took)
+    );
+    let reason = match kind {
+        IntentKind::Deploy => "Deployed",
+        IntentKind::Resume => "Resumed",
+        IntentKind::Rescale => "Rescaled",
+        _ => "Upgraded",
+    };
+    let total = elapsed(&intent.started, o.now);
+    let mut step = Step::new(status, Health::ready("Running", message.clone()))
+        .deploy(steady)
+        .event(false, reason, message);
+    if kind != IntentKind::Deploy {
+        step = step.outcome(Outcome::UpgradeSucceeded {
+            seconds: total.as_secs_f64(),
+        });
+    }
+    step
+}
+
+/// Whether the new version committed anything after the savepoint:
+/// `Some(false)` only when every new pod answered with a checkpoint id no
+/// newer than the savepoint's.
+fn committed_after(o: &Observed, savepoint: Option<&SavepointRecord>, target: &Deployment) -> Option<bool> {
+    let sp_checkpoint = savepoint?.checkpoint_id?;
+    let want = usize::try_from(target.parallelism).unwrap_or(0);
+    let mut answered = 0;
+    for pod in live_pods(o) {
+        match o.runtime.get(&pod.name) {
+            Some(Ok(s)) if s.generation == target.generation => {
+                if s.checkpoint_id.is_some_and(|c| c > sp_checkpoint) {
+                    return Some(true);
+                }
+                answered += 1;
+            }
+            _ => {}
+        }
+    }
+    (answered >= want).then_some(false)
+}
+
+fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progress: String) -> Step {
+    let timeouts = timeouts(&intent.spec);
+    let mut status = o.status.clone();
+    status.failed_generation = Some(intent.target_generation);
+    let prefix = format!(
+        "generation {} not healthy within {}: {progress}",
+        intent.target_generation,
+        secs(timeouts.health)
+    );
+    let Some(stable) = o.status.last_stable_spec.clone().filter(|_| timeouts.rollback) else {
+        status.phase = Some(JobPhase::Failed);
+        let message = format!("{prefix}; rollback is disabled (spec.upgrade.rollback: false)");
+        return Step::new(status, Health::stalled("Unhealthy", message.clone()))
+            .deploy(Some(target))
+            .event(true, "UpgradeFailed", message)
+            .outcome(Outcome::UpgradeFailed)
+            .poll();
+    };
+    let savepoint = o
+        .status
+        .last_savepoint
+        .as_ref()
+        .filter(|sp| sp.id == intent.savepoint_id && intent.with_savepoint != Some(false));
+    let restore = match committed_after(o, savepoint, &target) {
+        // Nothing newer committed: the savepoint is exactly where the old
+        // version stopped.
+        Some(false) => savepoint.map(|sp| (RestoreMode::Savepoint, Some(sp.location.clone()))),
+        // Newer commits (or unknown): the last committed checkpoint is exact
+        // for the outputs, but only if the old pipeline can read its state.
+        _ if change::state_compatibility(&intent.spec.defaulted(), &stable.defaulted()).is_compatible()
+            && intent.restore_mode != Some(RestoreMode::Empty) =>
+        {
+            Some((RestoreMode::LastState, None))
+        }
+        _ => None,
+    };
+    let Some((restore_mode, restore_from)) = restore else {
+        status.phase = Some(JobPhase::Failed);
+        let message = format!(
+            "{prefix}; cannot roll back: the new version may have committed output after savepoint {} and its state \
+             cannot be read by generation {}. The new version stays deployed; fix the spec",
+            intent.savepoint_id,
+            o.status.last_stable_generation.unwrap_or_default()
+        );
+        return Step::new(status, Health::stalled("RollbackUnsafe", message.clone()))
+            .deploy(Some(target))
+            .event(true, "RollbackUnsafe", message)
+            .outcome(Outcome::UpgradeFailed)
+            .poll();
+    };
+    let m = target_parallelism(&stable, target.topics.total_partitions());
+    let old_m = o
+        .status
+        .parallelism
+        .map_or(m, |p| p.min(target.topics.total_partitions()).max(1));
+    let rollback = UpgradeIntent {
+        savepoint_id: intent.savepoint_id.clone(),
+        target_generation: o.status.last_stable_generation.unwrap_or_default(),
+        spec: stable,
+        started: Time(o.now),
+        kind: Some(IntentKind::Rollback),
+        with_savepoint: Some(false),
+        parallelism: Some(old_m),
+        source_partitions: Some(target.topics.total_partitions()),
+        restore_from,
+        restore_mode: Some(restore_mode),
+        rollout_started: None,
+    };
+    status.upgrade = Some(rollback);
+    status.phase = Some(JobPhase::RollingBack);
+    let message = format!(
+        "{prefix}; rolling back to generation {} from {}",
+        o.status.last_stable_generation.unwrap_or_default(),
+        match restore_mode {
+            RestoreMode::Savepoint => format!("savepoint {}", intent.savepoint_id),
+            _ => "the last committed checkpoint".to_owned(),
+        }
+    );
+    let mut step = Step::new(status, Health::reconciling("RollingBack", message.clone()))
+        .deploy(Some(Deployment {
+            replicas: 0,
+            ..target
+        }))
+        .event(true, "RollingBack", message)
+        .outcome(Outcome::UpgradeFailed);
+    step.requeue = Duration::ZERO;
+    step
+}
+
+fn redeploy_failed(o: &Observed, failed: &UpgradeIntent) -> Step {
+    if let Some(message) = o.spec.validation_message() {
+        return Step::new(o.status.clone(), Health::stalled("InvalidSpec", message));
+    }
+    let Ok(topics) = &o.topics else {
+        let why = o.topics.clone().err().unwrap_or_default();
+        return Step::new(o.status.clone(), Health::reconciling("TopicNotReady", why)).poll();
+    };
+    let p = topics.total_partitions();
+    let m = target_parallelism(&o.spec, p);
+    let compat = change::classify(&failed.spec, &o.spec).compatibility;
+    let mode = upgrade_mode(&o.spec);
+    let restore = if mode == UpgradeMode::Stateless {
+        Some(RestoreMode::Empty)
+    } else if compat.is_compatible() {
+        Some(RestoreMode::LastState)
+    } else {
+        o.spec.allows_empty_state().then_some(RestoreMode::Empty)
+    };
+    let Some(restore_mode) = restore else {
+        let o2 = Observed {
+            status: StreamJobStatus {
+                last_stable_generation: Some(failed.target_generation),
+                ..o.status.clone()
+            },
+            ..o.clone()
+        };
+        return incompatible(&o2, &compat).deploy(intent_deployment(
+            o,
+            failed,
+            failed.parallelism.unwrap_or(1),
+        ));
+    };
+    let intent = new_intent(
+        o,
+        IntentKind::Upgrade,
+        o.spec.clone(),
+        false,
+        m,
+        p,
+        restore_mode,
+        None,
+    );
+    let message = format!(
+        "generation {} replaces the failed generation {} from its last committed state (its pods cannot take a \
+         savepoint)",
+        o.generation, failed.target_generation
+    );
+    let mut status = o.status.clone();
+    status.upgrade = Some(intent);
+    status.phase = Some(JobPhase::Upgrading);
+    let mut step = Step::new(status, Health::reconciling("Upgrading", message.clone()))
+        .deploy(intent_deployment(o, failed, failed.parallelism.unwrap_or(1)))
+        .event(false, "Upgrading", message);
+    step.requeue = Duration::ZERO;
+    step
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1149 @@
+//! Every transition of the state machine, driven through a simulated world
+//! (a StatefulSet that creates and removes pods, runtime pods that answer
+//! the admin API) whose behaviour is written here, independently of `plan`.
+
+use super::*;
+use serde_json::json;
+use streamops_crds::runtime_api::SourceTopic;
+
+fn spec() -> StreamJobSpec {
+    serde_json::from_value(json!({
+        "source": {"topics": ["clicks"], "eventTime": {"field": "record.ts"}},
+        "pipeline": {
+            "keyBy": ["record.user_id"],
+            "window": {"type": "tumbling", "size": "10s"},
+            "aggregations": [{"name": "clicks", "function": "count"}]
+        },
+        "sink": {"topic": "out"},
+        "checkpoint": {"storage": "file:///var/lib/streamops/checkpoints"}
+    }))
+    .unwrap()
+}
+
+fn topics(partitions: i32) -> JobTopics {
+    JobTopics {
+        source: vec![SourceTopic {
+            topic: "clicks".into(),
+            partitions,
+        }],
+        sink: "out".into(),
+        late_events: None,
+        dead_letter: None,
+        repartition: "streamops.ns.job.repartition".into(),
+        control: "streamops.ns.job.checkpoints".into(),
+    }
+}
+
+#[derive(Clone, Debug)]
+struct SimPod {
+    name: String,
+    revision: String,
+    generation: i64,
+    image: Option<String>,
+    state: RuntimeState,
+    checkpoint: i64,
+    restarts: i32,
+}
+
+/// How the simulated runtime behaves.
+#[derive(Clone, Debug, Default)]
+struct Behaviour {
+    /// Savepoints on this pod fail.
+    savepoint_fails_on: Option<String>,
+    /// Savepoints stay InProgress forever.
+    savepoint_hangs: bool,
+    /// Pods running this image never become Ready.
+    broken_image: Option<String>,
+    /// Broken pods still commit checkpoints before failing readiness.
+    broken_commits: bool,
+}
+
+#[derive(Clone, Debug)]
+struct World {
+    now: Timestamp,
+    generation: i64,
+    spec: StreamJobSpec,
+    suspend_annotation: bool,
+    savepoint_annotation: Option<String>,
+    topics: Result<JobTopics, String>,
+    status: StreamJobStatus,
+    deployment: Option<Deployment>,
+    pods: Vec<SimPod>,
+    savepoints: BTreeMap<(String, String), SavepointStatus>,
+    behaviour: Behaviour,
+    /// Every status persisted, in order.
+    log: Vec<StreamJobStatus>,
+    /// Every admin call made.
+    calls: Vec<AdminCall>,
+    events: Vec<&'static str>,
+    outcomes: Vec<Outcome>,
+    checkpoint_counter: i64,
+}
+
+impl World {
+    fn new(partitions: i32) -> Self {
+        Self {
+            now: Timestamp::from_second(1_800_000_000).unwrap(),
+            generation: 1,
+            spec: spec(),
+            suspend_annotation: false,
+            savepoint_annotation: None,
+            topics: Ok(topics(partitions)),
+            status: StreamJobStatus::default(),
+            deployment: None,
+            pods: Vec::new(),
+            savepoints: BTreeMap::new(),
+            behaviour: Behaviour::default(),
+            log: Vec::new(),
+            calls: Vec::new(),
+            events: Vec::new(),
+            outcomes: Vec::new(),
+            checkpoint_counter: 10,
+        }
+    }
+
+    fn observe(&self) -> Observed {
+        let broken =
+            |p: &SimPod| self.behaviour.broken_image.is_some() && p.image == self.behaviour.broken_image;
+        Observed {
+            generation: self.generation,
+            spec: self.spec.clone(),
+            status: self.status.clone(),
+            suspend_annotation: self.suspend_annotation,
+            savepoint_annotation: self.savepoint_annotation.clone(),
+            topics: self.topics.clone(),
+            pods: self
+                .pods
+                .iter()
+                .map(|p| PodView {
+                    name: p.name.clone(),
+                    revision: Some(p.revision.clone()),
+                    ready: p.state == RuntimeState::Running && !broken(p),
+                    restarts: p.restarts,
+                    terminating: false,
+                })
+                .collect(),
+            runtime: self
+                .pods
+                .iter()
+                .map(|p| {
+                    let answer = if broken(p) && !self.behaviour.broken_commits {
+                        Err("connection refused".to_owned())
+                    } else {
+                        Ok(RuntimeStatus {
+                            state: p.state,
+                            generation: p.generation,
+                            tasks: vec![],
+                            checkpoint_id: Some(p.checkpoint),
+                            last_commit_ms: None,
+                        })
+                    };
+                    (p.name.clone(), answer)
+                })
+                .collect(),
+            savepoints: match &self.status.upgrade {
+                Some(intent) => self
+                    .pods
+                    .iter()
+                    .map(|p| {
+                        let s = self
+                            .savepoints
+                            .get(&(p.name.clone(), intent.savepoint_id.clone()))
+                            .cloned();
+                        (p.name.clone(), Ok(s))
+                    })
+                    .collect(),
+                None => BTreeMap::new(),
+            },
+            now: self.now,
+        }
+    }
+
+    /// One reconcile; `crash` drops everything after the status write.
+    fn tick_with(&mut self, crash: bool) -> Step {
+        let step = decide(&self.observe());
+        let mut status = step.status.clone();
+        status.observed_generation = Some(self.generation);
+        status.conditions =
+            step.health
+                .conditions(Some(self.generation), &self.status.conditions, Time(self.now));
+        self.status = status.clone();
+        self.log.push(status);
+        if !crash {
+            self.act(&step);
+        }
+        self.now = Timestamp::from_millisecond(self.now.as_millisecond() + 1000).unwrap();
+        step
+    }
+
+    fn tick(&mut self) -> Step {
+        self.tick_with(false)
+    }
+
+    fn act(&mut self, step: &Step) {
+        if let Some(d) = &step.deployment {
+            self.deployment = Some(d.clone());
+            let replicas = usize::try_from(d.replicas).unwrap();
+            self.pods.truncate(replicas);
+            for i in self.pods.len()..replicas {
+                self.checkpoint_counter += 1;
+                // A restored pod continues from the checkpoint it restores.
+                let restored = self
+                    .status
+                    .last_savepoint
+                    .as_ref()
+                    .and_then(|s| s.checkpoint_id)
+                    .unwrap_or(0);
+                self.pods.push(SimPod {
+                    name: format!("job-{i}"),
+                    revision: d.revision.clone(),
+                    generation: d.generation,
+                    image: d.spec.image.clone(),
+                    state: RuntimeState::Running,
+                    checkpoint: restored.max(self.checkpoint_counter),
+                    restarts: 0,
+                });
+            }
+        }
+        match &step.call {
+            AdminCall::None => {}
+            AdminCall::Savepoint { id, stop, pods } => {
+                for name in pods {
+                    let Some(pod) = self.pods.iter_mut().find(|p| &p.name == name) else {
+                        continue;
+                    };
+                    let failed = self.behaviour.savepoint_fails_on.as_deref() == Some(name);
+                    let state = if failed {
+                        SavepointState::Failed
+                    } else if self.behaviour.savepoint_hangs {
+                        SavepointState::InProgress
+                    } else {
+                        if *stop {
+                            pod.state = RuntimeState::Stopped;
+                        }
+                        SavepointState::Completed
+                    };
+                    pod.checkpoint += 1;
+                    self.savepoints.insert(
+                        (name.clone(), id.clone()),
+                        SavepointStatus {
+                            id: id.clone(),
+                            state,
+                            location: Some(format!("file:///var/lib/streamops/checkpoints/savepoints/{id}")),
+                            checkpoint_id: Some(pod.checkpoint),
+                            offsets: [(format!("clicks-{}", &name[4..]), 100)].into(),
+                            error: failed.then(|| "disk full".to_owned()),
+                        },
+                    );
+                }
+            }
+            AdminCall::Resume { pods } => {
+                for p in self.pods.iter_mut().filter(|p| pods.contains(&p.name)) {
+                    if p.state == RuntimeState::Stopped {
+                        p.state = RuntimeState::Running;
+                    }
+                }
+            }
+        }
+        for e in &step.events {
+            self.events.push(e.reason);
+        }
+        self.outcomes.extend(step.outcomes.iter().cloned());
+        // Broken pods that commit advance their checkpoint every tick.
+        if self.behaviour.broken_commits {
+            for p in &mut self.pods {
+                if p.image == self.behaviour.broken_image {
+                    p.checkpoint += 1;
+                }
+            }
+        }
+    }
+
+    fn change_spec(&mut self, edit: impl FnOnce(&mut StreamJobSpec)) {
+        edit(&mut self.spec);
+        self.generation += 1;
+    }
+
+    fn phase(&self) -> Option<JobPhase> {
+        self.status.phase
+    }
+
+    fn ready_reason(&self) -> (String, String) {
+        let c = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn stalled(&self) -> Option<String> {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")
+            .map(|c| c.reason.clone())
+    }
+
+    fn running(&self, generation: i64) -> bool {
+        self.phase() == Some(JobPhase::Running)
+            && self.status.upgrade.is_none()
+            && self.status.last_stable_generation == Some(generation)
+            && self.ready_reason() == ("True".into(), "Running".into())
+    }
+
+    fn deployed_image(&self) -> Option<String> {
+        self.deployment.as_ref().and_then(|d| d.spec.image.clone())
+    }
+
+    fn savepoint_calls(&self) -> usize {
+        self.calls_of(|c| matches!(c, AdminCall::Savepoint { .. }))
+    }
+
+    fn calls_of(&self, f: impl Fn(&AdminCall) -> bool) -> usize {
+        self.calls.iter().filter(|c| f(c)).count()
+    }
+}
+
+/// Records admin calls too (kept out of `act` so a crash drops them).
+fn tick(w: &mut World) -> Step {
+    let step = w.tick();
+    w.calls.push(step.call.clone());
+    step
+}
+
+fn running_world(partitions: i32) -> World {
+    let mut w = World::new(partitions);
+    for _ in 0..20 {
+        if w.running(1) {
+            return w;
+        }
+        tick(&mut w);
+    }
+    panic!("initial deployment did not converge: {:#?}", w.status);
+}
+
+fn until(w: &mut World, what: &str, pred: impl Fn(&World) -> bool) {
+    for _ in 0..200 {
+        if pred(w) {
+            return;
+        }
+        tick(w);
+    }
+    panic!("never reached {what}; status: {:#?}", w.status);
+}
+
+#[test]
+fn parallelism_is_partitions_capped_by_spec() {
+    let mut s = spec();
+    assert_eq!(target_parallelism(&s, 8), 8);
+    s.parallelism = Some(2);
+    assert_eq!(target_parallelism(&s, 8), 2);
+    s.parallelism = Some(20);
+    assert_eq!(target_parallelism(&s, 8), 8, "never above the partition count");
+    assert_eq!(target_parallelism(&s, 0), 1);
+}
+
+#[test]
+fn revision_ignores_operator_side_changes() {
+    let t = topics(4);
+    let base = revision(&spec(), 4, &t);
+    let mut s = spec();
+    s.savepoint_nonce = Some("x".into());
+    s.upgrade = Some(streamops_crds::job::UpgradeSpec {
+        savepoint_timeout: Some("5s".parse().unwrap()),
+        health_timeout: None,
+        rollback: None,
+    });
+    assert_eq!(revision(&s, 4, &t), base);
+    assert_eq!(revision(&spec().defaulted(), 4, &t), base);
+    s.image = Some("runtime:v2".into());
+    assert_ne!(revision(&s, 4, &t), base);
+    assert_ne!(revision(&spec(), 2, &t), base);
+    assert_ne!(revision(&spec(), 4, &topics(8)), base);
+}
+
+#[test]
+fn first_deployment_starts_empty_and_becomes_running() {
+    let mut w = World::new(4);
+    let first = tick(&mut w);
+    // The intent is written before anything is created.
+    assert_eq!(w.phase(), Some(JobPhase::Deploying));
+    assert_eq!(w.status.upgrade.as_ref().unwrap().kind, Some(IntentKind::Deploy));
+    assert!(first.deployment.is_none());
+    let start = tick(&mut w);
+    let d = start.deployment.unwrap();
+    assert_eq!((d.replicas, d.parallelism), (4, 4));
+    assert_eq!(d.restore.mode, Some(RestoreMode::Empty));
+    assert!(d.restore.allow_empty_state && d.restore.savepoint.is_none());
+    until(&mut w, "Running", |w| w.running(1));
+    assert_eq!(w.status.parallelism, Some(4));
+    assert_eq!(w.status.source_partitions, Some(4));
+    assert_eq!(w.status.last_stable_spec.as_ref(), Some(&spec()));
+    assert!(w.events.contains(&"Deployed"));
+    // Steady state: pods restarting later restore the last committed checkpoint.
+    let steady = tick(&mut w).deployment.unwrap();
+    assert_eq!(steady.restore.mode, Some(RestoreMode::LastState));
+    assert!(!steady.restore.allow_empty_state);
+    assert_eq!(steady.revision, d.revision);
+}
+
+#[test]
+fn first_deployment_restores_spec_savepoint() {
+    let mut w = World::new(2);
+    w.spec.restore = Some(streamops_crds::job::RestoreSpec {
+        from_savepoint: Some("file:///old/savepoints/sp-9".into()),
+        allow_empty_state: None,
+    });
+    tick(&mut w);
+    let d = tick(&mut w).deployment.unwrap();
+    assert_eq!(
+        d.restore.savepoint.as_deref(),
+        Some("file:///old/savepoints/sp-9")
+    );
+    assert_eq!(d.restore.mode, Some(RestoreMode::Savepoint));
+}
+
+#[test]
+fn missing_topics_keep_the_job_reconciling_then_converge() {
+    let mut w = World::new(4);
+    w.topics = Err("StreamTopic \"clicks\" not found".into());
+    for _ in 0..3 {
+        let step = tick(&mut w);
+        assert!(step.deployment.is_none());
+    }
+    assert_eq!(w.ready_reason(), ("False".into(), "TopicNotReady".into()));
+    assert!(
+        w.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Reconciling" && c.status == "True")
+    );
+    w.topics = Ok(topics(4));
+    until(&mut w, "Running", |w| w.running(1));
+}
+
+#[test]
+fn invalid_spec_is_stalled_before_anything_is_created() {
+    let mut w = World::new(4);
+    w.spec.sink.topic = "clicks".into();
+    let step = tick(&mut w);
+    assert!(step.deployment.is_none());
+    assert_eq!(w.stalled().as_deref(), Some("InvalidSpec"));
+    assert!(w.status.upgrade.is_none());
+}
+
+#[test]
+fn savepoint_upgrade_writes_intent_first_then_savepoints_then_rolls_out() {
+    let mut w = running_world(4);
+    let old_revision = w.deployment.as_ref().unwrap().revision.clone();
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+
+    // 1. Intent only: no call, deployment unchanged.
+    let s1 = tick(&mut w);
+    assert_eq!(w.phase(), Some(JobPhase::Savepointing));
+    let intent = w.status.upgrade.clone().unwrap();
+    assert_eq!(intent.target_generation, 2);
+    assert_eq!(intent.kind, Some(IntentKind::Upgrade));
+    assert_eq!(s1.call, AdminCall::None);
+    assert_eq!(s1.deployment.unwrap().revision, old_revision);
+
+    // 2. Stop-with-savepoint on every pod.
+    let s2 = tick(&mut w);
+    assert_eq!(
+        s2.call,
+        AdminCall::Savepoint {
+            id: intent.savepoint_id.clone(),
+            stop: true,
+            pods: vec!["job-0".into(), "job-1".into(), "job-2".into(), "job-3".into()],
+        }
+    );
+
+    // 3. Recorded in status before the rollout: old pods scaled away first.
+    let s3 = tick(&mut w);
+    let sp = w.status.last_savepoint.clone().unwrap();
+    assert_eq!(sp.id, intent.savepoint_id);
+    assert_eq!(sp.offsets.len(), 4, "offsets of every pod");
+    assert_eq!(w.phase(), Some(JobPhase::Upgrading));
+    assert_eq!(w.status.savepoint_history[0].id, sp.id);
+    let drain = s3.deployment.unwrap();
+    assert_eq!(drain.replicas, 0);
+    assert_eq!(drain.restore.savepoint.as_deref(), Some(sp.location.as_str()));
+    assert!(w.pods.is_empty());
+
+    // 4. New pods only once the old are gone, restoring the savepoint.
+    let s4 = tick(&mut w);
+    let d = s4.deployment.unwrap();
+    assert_eq!(d.replicas, 4);
+    assert_eq!(d.generation, 2);
+    assert_eq!(d.spec.image.as_deref(), Some("runtime:v2"));
+    assert!(w.status.upgrade.as_ref().unwrap().rollout_started.is_some());
+
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    assert_eq!(
+        w.status.last_stable_spec.as_ref().unwrap().image.as_deref(),
+        Some("runtime:v2")
+    );
+    assert!(
+        w.outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::UpgradeSucceeded { .. }))
+    );
+    assert!(
+        w.outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::SavepointCompleted { .. }))
+    );
+    assert_eq!(w.savepoint_calls(), 1);
+    // After success the ConfigMap no longer points at the savepoint.
+    let steady = tick(&mut w).deployment.unwrap();
+    assert_eq!(steady.restore.savepoint, None);
+    assert_eq!(steady.revision, d.revision);
+}
+
+#[test]
+fn an_ignored_change_restarts_nothing() {
+    let mut w = running_world(2);
+    let before = w.deployment.clone().unwrap().revision;
+    w.change_spec(|s| {
+        s.upgrade = Some(streamops_crds::job::UpgradeSpec {
+            savepoint_timeout: Some("90s".parse().unwrap()),
+            health_timeout: None,
+            rollback: None,
+        })
+    });
+    let step = tick(&mut w);
+    assert_eq!(step.call, AdminCall::None);
+    assert!(w.running(2));
+    assert_eq!(step.deployment.unwrap().revision, before);
+}
+
+#[test]
+fn incompatible_change_is_stalled_before_any_savepoint() {
+    let mut w = running_world(2);
+    w.change_spec(|s| s.pipeline.key_by = vec!["record.page".into()]);
+    for _ in 0..3 {
+        tick(&mut w);
+    }
+    assert_eq!(w.stalled().as_deref(), Some("IncompatibleChange"));
+    assert_eq!(w.savepoint_calls(), 0);
+    assert!(w.status.upgrade.is_none());
+    assert_eq!(w.pods.len(), 2, "old version untouched");
+    assert!(
+        w.pods
+            .iter()
+            .all(|p| p.generation == 1 && p.state == RuntimeState::Running)
+    );
+    // Reverting the change makes the job Ready again without a restart.
+    w.change_spec(|s| s.pipeline.key_by = vec!["record.user_id".into()]);
+    tick(&mut w);
+    assert!(w.running(3));
+}
+
+#[test]
+fn incompatible_change_with_allow_empty_state_starts_empty_after_a_savepoint() {
+    let mut w = running_world(2);
+    w.change_spec(|s| {
+        s.pipeline.key_by = vec!["record.page".into()];
+        s.restore = Some(streamops_crds::job::RestoreSpec {
+            from_savepoint: None,
+            allow_empty_state: Some(true),
+        });
+    });
+    let mut restores = Vec::new();
+    for _ in 0..30 {
+        if let Some(d) = tick(&mut w).deployment
+            && d.generation == 2
+        {
+            restores.push(d.restore.clone());
+        }
+        if w.running(2) {
+            break;
+        }
+    }
+    assert!(w.running(2));
+    assert_eq!(w.savepoint_calls(), 1, "the old version still stops cleanly");
+    assert_eq!(restores[0].mode, Some(RestoreMode::Empty));
+    assert!(restores[0].allow_empty_state && restores[0].savepoint.is_none());
+}
+
+#[test]
+fn savepoint_failure_resumes_stopped_pods_and_is_not_retried() {
+    let mut w = running_world(3);
+    w.behaviour.savepoint_fails_on = Some("job-1".into());
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+    until(&mut w, "stalled", |w| w.stalled().is_some());
+    assert_eq!(w.stalled().as_deref(), Some("SavepointFailed"));
+    let msg = &w.status.conditions[0].message;
+    assert!(msg.contains("job-1") && msg.contains("disk full"), "{msg}");
+    // The resume call reached every pod: the stopped ones run again.
+    tick(&mut w);
+    assert!(
+        w.pods
+            .iter()
+            .all(|p| p.state == RuntimeState::Running && p.generation == 1)
+    );
+    assert_eq!(w.status.failed_generation, Some(2));
+    assert_eq!(w.phase(), Some(JobPhase::Running));
+    assert!(w.outcomes.contains(&Outcome::SavepointFailed));
+    // No loop: nothing is retried for the same generation.
+    for _ in 0..10 {
+        tick(&mut w);
+    }
+    assert_eq!(w.savepoint_calls(), 1);
+    assert_eq!(w.stalled().as_deref(), Some("SavepointFailed"));
+    // A new generation retries (and succeeds once the disk is fine).
+    w.behaviour.savepoint_fails_on = None;
+    w.change_spec(|s| s.image = Some("runtime:v3".into()));
+    until(&mut w, "Running gen 3", |w| w.running(3));
+    assert_eq!(w.status.failed_generation, None);
+}
+
+#[test]
+fn savepoint_timeout_abandons_and_resumes() {
+    let mut w = running_world(2);
+    w.behaviour.savepoint_hangs = true;
+    w.change_spec(|s| {
+        s.image = Some("runtime:v2".into());
+        s.upgrade = Some(streamops_crds::job::UpgradeSpec {
+            savepoint_timeout: Some("10s".parse().unwrap()),
+            health_timeout: None,
+            rollback: None,
+        });
+    });
+    let started = w.now;
+    until(&mut w, "stalled", |w| w.stalled().is_some());
+    assert!(w.now.as_millisecond() - started.as_millisecond() >= 10_000);
+    let msg = &w.status.conditions[0].message;
+    assert!(msg.contains("not complete after 10s"), "{msg}");
+    assert!(w.status.upgrade.is_none());
+    assert_eq!(w.deployment.as_ref().unwrap().generation, 1);
+}
+
+#[test]
+fn partial_stop_resumes_the_stopped_pods() {
+    // Pod 0 stopped with its savepoint, pod 1 failed: pod 0 is resumed.
+    let mut w = running_world(2);
+    w.behaviour.savepoint_fails_on = Some("job-1".into());
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+    until(&mut w, "a stopped pod", |w| {
+        w.pods.iter().any(|p| p.state == RuntimeState::Stopped)
+    });
+    until(&mut w, "resumed", |w| {
+        w.stalled().is_some() && w.pods.iter().all(|p| p.state == RuntimeState::Running)
+    });
+    let resumes: Vec<&AdminCall> = w
+        .calls
+        .iter()
+        .filter(|c| matches!(c, AdminCall::Resume { .. }))
+        .collect();
+    assert_eq!(
+        resumes[0],
+        &AdminCall::Resume {
+            pods: vec!["job-0".into(), "job-1".into()]
+        }
+    );
+}
+
+#[test]
+fn stopped_pods_without_an_intent_are_resumed() {
+    // An operator that crashed after abandoning (status written) but before
+    // the resume call: the steady state resumes what is stopped.
+    let mut w = running_world(2);
+    w.pods[1].state = RuntimeState::Stopped;
+    let step = tick(&mut w);
+    assert_eq!(
+        step.call,
+        AdminCall::Resume {
+            pods: vec!["job-1".into()]
+        }
+    );
+}
+
+fn health(timeout: &str) -> Option<streamops_crds::job::UpgradeSpec> {
+    Some(streamops_crds::job::UpgradeSpec {
+        savepoint_timeout: None,
+        health_timeout: Some(timeout.parse().unwrap()),
+        rollback: None,
+    })
+}
+
+#[test]
+fn unhealthy_upgrade_rolls_back_to_the_savepoint_and_is_not_retried() {
+    let mut w = running_world(2);
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    w.change_spec(|s| {
+        s.image = Some("runtime:bad".into());
+        s.upgrade = health("20s");
+    });
+    until(&mut w, "RollingBack", |w| {
+        w.phase() == Some(JobPhase::RollingBack)
+    });
+    let sp = w.status.last_savepoint.clone().unwrap();
+    assert_eq!(w.status.failed_generation, Some(2));
+    let intent = w.status.upgrade.clone().unwrap();
+    assert_eq!(intent.kind, Some(IntentKind::Rollback));
+    assert_eq!(intent.target_generation, 1);
+    // Unreachable broken pods: nothing proves they did not commit, and the
+    // change is state-compatible, so the last committed checkpoint is used.
+    assert_eq!(intent.restore_mode, Some(RestoreMode::LastState));
+    assert!(sp.checkpoint_id.is_some());
+    until(&mut w, "rolled back", |w| {
+        w.status.upgrade.is_none() && w.phase() == Some(JobPhase::Running)
+    });
+    assert_eq!(w.stalled().as_deref(), Some("RolledBack"));
+    assert_eq!(w.deployed_image(), None, "the old spec runs again");
+    assert!(w.pods.iter().all(|p| p.generation == 1));
+    assert!(w.outcomes.contains(&Outcome::RolledBack));
+    // Not retried in a loop.
+    for _ in 0..10 {
+        tick(&mut w);
+    }
+    assert_eq!(w.savepoint_calls(), 1);
+    assert_eq!(w.stalled().as_deref(), Some("RolledBack"));
+    assert_eq!(w.status.failed_generation, Some(2));
+    // A fixed spec upgrades again.
+    w.change_spec(|s| s.image = Some("runtime:v3".into()));
+    until(&mut w, "Running gen 3", |w| w.running(3));
+}
+
+#[test]
+fn rollback_uses_the_savepoint_when_nothing_newer_was_committed() {
+    let mut w = running_world(2);
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    // Broken pods answer the admin API (they are just not Ready) and report
+    // no checkpoint newer than the savepoint.
+    w.behaviour.broken_commits = false;
+    w.change_spec(|s| {
+        s.image = Some("runtime:bad".into());
+        s.upgrade = health("20s");
+    });
+    until(&mut w, "Upgrading started", |w| {
+        w.status
+            .upgrade
+            .as_ref()
+            .is_some_and(|i| i.rollout_started.is_some())
+    });
+    // Make the broken pods answer with the savepoint's checkpoint id.
+    let sp_checkpoint = w.status.last_savepoint.as_ref().unwrap().checkpoint_id.unwrap();
+    w.behaviour.broken_commits = true;
+    for p in &mut w.pods {
+        p.checkpoint = sp_checkpoint - 1;
+    }
+    w.behaviour.broken_commits = false;
+    let mut o = w.observe();
+    for p in &w.pods {
+        o.runtime.insert(
+            p.name.clone(),
+            Ok(RuntimeStatus {
+                state: RuntimeState::Restoring,
+                generation: 2,
+                tasks: vec![],
+                checkpoint_id: Some(sp_checkpoint),
+                last_commit_ms: None,
+            }),
+        );
+    }
+    o.now = Timestamp::from_millisecond(o.now.as_millisecond() + 30_000).unwrap();
+    let step = decide(&o);
+    let intent = step.status.upgrade.unwrap();
+    assert_eq!(intent.kind, Some(IntentKind::Rollback));
+    assert_eq!(intent.restore_mode, Some(RestoreMode::Savepoint));
+    assert_eq!(
+        intent.restore_from.as_deref(),
+        Some(w.status.last_savepoint.as_ref().unwrap().location.as_str())
+    );
+}
+
+#[test]
+fn rollback_after_newer_commits_of_an_incompatible_version_is_refused() {
+    let mut w = running_world(2);
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    w.behaviour.broken_commits = true;
+    w.change_spec(|s| {
+        s.image = Some("runtime:bad".into());
+        s.pipeline.key_by = vec!["record.page".into()];
+        s.restore = Some(streamops_crds::job::RestoreSpec {
+            from_savepoint: None,
+            allow_empty_state: Some(true),
+        });
+        s.upgrade = health("20s");
+    });
+    until(&mut w, "stalled", |w| w.stalled().is_some());
+    assert_eq!(w.stalled().as_deref(), Some("RollbackUnsafe"));
+    assert_eq!(w.phase(), Some(JobPhase::Failed));
+    assert_eq!(
+        w.deployed_image().as_deref(),
+        Some("runtime:bad"),
+        "left in place"
+    );
+    for _ in 0..5 {
+        tick(&mut w);
+    }
+    assert_eq!(w.stalled().as_deref(), Some("RollbackUnsafe"));
+    // A new generation replaces the failed one from its last committed state.
+    w.change_spec(|s| s.image = Some("runtime:v3".into()));
+    until(&mut w, "Running gen 3", |w| w.running(3));
+    assert_eq!(
+        w.savepoint_calls(),
+        1,
+        "the failed pods are not asked for a savepoint"
+    );
+}
+
+#[test]
+fn rollback_disabled_leaves_the_new_version_and_says_so() {
+    let mut w = running_world(1);
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    w.change_spec(|s| {
+        s.image = Some("runtime:bad".into());
+        s.upgrade = Some(streamops_crds::job::UpgradeSpec {
+            savepoint_timeout: None,
+            health_timeout: Some("10s".parse().unwrap()),
+            rollback: Some(false),
+        });
+    });
+    until(&mut w, "stalled", |w| w.stalled().is_some());
+    assert_eq!(w.stalled().as_deref(), Some("Unhealthy"));
+    assert_eq!(w.phase(), Some(JobPhase::Failed));
+    // It recovers by itself if the pods become healthy.
+    w.behaviour.broken_image = None;
+    until(&mut w, "Running gen 2", |w| w.running(2));
+}
+
+#[test]
+fn rescale_on_spec_parallelism_and_on_partition_growth() {
+    let mut w = running_world(8);
+    assert_eq!(w.pods.len(), 8);
+    w.change_spec(|s| s.parallelism = Some(2));
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    assert_eq!(w.pods.len(), 2);
+    assert_eq!(w.status.parallelism, Some(2));
+    assert!(w.events.contains(&"Rescaled"));
+    assert_eq!(w.savepoint_calls(), 1);
+    w.change_spec(|s| s.parallelism = Some(4));
+    until(&mut w, "Running gen 3", |w| w.running(3));
+    assert_eq!(w.pods.len(), 4);
+    assert_eq!(w.deployment.as_ref().unwrap().parallelism, 4);
+
+    // The source topic grows 8 -> 12 partitions (no spec change): savepoint,
+    // restore with the new partition count; parallelism stays capped at 4.
+    w.topics = Ok(topics(12));
+    tick(&mut w);
+    assert_eq!(w.status.upgrade.as_ref().unwrap().kind, Some(IntentKind::Rescale));
+    until(&mut w, "rescaled", |w| {
+        w.running(3) && w.status.source_partitions == Some(12)
+    });
+    assert_eq!(w.savepoint_calls(), 3);
+    assert_eq!(w.deployment.as_ref().unwrap().topics.total_partitions(), 12);
+    assert_eq!(w.pods.len(), 4);
+}
+
+#[test]
+fn partition_growth_without_a_cap_adds_pods() {
+    let mut w = running_world(2);
+    w.topics = Ok(topics(3));
+    until(&mut w, "rescaled", |w| {
+        w.running(1) && w.status.parallelism == Some(3)
+    });
+    assert_eq!(w.pods.len(), 3);
+}
+
+#[test]
+fn suspend_and_resume_by_spec_and_annotation() {
+    let mut w = running_world(2);
+    w.change_spec(|s| s.state = Some(JobState::Suspended));
+    until(&mut w, "Suspended", |w| {
+        w.phase() == Some(JobPhase::Suspended) && w.status.upgrade.is_none()
+    });
+    assert!(w.pods.is_empty());
+    assert_eq!(w.ready_reason(), ("True".into(), "Suspended".into()));
+    let sp = w.status.last_savepoint.clone().unwrap();
+    assert_eq!(w.savepoint_calls(), 1);
+    w.change_spec(|s| s.state = Some(JobState::Running));
+    tick(&mut w);
+    assert_eq!(
+        w.status.upgrade.as_ref().unwrap().restore_from.as_deref(),
+        Some(sp.location.as_str())
+    );
+    until(&mut w, "Running", |w| w.running(3));
+    assert_eq!(w.pods.len(), 2);
+    assert!(w.events.contains(&"Resumed"));
+
+    // The Argo CD action's annotation suspends whatever the spec says.
+    w.suspend_annotation = true;
+    until(&mut w, "Suspended", |w| {
+        w.phase() == Some(JobPhase::Suspended) && w.status.upgrade.is_none()
+    });
+    assert_eq!(w.savepoint_calls(), 2);
+    w.suspend_annotation = false;
+    until(&mut w, "Running", |w| w.running(3));
+}
+
+#[test]
+fn changes_made_while_suspended_apply_on_resume() {
+    let mut w = running_world(2);
+    w.change_spec(|s| s.state = Some(JobState::Suspended));
+    until(&mut w, "Suspended", |w| {
+        w.phase() == Some(JobPhase::Suspended) && w.status.upgrade.is_none()
+    });
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+    tick(&mut w);
+    assert!(w.pods.is_empty(), "still suspended");
+    w.change_spec(|s| s.state = None);
+    until(&mut w, "Running", |w| w.running(4));
+    assert_eq!(w.deployed_image().as_deref(), Some("runtime:v2"));
+    assert_eq!(w.savepoint_calls(), 1);
+}
+
+#[test]
+fn manual_savepoint_by_nonce_and_annotation() {
+    let mut w = World::new(2);
+    w.spec.savepoint_nonce = Some("at-creation".into());
+    until(&mut w, "Running", |w| w.running(1));
+    for _ in 0..3 {
+        tick(&mut w);
+    }
+    assert_eq!(
+        w.savepoint_calls(),
+        0,
+        "a nonce present at creation is not a request"
+    );
+
+    w.change_spec(|s| s.savepoint_nonce = Some("n1".into()));
+    until(&mut w, "savepoint", |w| {
+        w.status.last_savepoint.is_some() && w.running(2)
+    });
+    assert_eq!(w.savepoint_calls(), 1);
+    let stops: Vec<&AdminCall> = w
+        .calls
+        .iter()
+        .filter(|c| matches!(c, AdminCall::Savepoint { stop: false, .. }))
+        .collect();
+    assert_eq!(stops.len(), 1, "a requested savepoint does not stop the pods");
+    assert!(
+        w.pods
+            .iter()
+            .all(|p| p.state == RuntimeState::Running && p.generation == 1)
+    );
+    for _ in 0..3 {
+        tick(&mut w);
+    }
+    assert_eq!(w.savepoint_calls(), 1, "handled once");
+
+    w.savepoint_annotation = Some("2026-01-01T00:00:00Z".into());
+    until(&mut w, "second savepoint", |w| {
+        w.status.savepoint_history.len() == 2 && w.running(2)
+    });
+    for _ in 0..3 {
+        tick(&mut w);
+    }
+    assert_eq!(w.savepoint_calls(), 2);
+}
+
+#[test]
+fn failed_manual_savepoint_is_reported_once() {
+    let mut w = running_world(2);
+    w.behaviour.savepoint_fails_on = Some("job-0".into());
+    w.savepoint_annotation = Some("now".into());
+    until(&mut w, "failed", |w| w.events.contains(&"SavepointFailed"));
+    for _ in 0..5 {
+        tick(&mut w);
+    }
+    assert_eq!(w.savepoint_calls(), 1);
+    assert!(w.running(1), "the job keeps running and stays Ready");
+}
+
+#[test]
+fn savepoint_history_retention_by_count_and_age() {
+    let t = |s: i64| SavepointRecord {
+        id: format!("sp-{s}"),
+        location: String::new(),
+        offsets: BTreeMap::new(),
+        time: Time(Timestamp::from_second(s).unwrap()),
+        generation: None,
+        checkpoint_id: None,
+    };
+    let now = Timestamp::from_second(1000).unwrap();
+    let history = vec![t(990), t(900), t(800), t(100)];
+    let ids = |h: Vec<SavepointRecord>| h.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(retain_savepoints(history.clone(), 2, None, now)),
+        ["sp-990", "sp-900"]
+    );
+    assert_eq!(
+        ids(retain_savepoints(
+            history.clone(),
+            5,
+            Some(Duration::from_secs(150)),
+            now
+        )),
+        ["sp-990", "sp-900"]
+    );
+    // The newest is kept however old.
+    assert_eq!(
+        ids(retain_savepoints(
+            vec![t(1)],
+            5,
+            Some(Duration::from_secs(1)),
+            now
+        )),
+        ["sp-1"]
+    );
+
+    let mut w = running_world(1);
+    w.spec.checkpoint.as_mut().unwrap().savepoints_to_keep = Some(2);
+    for i in 0..4 {
+        w.savepoint_annotation = Some(format!("r{i}"));
+        until(&mut w, "savepoint", |w| {
+            w.events.iter().filter(|e| **e == "SavepointCompleted").count() == i + 1 && w.running(1)
+        });
+    }
+    assert_eq!(w.status.savepoint_history.len(), 2);
+    assert_eq!(
+        w.status.savepoint_history[0].id,
+        w.status.last_savepoint.as_ref().unwrap().id
+    );
+}
+
+#[test]
+fn last_state_and_stateless_upgrades_take_no_savepoint() {
+    for (mode, restore) in [
+        (UpgradeMode::LastState, RestoreMode::LastState),
+        (UpgradeMode::Stateless, RestoreMode::Empty),
+    ] {
+        let mut w = World::new(2);
+        w.spec.upgrade_mode = Some(mode);
+        until(&mut w, "Running", |w| w.running(1));
+        w.change_spec(|s| s.image = Some("runtime:v2".into()));
+        tick(&mut w);
+        assert_eq!(w.phase(), Some(JobPhase::Upgrading));
+        let mut first_restore = None;
+        until(&mut w, "Running gen 2", |w| w.running(2));
+        for s in &w.log {
+            if let Some(i) = &s.upgrade
+                && i.target_generation == 2
+            {
+                first_restore.get_or_insert(i.restore_mode);
+            }
+        }
+        assert_eq!(first_restore, Some(Some(restore)), "{mode:?}");
+        assert_eq!(w.savepoint_calls(), 0, "{mode:?}");
+    }
+    // Stateless may even change the key: the state is dropped anyway.
+    let mut w = World::new(2);
+    w.spec.upgrade_mode = Some(UpgradeMode::Stateless);
+    until(&mut w, "Running", |w| w.running(1));
+    w.change_spec(|s| s.pipeline.key_by = vec!["record.page".into()]);
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    // last-state refuses an incompatible change like savepoint mode.
+    let mut w = World::new(2);
+    w.spec.upgrade_mode = Some(UpgradeMode::LastState);
+    until(&mut w, "Running", |w| w.running(1));
+    w.change_spec(|s| s.pipeline.key_by = vec!["record.page".into()]);
+    tick(&mut w);
+    assert_eq!(w.stalled().as_deref(), Some("IncompatibleChange"));
+}
+
+/// The operator is killed right after persisting status at step `crash_at`
+/// (its action is lost); a fresh run from the persisted status must reach
+/// the same end state, with exactly one savepoint id used and no pod of the
+/// new version ever running next to an old one.
+fn converges_after_crash_at_every_step(
+    scenario: impl Fn(&mut World),
+    done: impl Fn(&World) -> bool,
+    expect_image: Option<&str>,
+) {
+    // Count the steps of an uninterrupted run.
+    let mut clean = running_world(3);
+    scenario(&mut clean);
+    let mut steps = 0;
+    while !done(&clean) {
+        tick(&mut clean);
+        steps += 1;
+        assert!(steps < 200, "clean run never finished: {:#?}", clean.status);
+    }
+    for crash_at in 0..steps {
+        let mut w = running_world(3);
+        scenario(&mut w);
+        for _ in 0..crash_at {
+            tick(&mut w);
+        }
+        let persisted = w.tick_with(true);
+        let _ = persisted;
+        let mut guard = 0;
+        while !done(&w) {
+            tick(&mut w);
+            let generations: std::collections::BTreeSet<i64> = w.pods.iter().map(|p| p.generation).collect();
+            assert!(
+                generations.len() <= 1,
+                "old and new pods together after crash at {crash_at}: {:?}",
+                w.pods
+            );
+            guard += 1;
+            assert!(
+                guard < 200,
+                "no convergence after crash at step {crash_at}: {:#?}",
+                w.status
+            );
+        }
+        assert_eq!(w.deployed_image().as_deref(), expect_image, "crash at {crash_at}");
+        let ids: std::collections::BTreeSet<String> = w
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                AdminCall::Savepoint { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            ids.len() <= 1,
+            "one savepoint per operation, got {ids:?} after crash at {crash_at}"
+        );
+    }
+}
+
+#[test]
+fn restart_at_every_step_of_an_upgrade_resumes() {
+    converges_after_crash_at_every_step(
+        |w| w.change_spec(|s| s.image = Some("runtime:v2".into())),
+        |w| w.running(2),
+        Some("runtime:v2"),
+    );
+}
+
+#[test]
+fn restart_at_every_step_of_a_rollback_resumes() {
+    converges_after_crash_at_every_step(
+        |w| {
+            w.behaviour.broken_image = Some("runtime:bad".into());
+            w.change_spec(|s| {
+                s.image = Some("runtime:bad".into());
+                s.upgrade = health("10s");
+            });
+        },
+        |w| w.stalled().as_deref() == Some("RolledBack") && w.status.upgrade.is_none(),
+        None,
+    );
+}
+
+#[test]
+fn restart_at_every_step_of_suspend_and_savepoint_failure_resumes() {
+    converges_after_crash_at_every_step(
+        |w| w.change_spec(|s| s.state = Some(JobState::Suspended)),
+        |w| w.phase() == Some(JobPhase::Suspended) && w.status.upgrade.is_none() && w.pods.is_empty(),
+        None,
+    );
+    converges_after_crash_at_every_step(
+        |w| {
+            w.behaviour.savepoint_fails_on = Some("job-2".into());
+            w.change_spec(|s| s.image = Some("runtime:v2".into()));
+        },
+        |w| {
+            w.stalled().as_deref() == Some("SavepointFailed")
+                && w.pods.iter().all(|p| p.state == RuntimeState::Running)
+        },
+        None,
+    );
+}
