@@ -178,7 +178,9 @@ pub fn service(job: &StreamJob, names: &JobNames) -> Result<Service, String> {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
             "selector": {JOB_LABEL: names.job},
-            "ports": [{"name": "admin", "port": env::ADMIN_PORT, "targetPort": "admin"}],
+            // `protocol` spelled out: Kubernetes 1.20's server-side apply needs
+            // every key of the ports list's merge key.
+            "ports": [{"name": "admin", "port": env::ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}],
         },
     });
     serde_json::from_value(value).map_err(|e| format!("Service: {e}"))
@@ -303,7 +305,7 @@ fn pod_template(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Resu
                 "name": CONTAINER,
                 "image": inputs.image,
                 "args": ["run"],
-                "ports": [{"name": "admin", "containerPort": env::ADMIN_PORT}],
+                "ports": [{"name": "admin", "containerPort": env::ADMIN_PORT, "protocol": "TCP"}],
                 "env": env_vars,
                 "volumeMounts": mounts,
                 "resources": resources,
