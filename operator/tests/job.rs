@@ -309,6 +309,462 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     h.finish(&[&source, &sink]).await;
 }
 
+/// A stand-in for the parts of a cluster the control plane lacks here: a
+/// StatefulSet controller (creates and deletes Pod objects, writes their
+/// status) and the runtime's admin API on loopback addresses (one per pod
+/// ordinal, port 8080), with behaviour written in this file.
+mod fake {
+    use std::{
+        collections::BTreeMap,
+        io::{Read, Write},
+        net::TcpListener,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Duration,
+    };
+
+    use k8s_openapi::api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Pod, Secret, ServiceAccount},
+    };
+    use kube::{
+        Api, Client, ResourceExt,
+        api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    };
+    use serde_json::{Value, json};
+
+    #[derive(Clone, Debug)]
+    pub struct RuntimePod {
+        pub name: String,
+        pub generation: i64,
+        pub restore: Option<String>,
+        pub stopped: bool,
+        /// A stop-with-savepoint takes effect when its savepoint completes.
+        pub stop_requested: bool,
+        pub checkpoint: i64,
+        pub savepoints: BTreeMap<String, i64>,
+    }
+
+    #[derive(Default)]
+    pub struct World {
+        /// By loopback address.
+        pub pods: BTreeMap<String, RuntimePod>,
+        pub token: Option<String>,
+        /// Every savepoint id a pod was asked for.
+        pub triggered: Vec<String>,
+        /// Savepoints stay InProgress while set.
+        pub hold_savepoints: bool,
+        /// The StatefulSet controller does nothing while set.
+        pub sts_paused: bool,
+        /// Generations seen running side by side, per observation.
+        pub max_generations_together: usize,
+        pub created: Vec<(String, i64)>,
+    }
+
+    pub type Shared = Arc<Mutex<World>>;
+
+    fn ip(base: u8, ordinal: usize) -> String {
+        format!("127.0.0.{}", usize::from(base) + ordinal)
+    }
+
+    /// Serves the admin API of ordinals `0..n` on `127.0.0.<base+i>:8080`.
+    pub fn serve(world: Shared, base: u8, n: usize, stop: Arc<AtomicBool>) {
+        for i in 0..n {
+            let addr = ip(base, i);
+            let listener = TcpListener::bind((addr.as_str(), 8080)).expect("bind fake runtime");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let world = world.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut socket, _)) => {
+                            let _ = socket.set_nonblocking(false);
+                            handle(&world, &addr, &mut socket);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            });
+        }
+    }
+
+    fn handle(world: &Shared, addr: &str, socket: &mut std::net::TcpStream) {
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        let (head, body) = loop {
+            let Ok(n) = socket.read(&mut buf) else { return };
+            if n == 0 {
+                return;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break (text[..end].to_owned(), text[end + 4..].to_owned());
+                }
+            }
+        };
+        let (status, answer) = route(world, addr, &head, &body);
+        let answer = answer.to_string();
+        let _ = socket.write_all(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            )
+            .as_bytes(),
+        );
+    }
+
+    fn route(world: &Shared, addr: &str, head: &str, body: &str) -> (&'static str, Value) {
+        let mut w = world.lock().unwrap();
+        let authorized = w.token.as_ref().is_some_and(|t| {
+            head.lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {t}")))
+        });
+        if !authorized {
+            return ("401 Unauthorized", json!({"error": "token"}));
+        }
+        let hold = w.hold_savepoints;
+        let line = head.lines().next().unwrap_or_default().to_owned();
+        let mut triggered = None;
+        let Some(pod) = w.pods.get_mut(addr) else {
+            return ("503 Service Unavailable", json!({"error": "no pod"}));
+        };
+        let out = match line.split(' ').take(2).collect::<Vec<_>>()[..] {
+            ["GET", "/v1/status"] => {
+                if !pod.stopped {
+                    pod.checkpoint += 1;
+                }
+                let state = if pod.stopped { "Stopped" } else { "Running" };
+                (
+                    "200 OK",
+                    json!({"state": state, "generation": pod.generation, "tasks": [], "checkpointId": pod.checkpoint}),
+                )
+            }
+            ["POST", "/v1/savepoints"] => {
+                let req: Value = serde_json::from_str(body).unwrap_or_default();
+                let id = req["id"].as_str().unwrap_or_default().to_owned();
+                if !pod.savepoints.contains_key(&id) {
+                    pod.checkpoint += 1;
+                    pod.savepoints.insert(id.clone(), pod.checkpoint);
+                    triggered = Some(id.clone());
+                }
+                if req["stop"] == true {
+                    pod.stop_requested = true;
+                    pod.stopped = !hold;
+                }
+                ("202 Accepted", json!({"id": id}))
+            }
+            ["GET", path] if path.starts_with("/v1/savepoints/") => {
+                let id = path.trim_start_matches("/v1/savepoints/");
+                match pod.savepoints.get(id) {
+                    None => ("404 Not Found", json!({"error": "unknown savepoint"})),
+                    Some(cp) => {
+                        let state = if hold { "InProgress" } else { "Completed" };
+                        if !hold && pod.stop_requested {
+                            pod.stopped = true;
+                        }
+                        (
+                            "200 OK",
+                            json!({"id": id, "state": state, "location": format!("file:///cp/savepoints/{id}"),
+                                   "checkpointId": cp, "offsets": {format!("clicks-{}", pod.name): 7}, "error": null}),
+                        )
+                    }
+                }
+            }
+            ["POST", "/v1/resume"] => {
+                pod.stopped = false;
+                pod.stop_requested = false;
+                ("200 OK", json!({}))
+            }
+            _ => ("404 Not Found", json!({"error": "no route"})),
+        };
+        if let Some(id) = triggered {
+            w.triggered.push(id);
+        }
+        out
+    }
+
+    /// Plays StatefulSet controller and kubelet for StatefulSet `name`.
+    pub async fn statefulset_controller(
+        client: Client,
+        ns: String,
+        name: String,
+        world: Shared,
+        base: u8,
+        stop: Arc<AtomicBool>,
+    ) {
+        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let _ = sa
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
+            )
+            .await;
+        let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if world.lock().unwrap().sts_paused {
+                continue;
+            }
+            let Ok(Some(sts)) = sets.get_opt(&name).await else {
+                continue;
+            };
+            if world.lock().unwrap().token.is_none()
+                && let Ok(Some(secret)) = secrets.get_opt(&format!("{name}-admin")).await
+            {
+                let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+                world.lock().unwrap().token = Some(token);
+            }
+            let spec = sts.spec.clone().unwrap();
+            let replicas = usize::try_from(spec.replicas.unwrap_or(1)).unwrap();
+            let Ok(list) = pods
+                .list(&ListParams::default().labels(&format!("streamops.io/job={name}")))
+                .await
+            else {
+                continue;
+            };
+            for pod in &list.items {
+                let ordinal: usize = pod.name_any().rsplit('-').next().unwrap().parse().unwrap();
+                if ordinal >= replicas {
+                    let _ = pods
+                        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                        .await;
+                    world.lock().unwrap().pods.remove(&ip(base, ordinal));
+                }
+            }
+            let existing: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
+            for i in 0..replicas {
+                let pod_name = format!("{name}-{i}");
+                if existing.contains(&pod_name) {
+                    continue;
+                }
+                let job_json: Value = match cms.get_opt(&format!("{name}-config")).await {
+                    Ok(Some(cm)) => serde_json::from_str(&cm.data.unwrap()["job.json"]).unwrap(),
+                    _ => continue,
+                };
+                let template = serde_json::to_value(&spec.template).unwrap();
+                let mut pod =
+                    json!({"metadata": template["metadata"].clone(), "spec": template["spec"].clone()});
+                pod["metadata"]["name"] = json!(pod_name);
+                let pod: Pod = serde_json::from_value(pod).unwrap();
+                if pods.create(&PostParams::default(), &pod).await.is_err() {
+                    continue;
+                }
+                let generation = job_json["generation"].as_i64().unwrap();
+                let mut w = world.lock().unwrap();
+                w.created.push((pod_name.clone(), generation));
+                w.pods.insert(
+                    ip(base, i),
+                    RuntimePod {
+                        name: pod_name,
+                        generation,
+                        restore: job_json["restore"]["savepoint"].as_str().map(str::to_owned),
+                        stopped: false,
+                        stop_requested: false,
+                        checkpoint: 100,
+                        savepoints: BTreeMap::new(),
+                    },
+                );
+            }
+            // Kubelet: pod IP and readiness (= the runtime is not stopped).
+            let snapshot: Vec<(String, String, bool)> = {
+                let mut w = world.lock().unwrap();
+                let gens: std::collections::BTreeSet<i64> = w.pods.values().map(|p| p.generation).collect();
+                w.max_generations_together = w.max_generations_together.max(gens.len());
+                w.pods
+                    .iter()
+                    .map(|(ip, p)| (p.name.clone(), ip.clone(), !p.stopped))
+                    .collect()
+            };
+            for (pod_name, ip, ready) in snapshot {
+                let status = json!({"status": {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "podIPs": [{"ip": ip}],
+                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                    "containerStatuses": [{"name": "runtime", "ready": ready, "restartCount": 0, "image": "x", "imageID": "",
+                                           "started": true, "state": {"running": {}}}],
+                }});
+                let _ = pods
+                    .patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+    }
+}
+
+/// An operator of our own for `ns` (the harness's one watches nothing), so
+/// the test can kill it and start a new one at any step.
+struct Operator {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Operator {
+    fn start(h: &Harness) -> Self {
+        let config = streamops_operator::OperatorConfig {
+            kafka_bootstrap: Some(h.bootstrap.clone()),
+            kafka_timeout: Duration::from_secs(5),
+            resync_interval: Duration::from_secs(3),
+            retry_base: Duration::from_millis(300),
+            retry_max: Duration::from_secs(2),
+            watch_namespace: Some(h.ns.clone()),
+            http_addr: ([127, 0, 0, 1], free_port()).into(),
+            leader_election: false,
+            runtime_image: Some(IMAGE.into()),
+            ..streamops_operator::OperatorConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(streamops_operator::run_controllers(
+            h.client.clone(),
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self { stop, task }
+    }
+
+    /// Kills it (no graceful hand-over of anything in flight).
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        drop(self.stop);
+    }
+}
+
+fn phase(j: &StreamJob) -> Option<JobPhase> {
+    j.status.as_ref().and_then(|s| s.phase)
+}
+
+fn running(j: &StreamJob, generation: i64) -> bool {
+    j.status.as_ref().is_some_and(|s| {
+        s.phase == Some(JobPhase::Running)
+            && s.upgrade.is_none()
+            && s.last_stable_generation == Some(generation)
+    }) && job_condition(j, "Ready").is_some_and(|(r, _)| r == "Running")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn savepoint_upgrade_survives_operator_kills_with_fake_pods() {
+    use std::sync::{Arc, Mutex, atomic::AtomicBool};
+    let h = Harness::start_with(|c| c.watch_namespace = Some("streamops-nothing".into())).await;
+    let base = 100 + u8::try_from(std::process::id() % 100).unwrap_or(0);
+    let world: fake::Shared = Arc::new(Mutex::new(fake::World::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    fake::serve(world.clone(), base, 2, stop.clone());
+    let sts_task = tokio::spawn(fake::statefulset_controller(
+        h.client.clone(),
+        h.ns.clone(),
+        "fk".into(),
+        world.clone(),
+        base,
+        stop.clone(),
+    ));
+    let mut operator = Operator::start(&h);
+    let (source, sink) = topics(&h, 4).await;
+    create_job(&h, "fk", job_spec("clicks", "out", Some(2))).await;
+    wait_job(&h, "fk", "Running gen 1", |j| running(j, 1)).await;
+    assert_eq!(world.lock().unwrap().pods.len(), 2);
+
+    // Upgrade; savepoints are held so the operator can be killed mid-way.
+    world.lock().unwrap().hold_savepoints = true;
+    jobs(&h)
+        .patch(
+            "fk",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"image": "streamops-runtime:v2"}})),
+        )
+        .await
+        .unwrap();
+    let j = wait_job(&h, "fk", "Savepointing", |j| {
+        phase(j) == Some(JobPhase::Savepointing)
+    })
+    .await;
+    let id = j.status.unwrap().upgrade.unwrap().savepoint_id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while world.lock().unwrap().triggered.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "savepoint never triggered on both pods"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    operator.kill().await;
+
+    // Killed while Savepointing: a new operator finishes the same savepoint.
+    world.lock().unwrap().hold_savepoints = false;
+    world.lock().unwrap().sts_paused = true;
+    operator = Operator::start(&h);
+    let j = wait_job(&h, "fk", "Upgrading", |j| phase(j) == Some(JobPhase::Upgrading)).await;
+    let status = j.status.unwrap();
+    assert_eq!(status.last_savepoint.as_ref().unwrap().id, id);
+    assert_eq!(
+        status.upgrade.as_ref().unwrap().restore_from.as_deref(),
+        Some(format!("file:///cp/savepoints/{id}").as_str())
+    );
+    // Killed while the old pods are being removed (the fake StatefulSet
+    // controller is paused, so they stay).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    operator.kill().await;
+    world.lock().unwrap().sts_paused = false;
+    operator = Operator::start(&h);
+    let j = wait_job(&h, "fk", "Running gen 2", |j| running(j, 2)).await;
+    operator.kill().await;
+
+    let status = j.status.unwrap();
+    assert_eq!(
+        status.last_stable_spec.unwrap().image.as_deref(),
+        Some("streamops-runtime:v2")
+    );
+    assert_eq!(status.savepoint_history.len(), 1);
+    {
+        let w = world.lock().unwrap();
+        assert_eq!(
+            w.triggered,
+            vec![id.clone(), id.clone()],
+            "one savepoint id, once per pod"
+        );
+        assert_eq!(
+            w.max_generations_together, 1,
+            "new pods only after the old are gone"
+        );
+        let new: Vec<&fake::RuntimePod> = w.pods.values().collect();
+        assert_eq!(new.len(), 2);
+        for p in new {
+            assert_eq!(p.generation, 2);
+            assert_eq!(
+                p.restore.as_deref(),
+                Some(format!("file:///cp/savepoints/{id}").as_str())
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sts_task.await;
+    let finisher = Operator::start(&h);
+    jobs(&h).delete("fk", &Default::default()).await.unwrap();
+    wait_job_gone(&h, "fk").await;
+    h.finish(&[&source, &sink]).await;
+    finisher.kill().await;
+}
+
 /// End to end with real runtime pods (deploy -> output, savepoint upgrade
 /// with exact output, rollback, rescale 2 -> 4, operator killed
 /// mid-upgrade). Needs a full node (e2e/cluster/cluster.sh up) and the
