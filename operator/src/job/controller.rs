@@ -619,7 +619,12 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
     }
     // 3. The admin call.
     call(&step, &pods.endpoints, ctx).await;
+    // `report` already published an event for a new Ready reason.
+    let reason_changed = status::previous_reason(job) != Some(step.health.reason());
     for t in &step.events {
+        if reason_changed && t.reason == step.health.reason() {
+            continue;
+        }
         ctx.event(job, t.warning, t.reason, t.message.clone()).await;
     }
     count(&step, &ctx.metrics);

@@ -444,7 +444,8 @@ fn steady(o: &Observed) -> Step {
         .event(false, "Resuming", message);
     }
 
-    if desired_suspended(o) {
+    let refused = o.status.failed_generation == Some(o.generation);
+    if desired_suspended(o) && !refused {
         let with_savepoint = mode == UpgradeMode::Savepoint;
         let running_m = status.parallelism.unwrap_or(m);
         let mut spec = last_stable.clone();
@@ -478,7 +479,7 @@ fn steady(o: &Observed) -> Step {
         .event(false, "Suspending", message);
     }
 
-    if o.status.failed_generation == Some(o.generation) {
+    if refused {
         let health = previous_stall(o).unwrap_or_else(|| {
             Health::stalled(
                 "UpgradeFailed",
@@ -652,11 +653,10 @@ fn incompatible(o: &Observed, compat: &Compatibility) -> Step {
         o.generation,
         o.status.last_stable_generation.unwrap_or_default()
     );
-    let health = Health::stalled("IncompatibleChange", message.clone());
+    // The Warning event comes with the change of the Ready reason, once.
+    let health = Health::stalled("IncompatibleChange", message);
     let replicas = (o.status.phase == Some(JobPhase::Suspended)).then_some(0);
-    Step::new(o.status.clone(), health)
-        .deploy(steady_deployment(o, replicas))
-        .event(true, "IncompatibleChange", message)
+    Step::new(o.status.clone(), health).deploy(steady_deployment(o, replicas))
 }
 
 fn resume_stopped(o: &Observed, step: Step) -> Step {

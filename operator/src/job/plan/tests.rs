@@ -1147,3 +1147,26 @@ fn restart_at_every_step_of_suspend_and_savepoint_failure_resumes() {
         None,
     );
 }
+
+#[test]
+fn a_failed_suspend_savepoint_is_not_retried_in_a_loop() {
+    let mut w = running_world(2);
+    w.behaviour.savepoint_fails_on = Some("job-0".into());
+    w.suspend_annotation = true;
+    until(&mut w, "stalled", |w| w.stalled().is_some());
+    assert_eq!(w.stalled().as_deref(), Some("SavepointFailed"));
+    for _ in 0..10 {
+        tick(&mut w);
+    }
+    assert_eq!(w.savepoint_calls(), 1);
+    assert!(
+        w.pods.iter().all(|p| p.state == RuntimeState::Running),
+        "still running, resumed"
+    );
+    // A spec change (e.g. suspending through the spec) tries again.
+    w.behaviour.savepoint_fails_on = None;
+    w.change_spec(|s| s.state = Some(JobState::Suspended));
+    until(&mut w, "Suspended", |w| {
+        w.phase() == Some(JobPhase::Suspended) && w.status.upgrade.is_none()
+    });
+}
