@@ -110,6 +110,16 @@ def main():
     rc, _, _ = kubectl("auth", "can-i", "patch", "streamtopics.streamops.io/status", "--as",
                        f"system:serviceaccount:{ns}:streamops-operator", "-n", "default")
     check("the ServiceAccount can patch StreamTopic status anywhere", rc == 0)
+    sa = f"system:serviceaccount:{ns}:streamops-operator"
+    for verb, resource, allowed in [
+        ("patch", "statefulsets.apps", True),   # StreamJob pods: server-side apply
+        ("create", "secrets", True),            # the <job>-admin token, once
+        ("list", "pods", True),                 # readiness and pod IPs
+        ("delete", "pods", False),              # pods go by scaling the StatefulSet
+        ("update", "secrets", False),
+    ]:
+        rc, _, _ = kubectl("auth", "can-i", verb, resource, "--as", sa, "-n", "default")
+        check(f"the ServiceAccount {'can' if allowed else 'cannot'} {verb} {resource}", (rc == 0) == allowed)
 
     values["replicaCount"] = 1
     sync(helm.Upgrade(cfg).run(release, CHART, values=values, wait=False))
