@@ -123,6 +123,10 @@ pub struct RuntimeStatus {
     pub checkpoint_id: Option<i64>,
     #[serde(default)]
     pub last_commit_ms: Option<i64>,
+    /// Records behind the end of this pod's source partitions, summed; the
+    /// operator adds the pods' values up into `status.lag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]

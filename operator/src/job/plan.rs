@@ -569,6 +569,7 @@ fn steady(o: &Observed) -> Step {
         .event(false, "SavepointRequested", message);
     }
     status.phase = Some(JobPhase::Running);
+    status.lag = lag(o);
     let revision = deployment
         .as_ref()
         .map(|d| d.revision.clone())
@@ -591,6 +592,20 @@ fn steady(o: &Observed) -> Step {
         step.requeue = Duration::from_secs(5);
     }
     step
+}
+
+/// The pods' lag summed, when every live pod reported one.
+fn lag(o: &Observed) -> Option<i64> {
+    let pods = live_pods(o);
+    if pods.is_empty() {
+        return None;
+    }
+    pods.iter()
+        .map(|p| match o.runtime.get(&p.name) {
+            Some(Ok(s)) => s.lag,
+            _ => None,
+        })
+        .sum()
 }
 
 fn mode_name(mode: UpgradeMode) -> &'static str {

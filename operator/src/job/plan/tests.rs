@@ -136,6 +136,7 @@ impl World {
                             tasks: vec![],
                             checkpoint_id: Some(p.checkpoint),
                             last_commit_ms: None,
+                            lag: Some(p.checkpoint % 7),
                         })
                     };
                     (p.name.clone(), answer)
@@ -742,6 +743,7 @@ fn rollback_uses_the_savepoint_when_nothing_newer_was_committed() {
                 tasks: vec![],
                 checkpoint_id: Some(sp_checkpoint),
                 last_commit_ms: None,
+                lag: None,
             }),
         );
     }
@@ -1169,4 +1171,17 @@ fn a_failed_suspend_savepoint_is_not_retried_in_a_loop() {
     until(&mut w, "Suspended", |w| {
         w.phase() == Some(JobPhase::Suspended) && w.status.upgrade.is_none()
     });
+}
+
+#[test]
+fn lag_is_the_sum_over_pods_when_all_report_it() {
+    let mut w = running_world(3);
+    tick(&mut w);
+    let o = w.observe();
+    let expected: i64 = o.runtime.values().map(|a| a.as_ref().unwrap().lag.unwrap()).sum();
+    let step = decide(&o);
+    assert_eq!(step.status.lag, Some(expected));
+    let mut o = w.observe();
+    o.runtime.insert("job-1".into(), Err("unreachable".into()));
+    assert_eq!(decide(&o).status.lag, None, "unknown, not a partial sum");
 }
