@@ -288,6 +288,8 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
     assert!(sets.get_opt("loop").await.unwrap().is_none());
     assert!(cms.get_opt("loop-config").await.unwrap().is_none());
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    assert!(secrets.get_opt("loop-admin").await.unwrap().is_none());
 
     // Fixing the spec converges.
     jobs(&h)

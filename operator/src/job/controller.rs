@@ -436,8 +436,14 @@ async fn random_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The admin token, creating `<job>-admin` once (never updated, never logged).
-async fn admin_token(job: &StreamJob, names: &JobNames, ctx: &JobContext) -> Result<Option<String>> {
+/// The admin token, creating `<job>-admin` once when `create` (never
+/// updated, never logged).
+async fn admin_token(
+    job: &StreamJob,
+    names: &JobNames,
+    ctx: &JobContext,
+    create: bool,
+) -> Result<Option<String>> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let read = |s: &Secret| {
         s.data
@@ -447,6 +453,9 @@ async fn admin_token(job: &StreamJob, names: &JobNames, ctx: &JobContext) -> Res
     };
     if let Some(secret) = secrets.get_opt(&names.admin_secret()).await? {
         return Ok(read(&secret));
+    }
+    if !create {
+        return Ok(None);
     }
     let token = random_token().await?;
     let secret = resources::admin_secret(job, names, &token).map_err(Error::KafkaClientConfig)?;
@@ -548,6 +557,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
     };
     let topics = resolve_topics(job, &names, &ctx.client).await?;
     let valid = job.spec.validation_message().is_none();
+    let startable = valid && topics.is_ok();
     if valid && let Ok(t) = &topics {
         if let Err(e) = ensure_internal_topics(job, ctx, t).await {
             let health = if e.is_transient() {
@@ -566,7 +576,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         let svc = resources::service(job, &names).map_err(Error::KafkaClientConfig)?;
         server_side_apply(&services, &names.service(), &svc).await?;
     }
-    let token = admin_token(job, &names, ctx).await?;
+    let token = admin_token(job, &names, ctx, startable).await?;
     let pods = observe_pods(&names, ctx, token.as_deref()).await?;
 
     let intent = current.upgrade.clone();
