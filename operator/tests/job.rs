@@ -360,6 +360,8 @@ mod fake {
         pub hold_savepoints: bool,
         /// The StatefulSet controller does nothing while set.
         pub sts_paused: bool,
+        /// Pods of this generation never become Ready (a broken version).
+        pub unready_generation: Option<i64>,
         /// Generations seen running side by side, per observation.
         pub max_generations_together: usize,
         pub created: Vec<(String, i64)>,
@@ -592,7 +594,10 @@ mod fake {
                 w.max_generations_together = w.max_generations_together.max(gens.len());
                 w.pods
                     .iter()
-                    .map(|(ip, p)| (p.name.clone(), ip.clone(), !p.stopped))
+                    .map(|(ip, p)| {
+                        let ready = !p.stopped && w.unready_generation != Some(p.generation);
+                        (p.name.clone(), ip.clone(), ready)
+                    })
                     .collect()
             };
             for (pod_name, ip, ready) in snapshot {
@@ -668,7 +673,7 @@ fn running(j: &StreamJob, generation: i64) -> bool {
 async fn savepoint_upgrade_survives_operator_kills_with_fake_pods() {
     use std::sync::{Arc, Mutex, atomic::AtomicBool};
     let h = Harness::start_with(|c| c.watch_namespace = Some("streamops-nothing".into())).await;
-    let base = 100 + u8::try_from(std::process::id() % 100).unwrap_or(0);
+    let base = 100 + u8::try_from(std::process::id() % 50).unwrap_or(0);
     let world: fake::Shared = Arc::new(Mutex::new(fake::World::default()));
     let stop = Arc::new(AtomicBool::new(false));
     fake::serve(world.clone(), base, 2, stop.clone());
@@ -765,6 +770,95 @@ async fn savepoint_upgrade_survives_operator_kills_with_fake_pods() {
     wait_job_gone(&h, "fk").await;
     h.finish(&[&source, &sink]).await;
     finisher.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unhealthy_upgrade_rolls_back_with_fake_pods() {
+    use std::sync::{Arc, Mutex, atomic::AtomicBool};
+    let h = Harness::start_with(|c| c.watch_namespace = Some("streamops-nothing".into())).await;
+    let base = 160 + u8::try_from(std::process::id() % 50).unwrap_or(0);
+    let world: fake::Shared = Arc::new(Mutex::new(fake::World::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    fake::serve(world.clone(), base, 2, stop.clone());
+    let sts_task = tokio::spawn(fake::statefulset_controller(
+        h.client.clone(),
+        h.ns.clone(),
+        "rb".into(),
+        world.clone(),
+        base,
+        stop.clone(),
+    ));
+    let operator = Operator::start(&h);
+    let (source, sink) = topics(&h, 2).await;
+    let mut spec = job_spec("clicks", "out", None);
+    spec.upgrade = Some(streamops_crds::job::UpgradeSpec {
+        savepoint_timeout: None,
+        health_timeout: Some("6s".parse().unwrap()),
+        rollback: None,
+    });
+    create_job(&h, "rb", spec).await;
+    wait_job(&h, "rb", "Running gen 1", |j| running(j, 1)).await;
+
+    // Generation 2 never becomes Ready (but commits: its checkpoint ids grow).
+    world.lock().unwrap().unready_generation = Some(2);
+    jobs(&h)
+        .patch(
+            "rb",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"image": "streamops-runtime:bad"}})),
+        )
+        .await
+        .unwrap();
+    let j = wait_job(&h, "rb", "rolled back", |j| {
+        job_condition(j, "Stalled").is_some_and(|(r, _)| r == "RolledBack")
+            && j.status.as_ref().is_some_and(|s| s.upgrade.is_none())
+    })
+    .await;
+    let status = j.status.clone().unwrap();
+    assert_eq!(status.failed_generation, Some(2));
+    assert_eq!(status.last_stable_generation, Some(1));
+    assert_eq!(status.last_stable_spec.as_ref().unwrap().image, None);
+    let (_, message) = job_condition(&j, "Stalled").unwrap();
+    assert!(message.contains("generation 2"), "{message}");
+    h.wait_event("rb", "RollingBack").await;
+    {
+        let w = world.lock().unwrap();
+        assert!(w.pods.values().all(|p| p.generation == 1), "{:?}", w.pods);
+        // Generation 2 committed after the savepoint: the old version resumes
+        // from the last committed checkpoint, not from the older savepoint.
+        assert!(w.pods.values().all(|p| p.restore.is_none()), "{:?}", w.pods);
+        assert_eq!(w.max_generations_together, 1);
+        assert_eq!(w.triggered.len(), 2, "one savepoint, on both pods");
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
+    let cm = cms.get("rb-config").await.unwrap();
+    let config: Value = serde_json::from_str(&cm.data.unwrap()["job.json"]).unwrap();
+    assert_eq!(config["generation"], 1);
+
+    // Not retried in a loop.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(world.lock().unwrap().triggered.len(), 2);
+    let j = jobs(&h).get("rb").await.unwrap();
+    assert!(job_condition(&j, "Stalled").is_some_and(|(r, _)| r == "RolledBack"));
+
+    // A fixed spec upgrades again.
+    world.lock().unwrap().unready_generation = None;
+    jobs(&h)
+        .patch(
+            "rb",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"image": "streamops-runtime:v3"}})),
+        )
+        .await
+        .unwrap();
+    wait_job(&h, "rb", "Running gen 3", |j| running(j, 3)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sts_task.await;
+    jobs(&h).delete("rb", &Default::default()).await.unwrap();
+    wait_job_gone(&h, "rb").await;
+    h.finish(&[&source, &sink]).await;
+    operator.kill().await;
 }
 
 /// End to end with real runtime pods (deploy -> output, savepoint upgrade
