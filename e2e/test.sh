@@ -8,11 +8,11 @@
 #   2. unit and property tests (no cluster, no broker)
 #   3. Argo CD health/action scripts (Lua table tests)
 #   4. API tests against a real etcd + kube-apiserver
-#   5. (opt-in) the single-node cluster smoke test with the product images
-#      (real kubelet + containerd pods): STREAMOPS_STAGES="... smoke". Not in
-#      the default set until it has passed with the product images.
+#   5. the single-node cluster smoke test with the product images (real
+#      kubelet + containerd pods; e2e/smoke/smoke.sh --debug, whose image build
+#      uses the package sets of stages 2 and 4 and so reuses their build).
 # Needs root (containerd, iptables, mounts). Stages can be picked with
-# STREAMOPS_STAGES="lint unit chart api smoke" (default: lint unit chart api).
+# STREAMOPS_STAGES="lint unit chart api smoke" (default: all of them).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +21,7 @@ export STREAMOPS_CACHE=${STREAMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stream
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
 export CARGO_TERM_COLOR=never
 export CARGO_LOCKED=1
-stages=${STREAMOPS_STAGES:-lint unit chart api}
+stages=${STREAMOPS_STAGES:-lint unit chart api smoke}
 cd "$root"
 
 declare -a timings=()
@@ -91,6 +91,7 @@ if wants api; then
 fi
 
 if wants smoke; then
-  # --debug: reuse the dev-profile binaries the earlier stages built.
+  # --debug: the dev-profile binaries, built with the unit and api stages'
+  # package sets (see e2e/images/build.sh), so nothing is rebuilt here.
   stage smoke "$here/smoke/smoke.sh" --debug
 fi

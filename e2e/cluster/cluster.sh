@@ -329,6 +329,12 @@ cmd_up() {
   need_root "cluster.sh up"
   local t0=$SECONDS cur
   cur=$(cat "$STATE/mode" 2>/dev/null || true)
+  # A full cluster includes the control plane: `up --control-plane` on a
+  # running full cluster keeps it as it is (and checks it) instead of failing.
+  if [[ $cur == full && $mode == control-plane ]] && alive kube-apiserver; then
+    log "a full cluster is already running from $STATE; it includes the control plane"
+    mode=full
+  fi
   if [[ -n $cur && $cur != "$mode" ]] && alive kube-apiserver; then
     die "a $cur cluster is already running from $STATE; run '$0 down' first"
   fi

@@ -33,11 +33,15 @@ entrypoint the binary.
 
 Options:
   --bin-dir DIR   take the binaries from DIR instead of running cargo build
-  --debug         cargo build without --release (target/debug)
+  --debug         dev-profile build (target/debug) with the test stages' package
+                  sets, so that it reuses what make test already built
   --import        import the tarballs into the local node's containerd
                   (ctr -n k8s.io images import; the node must be up)
   --out DIR       where the tarballs go (default $OUT)
   -h, --help
+
+Debug-profile and --bin-dir binaries are imaged without their DWARF sections
+(objcopy --strip-debug of a copy) unless STREAMOPS_IMAGE_KEEP_DEBUG=1.
 
 Environment: STREAMOPS_IMAGE_TAG (default dev), STREAMOPS_IMAGES_OUT, STREAMOPS_STATE,
   CARGO_LOCKED=1 (cargo build --locked, for CI), STREAMOPS_NICE (default 10).
@@ -71,25 +75,62 @@ product_bin() { # NAME -> path of the binary, building it if needed
   echo "$dir/$name"
 }
 
+# Which cargo invocation builds each binary. Cargo resolves features per
+# invocation: a package set that differs from the test stages' (for example
+# `-p streamops-operator -p streamops-runtime`, or `--workspace --bins`) unifies
+# bitflags/getrandom/clap features differently, which changes the hash of
+# librocksdb-sys's build script and recompiles RocksDB's C++ (10-15 min) next to
+# the copy the tests already built. So:
+#   debug:   exactly the package sets of e2e/test.sh's test stages, so that the
+#            smoke stage reuses their artifacts (verified with `cargo build
+#            --unit-graph`: identical units for both binaries);
+#              runtime  = the `unit` stage: cargo test --no-run --workspace
+#                         --exclude streamops-e2e --exclude streamops-operator
+#                         (it builds the plain binary for the integration tests)
+#              operator = the `api` stage's `cargo test -p streamops-operator
+#                         --tests`, whose binary unit equals `cargo build
+#                         -p streamops-operator --bins`
+#   release: one package per invocation, as the Dockerfiles and
+#            runtime/BENCHMARKS.md do (`cargo build --release -p <package>`).
+# KEEP IN SYNC with the cargo commands of the unit and api stages in e2e/test.sh.
 cargo_build() {
   [[ -n $BIN_DIR ]] && return 0
-  local pkgs=() flags=()
-  has operator && pkgs+=(-p streamops-operator)
-  has runtime && pkgs+=(-p streamops-runtime)
-  [[ ${#pkgs[@]} -gt 0 ]] || return 0
-  [[ $PROFILE == release ]] && flags+=(--release)
+  has operator || has runtime || return 0
   command -v cargo >/dev/null || die "cargo not found"
-  log "cargo build ${flags[*]} ${pkgs[*]}"
+  local -a locked=()
   # --locked when CARGO_LOCKED=1 (CI); a dev build may update Cargo.lock as usual.
-  [[ ${CARGO_LOCKED:-0} == 1 ]] && flags+=(--locked)
-  (cd "$REPO" && nice -n "${STREAMOPS_NICE:-10}" cargo build "${flags[@]}" "${pkgs[@]}") \
-    || die "cargo build ${flags[*]} ${pkgs[*]} failed"
+  [[ ${CARGO_LOCKED:-0} == 1 ]] && locked=(--locked)
+  local -a cmds=()
+  if [[ $PROFILE == release ]]; then
+    has operator && cmds+=("build --release -p streamops-operator")
+    has runtime && cmds+=("build --release -p streamops-runtime")
+  else
+    has operator && cmds+=("build -p streamops-operator --bins")
+    has runtime && cmds+=("test --no-run --workspace --exclude streamops-e2e --exclude streamops-operator")
+  fi
+  local cmd
+  for cmd in "${cmds[@]}"; do
+    log "cargo $cmd"
+    # shellcheck disable=SC2086 # $cmd is a fixed word list from above
+    (cd "$REPO" && nice -n "${STREAMOPS_NICE:-10}" cargo $cmd "${locked[@]}") \
+      || die "cargo $cmd failed"
+  done
 }
 
 product_image() { # NAME
   local name=$1 bin
   bin=$(product_bin "$name")
   [[ -x $bin ]] || die "$bin missing after build"
+  if [[ $PROFILE == debug || -n $BIN_DIR ]] && [[ ${STREAMOPS_IMAGE_KEEP_DEBUG:-0} != 1 ]]; then
+    # A dev-profile binary is ~95% DWARF (600 MB for the runtime): image a copy
+    # without it (same code and symbols; 25-60 MB), so that packing and
+    # importing take seconds. Release images keep their line tables.
+    command -v objcopy >/dev/null || die "objcopy (binutils) is required, or set STREAMOPS_IMAGE_KEEP_DEBUG=1"
+    mkdir -p "$OUT/bin"
+    objcopy --strip-debug "$bin" "$OUT/bin/$name.tmp" && mv "$OUT/bin/$name.tmp" "$OUT/bin/$name" \
+      || die "objcopy --strip-debug $bin failed"
+    bin=$OUT/bin/$name
+  fi
   python3 "$HERE/mkimage.py" --tag "localhost/$name:$TAG" --out "$OUT/$name.tar" \
     --file "$bin:/usr/local/bin/$name" --with-libs \
     --entrypoint "/usr/local/bin/$name" --user 65532:65532 --nonroot-files --ca-certs \

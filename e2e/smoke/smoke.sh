@@ -21,7 +21,10 @@ usage() {
 Usage: $0 [options]
 
 Local mode (default, needs root): e2e/cluster/cluster.sh up (full node), broker up,
-e2e/images/build.sh --import, then the checks; the cluster is torn down at the end.
+e2e/images/build.sh --import, then the checks; the cluster is torn down at the end
+if this script started it. A full cluster already running from \$STATE is reused
+and left up (only the test's namespace and ClusterRole are removed on success); a
+control-plane-only cluster there is an error (use another STREAMOPS_STATE and ports).
 
 Checks (namespace $NS):
   - StatefulSet smoke-runtime, 2 replicas of localhost/streamops-runtime:$TAG:
@@ -96,7 +99,15 @@ finish() {
   local rc=$?
   set +e
   [[ $RESULT == PASS ]] || collect
-  if ((STARTED_CLUSTER && !KEEP)); then "$CLUSTER" down >/dev/null 2>&1 || log "cluster down failed"; fi
+  local t_down=$SECONDS
+  if ((STARTED_CLUSTER && !KEEP)); then
+    "$CLUSTER" down >/dev/null 2>&1 || log "cluster down failed"
+    log "phase: cluster down $((SECONDS - t_down)) s"
+  elif [[ $RESULT == PASS ]] && ((!KEEP)); then
+    # A cluster we did not start stays up; remove what the test created.
+    kc delete namespace "$NS" --wait=false >/dev/null 2>&1
+    kc delete clusterrolebinding,clusterrole streamops-smoke-list-namespaces >/dev/null 2>&1
+  fi
   if [[ $RESULT == PASS ]]; then
     echo "PASS: smoke test ($((SECONDS - T0)) s)"
   else
@@ -116,7 +127,16 @@ if ((EXISTING)); then
   BOOTSTRAP=$STREAMOPS_BOOTSTRAP
 else
   need_root "the local smoke test"
-  STARTED_CLUSTER=1
+  mode=$(cat "$STATE/mode" 2>/dev/null || true)
+  if "$CLUSTER" status 2>/dev/null | grep -q '^apiserver: ready'; then
+    # Someone else's cluster (or ours from --keep): use it, never take it down.
+    [[ $mode == full ]] || die "a $mode cluster (no node) already runs from $STATE, perhaps someone else's; \
+the smoke test needs a full node. Use another STREAMOPS_STATE with other ports (e2e/README.md, \
+'Two clusters side by side') or '$CLUSTER down' if it is yours"
+    log "reusing the full cluster already running from $STATE (it stays up afterwards)"
+  else
+    STARTED_CLUSTER=1
+  fi
   "$CLUSTER" up
   export KUBECONFIG=$STATE/kubeconfig
   "$CLUSTER" broker up
@@ -128,6 +148,8 @@ else
   fi
 fi
 log "bootstrap servers: $BOOTSTRAP"
+log "phase: setup (cluster, broker, images) $((SECONDS - T0)) s"
+T_CHECKS=$SECONDS
 
 RUNTIME_IMAGE=localhost/streamops-runtime:$TAG
 OPERATOR_IMAGE=localhost/streamops-operator:$TAG
@@ -266,4 +288,5 @@ kc wait -n "$NS" --for=condition=Ready pod/smoke-runtime-0 pod/smoke-runtime-1 -
 ready=$(kc get -n "$NS" statefulset/smoke-runtime -o 'jsonpath={.status.readyReplicas}')
 [[ $ready == 2 ]] || die "StatefulSet smoke-runtime has ${ready:-0} ready replicas, want 2"
 kc get pods -n "$NS" -o wide
+log "phase: checks $((SECONDS - T_CHECKS)) s"
 RESULT=PASS
