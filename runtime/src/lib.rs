@@ -14,6 +14,7 @@ pub mod error;
 pub mod expr;
 pub mod metrics;
 pub mod operator;
+pub mod pipeline;
 pub mod plan;
 pub mod state;
 pub mod time;

@@ -35,6 +35,8 @@ enum Command {
     Idle,
     /// Run the built-in benchmark (build with --release).
     Bench(BenchArgs),
+    /// Run a job: the tasks given (or this pod's share), exactly once, until SIGTERM.
+    Run(Box<streamops_runtime::pipeline::cli::RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +88,17 @@ fn main() -> ExitCode {
         } => check_broker(&bootstrap_servers, timeout),
         Command::Idle => idle(),
         Command::Bench(args) => run_bench(args),
+        Command::Run(args) => {
+            init_tracing();
+            return match streamops_runtime::pipeline::cli::run(*args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "runtime failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +106,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Structured logs: JSON with `STREAMOPS_LOG_FORMAT=json`, text otherwise;
+/// level from `RUST_LOG` (default info).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("STREAMOPS_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

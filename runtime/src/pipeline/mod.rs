@@ -1,0 +1,19 @@
+//! The Kafka layer: a job as tasks (one per source partition) that read
+//! Kafka and write Kafka exactly once.
+//!
+//! - [`job`]: the job file the operator writes and the task assignment;
+//! - [`task`]: stage 1 (keying) and stage 2 (windows) of one task, pure;
+//! - [`wire`]: records of the internal repartition and control topics;
+//! - [`store`]: checkpoints and savepoints in durable storage (`object_store`);
+//! - [`runner`]: the loop and the checkpoint protocol;
+//! - [`admin`]: the HTTP admin API; [`shared`]: what the two share.
+
+pub mod admin;
+pub mod cli;
+pub mod job;
+pub mod kafka;
+pub mod runner;
+pub mod shared;
+pub mod store;
+pub mod task;
+pub mod wire;

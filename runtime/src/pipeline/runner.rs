@@ -1,0 +1,1092 @@
+//! The pipeline loop: Kafka in, tasks, Kafka out, one transaction per task
+//! per checkpoint.
+//!
+//! Per checkpoint and task (the protocol of DESIGN.md): (1) snapshot the
+//! task's state and write it and its manifest to durable storage; (2) in the
+//! task's open transaction, which already holds every output since the last
+//! checkpoint, write the marker naming that manifest and the input offsets;
+//! (3) commit. Any failure in between ends the process: on restart
+//! `init_transactions` fences and aborts what was open, the last committed
+//! marker names the state to restore, and the input is re-read from its
+//! offsets. There is no other recovery path to get wrong.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+use super::job::{JobExt, JobFile, RestoreMode};
+use super::kafka::KafkaSettings;
+use super::shared::{CrashPoints, RunState, SavepointState, Shared};
+use super::store::{CheckpointStore, Manifest, Target};
+use super::task::{Out, Task};
+use super::wire::{self, CHECKPOINT_HEADER, Marker, MarkerKind};
+use crate::plan::Plan;
+use crate::state::StateBackend;
+use crate::state::memory::MemoryBackend;
+use crate::state::rocks::{RocksBackend, RocksOptions};
+
+/// Storage used when the spec names none: a volume the operator mounts.
+pub const DEFAULT_STORAGE: &str = "file:///var/lib/streamops/checkpoints";
+/// Kafka's default `transaction.max.timeout.ms`, assumed when the broker
+/// does not report it.
+/// Key prefix of the fence records in the control topic (not markers).
+pub const FENCE_KEY_PREFIX: &str = "fence-";
+const KAFKA_DEFAULT_MAX_TXN_TIMEOUT_MS: u64 = 900_000;
+/// Default bound on each Kafka request the runner waits for.
+pub const DEFAULT_KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Rocksdb,
+    Memory,
+}
+
+pub struct RunConfig {
+    pub job: JobFile,
+    pub tasks: Vec<u32>,
+    pub kafka: KafkaSettings,
+    pub state_dir: PathBuf,
+    pub backend: BackendKind,
+    pub crash: CrashPoints,
+    /// Bound on each Kafka request waited for (init, commit, metadata).
+    pub kafka_timeout: Duration,
+}
+
+struct Slot {
+    task: Task,
+    producer: BaseProducer,
+    source_topic: String,
+    source_partition: i32,
+    /// Manifests of the last committed checkpoints (newest last).
+    committed: Vec<String>,
+    /// Instance id of the state backend (names its SSTs in storage).
+    db: String,
+    /// Id of the checkpoint the open transaction will commit (in every
+    /// output's header).
+    open_id: u64,
+}
+
+impl Slot {
+    /// Begins the transaction of the next checkpoint. Ids rise with wall
+    /// time (and always by at least one), so ids of different tasks and pods
+    /// compare: the operator tells whether a new version committed anything
+    /// after a savepoint by comparing them.
+    fn begin(&mut self) -> Result<()> {
+        self.producer
+            .begin_transaction()
+            .map_err(kerr("beginning a transaction"))?;
+        self.open_id = (self.task.meta.checkpoint_id + 1).max(now_ms().max(0) as u64);
+        Ok(())
+    }
+}
+
+pub struct Runner {
+    job: JobFile,
+    plan: Arc<Plan>,
+    kafka: KafkaSettings,
+    consumer: BaseConsumer,
+    /// read_uncommitted client for offsets (high watermarks, not LSOs).
+    meta: BaseConsumer,
+    slots: BTreeMap<u32, Slot>,
+    store: CheckpointStore,
+    shared: Arc<Shared>,
+    state_dir: PathBuf,
+    backend: BackendKind,
+    crash: CrashPoints,
+    instance: String,
+    interval: Duration,
+    txn_timeout_ms: u64,
+    timeout: Duration,
+    stopped: bool,
+    out: Vec<Out>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn kerr(what: impl std::fmt::Display) -> impl FnOnce(KafkaError) -> anyhow::Error {
+    move |e| anyhow!("{what}: {e}")
+}
+
+/// Where a task's state comes from (DESIGN.md: never silently empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreSource {
+    /// A committed checkpoint's manifest.
+    Checkpoint(String),
+    /// A savepoint's manifest for this task.
+    Savepoint(String),
+    /// Empty state; `offsets` (source, keyed) to read on from, if any were
+    /// committed (stateless upgrade), else the job's start position.
+    Empty { offsets: Option<(i64, i64)> },
+}
+
+/// Decides a task's [`RestoreSource`]. A marker of the running generation
+/// always wins: the version already committed on its own, and restoring
+/// anything older would duplicate its output.
+pub fn restore_source(
+    marker: Option<&Marker>,
+    generation: i64,
+    mode: RestoreMode,
+    savepoint_manifest: Option<String>,
+    allow_empty: bool,
+    task: u32,
+) -> Result<RestoreSource> {
+    if let Some(m) = marker.filter(|m| m.generation == generation) {
+        return Ok(RestoreSource::Checkpoint(m.manifest.clone()));
+    }
+    match mode {
+        RestoreMode::Savepoint => savepoint_manifest
+            .map(RestoreSource::Savepoint)
+            .ok_or_else(|| anyhow!("task {task}: restore mode savepoint, but no savepoint is named")),
+        RestoreMode::LastState => match marker {
+            Some(m) => Ok(RestoreSource::Checkpoint(m.manifest.clone())),
+            None if allow_empty => Ok(RestoreSource::Empty { offsets: None }),
+            None => bail!(
+                "task {task}: no committed checkpoint and no savepoint to restore; refusing to start from empty \
+                 state (set spec.restore.allowEmptyState: true to start empty)"
+            ),
+        },
+        RestoreMode::Empty => Ok(RestoreSource::Empty {
+            offsets: marker.map(|m| (m.source_offset, m.keyed_offset)),
+        }),
+    }
+}
+
+impl Runner {
+    pub fn start(cfg: RunConfig, shared: Arc<Shared>, rt: Handle) -> Result<Runner> {
+        let RunConfig {
+            job,
+            tasks,
+            kafka,
+            state_dir,
+            backend,
+            crash,
+            kafka_timeout,
+        } = cfg;
+        let spec = job.spec.clone().defaulted();
+        let plan = Arc::new(crate::plan::compile(&spec).context("compiling the job")?);
+        let interval = Duration::from_millis(
+            spec.checkpoint
+                .as_ref()
+                .and_then(|c| c.interval.as_ref())
+                .map_or(10_000, |d| d.as_millis()),
+        );
+        let storage = spec
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.storage.clone())
+            .unwrap_or_else(|| DEFAULT_STORAGE.to_string());
+        let store = CheckpointStore::open(&storage, rt.clone())?;
+        let instance = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        let txn_timeout_ms = transaction_timeout(&kafka, interval, &rt, kafka_timeout)?;
+        let consumer: BaseConsumer = kafka
+            .client()
+            .set("group.id", job.group_id())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "error")
+            .set("client.id", format!("streamops-runtime-{instance}"))
+            .create()
+            .map_err(kerr("creating the consumer"))?;
+        let meta: BaseConsumer = kafka
+            .client()
+            .set("isolation.level", "read_uncommitted")
+            .set("client.id", format!("streamops-runtime-{instance}-offsets"))
+            .create()
+            .map_err(kerr("creating the offsets client"))?;
+        info!(job = %job.name, generation = job.generation, ?tasks, instance, txn_timeout_ms, "starting");
+        let mut runner = Runner {
+            plan,
+            kafka,
+            consumer,
+            meta,
+            slots: BTreeMap::new(),
+            store,
+            shared,
+            state_dir,
+            backend,
+            crash,
+            instance,
+            interval,
+            txn_timeout_ms,
+            timeout: kafka_timeout,
+            stopped: false,
+            out: Vec::new(),
+            job,
+        };
+        runner.shared.update_status(|s| s.state = RunState::Restoring);
+        for t in tasks {
+            let slot = runner
+                .open_task(t)
+                .with_context(|| format!("starting task {t}"))?;
+            runner.slots.insert(t, slot);
+        }
+        runner.assign()?;
+        for slot in runner.slots.values_mut() {
+            slot.begin()?;
+        }
+        runner.shared.update_status(|s| s.state = RunState::Running);
+        Ok(runner)
+    }
+
+    fn new_backend(&self, task: u32) -> Result<(Box<dyn StateBackend + Send>, String)> {
+        let db = format!("{}-{task}", self.instance);
+        match self.backend {
+            BackendKind::Memory => Ok((Box::new(MemoryBackend::new()), db)),
+            BackendKind::Rocksdb => {
+                // Stale databases of earlier processes in this pod are useless:
+                // state always comes from the checkpoint.
+                let prefix = format!("task-{task}-");
+                if let Ok(entries) = std::fs::read_dir(&self.state_dir) {
+                    for e in entries.flatten() {
+                        if e.file_name().to_string_lossy().starts_with(&prefix) {
+                            let _ = std::fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+                let path = self.state_dir.join(format!("task-{task}-{}", self.instance));
+                let b = RocksBackend::open(&path, &RocksOptions::default())
+                    .with_context(|| format!("opening RocksDB at {}", path.display()))?;
+                Ok((Box::new(b), db))
+            }
+        }
+    }
+
+    fn open_task(&mut self, t: u32) -> Result<Slot> {
+        let task_count = self.job.task_count();
+        let (topic, partition) = self
+            .job
+            .source_of(t)
+            .map(|(a, b)| (a.to_string(), b))
+            .ok_or_else(|| anyhow!("task {t} does not exist: the job has {task_count} source partitions"))?;
+        let producer: BaseProducer = self
+            .kafka
+            .client()
+            .set("transactional.id", self.job.transactional_id(t))
+            .set("transaction.timeout.ms", self.txn_timeout_ms.to_string())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random")
+            .set("client.id", format!("streamops-runtime-{}-{t}", self.instance))
+            .create()
+            .map_err(kerr("creating a transactional producer"))?;
+        // Fences every predecessor holding this task (any version, any parallelism).
+        producer
+            .init_transactions(self.timeout)
+            .map_err(kerr(format!("init_transactions for task {t}")))?;
+        self.resolve_predecessor(&producer, t)?;
+        let marker = self.read_marker(t)?;
+        let savepoint = match &self.job.restore.savepoint {
+            Some(loc) => Some(self.store.savepoint_manifest(loc, t)?),
+            None => None,
+        };
+        let source = restore_source(
+            marker.as_ref(),
+            self.job.generation,
+            self.job.restore_mode(),
+            savepoint,
+            self.job.restore.allow_empty_state,
+            t,
+        )?;
+        let (backend, db) = self.new_backend(t)?;
+        let started = Instant::now();
+        let mut task = match &source {
+            RestoreSource::Empty { offsets } => {
+                info!(
+                    task = t,
+                    ?offsets,
+                    "starting with empty state (the spec allows it)"
+                );
+                let mut task = Task::new(t, task_count, self.plan.clone(), backend, now_ms());
+                if let Some((source, keyed)) = offsets {
+                    task.meta.source_offset = Some(*source);
+                    task.meta.keyed_offset = Some(*keyed);
+                }
+                task
+            }
+            RestoreSource::Checkpoint(m) | RestoreSource::Savepoint(m) => {
+                let manifest = self.store.read_manifest(m).with_context(|| {
+                    format!(
+                        "task {t}: the state named by {source:?} cannot be read; refusing to start without it"
+                    )
+                })?;
+                let dir = self.state_dir.join(format!("restore-{t}-{}", self.instance));
+                let _ = std::fs::remove_dir_all(&dir);
+                self.store.download(&manifest, &dir)?;
+                self.crash.hit("during-restore");
+                let task = Task::restore(&dir, task_count, self.plan.clone(), backend, now_ms())?;
+                let _ = std::fs::remove_dir_all(&dir);
+                info!(task = t, from = ?source, checkpoint = manifest.checkpoint_id, "restored");
+                task
+            }
+        };
+        self.shared
+            .metrics
+            .restore_seconds
+            .observe(started.elapsed().as_secs_f64());
+        // Offsets never stay symbolic: resolve them now, so a checkpoint
+        // always names exact positions.
+        if task.meta.source_offset.is_none() {
+            let (low, high) = self.watermarks(&topic, partition)?;
+            let latest = matches!(
+                self.job.spec.source.start_from,
+                Some(streamops_crds::job::StartPosition::Latest)
+            );
+            task.meta.source_offset = Some(if latest { high } else { low });
+        }
+        if task.meta.keyed_offset.is_none() {
+            let (low, _) = self.watermarks(&self.job.topics.repartition, t as i32)?;
+            task.meta.keyed_offset = Some(low);
+        }
+        let committed = match &source {
+            RestoreSource::Checkpoint(m) => vec![m.clone()],
+            _ => Vec::new(),
+        };
+        self.shared.update_status(|s| {
+            s.checkpoints.insert(t, task.meta.checkpoint_id);
+        });
+        Ok(Slot {
+            task,
+            producer,
+            source_topic: topic,
+            source_partition: partition,
+            committed,
+            db,
+            open_id: 0,
+        })
+    }
+
+    /// Makes sure no transaction of a predecessor is left unresolved in
+    /// control partition `t` before its markers are read: commits one
+    /// transaction holding a fence record. On Kafka, `init_transactions`
+    /// already aborted the predecessor's open transaction and this is a
+    /// no-op record; brokers that leave a fenced transaction open until the
+    /// new epoch commits (nisshi 0.7.0 does, then shows its records) resolve
+    /// it here, so the read below can reach the end of the partition.
+    fn resolve_predecessor(&self, producer: &BaseProducer, t: u32) -> Result<()> {
+        producer
+            .begin_transaction()
+            .map_err(kerr("beginning the fence transaction"))?;
+        let value = serde_json::to_vec(&serde_json::json!({ "fence": self.instance, "task": t }))?;
+        send(
+            producer,
+            &self.job.topics.control,
+            Some(t as i32),
+            Some(format!("{FENCE_KEY_PREFIX}{t}").as_bytes()),
+            &value,
+            OwnedHeaders::new(),
+        )?;
+        producer
+            .commit_transaction(self.timeout)
+            .map_err(kerr(format!("committing the fence transaction of task {t}")))
+    }
+
+    /// The last committed marker of task `t`: read_committed from the start
+    /// of control partition `t` until the read position reaches the
+    /// partition's high watermark, i.e. until every transaction in it is
+    /// resolved. (End-of-partition alone is not enough: under read_committed
+    /// it is reported at the last stable offset, which an unresolved
+    /// transaction holds back; stopping there could miss the newest marker
+    /// and restore an older checkpoint.)
+    fn read_marker(&self, t: u32) -> Result<Option<Marker>> {
+        let topic = &self.job.topics.control;
+        let (low, high) = self.watermarks(topic, t as i32)?;
+        if high <= 0 && low <= 0 {
+            // Nothing was ever written: a fresh job (or fresh internal topics).
+            return Ok(None);
+        }
+        let c: BaseConsumer<QuietEof> = self
+            .kafka
+            .client()
+            .set("group.id", format!("{}-markers", self.job.group_id()))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create_with_context(QuietEof)
+            .map_err(kerr("creating the marker reader"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, t as i32, Offset::Beginning)
+            .map_err(kerr("assigning the control partition"))?;
+        c.assign(&tpl).map_err(kerr("assigning the control partition"))?;
+        let deadline = Instant::now() + self.timeout * 2;
+        let mut last: Option<Marker> = None;
+        let mut count = 0usize;
+        loop {
+            if Instant::now() > deadline {
+                bail!(
+                    "task {t}: could not read {topic}-{t} to its end (offset {high}) within {:?}: a transaction in it \
+                     stays unresolved; refusing to guess which checkpoint is the last committed one",
+                    self.timeout * 2
+                );
+            }
+            match c.poll(Duration::from_millis(100)) {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {
+                    let position = c.position().ok().and_then(|p| {
+                        p.find_partition(topic, t as i32).and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                    });
+                    if position.is_some_and(|p| p >= high) {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(anyhow!("reading {topic}-{t}: {e}")),
+                Some(Ok(m)) => {
+                    let done = m.offset() + 1 >= high;
+                    let fence = m
+                        .key()
+                        .is_some_and(|k| k.starts_with(FENCE_KEY_PREFIX.as_bytes()));
+                    let Some(payload) = m.payload().filter(|_| !fence) else {
+                        if done {
+                            break;
+                        }
+                        continue;
+                    };
+                    let marker: Marker = serde_json::from_slice(payload).with_context(|| {
+                        format!("{topic}-{t} offset {}: not a checkpoint marker", m.offset())
+                    })?;
+                    if marker.task != t {
+                        bail!(
+                            "{topic}-{t} offset {} holds a marker of task {}",
+                            m.offset(),
+                            marker.task
+                        );
+                    }
+                    count += 1;
+                    last = Some(marker);
+                    if done {
+                        break;
+                    }
+                }
+            }
+        }
+        info!(task = t, high, markers = count, last = ?last.as_ref().map(Marker::header_value), "read checkpoint markers");
+        Ok(last)
+    }
+
+    /// (log start, high watermark) of a partition, independent of
+    /// transactions (read_uncommitted).
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        self.meta
+            .fetch_watermarks(topic, partition, self.timeout)
+            .map_err(kerr(format!("reading offsets of {topic}-{partition}")))
+    }
+
+    fn assign(&mut self) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, s) in &self.slots {
+            let so = s.task.meta.source_offset.unwrap_or(0);
+            let ko = s.task.meta.keyed_offset.unwrap_or(0);
+            tpl.add_partition_offset(&s.source_topic, s.source_partition, Offset::Offset(so))
+                .map_err(kerr("building the assignment"))?;
+            tpl.add_partition_offset(&self.job.topics.repartition, *t as i32, Offset::Offset(ko))
+                .map_err(kerr("building the assignment"))?;
+        }
+        self.consumer.assign(&tpl).map_err(kerr("assigning partitions"))
+    }
+
+    /// Runs until shutdown (a final checkpoint first) or an error.
+    pub fn run(mut self) -> Result<()> {
+        let mut next_checkpoint = Instant::now() + self.interval;
+        loop {
+            if self.shared.shutdown.load(Ordering::Relaxed) {
+                if !self.stopped {
+                    self.checkpoint_all(None, false)?;
+                }
+                info!("shut down after committing everything processed");
+                return Ok(());
+            }
+            while let Some(cmd) = self.shared.pop() {
+                self.command(cmd)?;
+            }
+            if self.stopped {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let deadline = Instant::now() + Duration::from_millis(100);
+            while Instant::now() < deadline {
+                match self.consumer.poll(Duration::from_millis(20)) {
+                    None => break,
+                    Some(Err(e)) => warn!(error = %e, "consumer error"),
+                    Some(Ok(m)) => on_message(
+                        &self.job,
+                        &self.shared,
+                        &mut self.slots,
+                        &mut self.out,
+                        &self.instance,
+                        (m.topic(), m.partition(), m.offset()),
+                        m.key(),
+                        m.payload().unwrap_or(&[]),
+                    )?,
+                }
+            }
+            for s in self.slots.values() {
+                s.producer.poll(Duration::ZERO);
+            }
+            if Instant::now() >= next_checkpoint {
+                self.checkpoint_all(None, false)?;
+                next_checkpoint = Instant::now() + self.interval;
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: super::shared::Command) -> Result<()> {
+        match cmd {
+            super::shared::Command::Savepoint { id, stop } => {
+                if self.stopped {
+                    self.shared.update_savepoint(&id, |sp| {
+                        sp.state = SavepointState::Failed;
+                        sp.error = Some("the runtime is stopped (an earlier stop-with-savepoint)".into());
+                    });
+                    return Ok(());
+                }
+                if let Err(e) = self.checkpoint_all(Some(&id), stop) {
+                    self.shared.update_savepoint(&id, |sp| {
+                        sp.state = SavepointState::Failed;
+                        sp.error = Some(format!("{e:#}"));
+                    });
+                    return Err(e);
+                }
+                let location = self.store.savepoint_location(&id);
+                let offsets = self.offsets();
+                let checkpoint = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
+                self.shared.update_savepoint(&id, |sp| {
+                    sp.state = SavepointState::Completed;
+                    sp.location = Some(location);
+                    sp.offsets = offsets;
+                    sp.checkpoint_id = checkpoint;
+                });
+                if stop {
+                    self.stopped = true;
+                    self.shared.update_status(|s| s.state = RunState::Stopped);
+                    info!(savepoint = %id, "stopped with savepoint; nothing uncommitted remains");
+                }
+                Ok(())
+            }
+            super::shared::Command::Resume => {
+                if self.stopped {
+                    for s in self.slots.values_mut() {
+                        s.begin()?;
+                    }
+                    self.stopped = false;
+                    self.shared.update_status(|s| s.state = RunState::Running);
+                    info!("resumed after a stop");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn offsets(&self) -> BTreeMap<String, i64> {
+        self.slots
+            .values()
+            .map(|s| {
+                (
+                    format!("{}-{}", s.source_topic, s.source_partition),
+                    s.task.meta.source_offset.unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// One checkpoint (or savepoint `savepoint`) of every task, each in its
+    /// own transaction. With `stop`, no new transaction is begun.
+    fn checkpoint_all(&mut self, savepoint: Option<&str>, stop: bool) -> Result<()> {
+        let ids: Vec<u32> = self.slots.keys().copied().collect();
+        for t in ids {
+            self.checkpoint(t, savepoint, stop)
+                .with_context(|| format!("checkpoint of task {t}"))?;
+        }
+        let max = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
+        let now = now_ms();
+        self.shared.update_status(|s| {
+            s.checkpoint_id = max;
+            s.last_commit_ms = Some(now);
+        });
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, t: u32, savepoint: Option<&str>, stop: bool) -> Result<()> {
+        let started = Instant::now();
+        let now = now_ms();
+        let slot = self.slots.get_mut(&t).ok_or_else(|| anyhow!("no task {t}"))?;
+        let id = slot.open_id;
+        let header = wire::header_value(t, id, &self.instance);
+        // Stage 1's progress goes to every keyed partition with the outputs.
+        if let Some(Out::Watermark { value }) = slot.task.watermark_update(now) {
+            for q in 0..self.job.task_count() as i32 {
+                send(
+                    &slot.producer,
+                    &self.job.topics.repartition,
+                    Some(q),
+                    Some(b"watermark"),
+                    &value,
+                    headers(&header),
+                )?;
+            }
+        }
+        // (1) state and manifest durable.
+        slot.task.meta.checkpoint_id = id;
+        let snap = self
+            .state_dir
+            .join(format!("snapshot-{t}-{id}-{}", self.instance));
+        let _ = std::fs::remove_dir_all(&snap);
+        slot.task.snapshot(&snap)?;
+        let target = match savepoint {
+            Some(sp) => Target::Savepoint {
+                id: sp,
+                checkpoint_id: id,
+                instance: &self.instance,
+            },
+            None => Target::Checkpoint {
+                id,
+                instance: &self.instance,
+                db: &slot.db,
+            },
+        };
+        let (manifest_path, manifest): (String, Manifest) = self.store.write(t, &snap, target, now)?;
+        let _ = std::fs::remove_dir_all(&snap);
+        self.crash.hit("after-upload");
+        // (2) marker + offsets in the open transaction.
+        let marker = Marker {
+            task: t,
+            checkpoint_id: id,
+            instance: self.instance.clone(),
+            kind: if savepoint.is_some() {
+                MarkerKind::Savepoint
+            } else {
+                MarkerKind::Checkpoint
+            },
+            savepoint_id: savepoint.map(str::to_string),
+            generation: self.job.generation,
+            manifest: manifest_path.clone(),
+            source_offset: slot.task.meta.source_offset.unwrap_or(0),
+            keyed_offset: slot.task.meta.keyed_offset.unwrap_or(0),
+            time_ms: now,
+        };
+        let key = format!("task-{t}");
+        send(
+            &slot.producer,
+            &self.job.topics.control,
+            Some(t as i32),
+            Some(key.as_bytes()),
+            &serde_json::to_vec(&marker)?,
+            headers(&header),
+        )?;
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                &slot.source_topic,
+                slot.source_partition,
+                Offset::Offset(marker.source_offset),
+            )
+            .map_err(kerr("building offsets"))?;
+        offsets
+            .add_partition_offset(
+                &self.job.topics.repartition,
+                t as i32,
+                Offset::Offset(marker.keyed_offset),
+            )
+            .map_err(kerr("building offsets"))?;
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| anyhow!("the consumer has no group metadata"))?;
+        slot.producer
+            .send_offsets_to_transaction(&offsets, &group, self.timeout)
+            .map_err(kerr("sending offsets to the transaction"))?;
+        self.crash.hit("before-commit");
+        // (3) commit.
+        self.crash.arm("in-commit");
+        slot.producer
+            .commit_transaction(self.timeout)
+            .map_err(kerr(format!("committing checkpoint {id}")))?;
+        self.crash.hit("after-commit");
+        let kind = if savepoint.is_some() {
+            "savepoint"
+        } else {
+            "checkpoint"
+        };
+        self.shared.metrics.checkpoints.with_label_values(&[kind]).inc();
+        self.shared
+            .metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.shared
+            .metrics
+            .checkpoint_bytes
+            .set(manifest.total_bytes() as i64);
+        debug!(
+            task = t,
+            checkpoint = id,
+            kind,
+            bytes = manifest.total_bytes(),
+            "committed"
+        );
+        self.shared.update_status(|s| {
+            s.checkpoints.insert(t, id);
+        });
+        if !stop {
+            slot.begin()?;
+        }
+        // Retention: the checkpoint the marker names and its predecessor stay.
+        if savepoint.is_none() {
+            slot.committed.push(manifest_path);
+            if slot.committed.len() > 2 {
+                slot.committed.remove(0);
+            }
+            let keep = slot.committed.clone();
+            if let Err(e) = self.store.retain(t, &keep) {
+                warn!(task = t, error = %format!("{e:#}"), "checkpoint retention failed; will retry");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Routes one consumed record to its task and writes what comes out.
+#[allow(clippy::too_many_arguments)]
+fn on_message(
+    job: &JobFile,
+    shared: &Shared,
+    slots: &mut BTreeMap<u32, Slot>,
+    out: &mut Vec<Out>,
+    instance: &str,
+    (topic, partition, offset): (&str, i32, i64),
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Result<()> {
+    let now = now_ms();
+    let (task, stage) = if topic == job.topics.repartition {
+        (partition as u32, "keyed")
+    } else {
+        let t = job
+            .task_of(topic, partition)
+            .ok_or_else(|| anyhow!("record from unassigned partition {topic}-{partition}"))?;
+        (t, "source")
+    };
+    let Some(slot) = slots.get_mut(&task) else {
+        bail!("record for task {task}, which this process does not own");
+    };
+    shared.metrics.records_in.with_label_values(&[stage]).inc();
+    out.clear();
+    if stage == "keyed" {
+        let before = slot.task.counters.duplicates_dropped;
+        slot.task.on_keyed(offset, value, out)?;
+        if slot.task.counters.duplicates_dropped > before {
+            shared.metrics.duplicates_dropped.inc();
+        }
+        shared
+            .metrics
+            .watermark
+            .with_label_values(&[&task.to_string()])
+            .set(slot.task.watermark());
+    } else {
+        slot.task.on_source(offset, key, value, now, out);
+    }
+    let header = wire::header_value(task, slot.open_id, instance);
+    for o in out.drain(..) {
+        emit(
+            job,
+            shared,
+            &slot.producer,
+            &header,
+            o,
+            (topic, partition, offset),
+        )?;
+    }
+    Ok(())
+}
+
+/// Client context of the marker reader: reaching the end of a partition is
+/// how it knows it has read every marker, not an error worth logging.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            warn!(error = %error, reason, "marker reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
+fn headers(checkpoint: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: CHECKPOINT_HEADER,
+        value: Some(checkpoint.as_bytes()),
+    })
+}
+
+/// Produces one record, waiting while the producer's queue is full
+/// (backpressure: the consumer is not polled meanwhile).
+fn send(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: OwnedHeaders,
+) -> Result<()> {
+    let mut rec = BaseRecord::to(topic).payload(value).headers(headers);
+    if let Some(p) = partition {
+        rec = rec.partition(p);
+    }
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
+        }
+    }
+}
+
+fn emit(
+    job: &JobFile,
+    shared: &Shared,
+    producer: &BaseProducer,
+    header: &str,
+    out: Out,
+    (src_topic, src_partition, src_offset): (&str, i32, i64),
+) -> Result<()> {
+    let m = &shared.metrics.records_out;
+    match out {
+        Out::Keyed {
+            partition,
+            key,
+            value,
+        } => {
+            m.with_label_values(&["keyed"]).inc();
+            send(
+                producer,
+                &job.topics.repartition,
+                Some(partition),
+                Some(&key),
+                &value,
+                headers(header),
+            )
+        }
+        Out::Watermark { .. } => Ok(()),
+        Out::Result { key, value, .. } => {
+            m.with_label_values(&["result"]).inc();
+            send(
+                producer,
+                &job.topics.sink,
+                None,
+                Some(&key),
+                &value,
+                headers(header),
+            )
+        }
+        Out::Late { key, value } => match &job.topics.late_events {
+            Some(topic) => {
+                m.with_label_values(&["late"]).inc();
+                send(producer, topic, None, key.as_deref(), &value, headers(header))
+            }
+            None => {
+                m.with_label_values(&["late_dropped"]).inc();
+                Ok(())
+            }
+        },
+        Out::DeadLetter {
+            key,
+            value,
+            kind,
+            reason,
+        } => match &job.topics.dead_letter {
+            Some(topic) => {
+                m.with_label_values(&["dead_letter"]).inc();
+                let partition = src_partition.to_string();
+                let offset = src_offset.to_string();
+                let h = headers(header)
+                    .insert(Header {
+                        key: "streamops-error-kind",
+                        value: Some(kind),
+                    })
+                    .insert(Header {
+                        key: "streamops-error",
+                        value: Some(&reason),
+                    })
+                    .insert(Header {
+                        key: "streamops-source-topic",
+                        value: Some(src_topic),
+                    })
+                    .insert(Header {
+                        key: "streamops-source-partition",
+                        value: Some(&partition),
+                    })
+                    .insert(Header {
+                        key: "streamops-source-offset",
+                        value: Some(&offset),
+                    });
+                send(producer, topic, None, key.as_deref(), &value, h)
+            }
+            None => {
+                m.with_label_values(&["dead_letter_dropped"]).inc();
+                Ok(())
+            }
+        },
+    }
+}
+
+/// `transaction.timeout.ms` for the task producers: long enough for a
+/// checkpoint interval plus a slow commit, and within the broker's maximum.
+fn transaction_timeout(
+    kafka: &KafkaSettings,
+    interval: Duration,
+    rt: &Handle,
+    timeout: Duration,
+) -> Result<u64> {
+    let wanted = (interval.as_millis() as u64)
+        .saturating_mul(2)
+        .saturating_add(60_000);
+    let max = broker_max_transaction_timeout(kafka, rt, timeout).unwrap_or_else(|e| {
+        warn!(error = %format!("{e:#}"), "cannot read the broker's transaction.max.timeout.ms; assuming Kafka's default");
+        KAFKA_DEFAULT_MAX_TXN_TIMEOUT_MS
+    });
+    check_transaction_timeout(interval, wanted, max)
+}
+
+pub fn check_transaction_timeout(interval: Duration, wanted_ms: u64, broker_max_ms: u64) -> Result<u64> {
+    let interval_ms = interval.as_millis() as u64;
+    if interval_ms.saturating_add(30_000) > broker_max_ms {
+        bail!(
+            "checkpoint interval {interval_ms} ms does not fit the broker's transaction.max.timeout.ms \
+             ({broker_max_ms} ms): a transaction stays open for a whole interval; shorten spec.checkpoint.interval \
+             or raise the broker limit"
+        );
+    }
+    Ok(wanted_ms.min(broker_max_ms))
+}
+
+fn broker_max_transaction_timeout(kafka: &KafkaSettings, rt: &Handle, timeout: Duration) -> Result<u64> {
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .client()
+        .create()
+        .map_err(kerr("creating an admin client"))?;
+    let meta = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(kerr("fetching metadata"))?;
+    let broker = meta
+        .brokers()
+        .first()
+        .ok_or_else(|| anyhow!("no brokers in metadata"))?
+        .id();
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let res = rt
+        .block_on(admin.describe_configs([&ResourceSpecifier::Broker(broker)], &opts))
+        .map_err(kerr("describing the broker config"))?;
+    for r in res {
+        let r = r.map_err(|e| anyhow!("describing the broker config: {e:?}"))?;
+        if let Some(v) = r.get("transaction.max.timeout.ms").and_then(|e| e.value.clone()) {
+            return v
+                .parse()
+                .with_context(|| format!("broker transaction.max.timeout.ms {v:?}"));
+        }
+    }
+    bail!("the broker does not report transaction.max.timeout.ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(generation: i64) -> Marker {
+        Marker {
+            task: 0,
+            checkpoint_id: 3,
+            instance: "i".into(),
+            kind: MarkerKind::Checkpoint,
+            savepoint_id: None,
+            generation,
+            manifest: "checkpoints/task-0/3-i/manifest.json".into(),
+            source_offset: 10,
+            keyed_offset: 4,
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn restore_never_silently_starts_empty() {
+        use RestoreMode::*;
+        let sp = Some("savepoints/sp/task-0/manifest.json".to_string());
+        let own = RestoreSource::Checkpoint("checkpoints/task-0/3-i/manifest.json".into());
+        // Same generation restarted: its own last checkpoint, whatever the mode.
+        for mode in [Savepoint, LastState, Empty] {
+            assert_eq!(
+                restore_source(Some(&marker(2)), 2, mode, sp.clone(), false, 0).unwrap(),
+                own
+            );
+        }
+        // New generation with a savepoint: the savepoint.
+        assert_eq!(
+            restore_source(Some(&marker(1)), 2, Savepoint, sp.clone(), false, 0).unwrap(),
+            RestoreSource::Savepoint(sp.clone().unwrap())
+        );
+        assert!(restore_source(Some(&marker(1)), 2, Savepoint, None, true, 0).is_err());
+        // New generation, last-state: the last checkpoint of the old one.
+        assert_eq!(
+            restore_source(Some(&marker(1)), 2, LastState, None, false, 0).unwrap(),
+            own
+        );
+        // Stateless: empty state, reading on from the committed offsets.
+        assert_eq!(
+            restore_source(Some(&marker(1)), 2, Empty, None, false, 0).unwrap(),
+            RestoreSource::Empty {
+                offsets: Some((10, 4))
+            }
+        );
+        // Nothing at all: refused unless the spec allows empty state.
+        let err = restore_source(None, 1, LastState, None, false, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("task 7") && err.contains("allowEmptyState"), "{err}");
+        assert_eq!(
+            restore_source(None, 1, LastState, None, true, 0).unwrap(),
+            RestoreSource::Empty { offsets: None }
+        );
+    }
+
+    #[test]
+    fn transaction_timeout_is_checked_against_the_broker() {
+        assert_eq!(
+            check_transaction_timeout(Duration::from_secs(10), 80_000, 900_000).unwrap(),
+            80_000
+        );
+        assert_eq!(
+            check_transaction_timeout(Duration::from_secs(100), 260_000, 200_000).unwrap(),
+            200_000
+        );
+        let err = check_transaction_timeout(Duration::from_secs(600), 1_260_000, 300_000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transaction.max.timeout.ms"), "{err}");
+    }
+}

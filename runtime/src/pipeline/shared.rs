@@ -1,0 +1,334 @@
+//! State shared between the pipeline thread and the admin HTTP server, and
+//! the test-only crash points.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RunState {
+    Starting,
+    Restoring,
+    Running,
+    Stopped,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    pub state: RunState,
+    pub generation: i64,
+    pub tasks: Vec<u32>,
+    /// Last committed checkpoint id per task.
+    pub checkpoints: BTreeMap<u32, u64>,
+    /// Smallest of `checkpoints` (what the operator compares against a savepoint).
+    pub checkpoint_id: Option<u64>,
+    pub last_commit_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SavepointState {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointView {
+    pub id: String,
+    pub state: SavepointState,
+    pub stop: bool,
+    pub location: Option<String>,
+    pub checkpoint_id: Option<u64>,
+    /// Next offset per source partition (`topic-partition`).
+    pub offsets: BTreeMap<String, i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Savepoint { id: String, stop: bool },
+    Resume,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub duplicates_dropped: IntCounter,
+    pub checkpoints: IntCounterVec,
+    pub checkpoint_seconds: Histogram,
+    pub checkpoint_bytes: IntGauge,
+    pub watermark: IntGaugeVec,
+    pub restore_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new_custom(Some("streamops_runtime".into()), None)?;
+        let records_in = IntCounterVec::new(
+            Opts::new(
+                "pipeline_records_in_total",
+                "Records read, by stage (source, keyed)",
+            ),
+            &["stage"],
+        )?;
+        let records_out = IntCounterVec::new(
+            Opts::new(
+                "pipeline_records_out_total",
+                "Records written, by path (keyed, result, late, dead_letter, late_dropped, dead_letter_dropped)",
+            ),
+            &["path"],
+        )?;
+        let duplicates_dropped = IntCounter::new(
+            "pipeline_keyed_duplicates_dropped_total",
+            "Keyed records already processed from their upstream (replays after a restore)",
+        )?;
+        let checkpoints = IntCounterVec::new(
+            Opts::new(
+                "checkpoints_total",
+                "Committed checkpoints, by kind (checkpoint, savepoint)",
+            ),
+            &["kind"],
+        )?;
+        let checkpoint_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "checkpoint_duration_seconds",
+                "Snapshot + upload + commit, per task",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )?;
+        let checkpoint_bytes = IntGauge::new(
+            "checkpoint_size_bytes",
+            "Size of the last checkpoint (all files listed)",
+        )?;
+        let watermark = IntGaugeVec::new(
+            Opts::new(
+                "watermark_ms",
+                "Watermark of each keyed partition (event time, ms)",
+            ),
+            &["task"],
+        )?;
+        let restore_seconds = Histogram::with_opts(HistogramOpts::new(
+            "restore_duration_seconds",
+            "Time to restore a task's state at start",
+        ))?;
+        for c in [
+            Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(records_out.clone()),
+            Box::new(duplicates_dropped.clone()),
+            Box::new(checkpoints.clone()),
+            Box::new(checkpoint_seconds.clone()),
+            Box::new(checkpoint_bytes.clone()),
+            Box::new(watermark.clone()),
+            Box::new(restore_seconds.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Metrics {
+            registry,
+            records_in,
+            records_out,
+            duplicates_dropped,
+            checkpoints,
+            checkpoint_seconds,
+            checkpoint_bytes,
+            watermark,
+            restore_seconds,
+        })
+    }
+}
+
+pub struct Shared {
+    pub status: Mutex<StatusView>,
+    pub savepoints: Mutex<BTreeMap<String, SavepointView>>,
+    pub commands: Mutex<VecDeque<Command>>,
+    pub shutdown: AtomicBool,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(generation: i64, tasks: Vec<u32>) -> prometheus::Result<Shared> {
+        Ok(Shared {
+            status: Mutex::new(StatusView {
+                state: RunState::Starting,
+                generation,
+                tasks,
+                checkpoints: BTreeMap::new(),
+                checkpoint_id: None,
+                last_commit_ms: None,
+                error: None,
+            }),
+            savepoints: Mutex::new(BTreeMap::new()),
+            commands: Mutex::new(VecDeque::new()),
+            shutdown: AtomicBool::new(false),
+            metrics: Metrics::new()?,
+        })
+    }
+
+    pub fn status(&self) -> StatusView {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update_status(&self, f: impl FnOnce(&mut StatusView)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn push(&self, c: Command) {
+        self.commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(c);
+    }
+
+    pub fn pop(&self) -> Option<Command> {
+        self.commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    pub fn savepoint(&self, id: &str) -> Option<SavepointView> {
+        self.savepoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Registers a savepoint request; false if the id is already known.
+    pub fn request_savepoint(&self, id: &str, stop: bool) -> bool {
+        let mut map = self.savepoints.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(id) {
+            return false;
+        }
+        map.insert(
+            id.to_string(),
+            SavepointView {
+                id: id.to_string(),
+                state: SavepointState::InProgress,
+                stop,
+                location: None,
+                checkpoint_id: None,
+                offsets: BTreeMap::new(),
+                error: None,
+            },
+        );
+        drop(map);
+        self.push(Command::Savepoint {
+            id: id.to_string(),
+            stop,
+        });
+        true
+    }
+
+    pub fn update_savepoint(&self, id: &str, f: impl FnOnce(&mut SavepointView)) {
+        if let Some(sp) = self
+            .savepoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            f(sp);
+        }
+    }
+}
+
+/// Test-only fault injection: `STREAMOPS_TEST_CRASH_POINTS=after-upload:0.1,in-commit:0.05`
+/// kills the process with SIGKILL at the named point with the given
+/// probability, after printing `streamops-crash-point: <name>` to stderr.
+/// Unset (always, in production): no effect.
+pub struct CrashPoints {
+    points: HashMap<String, f64>,
+    rng: u64,
+}
+
+pub const CRASH_POINTS: [&str; 5] = [
+    "after-upload",
+    "before-commit",
+    "in-commit",
+    "after-commit",
+    "during-restore",
+];
+
+impl CrashPoints {
+    pub fn none() -> Self {
+        CrashPoints {
+            points: HashMap::new(),
+            rng: 1,
+        }
+    }
+
+    pub fn parse(text: &str, seed: u64) -> Result<Self, String> {
+        let mut points = HashMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, p) = part.split_once(':').unwrap_or((part, "1"));
+            if !CRASH_POINTS.contains(&name) {
+                return Err(format!(
+                    "unknown crash point {name:?}; known: {}",
+                    CRASH_POINTS.join(", ")
+                ));
+            }
+            let p: f64 = p.parse().map_err(|_| format!("bad probability in {part:?}"))?;
+            points.insert(name.to_string(), p);
+        }
+        Ok(CrashPoints {
+            points,
+            rng: seed | 1,
+        })
+    }
+
+    fn roll(&mut self) -> f64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn fires(&mut self, name: &str) -> bool {
+        match self.points.get(name).copied() {
+            Some(p) => self.roll() < p,
+            None => false,
+        }
+    }
+
+    /// Dies here if the point fires.
+    pub fn hit(&mut self, name: &str) {
+        if self.fires(name) {
+            die(name);
+        }
+    }
+
+    /// For `in-commit`: if the point fires, a thread kills the process a few
+    /// milliseconds from now, while the caller is inside the commit.
+    pub fn arm(&mut self, name: &str) {
+        if self.fires(name) {
+            let delay = std::time::Duration::from_micros((self.roll() * 20_000.0) as u64);
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                die(&name);
+            });
+        }
+    }
+}
+
+fn die(name: &str) {
+    use std::io::Write;
+    let mut e = std::io::stderr();
+    let _ = writeln!(e, "streamops-crash-point: {name}");
+    let _ = e.flush();
+    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}

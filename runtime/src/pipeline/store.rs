@@ -1,0 +1,443 @@
+//! Durable checkpoint and savepoint storage through `object_store`.
+//!
+//! Layout under the storage root (`spec.checkpoint.storage`):
+//!
+//! ```text
+//! checkpoints/task-<t>/<id>-<instance>/manifest.json   one per checkpoint
+//! checkpoints/task-<t>/<id>-<instance>/<file>          small files (task.json, RocksDB MANIFEST, ...)
+//! checkpoints/task-<t>/shared/<db>/<NNNNNN>.sst        immutable SSTs, uploaded once (incremental)
+//! savepoints/<id>/task-<t>/manifest.json               self-contained copies
+//! savepoints/<id>/task-<t>/<file>
+//! ```
+//!
+//! A checkpoint or savepoint exists once its manifest exists: the manifest
+//! is written last, after every file it lists.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use super::wire::MarkerKind;
+
+/// One file of a snapshot directory and where it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path inside the snapshot directory (`/`-separated).
+    pub path: String,
+    /// Object path relative to the storage root.
+    pub object: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub task: u32,
+    pub checkpoint_id: u64,
+    pub instance: String,
+    pub kind: MarkerKind,
+    #[serde(default)]
+    pub savepoint_id: Option<String>,
+    pub files: Vec<FileEntry>,
+    pub created_ms: i64,
+}
+
+impl Manifest {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// What to write: a periodic checkpoint (incremental) or a savepoint (full copy).
+#[derive(Debug, Clone)]
+pub enum Target<'a> {
+    Checkpoint {
+        id: u64,
+        instance: &'a str,
+        db: &'a str,
+    },
+    Savepoint {
+        id: &'a str,
+        checkpoint_id: u64,
+        instance: &'a str,
+    },
+}
+
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    rt: Handle,
+    /// Shared objects known to exist (uploaded by this process).
+    uploaded: HashSet<String>,
+}
+
+fn object(path: &str) -> Result<ObjectPath> {
+    ObjectPath::parse(path).with_context(|| format!("invalid object path {path:?}"))
+}
+
+impl CheckpointStore {
+    /// Opens the storage at `url` (`file:///dir`; `s3://bucket/prefix` with
+    /// the `s3` feature, credentials from the standard AWS environment).
+    pub fn open(url: &str, rt: Handle) -> Result<Self> {
+        let url = url.trim_end_matches('/').to_string();
+        let store: Arc<dyn ObjectStore> = if let Some(dir) = url.strip_prefix("file://") {
+            if !dir.starts_with('/') {
+                bail!("checkpoint storage {url:?}: file:// needs an absolute path (file:///dir)");
+            }
+            std::fs::create_dir_all(dir).with_context(|| format!("creating checkpoint directory {dir}"))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .with_context(|| format!("opening checkpoint directory {dir}"))?,
+            )
+        } else {
+            open_remote(&url)?
+        };
+        Ok(CheckpointStore {
+            store,
+            url,
+            rt,
+            uploaded: HashSet::new(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The location users and the operator see for savepoint `id`.
+    pub fn savepoint_location(&self, id: &str) -> String {
+        format!("{}/savepoints/{id}", self.url)
+    }
+
+    /// Manifest path of `task` in the savepoint at `location`, which must
+    /// lie under this storage.
+    pub fn savepoint_manifest(&self, location: &str, task: u32) -> Result<String> {
+        let rel = location
+            .trim_end_matches('/')
+            .strip_prefix(&self.url)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(|| {
+                anyhow!(
+                    "savepoint {location:?} is not under this job's checkpoint storage {:?}",
+                    self.url
+                )
+            })?;
+        Ok(format!("{rel}/task-{task}/manifest.json"))
+    }
+
+    fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        let p = object(path)?;
+        self.rt
+            .block_on(self.store.put(&p, PutPayload::from(bytes)))
+            .with_context(|| format!("writing {}/{path}", self.url))?;
+        Ok(())
+    }
+
+    fn get(&self, path: &str) -> Result<bytes::Bytes> {
+        let p = object(path)?;
+        self.rt
+            .block_on(async { self.store.get(&p).await?.bytes().await })
+            .with_context(|| format!("reading {}/{path}", self.url))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let p = object(prefix)?;
+        let metas: Vec<_> = self
+            .rt
+            .block_on(self.store.list(Some(&p)).try_collect())
+            .with_context(|| format!("listing {}/{prefix}", self.url))?;
+        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    /// Uploads the snapshot directory `dir` and then its manifest; returns
+    /// the manifest's object path.
+    pub fn write(
+        &mut self,
+        task: u32,
+        dir: &Path,
+        target: Target<'_>,
+        now_ms: i64,
+    ) -> Result<(String, Manifest)> {
+        let (base, shared) = match &target {
+            Target::Checkpoint { id, instance, db } => (
+                format!("checkpoints/task-{task}/{id}-{instance}"),
+                Some(format!("checkpoints/task-{task}/shared/{db}")),
+            ),
+            Target::Savepoint { id, .. } => (format!("savepoints/{id}/task-{task}"), None),
+        };
+        let mut files = Vec::new();
+        for (rel, abs) in walk(dir)? {
+            let size = std::fs::metadata(&abs)
+                .with_context(|| format!("reading {}", abs.display()))?
+                .len();
+            let name = rel.rsplit('/').next().unwrap_or(&rel);
+            let object = match &shared {
+                Some(shared) if name.ends_with(".sst") => format!("{shared}/{name}"),
+                _ => format!("{base}/{rel}"),
+            };
+            if !self.uploaded.contains(&object) {
+                let bytes = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+                self.put(&object, bytes)?;
+                if shared.as_ref().is_some_and(|s| object.starts_with(s.as_str())) {
+                    self.uploaded.insert(object.clone());
+                }
+            }
+            files.push(FileEntry {
+                path: rel,
+                object,
+                size,
+            });
+        }
+        let (checkpoint_id, instance, kind, savepoint_id) = match target {
+            Target::Checkpoint { id, instance, .. } => {
+                (id, instance.to_string(), MarkerKind::Checkpoint, None)
+            }
+            Target::Savepoint {
+                id,
+                checkpoint_id,
+                instance,
+            } => (
+                checkpoint_id,
+                instance.to_string(),
+                MarkerKind::Savepoint,
+                Some(id.to_string()),
+            ),
+        };
+        let manifest = Manifest {
+            task,
+            checkpoint_id,
+            instance,
+            kind,
+            savepoint_id,
+            files,
+            created_ms: now_ms,
+        };
+        let path = format!("{base}/manifest.json");
+        self.put(&path, serde_json::to_vec_pretty(&manifest)?)?;
+        Ok((path, manifest))
+    }
+
+    pub fn read_manifest(&self, path: &str) -> Result<Manifest> {
+        let bytes = self.get(path)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing manifest {}/{path}", self.url))
+    }
+
+    /// Downloads every file of `manifest` into `dir` (created).
+    pub fn download(&self, manifest: &Manifest, dir: &Path) -> Result<()> {
+        for f in &manifest.files {
+            if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
+                bail!("manifest lists an unsafe path {:?}", f.path);
+            }
+            let dest = dir.join(&f.path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let bytes = self.get(&f.object)?;
+            if bytes.len() as u64 != f.size {
+                bail!(
+                    "{}/{}: size {} differs from the manifest's {}",
+                    self.url,
+                    f.object,
+                    bytes.len(),
+                    f.size
+                );
+            }
+            std::fs::write(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the task's checkpoints other than `keep` (manifest paths) and
+    /// shared files none of the kept manifests references. Savepoints are
+    /// never touched here.
+    pub fn retain(&mut self, task: u32, keep: &[String]) -> Result<usize> {
+        let prefix = format!("checkpoints/task-{task}");
+        let kept_dirs: BTreeSet<&str> = keep
+            .iter()
+            .filter_map(|m| m.strip_suffix("/manifest.json"))
+            .collect();
+        let mut referenced = HashSet::new();
+        for m in keep {
+            for f in self.read_manifest(m)?.files {
+                referenced.insert(f.object);
+            }
+        }
+        let shared = format!("{prefix}/shared/");
+        let mut deleted = 0;
+        for obj in self.list(&prefix)? {
+            let keep_it = if obj.starts_with(&shared) {
+                referenced.contains(&obj)
+            } else {
+                kept_dirs.iter().any(|d| obj.starts_with(&format!("{d}/")))
+            };
+            if !keep_it {
+                let p = object(&obj)?;
+                self.rt
+                    .block_on(self.store.delete(&p))
+                    .with_context(|| format!("deleting {}/{obj}", self.url))?;
+                self.uploaded.remove(&obj);
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(feature = "s3")]
+fn open_remote(url: &str) -> Result<Arc<dyn ObjectStore>> {
+    if url.starts_with("s3://") {
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_url(url)
+            .build()
+            .with_context(|| format!("opening checkpoint storage {url}"))?;
+        // The prefix after the bucket is part of the URL: keep it by wrapping.
+        let prefix = url
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        return Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)));
+    }
+    bail!("checkpoint storage {url:?}: supported schemes are file:// and s3://")
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_remote(url: &str) -> Result<Arc<dyn ObjectStore>> {
+    bail!(
+        "checkpoint storage {url:?}: this build supports file:// only (build streamops-runtime with \
+         --features s3 for s3://)"
+    )
+}
+
+/// Files under `dir`, recursively, as (relative `/` path, absolute path), sorted.
+fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .map_err(|_| anyhow!("{} escapes {}", path.display(), dir.display()))?
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.push((rel, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(root: &Path) -> (tokio::runtime::Runtime, CheckpointStore) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = CheckpointStore::open(&format!("file://{}", root.display()), rt.handle().clone()).unwrap();
+        (rt, s)
+    }
+
+    #[test]
+    fn checkpoints_are_incremental_and_retention_keeps_what_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, mut s) = store(&tmp.path().join("store"));
+        let snap = tmp.path().join("snap");
+        std::fs::create_dir_all(snap.join("state")).unwrap();
+        std::fs::write(snap.join("state/000001.sst"), b"aaaa").unwrap();
+        std::fs::write(snap.join("state/MANIFEST"), b"m1").unwrap();
+        std::fs::write(snap.join("task.json"), b"{}").unwrap();
+        let t1 = Target::Checkpoint {
+            id: 1,
+            instance: "i",
+            db: "db",
+        };
+        let (m1, man1) = s.write(0, &snap, t1, 10).unwrap();
+        assert_eq!(man1.files.len(), 3);
+        assert!(
+            man1.files
+                .iter()
+                .any(|f| f.object == "checkpoints/task-0/shared/db/000001.sst")
+        );
+        // Second checkpoint: one more SST; the first is referenced, not re-uploaded.
+        std::fs::write(snap.join("state/000002.sst"), b"bb").unwrap();
+        std::fs::remove_file(tmp.path().join("store/checkpoints/task-0/shared/db/000001.sst")).unwrap();
+        let t2 = Target::Checkpoint {
+            id: 2,
+            instance: "i",
+            db: "db",
+        };
+        let (m2, _) = s.write(0, &snap, t2, 20).unwrap();
+        assert!(
+            !tmp.path()
+                .join("store/checkpoints/task-0/shared/db/000001.sst")
+                .exists(),
+            "an SST already uploaded must not be uploaded again"
+        );
+        std::fs::write(
+            tmp.path().join("store/checkpoints/task-0/shared/db/000001.sst"),
+            b"aaaa",
+        )
+        .unwrap();
+        assert_eq!(s.read_manifest(&m2).unwrap().files.len(), 4);
+        // Retain only checkpoint 2: checkpoint 1's own files go, shared SSTs stay.
+        std::fs::remove_file(snap.join("state/000001.sst")).unwrap();
+        let deleted = s.retain(0, &[m2.clone()]).unwrap();
+        assert_eq!(deleted, 3, "checkpoint 1's manifest, MANIFEST and task.json");
+        assert!(s.read_manifest(&m1).is_err());
+        let man2 = s.read_manifest(&m2).unwrap();
+        let out = tmp.path().join("restored");
+        s.download(&man2, &out).unwrap();
+        assert_eq!(std::fs::read(out.join("state/000002.sst")).unwrap(), b"bb");
+        assert_eq!(std::fs::read(out.join("state/000001.sst")).unwrap(), b"aaaa");
+    }
+
+    #[test]
+    fn savepoints_are_self_contained_and_located_under_the_storage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, mut s) = store(&tmp.path().join("store"));
+        let snap = tmp.path().join("snap");
+        std::fs::create_dir_all(snap.join("state")).unwrap();
+        std::fs::write(snap.join("state/000009.sst"), b"x").unwrap();
+        let (path, _) = s
+            .write(
+                3,
+                &snap,
+                Target::Savepoint {
+                    id: "sp-1",
+                    checkpoint_id: 4,
+                    instance: "i",
+                },
+                0,
+            )
+            .unwrap();
+        assert_eq!(path, "savepoints/sp-1/task-3/manifest.json");
+        let loc = s.savepoint_location("sp-1");
+        assert_eq!(s.savepoint_manifest(&loc, 3).unwrap(), path);
+        assert!(
+            s.read_manifest(&path).unwrap().files[0]
+                .object
+                .starts_with("savepoints/sp-1/")
+        );
+        let err = s
+            .savepoint_manifest("file:///elsewhere/savepoints/sp-1", 3)
+            .unwrap_err();
+        assert!(err.to_string().contains("not under"), "{err}");
+        assert!(CheckpointStore::open("file://relative", rt.handle().clone()).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! What travels through the job's internal topics.
+//!
+//! Repartition topic (partition = keyed partition = task): data records
+//! (stage-1 output, with the source record kept for the late-events path)
+//! and watermark records (each stage-1 task tells every keyed partition how
+//! far its source partition has progressed). Binary, little endian, versioned
+//! by the first byte.
+//!
+//! Control topic (partition = task): one JSON [`Marker`] per committed
+//! checkpoint, written in the same transaction as the outputs it covers.
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{AggInput, Number};
+use crate::operator::KeyedRecord;
+
+/// Header on every record the runtime writes: `<task>:<checkpoint>:<instance>`.
+/// A record is committed output exactly when a marker with the same triple
+/// is committed (the verifier of the fault tests relies on it).
+pub const CHECKPOINT_HEADER: &str = "streamops-checkpoint";
+
+const DATA: u8 = 1;
+const WATERMARK: u8 = 2;
+
+/// A stage-1 record on its way to the keyed partition that owns its key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DataRecord {
+    /// The task (source partition) it came from.
+    pub upstream: u32,
+    /// Its offset in that source partition: keyed partitions drop records
+    /// they have already seen from an upstream (replays after a restore,
+    /// and leaked records of brokers that do not abort fenced transactions).
+    pub source_offset: i64,
+    pub keyed: KeyedRecord,
+    pub source_key: Option<Vec<u8>>,
+    pub source_value: Vec<u8>,
+}
+
+/// Progress of one upstream task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkRecord {
+    pub upstream: u32,
+    pub watermark: i64,
+    /// The upstream is idle (idle handling on): it does not hold back the
+    /// keyed partition's watermark until it sends data again.
+    pub idle: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wire {
+    Data(DataRecord),
+    Watermark(WatermarkRecord),
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+pub fn encode_data(r: &DataRecord, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(DATA);
+    out.extend_from_slice(&r.upstream.to_le_bytes());
+    out.extend_from_slice(&r.source_offset.to_le_bytes());
+    out.extend_from_slice(&r.keyed.event_time.to_le_bytes());
+    put_bytes(out, &r.keyed.group_key);
+    out.extend_from_slice(&(r.keyed.inputs.len() as u32).to_le_bytes());
+    for i in &r.keyed.inputs {
+        match *i {
+            AggInput::Absent => out.push(0),
+            AggInput::Present => out.push(1),
+            AggInput::Number(Number::Int(v)) => {
+                out.push(2);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            AggInput::Number(Number::Float(v)) => {
+                out.push(3);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            AggInput::Hash(h) => {
+                out.push(4);
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+            AggInput::Text { start, end } => {
+                out.push(5);
+                out.extend_from_slice(&start.to_le_bytes());
+                out.extend_from_slice(&end.to_le_bytes());
+            }
+        }
+    }
+    put_bytes(out, &r.keyed.values);
+    match &r.source_key {
+        Some(k) => {
+            out.push(1);
+            put_bytes(out, k);
+        }
+        None => out.push(0),
+    }
+    put_bytes(out, &r.source_value);
+}
+
+pub fn encode_watermark(w: &WatermarkRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14);
+    out.push(WATERMARK);
+    out.extend_from_slice(&w.upstream.to_le_bytes());
+    out.extend_from_slice(&w.watermark.to_le_bytes());
+    out.push(u8::from(w.idle));
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            bail!("truncated internal record");
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+/// Decodes a repartition record. Errors mean corruption or a record from
+/// another producer; the caller fails the task rather than guess.
+pub fn decode(bytes: &[u8]) -> Result<Wire> {
+    let mut r = Reader(bytes);
+    match r.u8()? {
+        DATA => {
+            let upstream = r.u32()?;
+            let source_offset = r.i64()?;
+            let event_time = r.i64()?;
+            let group_key = r.bytes()?.to_vec();
+            let n = r.u32()? as usize;
+            let mut inputs = Vec::with_capacity(n.min(64));
+            for _ in 0..n {
+                inputs.push(match r.u8()? {
+                    0 => AggInput::Absent,
+                    1 => AggInput::Present,
+                    2 => AggInput::Number(Number::Int(r.i64()?)),
+                    3 => AggInput::Number(Number::Float(f64::from_le_bytes(r.array()?))),
+                    4 => AggInput::Hash(u64::from_le_bytes(r.array()?)),
+                    5 => AggInput::Text {
+                        start: r.u32()?,
+                        end: r.u32()?,
+                    },
+                    t => bail!("unknown input tag {t} in internal record"),
+                });
+            }
+            let values = r.bytes()?.to_vec();
+            let source_key = match r.u8()? {
+                0 => None,
+                _ => Some(r.bytes()?.to_vec()),
+            };
+            let source_value = r.bytes()?.to_vec();
+            Ok(Wire::Data(DataRecord {
+                upstream,
+                source_offset,
+                keyed: KeyedRecord {
+                    group_key,
+                    event_time,
+                    inputs,
+                    values,
+                },
+                source_key,
+                source_value,
+            }))
+        }
+        WATERMARK => Ok(Wire::Watermark(WatermarkRecord {
+            upstream: r.u32()?,
+            watermark: r.i64()?,
+            idle: r.u8()? != 0,
+        })),
+        v => bail!("unknown internal record version {v}"),
+    }
+}
+
+/// Whether a checkpoint was periodic or a requested savepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MarkerKind {
+    Checkpoint,
+    Savepoint,
+}
+
+/// The record that makes a checkpoint the one to restore: committed in the
+/// same transaction as the outputs and input offsets it covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Marker {
+    pub task: u32,
+    pub checkpoint_id: u64,
+    /// Random per process start: tells apart two attempts at the same
+    /// checkpoint id (one of them never committed).
+    pub instance: String,
+    pub kind: MarkerKind,
+    #[serde(default)]
+    pub savepoint_id: Option<String>,
+    /// Generation of the StreamJob that wrote it.
+    pub generation: i64,
+    /// Object path of the manifest, relative to the storage root.
+    pub manifest: String,
+    /// Next offset to read from the task's source partition.
+    pub source_offset: i64,
+    /// Next offset to read from the task's keyed partition.
+    pub keyed_offset: i64,
+    pub time_ms: i64,
+}
+
+impl Marker {
+    pub fn header_value(&self) -> String {
+        header_value(self.task, self.checkpoint_id, &self.instance)
+    }
+}
+
+pub fn header_value(task: u32, checkpoint_id: u64, instance: &str) -> String {
+    format!("{task}:{checkpoint_id}:{instance}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_records_round_trip() {
+        let r = DataRecord {
+            upstream: 7,
+            source_offset: 123_456,
+            keyed: KeyedRecord {
+                group_key: br#"["u1",3]"#.to_vec(),
+                event_time: -5,
+                inputs: vec![
+                    AggInput::Absent,
+                    AggInput::Present,
+                    AggInput::Number(Number::Int(-9)),
+                    AggInput::Number(Number::Float(2.5)),
+                    AggInput::Hash(u64::MAX),
+                    AggInput::Text { start: 1, end: 4 },
+                ],
+                values: b"\"abc\"".to_vec(),
+            },
+            source_key: Some(b"k".to_vec()),
+            source_value: b"{\"a\":1}".to_vec(),
+        };
+        let mut buf = Vec::new();
+        encode_data(&r, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), Wire::Data(r.clone()));
+        let no_key = DataRecord {
+            source_key: None,
+            ..r
+        };
+        encode_data(&no_key, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), Wire::Data(no_key));
+        for cut in 0..buf.len() {
+            assert!(decode(&buf[..cut]).is_err(), "truncated at {cut} must fail");
+        }
+    }
+
+    #[test]
+    fn watermarks_round_trip() {
+        let w = WatermarkRecord {
+            upstream: 3,
+            watermark: i64::MIN,
+            idle: true,
+        };
+        assert_eq!(decode(&encode_watermark(&w)).unwrap(), Wire::Watermark(w));
+        assert!(decode(&[9]).is_err());
+    }
+}

@@ -1,0 +1,350 @@
+//! Exactly-once proofs against a real Kafka-compatible broker. Ignored by
+//! plain `cargo test` (they need STREAMOPS_BOOTSTRAP); `e2e/test.sh` runs
+//! them with `--ignored` against nisshi.
+//!
+//! Every output record carries `<task>:<checkpoint>:<instance>` and every
+//! committed checkpoint has a marker with the same triple, so the verifier
+//! separates product faults (must be zero) from records the broker showed
+//! although their transaction never committed (nisshi does not abort a
+//! fenced open transaction; `broker_leaks_fenced_open_transactions` pins it).
+
+mod kafka;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kafka::*;
+use streamops_runtime::pipeline::job::RestoreFrom;
+use streamops_runtime::pipeline::shared::CRASH_POINTS;
+
+const NEEDS_BROKER: &str = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)";
+
+fn empty_ok() -> RestoreFrom {
+    RestoreFrom {
+        savepoint: None,
+        allow_empty_state: true,
+        mode: None,
+    }
+}
+
+fn report(name: &str, v: &Verdict, faults: &[String]) {
+    let results: usize = v.results.values().map(Vec::len).sum();
+    eprintln!(
+        "[{name}] committed results {results}, product faults {}, broker leaks (records of never-committed \
+         transactions shown by the broker) {}",
+        faults.len(),
+        v.broker_leaks
+    );
+    for f in faults.iter().take(20) {
+        eprintln!("  fault: {f}");
+    }
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
+fn exactly_once_under_sigkill_and_crash_points() {
+    let _ = NEEDS_BROKER;
+    let topics = Topics::create("eos", 4);
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path().join("storage");
+    let job = write_job(work.path(), &job(&topics, 1, 1, &storage, empty_ok()));
+    let data = dataset(4, 6_000, 300);
+    let (expected, malformed) = reference(&data);
+    let feeder = produce_slowly(topics.source.clone(), data, Duration::from_secs(40));
+
+    let mut hits: BTreeMap<String, usize> = CRASH_POINTS.iter().map(|p| (p.to_string(), 0)).collect();
+    let mut random_kills = 0;
+    let mut rnd = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rnd ^= rnd << 13;
+        rnd ^= rnd >> 7;
+        rnd ^= rnd << 17;
+        rnd
+    };
+    let started = Instant::now();
+    let mut round = 0usize;
+    // Until every crash point was hit and at least 20 kills happened.
+    while random_kills + hits.values().sum::<usize>() < 24 || hits.values().any(|n| *n == 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "fault schedule did not finish: {hits:?}"
+        );
+        round += 1;
+        let missing: Vec<&String> = hits.iter().filter(|(_, n)| **n == 0).map(|(p, _)| p).collect();
+        let crash = if round % 3 == 0 {
+            None
+        } else {
+            let p = missing
+                .get(round % missing.len().max(1))
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| CRASH_POINTS[round % CRASH_POINTS.len()].to_string());
+            let prob = if p == "during-restore" { "0.5" } else { "0.15" };
+            Some(format!("{p}:{prob}"))
+        };
+        let mut proc = Proc::spawn(&job, "0-3", work.path(), crash.as_deref());
+        // Lifetimes count from processing, so kills land mid-stream.
+        let life = Duration::from_millis(300 + next() % 2_500);
+        let t0 = Instant::now();
+        let outcome = match proc.wait_running_or_exit(Duration::from_secs(60)) {
+            Some(exit) => Some(exit),
+            None => proc.wait_exit(life),
+        };
+        let log = proc.log();
+        eprintln!(
+            "[round {round}] crash {crash:?}: {} after {:.1}s; last log: {}",
+            if outcome.is_some() { "exited" } else { "killed" },
+            t0.elapsed().as_secs_f64(),
+            log.lines().last().unwrap_or("")
+        );
+        for l in log.lines().filter(|l| {
+            l.contains("read checkpoint markers") || l.contains("restored") || l.contains("empty state")
+        }) {
+            eprintln!("    {l}");
+        }
+        match outcome {
+            Some(_) => {
+                let log = proc.log();
+                let point = log
+                    .lines()
+                    .find_map(|l| l.strip_prefix("streamops-crash-point: "))
+                    .map(str::to_string);
+                match point {
+                    Some(p) => *hits.entry(p).or_default() += 1,
+                    None => panic!("runtime exited without a crash point:\n{log}"),
+                }
+            }
+            None => {
+                proc.signal(libc::SIGKILL);
+                proc.wait_exit(Duration::from_secs(10));
+                random_kills += 1;
+            }
+        }
+    }
+    feeder.join().unwrap();
+    // A clean run to the end, then a graceful stop.
+    let mut proc = Proc::spawn(&job, "0-3", work.path(), None);
+    let verdict = wait_complete(&topics, &expected, Duration::from_secs(180));
+    proc.signal(libc::SIGTERM);
+    let exit = proc.wait_exit(Duration::from_secs(60)).expect("graceful stop");
+    assert!(exit.success(), "SIGTERM must end cleanly:\n{}", proc.log());
+    let verdict = if verdict.results.len() == expected.len() {
+        verify_sink(&topics)
+    } else {
+        verdict
+    };
+    let f = faults(&expected, &verdict);
+    eprintln!(
+        "[exactly-once] kills: random SIGKILL {random_kills}, crash points {hits:?}, total {}",
+        random_kills + hits.values().sum::<usize>()
+    );
+    report("exactly-once", &verdict, &f);
+    let (dlq_ok, dlq_leaked) = committed_count(&topics.dlq, &topics.control);
+    eprintln!("[exactly-once] dead letters committed {dlq_ok} (expected {malformed}), leaked {dlq_leaked}");
+    assert!(f.is_empty(), "product faults: {f:?}\n{}", proc.log());
+    assert_eq!(
+        dlq_ok, malformed,
+        "every malformed record dead-lettered exactly once"
+    );
+    assert!(random_kills + hits.values().sum::<usize>() >= 20);
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
+fn savepoint_restores_at_other_parallelism() {
+    for restore_at in [2usize, 8] {
+        let topics = Topics::create("rescale", 8);
+        let work = tempfile::tempdir().unwrap();
+        let storage = work.path().join("storage");
+        let data = dataset(8, 2_000, 200);
+        let (expected, _) = reference(&data);
+        // First half of each partition, then a savepoint at parallelism 4.
+        let (first, second): (Vec<_>, Vec<_>) = {
+            let mut seen: BTreeMap<i32, usize> = BTreeMap::new();
+            data.into_iter().partition(|r| {
+                let n = seen.entry(r.partition).or_default();
+                *n += 1;
+                *n <= 1_000
+            })
+        };
+        produce(&topics.source, &first);
+        let gen1 = write_job(work.path(), &job(&topics, 4, 1, &storage, empty_ok()));
+        let mut old: Vec<Proc> = (0..4)
+            .map(|i| {
+                let dir = work.path().join(format!("p4-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                Proc::spawn(&gen1, &format!("{i},{}", i + 4), &dir, None)
+            })
+            .collect();
+        for p in &mut old {
+            p.wait_running(Duration::from_secs(60));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let mut location = None;
+        for p in &old {
+            let sp = p.savepoint("sp-1", true, Duration::from_secs(60));
+            assert_eq!(sp["state"], "Completed", "{sp}");
+            location = sp["location"].as_str().map(str::to_string);
+        }
+        for p in &old {
+            assert_eq!(p.status().unwrap()["state"], "Stopped");
+        }
+        drop(old);
+        produce(&topics.source, &second);
+        // Generation 2 restores the savepoint at another parallelism.
+        let restore = RestoreFrom {
+            savepoint: location,
+            allow_empty_state: false,
+            mode: None,
+        };
+        let gen2 = write_job(
+            work.path(),
+            &job(&topics, restore_at as u32, 2, &storage, restore),
+        );
+        let _new: Vec<Proc> = (0..restore_at)
+            .map(|i| {
+                let tasks: Vec<String> = (0..8)
+                    .filter(|t| t % restore_at == i)
+                    .map(|t| t.to_string())
+                    .collect();
+                let dir = work.path().join(format!("p{restore_at}-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                Proc::spawn(&gen2, &tasks.join(","), &dir, None)
+            })
+            .collect();
+        let v = wait_complete(&topics, &expected, Duration::from_secs(120));
+        let f = faults(&expected, &v);
+        report(&format!("rescale 4->{restore_at}"), &v, &f);
+        assert!(f.is_empty(), "restore at parallelism {restore_at}: {f:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
+fn zombie_is_fenced_across_rescale() {
+    let topics = Topics::create("zombie", 4);
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path().join("storage");
+    let data = dataset(4, 3_000, 200);
+    let (expected, _) = reference(&data);
+    let half = data.len() / 2;
+    produce(&topics.source, &data[..half]);
+    let gen1 = write_job(work.path(), &job(&topics, 2, 1, &storage, empty_ok()));
+    let dir = |n: &str| {
+        let d = work.path().join(n);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let mut a = Proc::spawn(&gen1, "0,2", &dir("a"), None);
+    let mut b = Proc::spawn(&gen1, "1,3", &dir("b"), None);
+    a.wait_running(Duration::from_secs(60));
+    b.wait_running(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    // The owner of tasks 0 and 2 freezes mid-transaction; its peer stops.
+    a.signal(libc::SIGSTOP);
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(Duration::from_secs(60)).is_some_and(|s| s.success()));
+    produce(&topics.source, &data[half..]);
+    // Parallelism 4 takes over (last-state: same generation's checkpoints).
+    let gen1_p4 = write_job(work.path(), &job(&topics, 4, 1, &storage, empty_ok()));
+    let mut new: Vec<Proc> = (0..4)
+        .map(|t| Proc::spawn(&gen1_p4, &t.to_string(), &dir(&format!("n{t}")), None))
+        .collect();
+    for p in &mut new {
+        p.wait_running(Duration::from_secs(60));
+    }
+    let before = verify_sink(&topics);
+    let v = wait_complete(&topics, &expected, Duration::from_secs(120));
+    assert!(v.results.len() >= before.results.len());
+    // The zombie wakes up: its next commit must fail, and it must exit.
+    a.signal(libc::SIGCONT);
+    let exit = a.wait_exit(Duration::from_secs(60));
+    let log = a.log();
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "the fenced zombie must fail, not keep running:\n{log}"
+    );
+    assert!(
+        log.contains("fenced") || log.contains("Fenced") || log.contains("FENCED") || log.contains("epoch"),
+        "the zombie's failure names the fencing:\n{log}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    for p in &mut new {
+        p.signal(libc::SIGTERM);
+        p.wait_exit(Duration::from_secs(60));
+    }
+    let v = verify_sink(&topics);
+    let f = faults(&expected, &v);
+    report("zombie", &v, &f);
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
+fn refuses_to_start_without_state_unless_allowed() {
+    let topics = Topics::create("refuse", 2);
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path().join("storage");
+    let job = write_job(
+        work.path(),
+        &job(
+            &topics,
+            1,
+            1,
+            &storage,
+            RestoreFrom {
+                savepoint: None,
+                allow_empty_state: false,
+                mode: None,
+            },
+        ),
+    );
+    let mut p = Proc::spawn(&job, "0-1", work.path(), None);
+    let exit = p.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(!exit.success());
+    let log = p.log();
+    assert!(log.contains("refusing to start from empty state"), "{log}");
+    assert!(log.contains("allowEmptyState"), "{log}");
+}
+
+/// Pins the broker gap the verifier accounts for: nisshi 0.7.0 shows the
+/// records of a transaction whose producer was fenced before committing.
+/// Apache Kafka aborts them. If this starts failing, the broker was fixed:
+/// drop the leak accounting.
+#[test]
+#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
+fn broker_leaks_fenced_open_transactions() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = unique("conformance");
+    create_topics(&[(&topic, 1, &[])]);
+    let producer = |id: &str| -> BaseProducer {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("transactional.id", id)
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        p
+    };
+    let id = unique("txn");
+    let old = producer(&id);
+    old.begin_transaction().unwrap();
+    old.send(BaseRecord::<(), str>::to(&topic).payload("never committed"))
+        .unwrap();
+    old.flush(Duration::from_secs(10)).unwrap();
+    let new = producer(&id); // fences `old`
+    new.begin_transaction().unwrap();
+    new.send(BaseRecord::<(), str>::to(&topic).payload("committed"))
+        .unwrap();
+    new.commit_transaction(Duration::from_secs(30)).unwrap();
+    let seen: Vec<String> = read_all(&topic)
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect();
+    assert!(seen.contains(&"committed".to_string()));
+    assert!(
+        seen.contains(&"never committed".to_string()),
+        "the broker now aborts fenced transactions (Kafka's behaviour): {seen:?}; remove the leak accounting"
+    );
+    eprintln!("[conformance] broker shows a fenced, never-committed transaction's records: {seen:?}");
+}

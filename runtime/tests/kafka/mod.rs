@@ -1,0 +1,644 @@
+//! Harness for the runtime's tests against a real broker
+//! (STREAMOPS_BOOTSTRAP): topics, a deterministic dataset, runtime
+//! processes, and the verifier.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use streamops_runtime::pipeline::job::{JobFile, JobTopics, RestoreFrom, SourceTopic};
+use streamops_runtime::pipeline::wire::{CHECKPOINT_HEADER, Marker};
+
+pub fn bootstrap() -> String {
+    std::env::var("STREAMOPS_BOOTSTRAP")
+        .expect("STREAMOPS_BOOTSTRAP must name a Kafka-compatible broker (e2e/cluster/cluster.sh broker up)")
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn create_topics(topics: &[(&str, i32, &[(&str, &str)])]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, p, cfg)| {
+            let mut t = NewTopic::new(name, *p, TopicReplication::Fixed(1));
+            for (k, v) in cfg.iter() {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    let res = rt()
+        .block_on(admin.create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// The topics of one test job.
+pub struct Topics {
+    pub source: String,
+    pub partitions: u32,
+    pub sink: String,
+    pub late: String,
+    pub dlq: String,
+    pub repartition: String,
+    pub control: String,
+}
+
+impl Topics {
+    pub fn create(prefix: &str, partitions: u32) -> Topics {
+        let p = unique(prefix);
+        let t = Topics {
+            source: format!("{p}-in"),
+            partitions,
+            sink: format!("{p}-out"),
+            late: format!("{p}-late"),
+            dlq: format!("{p}-dlq"),
+            repartition: format!("{p}-repartition"),
+            control: format!("{p}-control"),
+        };
+        let n = partitions as i32;
+        create_topics(&[
+            (&t.source, n, &[]),
+            (&t.sink, 3, &[]),
+            (&t.late, 1, &[]),
+            (&t.dlq, 1, &[]),
+            (&t.repartition, n, &[]),
+            (&t.control, n, &[("cleanup.policy", "compact")]),
+        ]);
+        t
+    }
+}
+
+pub const WINDOW_MS: i64 = 1_000;
+pub const OUT_OF_ORDER_MS: i64 = 2_000;
+
+/// A job over `topics`: users' clicks counted and summed per 1 s tumbling
+/// window, final results only.
+pub fn job(
+    topics: &Topics,
+    parallelism: u32,
+    generation: i64,
+    storage: &Path,
+    restore: RestoreFrom,
+) -> JobFile {
+    let spec = json!({
+        "source": {
+            "topics": ["in"],
+            "eventTime": {"field": "record.ts", "format": "epochMillis"},
+            "watermark": {"outOfOrderness": "2s"}
+        },
+        "pipeline": {
+            "keyBy": ["record.user"],
+            "window": {"type": "tumbling", "size": "1s"},
+            "aggregations": [
+                {"name": "clicks", "function": "count"},
+                {"name": "spent", "function": "sum", "field": "record.amount"}
+            ],
+            "emit": "onWindowClose"
+        },
+        "sink": {"topic": "out"},
+        "lateEvents": {"topic": "late"},
+        "deadLetter": {"topic": "dlq"},
+        "checkpoint": {"interval": "300ms", "storage": format!("file://{}", storage.display())}
+    });
+    JobFile {
+        name: "test".into(),
+        namespace: "test".into(),
+        uid: topics.source.clone(),
+        generation,
+        spec: serde_json::from_value(spec).expect("valid spec"),
+        parallelism: parallelism as i32,
+        topics: JobTopics {
+            source: vec![SourceTopic {
+                topic: topics.source.clone(),
+                partitions: topics.partitions as i32,
+            }],
+            sink: topics.sink.clone(),
+            late_events: Some(topics.late.clone()),
+            dead_letter: Some(topics.dlq.clone()),
+            repartition: topics.repartition.clone(),
+            control: topics.control.clone(),
+        },
+        restore,
+    }
+}
+
+pub fn write_job(dir: &Path, job: &JobFile) -> PathBuf {
+    let path = dir.join(format!("job-{}.json", job.generation));
+    std::fs::write(&path, serde_json::to_vec_pretty(job).unwrap()).unwrap();
+    path
+}
+
+/// One input record.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub partition: i32,
+    pub value: Vec<u8>,
+}
+
+/// A deterministic dataset: `per_partition` records on each partition,
+/// users spread over partitions (so the keyed stream is a real
+/// repartition), event time rising with bounded disorder (never late),
+/// every 97th record malformed, and a final far-future record per
+/// partition that closes every window.
+pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> {
+    let mut out = Vec::new();
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for p in 0..partitions {
+        for i in 0..per_partition {
+            let base = 1_700_000_000_000i64 + (i as i64) * 20;
+            let jitter = (rnd() % 1_500) as i64;
+            let user = (rnd() % users as u64) as u32;
+            let amount = (rnd() % 1000) as i64;
+            let value = if i % 97 == 50 {
+                format!("not json {p}/{i}").into_bytes()
+            } else {
+                json!({"user": format!("u{user}"), "ts": base - jitter, "amount": amount})
+                    .to_string()
+                    .into_bytes()
+            };
+            out.push(Input {
+                partition: p as i32,
+                value,
+            });
+        }
+        out.push(Input {
+            partition: p as i32,
+            value: json!({"user": "flush", "ts": 1_800_000_000_000i64, "amount": 0})
+                .to_string()
+                .into_bytes(),
+        });
+    }
+    out
+}
+
+/// Expected final results: (user, window start) -> (clicks, spent); and the
+/// number of malformed records.
+pub fn reference(data: &[Input]) -> (BTreeMap<(String, i64), (i64, i64)>, usize) {
+    let mut m = BTreeMap::new();
+    let mut bad = 0;
+    for r in data {
+        let Ok(v) = serde_json::from_slice::<Value>(&r.value) else {
+            bad += 1;
+            continue;
+        };
+        let user = v["user"].as_str().unwrap().to_string();
+        if user == "flush" {
+            continue;
+        }
+        let ts = v["ts"].as_i64().unwrap();
+        let start = ts.div_euclid(WINDOW_MS) * WINDOW_MS;
+        let e = m.entry((user, start)).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += v["amount"].as_i64().unwrap();
+    }
+    (m, bad)
+}
+
+pub fn produce(topic: &str, data: &[Input]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for r in data {
+        let mut rec = BaseRecord::<(), [u8]>::to(topic)
+            .partition(r.partition)
+            .payload(&r.value);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Produces `data` over about `spread`, in order per partition, on a thread.
+pub fn produce_slowly(topic: String, data: Vec<Input>, spread: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let chunks = 40usize;
+        let per = data.len().div_ceil(chunks);
+        // Interleave partitions so every partition advances together.
+        let mut by_p: BTreeMap<i32, Vec<Input>> = BTreeMap::new();
+        for r in data {
+            by_p.entry(r.partition).or_default().push(r);
+        }
+        let mut ordered = Vec::new();
+        let longest = by_p.values().map(Vec::len).max().unwrap_or(0);
+        for i in 0..longest {
+            for v in by_p.values() {
+                if let Some(r) = v.get(i) {
+                    ordered.push(r.clone());
+                }
+            }
+        }
+        for chunk in ordered.chunks(per.max(1)) {
+            produce(&topic, chunk);
+            std::thread::sleep(spread / chunks as u32);
+        }
+    })
+}
+
+/// A record read back with read_committed.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub checkpoint: Option<String>,
+}
+
+/// Everything committed in `topic` (all partitions), read_committed.
+pub fn read_all(topic: &str) -> Vec<Record> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("verifier"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts = md.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut eof = BTreeSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eof.len() < parts {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        match c.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                eof.remove(&m.partition());
+                let checkpoint = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == CHECKPOINT_HEADER)
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                });
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or(&[]).to_vec(),
+                    checkpoint,
+                });
+            }
+        }
+    }
+    out
+}
+
+pub fn markers(control: &str) -> BTreeSet<String> {
+    read_all(control)
+        .into_iter()
+        .filter(|r| !r.key.as_ref().is_some_and(|k| k.starts_with(b"fence-")))
+        .map(|r| serde_json::from_slice::<Marker>(&r.value).unwrap().header_value())
+        .collect()
+}
+
+/// The verifier's verdict on a sink topic.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Committed output (its checkpoint's marker is committed).
+    pub results: BTreeMap<(String, i64), Vec<(i64, i64)>>,
+    /// Records of a checkpoint with no committed marker: the broker showed
+    /// records of a transaction that never committed (nisshi leaks fenced
+    /// open transactions, LOCAL-CLUSTER.md). Not product faults.
+    pub broker_leaks: usize,
+    /// Records without a checkpoint header at all: product faults.
+    pub untagged: usize,
+}
+
+pub fn verify_sink(topics: &Topics) -> Verdict {
+    let marks = markers(&topics.control);
+    let mut v = Verdict::default();
+    for r in read_all(&topics.sink) {
+        let Some(cp) = &r.checkpoint else {
+            v.untagged += 1;
+            continue;
+        };
+        if !marks.contains(cp) {
+            v.broker_leaks += 1;
+            continue;
+        }
+        let j: Value = serde_json::from_slice(&r.value).expect("result is JSON");
+        let user = j["key"][0].as_str().expect("key[0] is the user").to_string();
+        if user == "flush" {
+            continue;
+        }
+        let start = j["windowStart"].as_i64().expect("windowStart");
+        v.results
+            .entry((user, start))
+            .or_default()
+            .push((j["clicks"].as_i64().unwrap(), j["spent"].as_i64().unwrap()));
+    }
+    v
+}
+
+/// Product faults: missing, duplicated or wrong results.
+pub fn faults(expected: &BTreeMap<(String, i64), (i64, i64)>, v: &Verdict) -> Vec<String> {
+    let mut f = Vec::new();
+    for (k, want) in expected {
+        match v.results.get(k).map(Vec::as_slice) {
+            None => f.push(format!("missing {k:?}")),
+            Some([got]) if got == want => {}
+            Some(got) => f.push(format!("{k:?}: want [{want:?}], got {got:?}")),
+        }
+    }
+    for k in v.results.keys() {
+        if !expected.contains_key(k) {
+            f.push(format!("unexpected {k:?}"));
+        }
+    }
+    if v.untagged > 0 {
+        f.push(format!("{} records without a checkpoint header", v.untagged));
+    }
+    f
+}
+
+/// Committed (marker-backed) record count of a topic.
+pub fn committed_count(topic: &str, control: &str) -> (usize, usize) {
+    let marks = markers(control);
+    let all = read_all(topic);
+    let ok = all
+        .iter()
+        .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains(c)))
+        .count();
+    (ok, all.len() - ok)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A runtime process.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    pub stderr: Arc<Mutex<String>>,
+    pub tasks: String,
+}
+
+impl Proc {
+    pub fn spawn(job: &Path, tasks: &str, work: &Path, crash: Option<&str>) -> Proc {
+        let port = free_port();
+        let token = work.join("token");
+        std::fs::write(&token, TOKEN).unwrap();
+        // STREAMOPS_RUNTIME_BIN: a binary other than the one cargo built for
+        // this test (e.g. a release build for benchmarks).
+        let bin = std::env::var("STREAMOPS_RUNTIME_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_streamops-runtime").to_string());
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("--job-file")
+            .arg(job)
+            .arg("--tasks")
+            .arg(tasks)
+            .arg("--bootstrap-servers")
+            .arg(bootstrap())
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-token-file")
+            .arg(&token)
+            .env_remove("POD_NAME")
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match crash {
+            Some(c) => cmd.env("STREAMOPS_TEST_CRASH_POINTS", c),
+            None => cmd.env_remove("STREAMOPS_TEST_CRASH_POINTS"),
+        };
+        let mut child = cmd.spawn().expect("spawning streamops-runtime");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Proc {
+            child,
+            port,
+            stderr,
+            tasks: tasks.to_string(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for exit up to `timeout`; Some(success) if it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `(status, body)` of an admin API call.
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        let (code, body) = self.http("GET", "/v1/status", None)?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    /// Waits until the process reports Running.
+    pub fn wait_running(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status()
+                && s["state"] == "Running"
+            {
+                return;
+            }
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                panic!(
+                    "runtime {} exited ({exit}) before running:\n{}",
+                    self.tasks,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runtime {} not running in time:\n{}",
+                self.tasks,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until Running (None) or exit (Some).
+    pub fn wait_running_or_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return Some(exit);
+            }
+            if let Some(s) = self.status()
+                && s["state"] == "Running"
+            {
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runtime {} not running in time:\n{}",
+                self.tasks,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Triggers savepoint `id` and waits for its outcome.
+    pub fn savepoint(&self, id: &str, stop: bool, timeout: Duration) -> Value {
+        let body = json!({"id": id, "stop": stop}).to_string();
+        let (code, text) = self
+            .http("POST", "/v1/savepoints", Some(&body))
+            .expect("admin API reachable");
+        assert_eq!(code, 202, "savepoint request refused: {text}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, body)) = self.http("GET", &format!("/v1/savepoints/{id}"), None) {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                if v["state"] != "InProgress" {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "savepoint {id} not done in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until every expected result is committed (or `timeout`).
+pub fn wait_complete(
+    topics: &Topics,
+    expected: &BTreeMap<(String, i64), (i64, i64)>,
+    timeout: Duration,
+) -> Verdict {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = verify_sink(topics);
+        if expected.keys().all(|k| v.results.contains_key(k)) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,153 @@
+//! Client error paths against librdkafka's in-process mock cluster (no
+//! broker needed). Its transaction support is too thin to prove exactly-once
+//! (exactly_once.rs does that against a real broker); here it proves that
+//! Kafka failures end the runtime with a clear error instead of a silent
+//! loss: the restart then recovers from the last committed checkpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use serde_json::json;
+use streamops_runtime::pipeline::job::{JobFile, JobTopics, RestoreFrom, SourceTopic};
+use streamops_runtime::pipeline::kafka::KafkaSettings;
+use streamops_runtime::pipeline::runner::{BackendKind, RunConfig, Runner};
+use streamops_runtime::pipeline::shared::{CrashPoints, Shared};
+
+fn job(storage: &std::path::Path) -> JobFile {
+    let spec = json!({
+        "source": {"topics": ["in"], "eventTime": {"field": "record.ts"}},
+        "pipeline": {
+            "keyBy": ["record.k"],
+            "window": {"type": "tumbling", "size": "1s"},
+            "aggregations": [{"name": "n", "function": "count"}]
+        },
+        "sink": {"topic": "out"},
+        "checkpoint": {"interval": "200ms", "storage": format!("file://{}", storage.display())}
+    });
+    JobFile {
+        name: "mock".into(),
+        namespace: "test".into(),
+        uid: "mock-uid".into(),
+        generation: 1,
+        spec: serde_json::from_value(spec).unwrap(),
+        parallelism: 1,
+        topics: JobTopics {
+            source: vec![SourceTopic {
+                topic: "in".into(),
+                partitions: 1,
+            }],
+            sink: "out".into(),
+            late_events: None,
+            dead_letter: None,
+            repartition: "repartition".into(),
+            control: "control".into(),
+        },
+        restore: RestoreFrom {
+            savepoint: None,
+            allow_empty_state: true,
+            mode: None,
+        },
+    }
+}
+
+fn setup() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    tempfile::TempDir,
+) {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    for t in ["in", "out", "repartition", "control"] {
+        mock.create_topic(t, 1, 1).expect("mock topic");
+    }
+    (mock, tempfile::tempdir().unwrap())
+}
+
+fn config(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    dir: &std::path::Path,
+) -> RunConfig {
+    RunConfig {
+        job: job(&dir.join("storage")),
+        tasks: vec![0],
+        kafka: KafkaSettings::plaintext(&mock.bootstrap_servers()),
+        state_dir: dir.join("state"),
+        backend: BackendKind::Memory,
+        crash: CrashPoints::none(),
+        kafka_timeout: Duration::from_secs(5),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn broker_down_at_start_is_a_clear_error() {
+    let (mock, dir) = setup();
+    mock.broker_down(1).unwrap();
+    let rt = runtime();
+    let shared = Arc::new(Shared::new(1, vec![0]).unwrap());
+    let started = Instant::now();
+    let err = match Runner::start(config(&mock, dir.path()), shared, rt.handle().clone()) {
+        Ok(_) => panic!("a runtime must not start without its broker"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded wait");
+    assert!(
+        err.contains("task 0") && (err.contains("init_transactions") || err.contains("offsets")),
+        "the error names the step: {err}"
+    );
+}
+
+#[test]
+fn failed_commit_stops_the_runtime_with_the_reason() {
+    let (mock, dir) = setup();
+    let rt = runtime();
+    let shared = Arc::new(Shared::new(1, vec![0]).unwrap());
+    let runner = Runner::start(config(&mock, dir.path()), shared.clone(), rt.handle().clone())
+        .expect("starts against the mock cluster");
+    // Every EndTxn (commit) now fails with a non-retriable error.
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED; 16],
+    );
+    let stopper = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            shared.shutdown.store(true, Ordering::Relaxed);
+        })
+    };
+    let result = runner.run();
+    let err = format!("{:#}", result.expect_err("a failed commit must end the runtime"));
+    assert!(
+        err.contains("checkpoint"),
+        "the error names the checkpoint: {err}"
+    );
+    drop(stopper);
+}
+
+#[test]
+fn request_errors_on_init_are_retried_or_reported() {
+    let (mock, dir) = setup();
+    // A few retriable errors on InitProducerId: librdkafka retries them.
+    mock.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+        ],
+    );
+    let rt = runtime();
+    let shared = Arc::new(Shared::new(1, vec![0]).unwrap());
+    let runner = Runner::start(config(&mock, dir.path()), shared.clone(), rt.handle().clone())
+        .expect("retriable coordinator errors are retried");
+    shared.shutdown.store(true, Ordering::Relaxed);
+    runner.run().expect("graceful stop commits and exits");
+}
