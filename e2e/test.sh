@@ -11,8 +11,11 @@
 #   5. the single-node cluster smoke test with the product images (real
 #      kubelet + containerd pods; e2e/smoke/smoke.sh --debug, whose image build
 #      uses the package sets of stages 2 and 4 and so reuses their build).
+#   6. StreamJobs end to end (e2e/tests/jobs.rs): the chart-installed operator
+#      runs real runtime pods on a full node against the broker: exact results
+#      for a fixed dataset; savepoint-then-upgrade with nothing lost or doubled.
 # Needs root (containerd, iptables, mounts). Stages can be picked with
-# STREAMOPS_STAGES="lint unit chart api smoke" (default: all of them).
+# STREAMOPS_STAGES="lint unit chart api smoke jobs" (default: all of them).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +24,7 @@ export STREAMOPS_CACHE=${STREAMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stream
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
 export CARGO_TERM_COLOR=never
 export CARGO_LOCKED=1
-stages=${STREAMOPS_STAGES:-lint unit chart api smoke}
+stages=${STREAMOPS_STAGES:-lint unit chart api smoke jobs}
 cd "$root"
 
 declare -a timings=()
@@ -94,4 +97,33 @@ if wants smoke; then
   # --debug: the dev-profile binaries, built with the unit and api stages'
   # package sets (see e2e/images/build.sh), so nothing is rebuilt here.
   stage smoke "$here/smoke/smoke.sh" --debug
+fi
+
+if wants jobs; then
+  # A full node (stopped afterwards if this stage started it), the product
+  # images (the same --debug build as the smoke stage), the chart, then the
+  # tests. Same package set as the api stage's e2e tests: nothing new to build.
+  jobs_tests() {
+    local state=${STREAMOPS_STATE:-/tmp/streamops-cluster} started=0
+    "$here/cluster/cluster.sh" status 2>/dev/null | grep -q '^apiserver: ready' || started=1
+    "$here/cluster/cluster.sh" up
+    if ((started)); then
+      # shellcheck disable=SC2064
+      trap "'$here/cluster/cluster.sh' down || true" RETURN
+    fi
+    "$here/cluster/cluster.sh" broker up
+    "$here/demo/node-prep.sh"
+    "$here/images/build.sh" --debug --import operator runtime
+    python3 -c 'import helm_sdkpy' 2>/dev/null || pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
+    python3 -c 'import kafka' 2>/dev/null || pip install -q "kafka-python==3.0.12"
+    STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap")
+    export STREAMOPS_KUBECONFIG=$state/kubeconfig STREAMOPS_BOOTSTRAP
+    python3 "$here/demo/chart.py" --kubeconfig "$STREAMOPS_KUBECONFIG" --bootstrap "$STREAMOPS_BOOTSTRAP"
+    # A re-imported image under the same tag needs a new operator pod (not a
+    # rolling restart: see e2e/demo.sh).
+    KUBECONFIG=$STREAMOPS_KUBECONFIG kubectl -n streamops-system delete pod -l app.kubernetes.io/instance=streamops --wait=true
+    KUBECONFIG=$STREAMOPS_KUBECONFIG kubectl -n streamops-system rollout status deployment/streamops-operator --timeout=180s
+    cargo test -p streamops-e2e --locked --test jobs -- --nocapture
+  }
+  stage jobs jobs_tests
 fi
