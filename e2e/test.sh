@@ -77,6 +77,12 @@ if wants api; then
     STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap")
     export STREAMOPS_BOOTSTRAP
     cargo test -p streamops-operator --locked --tests
+    # The runtime's exactly-once proofs against the same broker: SIGKILL and
+    # crash points, zombie fencing across rescale, savepoint restore at other
+    # parallelism, refusal to start empty, the broker-gap conformance test.
+    # Same package selection as the unit stage (no feature-unification rebuild).
+    cargo test --workspace --exclude streamops-e2e --exclude streamops-operator --locked \
+      --test exactly_once -- --ignored --test-threads=1 --nocapture
     # The Helm chart with Helm's own engine (helm-sdkpy; no helm binary here).
     python3 -c 'import helm_sdkpy' 2>/dev/null ||
       pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"

@@ -42,6 +42,8 @@ use crate::state::rocks::{RocksBackend, RocksOptions};
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/streamops/checkpoints";
 /// Kafka's default `transaction.max.timeout.ms`, assumed when the broker
 /// does not report it.
+/// How often consumer lag is refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// Key prefix of the fence records in the control topic (not markers).
 pub const FENCE_KEY_PREFIX: &str = "fence-";
 const KAFKA_DEFAULT_MAX_TXN_TIMEOUT_MS: u64 = 900_000;
@@ -507,6 +509,7 @@ impl Runner {
     /// Runs until shutdown (a final checkpoint first) or an error.
     pub fn run(mut self) -> Result<()> {
         let mut next_checkpoint = Instant::now() + self.interval;
+        let mut next_lag = Instant::now();
         loop {
             if self.shared.shutdown.load(Ordering::Relaxed) {
                 if !self.stopped {
@@ -545,6 +548,10 @@ impl Runner {
             if Instant::now() >= next_checkpoint {
                 self.checkpoint_all(None, false)?;
                 next_checkpoint = Instant::now() + self.interval;
+            }
+            if Instant::now() >= next_lag {
+                self.update_lag();
+                next_lag = Instant::now() + LAG_INTERVAL;
             }
         }
     }
@@ -594,6 +601,51 @@ impl Runner {
                 Ok(())
             }
         }
+    }
+
+    /// Consumer lag per task and stage (metrics, `/v1/status`). Best effort:
+    /// a failed offset query leaves the last values.
+    fn update_lag(&self) {
+        let mut total = Some(0i64);
+        for (t, s) in &self.slots {
+            let task = t.to_string();
+            let parts = [
+                (
+                    "source",
+                    s.source_topic.as_str(),
+                    s.source_partition,
+                    s.task.meta.source_offset,
+                ),
+                (
+                    "keyed",
+                    self.job.topics.repartition.as_str(),
+                    *t as i32,
+                    s.task.meta.keyed_offset,
+                ),
+            ];
+            for (stage, topic, partition, position) in parts {
+                match self.watermarks(topic, partition) {
+                    Ok((_, high)) => {
+                        let lag = (high - position.unwrap_or(0)).max(0);
+                        self.shared
+                            .metrics
+                            .lag
+                            .with_label_values(&[stage, &task])
+                            .set(lag);
+                        if stage == "source" {
+                            total = total.map(|v| v + lag);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %format!("{e:#}"), topic, partition, "lag unknown");
+                        if stage == "source" {
+                            total = None;
+                        }
+                    }
+                }
+            }
+        }
+        self.shared.update_status(|st| st.lag = total);
     }
 
     fn offsets(&self) -> BTreeMap<String, i64> {

@@ -30,6 +30,9 @@ pub struct StatusView {
     /// Smallest of `checkpoints` (what the operator compares against a savepoint).
     pub checkpoint_id: Option<u64>,
     pub last_commit_ms: Option<i64>,
+    /// Records not yet read from this pod's source partitions (high
+    /// watermark - position), refreshed every few seconds.
+    pub lag: Option<i64>,
     pub error: Option<String>,
 }
 
@@ -69,6 +72,7 @@ pub struct Metrics {
     pub checkpoint_bytes: IntGauge,
     pub watermark: IntGaugeVec,
     pub restore_seconds: Histogram,
+    pub lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -121,6 +125,13 @@ impl Metrics {
             "restore_duration_seconds",
             "Time to restore a task's state at start",
         ))?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "consumer_lag_records",
+                "High watermark minus read position, by stage (source, keyed) and task",
+            ),
+            &["stage", "task"],
+        )?;
         for c in [
             Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records_out.clone()),
@@ -130,6 +141,7 @@ impl Metrics {
             Box::new(checkpoint_bytes.clone()),
             Box::new(watermark.clone()),
             Box::new(restore_seconds.clone()),
+            Box::new(lag.clone()),
         ] {
             registry.register(c)?;
         }
@@ -143,6 +155,7 @@ impl Metrics {
             checkpoint_bytes,
             watermark,
             restore_seconds,
+            lag,
         })
     }
 }
@@ -165,6 +178,7 @@ impl Shared {
                 checkpoints: BTreeMap::new(),
                 checkpoint_id: None,
                 last_commit_ms: None,
+                lag: None,
                 error: None,
             }),
             savepoints: Mutex::new(BTreeMap::new()),
