@@ -17,8 +17,6 @@ use kafka::*;
 use streamops_runtime::pipeline::job::RestoreFrom;
 use streamops_runtime::pipeline::shared::CRASH_POINTS;
 
-const NEEDS_BROKER: &str = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)";
-
 fn empty_ok() -> RestoreFrom {
     RestoreFrom {
         savepoint: None,
@@ -43,7 +41,6 @@ fn report(name: &str, v: &Verdict, faults: &[String]) {
 #[test]
 #[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
 fn exactly_once_under_sigkill_and_crash_points() {
-    let _ = NEEDS_BROKER;
     let topics = Topics::create("eos", 4);
     let work = tempfile::tempdir().unwrap();
     let storage = work.path().join("storage");

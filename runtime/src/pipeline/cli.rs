@@ -82,7 +82,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let kafka = KafkaSettings::from_args(&args.kafka)?;
     let seed = std::process::id() as u64
         ^ std::time::SystemTime::now()
-            .elapsed()
+            .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.as_nanos() as u64);
     let crash = match &args.crash_points {
         Some(text) => CrashPoints::parse(text, seed ^ 0x9e37_79b9_7f4a_7c15).map_err(|e| anyhow!(e))?,

@@ -85,14 +85,13 @@ impl KafkaSettings {
             .to_string()
         });
         s.props.insert("security.protocol".into(), protocol);
-        for (k, v) in [
+        let pems = [
             ("ssl.ca.pem", ca),
             ("ssl.certificate.pem", cert),
             ("ssl.key.pem", key),
-        ] {
-            if let Some(v) = v {
-                s.props.insert(k.into(), v);
-            }
+        ];
+        for (k, v) in pems.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
+            s.props.insert(k.into(), v);
         }
         if let (Some(u), Some(p)) = (user, pass) {
             s.props.insert(

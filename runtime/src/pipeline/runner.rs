@@ -431,6 +431,7 @@ impl Runner {
         let deadline = Instant::now() + self.timeout * 2;
         let mut last: Option<Marker> = None;
         let mut count = 0usize;
+        let mut foreign = 0usize;
         loop {
             if Instant::now() > deadline {
                 bail!(
@@ -473,13 +474,26 @@ impl Runner {
                             marker.task
                         );
                     }
-                    count += 1;
-                    last = Some(marker);
+                    if marker.job_uid == self.job.uid {
+                        count += 1;
+                        last = Some(marker);
+                    } else {
+                        // A deleted job of the same name: its state and
+                        // offsets are not ours.
+                        foreign += 1;
+                        last = None;
+                    }
                     if done {
                         break;
                     }
                 }
             }
+        }
+        if foreign > 0 {
+            warn!(
+                task = t,
+                foreign, "ignored checkpoint markers of another job with the same topics"
+            );
         }
         info!(task = t, high, markers = count, last = ?last.as_ref().map(Marker::header_value), "read checkpoint markers");
         Ok(last)
@@ -720,6 +734,7 @@ impl Runner {
         self.crash.hit("after-upload");
         // (2) marker + offsets in the open transaction.
         let marker = Marker {
+            job_uid: self.job.uid.clone(),
             task: t,
             checkpoint_id: id,
             instance: self.instance.clone(),
@@ -1072,6 +1087,7 @@ mod tests {
 
     fn marker(generation: i64) -> Marker {
         Marker {
+            job_uid: "u".into(),
             task: 0,
             checkpoint_id: 3,
             instance: "i".into(),

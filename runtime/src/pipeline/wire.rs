@@ -207,6 +207,11 @@ pub enum MarkerKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Marker {
+    /// Uid of the StreamJob that wrote it: a job re-created under the same
+    /// name (same internal topic names) must not resume from its
+    /// predecessor's markers.
+    #[serde(default)]
+    pub job_uid: String,
     pub task: u32,
     pub checkpoint_id: u64,
     /// Random per process start: tells apart two attempts at the same
