@@ -68,7 +68,7 @@ fn exactly_once_under_sigkill_and_crash_points() {
         );
         round += 1;
         let missing: Vec<&String> = hits.iter().filter(|(_, n)| **n == 0).map(|(p, _)| p).collect();
-        let crash = if round % 3 == 0 {
+        let crash = if round.is_multiple_of(3) {
             None
         } else {
             let p = missing

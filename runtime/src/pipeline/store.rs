@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(s.read_manifest(&m2).unwrap().files.len(), 4);
         // Retain only checkpoint 2: checkpoint 1's own files go, shared SSTs stay.
         std::fs::remove_file(snap.join("state/000001.sst")).unwrap();
-        let deleted = s.retain(0, &[m2.clone()]).unwrap();
+        let deleted = s.retain(0, std::slice::from_ref(&m2)).unwrap();
         assert_eq!(deleted, 3, "checkpoint 1's manifest, MANIFEST and task.json");
         assert!(s.read_manifest(&m1).is_err());
         let man2 = s.read_manifest(&m2).unwrap();

@@ -44,7 +44,13 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-pub fn create_topics(topics: &[(&str, i32, &[(&str, &str)])]) {
+/// (name, partitions, configs).
+pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
+/// (user, window start) -> (clicks, spent).
+pub type Expected = BTreeMap<(String, i64), (i64, i64)>;
+
+pub fn create_topics(topics: &[TopicSpec<'_>]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
@@ -217,7 +223,7 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
 
 /// Expected final results: (user, window start) -> (clicks, spent); and the
 /// number of malformed records.
-pub fn reference(data: &[Input]) -> (BTreeMap<(String, i64), (i64, i64)>, usize) {
+pub fn reference(data: &[Input]) -> (Expected, usize) {
     let mut m = BTreeMap::new();
     let mut bad = 0;
     for r in data {
