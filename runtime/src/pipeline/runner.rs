@@ -32,7 +32,7 @@ use super::kafka::KafkaSettings;
 use super::shared::{CrashPoints, RunState, SavepointState, Shared};
 use super::store::{CheckpointStore, Manifest, Target};
 use super::task::{Out, Task};
-use super::wire::{self, CHECKPOINT_HEADER, Marker, MarkerKind};
+use super::wire::{self, CHECKPOINT_HEADER, Marker};
 use crate::plan::Plan;
 use crate::state::StateBackend;
 use crate::state::memory::MemoryBackend;
@@ -738,11 +738,7 @@ impl Runner {
             task: t,
             checkpoint_id: id,
             instance: self.instance.clone(),
-            kind: if savepoint.is_some() {
-                MarkerKind::Savepoint
-            } else {
-                MarkerKind::Checkpoint
-            },
+            kind: manifest.kind,
             savepoint_id: savepoint.map(str::to_string),
             generation: self.job.generation,
             manifest: manifest_path.clone(),
@@ -788,11 +784,7 @@ impl Runner {
             .commit_transaction(self.timeout)
             .map_err(kerr(format!("committing checkpoint {id}")))?;
         self.crash.hit("after-commit");
-        let kind = if savepoint.is_some() {
-            "savepoint"
-        } else {
-            "checkpoint"
-        };
+        let kind = marker.kind.as_str();
         self.shared.metrics.checkpoints.with_label_values(&[kind]).inc();
         self.shared
             .metrics
@@ -1084,6 +1076,7 @@ fn broker_max_transaction_timeout(kafka: &KafkaSettings, rt: &Handle, timeout: D
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::wire::MarkerKind;
 
     fn marker(generation: i64) -> Marker {
         Marker {

@@ -202,6 +202,16 @@ pub enum MarkerKind {
     Savepoint,
 }
 
+impl MarkerKind {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkerKind::Checkpoint => "checkpoint",
+            MarkerKind::Savepoint => "savepoint",
+        }
+    }
+}
+
 /// The record that makes a checkpoint the one to restore: committed in the
 /// same transaction as the outputs and input offsets it covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
