@@ -11,7 +11,8 @@ demo:
 test:
 	e2e/test.sh
 
-## Regenerate the committed CRD YAML (crds/ and the chart's copy) from the Rust types.
+## Regenerate the committed CRD YAML (crds/ and the chart's copy) and crds/REFERENCE.md from the Rust types.
 crds:
 	cargo run -q -p streamops-crds --bin crdgen -- --write crds
 	cargo run -q -p streamops-crds --bin crdgen -- --write charts/streamops/crds
+	cargo run -q -p streamops-crds --bin crdgen -- --reference crds/REFERENCE.md

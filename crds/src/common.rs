@@ -50,6 +50,7 @@ pub enum SaslMechanism {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SaslSpec {
+    /// SASL mechanism.
     pub mechanism: SaslMechanism,
     /// Secret key holding the user name.
     pub username_secret_ref: SecretKeyRef,

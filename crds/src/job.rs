@@ -81,8 +81,11 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
+    /// What to read: StreamTopics, their record format and event time.
     pub source: SourceSpec,
+    /// The keyed, windowed aggregation: filter, key, window, aggregations, emit mode.
     pub pipeline: PipelineSpec,
+    /// Where results go: one record per (key, window), keyed by the grouping key.
     pub sink: SinkSpec,
     /// Where records later than `pipeline.allowedLateness` go. Absent: they are
     /// counted (`streamops_records_late_total`) and not written anywhere.
@@ -97,11 +100,13 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub parallelism: Option<i32>,
+    /// Checkpoint interval, state storage and savepoint retention. Absent: every field's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSpec>,
     /// How a spec change reaches running pods. Absent: `savepoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_mode: Option<UpgradeMode>,
+    /// Timeouts and rollback of savepoint-then-upgrade. Absent: every field's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeSpec>,
     /// Absent: `running`.
@@ -110,6 +115,7 @@ pub struct StreamJobSpec {
     /// Change to any new value to take a savepoint now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_nonce: Option<String>,
+    /// Where the first deployment's state comes from. Absent: empty state on first deployment only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSpec>,
     /// Kafka cluster. Absent: the operator's default cluster.
@@ -144,7 +150,9 @@ pub struct SourceSpec {
     /// Absent: `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<RecordFormat>,
+    /// Where each record's event time comes from.
     pub event_time: EventTimeSpec,
+    /// How event time progresses per partition. Absent: no out-of-orderness, no idle timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkSpec>,
     /// Where to start when there is no checkpoint or savepoint. Absent: `earliest`.
@@ -213,11 +221,13 @@ pub struct PipelineSpec {
     /// CEL expressions over `record` whose values form the grouping key.
     #[schemars(length(min = 1, max = 8))]
     pub key_by: Vec<String>,
+    /// The event-time window each record is assigned to.
     pub window: WindowSpec,
     /// How long after a window closes late records still update it (and
     /// re-emit it). Later records go to `lateEvents`. Absent: `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_lateness: Option<DurationSpec>,
+    /// Aggregates computed per (key, window), each written under its `name`.
     #[schemars(length(min = 1, max = 32))]
     pub aggregations: Vec<AggregationSpec>,
     /// Absent: `onWindowClose`.
@@ -228,6 +238,7 @@ pub struct PipelineSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowSpec {
+    /// `tumbling` (needs `size`), `sliding` (`size`, `slide`) or `session` (`gap`).
     #[serde(rename = "type")]
     pub kind: WindowKind,
     /// Window length (tumbling, sliding).
@@ -255,6 +266,7 @@ pub struct AggregationSpec {
     /// Output field name.
     #[schemars(regex(pattern = AGGREGATION_NAME_PATTERN))]
     pub name: String,
+    /// `count`, `sum`, `min`, `max`, `avg`, `distinctCount` or `topK` (needs `k`).
     pub function: AggregateFunction,
     /// CEL expression over `record` for the aggregated value; required for
     /// every function but `count`.
@@ -389,6 +401,7 @@ pub enum JobPhase {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SavepointRecord {
+    /// Savepoint id, unique per job.
     pub id: String,
     /// Storage URL of its manifest.
     pub location: String,
@@ -413,6 +426,7 @@ pub struct UpgradeIntent {
     /// Id of the savepoint this intent takes (or took); also names the
     /// intent when it takes none (`withSavepoint: false`).
     pub savepoint_id: String,
+    /// The `metadata.generation` being rolled out.
     pub target_generation: i64,
     /// The spec being rolled out (schemaless, like `lastStableSpec`).
     #[schemars(schema_with = "preserve_unknown_object")]
@@ -479,10 +493,14 @@ pub enum RestoreMode {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamJobStatus {
+    /// The `metadata.generation` the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Where the job is in its lifecycle: `Deploying`, `Running`, `Savepointing`,
+    /// `Upgrading`, `Suspended`, `RollingBack` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<JobPhase>,
     /// Runtime pods running.
@@ -491,8 +509,10 @@ pub struct StreamJobStatus {
     /// Partitions of the source topics, summed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_partitions: Option<i32>,
+    /// The newest savepoint taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,
+    /// Savepoints kept, newest first, pruned by `checkpoint.savepointsToKeep` and `savepointMaxAge`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub savepoint_history: Vec<SavepointRecord>,
     /// The last spec that ran healthy; rollback target. Stored schemaless so
@@ -500,6 +520,7 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub last_stable_spec: Option<StreamJobSpec>,
+    /// The generation of `lastStableSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_stable_generation: Option<i64>,
     /// A generation that failed to become healthy and was rolled back; not

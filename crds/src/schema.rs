@@ -131,8 +131,12 @@ mod tests {
     fn committed_yaml_matches_the_types() {
         // The same files live in crds/ (kubectl apply -f crds/) and in the
         // Helm chart's crds/ directory; both must match the types.
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        for dir in [root.to_path_buf(), root.join("../charts/streamops/crds")] {
+        // The checkout being tested, read at run time: a test binary reused
+        // from a build cache shared between checkouts carries another path.
+        let root = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+        );
+        for dir in [root.clone(), root.join("../charts/streamops/crds")] {
             for (crd, file) in crds().iter().zip(CRD_FILES) {
                 let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
                 assert!(
@@ -142,5 +146,10 @@ mod tests {
                 );
             }
         }
+        let reference = std::fs::read_to_string(root.join("REFERENCE.md")).unwrap_or_default();
+        assert!(
+            reference == crate::reference::markdown(&crds()),
+            "crds/REFERENCE.md is out of date: run `make crds`"
+        );
     }
 }

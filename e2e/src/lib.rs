@@ -39,9 +39,13 @@ pub async fn client() -> anyhow::Result<Client> {
     Client::try_from(config).context("building a client")
 }
 
-/// The repository's top-level directory.
+/// The repository's top-level directory: the checkout `cargo test` runs in
+/// (read at run time, so a binary reused from a build cache shared between
+/// checkouts still reads this checkout's files).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    Path::new(&manifest_dir)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(".."))

@@ -1,6 +1,12 @@
-//! Two StreamTopics naming the same Kafka topic on the same cluster: the
-//! older resource (creationTimestamp, then uid) wins; the newer one is
+//! Two StreamTopics naming the same Kafka topic on the same cluster: the one
+//! that already owns the topic wins (its status records ownership); otherwise
+//! the older resource (creationTimestamp, then uid) wins. The loser is
 //! `Stalled` with reason `Conflict` and never touches Kafka.
+//!
+//! Ownership comes first because creationTimestamp has one-second
+//! resolution: two resources applied in the same second would otherwise be
+//! ordered by their random uids, and a newcomer could outrank the resource
+//! that created the topic.
 
 use std::cmp::Ordering;
 
@@ -17,6 +23,8 @@ pub struct Claim {
     pub name: String,
     pub uid: String,
     pub created: Option<Timestamp>,
+    /// The resource's status records that it created or adopted the topic.
+    pub owns: bool,
     /// Normalised bootstrap servers; empty for the operator's default cluster.
     pub cluster: String,
     pub topic: String,
@@ -39,20 +47,25 @@ impl Claim {
             name: topic.metadata.name.clone().unwrap_or_default(),
             uid: topic.metadata.uid.clone().unwrap_or_default(),
             created: topic.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            owns: pinned.is_some(),
             cluster: cluster_key(topic.spec.cluster.as_ref()),
             topic: pinned.unwrap_or_else(|| topic.kafka_topic_name()),
         })
     }
 
-    /// Seniority: older first; a missing timestamp sorts last; uid breaks ties.
+    /// Seniority: the owner first, then older first (a missing timestamp
+    /// sorts last); uid breaks ties.
     fn seniority(&self, other: &Self) -> Ordering {
-        match (self.created, other.created) {
-            (Some(a), Some(b)) => a.cmp(&b),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => Ordering::Equal,
-        }
-        .then_with(|| self.uid.cmp(&other.uid))
+        other
+            .owns
+            .cmp(&self.owns)
+            .then_with(|| match (self.created, other.created) {
+                (Some(a), Some(b)) => a.cmp(&b),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            })
+            .then_with(|| self.uid.cmp(&other.uid))
     }
 }
 
@@ -76,6 +89,7 @@ mod tests {
             name: name.into(),
             uid: uid.into(),
             created: Some(Timestamp::from_second(secs).unwrap()),
+            owns: false,
             cluster: String::new(),
             topic: topic.into(),
         }
@@ -90,6 +104,19 @@ mod tests {
         assert_eq!(winner_over(&b, &all), Some(&c));
         assert_eq!(winner_over(&a, &all), Some(&c));
         assert_eq!(winner_over(&c, &all), None);
+    }
+
+    #[test]
+    fn the_owner_wins_over_an_older_or_same_second_claim() {
+        // Same second, and the newcomer's uid sorts first: ownership decides.
+        let mut owner = claim("first", "u9", 10, "t");
+        owner.owns = true;
+        let newcomer = claim("second", "u1", 10, "t");
+        let older = claim("older", "u5", 5, "t");
+        let all = [owner.clone(), newcomer.clone(), older.clone()];
+        assert_eq!(winner_over(&newcomer, &all), Some(&owner));
+        assert_eq!(winner_over(&older, &all), Some(&owner));
+        assert_eq!(winner_over(&owner, &all), None);
     }
 
     #[test]
