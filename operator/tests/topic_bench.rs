@@ -32,33 +32,22 @@ mod common;
 
 use std::{
     collections::HashMap,
-    fs::File,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{bench::*, *};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     runtime::{reflector, watcher},
 };
 use streamops_crds::{StreamTopic, topic::DeletionPolicy};
 use streamops_operator::{
     OperatorConfig, context::Context, kafka::KafkaAdmin, metrics::Metrics, topic::controller,
 };
-
-fn knob(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 const PARTITIONS: i32 = 3;
 const CONFIG: &[(&str, &str)] = &[("retention.ms", "86400000"), ("cleanup.policy", "delete")];
@@ -162,7 +151,7 @@ async fn one_run(
     // The operator, as users run it, watching only this namespace.
     let port = free_port();
     let log_path = std::env::temp_dir().join(format!("streamops-topic-bench-{ns}.log"));
-    let mut operator = spawn_operator(kubeconfig, bootstrap, &ns, port, &log_path);
+    let mut operator = spawn_operator(kubeconfig, bootstrap, &ns, port, &log_path, &[]);
     wait_ready(port, &mut operator, &log_path).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     r.idle_rss_mib = proc_status_kib(operator.id(), "VmRSS") / 1024.0;
@@ -315,61 +304,6 @@ fn config_map() -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-async fn create_namespace(client: &Client) -> String {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    generate_name: Some("streamops-bench-".into()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .expect("create namespace")
-        .name_any()
-}
-
-fn spawn_operator(kubeconfig: &str, bootstrap: &str, ns: &str, port: u16, log: &std::path::Path) -> Child {
-    let out = File::create(log).expect("operator log file");
-    let err = out.try_clone().expect("log file handle");
-    Command::new(env!("CARGO_BIN_EXE_streamops-operator"))
-        .args(["run", "--leader-election", "false", "--resync-interval", "1h"])
-        .args(["--watch-namespace", ns, "--kafka-bootstrap", bootstrap])
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("start streamops-operator")
-}
-
-async fn wait_ready(port: u16, operator: &mut Child, log: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = operator.try_wait().expect("operator status") {
-            panic!("operator exited ({status}); log: {}", log.display());
-        }
-        if try_http_get(port, "/readyz")
-            .await
-            .is_some_and(|b| b.starts_with("HTTP/1.1 200"))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "operator not ready; log: {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// First instant each object is `Ready` for its generation.
 async fn record_ready(api: Api<StreamTopic>, ready_at: Arc<Mutex<HashMap<String, Instant>>>) {
     let mut events = watcher(api, watcher::Config::default()).boxed();
@@ -444,65 +378,6 @@ async fn unchanged_reconciles(
         }
     }
     (reconcile, floor, rv_changed)
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} missing in /proc/{pid}/status"))
-}
-
-/// Value of the sample whose name and labels are exactly `series`.
-fn metric(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn try_http_get(port: u16, path: &str) -> Option<String> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut out = String::new();
-        stream.read_to_string(&mut out).ok()?;
-        Some(out)
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-async fn http_get(port: u16, path: &str) -> String {
-    try_http_get(port, path)
-        .await
-        .unwrap_or_else(|| panic!("GET {path} from the operator failed"))
-}
-
-/// Nearest-rank percentile; sorts `values`.
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 fn print_summary(n: usize, results: &[RunResult]) {

@@ -4,8 +4,20 @@
 //! Calls used: Metadata (all topics, so no request can auto-create one),
 //! DescribeConfigs, CreateTopics, CreatePartitions, IncrementalAlterConfigs
 //! (through [`super::incremental`]) and DeleteTopics.
+//!
+//! Metadata for all topics costs O(topics) per request, and every reconcile
+//! describes its topic: 1,000 StreamTopics applied at once meant 1,000
+//! concurrent all-topic fetches, each on its own blocking thread. Concurrent
+//! describes therefore share fetches ([`Coalesced`]): at most one is in flight
+//! per admin client, and each answers every caller that arrived before it
+//! started, so no caller sees metadata older than its own call.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication},
@@ -99,11 +111,55 @@ impl AdminFailure {
     }
 }
 
+/// Partitions and replication factor of every topic the broker reported
+/// without an error.
+type TopicShapes = HashMap<String, (i32, i32)>;
+
+/// One fetch at a time, shared by every caller that arrived before it began.
+///
+/// A caller takes the last result if that fetch *started* after the caller
+/// arrived (so it reflects everything the caller did before calling);
+/// otherwise it fetches itself, while later arrivals wait for it. Failures
+/// are shared the same way, so a broker outage costs one timeout per wave of
+/// callers rather than one per caller.
+pub struct Coalesced<T> {
+    last: tokio::sync::Mutex<Option<(Instant, T)>>,
+}
+
+impl<T: Clone> Default for Coalesced<T> {
+    fn default() -> Self {
+        Self {
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> Coalesced<T> {
+    pub async fn get<F, Fut>(&self, fetch: F) -> T
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let arrived = Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((started, value)) = last.as_ref()
+            && *started >= arrived
+        {
+            return value.clone();
+        }
+        let started = Instant::now();
+        let value = fetch().await;
+        *last = Some((started, value.clone()));
+        value
+    }
+}
+
 /// An admin client for one cluster configuration; cheap to clone.
 #[derive(Clone)]
 pub struct KafkaAdmin {
     client: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
+    metadata: Arc<Coalesced<Result<Arc<TopicShapes>, AdminFailure>>>,
 }
 
 impl KafkaAdmin {
@@ -111,7 +167,44 @@ impl KafkaAdmin {
         Self {
             client: Arc::new(client),
             timeout,
+            metadata: Arc::default(),
         }
+    }
+
+    /// Every topic's shape, from a Metadata request for all topics (asking for
+    /// one named topic could make a broker with auto-creation enabled create
+    /// it), shared with concurrent callers.
+    async fn topic_shapes(&self) -> Result<Arc<TopicShapes>, AdminFailure> {
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        self.metadata
+            .get(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    let metadata = client
+                        .inner()
+                        .fetch_metadata(None, timeout)
+                        .map_err(|e| AdminFailure::from_kafka("Metadata", &e))?;
+                    let shapes = metadata
+                        .topics()
+                        .iter()
+                        .filter(|t| t.error().is_none())
+                        .map(|t| {
+                            let partitions = i32::try_from(t.partitions().len()).unwrap_or(i32::MAX);
+                            let replication_factor = t
+                                .partitions()
+                                .iter()
+                                .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
+                                .max()
+                                .unwrap_or(0);
+                            (t.name().to_owned(), (partitions, replication_factor))
+                        })
+                        .collect();
+                    Ok(Arc::new(shapes))
+                })
+                .await
+                .map_err(|e| AdminFailure::rejected(None, format!("metadata task failed: {e}")))?
+            })
+            .await
     }
 
     fn options(&self) -> AdminOptions {
@@ -122,32 +215,7 @@ impl KafkaAdmin {
 
     /// The topic as Kafka reports it, or `None` if it does not exist.
     pub async fn describe(&self, topic: &str) -> Result<Option<ObservedTopic>, AdminFailure> {
-        let client = self.client.clone();
-        let timeout = self.timeout;
-        let name = topic.to_owned();
-        // Metadata for all topics: asking for one named topic could make a
-        // broker with auto-creation enabled create it.
-        let found = tokio::task::spawn_blocking(move || {
-            let metadata = client
-                .inner()
-                .fetch_metadata(None, timeout)
-                .map_err(|e| AdminFailure::from_kafka("Metadata", &e))?;
-            Ok::<_, AdminFailure>(metadata.topics().iter().find(|t| t.name() == name).and_then(|t| {
-                if t.error().is_some() {
-                    return None;
-                }
-                let partitions = i32::try_from(t.partitions().len()).unwrap_or(i32::MAX);
-                let replication_factor = t
-                    .partitions()
-                    .iter()
-                    .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
-                    .max()
-                    .unwrap_or(0);
-                Some((partitions, replication_factor))
-            }))
-        })
-        .await
-        .map_err(|e| AdminFailure::rejected(None, format!("metadata task failed: {e}")))??;
+        let found = self.topic_shapes().await?.get(topic).copied();
         let Some((partitions, replication_factor)) = found else {
             return Ok(None);
         };
@@ -255,7 +323,74 @@ impl KafkaAdmin {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// A fetch that counts itself and returns its own number after `delay`.
+    async fn counted(fetches: &AtomicUsize, delay: Duration) -> usize {
+        let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(delay).await;
+        n
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_fetches_but_never_see_older_ones() {
+        let shared = Arc::new(Coalesced::<usize>::default());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        // 50 callers in quick succession: the first fetches; the other 49
+        // arrive while that fetch runs (after it started), so they must not
+        // take its answer, and share the one fetch that follows.
+        let mut calls = Vec::new();
+        for _ in 0..50 {
+            let (shared, fetches) = (shared.clone(), fetches.clone());
+            calls.push(tokio::spawn(async move {
+                shared.get(|| counted(&fetches, Duration::from_millis(100))).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        let mut seen = Vec::new();
+        for call in calls {
+            seen.push(call.await.unwrap());
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "one fetch per wave of callers");
+        assert_eq!(seen[0], 1);
+        assert!(seen[1..].iter().all(|&n| n == 2), "{seen:?}");
+
+        // A caller after everything finished never gets a cached answer.
+        let later = shared.get(|| counted(&fetches, Duration::from_millis(100))).await;
+        assert_eq!(later, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_shared_by_its_wave_and_retried_by_the_next() {
+        type Answer = Result<&'static str, &'static str>;
+        let shared = Arc::new(Coalesced::<Answer>::default());
+        let call = |answer: Answer| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared
+                    .get(|| async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        answer
+                    })
+                    .await
+            })
+        };
+        let a = call(Ok("a"));
+        tokio::task::yield_now().await;
+        // b and c arrive while a's fetch runs; b fetches next and fails; c
+        // arrived before b's fetch started, so it shares b's failure instead
+        // of waiting out a timeout of its own.
+        let b = call(Err("down"));
+        tokio::task::yield_now().await;
+        let c = call(Ok("c never fetches"));
+        assert_eq!(a.await.unwrap(), Ok("a"));
+        assert_eq!(b.await.unwrap(), Err("down"));
+        assert_eq!(c.await.unwrap(), Err("down"));
+        // After the failure, a new caller fetches again.
+        assert_eq!(call(Ok("d")).await.unwrap(), Ok("d"));
+    }
 
     #[test]
     fn failures_are_classified() {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod bench;
+
 use std::{
     collections::BTreeMap,
     net::TcpListener,
