@@ -191,11 +191,13 @@ async fn object_graph_owner_refs_parallelism_cap_and_status() {
 
     // Status: the write-ahead intent of the first deployment; no pods run on
     // a control-plane-only cluster, so it stays Deploying (Reconciling).
+    // (The step that requests the pods says "starting 4 pods"; the next one
+    // reports progress.)
     let j = wait_job(&h, "cpu", "Deploying with pods requested", |j| {
         j.status.as_ref().is_some_and(|s| {
             s.phase == Some(JobPhase::Deploying)
                 && s.upgrade.as_ref().is_some_and(|i| i.rollout_started.is_some())
-        })
+        }) && job_condition(j, "Reconciling").is_some_and(|(_, m)| m.contains("0/4"))
     })
     .await;
     let status = j.status.clone().unwrap();
@@ -834,6 +836,14 @@ async fn unhealthy_upgrade_rolls_back_with_fake_pods() {
     let cm = cms.get("rb-config").await.unwrap();
     let config: Value = serde_json::from_str(&cm.data.unwrap()["job.json"]).unwrap();
     assert_eq!(config["generation"], 1);
+    // The pods run the rolled-back spec's image, not the failed one's.
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), &h.ns);
+    let sts = sets.get("rb").await.unwrap();
+    let image = sts.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default();
+    assert_ne!(image, "streamops-runtime:bad", "rolled back to the failed image");
 
     // Not retried in a loop.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -861,12 +871,6 @@ async fn unhealthy_upgrade_rolls_back_with_fake_pods() {
     operator.kill().await;
 }
 
-/// End to end with real runtime pods (deploy -> output, savepoint upgrade
-/// with exact output, rollback, rescale 2 -> 4, operator killed
-/// mid-upgrade). Needs a full node (e2e/cluster/cluster.sh up) and the
-/// runtime's `run` command, which is not written yet.
-#[tokio::test]
-#[ignore = "needs runtime pods (the runtime's `run` command and admin API); see the job controller report"]
-async fn e2e_upgrade_with_real_runtime_pods() {
-    panic!("not implemented yet: needs the runtime's `run` command and admin API");
-}
+// End to end with real runtime pods (deploy -> output, savepoint upgrade with
+// exact output, rollback, rescale 2 -> 4, operator killed mid-upgrade):
+// e2e/tests/jobs.rs, the `jobs` stage of e2e/test.sh.

@@ -498,11 +498,11 @@ async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -
     for pod in list.items {
         let name = pod.name_any();
         let status = pod.status.clone().unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ready_condition = status.conditions.iter().flatten().find(|c| c.type_ == "Ready");
+        let ready = ready_condition.is_some_and(|c| c.status == "True");
+        let ready_since = ready_condition
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0);
         let restarts = status
             .container_statuses
             .iter()
@@ -524,6 +524,7 @@ async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -
             revision: pod.annotations().get(REVISION_ANNOTATION).cloned(),
             name,
             ready,
+            ready_since,
             restarts,
             terminating,
         });
@@ -644,21 +645,30 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
 async fn deploy(
     job: &StreamJob,
     names: &JobNames,
-    setup: &Setup,
+    current: &Setup,
     d: &Deployment,
     ctx: &JobContext,
 ) -> Result<()> {
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let cm = resources::config_map(job, names, d).map_err(Error::KafkaClientConfig)?;
+    let storage = resources::job_storage(&d.spec, &ctx.config.checkpoint_storage, names);
+    let cm = resources::config_map(job, names, d, &storage).map_err(Error::KafkaClientConfig)?;
     server_side_apply(&config_maps, &names.config_map(), &cm).await?;
+    // The pods run the deployment's spec (the last stable one, the one being
+    // rolled out, or the one rolled back to), not necessarily the job's
+    // current spec: image, resources, podTemplate, cluster and storage come
+    // from it too, as job.json does.
+    let mut deployed = job.clone();
+    deployed.spec = d.spec.clone();
+    let own = setup(&deployed, &ctx.config).ok();
+    let setup = own.as_ref().unwrap_or(current);
     let inputs = PodInputs {
         names,
         image: &setup.image,
         kafka: &setup.kafka,
         storage: &setup.storage,
     };
-    let sts = resources::statefulset(job, &inputs, d).map_err(Error::KafkaClientConfig)?;
+    let sts = resources::statefulset(&deployed, &inputs, d).map_err(Error::KafkaClientConfig)?;
     server_side_apply(&sets, &names.statefulset(), &sts).await
 }
 

@@ -28,8 +28,9 @@ use streamops_crds::{
     runtime_api::{JobTopics, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus},
 };
 
-/// A new version must stay Ready this long after its pods were requested
-/// (at most a quarter of the health timeout) before it counts as stable.
+/// A new version counts as stable once every pod has been Ready this long
+/// without a restart (and its pods were requested at least this long ago);
+/// at most a quarter of the health timeout.
 pub const STABLE_AFTER: Duration = Duration::from_secs(5);
 /// How soon to look again while an operation is in flight.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -44,6 +45,8 @@ pub struct PodView {
     pub revision: Option<String>,
     /// The Ready condition (the runtime's `/readyz`).
     pub ready: bool,
+    /// When the Ready condition last changed (`lastTransitionTime`), if known.
+    pub ready_since: Option<Timestamp>,
     /// Container restarts since the pod was created.
     pub restarts: i32,
     /// Has a deletion timestamp.
@@ -1031,7 +1034,18 @@ fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
     let ready = new_pods.iter().filter(|p| p.ready).count();
     let restarted = new_pods.iter().any(|p| p.restarts > 0);
     let stable_after = STABLE_AFTER.min(timeouts.health / 4);
-    if ready >= want && !restarted && since >= stable_after {
+    // Ready for the whole window, not just now: a version that crashes a
+    // moment after its first commit must be seen restarting, however long
+    // its pods took to start.
+    let ready_long_enough = new_pods
+        .iter()
+        .filter(|p| {
+            p.ready
+                && p.ready_since
+                    .is_none_or(|t| millis_between(t, o.now) >= stable_after.as_millis() as i64)
+        })
+        .count();
+    if ready_long_enough >= want && !restarted && since >= stable_after {
         return rollout_succeeded(o, intent, target, since);
     }
     let progress = format!(
@@ -1137,19 +1151,21 @@ fn rollout_succeeded(o: &Observed, intent: UpgradeIntent, target: Deployment, to
 
 /// Whether the new version committed anything after the savepoint:
 /// `Some(false)` only when every new pod answered with a checkpoint id no
-/// newer than the savepoint's.
+/// newer than the savepoint's. A pod without a checkpoint id proves nothing:
+/// the runtime reports the id of its own process's last commit, so a pod
+/// that restarted (restoring the new version's own newer checkpoint) or is
+/// still restoring has none yet, whatever the new version committed before.
 fn committed_after(o: &Observed, savepoint: Option<&SavepointRecord>, target: &Deployment) -> Option<bool> {
     let sp_checkpoint = savepoint?.checkpoint_id?;
     let want = usize::try_from(target.parallelism).unwrap_or(0);
     let mut answered = 0;
     for pod in live_pods(o) {
         match o.runtime.get(&pod.name) {
-            Some(Ok(s)) if s.generation == target.generation => {
-                if s.checkpoint_id.is_some_and(|c| c > sp_checkpoint) {
-                    return Some(true);
-                }
-                answered += 1;
-            }
+            Some(Ok(s)) if s.generation == target.generation => match s.checkpoint_id {
+                Some(c) if c > sp_checkpoint => return Some(true),
+                Some(_) => answered += 1,
+                None => {}
+            },
             _ => {}
         }
     }

@@ -14,8 +14,9 @@ use k8s_openapi::{
 };
 use serde_json::{Value, json};
 use streamops_crds::{
-    KafkaClusterSpec, StreamJob,
+    KafkaClusterSpec, StreamJob, StreamJobSpec,
     common::SecretKeyRef,
+    job::CheckpointSpec,
     runtime_api::{JobConfig, env},
 };
 
@@ -143,22 +144,54 @@ fn metadata(name: &str, names: &JobNames, owner: &Option<OwnerReference>) -> Val
     })
 }
 
-/// `job.json` for `deployment`.
-pub fn job_config(job: &StreamJob, names: &JobNames, d: &Deployment) -> JobConfig {
+/// The checkpoint storage a job's runtime writes to: `spec.checkpoint.storage`
+/// as given, else the operator's default storage with `/<namespace>/<job>`
+/// appended. The runtime's layout under its storage root names no job
+/// (`checkpoints/task-<t>/...`) and its retention deletes every other
+/// checkpoint of task t there, so two jobs must never share a root; the
+/// operator's default is shared by every job that does not name its own.
+pub fn job_storage(spec: &StreamJobSpec, default: &str, names: &JobNames) -> String {
+    match spec.checkpoint.as_ref().and_then(|c| c.storage.clone()) {
+        Some(storage) => storage,
+        None => format!(
+            "{}/{}/{}",
+            default.trim_end_matches('/'),
+            names.namespace,
+            names.job
+        ),
+    }
+}
+
+/// `job.json` for `deployment`, its checkpoints going to `storage`
+/// ([`job_storage`]).
+pub fn job_config(job: &StreamJob, names: &JobNames, d: &Deployment, storage: &str) -> JobConfig {
+    let mut spec = d.spec.clone();
+    let checkpoint = spec.checkpoint.get_or_insert(CheckpointSpec {
+        interval: None,
+        storage: None,
+        savepoints_to_keep: None,
+        savepoint_max_age: None,
+    });
+    checkpoint.storage = Some(storage.to_owned());
     JobConfig {
         name: names.job.clone(),
         namespace: names.namespace.clone(),
         uid: job.metadata.uid.clone().unwrap_or_default(),
         generation: d.generation,
-        spec: d.spec.clone(),
+        spec,
         parallelism: d.parallelism,
         topics: d.topics.clone(),
         restore: d.restore.clone(),
     }
 }
 
-pub fn config_map(job: &StreamJob, names: &JobNames, d: &Deployment) -> Result<ConfigMap, String> {
-    let text = serde_json::to_string_pretty(&job_config(job, names, d))
+pub fn config_map(
+    job: &StreamJob,
+    names: &JobNames,
+    d: &Deployment,
+    storage: &str,
+) -> Result<ConfigMap, String> {
+    let text = serde_json::to_string_pretty(&job_config(job, names, d, storage))
         .map_err(|e| format!("cannot render job.json: {e}"))?;
     let value = json!({
         "apiVersion": "v1",
@@ -619,7 +652,7 @@ mod tests {
     fn config_map_holds_the_documented_job_json() {
         let j = job(None);
         let names = JobNames::of(&j);
-        let cm = config_map(&j, &names, &deployment(&j)).unwrap();
+        let cm = config_map(&j, &names, &deployment(&j), "file:///c/ns/clicks-per-user").unwrap();
         let text = &cm.data.unwrap()["job.json"];
         let v: Value = serde_json::from_str(text).unwrap();
         assert_eq!(v["name"], "clicks-per-user");
@@ -636,6 +669,34 @@ mod tests {
         assert_eq!(v["restore"]["savepoint"], "file:///c/savepoints/sp-1");
         assert_eq!(v["restore"]["allowEmptyState"], false);
         assert_eq!(v["spec"]["upgradeMode"], "savepoint", "the defaulted spec");
+        assert_eq!(v["spec"]["checkpoint"]["storage"], "file:///c/ns/clicks-per-user");
+    }
+
+    #[test]
+    fn jobs_on_the_default_storage_get_a_root_of_their_own() {
+        let j = job(None);
+        let names = JobNames::of(&j);
+        let default = "file:///var/lib/streamops/checkpoints/";
+        assert_eq!(
+            job_storage(&j.spec, default, &names),
+            "file:///var/lib/streamops/checkpoints/ns/clicks-per-user"
+        );
+        let other = JobNames {
+            job: "other".into(),
+            namespace: "ns".into(),
+        };
+        assert_ne!(
+            job_storage(&j.spec, default, &names),
+            job_storage(&j.spec, default, &other)
+        );
+        let mut spec = j.spec.clone();
+        spec.checkpoint = Some(CheckpointSpec {
+            interval: None,
+            storage: Some("s3://bucket/clicks".into()),
+            savepoints_to_keep: None,
+            savepoint_max_age: None,
+        });
+        assert_eq!(job_storage(&spec, default, &names), "s3://bucket/clicks");
     }
 
     #[test]

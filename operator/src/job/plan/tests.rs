@@ -119,6 +119,7 @@ impl World {
                     name: p.name.clone(),
                     revision: Some(p.revision.clone()),
                     ready: p.state == RuntimeState::Running && !broken(p),
+                    ready_since: None,
                     restarts: p.restarts,
                     terminating: false,
                 })
@@ -710,6 +711,37 @@ fn unhealthy_upgrade_rolls_back_to_the_savepoint_and_is_not_retried() {
 }
 
 #[test]
+fn a_new_version_is_stable_only_after_being_ready_for_the_whole_window() {
+    // Pods that took long to start and turned Ready a moment ago are not yet
+    // stable, however long ago they were requested: a version that crashes
+    // just after its first commit would otherwise count as healthy.
+    let mut w = running_world(2);
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+    until(&mut w, "Upgrading started", |w| {
+        w.status
+            .upgrade
+            .as_ref()
+            .is_some_and(|i| i.rollout_started.is_some())
+    });
+    let mut o = w.observe();
+    o.now = Timestamp::from_millisecond(o.now.as_millisecond() + 30_000).unwrap();
+    let just_now = Timestamp::from_millisecond(o.now.as_millisecond() - 1_000).unwrap();
+    for p in &mut o.pods {
+        p.ready_since = Some(just_now);
+    }
+    let step = decide(&o);
+    assert!(step.status.upgrade.is_some(), "not stable after 1s of Ready");
+    assert_eq!(step.status.phase, Some(JobPhase::Upgrading));
+    let a_while_ago = Timestamp::from_millisecond(o.now.as_millisecond() - 6_000).unwrap();
+    for p in &mut o.pods {
+        p.ready_since = Some(a_while_ago);
+    }
+    let step = decide(&o);
+    assert!(step.status.upgrade.is_none(), "stable after 6s of Ready");
+    assert_eq!(step.status.phase, Some(JobPhase::Running));
+}
+
+#[test]
 fn rollback_uses_the_savepoint_when_nothing_newer_was_committed() {
     let mut w = running_world(2);
     w.behaviour.broken_image = Some("runtime:bad".into());
@@ -756,6 +788,47 @@ fn rollback_uses_the_savepoint_when_nothing_newer_was_committed() {
         intent.restore_from.as_deref(),
         Some(w.status.last_savepoint.as_ref().unwrap().location.as_str())
     );
+}
+
+#[test]
+fn a_pod_without_a_checkpoint_id_does_not_prove_that_nothing_was_committed() {
+    // The new version committed, crashed and restarted: its pods answer for
+    // the new generation but, restarted (restoring, or restored from their own
+    // newer checkpoint), report no commit of their own yet. Restoring the
+    // savepoint would repeat what the new version committed since.
+    let mut w = running_world(2);
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    w.behaviour.broken_commits = false;
+    w.change_spec(|s| {
+        s.image = Some("runtime:bad".into());
+        s.upgrade = health("20s");
+    });
+    until(&mut w, "Upgrading started", |w| {
+        w.status
+            .upgrade
+            .as_ref()
+            .is_some_and(|i| i.rollout_started.is_some())
+    });
+    let mut o = w.observe();
+    for p in &w.pods {
+        o.runtime.insert(
+            p.name.clone(),
+            Ok(RuntimeStatus {
+                state: RuntimeState::Running,
+                generation: 2,
+                tasks: vec![],
+                checkpoint_id: None,
+                last_commit_ms: None,
+                lag: None,
+            }),
+        );
+    }
+    o.now = Timestamp::from_millisecond(o.now.as_millisecond() + 30_000).unwrap();
+    let step = decide(&o);
+    let intent = step.status.upgrade.unwrap();
+    assert_eq!(intent.kind, Some(IntentKind::Rollback));
+    assert_eq!(intent.restore_mode, Some(RestoreMode::LastState));
+    assert_eq!(intent.restore_from, None);
 }
 
 #[test]
