@@ -83,7 +83,6 @@ fi
 "$CLUSTER" up
 "$CLUSTER" broker up
 BOOTSTRAP=$(cat "$STATE/bootstrap")
-"$HERE/demo/node-prep.sh"
 say "Kafka bootstrap (pods and this host): $BOOTSTRAP"
 
 step "3/9 Building the operator and runtime images (no Docker: one-layer images from the binaries) and importing them into the node"

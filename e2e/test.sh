@@ -119,7 +119,6 @@ if wants jobs; then
       trap "'$here/cluster/cluster.sh' down || true" RETURN
     fi
     "$here/cluster/cluster.sh" broker up
-    "$here/demo/node-prep.sh"
     "$here/images/build.sh" --debug --import operator runtime
     python3 -c 'import helm_sdkpy' 2>/dev/null || pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
     python3 -c 'import kafka' 2>/dev/null || pip install -q "kafka-python==3.0.12"
@@ -130,7 +129,9 @@ if wants jobs; then
     # rolling restart: see e2e/demo.sh).
     KUBECONFIG=$STREAMOPS_KUBECONFIG kubectl -n streamops-system delete pod -l app.kubernetes.io/instance=streamops --wait=true
     KUBECONFIG=$STREAMOPS_KUBECONFIG kubectl -n streamops-system rollout status deployment/streamops-operator --timeout=180s
-    cargo test -p streamops-e2e --locked --test jobs -- --nocapture
+    # One test at a time: one of them restarts the operator, and the node has
+    # two cores. Each test prints what it waits for and for how long.
+    cargo test -p streamops-e2e --locked --test jobs -- --nocapture --test-threads=1
   }
   stage jobs jobs_tests
 fi

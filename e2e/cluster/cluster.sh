@@ -16,6 +16,8 @@ source "$HERE/lib.sh"
 : "${STREAMOPS_BROKER_PORT:=9092}"
 : "${STREAMOPS_BROKER_STORAGE:=memory://nisshi/}"   # nisshi --storage-engine, e.g. sqlite://FILE
 : "${STREAMOPS_UP_TIMEOUT:=180}"
+: "${STREAMOPS_HOST_CHECKPOINT_DIR:=/var/lib/streamops/checkpoints}"   # hostPath behind file:// checkpoints
+RUNTIME_UID=65532                        # the runtime image's non-root user
 POD_CIDR=${STREAMOPS_NODE_IP%.*}.0/24    # the node's pods: NODE_IP's /24
 POD_PREFIX=24
 CLUSTER_CIDR=$POD_CIDR
@@ -39,7 +41,9 @@ Usage: $0 <command> [options]
 Commands:
   up --control-plane  etcd + kube-apiserver on 127.0.0.1 only (envtest-style, no node)
   up                  full single node: etcd, apiserver, controller-manager, scheduler,
-                      containerd, CNI bridge, kubelet, kube-proxy; waits for node Ready
+                      containerd, CNI bridge, kubelet, kube-proxy; waits for node Ready.
+                      Also prepares $STREAMOPS_HOST_CHECKPOINT_DIR for StreamJob pods
+                      (owned by the runtime's uid $RUNTIME_UID)
   down [--purge]      stop everything started from \$STATE (incl. the broker), remove
                       containers, mounts, netns, iptables rules and the $BRIDGE bridge.
                       --purge also deletes \$STATE (certs, image store). Safe to repeat.
@@ -60,7 +64,8 @@ Environment: STREAMOPS_STATE, STREAMOPS_CACHE, STREAMOPS_NODE_IP ($STREAMOPS_NOD
   STREAMOPS_BRIDGE ($STREAMOPS_BRIDGE), STREAMOPS_NODE_NAME ($STREAMOPS_NODE_NAME),
   STREAMOPS_APISERVER_PORT ($STREAMOPS_APISERVER_PORT), STREAMOPS_ETCD_PORT ($STREAMOPS_ETCD_PORT),
   STREAMOPS_BROKER_PORT ($STREAMOPS_BROKER_PORT), STREAMOPS_BROKER_STORAGE ($STREAMOPS_BROKER_STORAGE),
-  STREAMOPS_UP_TIMEOUT ($STREAMOPS_UP_TIMEOUT s)
+  STREAMOPS_UP_TIMEOUT ($STREAMOPS_UP_TIMEOUT s),
+  STREAMOPS_HOST_CHECKPOINT_DIR ($STREAMOPS_HOST_CHECKPOINT_DIR)
 EOF
 }
 
@@ -310,6 +315,19 @@ import_pause() {
   log "imported localhost/pause:local"
 }
 
+# The hostPath behind `file://` checkpoint storage (HOST_CHECKPOINT_DIR in
+# operator/src/job/resources.rs) must be writable by the runtime's uid:
+# Kubernetes' DirectoryOrCreate would create it root-owned 0755, where the
+# non-root runtime cannot write its checkpoints. Idempotent. (On kind the
+# directory lives inside the node container.)
+prepare_checkpoint_dir() {
+  local dir=$STREAMOPS_HOST_CHECKPOINT_DIR
+  mkdir -p "$dir"
+  chown "$RUNTIME_UID:$RUNTIME_UID" "$dir"
+  chmod 0750 "$dir"
+  log "checkpoint directory $dir owned by $RUNTIME_UID:$RUNTIME_UID (the runtime's uid)"
+}
+
 # --- up / down -----------------------------------------------------------------
 
 check_binaries() {
@@ -382,6 +400,7 @@ cmd_up() {
     wait_for containerd 30 ctr --address "$CTRD_SOCK" version
     import_pause
 
+    prepare_checkpoint_dir
     mkdir -p "$STATE/kubelet"
     start kubelet "$KBIN/kubelet" \
       --kubeconfig="$STATE/kubelet.kubeconfig" \
