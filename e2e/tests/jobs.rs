@@ -5,30 +5,47 @@
 //! the `jobs` stage of `e2e/test.sh` sets up; `STREAMOPS_KUBECONFIG` and
 //! `STREAMOPS_BOOTSTRAP` name the cluster and the broker. Kafka I/O goes
 //! through `e2e/jobs/kafka_io.py` (kafka-python). Each test has its own
-//! namespace and topics; on failure the namespace is kept and the operator's
-//! and pods' logs are written under `$STREAMOPS_ARTIFACTS` (default
-//! `/tmp/streamops-e2e-artifacts`).
+//! namespace and topics (the namespace is deleted on success, and its pods
+//! waited for); on failure the namespace is kept and the operator's and pods'
+//! logs are written under `$STREAMOPS_ARTIFACTS` (default
+//! `/tmp/streamops-e2e-artifacts`). Run them one at a time
+//! (`--test-threads=1`): one of them restarts the operator, and the upgrade
+//! timings they print mean little on a node shared with other tests.
 //!
 //! Exactly-once check: every output record carries the header
 //! `streamops-checkpoint: <task>:<checkpoint>:<instance>`; it counts as
 //! committed only if the job's control topic holds a committed marker with
 //! that triple (nisshi leaks a fenced producer's open transaction to
 //! read_committed readers, so "read_committed" alone is not proof).
+//!
+//! Upgrade timings are printed as one line per upgrade, starting with
+//! `UPGRADE_TIMING` followed by `key=value` pairs (seconds from the apply of
+//! the changed spec): `savepoint_s` (the savepoint recorded in status),
+//! `processing_s` (every new pod Ready: restored and consuming),
+//! `first_commit_s` (the new generation's first committed checkpoint) and
+//! `running_s` (the operator reports the new generation Running: stable).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, bail, ensure};
-use kube::{Api, Client, api::DynamicObject};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DynamicObject, ListParams},
+};
 use serde_json::{Value, json};
 use streamops_e2e::{TestNamespace, api_for, apply, client, repo_root};
 
 const WINDOW_MS: i64 = 10_000;
 const HEADER: &str = "streamops-checkpoint";
+/// Where the chart installs the operator (e2e/demo/chart.py's default).
+const OPERATOR_NS: &str = "streamops-system";
+const OPERATOR_SELECTOR: &str = "app.kubernetes.io/instance=streamops";
 
 /// (user, window start) -> (clicks, spent).
 type Expected = BTreeMap<(String, i64), (i64, i64)>;
@@ -42,6 +59,17 @@ fn bootstrap() -> anyhow::Result<String> {
 
 fn kubeconfig() -> String {
     std::env::var("STREAMOPS_KUBECONFIG").unwrap_or_default()
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Says what the test is doing or waiting for, with the time since `t0`.
+fn say(t0: Instant, what: impl std::fmt::Display) {
+    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
 // --- Kafka through e2e/jobs/kafka_io.py ----------------------------------
@@ -106,9 +134,17 @@ fn dump(topic: &str) -> anyhow::Result<Vec<Record>> {
         .collect()
 }
 
-/// `<task>:<checkpoint>:<instance>` of every committed marker in the control topic.
-fn markers(control: &str) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
+/// A committed marker in a job's control topic.
+#[derive(Clone, Debug)]
+struct Marker {
+    generation: i64,
+    savepoint: bool,
+    time_ms: i64,
+}
+
+/// Every committed marker in the control topic, by `<task>:<checkpoint>:<instance>`.
+fn markers(control: &str) -> anyhow::Result<BTreeMap<String, Marker>> {
+    let mut out = BTreeMap::new();
     for r in dump(control)? {
         let Ok(m) = serde_json::from_str::<Value>(&r.value) else {
             continue; // fencing records and the like
@@ -118,10 +154,25 @@ fn markers(control: &str) -> anyhow::Result<BTreeSet<String>> {
             m["checkpointId"].as_u64(),
             m["instance"].as_str(),
         ) {
-            out.insert(format!("{task}:{id}:{instance}"));
+            out.insert(
+                format!("{task}:{id}:{instance}"),
+                Marker {
+                    generation: m["generation"].as_i64().unwrap_or_default(),
+                    savepoint: m["kind"] == "savepoint",
+                    time_ms: m["timeMs"].as_i64().unwrap_or_default(),
+                },
+            );
         }
     }
     Ok(out)
+}
+
+/// Committed checkpoints (not savepoints) written by `generation`.
+fn checkpoints_of(marks: &BTreeMap<String, Marker>, generation: i64) -> Vec<&Marker> {
+    marks
+        .values()
+        .filter(|m| m.generation == generation && !m.savepoint)
+        .collect()
 }
 
 // --- dataset and reference -------------------------------------------------
@@ -207,7 +258,7 @@ fn verify(sink: &str, control: &str, field: Option<&str>) -> anyhow::Result<Verd
             v.untagged += 1;
             continue;
         };
-        if !marks.contains(cp) {
+        if !marks.contains_key(cp) {
             v.uncommitted += 1;
             continue;
         }
@@ -276,6 +327,38 @@ async fn wait_results(
     }
 }
 
+/// Waits for every expected window, then fails on any missing, duplicated or
+/// wrong result.
+async fn expect_exact(
+    sink: &str,
+    control: &str,
+    expected: &Expected,
+    field: Option<&str>,
+) -> anyhow::Result<Verdict> {
+    let v = wait_results(sink, control, expected, field, Duration::from_secs(180)).await?;
+    let f = faults(expected, &v);
+    ensure!(
+        f.is_empty(),
+        "{} faults, first: {:?}",
+        f.len(),
+        &f[..f.len().min(10)]
+    );
+    Ok(v)
+}
+
+/// Waits until the first version has committed some results: it is working.
+async fn wait_first_results(sink: &str, control: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while verify(sink, control, None)?.results.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "no results from the first version in 120s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
 // --- Kubernetes ------------------------------------------------------------
 
 fn obj(v: Value) -> anyhow::Result<DynamicObject> {
@@ -300,24 +383,38 @@ fn topic(name: &str, kafka_name: &str, partitions: i32) -> anyhow::Result<Dynami
 
 /// The clicks job of these tests, with `extra` aggregations after clicks and spent.
 fn job(name: &str, extra: &[Value]) -> anyhow::Result<DynamicObject> {
+    job_with(name, extra, json!({}))
+}
+
+/// [`job`] with top-level spec fields set from `spec` (e.g. parallelism).
+fn job_with(name: &str, extra: &[Value], spec: Value) -> anyhow::Result<DynamicObject> {
     let mut aggs = vec![
         json!({"name": "clicks", "function": "count"}),
         json!({"name": "spent", "function": "sum", "field": "record.amount"}),
     ];
     aggs.extend_from_slice(extra);
+    let mut full = json!({
+        "source": {"topics": ["in"], "eventTime": {"field": "record.ts", "format": "epochMillis"},
+                   "watermark": {"outOfOrderness": "2s"}},
+        "pipeline": {"keyBy": ["record.user"], "window": {"type": "tumbling", "size": "10s"},
+                     "aggregations": aggs},
+        "sink": {"topic": "out"},
+        "deadLetter": {"topic": "dead"},
+        "checkpoint": {"interval": "1s"}
+    });
+    for (k, v) in spec.as_object().into_iter().flatten() {
+        full[k] = v.clone();
+    }
     obj(json!({
         "apiVersion": "streamops.io/v1alpha1", "kind": "StreamJob",
         "metadata": {"name": name},
-        "spec": {
-            "source": {"topics": ["in"], "eventTime": {"field": "record.ts", "format": "epochMillis"},
-                       "watermark": {"outOfOrderness": "2s"}},
-            "pipeline": {"keyBy": ["record.user"], "window": {"type": "tumbling", "size": "10s"},
-                         "aggregations": aggs},
-            "sink": {"topic": "out"},
-            "deadLetter": {"topic": "dead"},
-            "checkpoint": {"interval": "1s"}
-        }
+        "spec": full
     }))
+}
+
+/// The aggregation the new versions in these tests add.
+fn biggest() -> Value {
+    json!({"name": "biggest", "function": "max", "field": "record.amount"})
 }
 
 async fn job_api(client: &Client, ns: &str) -> anyhow::Result<Api<DynamicObject>> {
@@ -332,6 +429,13 @@ fn field<'a>(o: &'a DynamicObject, path: &[&str]) -> &'a Value {
     v
 }
 
+fn phase(j: &DynamicObject) -> String {
+    field(j, &["status", "phase"])
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Waits until the job is Running at its current generation.
 async fn wait_running(
     api: &Api<DynamicObject>,
@@ -342,8 +446,7 @@ async fn wait_running(
     loop {
         let j = api.get(name).await?;
         let generation = j.metadata.generation.unwrap_or_default();
-        if field(&j, &["status", "phase"]) == "Running"
-            && field(&j, &["status", "observedGeneration"]).as_i64() == Some(generation)
+        if phase(&j) == "Running" && field(&j, &["status", "observedGeneration"]).as_i64() == Some(generation)
         {
             return Ok(j);
         }
@@ -354,6 +457,222 @@ async fn wait_running(
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Creates the job and waits until it runs with `pods` pods.
+async fn deploy(
+    client: &Client,
+    ns: &str,
+    job: &DynamicObject,
+    pods: i64,
+    t0: Instant,
+) -> anyhow::Result<(Api<DynamicObject>, DynamicObject)> {
+    apply_ok(client, ns, job).await?;
+    let api = job_api(client, ns).await?;
+    say(t0, format!("waiting (up to 180s) for the job to run {pods} pods"));
+    let j = wait_running(&api, "clicks", Duration::from_secs(180)).await?;
+    say(
+        t0,
+        format!(
+            "Running at generation {} with parallelism {}",
+            j.metadata.generation.unwrap_or_default(),
+            field(&j, &["status", "parallelism"])
+        ),
+    );
+    ensure!(
+        field(&j, &["status", "parallelism"]) == pods,
+        "parallelism {}",
+        field(&j, &["status"])
+    );
+    Ok((api, j))
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The job's runtime pods.
+async fn job_pods(client: &Client, ns: &str, job: &str) -> anyhow::Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(&format!("streamops.io/job={job}")))
+        .await?
+        .items)
+}
+
+fn uids(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter().filter_map(|p| p.uid()).collect()
+}
+
+/// Event reasons the operator published for `job`.
+async fn event_reasons(client: &Client, ns: &str, job: &str) -> anyhow::Result<Vec<String>> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(job))
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The operator's pods, and whether each is Ready.
+async fn operator_pods(client: &Client) -> anyhow::Result<Vec<(String, bool)>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    Ok(api
+        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.uid().unwrap_or_default(), pod_ready(p)))
+        .collect())
+}
+
+/// What the test saw between applying a changed spec and the job running it.
+#[derive(Debug)]
+struct Rollout {
+    generation: i64,
+    savepoint: String,
+    /// Every phase seen, in order, without repeats.
+    phases: Vec<String>,
+    /// The savepoint recorded in status.
+    savepoint_after: Duration,
+    /// Every new pod Ready.
+    processing_after: Duration,
+    /// Running at the new generation (stable).
+    running_after: Duration,
+    /// Wall clock of the apply, to place the control topic's markers.
+    applied_ms: i64,
+}
+
+impl Rollout {
+    /// Prints the timing line (see the module documentation).
+    fn print_timing(&self, scenario: &str, control: &str) {
+        let first_commit = markers(control).ok().and_then(|m| {
+            checkpoints_of(&m, self.generation)
+                .iter()
+                .map(|m| m.time_ms)
+                .min()
+                .map(|t| (t - self.applied_ms) as f64 / 1000.0)
+        });
+        let total = self.processing_after.as_secs_f64();
+        let sp = self.savepoint_after.as_secs_f64();
+        eprintln!(
+            "UPGRADE_TIMING scenario={scenario} generation={} processing_s={total:.1} savepoint_s={sp:.1} \
+             savepoint_share_pct={:.0} first_commit_s={} running_s={:.1} phases={}",
+            self.generation,
+            100.0 * sp / total.max(0.001),
+            first_commit.map_or("unknown".to_owned(), |s| format!("{s:.1}")),
+            self.running_after.as_secs_f64(),
+            self.phases.join(">")
+        );
+    }
+}
+
+/// Applies `changed` (the job was Running at `before`) and follows the
+/// savepoint-then-upgrade until the job runs the new generation on `pods`
+/// new pods. `during(phase)` is called on every poll (the operator-kill test
+/// acts from it). Fails on Failed or RollingBack, and after `timeout`.
+#[allow(clippy::too_many_arguments)]
+async fn upgrade(
+    client: &Client,
+    ns: &str,
+    api: &Api<DynamicObject>,
+    changed: &DynamicObject,
+    before: &DynamicObject,
+    pods: usize,
+    timeout: Duration,
+    t0: Instant,
+    mut during: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<Rollout> {
+    let gen1 = before.metadata.generation.unwrap_or_default();
+    let sp_before = field(before, &["status", "lastSavepoint", "id"]).clone();
+    let old_pods = uids(&job_pods(client, ns, "clicks").await?);
+    let applied_ms = wall_ms();
+    let t_apply = Instant::now();
+    apply_ok(client, ns, changed).await?;
+    say(
+        t0,
+        format!("applied the changed spec; waiting (up to {timeout:?}) for savepoint, new pods, Running"),
+    );
+    let mut phases: Vec<String> = Vec::new();
+    let (mut savepoint_after, mut processing_after) = (None, None);
+    let deadline = t_apply + timeout;
+    loop {
+        let j = api.get("clicks").await?;
+        let generation = j.metadata.generation.unwrap_or_default();
+        let ph = phase(&j);
+        if phases.last() != Some(&ph) {
+            say(t0, format!("phase {ph}"));
+            phases.push(ph.clone());
+        }
+        during(&ph)?;
+        let sp = field(&j, &["status", "lastSavepoint", "id"]);
+        if savepoint_after.is_none() && !sp.is_null() && *sp != sp_before {
+            savepoint_after = Some(t_apply.elapsed());
+            say(t0, format!("savepoint {sp} recorded"));
+        }
+        if processing_after.is_none() && savepoint_after.is_some() {
+            let now = job_pods(client, ns, "clicks").await?;
+            let new_ready = now
+                .iter()
+                .filter(|p| !old_pods.contains(&p.uid().unwrap_or_default()) && pod_ready(p))
+                .count();
+            if new_ready >= pods && now.len() == new_ready {
+                processing_after = Some(t_apply.elapsed());
+                say(t0, format!("{new_ready} new pods Ready"));
+            }
+        }
+        if generation > gen1
+            && ph == "Running"
+            && field(&j, &["status", "observedGeneration"]).as_i64() == Some(generation)
+            && field(&j, &["status", "lastStableGeneration"]).as_i64() == Some(generation)
+            && savepoint_after.is_some()
+        {
+            let running_after = t_apply.elapsed();
+            return Ok(Rollout {
+                generation,
+                savepoint: sp.as_str().unwrap_or_default().to_owned(),
+                phases,
+                savepoint_after: savepoint_after.unwrap_or(running_after),
+                processing_after: processing_after.unwrap_or(running_after),
+                running_after,
+                applied_ms,
+            });
+        }
+        ensure!(
+            !matches!(ph.as_str(), "Failed" | "RollingBack"),
+            "upgrade went {ph}: {}",
+            field(&j, &["status"])
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "upgrade not done in {timeout:?}: {}",
+            field(&j, &["status"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -391,15 +710,12 @@ fn collect_logs(ns: &str) {
         "events.txt",
     );
     kc(
-        &[
-            "logs",
-            "-n",
-            "streamops-system",
-            "-l",
-            "app.kubernetes.io/instance=streamops",
-            "--tail=-1",
-        ],
+        &["logs", "-n", OPERATOR_NS, "-l", OPERATOR_SELECTOR, "--tail=-1"],
         "operator.log",
+    );
+    kc(
+        &["get", "pods", "-n", OPERATOR_NS, "-o", "wide"],
+        "operator-pods.txt",
     );
     if let Ok(out) = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -419,18 +735,48 @@ fn collect_logs(ns: &str) {
     eprintln!("logs of namespace {ns} in {}", dir.display());
 }
 
-/// Runs `scenario` in a namespace of its own: deleted on success, kept with
-/// its logs collected on failure.
+/// Runs `scenario` in a namespace of its own: deleted on success (its pods
+/// waited for, so the next test has the node to itself), kept with its logs
+/// collected on failure.
 async fn in_namespace<F, Fut>(prefix: &str, scenario: F)
 where
-    F: FnOnce(Client, String) -> Fut,
+    F: FnOnce(Client, String, Instant) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let t0 = Instant::now();
     let client = client().await.expect("cluster");
     let ns = TestNamespace::create(&client, prefix).await.expect("namespace");
     let name = ns.name.clone();
-    match scenario(client, name.clone()).await {
-        Ok(()) => ns.delete().await.expect("deleting the namespace"),
+    say(t0, format!("namespace {name}"));
+    match scenario(client.clone(), name.clone(), t0).await {
+        Ok(()) => {
+            // The job first, while its topics still exist (its pods commit a
+            // last checkpoint on SIGTERM), then the namespace. The pods are
+            // what competes with the next test for the node; the rest of the
+            // namespace goes in the background.
+            if let Err(e) = kubectl(&["-n", &name, "delete", "streamjobs", "--all", "--wait=false"]) {
+                eprintln!("deleting the StreamJobs of {name}: {e:#}");
+            }
+            say(
+                t0,
+                format!("passed; waiting (up to 120s) for the pods of namespace {name} to go"),
+            );
+            let api: Api<Pod> = Api::namespaced(client, &name);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while api
+                .list(&ListParams::default())
+                .await
+                .map_or(true, |l| !l.items.is_empty())
+            {
+                if Instant::now() >= deadline {
+                    eprintln!("pods of namespace {name} still there after 120s; going on");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            ns.delete().await.expect("deleting the namespace");
+            say(t0, "done");
+        }
         Err(e) => {
             collect_logs(&name);
             panic!("namespace {name}: {e:#}");
@@ -457,49 +803,33 @@ fn control_topic(ns: &str, job: &str) -> String {
 /// sums, and every malformed record in the dead-letter topic.
 #[tokio::test]
 async fn deploy_results_appear_exactly() {
-    in_namespace("e2e-job-deploy", |client, ns| async move {
+    in_namespace("e2e-job-deploy", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 4).await?;
         let data = dataset(4, 0..1000, 12, true);
         let (expected, bad) = reference(&data);
-        apply_ok(&client, &ns, &job("clicks", &[])?).await?;
-        let api = job_api(&client, &ns).await?;
-        let t0 = Instant::now();
-        let j = wait_running(&api, "clicks", Duration::from_secs(180)).await?;
-        eprintln!(
-            "deployed: Running with parallelism {} in {:.1}s",
-            field(&j, &["status", "parallelism"]),
-            t0.elapsed().as_secs_f64()
-        );
-        ensure!(
-            field(&j, &["status", "parallelism"]) == 4,
-            "parallelism {}",
-            field(&j, &["status"])
-        );
+        deploy(&client, &ns, &job("clicks", &[])?, 4, t0).await?;
         produce(&input, &data)?;
         let control = control_topic(&ns, "clicks");
-        let v = wait_results(&sink, &control, &expected, None, Duration::from_secs(180)).await?;
-        let f = faults(&expected, &v);
-        ensure!(
-            f.is_empty(),
-            "{} faults, first: {:?}",
-            f.len(),
-            &f[..f.len().min(10)]
-        );
+        say(t0, format!("waiting (up to 180s) for {} windows", expected.len()));
+        let v = expect_exact(&sink, &control, &expected, None).await?;
         let dead = dump(&format!("{ns}-dead"))?;
         let marks = markers(&control)?;
         let dead_committed = dead
             .iter()
-            .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains(c)))
+            .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
             .count();
         ensure!(
             dead_committed == bad,
             "dead letters: {dead_committed}, want {bad}"
         );
-        eprintln!(
-            "deploy: {} windows exact, {} dead letters, {} uncommitted records seen (broker leaks)",
-            expected.len(),
-            bad,
-            v.uncommitted
+        say(
+            t0,
+            format!(
+                "deploy: {} windows exact, {} dead letters, {} uncommitted records seen (broker leaks)",
+                expected.len(),
+                bad,
+                v.uncommitted
+            ),
         );
         Ok(())
     })
@@ -509,113 +839,338 @@ async fn deploy_results_appear_exactly() {
 /// Upgrade: half the data in, a spec change (one more aggregation) while the
 /// job runs, the other half in: savepoint, new pods restored from it, and the
 /// committed output equals the reference: nothing lost, nothing twice.
-/// Prints the time from the apply to the new version processing again (Running
-/// at the new generation: every pod restored and Ready) and the savepoint's share.
+/// Prints the upgrade's timing line.
 #[tokio::test]
 async fn upgrade_with_savepoint_loses_and_duplicates_nothing() {
-    in_namespace("e2e-job-upgrade", |client, ns| async move {
+    in_namespace("e2e-job-upgrade", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 2).await?;
         let first = dataset(2, 0..800, 8, false);
         let second = dataset(2, 800..1600, 8, true);
         let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
         let (expected, _) = reference(&all);
-        apply_ok(&client, &ns, &job("clicks", &[])?).await?;
-        let api = job_api(&client, &ns).await?;
-        let j = wait_running(&api, "clicks", Duration::from_secs(180)).await?;
-        let gen1 = j.metadata.generation.unwrap_or_default();
+        let (api, j) = deploy(&client, &ns, &job("clicks", &[])?, 2, t0).await?;
         produce(&input, &first)?;
         let control = control_topic(&ns, "clicks");
-        // Some windows of the first half committed: the old version is working.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while verify(&sink, &control, None)?.results.is_empty() {
-            ensure!(
-                Instant::now() < deadline,
-                "no results from the first version in 120s"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        wait_first_results(&sink, &control).await?;
 
-        let t_apply = Instant::now();
-        apply_ok(
-            &client,
-            &ns,
-            &job(
-                "clicks",
-                &[json!({"name": "biggest", "function": "max", "field": "record.amount"})],
-            )?,
-        )
-        .await?;
-        let mut t_savepoint = None;
-        let deadline = t_apply + Duration::from_secs(240);
-        let (savepoint, gen2) = loop {
-            let j = api.get("clicks").await?;
-            let generation = j.metadata.generation.unwrap_or_default();
-            let phase = field(&j, &["status", "phase"])
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let sp = field(&j, &["status", "lastSavepoint", "id"])
-                .as_str()
-                .map(str::to_owned);
-            if t_savepoint.is_none() && sp.is_some() {
-                t_savepoint = Some(t_apply.elapsed());
-            }
-            if generation > gen1
-                && phase == "Running"
-                && field(&j, &["status", "observedGeneration"]).as_i64() == Some(generation)
-                && sp.is_some()
-            {
-                break (sp.unwrap_or_default(), generation);
-            }
-            ensure!(
-                !matches!(phase.as_str(), "Failed" | "RollingBack"),
-                "upgrade went {phase}: {}",
-                field(&j, &["status"])
-            );
-            ensure!(
-                Instant::now() < deadline,
-                "upgrade not done in 240s: {}",
-                field(&j, &["status"])
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        let total = t_apply.elapsed();
-        let sp_time = t_savepoint.unwrap_or(total);
-        eprintln!(
-            "UPGRADE TIMING: apply -> new version (generation {gen2}) processing again: {:.1}s; \
-             savepoint {savepoint} recorded after {:.1}s ({:.0}% of it)",
-            total.as_secs_f64(),
-            sp_time.as_secs_f64(),
-            100.0 * sp_time.as_secs_f64() / total.as_secs_f64()
+        let changed = job("clicks", &[biggest()])?;
+        let r = upgrade(&client, &ns, &api, &changed, &j, 2, Duration::from_secs(240), t0, |_| Ok(())).await?;
+        ensure!(
+            r.phases.iter().any(|p| p == "Savepointing"),
+            "no Savepointing phase seen: {:?}",
+            r.phases
         );
 
         produce(&input, &second)?;
-        let v = wait_results(
-            &sink,
-            &control,
-            &expected,
-            Some("biggest"),
-            Duration::from_secs(180),
-        )
-        .await?;
-        let f = faults(&expected, &v);
-        ensure!(
-            f.is_empty(),
-            "{} faults, first: {:?}",
-            f.len(),
-            &f[..f.len().min(10)]
-        );
+        let v = expect_exact(&sink, &control, &expected, Some("biggest")).await?;
         ensure!(
             v.with_field > 0,
             "no committed result carries the new aggregation"
         );
-        eprintln!(
-            "upgrade: {} windows exact across the upgrade ({} from the new version with 'biggest'), \
-             {} uncommitted records seen (broker leaks)",
-            expected.len(),
-            v.with_field,
-            v.uncommitted
+        r.print_timing("upgrade", &control);
+        say(
+            t0,
+            format!(
+                "upgrade: {} windows exact across the upgrade from savepoint {} ({} from the new version with \
+                 'biggest'), {} uncommitted records seen (broker leaks)",
+                expected.len(),
+                r.savepoint,
+                v.with_field,
+                v.uncommitted
+            ),
         );
+        Ok(())
+    })
+    .await;
+}
+
+/// Rollback: a new version that commits and then crash-loops (the runtime's
+/// test crash point `after-commit` fires after every first commit, so each
+/// start commits one checkpoint and dies) is not healthy within its health
+/// timeout: the operator rolls back to the last stable spec (phase
+/// RollingBack, a RollingBack event, then RolledBack), restoring the new
+/// version's last committed checkpoint, and the output over all three
+/// stretches (old version, crash-looping new version, old version again) is
+/// exact.
+#[tokio::test]
+async fn crash_looping_version_is_rolled_back_with_exact_output() {
+    in_namespace("e2e-job-rollback", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 2).await?;
+        let first = dataset(2, 0..700, 8, false);
+        let second = dataset(2, 700..1200, 8, false);
+        let third = dataset(2, 1200..1800, 8, true);
+        let all: Vec<Input> = first.iter().chain(&second).chain(&third).cloned().collect();
+        let (expected, _) = reference(&all);
+        let (api, j) = deploy(&client, &ns, &job("clicks", &[])?, 2, t0).await?;
+        let gen1 = j.metadata.generation.unwrap_or_default();
+        produce(&input, &first)?;
+        let control = control_topic(&ns, "clicks");
+        wait_first_results(&sink, &control).await?;
+
+        let bad = job_with(
+            "clicks",
+            &[biggest()],
+            json!({
+                "upgrade": {"healthTimeout": "30s"},
+                // The crash point SIGKILLs its own process, which the kernel
+                // ignores for a PID namespace's init: with the namespace
+                // shared, the pause container is init and the runtime dies.
+                "podTemplate": {"spec": {"shareProcessNamespace": true, "containers": [{
+                    "name": "runtime",
+                    "env": [{"name": "STREAMOPS_TEST_CRASH_POINTS", "value": "after-commit:1"}]
+                }]}}
+            }),
+        )?;
+        let t_apply = Instant::now();
+        apply_ok(&client, &ns, &bad).await?;
+        say(
+            t0,
+            "applied a version that crash-loops after each first commit (health timeout 30s); waiting (up to \
+             300s) for the rollback",
+        );
+        let mut phases: Vec<String> = Vec::new();
+        let mut produced_second = false;
+        let deadline = t_apply + Duration::from_secs(300);
+        let (gen2, status) = loop {
+            let j = api.get("clicks").await?;
+            let generation = j.metadata.generation.unwrap_or_default();
+            let ph = phase(&j);
+            if phases.last() != Some(&ph) {
+                say(t0, format!("phase {ph}"));
+                phases.push(ph.clone());
+            }
+            // Input for the new version once its pods are on their way.
+            if !produced_second && ph == "Upgrading" {
+                produce(&input, &second)?;
+                produced_second = true;
+                say(t0, "produced the second stretch for the new version");
+            }
+            if phases.iter().any(|p| p == "RollingBack")
+                && ph == "Running"
+                && field(&j, &["status", "upgrade"]).is_null()
+                && field(&j, &["status", "observedGeneration"]).as_i64() == Some(generation)
+            {
+                break (generation, field(&j, &["status"]).clone());
+            }
+            ensure!(
+                ph != "Failed",
+                "went Failed instead of rolling back: {}",
+                field(&j, &["status"])
+            );
+            ensure!(
+                Instant::now() < deadline,
+                "no rollback in 300s: {}",
+                field(&j, &["status"])
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        say(
+            t0,
+            format!("rolled back {:.1}s after the apply", t_apply.elapsed().as_secs_f64()),
+        );
+        ensure!(gen2 > gen1, "generation {gen2}");
+        ensure!(
+            status["lastStableGeneration"].as_i64() == Some(gen1),
+            "the last stable generation is not {gen1}: {status}"
+        );
+        ensure!(
+            status["failedGeneration"].as_i64() == Some(gen2),
+            "generation {gen2} not recorded as failed: {status}"
+        );
+        let reasons = event_reasons(&client, &ns, "clicks").await?;
+        for want in ["RollingBack", "RolledBack"] {
+            ensure!(
+                reasons.iter().any(|r| r == want),
+                "no {want} event; events: {reasons:?}"
+            );
+        }
+        // The old version runs again: no crash point in its pods.
+        let sts = kubectl(&["-n", &ns, "get", "statefulset", "clicks", "-o", "json"])?;
+        ensure!(
+            !sts.contains("STREAMOPS_TEST_CRASH_POINTS"),
+            "the rolled-back StatefulSet still has the crash-looping version's pod template"
+        );
+
+        produce(&input, &third)?;
+        let v = expect_exact(&sink, &control, &expected, None).await?;
+        let marks = markers(&control)?;
+        let bad_commits = checkpoints_of(&marks, gen2).len();
+        ensure!(
+            bad_commits > 0,
+            "the crash-looping version never committed: the scenario did not happen"
+        );
+        say(
+            t0,
+            format!(
+                "rollback: {} windows exact; the crash-looping generation {gen2} committed {bad_commits} \
+                 checkpoints before generation {gen1} took over again; phases {}; {} uncommitted records seen \
+                 (broker leaks)",
+                expected.len(),
+                phases.join(">"),
+                v.uncommitted
+            ),
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// Rescale: 2 -> 4 pods via `spec.parallelism` on an 8-partition source:
+/// savepoint, four new pods restored from it (each task's state moves with
+/// its partition), exact output.
+#[tokio::test]
+async fn rescale_two_to_four_pods_with_exact_output() {
+    in_namespace("e2e-job-rescale", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 8).await?;
+        let first = dataset(8, 0..700, 16, false);
+        let second = dataset(8, 700..1400, 16, true);
+        let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+        let (expected, _) = reference(&all);
+        let two = job_with("clicks", &[], json!({"parallelism": 2}))?;
+        let (api, j) = deploy(&client, &ns, &two, 2, t0).await?;
+        ensure!(job_pods(&client, &ns, "clicks").await?.len() == 2, "not 2 pods");
+        produce(&input, &first)?;
+        let control = control_topic(&ns, "clicks");
+        wait_first_results(&sink, &control).await?;
+
+        let four = job_with("clicks", &[], json!({"parallelism": 4}))?;
+        let r = upgrade(
+            &client,
+            &ns,
+            &api,
+            &four,
+            &j,
+            4,
+            Duration::from_secs(240),
+            t0,
+            |_| Ok(()),
+        )
+        .await?;
+        let j = api.get("clicks").await?;
+        ensure!(
+            field(&j, &["status", "parallelism"]) == 4,
+            "status.parallelism after the rescale: {}",
+            field(&j, &["status"])
+        );
+        let pods = job_pods(&client, &ns, "clicks").await?;
+        ensure!(
+            pods.len() == 4 && pods.iter().all(pod_ready),
+            "{} pods after the rescale",
+            pods.len()
+        );
+        let reasons = event_reasons(&client, &ns, "clicks").await?;
+        ensure!(
+            reasons.iter().any(|r| r == "Rescaled"),
+            "no Rescaled event: {reasons:?}"
+        );
+
+        produce(&input, &second)?;
+        let v = expect_exact(&sink, &control, &expected, None).await?;
+        r.print_timing("rescale", &control);
+        say(
+            t0,
+            format!(
+                "rescale: {} windows exact across 2 -> 4 pods (savepoint {}), {} uncommitted records seen \
+                 (broker leaks)",
+                expected.len(),
+                r.savepoint,
+                v.uncommitted
+            ),
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// The operator killed mid-upgrade: its pod is deleted with grace period 0
+/// while the job is Savepointing (or, if that was missed, Upgrading); the
+/// chart's Deployment starts a new one, which takes the leader lease once the
+/// old one's expires and finishes the upgrade from status. Exact output.
+#[tokio::test]
+async fn operator_killed_mid_upgrade_completes_it() {
+    in_namespace("e2e-job-opkill", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 2).await?;
+        let first = dataset(2, 0..800, 8, false);
+        let second = dataset(2, 800..1600, 8, true);
+        let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+        let (expected, _) = reference(&all);
+        let (api, j) = deploy(&client, &ns, &job("clicks", &[])?, 2, t0).await?;
+        produce(&input, &first)?;
+        let control = control_topic(&ns, "clicks");
+        wait_first_results(&sink, &control).await?;
+
+        let operators = operator_pods(&client).await?;
+        ensure!(operators.len() == 1, "want one operator pod: {operators:?}");
+        let old_operator = operators[0].0.clone();
+        let mut killed_in: Option<String> = None;
+        let changed = job("clicks", &[biggest()])?;
+        let r = upgrade(
+            &client,
+            &ns,
+            &api,
+            &changed,
+            &j,
+            2,
+            Duration::from_secs(300),
+            t0,
+            |ph| {
+                if killed_in.is_none() && matches!(ph, "Savepointing" | "Upgrading") {
+                    kubectl(&[
+                        "-n",
+                        OPERATOR_NS,
+                        "delete",
+                        "pod",
+                        "-l",
+                        OPERATOR_SELECTOR,
+                        "--grace-period=0",
+                        "--force",
+                        "--wait=false",
+                    ])?;
+                    say(
+                        t0,
+                        format!("deleted the operator pod (grace period 0) while {ph}"),
+                    );
+                    killed_in = Some(ph.to_owned());
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let killed_in =
+            killed_in.context("the operator was never killed: no Savepointing or Upgrading seen")?;
+        let operators = operator_pods(&client).await?;
+        ensure!(
+            operators.iter().all(|(uid, _)| *uid != old_operator),
+            "the old operator pod is still there: {operators:?}"
+        );
+
+        produce(&input, &second)?;
+        let v = expect_exact(&sink, &control, &expected, Some("biggest")).await?;
+        ensure!(
+            v.with_field > 0,
+            "no committed result carries the new aggregation"
+        );
+        r.print_timing("operator-killed", &control);
+        say(
+            t0,
+            format!(
+                "operator killed while {killed_in}: the upgrade completed (phases {}), {} windows exact, {} \
+                 uncommitted records seen (broker leaks)",
+                r.phases.join(">"),
+                expected.len(),
+                v.uncommitted
+            ),
+        );
+        // The next test needs a working operator.
+        say(t0, "waiting (up to 120s) for the new operator pod to be Ready");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !operator_pods(&client).await?.iter().any(|(_, ready)| *ready) {
+            ensure!(
+                Instant::now() < deadline,
+                "no Ready operator pod 120s after the upgrade"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         Ok(())
     })
     .await;
