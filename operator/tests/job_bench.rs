@@ -10,7 +10,7 @@
 //! * time from the start of the apply until every StreamJob has its object
 //!   graph (StatefulSet with one replica per source partition, ConfigMap,
 //!   Service, admin Secret) and a status for its generation in phase
-//!   `Deploying`, plus each job's create -> deployed latency (p50/p99);
+//!   `Deploying` (the later of the two), plus each job's create -> deployed latency (p50/p99);
 //! * the operator's RSS: idle before the apply (with the topics already
 //!   Ready), and peak (`VmHWM`) over the whole run;
 //! * the operator's CPU (user + system, `/proc/<pid>/stat`) over a quiet
@@ -139,16 +139,16 @@ async fn one_run(
 
     let port = free_port();
     let log_path = std::env::temp_dir().join(format!("streamops-job-bench-{ns}.log"));
-    let mut operator = spawn_operator(
+    let mut operator = KillOnDrop(spawn_operator(
         kubeconfig,
         bootstrap,
         &ns,
         port,
         &log_path,
         &["--runtime-image", "streamops-runtime:bench"],
-    );
-    let pid = operator.id();
-    wait_ready(port, &mut operator, &log_path).await;
+    ));
+    let pid = operator.0.id();
+    wait_ready(port, &mut operator.0, &log_path).await;
 
     // The topics first (not part of the job figure): one source, a sink per job.
     let started = Instant::now();
@@ -182,9 +182,15 @@ async fn one_run(
     tokio::time::sleep(Duration::from_secs(2)).await;
     r.idle_rss_mib = proc_status_kib(pid, "VmRSS") / 1024.0;
 
-    // Apply N jobs; a watch records when each is deployed for its generation.
-    let deployed_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let watch = tokio::spawn(record_deployed(jobs.clone(), deployed_at.clone()));
+    // Apply N jobs; watches record when each one's status says `Deploying`
+    // for its generation and when its StatefulSet asks for all its pods (the
+    // status is written before the objects are applied: both count).
+    let status_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let set_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watches = [
+        tokio::spawn(record_deployed(jobs.clone(), status_at.clone())),
+        tokio::spawn(record_scaled(sets.clone(), partitions, set_at.clone())),
+    ];
     let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let started = Instant::now();
     stream::iter(names.clone())
@@ -204,26 +210,35 @@ async fn one_run(
     r.apply_s = started.elapsed().as_secs_f64();
     wait_until(
         Duration::from_secs(600),
-        "every StreamJob Deploying for its generation",
+        "every StreamJob Deploying with its StatefulSet",
         || {
-            let deployed_at = deployed_at.clone();
-            async move { (deployed_at.lock().ok()?.len() == n).then_some(()) }
+            let (status_at, set_at) = (status_at.clone(), set_at.clone());
+            async move { (status_at.lock().ok()?.len() == n && set_at.lock().ok()?.len() == n).then_some(()) }
         },
     )
     .await;
-    let last = deployed_at.lock().expect("lock").values().max().copied();
+    let deployed_at: HashMap<String, Instant> = {
+        let status = status_at.lock().expect("lock");
+        let set = set_at.lock().expect("lock");
+        status
+            .iter()
+            .filter_map(|(name, at)| Some((name.clone(), (*at).max(*set.get(name)?))))
+            .collect()
+    };
+    let last = deployed_at.values().max().copied();
     r.all_deployed_s = last.map(|t| (t - started).as_secs_f64()).unwrap_or(f64::NAN);
     let mut latencies: Vec<f64> = {
         let created = created_at.lock().expect("lock");
-        let deployed = deployed_at.lock().expect("lock");
-        deployed
+        deployed_at
             .iter()
             .filter_map(|(name, at)| Some((*at - *created.get(name)?).as_secs_f64()))
             .collect()
     };
     r.deployed_p50_s = percentile(&mut latencies, 50.0);
     r.deployed_p99_s = percentile(&mut latencies, 99.0);
-    watch.abort();
+    for w in watches {
+        w.abort();
+    }
 
     // The object graph really exists, sized to the source partitions.
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -310,8 +325,7 @@ async fn one_run(
         }
     })
     .await;
-    let _ = operator.kill();
-    let _ = operator.wait();
+    drop(operator);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     r
@@ -335,6 +349,22 @@ async fn record_deployed(api: Api<StreamJob>, at: Arc<Mutex<HashMap<String, Inst
             at.lock()
                 .expect("lock")
                 .entry(j.name_any())
+                .or_insert_with(Instant::now);
+        }
+    }
+}
+
+/// First instant each StatefulSet asks for `replicas` pods.
+async fn record_scaled(api: Api<StatefulSet>, replicas: i32, at: Arc<Mutex<HashMap<String, Instant>>>) {
+    let mut events = watcher(api, watcher::Config::default()).boxed();
+    while let Some(event) = events.next().await {
+        let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event else {
+            continue;
+        };
+        if s.spec.as_ref().and_then(|s| s.replicas) == Some(replicas) {
+            at.lock()
+                .expect("lock")
+                .entry(s.name_any())
                 .or_insert_with(Instant::now);
         }
     }

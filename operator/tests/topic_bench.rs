@@ -151,10 +151,10 @@ async fn one_run(
     // The operator, as users run it, watching only this namespace.
     let port = free_port();
     let log_path = std::env::temp_dir().join(format!("streamops-topic-bench-{ns}.log"));
-    let mut operator = spawn_operator(kubeconfig, bootstrap, &ns, port, &log_path, &[]);
-    wait_ready(port, &mut operator, &log_path).await;
+    let mut operator = KillOnDrop(spawn_operator(kubeconfig, bootstrap, &ns, port, &log_path, &[]));
+    wait_ready(port, &mut operator.0, &log_path).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    r.idle_rss_mib = proc_status_kib(operator.id(), "VmRSS") / 1024.0;
+    r.idle_rss_mib = proc_status_kib(operator.0.id(), "VmRSS") / 1024.0;
 
     // Watch first, then apply.
     let ready_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -185,7 +185,7 @@ async fn one_run(
         if ready >= n {
             break;
         }
-        if Instant::now() > deadline || operator.try_wait().ok().flatten().is_some() {
+        if Instant::now() > deadline || operator.0.try_wait().ok().flatten().is_some() {
             panic!(
                 "{ready}/{n} Ready after {:.0} s (operator log: {})",
                 t0.elapsed().as_secs_f64(),
@@ -249,7 +249,7 @@ async fn one_run(
     r.unchanged_p99_ms = percentile(&mut unchanged, 99.0) * 1000.0;
     r.floor_p50_ms = percentile(&mut floor, 50.0) * 1000.0;
     r.unchanged_rv_changed = rv_changed;
-    r.peak_rss_mib = proc_status_kib(operator.id(), "VmHWM") / 1024.0;
+    r.peak_rss_mib = proc_status_kib(operator.0.id(), "VmHWM") / 1024.0;
 
     // Deletion: the operator deletes the topics it created.
     let t_del = Instant::now();
@@ -290,8 +290,7 @@ async fn one_run(
             "{name} deleted but its topic remains"
         );
     }
-    let _ = operator.kill();
-    let _ = operator.wait();
+    drop(operator);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     r

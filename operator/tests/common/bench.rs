@@ -41,6 +41,17 @@ pub async fn create_namespace(client: &Client) -> String {
         .name_any()
 }
 
+/// A child process killed when dropped, so a failing benchmark (a panic)
+/// leaves no operator behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The operator binary watching only `ns`, without leader election, with
 /// `extra` arguments appended.
 pub fn spawn_operator(
@@ -59,7 +70,10 @@ pub fn spawn_operator(
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(extra)
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", std::env::var("STREAMOPS_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("STREAMOPS_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
