@@ -196,3 +196,79 @@ pub async fn apply(
         )
         .await)
 }
+
+/// The kubeconfig of the test cluster (`STREAMOPS_KUBECONFIG`).
+pub fn kubeconfig_path() -> String {
+    std::env::var("STREAMOPS_KUBECONFIG").unwrap_or_else(|_| "/tmp/streamops-cluster/kubeconfig".into())
+}
+
+/// Runs `kubectl` against the test cluster; its combined output, or an error
+/// naming the command and carrying its output.
+pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .context("running kubectl (is it installed? e2e/cluster/install.sh puts it on PATH)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("kubectl {} failed ({}):\n{text}", args.join(" "), out.status);
+    }
+    Ok(text)
+}
+
+/// What a failed test leaves for a human: the namespace's streamops objects,
+/// StatefulSets, pods and events, every pod's logs (and previous logs), and
+/// the operator's logs and pods from `operator_ns`, written under
+/// `$STREAMOPS_ARTIFACTS/<ns>` (default `/tmp/streamops-e2e-artifacts`).
+/// Returns the directory.
+pub fn collect_logs(ns: &str, operator_ns: &str, operator_selector: &str) -> PathBuf {
+    let dir = PathBuf::from(
+        std::env::var("STREAMOPS_ARTIFACTS").unwrap_or_else(|_| "/tmp/streamops-e2e-artifacts".into()),
+    )
+    .join(ns);
+    let _ = std::fs::create_dir_all(&dir);
+    let save = |args: &[&str], file: &str| {
+        let text = kubectl(args).unwrap_or_else(|e| format!("{e:#}"));
+        let _ = std::fs::write(dir.join(file), text);
+    };
+    save(
+        &[
+            "get",
+            "streamjobs,streamtopics,statefulsets,pods,configmaps",
+            "-n",
+            ns,
+            "-o",
+            "yaml",
+        ],
+        "objects.yaml",
+    );
+    save(
+        &["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+        "events.txt",
+    );
+    save(
+        &["logs", "-n", operator_ns, "-l", operator_selector, "--tail=-1"],
+        "operator.log",
+    );
+    save(
+        &["get", "pods", "-n", operator_ns, "-o", "wide"],
+        "operator-pods.txt",
+    );
+    if let Ok(pods) = kubectl(&["get", "pods", "-n", ns, "-o", "name"]) {
+        for pod in pods.lines().filter(|l| l.starts_with("pod/")) {
+            let name = pod.trim_start_matches("pod/");
+            save(&["logs", "-n", ns, pod], &format!("{name}.log"));
+            save(
+                &["logs", "-n", ns, pod, "--previous"],
+                &format!("{name}.previous.log"),
+            );
+        }
+    }
+    dir
+}
