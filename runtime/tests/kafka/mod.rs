@@ -474,7 +474,10 @@ impl Proc {
             .arg("--admin-token-file")
             .arg(&token)
             .env_remove("POD_NAME")
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("STREAMOPS_RUNTIME_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         match crash {
