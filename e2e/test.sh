@@ -12,11 +12,13 @@
 #      kubelet + containerd pods; e2e/smoke/smoke.sh --debug, whose image build
 #      uses the package sets of stages 2 and 4 and so reuses their build).
 #   6. StreamJobs end to end (e2e/tests/jobs.rs): the chart-installed operator
-#      runs real runtime pods on a full node against the broker: exact results
-#      for a fixed dataset; savepoint-then-upgrade with nothing lost or doubled.
+#      runs real runtime pods on a full node against the broker, one test at a
+#      time, each checking the committed output against an independent
+#      reference (nothing lost, nothing twice): deploy; savepoint-then-upgrade;
+#      a crash-looping new version rolled back; rescale 2 -> 4 pods on 8
+#      partitions; the operator killed mid-upgrade. Prints UPGRADE_TIMING lines.
 # Needs root (containerd, iptables, mounts). Stages can be picked with
-# STREAMOPS_STAGES="lint unit chart api smoke jobs" (default: all but jobs, which
-# is opt-in until it has passed through this script; its tests pass on their own).
+# STREAMOPS_STAGES="lint unit chart api smoke jobs" (default: all of them).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,7 +27,7 @@ export STREAMOPS_CACHE=${STREAMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stream
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
 export CARGO_TERM_COLOR=never
 export CARGO_LOCKED=1
-stages=${STREAMOPS_STAGES:-lint unit chart api smoke}
+stages=${STREAMOPS_STAGES:-lint unit chart api smoke jobs}
 cd "$root"
 
 declare -a timings=()

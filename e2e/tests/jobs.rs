@@ -436,6 +436,46 @@ fn phase(j: &DynamicObject) -> String {
         .to_owned()
 }
 
+/// What the operator says it is doing: the Reconciling (else Ready)
+/// condition's reason and message.
+fn doing(j: &DynamicObject) -> String {
+    let conditions = field(j, &["status", "conditions"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let find = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c["type"] == t && (t == "Ready" || c["status"] == "True"))
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["reason"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or("")
+                )
+            })
+    };
+    find("Reconciling").or_else(|| find("Ready")).unwrap_or_default()
+}
+
+/// Prints what the operator says whenever it changes, at most every 5 s.
+#[derive(Default)]
+struct Narrator {
+    last: String,
+    at: Option<Instant>,
+}
+
+impl Narrator {
+    fn tell(&mut self, t0: Instant, j: &DynamicObject) {
+        let now = doing(j);
+        if now != self.last && self.at.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            say(t0, format!("  operator: {now}"));
+            self.last = now;
+            self.at = Some(Instant::now());
+        }
+    }
+}
+
 /// Waits until the job is Running at its current generation.
 async fn wait_running(
     api: &Api<DynamicObject>,
@@ -618,6 +658,7 @@ async fn upgrade(
         format!("applied the changed spec; waiting (up to {timeout:?}) for savepoint, new pods, Running"),
     );
     let mut phases: Vec<String> = Vec::new();
+    let mut narrator = Narrator::default();
     let (mut savepoint_after, mut processing_after) = (None, None);
     let deadline = t_apply + timeout;
     loop {
@@ -628,6 +669,7 @@ async fn upgrade(
             say(t0, format!("phase {ph}"));
             phases.push(ph.clone());
         }
+        narrator.tell(t0, &j);
         during(&ph)?;
         let sp = field(&j, &["status", "lastSavepoint", "id"]);
         if savepoint_after.is_none() && !sp.is_null() && *sp != sp_before {
@@ -929,6 +971,7 @@ async fn crash_looping_version_is_rolled_back_with_exact_output() {
              300s) for the rollback",
         );
         let mut phases: Vec<String> = Vec::new();
+        let mut narrator = Narrator::default();
         let mut produced_second = false;
         let deadline = t_apply + Duration::from_secs(300);
         let (gen2, status) = loop {
@@ -939,6 +982,7 @@ async fn crash_looping_version_is_rolled_back_with_exact_output() {
                 say(t0, format!("phase {ph}"));
                 phases.push(ph.clone());
             }
+            narrator.tell(t0, &j);
             // Input for the new version once its pods are on their way.
             if !produced_second && ph == "Upgrading" {
                 produce(&input, &second)?;
