@@ -561,6 +561,23 @@ async fn event_reasons(client: &Client, ns: &str, job: &str) -> anyhow::Result<V
         .collect())
 }
 
+/// Waits until the operator has published a `reason` event for `job` (it
+/// publishes events after writing the status the test may have seen).
+async fn wait_event(client: &Client, ns: &str, job: &str, reason: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reasons = event_reasons(client, ns, job).await?;
+        if reasons.iter().any(|r| r == reason) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no {reason} event in 30s; events: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -1021,12 +1038,8 @@ async fn crash_looping_version_is_rolled_back_with_exact_output() {
             status["failedGeneration"].as_i64() == Some(gen2),
             "generation {gen2} not recorded as failed: {status}"
         );
-        let reasons = event_reasons(&client, &ns, "clicks").await?;
         for want in ["RollingBack", "RolledBack"] {
-            ensure!(
-                reasons.iter().any(|r| r == want),
-                "no {want} event; events: {reasons:?}"
-            );
+            wait_event(&client, &ns, "clicks", want).await?;
         }
         // The old version runs again: no crash point in its pods.
         let sts = kubectl(&["-n", &ns, "get", "statefulset", "clicks", "-o", "json"])?;
@@ -1102,11 +1115,7 @@ async fn rescale_two_to_four_pods_with_exact_output() {
             "{} pods after the rescale",
             pods.len()
         );
-        let reasons = event_reasons(&client, &ns, "clicks").await?;
-        ensure!(
-            reasons.iter().any(|r| r == "Rescaled"),
-            "no Rescaled event: {reasons:?}"
-        );
+        wait_event(&client, &ns, "clicks", "Rescaled").await?;
 
         produce(&input, &second)?;
         let v = expect_exact(&sink, &control, &expected, None).await?;
