@@ -17,6 +17,8 @@
 #      reference (nothing lost, nothing twice): deploy; savepoint-then-upgrade;
 #      a crash-looping new version rolled back; rescale 2 -> 4 pods on 8
 #      partitions; the operator killed mid-upgrade. Prints UPGRADE_TIMING lines.
+#      Then the GitOps story (e2e/tests/gitops.rs): examples/ applied twice with
+#      kubectl converges with no drift and deletes cleanly.
 # Needs root (containerd, iptables, mounts). Stages can be picked with
 # STREAMOPS_STAGES="lint unit chart api smoke jobs" (default: all of them).
 set -euo pipefail
@@ -134,6 +136,9 @@ if wants jobs; then
     # One test at a time: one of them restarts the operator, and the node has
     # two cores. Each test prints what it waits for and for how long.
     cargo test -p streamops-e2e --locked --test jobs -- --nocapture --test-threads=1
+    # The GitOps user story: examples/ applied twice with kubectl (Ready via
+    # kubectl wait, no drift), then deleted.
+    cargo test -p streamops-e2e --locked --test gitops -- --nocapture
   }
   stage jobs jobs_tests
 fi
