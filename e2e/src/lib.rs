@@ -202,8 +202,8 @@ pub fn kubeconfig_path() -> String {
     std::env::var("STREAMOPS_KUBECONFIG").unwrap_or_else(|_| "/tmp/streamops-cluster/kubeconfig".into())
 }
 
-/// Runs `kubectl` against the test cluster; its combined output, or an error
-/// naming the command and carrying its output.
+/// Runs `kubectl` against the test cluster; its standard output, or an error
+/// naming the command and carrying both outputs.
 pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
@@ -211,15 +211,16 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .output()
         .context("running kubectl (is it installed? e2e/cluster/install.sh puts it on PATH)")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("kubectl {} failed ({}):\n{text}", args.join(" "), out.status);
+        bail!(
+            "kubectl {} failed ({}):\n{stdout}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok(text)
+    Ok(stdout)
 }
 
 /// What a failed test leaves for a human: the namespace's streamops objects,

@@ -39,7 +39,7 @@ use kube::{
     api::{DynamicObject, ListParams},
 };
 use serde_json::{Value, json};
-use streamops_e2e::{TestNamespace, api_for, apply, client, repo_root};
+use streamops_e2e::{TestNamespace, api_for, apply, client, collect_logs, kubectl, repo_root};
 
 const WINDOW_MS: i64 = 10_000;
 const HEADER: &str = "streamops-checkpoint";
@@ -55,10 +55,6 @@ fn bootstrap() -> anyhow::Result<String> {
         "STREAMOPS_BOOTSTRAP is not set: these tests need the local broker \
          (run them through `make test`, or see e2e/README.md)",
     )
-}
-
-fn kubeconfig() -> String {
-    std::env::var("STREAMOPS_KUBECONFIG").unwrap_or_default()
 }
 
 fn wall_ms() -> i64 {
@@ -578,22 +574,6 @@ async fn wait_event(client: &Client, ns: &str, job: &str, reason: &str) -> anyho
     }
 }
 
-fn kubectl(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args(args)
-        .output()
-        .context("running kubectl")?;
-    ensure!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The operator's pods, and whether each is Ready.
 async fn operator_pods(client: &Client) -> anyhow::Result<Vec<(String, bool)>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
@@ -735,65 +715,6 @@ async fn upgrade(
     }
 }
 
-/// Writes the operator's and the namespace's pods' logs, events and objects
-/// under the artifacts directory.
-fn collect_logs(ns: &str) {
-    let dir = std::path::PathBuf::from(
-        std::env::var("STREAMOPS_ARTIFACTS").unwrap_or_else(|_| "/tmp/streamops-e2e-artifacts".into()),
-    )
-    .join(ns);
-    let _ = std::fs::create_dir_all(&dir);
-    let kc = |args: &[&str], file: &str| {
-        if let Ok(out) = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig())
-            .args(args)
-            .output()
-        {
-            let _ = std::fs::write(dir.join(file), [out.stdout, out.stderr].concat());
-        }
-    };
-    kc(
-        &[
-            "get",
-            "streamjobs,streamtopics,statefulsets,pods,configmaps",
-            "-n",
-            ns,
-            "-o",
-            "yaml",
-        ],
-        "objects.yaml",
-    );
-    kc(
-        &["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
-        "events.txt",
-    );
-    kc(
-        &["logs", "-n", OPERATOR_NS, "-l", OPERATOR_SELECTOR, "--tail=-1"],
-        "operator.log",
-    );
-    kc(
-        &["get", "pods", "-n", OPERATOR_NS, "-o", "wide"],
-        "operator-pods.txt",
-    );
-    if let Ok(out) = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args(["get", "pods", "-n", ns, "-o", "name"])
-        .output()
-    {
-        for pod in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = pod.trim_start_matches("pod/");
-            kc(&["logs", "-n", ns, pod], &format!("{name}.log"));
-            kc(
-                &["logs", "-n", ns, pod, "--previous"],
-                &format!("{name}.previous.log"),
-            );
-        }
-    }
-    eprintln!("logs of namespace {ns} in {}", dir.display());
-}
-
 /// Runs `scenario` in a namespace of its own: deleted on success (its pods
 /// waited for, so the next test has the node to itself), kept with its logs
 /// collected on failure.
@@ -837,8 +758,8 @@ where
             say(t0, "done");
         }
         Err(e) => {
-            collect_logs(&name);
-            panic!("namespace {name}: {e:#}");
+            let dir = collect_logs(&name, OPERATOR_NS, OPERATOR_SELECTOR);
+            panic!("namespace {name}: {e:#}\n(logs in {})", dir.display());
         }
     }
 }
