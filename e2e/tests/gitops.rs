@@ -17,10 +17,13 @@
 //! other resources claiming them (the demo): it needs a cluster of its own.
 //! On failure the namespace is kept and the logs are collected.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, ensure};
-use streamops_e2e::{collect_logs, kubectl, repo_root};
+use streamops_e2e::{collect_logs, kubectl, load_manifests, repo_root, yaml_files};
 
 const OPERATOR_NS: &str = "streamops-system";
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/instance=streamops";
@@ -50,19 +53,47 @@ fn scenario(ns: &str, t0: Instant) -> anyhow::Result<()> {
     let examples = repo_root().join("examples");
     let dir = examples.to_str().context("examples path is not UTF-8")?;
 
-    // The examples' Kafka topic names are fixed: nobody else may claim them.
+    // The examples' Kafka topic names are fixed: nobody else may claim them
+    // (other tests' namespaces may still be terminating: only a claim on the
+    // same Kafka topic matters).
+    let mut wanted = BTreeSet::new();
+    for file in yaml_files(&examples)? {
+        for o in load_manifests(&file)? {
+            if o.types.as_ref().is_some_and(|t| t.kind == "StreamTopic") {
+                let name = o.data["spec"]["topicName"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| o.metadata.name.clone())
+                    .context("StreamTopic without a name")?;
+                wanted.insert(name);
+            }
+        }
+    }
     let others = kubectl(&[
         "get",
         "streamtopics",
         "--all-namespaces",
         "-o",
-        "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {end}",
+        "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}={.spec.topicName}{\"\\n\"}{end}",
     ])?;
+    let clashes: Vec<&str> = others
+        .lines()
+        .filter(|l| {
+            let Some((object, topic)) = l.split_once('=') else {
+                return false;
+            };
+            let topic = if topic.is_empty() {
+                object.rsplit('/').next().unwrap_or_default()
+            } else {
+                topic
+            };
+            wanted.contains(topic)
+        })
+        .collect();
     ensure!(
-        others.trim().is_empty(),
-        "other StreamTopics exist ({}) and may claim the examples' Kafka topics: run this test on a cluster of its \
-         own (e2e/test.sh starts one)",
-        others.trim()
+        clashes.is_empty(),
+        "other StreamTopics claim the examples' Kafka topics ({clashes:?}): run this test on a cluster of its own \
+         (e2e/test.sh starts one)"
     );
 
     say(t0, format!("kubectl apply -f {dir}"));
