@@ -235,19 +235,9 @@ impl Runner {
             job,
         };
         runner.shared.update_status(|s| s.state = RunState::Restoring);
-        // Every task's producer fences its predecessors and resolves what
-        // they left open, all tasks at once (each is a few round trips to
-        // the transaction coordinator); then one reader reads the last
-        // committed marker of every task.
-        let mut producers = runner.init_producers(&tasks)?;
-        let mut markers = runner.read_markers(&tasks)?;
         for t in tasks {
-            let producer = producers
-                .remove(&t)
-                .ok_or_else(|| anyhow!("no producer for task {t}"))?;
-            let marker = markers.remove(&t).flatten();
             let slot = runner
-                .open_task(t, producer, marker)
+                .open_task(t)
                 .with_context(|| format!("starting task {t}"))?;
             runner.slots.insert(t, slot);
         }
@@ -282,58 +272,30 @@ impl Runner {
         }
     }
 
-    /// One transactional producer per task, `init_transactions` done
-    /// (fencing every predecessor holding the task, any version, any
-    /// parallelism) and the predecessor's transaction resolved; all tasks
-    /// concurrently.
-    fn init_producers(&self, tasks: &[u32]) -> Result<BTreeMap<u32, BaseProducer>> {
-        let (kafka, job, instance) = (&self.kafka, &self.job, self.instance.as_str());
-        let (txn_timeout_ms, timeout) = (self.txn_timeout_ms, self.timeout);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = tasks
-                .iter()
-                .map(|&t| {
-                    (
-                        t,
-                        scope.spawn(move || {
-                            let producer: BaseProducer = kafka
-                                .client()
-                                .set("transactional.id", job.transactional_id(t))
-                                .set("transaction.timeout.ms", txn_timeout_ms.to_string())
-                                .set("enable.idempotence", "true")
-                                .set("linger.ms", "5")
-                                .set("partitioner", "murmur2_random")
-                                .set("client.id", format!("streamops-runtime-{instance}-{t}"))
-                                .create()
-                                .map_err(kerr("creating a transactional producer"))?;
-                            producer
-                                .init_transactions(timeout)
-                                .map_err(kerr(format!("init_transactions for task {t}")))?;
-                            resolve_predecessor(&producer, &job.topics.control, instance, t, timeout)?;
-                            Ok(producer)
-                        }),
-                    )
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(t, h)| {
-                    let r: Result<BaseProducer> = h
-                        .join()
-                        .unwrap_or_else(|_| Err(anyhow!("the start thread of task {t} panicked")));
-                    r.with_context(|| format!("starting task {t}")).map(|p| (t, p))
-                })
-                .collect()
-        })
-    }
-
-    fn open_task(&mut self, t: u32, producer: BaseProducer, marker: Option<Marker>) -> Result<Slot> {
+    fn open_task(&mut self, t: u32) -> Result<Slot> {
         let task_count = self.job.task_count();
         let (topic, partition) = self
             .job
             .source_of(t)
             .map(|(a, b)| (a.to_string(), b))
             .ok_or_else(|| anyhow!("task {t} does not exist: the job has {task_count} source partitions"))?;
+        let producer: BaseProducer = self
+            .kafka
+            .client()
+            .set("transactional.id", self.job.transactional_id(t))
+            .set("transaction.timeout.ms", self.txn_timeout_ms.to_string())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random")
+            .set("client.id", format!("streamops-runtime-{}-{t}", self.instance))
+            .create()
+            .map_err(kerr("creating a transactional producer"))?;
+        // Fences every predecessor holding this task (any version, any parallelism).
+        producer
+            .init_transactions(self.timeout)
+            .map_err(kerr(format!("init_transactions for task {t}")))?;
+        self.resolve_predecessor(&producer, t)?;
+        let marker = self.read_marker(t)?;
         let savepoint = match &self.job.restore.savepoint {
             Some(loc) => Some(self.store.savepoint_manifest(loc, t)?),
             None => None,
@@ -414,33 +376,44 @@ impl Runner {
         })
     }
 
-    /// The last committed marker of each task in `tasks`: read_committed
-    /// from the start of its control partition until the read position
-    /// reaches the partition's high watermark, i.e. until every transaction
-    /// in it is resolved. (End-of-partition alone is not enough: under
-    /// read_committed it is reported at the last stable offset, which an
-    /// unresolved transaction holds back; stopping there could miss the
-    /// newest marker and restore an older checkpoint.) One reader for all
-    /// tasks' partitions.
-    fn read_markers(&self, tasks: &[u32]) -> Result<BTreeMap<u32, Option<Marker>>> {
+    /// Makes sure no transaction of a predecessor is left unresolved in
+    /// control partition `t` before its markers are read: commits one
+    /// transaction holding a fence record. On Kafka, `init_transactions`
+    /// already aborted the predecessor's open transaction and this is a
+    /// no-op record; brokers that leave a fenced transaction open until the
+    /// new epoch commits (nisshi 0.7.0 does, then shows its records) resolve
+    /// it here, so the read below can reach the end of the partition.
+    fn resolve_predecessor(&self, producer: &BaseProducer, t: u32) -> Result<()> {
+        producer
+            .begin_transaction()
+            .map_err(kerr("beginning the fence transaction"))?;
+        let value = serde_json::to_vec(&serde_json::json!({ "fence": self.instance, "task": t }))?;
+        send(
+            producer,
+            &self.job.topics.control,
+            Some(t as i32),
+            Some(format!("{FENCE_KEY_PREFIX}{t}").as_bytes()),
+            &value,
+            OwnedHeaders::new(),
+        )?;
+        producer
+            .commit_transaction(self.timeout)
+            .map_err(kerr(format!("committing the fence transaction of task {t}")))
+    }
+
+    /// The last committed marker of task `t`: read_committed from the start
+    /// of control partition `t` until the read position reaches the
+    /// partition's high watermark, i.e. until every transaction in it is
+    /// resolved. (End-of-partition alone is not enough: under read_committed
+    /// it is reported at the last stable offset, which an unresolved
+    /// transaction holds back; stopping there could miss the newest marker
+    /// and restore an older checkpoint.)
+    fn read_marker(&self, t: u32) -> Result<Option<Marker>> {
         let topic = &self.job.topics.control;
-        let mut found: BTreeMap<u32, Option<Marker>> = BTreeMap::new();
-        // task -> (high watermark, markers read, foreign markers)
-        let mut pending: BTreeMap<u32, (i64, usize, usize)> = BTreeMap::new();
-        let mut tpl = TopicPartitionList::new();
-        for &t in tasks {
-            let (low, high) = self.watermarks(topic, t as i32)?;
-            found.insert(t, None);
-            if high <= 0 && low <= 0 {
-                // Nothing was ever written: a fresh job (or fresh internal topics).
-                continue;
-            }
-            pending.insert(t, (high, 0, 0));
-            tpl.add_partition_offset(topic, t as i32, Offset::Beginning)
-                .map_err(kerr("assigning the control partition"))?;
-        }
-        if pending.is_empty() {
-            return Ok(found);
+        let (low, high) = self.watermarks(topic, t as i32)?;
+        if high <= 0 && low <= 0 {
+            // Nothing was ever written: a fresh job (or fresh internal topics).
+            return Ok(None);
         }
         let c: BaseConsumer<QuietEof> = self
             .kafka
@@ -449,15 +422,18 @@ impl Runner {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "50")
             .create_with_context(QuietEof)
             .map_err(kerr("creating the marker reader"))?;
-        c.assign(&tpl).map_err(kerr("assigning the control partitions"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, t as i32, Offset::Beginning)
+            .map_err(kerr("assigning the control partition"))?;
+        c.assign(&tpl).map_err(kerr("assigning the control partition"))?;
         let deadline = Instant::now() + self.timeout * 2;
-        let mut done = BTreeMap::new();
-        while !pending.is_empty() {
+        let mut last: Option<Marker> = None;
+        let mut count = 0usize;
+        let mut foreign = 0usize;
+        loop {
             if Instant::now() > deadline {
-                let (t, (high, _, _)) = pending.iter().next().map(|(t, v)| (*t, *v)).unwrap_or_default();
                 bail!(
                     "task {t}: could not read {topic}-{t} to its end (offset {high}) within {:?}: a transaction in it \
                      stays unresolved; refusing to guess which checkpoint is the last committed one",
@@ -466,72 +442,61 @@ impl Runner {
             }
             match c.poll(Duration::from_millis(100)) {
                 None | Some(Err(KafkaError::PartitionEOF(_))) => {
-                    let positions = c
-                        .position()
-                        .map_err(kerr("reading the marker reader's positions"))?;
-                    pending.retain(|t, (high, count, foreign)| {
-                        let at = positions
-                            .find_partition(topic, *t as i32)
-                            .and_then(|e| match e.offset() {
-                                Offset::Offset(o) => Some(o),
-                                _ => None,
-                            });
-                        let open = at.is_none_or(|p| p < *high);
-                        if !open {
-                            done.insert(*t, (*high, *count, *foreign));
-                        }
-                        open
+                    let position = c.position().ok().and_then(|p| {
+                        p.find_partition(topic, t as i32).and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
                     });
+                    if position.is_some_and(|p| p >= high) {
+                        break;
+                    }
                 }
-                Some(Err(e)) => return Err(anyhow!("reading {topic}: {e}")),
+                Some(Err(e)) => return Err(anyhow!("reading {topic}-{t}: {e}")),
                 Some(Ok(m)) => {
-                    let t = m.partition() as u32;
-                    let Some(&mut (high, ref mut count, ref mut foreign)) = pending.get_mut(&t) else {
-                        continue;
-                    };
+                    let done = m.offset() + 1 >= high;
                     let fence = m
                         .key()
                         .is_some_and(|k| k.starts_with(FENCE_KEY_PREFIX.as_bytes()));
-                    if let Some(payload) = m.payload().filter(|_| !fence) {
-                        let marker: Marker = serde_json::from_slice(payload).with_context(|| {
-                            format!("{topic}-{t} offset {}: not a checkpoint marker", m.offset())
-                        })?;
-                        if marker.task != t {
-                            bail!(
-                                "{topic}-{t} offset {} holds a marker of task {}",
-                                m.offset(),
-                                marker.task
-                            );
+                    let Some(payload) = m.payload().filter(|_| !fence) else {
+                        if done {
+                            break;
                         }
-                        if marker.job_uid == self.job.uid {
-                            *count += 1;
-                            found.insert(t, Some(marker));
-                        } else {
-                            // A deleted job of the same name: its state and
-                            // offsets are not ours.
-                            *foreign += 1;
-                            found.insert(t, None);
-                        }
+                        continue;
+                    };
+                    let marker: Marker = serde_json::from_slice(payload).with_context(|| {
+                        format!("{topic}-{t} offset {}: not a checkpoint marker", m.offset())
+                    })?;
+                    if marker.task != t {
+                        bail!(
+                            "{topic}-{t} offset {} holds a marker of task {}",
+                            m.offset(),
+                            marker.task
+                        );
                     }
-                    if m.offset() + 1 >= high {
-                        let (count, foreign) = (*count, *foreign);
-                        pending.remove(&t);
-                        done.insert(t, (high, count, foreign));
+                    if marker.job_uid == self.job.uid {
+                        count += 1;
+                        last = Some(marker);
+                    } else {
+                        // A deleted job of the same name: its state and
+                        // offsets are not ours.
+                        foreign += 1;
+                        last = None;
+                    }
+                    if done {
+                        break;
                     }
                 }
             }
         }
-        for (t, (high, count, foreign)) in done {
-            if foreign > 0 {
-                warn!(
-                    task = t,
-                    foreign, "ignored checkpoint markers of another job with the same topics"
-                );
-            }
-            let last = found.get(&t).and_then(|m| m.as_ref().map(Marker::header_value));
-            info!(task = t, high, markers = count, ?last, "read checkpoint markers");
+        if foreign > 0 {
+            warn!(
+                task = t,
+                foreign, "ignored checkpoint markers of another job with the same topics"
+            );
         }
-        Ok(found)
+        info!(task = t, high, markers = count, last = ?last.as_ref().map(Marker::header_value), "read checkpoint markers");
+        Ok(last)
     }
 
     /// (log start, high watermark) of a partition, independent of
@@ -711,69 +676,11 @@ impl Runner {
 
     /// One checkpoint (or savepoint `savepoint`) of every task, each in its
     /// own transaction. With `stop`, no new transaction is begun.
-    ///
-    /// Steps (1) and (2) run task by task; then the tasks' transactions
-    /// commit concurrently, one thread per task: a commit is a round trip to
-    /// the transaction coordinator, so the loop stops for about one of them
-    /// instead of one per task. Every task's state and manifest are durable
-    /// before any of them commits.
     fn checkpoint_all(&mut self, savepoint: Option<&str>, stop: bool) -> Result<()> {
         let ids: Vec<u32> = self.slots.keys().copied().collect();
-        let mut prepared = Vec::with_capacity(ids.len());
         for t in ids {
-            prepared.push(
-                self.prepare_checkpoint(t, savepoint)
-                    .with_context(|| format!("checkpoint of task {t}"))?,
-            );
-        }
-        for _ in &prepared {
-            self.crash.hit("before-commit");
-        }
-        // (3) commit.
-        for _ in &prepared {
-            self.crash.arm("in-commit");
-        }
-        let committing = Instant::now();
-        let timeout = self.timeout;
-        let slots = &self.slots;
-        let results: Vec<(u32, Result<()>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = prepared
-                .iter()
-                .filter_map(|p| slots.get(&p.task).map(|slot| (p, slot)))
-                .map(|(p, slot)| {
-                    let producer = &slot.producer;
-                    let id = p.id;
-                    (
-                        p.task,
-                        scope.spawn(move || {
-                            flush(producer, timeout)?;
-                            producer
-                                .commit_transaction(timeout)
-                                .map_err(kerr(format!("committing checkpoint {id}")))
-                        }),
-                    )
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(t, h)| {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err(anyhow!("the commit thread of task {t} panicked")));
-                    (t, r)
-                })
-                .collect()
-        });
-        if results.len() != prepared.len() {
-            bail!("a task disappeared during its checkpoint");
-        }
-        for (t, r) in results {
-            r.with_context(|| format!("checkpoint of task {t}"))?;
-        }
-        let commit = committing.elapsed();
-        self.crash.hit("after-commit");
-        for p in prepared {
-            self.finish_checkpoint(p, commit, savepoint.is_some(), stop)?;
+            self.checkpoint(t, savepoint, stop)
+                .with_context(|| format!("checkpoint of task {t}"))?;
         }
         let max = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
         let now = now_ms();
@@ -784,10 +691,7 @@ impl Runner {
         Ok(())
     }
 
-    /// Steps (1) and (2) of task `t`'s checkpoint: its state and manifest
-    /// durable, then the marker and the input offsets in its open
-    /// transaction.
-    fn prepare_checkpoint(&mut self, t: u32, savepoint: Option<&str>) -> Result<Prepared> {
+    fn checkpoint(&mut self, t: u32, savepoint: Option<&str>, stop: bool) -> Result<()> {
         let started = Instant::now();
         let now = now_ms();
         let slot = self.slots.get_mut(&t).ok_or_else(|| anyhow!("no task {t}"))?;
@@ -813,7 +717,6 @@ impl Runner {
             .join(format!("snapshot-{t}-{id}-{}", self.instance));
         let _ = std::fs::remove_dir_all(&snap);
         slot.task.snapshot(&snap)?;
-        let snapshotted = started.elapsed();
         let target = match savepoint {
             Some(sp) => Target::Savepoint {
                 id: sp,
@@ -828,7 +731,6 @@ impl Runner {
         };
         let (manifest_path, manifest): (String, Manifest) = self.store.write(t, &snap, target, now)?;
         let _ = std::fs::remove_dir_all(&snap);
-        let uploaded = started.elapsed();
         self.crash.hit("after-upload");
         // (2) marker + offsets in the open transaction.
         let marker = Marker {
@@ -875,48 +777,30 @@ impl Runner {
         slot.producer
             .send_offsets_to_transaction(&offsets, &group, self.timeout)
             .map_err(kerr("sending offsets to the transaction"))?;
-        Ok(Prepared {
-            task: t,
-            id,
-            kind: marker.kind,
-            manifest_path,
-            bytes: manifest.total_bytes(),
-            started,
-            snapshot: snapshotted,
-            upload: uploaded - snapshotted,
-            offsets: started.elapsed() - uploaded,
-        })
-    }
-
-    /// After the commit: metrics, status, the next transaction, retention.
-    fn finish_checkpoint(
-        &mut self,
-        p: Prepared,
-        commit: Duration,
-        savepoint: bool,
-        stop: bool,
-    ) -> Result<()> {
-        let t = p.task;
-        let slot = self.slots.get_mut(&t).ok_or_else(|| anyhow!("no task {t}"))?;
-        let kind = p.kind.as_str();
+        self.crash.hit("before-commit");
+        // (3) commit.
+        self.crash.arm("in-commit");
+        slot.producer
+            .commit_transaction(self.timeout)
+            .map_err(kerr(format!("committing checkpoint {id}")))?;
+        self.crash.hit("after-commit");
+        let kind = marker.kind.as_str();
         self.shared.metrics.checkpoints.with_label_values(&[kind]).inc();
         self.shared
             .metrics
             .checkpoint_seconds
-            .observe(p.started.elapsed().as_secs_f64());
-        self.shared.metrics.checkpoint_bytes.set(p.bytes as i64);
+            .observe(started.elapsed().as_secs_f64());
+        self.shared
+            .metrics
+            .checkpoint_bytes
+            .set(manifest.total_bytes() as i64);
         debug!(
             task = t,
-            checkpoint = p.id,
+            checkpoint = id,
             kind,
-            bytes = p.bytes,
-            snapshot_ms = p.snapshot.as_millis() as u64,
-            upload_ms = p.upload.as_millis() as u64,
-            offsets_ms = p.offsets.as_millis() as u64,
-            commit_ms = commit.as_millis() as u64,
+            bytes = manifest.total_bytes(),
             "committed"
         );
-        let id = p.id;
         self.shared.update_status(|s| {
             s.checkpoints.insert(t, id);
         });
@@ -924,8 +808,8 @@ impl Runner {
             slot.begin()?;
         }
         // Retention: the checkpoint the marker names and its predecessor stay.
-        if !savepoint {
-            slot.committed.push(p.manifest_path);
+        if savepoint.is_none() {
+            slot.committed.push(manifest_path);
             if slot.committed.len() > 2 {
                 slot.committed.remove(0);
             }
@@ -936,52 +820,6 @@ impl Runner {
         }
         Ok(())
     }
-}
-
-/// A task's checkpoint with its marker and offsets in the open transaction,
-/// not yet committed.
-struct Prepared {
-    task: u32,
-    id: u64,
-    kind: super::wire::MarkerKind,
-    manifest_path: String,
-    bytes: u64,
-    started: Instant,
-    snapshot: Duration,
-    upload: Duration,
-    offsets: Duration,
-}
-
-/// Makes sure no transaction of a predecessor is left unresolved in
-/// control partition `t` before its markers are read: commits one
-/// transaction holding a fence record. On Kafka, `init_transactions`
-/// already aborted the predecessor's open transaction and this is a
-/// no-op record; brokers that leave a fenced transaction open until the
-/// new epoch commits (nisshi 0.7.0 does, then shows its records) resolve
-/// it here, so the read below can reach the end of the partition.
-fn resolve_predecessor(
-    producer: &BaseProducer,
-    control: &str,
-    instance: &str,
-    t: u32,
-    timeout: Duration,
-) -> Result<()> {
-    producer
-        .begin_transaction()
-        .map_err(kerr("beginning the fence transaction"))?;
-    let value = serde_json::to_vec(&serde_json::json!({ "fence": instance, "task": t }))?;
-    send(
-        producer,
-        control,
-        Some(t as i32),
-        Some(format!("{FENCE_KEY_PREFIX}{t}").as_bytes()),
-        &value,
-        OwnedHeaders::new(),
-    )?;
-    flush(producer, timeout)?;
-    producer
-        .commit_transaction(timeout)
-        .map_err(kerr(format!("committing the fence transaction of task {t}")))
 }
 
 /// Routes one consumed record to its task and writes what comes out.
@@ -1011,16 +849,10 @@ fn on_message(
     shared.metrics.records_in.with_label_values(&[stage]).inc();
     out.clear();
     if stage == "keyed" {
-        let (dups, keyed) = (
-            slot.task.counters.duplicates_dropped,
-            slot.task.counters.keyed_records,
-        );
+        let before = slot.task.counters.duplicates_dropped;
         slot.task.on_keyed(offset, value, out)?;
-        if slot.task.counters.duplicates_dropped > dups {
+        if slot.task.counters.duplicates_dropped > before {
             shared.metrics.duplicates_dropped.inc();
-        }
-        if slot.task.counters.keyed_records > keyed {
-            shared.metrics.keyed_records.inc();
         }
         shared
             .metrics
@@ -1050,9 +882,7 @@ struct QuietEof;
 
 impl rdkafka::ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || matches!(&error, KafkaError::Global(code) if *code == RDKafkaErrorCode::PartitionEOF);
-        if !eof {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
             warn!(error = %error, reason, "marker reader");
         }
     }
@@ -1065,25 +895,6 @@ fn headers(checkpoint: &str) -> OwnedHeaders {
         key: CHECKPOINT_HEADER,
         value: Some(checkpoint.as_bytes()),
     })
-}
-
-/// Waits until every record of `producer` is delivered (or failed), serving
-/// its delivery reports. `commit_transaction` flushes too, but rdkafka's
-/// `BaseProducer` flush polls in steps that each last a full 100 ms, so a
-/// commit with anything in flight took at least 100 ms; this loop returns
-/// within a millisecond of the last delivery.
-fn flush(producer: &BaseProducer, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() > deadline {
-            bail!(
-                "{} records not delivered within {timeout:?}",
-                producer.in_flight_count()
-            );
-        }
-        producer.poll(Duration::from_millis(1));
-    }
-    Ok(())
 }
 
 /// Produces one record, waiting while the producer's queue is full

@@ -474,10 +474,7 @@ impl Proc {
             .arg("--admin-token-file")
             .arg(&token)
             .env_remove("POD_NAME")
-            .env(
-                "RUST_LOG",
-                std::env::var("STREAMOPS_RUNTIME_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
-            )
+            .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         match crash {
