@@ -188,8 +188,12 @@ async fn one_run(
     let status_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let set_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let watches = [
-        tokio::spawn(record_deployed(jobs.clone(), status_at.clone())),
-        tokio::spawn(record_scaled(sets.clone(), partitions, set_at.clone())),
+        tokio::spawn(record_first(jobs.clone(), deploying, status_at.clone())),
+        tokio::spawn(record_first(
+            sets.clone(),
+            move |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas) == Some(partitions),
+            set_at.clone(),
+        )),
     ];
     let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let started = Instant::now();
@@ -286,18 +290,7 @@ async fn one_run(
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
-    wait_until(Duration::from_secs(300), "every StreamJob gone", || {
-        let jobs = jobs.clone();
-        async move {
-            jobs.list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        }
-    })
-    .await;
+    wait_empty(&jobs, "every StreamJob gone").await;
     r.delete_s = started.elapsed().as_secs_f64();
     r.peak_rss_mib = proc_status_kib(pid, "VmHWM") / 1024.0;
 
@@ -312,62 +305,57 @@ async fn one_run(
     for t in &all {
         let _ = topics.delete(t, &DeleteParams::default()).await;
     }
-    wait_until(Duration::from_secs(300), "every StreamTopic gone", || {
-        let topics = topics.clone();
-        async move {
-            topics
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        }
-    })
-    .await;
+    wait_empty(&topics, "every StreamTopic gone").await;
     drop(operator);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     r
 }
 
-/// First instant each job's status describes its generation in `Deploying`
-/// (the operator applied the object graph and waits for pods).
-async fn record_deployed(api: Api<StreamJob>, at: Arc<Mutex<HashMap<String, Instant>>>) {
+/// Whether a job's status describes its generation in `Deploying` with the
+/// rollout started (the operator applied the object graph and waits for pods).
+fn deploying(j: &StreamJob) -> bool {
+    let status = j.status.as_ref();
+    status.and_then(|s| s.observed_generation) == j.metadata.generation
+        && status.and_then(|s| s.phase) == Some(JobPhase::Deploying)
+        && status
+            .and_then(|s| s.upgrade.as_ref())
+            .is_some_and(|u| u.rollout_started.is_some())
+}
+
+/// First instant each object of `api` satisfies `pred`, by name.
+async fn record_first<K>(api: Api<K>, pred: impl Fn(&K) -> bool, at: Arc<Mutex<HashMap<String, Instant>>>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
     let mut events = watcher(api, watcher::Config::default()).boxed();
     while let Some(event) = events.next().await {
-        let Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) = event else {
+        let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event else {
             continue;
         };
-        let status = j.status.as_ref();
-        let current = status.and_then(|s| s.observed_generation) == j.metadata.generation;
-        let deploying = status.and_then(|s| s.phase) == Some(JobPhase::Deploying)
-            && status
-                .and_then(|s| s.upgrade.as_ref())
-                .is_some_and(|u| u.rollout_started.is_some());
-        if current && deploying {
+        if pred(&o) {
             at.lock()
                 .expect("lock")
-                .entry(j.name_any())
+                .entry(o.name_any())
                 .or_insert_with(Instant::now);
         }
     }
 }
 
-/// First instant each StatefulSet asks for `replicas` pods.
-async fn record_scaled(api: Api<StatefulSet>, replicas: i32, at: Arc<Mutex<HashMap<String, Instant>>>) {
-    let mut events = watcher(api, watcher::Config::default()).boxed();
-    while let Some(event) = events.next().await {
-        let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event else {
-            continue;
-        };
-        if s.spec.as_ref().and_then(|s| s.replicas) == Some(replicas) {
-            at.lock()
-                .expect("lock")
-                .entry(s.name_any())
-                .or_insert_with(Instant::now);
-        }
-    }
+/// Waits until `api` lists nothing.
+async fn wait_empty<K>(api: &Api<K>, what: &str)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    wait_until(Duration::from_secs(300), what, || async {
+        api.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
 }
 
 async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut probe: F)
