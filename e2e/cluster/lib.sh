@@ -22,12 +22,16 @@ NISSHI_BIN=$NISSHI_ROOT/bin/nisshi
 # only when no kubectl is on PATH).
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl pause)
 
-# Debian packages the local cluster needs at run time and build time.
+# Debian packages the local cluster needs at run time and build time, and
+# what the workspace's own build needs on a bare machine: RocksDB's bindgen
+# loads libclang ("Unable to find libclang" without clang + libclang-dev) and
+# its C++ needs g++.
 APT_PACKAGES=(
   etcd-server golang-go rsync containerd runc containernetworking-plugins
   iptables openssl dpkg-dev conntrack socat gcc libc6-dev make
   golang-github-modern-go-reflect2-dev ca-certificates python3 iproute2
   procps util-linux curl
+  clang libclang-dev g++
 )
 
 log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
