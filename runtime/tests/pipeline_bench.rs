@@ -25,7 +25,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use streamops_runtime::pipeline::job::{JobExt, RestoreFrom};
+use streamops_runtime::pipeline::job::RestoreFrom;
 use streamops_runtime::pipeline::store::{CheckpointStore, Target};
 use streamops_runtime::pipeline::task::{Out, Task};
 use streamops_runtime::state::rocks::{RocksBackend, RocksOptions};
@@ -98,42 +98,111 @@ fn copy(from: &str, to: &str, total: usize, partitions: u32) -> Duration {
     started.elapsed()
 }
 
-/// Committed input offsets of the job's consumer group, summed.
-fn committed(group: &str, topic: &str, partitions: u32) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p as i32);
-    }
-    c.committed_offsets(tpl, Duration::from_secs(10))
-        .map(|t| {
-            t.elements()
-                .iter()
-                .map(|e| match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Value of one sample of the runtime's `/metrics` (`series` exactly as
+/// exposed, e.g. `streamops_runtime_pipeline_records_in_total{stage="source"}`).
+fn metric(p: &Proc, series: &str) -> f64 {
+    let Some((200, body)) = p.http("GET", "/metrics", None) else {
+        return 0.0;
+    };
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+const KEYED: &str = "streamops_runtime_pipeline_keyed_records_total";
+const SOURCE_IN: &str = "streamops_runtime_pipeline_records_in_total{stage=\"source\"}";
+
+/// Waits until stage 2 has applied `total` keyed records and a checkpoint
+/// committed after that; returns (wall ms stage 1 had read every source
+/// record, wall ms of that commit).
+fn wait_processed_and_committed(p: &mut Proc, total: usize, timeout: Duration) -> (i64, i64) {
+    let started = Instant::now();
+    let mut stage1 = None;
+    loop {
+        assert!(
+            started.elapsed() < timeout,
+            "pipeline stalled at {} keyed records of {total}:\n{}",
+            metric(p, KEYED),
+            p.log()
+        );
+        if let Some(exit) = p.child.try_wait().unwrap() {
+            panic!("runtime exited ({exit}):\n{}", p.log());
+        }
+        if stage1.is_none() && metric(p, SOURCE_IN) >= total as f64 {
+            stage1 = Some(now_ms());
+        }
+        let keyed = metric(p, KEYED);
+        if std::env::var("BENCH_TRACE").is_ok() {
+            eprintln!(
+                "[trace] {} source {} keyed {keyed} checkpoints {} ({:.3}s)",
+                now_ms(),
+                metric(p, SOURCE_IN),
+                metric(p, "streamops_runtime_checkpoint_duration_seconds_count"),
+                metric(p, "streamops_runtime_checkpoint_duration_seconds_sum"),
+            );
+        }
+        if keyed >= total as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(if std::env::var("BENCH_TRACE").is_ok() {
+            200
+        } else {
+            20
+        }));
+    }
+    let processed = now_ms();
+    loop {
+        if let Some(c) = p.status().and_then(|s| s["lastCommitMs"].as_i64())
+            && c >= processed
+        {
+            return (stage1.unwrap_or(processed), c);
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "no commit after processing:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn set_spec(j: &mut streamops_runtime::pipeline::job::JobFile, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut spec = serde_json::to_value(&j.spec).unwrap();
+    f(&mut spec);
+    j.spec = serde_json::from_value(spec).unwrap();
+}
+
+/// Pipeline throughput vs a plain copy. The pipeline's time runs from the
+/// moment it reports Running (restored, partitions assigned) until every
+/// input record went through both stages (source -> repartition topic ->
+/// window state -> sink) and a checkpoint committed after the last one:
+/// the time until the whole input is committed output.
 #[test]
 #[ignore = "benchmark: needs STREAMOPS_BOOTSTRAP and --release"]
 fn pipeline_throughput_vs_plain_copy() {
-    let runs = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let per_partition: usize = std::env::var("BENCH_RECORDS_PER_PARTITION")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let (mut base, mut eos, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let runs: usize = env_or("BENCH_RUNS", 5);
+    let per_partition: usize = env_or("BENCH_RECORDS_PER_PARTITION", 50_000);
+    let interval: String = env_or("BENCH_INTERVAL", "1s".to_string());
+    let (mut base, mut eos, mut ratios, mut stage1s, mut startups) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let topics = Topics::create("bench", 4);
         let copy_to = format!("{}-copy", topics.source);
@@ -155,39 +224,63 @@ fn pipeline_throughput_vs_plain_copy() {
                 mode: None,
             },
         );
-        let mut spec = serde_json::to_value(&j.spec).unwrap();
-        spec["pipeline"]["emit"] = json!("onUpdate");
-        spec["checkpoint"]["interval"] = json!("1s");
-        j.spec = serde_json::from_value(spec).unwrap();
+        set_spec(&mut j, |spec| {
+            spec["pipeline"]["emit"] = json!("onUpdate");
+            spec["checkpoint"]["interval"] = json!(interval);
+        });
         let path = write_job(work.path(), &j);
-        let started = Instant::now();
+        let spawned = Instant::now();
         let mut proc = Proc::spawn(&path, "0-3", work.path(), None);
-        let group = j.group_id();
-        while committed(&group, &topics.source, 4) < total as i64 {
-            assert!(
-                started.elapsed() < Duration::from_secs(900),
-                "pipeline stalled:\n{}",
-                proc.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let pipeline = total as f64 / started.elapsed().as_secs_f64();
+        proc.wait_running(Duration::from_secs(120));
+        let startup = spawned.elapsed().as_secs_f64();
+        let running = now_ms();
+        let (stage1, done) = wait_processed_and_committed(&mut proc, total, Duration::from_secs(900));
+        let secs = (done - running) as f64 / 1000.0;
+        let pipeline = total as f64 / secs;
+        let stage1 = (stage1 - running) as f64 / 1000.0;
+        let checkpoints = metric(&proc, "streamops_runtime_checkpoints_total{kind=\"checkpoint\"}");
         proc.signal(libc::SIGTERM);
         proc.wait_exit(Duration::from_secs(60));
+        if let Ok(dir) = std::env::var("BENCH_LOG_DIR") {
+            let _ = std::fs::write(format!("{dir}/throughput-{run}.log"), proc.log());
+        }
         eprintln!(
-            "[throughput] run {run}: plain copy {baseline:.0} rec/s, exactly-once pipeline {pipeline:.0} rec/s, ratio {:.2}",
+            "[throughput] run {run}: {total} records; plain copy {baseline:.0} rec/s; exactly-once pipeline {pipeline:.0} rec/s \
+             ({secs:.2}s from Running to committed output; stage 1 read all input after {stage1:.2}s; startup {startup:.2}s; \
+             {checkpoints} task checkpoints); ratio {:.3}",
             pipeline / baseline
         );
         base.push(baseline);
         eos.push(pipeline);
         ratios.push(pipeline / baseline);
+        stage1s.push(stage1);
+        startups.push(startup);
     }
     eprintln!(
-        "[throughput] median of {runs}: plain copy {:.0} rec/s, pipeline {:.0} rec/s, ratio {:.2} (target >= 0.7)",
-        median(base),
-        median(eos),
-        median(ratios)
+        "[throughput] {runs} runs x {} records, interval {interval}: plain copy median {}, pipeline median {}, \
+         ratio median {} (target >= 0.7); stage 1 done after median {}s; startup median {}s",
+        per_partition * 4,
+        stats(&base, 0),
+        stats(&eos, 0),
+        stats(&ratios, 3),
+        stats(&stage1s, 2),
+        stats(&startups, 2),
     );
+}
+
+/// "median (min .. max)".
+fn stats(v: &[f64], digits: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.*} (min {:.*}, max {:.*})",
+        digits,
+        median(v.to_vec()),
+        digits,
+        min,
+        digits,
+        max
+    )
 }
 
 #[test]
@@ -298,15 +391,149 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
     );
 }
 
+/// Time from SIGKILL to processing again with `BENCH_KEYS` (1e6) keys in
+/// state: the job (4 partitions, one process, RocksDB) takes every key into
+/// a one-hour window that stays open, so its whole state is restored. Per
+/// round: SIGKILL, one new record per partition, restart; measured until
+/// the new process is Running (markers read, state restored, partitions
+/// assigned) and until it has read a new source record.
 #[test]
 #[ignore = "benchmark: needs STREAMOPS_BOOTSTRAP and --release"]
 fn time_from_sigkill_to_processing_again() {
+    let keys: usize = env_or("BENCH_KEYS", 1_000_000);
+    let rounds: usize = env_or("BENCH_RECOVERY_ROUNDS", 5);
+    let interval: String = env_or("BENCH_INTERVAL", "2s".to_string());
     let topics = Topics::create("recovery", 4);
     let work = tempfile::tempdir().unwrap();
-    produce(&topics.source, &input(4, 20_000, 100_000));
-    let path = write_job(
-        work.path(),
-        &job(
+    let base = 1_700_000_000_000i64;
+    let data: Vec<Input> = (0..keys)
+        .map(|k| Input {
+            partition: (k % 4) as i32,
+            value: json!({"user": format!("user-{k}"), "ts": base + (k / 4 % 1000) as i64, "amount": 1})
+                .to_string()
+                .into_bytes(),
+        })
+        .collect();
+    let produced = Instant::now();
+    produce(&topics.source, &data);
+    eprintln!(
+        "[recovery] produced {keys} records with distinct keys in {:.1}s",
+        produced.elapsed().as_secs_f64()
+    );
+    let mut j = job(
+        &topics,
+        1,
+        1,
+        &work.path().join("storage"),
+        RestoreFrom {
+            savepoint: None,
+            allow_empty_state: true,
+            mode: None,
+        },
+    );
+    set_spec(&mut j, |spec| {
+        spec["pipeline"]["window"]["size"] = json!("1h");
+        spec["checkpoint"]["interval"] = json!(interval);
+    });
+    let path = write_job(work.path(), &j);
+    let mut p = Proc::spawn(&path, "0-3", work.path(), None);
+    p.wait_running(Duration::from_secs(120));
+    let running = now_ms();
+    let (_, done) = wait_processed_and_committed(&mut p, keys, Duration::from_secs(1800));
+    eprintln!(
+        "[recovery] {keys} keys in state, committed {:.1}s after Running ({:.0} rec/s); last checkpoint {:.1} MiB; \
+         checkpoint duration (snapshot+upload+commit, per task) mean {:.3}s over {} task checkpoints",
+        (done - running) as f64 / 1000.0,
+        keys as f64 * 1000.0 / (done - running) as f64,
+        metric(&p, "streamops_runtime_checkpoint_size_bytes") / (1 << 20) as f64,
+        metric(&p, "streamops_runtime_checkpoint_duration_seconds_sum")
+            / metric(&p, "streamops_runtime_checkpoint_duration_seconds_count").max(1.0),
+        metric(&p, "streamops_runtime_checkpoint_duration_seconds_count"),
+    );
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let (mut to_running, mut to_record) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // A checkpoint after the last round's new records.
+        std::thread::sleep(Duration::from_millis(500) + humantime_ms(&interval) * 2);
+        p.signal(libc::SIGKILL);
+        p.wait_exit(Duration::from_secs(10));
+        let killed = Instant::now();
+        for part in 0..4 {
+            let v = json!({"user": format!("new-{round}-{part}"), "ts": base + 500, "amount": 1}).to_string();
+            producer
+                .send(
+                    BaseRecord::<(), str>::to(&topics.source)
+                        .partition(part)
+                        .payload(&v),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        p = Proc::spawn(&path, "0-3", work.path(), None);
+        p.wait_running(Duration::from_secs(300));
+        let r = killed.elapsed().as_secs_f64();
+        while metric(&p, SOURCE_IN) < 1.0 {
+            assert!(
+                killed.elapsed() < Duration::from_secs(300),
+                "no record read:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let f = killed.elapsed().as_secs_f64();
+        let restore = metric(&p, "streamops_runtime_restore_duration_seconds_sum");
+        eprintln!(
+            "[recovery] round {round}: SIGKILL -> Running {r:.2}s, -> first new record read {f:.2}s \
+             (restore of the 4 tasks' state {restore:.2}s in total)"
+        );
+        to_running.push(r);
+        to_record.push(f);
+    }
+    eprintln!(
+        "[recovery] {keys} keys, {rounds} rounds: SIGKILL -> Running median {}s; -> first record read median {}s \
+         (target < 10 s)",
+        stats(&to_running, 2),
+        stats(&to_record, 2)
+    );
+    p.signal(libc::SIGTERM);
+    p.wait_exit(Duration::from_secs(60));
+}
+
+fn humantime_ms(s: &str) -> Duration {
+    let n: u64 = s
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(1);
+    if s.ends_with("ms") {
+        Duration::from_millis(n)
+    } else {
+        Duration::from_secs(n)
+    }
+}
+
+/// End-to-end latency of window results vs the checkpoint interval: one
+/// source partition, 1 s tumbling windows, no out-of-orderness, final
+/// results only. Each cycle produces ten records of window k; the first of
+/// them moves the watermark past the end of window k-1. Latency: from
+/// producing that record to the first final result of window k-1 read by
+/// a read_committed consumer. The cycle then pauses (2 x interval + 1.5 s)
+/// so that no transaction of the job is open on the partitions being read:
+/// the local broker (nisshi 0.7.0) shows read_committed readers nothing of
+/// a partition while any transaction on it is open, which under a steady
+/// stream would measure the broker, not the pipeline.
+#[test]
+#[ignore = "benchmark: needs STREAMOPS_BOOTSTRAP and --release"]
+fn window_result_latency_vs_checkpoint_interval() {
+    let intervals: String = env_or("BENCH_LATENCY_INTERVALS", "1s,2s,5s".to_string());
+    let samples: usize = env_or("BENCH_LATENCY_SAMPLES", 20);
+    for interval in intervals.split(',') {
+        let iv = humantime_ms(interval);
+        let topics = Topics::create("latency", 1);
+        let work = tempfile::tempdir().unwrap();
+        let mut j = job(
             &topics,
             1,
             1,
@@ -316,23 +543,90 @@ fn time_from_sigkill_to_processing_again() {
                 allow_empty_state: true,
                 mode: None,
             },
-        ),
-    );
-    let mut times = Vec::new();
-    for round in 0..5 {
-        let mut p = Proc::spawn(&path, "0-3", work.path(), None);
+        );
+        set_spec(&mut j, |spec| {
+            spec["source"]["watermark"]["outOfOrderness"] = json!("0ms");
+            spec["checkpoint"]["interval"] = json!(interval);
+        });
+        let path = write_job(work.path(), &j);
+        let mut p = Proc::spawn(&path, "0", work.path(), None);
         p.wait_running(Duration::from_secs(120));
-        std::thread::sleep(Duration::from_secs(2));
-        p.signal(libc::SIGKILL);
-        p.wait_exit(Duration::from_secs(10));
-        let killed = Instant::now();
-        let mut q = Proc::spawn(&path, "0-3", work.path(), None);
-        q.wait_running(Duration::from_secs(120));
-        let t = killed.elapsed().as_secs_f64();
-        eprintln!("[recovery] round {round}: SIGKILL -> processing again in {t:.2}s");
-        times.push(t);
-        q.signal(libc::SIGTERM);
-        q.wait_exit(Duration::from_secs(60));
+        // Reader: first arrival (wall ms) of a final result per window start.
+        let seen: Arc<std::sync::Mutex<std::collections::BTreeMap<i64, i64>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (seen, stop, sink) = (seen.clone(), stop.clone(), topics.sink.clone());
+            std::thread::spawn(move || {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", bootstrap())
+                    .set("group.id", unique("latency"))
+                    .set("isolation.level", "read_committed")
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "10")
+                    .create()
+                    .unwrap();
+                let mut tpl = TopicPartitionList::new();
+                for part in 0..3 {
+                    tpl.add_partition_offset(&sink, part, Offset::Beginning).unwrap();
+                }
+                c.assign(&tpl).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(10)) {
+                        let at = now_ms();
+                        let v: serde_json::Value =
+                            serde_json::from_slice(m.payload().unwrap_or(&[])).unwrap();
+                        if v["final"] == json!(true) {
+                            let start = v["windowStart"].as_i64().unwrap();
+                            seen.lock().unwrap().entry(start).or_insert(at);
+                        }
+                    }
+                }
+            })
+        };
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        let base = 1_700_000_000_000i64;
+        let mut closed_at = std::collections::BTreeMap::new();
+        for k in 0..=samples as i64 {
+            let sent = now_ms();
+            for i in 0..10i64 {
+                let v =
+                    json!({"user": format!("u{i}"), "ts": base + k * 1000 + i * 50, "amount": i}).to_string();
+                producer
+                    .send(BaseRecord::<(), str>::to(&topics.source).partition(0).payload(&v))
+                    .unwrap();
+            }
+            producer.flush(Duration::from_secs(10)).unwrap();
+            if k > 0 {
+                closed_at.insert(base + (k - 1) * 1000, sent);
+            }
+            std::thread::sleep(iv * 2 + Duration::from_millis(1500));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+        let seen = seen.lock().unwrap();
+        let mut lat: Vec<f64> = closed_at
+            .iter()
+            .filter_map(|(start, sent)| seen.get(start).map(|at| (at - sent) as f64 / 1000.0))
+            .collect();
+        let missing = closed_at.len() - lat.len();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1];
+        eprintln!(
+            "[latency] interval {interval}: {} windows, p50 {:.2}s, p99 {:.2}s, min {:.2}s, max {:.2}s \
+             ({:.2} x interval at p99; target < 2 x); {missing} windows without a result",
+            lat.len(),
+            pct(0.5),
+            pct(0.99),
+            lat[0],
+            lat[lat.len() - 1],
+            pct(0.99) / iv.as_secs_f64()
+        );
+        p.signal(libc::SIGTERM);
+        p.wait_exit(Duration::from_secs(60));
     }
-    eprintln!("[recovery] median {:.2}s over {} rounds", median(times), 5);
 }

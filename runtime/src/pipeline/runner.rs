@@ -396,6 +396,7 @@ impl Runner {
             &value,
             OwnedHeaders::new(),
         )?;
+        flush(producer, self.timeout)?;
         producer
             .commit_transaction(self.timeout)
             .map_err(kerr(format!("committing the fence transaction of task {t}")))
@@ -780,6 +781,7 @@ impl Runner {
         self.crash.hit("before-commit");
         // (3) commit.
         self.crash.arm("in-commit");
+        flush(&slot.producer, self.timeout)?;
         slot.producer
             .commit_transaction(self.timeout)
             .map_err(kerr(format!("committing checkpoint {id}")))?;
@@ -849,10 +851,16 @@ fn on_message(
     shared.metrics.records_in.with_label_values(&[stage]).inc();
     out.clear();
     if stage == "keyed" {
-        let before = slot.task.counters.duplicates_dropped;
+        let (dups, keyed) = (
+            slot.task.counters.duplicates_dropped,
+            slot.task.counters.keyed_records,
+        );
         slot.task.on_keyed(offset, value, out)?;
-        if slot.task.counters.duplicates_dropped > before {
+        if slot.task.counters.duplicates_dropped > dups {
             shared.metrics.duplicates_dropped.inc();
+        }
+        if slot.task.counters.keyed_records > keyed {
+            shared.metrics.keyed_records.inc();
         }
         shared
             .metrics
@@ -895,6 +903,25 @@ fn headers(checkpoint: &str) -> OwnedHeaders {
         key: CHECKPOINT_HEADER,
         value: Some(checkpoint.as_bytes()),
     })
+}
+
+/// Waits until every record of `producer` is delivered (or failed), serving
+/// its delivery reports. `commit_transaction` flushes too, but rdkafka's
+/// `BaseProducer` flush polls in steps that each last a full 100 ms, so a
+/// commit with anything in flight took at least 100 ms; this loop returns
+/// within a millisecond of the last delivery.
+fn flush(producer: &BaseProducer, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            bail!(
+                "{} records not delivered within {timeout:?}",
+                producer.in_flight_count()
+            );
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Produces one record, waiting while the producer's queue is full

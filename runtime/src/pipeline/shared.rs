@@ -67,6 +67,9 @@ pub struct Metrics {
     pub records_in: IntCounterVec,
     pub records_out: IntCounterVec,
     pub duplicates_dropped: IntCounter,
+    /// Keyed data records applied to window state (not replays, not
+    /// watermark records).
+    pub keyed_records: IntCounter,
     pub checkpoints: IntCounterVec,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: IntGauge,
@@ -95,6 +98,10 @@ impl Metrics {
         let duplicates_dropped = IntCounter::new(
             "pipeline_keyed_duplicates_dropped_total",
             "Keyed records already processed from their upstream (replays after a restore)",
+        )?;
+        let keyed_records = IntCounter::new(
+            "pipeline_keyed_records_total",
+            "Keyed data records applied to window state (stage 2; replays and watermark records excluded)",
         )?;
         let checkpoints = IntCounterVec::new(
             Opts::new(
@@ -136,6 +143,7 @@ impl Metrics {
             Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records_out.clone()),
             Box::new(duplicates_dropped.clone()),
+            Box::new(keyed_records.clone()),
             Box::new(checkpoints.clone()),
             Box::new(checkpoint_seconds.clone()),
             Box::new(checkpoint_bytes.clone()),
@@ -150,6 +158,7 @@ impl Metrics {
             records_in,
             records_out,
             duplicates_dropped,
+            keyed_records,
             checkpoints,
             checkpoint_seconds,
             checkpoint_bytes,
