@@ -304,7 +304,17 @@ pub struct Record {
     pub checkpoint: Option<String>,
 }
 
-/// Everything committed in `topic` (all partitions), read_committed.
+/// Everything committed in `topic` (all partitions) when the call starts,
+/// read_committed, plus whatever else is committed while it reads.
+///
+/// Reads until each partition's position reaches the end offset it had at
+/// the start, not until every partition reports end-of-partition at once: a
+/// running job commits a transaction per task every interval, so with eight
+/// partitions some partition is nearly always behind a transaction that is
+/// still open, and a read "to EOF everywhere" could miss its deadline (it
+/// did, about one run in six, on a loaded box). Stopping at an end offset
+/// taken before any record is read can miss nothing that was committed by
+/// then.
 pub fn read_all(topic: &str) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -315,26 +325,60 @@ pub fn read_all(topic: &str) -> Vec<Record> {
         .create()
         .unwrap();
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let parts = md.topics()[0].partitions().len();
+    let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
     for p in 0..parts {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        let (_, end) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("end offset of {topic}-{p}: {e}"));
+        ends.insert(p, end);
     }
     c.assign(&tpl).unwrap();
-    let mut eof = BTreeSet::new();
+    // A partition is read once its position reaches its end offset, or once
+    // it sits at end-of-partition without moving for STUCK: a transaction
+    // that nobody will ever resolve (a fenced one nisshi leaves open) holds
+    // read_committed readers there for good, and nothing behind it can be
+    // read by anyone; end-of-partition is where the reader stops then.
+    const STUCK: Duration = Duration::from_secs(10);
+    let mut at_eof: BTreeMap<i32, (i64, Instant)> = BTreeMap::new();
+    let position = |c: &BaseConsumer, p: i32| {
+        c.position().ok().and_then(|l| {
+            l.find_partition(topic, p).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+        })
+    };
+    let reached = |c: &BaseConsumer, at_eof: &BTreeMap<i32, (i64, Instant)>| {
+        ends.iter().all(|(p, end)| {
+            let pos = position(c, *p);
+            *end <= 0
+                || pos.is_some_and(|o| o >= *end)
+                || at_eof
+                    .get(p)
+                    .is_some_and(|(o, since)| pos == Some(*o) && since.elapsed() >= STUCK)
+        })
+    };
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while eof.len() < parts {
-        assert!(Instant::now() < deadline, "timed out reading {topic}");
+    while !reached(&c, &at_eof) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading {topic} up to {ends:?} (read_committed)"
+        );
         match c.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                eof.insert(p);
+                if let Some(o) = position(&c, p) {
+                    if at_eof.get(&p).is_none_or(|(seen, _)| *seen != o) {
+                        at_eof.insert(p, (o, Instant::now()));
+                    }
+                }
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             Some(Ok(m)) => {
-                eof.remove(&m.partition());
                 let checkpoint = m.headers().and_then(|h| {
                     h.iter()
                         .find(|h| h.key == CHECKPOINT_HEADER)
@@ -375,9 +419,13 @@ pub struct Verdict {
 }
 
 pub fn verify_sink(topics: &Topics) -> Verdict {
+    // Sink first: a record visible to read_committed was committed, and so
+    // was its marker (same transaction), so markers read afterwards include
+    // it. The other order counts records committed in between as leaks.
+    let sink = read_all(&topics.sink);
     let marks = markers(&topics.control);
     let mut v = Verdict::default();
-    for r in read_all(&topics.sink) {
+    for r in sink {
         let Some(cp) = &r.checkpoint else {
             v.untagged += 1;
             continue;
@@ -423,8 +471,9 @@ pub fn faults(expected: &BTreeMap<(String, i64), (i64, i64)>, v: &Verdict) -> Ve
 
 /// Committed (marker-backed) record count of a topic.
 pub fn committed_count(topic: &str, control: &str) -> (usize, usize) {
-    let marks = markers(control);
+    // The topic first, then the markers (see `verify_sink`).
     let all = read_all(topic);
+    let marks = markers(control);
     let ok = all
         .iter()
         .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains(c)))
@@ -474,7 +523,10 @@ impl Proc {
             .arg("--admin-token-file")
             .arg(&token)
             .env_remove("POD_NAME")
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("STREAMOPS_RUNTIME_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         match crash {
@@ -647,4 +699,57 @@ pub fn wait_complete(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Diagnosis for a failed exactly-once run: replays stage 2's duplicate rule
+/// (a keyed partition drops a record whose source offset is not above the
+/// largest it has seen from that upstream) over the repartition topic as
+/// read_committed readers see it now, and lists the records that rule drops
+/// although no record with their offset was applied before them: output
+/// lost if the live reader saw the same order. Each line names the
+/// checkpoint headers (`task:checkpoint:instance`) of the dropped record and
+/// of the record that raised the upstream's high mark past it.
+pub fn keyed_order_report(topics: &Topics) -> Vec<String> {
+    use streamops_runtime::pipeline::wire::{Wire, decode};
+    let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    for r in read_all(&topics.repartition) {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    let mut lines = Vec::new();
+    for (q, mut records) in by_partition {
+        records.sort_by_key(|r| r.offset);
+        // Per upstream: high mark (offset, header of its record), applied offsets.
+        let mut high: BTreeMap<u32, (i64, String)> = BTreeMap::new();
+        let mut applied: BTreeMap<u32, BTreeSet<i64>> = BTreeMap::new();
+        let mut lost: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for r in &records {
+            let Ok(Wire::Data(d)) = decode(&r.value) else {
+                continue;
+            };
+            let header = r.checkpoint.clone().unwrap_or_else(|| "-".into());
+            let seen = applied.entry(d.upstream).or_default();
+            match high.get(&d.upstream) {
+                Some((h, by)) if d.source_offset <= *h => {
+                    if !seen.contains(&d.source_offset) {
+                        lost.entry(d.upstream).or_default().push(format!(
+                            "offset {} ({header}, log offset {}) dropped under high mark {h} ({by})",
+                            d.source_offset, r.offset
+                        ));
+                    }
+                }
+                _ => {
+                    seen.insert(d.source_offset);
+                    high.insert(d.upstream, (d.source_offset, header));
+                }
+            }
+        }
+        for (u, l) in lost {
+            lines.push(format!(
+                "keyed partition {q}, upstream {u}: {} records dropped as duplicates of offsets never applied; first: {}",
+                l.len(),
+                l.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            ));
+        }
+    }
+    lines
 }
