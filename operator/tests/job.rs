@@ -367,6 +367,10 @@ mod fake {
         /// Generations seen running side by side, per observation.
         pub max_generations_together: usize,
         pub created: Vec<(String, i64)>,
+        /// The newest checkpoint id of a removed pod: checkpoint ids are
+        /// per job, so a new pod's commits continue above it (whether or
+        /// not the operator asks in between).
+        pub checkpoint_high: i64,
     }
 
     pub type Shared = Arc<Mutex<World>>;
@@ -552,7 +556,10 @@ mod fake {
                     let _ = pods
                         .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
                         .await;
-                    world.lock().unwrap().pods.remove(&ip(base, ordinal));
+                    let mut w = world.lock().unwrap();
+                    if let Some(gone) = w.pods.remove(&ip(base, ordinal)) {
+                        w.checkpoint_high = w.checkpoint_high.max(gone.checkpoint);
+                    }
                 }
             }
             let existing: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
@@ -575,6 +582,7 @@ mod fake {
                 }
                 let generation = job_json["generation"].as_i64().unwrap();
                 let mut w = world.lock().unwrap();
+                let checkpoint = w.checkpoint_high.max(100);
                 w.created.push((pod_name.clone(), generation));
                 w.pods.insert(
                     ip(base, i),
@@ -584,7 +592,7 @@ mod fake {
                         restore: job_json["restore"]["savepoint"].as_str().map(str::to_owned),
                         stopped: false,
                         stop_requested: false,
-                        checkpoint: 100,
+                        checkpoint,
                         savepoints: BTreeMap::new(),
                     },
                 );
@@ -602,6 +610,7 @@ mod fake {
                     })
                     .collect()
             };
+            let readiness: Vec<bool> = snapshot.iter().map(|(_, _, r)| *r).collect();
             for (pod_name, ip, ready) in snapshot {
                 let status = json!({"status": {
                     "phase": "Running",
@@ -615,6 +624,18 @@ mod fake {
                     .patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&status))
                     .await;
             }
+            // StatefulSet status, as the real controller writes it (Pods that
+            // exist, terminating or not, and the Ready ones): what wakes the
+            // operator's StatefulSet watch.
+            let ready_count = readiness.iter().filter(|r| **r).count();
+            let sts_status = json!({"status": {
+                "observedGeneration": sts.metadata.generation,
+                "replicas": readiness.len(),
+                "readyReplicas": ready_count,
+            }});
+            let _ = sets
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&sts_status))
+                .await;
         }
     }
 }

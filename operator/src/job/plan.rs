@@ -32,8 +32,19 @@ use streamops_crds::{
 /// without a restart (and its pods were requested at least this long ago);
 /// at most a quarter of the health timeout.
 pub const STABLE_AFTER: Duration = Duration::from_secs(5);
-/// How soon to look again while an operation is in flight.
+/// How soon to look again while only the runtime's admin API can tell what
+/// changed (`Savepointing`): nothing watches it.
 pub const POLL: Duration = Duration::from_secs(1);
+/// The longest wait while an operation waits on pods or topics. What those
+/// waits end on is watched: the StatefulSet's status (a pod created, Ready,
+/// not Ready or gone changes `replicas` / `readyReplicas`), the StreamTopics
+/// and the job itself wake the controller at once, and what only the clock
+/// decides (the stability window, the health timeout) is a deadline
+/// ([`rollout_deadline`]). This is the safety net for a missed event.
+pub const WAIT_MAX: Duration = Duration::from_secs(10);
+/// Added to a deadline so the next look falls just after it, not a
+/// millisecond before (which would cost one more round).
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 /// How soon to look again in a steady state (health, stopped pods, lag).
 pub const RESYNC: Duration = Duration::from_secs(30);
 
@@ -173,6 +184,59 @@ impl Step {
     fn poll(mut self) -> Self {
         self.requeue = POLL;
         self
+    }
+    /// Waits for a watch event, or until `deadline` (then just after it),
+    /// at most [`WAIT_MAX`].
+    fn wait(mut self, deadline: Option<Duration>) -> Self {
+        self.requeue = wait_for(deadline);
+        self
+    }
+}
+
+/// The requeue of a step that waits for a watch event or `deadline`.
+pub fn wait_for(deadline: Option<Duration>) -> Duration {
+    deadline.map_or(WAIT_MAX, |d| d.saturating_add(DEADLINE_SLACK).min(WAIT_MAX))
+}
+
+/// How long until the clock alone can change a rollout's decision, or `None`
+/// when only a change of the pods can (which the StatefulSet watch reports).
+///
+/// - Success: once `want` of the Ready `new_pods` have been Ready for
+///   `stable_after` (a pod without a known transition time counts as Ready
+///   long enough) and the pods were requested at least `stable_after` ago;
+///   never after a restart (a restarted rollout can only time out).
+/// - `health_timeout` (pass `None` once it no longer matters): the decision
+///   changes when `since` exceeds it.
+pub fn rollout_deadline(
+    new_pods: &[&PodView],
+    want: usize,
+    since: Duration,
+    stable_after: Duration,
+    health_timeout: Option<Duration>,
+    now: Timestamp,
+) -> Option<Duration> {
+    let restarted = new_pods.iter().any(|p| p.restarts > 0);
+    let stable = if restarted || want == 0 {
+        None
+    } else {
+        let mut due: Vec<Duration> = new_pods
+            .iter()
+            .filter(|p| p.ready)
+            .map(|p| match p.ready_since {
+                None => Duration::ZERO,
+                Some(t) => stable_after.saturating_sub(Duration::from_millis(
+                    u64::try_from(millis_between(t, now)).unwrap_or(0),
+                )),
+            })
+            .collect();
+        due.sort_unstable();
+        due.get(want - 1)
+            .map(|d| (*d).max(stable_after.saturating_sub(since)))
+    };
+    let timeout = health_timeout.and_then(|h| h.checked_sub(since));
+    match (stable, timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -959,7 +1023,7 @@ fn draining_for_suspend(o: &Observed, _intent: UpgradeIntent) -> Step {
             Health::reconciling("Suspending", format!("waiting for {} pods to go", o.pods.len())),
         )
         .deploy(steady_deployment(o, Some(0)))
-        .poll();
+        .wait(None);
     }
     let mut status = o.status.clone();
     status.upgrade = None;
@@ -981,7 +1045,8 @@ fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
     }
     let Some(target) = intent_deployment(o, &intent, intent.parallelism.unwrap_or(1)) else {
         let why = o.topics.clone().err().unwrap_or_default();
-        return Step::new(o.status.clone(), Health::reconciling("TopicNotReady", why)).poll();
+        // The StreamTopics are watched.
+        return Step::new(o.status.clone(), Health::reconciling("TopicNotReady", why)).wait(None);
     };
     let phase_reason = match kind {
         IntentKind::Deploy => "Deploying",
@@ -1002,7 +1067,7 @@ fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
                     replicas: 0,
                     ..target
                 }))
-                .poll();
+                .wait(None);
         }
         let mut intent = intent;
         intent.rollout_started = Some(Time(o.now));
@@ -1017,18 +1082,22 @@ fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
                 None => String::new(),
             }
         );
+        // The status write wakes the controller again at once.
+        let timeouts = timeouts(&intent.spec);
+        let stable_after = STABLE_AFTER.min(timeouts.health / 4);
         return Step::new(status, Health::reconciling(phase_reason, message.clone()))
             .deploy(Some(target))
             .event(false, "Starting", message)
-            .poll();
+            .wait(Some(stable_after.min(timeouts.health)));
     };
 
     let timeouts = timeouts(&intent.spec);
     let since = elapsed(&started, o.now);
     let want = usize::try_from(target.parallelism).unwrap_or(0);
     let pods = live_pods(o);
-    let new_pods: Vec<&&PodView> = pods
+    let new_pods: Vec<&PodView> = pods
         .iter()
+        .copied()
         .filter(|p| p.revision.as_deref() == Some(target.revision.as_str()))
         .collect();
     let ready = new_pods.iter().filter(|p| p.ready).count();
@@ -1048,21 +1117,38 @@ fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
     if ready_long_enough >= want && !restarted && since >= stable_after {
         return rollout_succeeded(o, intent, target, since);
     }
+    // No running clock in the message: it is written to the status only
+    // when it changes, and each write wakes the controller (its own watch)
+    // straight away, so a message that changed every second kept every
+    // waiting job reconciling in a loop.
     let progress = format!(
-        "{ready}/{want} pods of generation {} ready after {}{}",
+        "{ready}/{want} pods of generation {} ready; pods requested at {}{}",
         target.generation,
-        secs(since),
+        Timestamp::from_second(started.0.as_second()).unwrap_or(started.0),
         if restarted { "; a pod restarted" } else { "" }
     );
-    if since <= timeouts.health || o.status.phase == Some(JobPhase::Failed) {
-        let health = if o.status.phase == Some(JobPhase::Failed) {
+    let failed = o.status.phase == Some(JobPhase::Failed);
+    // After the health timeout (or once Failed) only the pods can change
+    // the decision.
+    let deadline = rollout_deadline(
+        &new_pods,
+        want,
+        since,
+        stable_after,
+        (!failed).then_some(timeouts.health),
+        o.now,
+    );
+    if since <= timeouts.health || failed {
+        let health = if failed {
             previous_stall(o).unwrap_or_else(|| Health::stalled("Unhealthy", progress.clone()))
         } else if kind == IntentKind::Deploy && since > timeouts.health {
             Health::stalled("Unhealthy", progress.clone())
         } else {
             Health::reconciling(phase_reason, progress.clone())
         };
-        return Step::new(o.status.clone(), health).deploy(Some(target)).poll();
+        return Step::new(o.status.clone(), health)
+            .deploy(Some(target))
+            .wait(deadline);
     }
     match kind {
         IntentKind::Deploy => {
@@ -1075,7 +1161,7 @@ fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
                 ),
             )
             .deploy(Some(target))
-            .poll()
+            .wait(deadline)
         }
         IntentKind::Rollback => {
             let mut status = o.status.clone();
@@ -1088,7 +1174,7 @@ fn rollout(o: &Observed, intent: UpgradeIntent) -> Step {
                 .deploy(Some(target))
                 .event(true, "RollbackFailed", message)
                 .outcome(Outcome::RollbackFailed)
-                .poll()
+                .wait(None)
         }
         _ => rollout_failed(o, intent, target, progress),
     }
@@ -1188,7 +1274,7 @@ fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progr
             .deploy(Some(target))
             .event(true, "UpgradeFailed", message)
             .outcome(Outcome::UpgradeFailed)
-            .poll();
+            .wait(None);
     };
     let savepoint = o
         .status
@@ -1220,7 +1306,7 @@ fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progr
             .deploy(Some(target))
             .event(true, "RollbackUnsafe", message)
             .outcome(Outcome::UpgradeFailed)
-            .poll();
+            .wait(None);
     };
     let m = target_parallelism(&stable, target.topics.total_partitions());
     let old_m = o
@@ -1267,7 +1353,7 @@ fn redeploy_failed(o: &Observed, failed: &UpgradeIntent) -> Step {
     }
     let Ok(topics) = &o.topics else {
         let why = o.topics.clone().err().unwrap_or_default();
-        return Step::new(o.status.clone(), Health::reconciling("TopicNotReady", why)).poll();
+        return Step::new(o.status.clone(), Health::reconciling("TopicNotReady", why)).wait(None);
     };
     let p = topics.total_partitions();
     let m = target_parallelism(&o.spec, p);

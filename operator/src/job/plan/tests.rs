@@ -1258,3 +1258,234 @@ fn lag_is_the_sum_over_pods_when_all_report_it() {
     o.runtime.insert("job-1".into(), Err("unreachable".into()));
     assert_eq!(decide(&o).status.lag, None, "unknown, not a partial sum");
 }
+
+fn pod(name: &str, ready: bool, ready_ago_ms: Option<i64>, restarts: i32, now: Timestamp) -> PodView {
+    PodView {
+        name: name.into(),
+        revision: Some("r".into()),
+        ready,
+        ready_since: ready_ago_ms.map(|ms| Timestamp::from_millisecond(now.as_millisecond() - ms).unwrap()),
+        restarts,
+        terminating: false,
+    }
+}
+
+#[test]
+fn rollout_deadline_is_the_next_moment_the_clock_alone_decides() {
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let s = Duration::from_secs;
+    let stable = s(5);
+    let health = Some(s(120));
+    // No pod Ready: only the health timeout lies ahead.
+    let (a, b) = (pod("a", false, None, 0, now), pod("b", false, None, 0, now));
+    assert_eq!(
+        rollout_deadline(&[&a, &b], 2, s(2), stable, health, now),
+        Some(s(118))
+    );
+    // Both Ready, 2 s and 4 s ago: stable when the later one has 5 s.
+    let (a, b) = (
+        pod("a", true, Some(2_000), 0, now),
+        pod("b", true, Some(4_000), 0, now),
+    );
+    assert_eq!(
+        rollout_deadline(&[&a, &b], 2, s(10), stable, health, now),
+        Some(s(3))
+    );
+    // ... but never before the pods were requested 5 s ago.
+    assert_eq!(
+        rollout_deadline(&[&a, &b], 2, s(1), stable, health, now),
+        Some(s(4))
+    );
+    // One of two Ready: the other turning Ready is a watch event, not a deadline.
+    let c = pod("c", false, None, 0, now);
+    assert_eq!(
+        rollout_deadline(&[&a, &c], 2, s(10), stable, health, now),
+        Some(s(110))
+    );
+    // A restart (a crash-looping pod) is never stable: the health timeout decides.
+    let crashed = pod("c", true, Some(1_000), 1, now);
+    assert_eq!(
+        rollout_deadline(&[&a, &crashed], 2, s(100), stable, health, now),
+        Some(s(20))
+    );
+    // No transition time known: counts as Ready long enough.
+    let (a, b) = (pod("a", true, None, 0, now), pod("b", true, None, 0, now));
+    assert_eq!(
+        rollout_deadline(&[&a, &b], 2, s(2), stable, health, now),
+        Some(s(3))
+    );
+    // A transition time ahead of our clock (skew): the whole window.
+    let ahead = pod("a", true, Some(-3_000), 0, now);
+    assert_eq!(
+        rollout_deadline(&[&ahead], 1, s(60), stable, health, now),
+        Some(s(5))
+    );
+    // The health timeout passed (or no longer matters) and nothing is Ready: no deadline.
+    assert_eq!(rollout_deadline(&[&c], 1, s(130), stable, health, now), None);
+    assert_eq!(rollout_deadline(&[&c], 1, s(10), stable, None, now), None);
+    // The nearer of the two.
+    let a = pod("a", true, Some(1_000), 0, now);
+    assert_eq!(
+        rollout_deadline(&[&a], 1, s(118), stable, health, now),
+        Some(s(2))
+    );
+}
+
+#[test]
+fn waits_are_capped_and_land_just_after_the_deadline() {
+    assert_eq!(wait_for(None), WAIT_MAX);
+    assert_eq!(
+        wait_for(Some(Duration::from_secs(3))),
+        Duration::from_millis(3_100)
+    );
+    assert_eq!(wait_for(Some(Duration::ZERO)), Duration::from_millis(100));
+    assert_eq!(wait_for(Some(Duration::from_secs(60))), WAIT_MAX);
+    assert!(WAIT_MAX >= Duration::from_secs(10) && WAIT_MAX <= Duration::from_secs(30));
+}
+
+/// A world upgrading to `runtime:v2` (health timeout `health`), right after
+/// its new pods were requested; returns it and when they were.
+fn rollout_started(health_timeout: &str) -> (World, Timestamp) {
+    let mut w = running_world(2);
+    w.change_spec(|s| {
+        s.image = Some("runtime:v2".into());
+        s.upgrade = health(health_timeout);
+    });
+    until(&mut w, "Upgrading started", |w| {
+        w.status
+            .upgrade
+            .as_ref()
+            .is_some_and(|i| i.rollout_started.is_some())
+    });
+    let started = w
+        .status
+        .upgrade
+        .as_ref()
+        .unwrap()
+        .rollout_started
+        .clone()
+        .unwrap()
+        .0;
+    (w, started)
+}
+
+fn at(t: Timestamp, ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(t.as_millisecond() + ms).unwrap()
+}
+
+#[test]
+fn a_rollout_waiting_for_pods_requeues_at_its_deadline_not_every_second() {
+    let (w, started) = rollout_started("120s");
+    let mut o = w.observe();
+    // Requested 8 s ago, no pod Ready yet: a watch event or the safety resync.
+    o.now = at(started, 8_000);
+    for p in &mut o.pods {
+        p.ready = false;
+    }
+    let step = decide(&o);
+    assert_eq!(step.status.phase, Some(JobPhase::Upgrading));
+    assert_eq!(step.requeue, WAIT_MAX);
+    // Both Ready, one since 2 s: look again when it has been for 5 s.
+    for (i, p) in o.pods.iter_mut().enumerate() {
+        p.ready = true;
+        p.ready_since = Some(at(o.now, if i == 0 { -2_000 } else { -4_000 }));
+    }
+    let step = decide(&o);
+    assert!(step.status.upgrade.is_some());
+    assert_eq!(step.requeue, Duration::from_millis(3_100));
+    // At that moment it is stable.
+    o.now = at(o.now, 3_100);
+    let step = decide(&o);
+    assert!(step.status.upgrade.is_none(), "stable once the deadline passed");
+    assert_eq!(step.status.phase, Some(JobPhase::Running));
+}
+
+#[test]
+fn a_crash_looping_new_pod_is_rolled_back_at_the_health_timeout() {
+    let (w, started) = rollout_started("20s");
+    let mut o = w.observe();
+    o.now = at(started, 15_000);
+    // Ready for long enough, but one pod restarted: never stable; the next
+    // deadline is the health timeout, 5 s ahead.
+    for p in &mut o.pods {
+        p.ready = true;
+        p.ready_since = Some(at(o.now, -6_000));
+    }
+    o.pods[1].restarts = 3;
+    let step = decide(&o);
+    assert!(step.status.upgrade.is_some());
+    assert!(
+        step.health.message().contains("a pod restarted"),
+        "{}",
+        step.health.message()
+    );
+    assert_eq!(step.requeue, Duration::from_millis(5_100));
+    o.now = at(started, 20_100);
+    let step = decide(&o);
+    assert_eq!(step.status.phase, Some(JobPhase::RollingBack));
+}
+
+#[test]
+fn only_savepointing_polls_every_second() {
+    // Savepointing: the admin API is not watched.
+    let mut w = running_world(2);
+    w.behaviour.savepoint_hangs = true;
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+    until(&mut w, "Savepointing", |w| {
+        w.phase() == Some(JobPhase::Savepointing)
+    });
+    assert_eq!(tick(&mut w).requeue, POLL);
+    // Old pods still there after the savepoint: the StatefulSet's status
+    // tells when they are gone.
+    let (w, _) = rollout_started("120s");
+    let mut o = w.observe();
+    let mut intent = o.status.upgrade.clone().unwrap();
+    intent.rollout_started = None;
+    o.status.upgrade = Some(intent);
+    let step = decide(&o);
+    assert!(
+        step.health.message().contains("old pods to go"),
+        "{}",
+        step.health.message()
+    );
+    assert_eq!(step.requeue, WAIT_MAX);
+    // Topics not Ready mid-rollout: the StreamTopics are watched.
+    o.topics = Err("StreamTopic \"clicks\" is not Ready".into());
+    assert_eq!(decide(&o).requeue, WAIT_MAX);
+    // Stalled after the health timeout of a first deployment: waits for the pods.
+    let mut w = World::new(2);
+    w.spec.upgrade = health("20s");
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    w.spec.image = Some("runtime:bad".into());
+    until(&mut w, "Stalled", |w| w.stalled().as_deref() == Some("Unhealthy"));
+    assert_eq!(tick(&mut w).requeue, WAIT_MAX);
+}
+
+#[test]
+fn a_waiting_rollout_reports_the_same_status_as_time_passes() {
+    // Every status write wakes the controller through its own watch: a
+    // message with a running clock would keep a waiting job reconciling.
+    let (w, started) = rollout_started("120s");
+    let mut o = w.observe();
+    for p in &mut o.pods {
+        p.ready = false;
+    }
+    o.now = at(started, 8_000);
+    let a = decide(&o);
+    o.now = at(started, 19_000);
+    let b = decide(&o);
+    assert_eq!(a.status, b.status);
+    assert_eq!(a.health, b.health);
+    // Past the health timeout of a first deployment: Stalled, then also stable.
+    let mut w = World::new(2);
+    w.spec.upgrade = health("20s");
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    w.spec.image = Some("runtime:bad".into());
+    until(&mut w, "Stalled", |w| w.stalled().as_deref() == Some("Unhealthy"));
+    let mut o = w.observe();
+    let a = decide(&o);
+    o.now = at(o.now, 30_000);
+    let b = decide(&o);
+    assert_eq!(a.status, b.status);
+    assert_eq!(a.health, b.health);
+}
