@@ -93,7 +93,15 @@ pub struct OperatorConfig {
     /// Timeout of each call to a runtime pod's admin API.
     #[arg(long, env = "STREAMOPS_RUNTIME_ADMIN_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub runtime_admin_timeout: Duration,
+    /// Reconciles running at once, per controller (StreamTopic, StreamJob);
+    /// 0 = unbounded. Bounds the memory of a burst (1,000 objects applied at
+    /// once); the rest wait in the controller's queue.
+    #[arg(long, env = "STREAMOPS_RECONCILE_CONCURRENCY", default_value_t = DEFAULT_RECONCILE_CONCURRENCY)]
+    pub reconcile_concurrency: u16,
 }
+
+/// See [`OperatorConfig::reconcile_concurrency`].
+pub const DEFAULT_RECONCILE_CONCURRENCY: u16 = 16;
 
 impl Default for OperatorConfig {
     fn default() -> Self {
@@ -122,6 +130,7 @@ impl Default for OperatorConfig {
             runtime_image: None,
             checkpoint_storage: "file:///var/lib/streamops/checkpoints".into(),
             runtime_admin_timeout: Duration::from_secs(3),
+            reconcile_concurrency: DEFAULT_RECONCILE_CONCURRENCY,
         }
     }
 }

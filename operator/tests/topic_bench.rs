@@ -62,6 +62,8 @@ struct RunResult {
     kafka_baseline_s: f64,
     idle_rss_mib: f64,
     peak_rss_mib: f64,
+    /// Most threads seen in the operator during the burst (sampled every 50 ms).
+    peak_threads: f64,
     burst_reconciles: f64,
     burst_reconcile_mean_ms: f64,
     burst_errors: f64,
@@ -182,6 +184,7 @@ async fn one_run(
     let deadline = Instant::now() + Duration::from_secs(1200);
     loop {
         let ready = ready_at.lock().expect("lock").len();
+        r.peak_threads = r.peak_threads.max(proc_status_kib(operator.0.id(), "Threads"));
         if ready >= n {
             break;
         }
@@ -405,6 +408,7 @@ fn print_summary(n: usize, results: &[RunResult]) {
     });
     row("operator RSS idle (MiB)", |r| r.idle_rss_mib);
     row("operator peak RSS, VmHWM (MiB)", |r| r.peak_rss_mib);
+    row("operator threads, most seen during the burst", |r| r.peak_threads);
     row("unchanged object: reconcile p50 (ms)", |r| r.unchanged_p50_ms);
     row("unchanged object: reconcile p99 (ms)", |r| r.unchanged_p99_ms);
     row("I/O floor: describe + GET p50 (ms)", |r| r.floor_p50_ms);

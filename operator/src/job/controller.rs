@@ -25,7 +25,7 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
     runtime::{
         Controller,
-        controller::Action,
+        controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{self, Event as FinalizerEvent},
         reflector::ObjectRef,
@@ -147,7 +147,8 @@ pub async fn run(
                 Api::all(client.clone()),
             ),
         };
-    let controller = Controller::new(jobs, watcher::Config::default().any_semantic());
+    let controller = Controller::new(jobs, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(config.reconcile_concurrency));
     let store = controller.store();
     let admin = Arc::new(HttpAdmin::new(config.runtime_admin_timeout));
     let ctx = JobContext::new(client, config, metrics, admin);

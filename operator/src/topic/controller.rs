@@ -9,7 +9,7 @@ use kube::{
     Api, ResourceExt,
     runtime::{
         Controller,
-        controller::Action,
+        controller::{self, Action},
         events::EventType,
         finalizer::{self, Event as FinalizerEvent},
         watcher,
@@ -51,7 +51,8 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(config.reconcile_concurrency));
     let ctx = Context::new(client, config, metrics, controller.store());
     controller
         .graceful_shutdown_on(shutdown)
