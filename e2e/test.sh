@@ -50,6 +50,24 @@ trap report EXIT
 
 wants() { [[ " $stages " == *" $1 "* ]]; }
 
+# The build cache is shared by every run on this machine (CI's clones
+# included) and only ever grows: one session's filled the disk (61 GiB). Drop
+# what no build has read for a week (relatime refreshes atime at least daily
+# on read; cargo rebuilds any unit whose outputs are missing, so this can cost
+# time, never correctness), and the incremental caches when the disk is short.
+prune_build_cache() {
+  [[ -d $CARGO_TARGET_DIR ]] || return 0
+  find "$CARGO_TARGET_DIR" -path '*/incremental' -prune -o -type f -atime +7 -print0 | xargs -0r rm -f
+  local free_kib
+  free_kib=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 {print $4}')
+  if ((free_kib < 20 * 1024 * 1024)); then
+    echo "=== less than 20 GiB free: removing cargo's incremental caches"
+    rm -rf "$CARGO_TARGET_DIR"/*/incremental
+  fi
+  du -sh "$CARGO_TARGET_DIR" 2>/dev/null | sed 's/^/=== build cache: /'
+}
+prune_build_cache
+
 stage install "$here/cluster/install.sh"
 
 if wants lint; then
