@@ -371,10 +371,10 @@ pub fn read_all(topic: &str) -> Vec<Record> {
         match c.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                if let Some(o) = position(&c, p) {
-                    if at_eof.get(&p).is_none_or(|(seen, _)| *seen != o) {
-                        at_eof.insert(p, (o, Instant::now()));
-                    }
+                if let Some(o) = position(&c, p)
+                    && at_eof.get(&p).is_none_or(|(seen, _)| *seen != o)
+                {
+                    at_eof.insert(p, (o, Instant::now()));
                 }
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
