@@ -172,7 +172,7 @@ build_nisshi() {
   command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
   mkdir -p "$NISSHI_ROOT"
   local logf=$CACHE/nisshi-$STREAMOPS_NISSHI_VERSION.build.log t0=$SECONDS
-  log "cargo install nisshi@$STREAMOPS_NISSHI_VERSION (nice $NICE; ~10-15 min cold), log: $logf"
+  log "cargo install nisshi@$STREAMOPS_NISSHI_VERSION (nice $NICE; ~20 min cold on 2 cores), log: $logf"
   # shellcheck disable=SC2054
   local args=(install "nisshi@$STREAMOPS_NISSHI_VERSION" --ignore-rust-version
               --no-default-features --features dynostore,libsql

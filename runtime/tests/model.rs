@@ -431,4 +431,43 @@ proptest! {
         feed(&mut restored, cut..c.events.len(), &mut outputs);
         prop_assert_eq!(outputs, whole);
     }
+
+    /// A chain of crashes, as the pipeline lives it: each engine is restored
+    /// from the previous one's snapshot, runs on (its output after the
+    /// snapshot is lost in the crash), snapshots again, crashes again.
+    #[test]
+    fn repeated_crash_and_restore_equals_uninterrupted_run(
+        c in case_strategy(),
+        mut cuts in prop::collection::vec((0usize..120, 0usize..40), 1..5),
+    ) {
+        let whole = run_engine(&c).outputs;
+        let n = c.events.len();
+        cuts.sort_unstable();
+        let plan = Arc::new(Plan::build(&definition(&c)).unwrap());
+        let partitions: Vec<u32> = (0..c.source_partitions).collect();
+        let feed = |engine: &mut Engine<MemoryBackend>, range: std::ops::Range<usize>, outputs: &mut Vec<Output>| {
+            for i in range {
+                let value = c.events[i].json();
+                engine.process(SourceRecord { partition: c.events[i].partition, offset: i as i64, key: None, value: &value }, 0, outputs).unwrap();
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = Engine::new(plan.clone(), &partitions, c.keyed_partitions, MemoryBackend::new(), 0)
+            .with_cache_capacity(c.cache);
+        let mut outputs = Vec::new();
+        let mut at = 0;
+        for (round, &(cut, lost)) in cuts.iter().enumerate() {
+            let cut = cut.clamp(at, n);
+            feed(&mut engine, at..cut, &mut outputs);
+            let cp = dir.path().join(format!("cp-{round}"));
+            engine.snapshot(&cp).unwrap();
+            // Work done after the snapshot and lost in the crash.
+            feed(&mut engine, cut..(cut + lost).min(n), &mut Vec::new());
+            drop(engine);
+            engine = Engine::restore_with_cache(plan.clone(), &cp, &partitions, c.keyed_partitions, c.cache, MemoryBackend::new(), 0).unwrap();
+            at = cut;
+        }
+        feed(&mut engine, at..n, &mut outputs);
+        prop_assert_eq!(outputs, whole);
+    }
 }
