@@ -17,14 +17,6 @@ use kafka::*;
 use streamops_runtime::pipeline::job::RestoreFrom;
 use streamops_runtime::pipeline::shared::CRASH_POINTS;
 
-fn empty_ok() -> RestoreFrom {
-    RestoreFrom {
-        savepoint: None,
-        allow_empty_state: true,
-        mode: None,
-    }
-}
-
 /// Prints what the repartition topic shows about lost records when a run
 /// found product faults (see `keyed_order_report`).
 fn diagnose(name: &str, topics: &Topics, faults: &[String]) {

@@ -213,17 +213,7 @@ fn pipeline_throughput_vs_plain_copy() {
         let baseline = total as f64 / copy(&topics.source, &copy_to, total, 4).as_secs_f64();
 
         let work = tempfile::tempdir().unwrap();
-        let mut j = job(
-            &topics,
-            1,
-            1,
-            &work.path().join("storage"),
-            RestoreFrom {
-                savepoint: None,
-                allow_empty_state: true,
-                mode: None,
-            },
-        );
+        let mut j = job(&topics, 1, 1, &work.path().join("storage"), empty_ok());
         set_spec(&mut j, |spec| {
             spec["pipeline"]["emit"] = json!("onUpdate");
             spec["checkpoint"]["interval"] = json!(interval);
@@ -420,17 +410,7 @@ fn time_from_sigkill_to_processing_again() {
         "[recovery] produced {keys} records with distinct keys in {:.1}s",
         produced.elapsed().as_secs_f64()
     );
-    let mut j = job(
-        &topics,
-        1,
-        1,
-        &work.path().join("storage"),
-        RestoreFrom {
-            savepoint: None,
-            allow_empty_state: true,
-            mode: None,
-        },
-    );
+    let mut j = job(&topics, 1, 1, &work.path().join("storage"), empty_ok());
     set_spec(&mut j, |spec| {
         spec["pipeline"]["window"]["size"] = json!("1h");
         spec["checkpoint"]["interval"] = json!(interval);
@@ -533,17 +513,7 @@ fn window_result_latency_vs_checkpoint_interval() {
         let iv = humantime_ms(interval);
         let topics = Topics::create("latency", 1);
         let work = tempfile::tempdir().unwrap();
-        let mut j = job(
-            &topics,
-            1,
-            1,
-            &work.path().join("storage"),
-            RestoreFrom {
-                savepoint: None,
-                allow_empty_state: true,
-                mode: None,
-            },
-        );
+        let mut j = job(&topics, 1, 1, &work.path().join("storage"), empty_ok());
         set_spec(&mut j, |spec| {
             spec["source"]["watermark"]["outOfOrderness"] = json!("0ms");
             spec["checkpoint"]["interval"] = json!(interval);

@@ -753,3 +753,13 @@ pub fn keyed_order_report(topics: &Topics) -> Vec<String> {
     }
     lines
 }
+
+/// Restore settings of a job that may start from empty state (no savepoint,
+/// no committed checkpoint needed).
+pub fn empty_ok() -> RestoreFrom {
+    RestoreFrom {
+        savepoint: None,
+        allow_empty_state: true,
+        mode: None,
+    }
+}
