@@ -40,8 +40,14 @@ stage() { # name command...
   "$@"
   timings+=("$(printf '%-10s %5ds' "$name" $((SECONDS - start)))")
 }
+install_pid=
 report() {
   local rc=$?
+  # A failed lint or unit stage should not wait for the background builds.
+  if [[ -n $install_pid ]] && kill -0 "$install_pid" 2>/dev/null; then
+    echo "=== stopping the background Kubernetes/nisshi builds (pid $install_pid)"
+    kill -TERM -- "-$install_pid" 2>/dev/null || true
+  fi
   echo "=== stage timings"
   printf '  %s\n' "${timings[@]:-none}"
   [ "$rc" -eq 0 ] && echo "=== all stages passed" || echo "=== FAILED (exit $rc)"
@@ -68,44 +74,79 @@ prune_build_cache() {
 }
 prune_build_cache
 
-stage install "$here/cluster/install.sh"
+# Debian packages first (the Rust build needs clang for RocksDB's bindgen).
+# The Kubernetes and nisshi builds (about 26 min cold) are needed from the api
+# stage on: they run in the background, niced, beside the lint and unit
+# stages, whose cargo builds leave a core idle in their serial phases
+# (linking, the last big crates). On a warm machine both are cache hits.
+stage install "$here/cluster/install.sh" --only packages
+install_log=$STREAMOPS_CACHE/install-builds.log
+mkdir -p "$STREAMOPS_CACHE"
+# Its own process group (setsid), so that stopping it stops its builds too;
+# without CARGO_TARGET_DIR, so that `cargo install` builds in a temporary
+# directory instead of queueing on the workspace build's target directory.
+env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only nisshi >"$install_log" 2>&1 &
+install_pid=$!
+echo "=== [install-builds] Kubernetes and nisshi in the background (pid $install_pid), log: $install_log"
+install_done=0
+wait_install() { # idempotent; the first stage that needs the cluster calls it
+  ((install_done)) && return 0
+  local rc=0
+  wait "$install_pid" || rc=$?
+  install_done=1
+  sed 's/^/  install-builds| /' "$install_log"
+  [[ $rc -eq 0 ]] || { echo "=== install-builds failed (exit $rc)"; return "$rc"; }
+}
 
 if wants lint; then
   stage fmt cargo fmt --all --check
   stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
+# Every cargo command below selects the whole workspace (--workspace) and
+# picks test targets with --lib/--bins/--test: cargo resolves features per
+# package selection, and `-p X` or `--exclude Y` would resolve them differently
+# and rebuild shared dependencies (tokio, rustls, rdkafka's librdkafka, ...)
+# once per selection on a cold machine. With one selection every stage reuses
+# the units of the first (checked with `cargo test --unit-graph`).
+tests_of() { # DIR: --test NAME for each integration test file in DIR
+  local f
+  for f in "$1"/*.rs; do printf -- '--test %s ' "$(basename "$f" .rs)"; done
+}
+
 if wants unit; then
-  # Everything that needs no cluster and no broker. The operator's tests/
-  # need both and run in the api stage.
-  stage unit cargo test --workspace --exclude streamops-e2e --exclude streamops-operator --locked
-  stage unit-operator cargo test -p streamops-operator --lib --bins --locked
+  # Everything that needs no cluster and no broker: every crate's unit tests,
+  # the runtime's integration and property tests (the exactly-once ones that
+  # need the broker are #[ignore]d here and run in the api stage), doc tests.
+  # The operator's tests/ and e2e/ need a cluster and run in the api stage.
+  # shellcheck disable=SC2046 # word splitting of tests_of is intended
+  stage unit cargo test --workspace --locked --lib --bins $(tests_of runtime/tests)
+  stage doc cargo test --workspace --locked --doc
 fi
 
 if wants chart; then
-  command -v lua5.4 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4; }
   stage argocd-lua lua5.4 charts/streamops/argocd/tests/run.lua
 fi
 
 if wants api; then
+  stage install-wait wait_install
   api_tests() {
     local state=${STREAMOPS_STATE:-/tmp/streamops-cluster}
     "$here/cluster/cluster.sh" up --control-plane
     # shellcheck disable=SC2064
     trap "'$here/cluster/cluster.sh' down || true" RETURN
     export STREAMOPS_KUBECONFIG=$state/kubeconfig
-    cargo test -p streamops-e2e --locked --test api
+    cargo test --workspace --locked --test api
     # The operator's controllers against the real apiserver and a real broker.
     "$here/cluster/cluster.sh" broker up
     STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap")
     export STREAMOPS_BOOTSTRAP
-    cargo test -p streamops-operator --locked --tests
+    # shellcheck disable=SC2046
+    cargo test --workspace --locked $(tests_of operator/tests)
     # The runtime's exactly-once proofs against the same broker: SIGKILL and
     # crash points, zombie fencing across rescale, savepoint restore at other
     # parallelism, refusal to start empty, the broker-gap conformance test.
-    # Same package selection as the unit stage (no feature-unification rebuild).
-    cargo test --workspace --exclude streamops-e2e --exclude streamops-operator --locked \
-      --test exactly_once -- --ignored --test-threads=1 --nocapture
+    cargo test --workspace --locked --test exactly_once -- --ignored --test-threads=1 --nocapture
     # The Helm chart with Helm's own engine (helm-sdkpy; no helm binary here).
     python3 -c 'import helm_sdkpy' 2>/dev/null ||
       pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
@@ -123,12 +164,14 @@ if wants api; then
 fi
 
 if wants smoke; then
+  stage install-wait wait_install
   # --debug: the dev-profile binaries, built with the unit and api stages'
   # package sets (see e2e/images/build.sh), so nothing is rebuilt here.
   stage smoke "$here/smoke/smoke.sh" --debug
 fi
 
 if wants jobs; then
+  stage install-wait wait_install
   # A full node (stopped afterwards if this stage started it), the product
   # images (the same --debug build as the smoke stage), the chart, then the
   # tests. Same package set as the api stage's e2e tests: nothing new to build.
@@ -153,10 +196,10 @@ if wants jobs; then
     KUBECONFIG=$STREAMOPS_KUBECONFIG kubectl -n streamops-system rollout status deployment/streamops-operator --timeout=180s
     # One test at a time: one of them restarts the operator, and the node has
     # two cores. Each test prints what it waits for and for how long.
-    cargo test -p streamops-e2e --locked --test jobs -- --nocapture --test-threads=1
+    cargo test --workspace --locked --test jobs -- --nocapture --test-threads=1
     # The GitOps user story: examples/ applied twice with kubectl (Ready via
     # kubectl wait, no drift), then deleted.
-    cargo test -p streamops-e2e --locked --test gitops -- --nocapture
+    cargo test --workspace --locked --test gitops -- --nocapture
   }
   stage jobs jobs_tests
 fi

@@ -32,6 +32,7 @@ APT_PACKAGES=(
   golang-github-modern-go-reflect2-dev ca-certificates python3 iproute2
   procps util-linux curl
   clang libclang-dev g++
+  lua5.4
 )
 
 log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

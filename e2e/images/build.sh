@@ -76,23 +76,19 @@ product_bin() { # NAME -> path of the binary, building it if needed
 }
 
 # Which cargo invocation builds each binary. Cargo resolves features per
-# invocation: a package set that differs from the test stages' (for example
-# `-p streamops-operator -p streamops-runtime`, or `--workspace --bins`) unifies
-# bitflags/getrandom/clap features differently, which changes the hash of
-# librocksdb-sys's build script and recompiles RocksDB's C++ (10-15 min) next to
-# the copy the tests already built. So:
-#   debug:   exactly the package sets of e2e/test.sh's test stages, so that the
-#            smoke stage reuses their artifacts (verified with `cargo build
-#            --unit-graph`: identical units for both binaries);
-#              runtime  = the `unit` stage: cargo test --no-run --workspace
-#                         --exclude streamops-e2e --exclude streamops-operator
-#                         (it builds the plain binary for the integration tests)
-#              operator = the `api` stage's `cargo test -p streamops-operator
-#                         --tests`, whose binary unit equals `cargo build
-#                         -p streamops-operator --bins`
+# package selection: a selection that differs from the test stages' (for
+# example `-p streamops-operator`, or `--workspace --bins`, which leaves out
+# dev-dependencies) unifies features differently and rebuilds shared
+# dependencies, RocksDB's C++ among them (10-15 min), next to the copy the
+# tests already built. So:
+#   debug:   the test stages' selection: e2e/test.sh runs every cargo command
+#            with --workspace; `cargo test --workspace --no-run` builds every
+#            test target and, because both packages have integration tests,
+#            the plain operator and runtime binaries too (verified with
+#            `cargo test --unit-graph`: the same units as the stages').
 #   release: one package per invocation, as the Dockerfiles and
 #            runtime/BENCHMARKS.md do (`cargo build --release -p <package>`).
-# KEEP IN SYNC with the cargo commands of the unit and api stages in e2e/test.sh.
+# KEEP IN SYNC with the cargo commands of e2e/test.sh.
 cargo_build() {
   [[ -n $BIN_DIR ]] && return 0
   has operator || has runtime || return 0
@@ -105,8 +101,7 @@ cargo_build() {
     has operator && cmds+=("build --release -p streamops-operator")
     has runtime && cmds+=("build --release -p streamops-runtime")
   else
-    has operator && cmds+=("build -p streamops-operator --bins")
-    has runtime && cmds+=("test --no-run --workspace --exclude streamops-e2e --exclude streamops-operator")
+    cmds+=("test --no-run --workspace")
   fi
   local cmd
   for cmd in "${cmds[@]}"; do
