@@ -195,6 +195,10 @@ fn savepoint_restores_at_other_parallelism() {
         for p in &old {
             assert_eq!(p.status().unwrap()["state"], "Stopped");
         }
+        let old_logs: Vec<String> = old
+            .iter()
+            .map(|p| format!("--- gen1 runtime {}\n{}", p.tasks, p.log()))
+            .collect();
         drop(old);
         produce(&topics.source, &second);
         // Generation 2 restores the savepoint at another parallelism.
@@ -238,6 +242,9 @@ fn savepoint_restores_at_other_parallelism() {
             eprintln!(
                 "[rescale 4->{restore_at}] missing by keyed partition {by_task:?}\n  by window {by_window:?}"
             );
+            for l in &old_logs {
+                eprintln!("{l}");
+            }
             for p in &mut new {
                 let metrics = p
                     .http("GET", "/metrics", None)

@@ -336,7 +336,15 @@ impl Runner {
                 self.crash.hit("during-restore");
                 let task = Task::restore(&dir, task_count, self.plan.clone(), backend, now_ms())?;
                 let _ = std::fs::remove_dir_all(&dir);
-                info!(task = t, from = ?source, checkpoint = manifest.checkpoint_id, "restored");
+                info!(
+                    task = t,
+                    from = ?source,
+                    checkpoint = manifest.checkpoint_id,
+                    entries = task.open_entries(),
+                    watermark = task.watermark(),
+                    keyed_offset = ?task.meta.keyed_offset,
+                    "restored"
+                );
                 task
             }
         };
@@ -718,6 +726,18 @@ impl Runner {
             .join(format!("snapshot-{t}-{id}-{}", self.instance));
         let _ = std::fs::remove_dir_all(&snap);
         slot.task.snapshot(&snap)?;
+        if savepoint.is_some() {
+            info!(
+                task = t,
+                checkpoint = id,
+                entries = slot.task.open_entries(),
+                watermark = slot.task.watermark(),
+                source_offset = ?slot.task.meta.source_offset,
+                keyed_offset = ?slot.task.meta.keyed_offset,
+                counters = ?slot.task.counters,
+                "savepoint snapshot"
+            );
+        }
         let target = match savepoint {
             Some(sp) => Target::Savepoint {
                 id: sp,

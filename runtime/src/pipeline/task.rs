@@ -186,6 +186,11 @@ impl Task {
         self.meta.task
     }
 
+    /// Live (window, key) entries of the task's window state.
+    pub fn open_entries(&self) -> usize {
+        self.op.open_entries()
+    }
+
     /// The keyed partition's watermark.
     pub fn watermark(&self) -> i64 {
         self.op.watermark()
