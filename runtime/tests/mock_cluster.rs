@@ -151,3 +151,41 @@ fn request_errors_on_init_are_retried_or_reported() {
     shared.shutdown.store(true, Ordering::Relaxed);
     runner.run().expect("graceful stop commits and exits");
 }
+
+#[test]
+fn failed_delivery_fails_the_checkpoint_before_its_commit() {
+    let (mock, dir) = setup();
+    let rt = runtime();
+    let shared = Arc::new(Shared::new(1, vec![0]).unwrap());
+    let runner = Runner::start(config(&mock, dir.path()), shared.clone(), rt.handle().clone())
+        .expect("starts against the mock cluster");
+    // Every produce request now fails for good: the checkpoint's marker
+    // (and any output) cannot be delivered.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
+    );
+    let stopper = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            shared.shutdown.store(true, Ordering::Relaxed);
+        })
+    };
+    let err = format!(
+        "{:#}",
+        runner
+            .run()
+            .expect_err("an undelivered record must end the runtime")
+    );
+    assert!(
+        err.contains("failed delivery") && err.contains("not committing"),
+        "the error says which records failed and that nothing was committed: {err}"
+    );
+    assert_eq!(
+        shared.status().checkpoint_id,
+        None,
+        "no checkpoint may be recorded as committed"
+    );
+    drop(stopper);
+}

@@ -12,17 +12,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
@@ -67,9 +67,58 @@ pub struct RunConfig {
     pub kafka_timeout: Duration,
 }
 
+/// The delivery reports of a task's transactional producer: records the
+/// brokers acknowledged, per (topic, partition), and failures, since the
+/// last [`DeliveryLedger::take`]. Every record of a transaction is flushed
+/// before its commit, so at commit time the ledger holds exactly that
+/// transaction's records. A failed delivery fails the checkpoint (librdkafka
+/// also makes such a transaction abortable; the runtime does not rely on it).
+#[derive(Default)]
+pub struct DeliveryLedger {
+    inner: Mutex<Deliveries>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Deliveries {
+    pub acked: BTreeMap<(String, i32), u64>,
+    pub failed: u64,
+    pub first_failure: Option<String>,
+}
+
+impl DeliveryLedger {
+    /// What was delivered (or failed) since the last call.
+    pub fn take(&self) -> Deliveries {
+        std::mem::take(&mut *self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ClientContext for DeliveryLedger {}
+
+impl ProducerContext for DeliveryLedger {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(m) => *d.acked.entry((m.topic().to_string(), m.partition())).or_default() += 1,
+            Err((e, m)) => {
+                d.failed += 1;
+                if d.first_failure.is_none() {
+                    d.first_failure = Some(format!("{}-{}: {e}", m.topic(), m.partition()));
+                }
+            }
+        }
+    }
+}
+
+/// A task's transactional producer.
+type TxProducer = BaseProducer<DeliveryLedger>;
+
 struct Slot {
     task: Task,
-    producer: BaseProducer,
+    producer: TxProducer,
+    /// Records acknowledged per (topic, partition) over the task's life here.
+    acked: BTreeMap<(String, i32), u64>,
     source_topic: String,
     source_partition: i32,
     /// Manifests of the last committed checkpoints (newest last).
@@ -279,7 +328,7 @@ impl Runner {
             .source_of(t)
             .map(|(a, b)| (a.to_string(), b))
             .ok_or_else(|| anyhow!("task {t} does not exist: the job has {task_count} source partitions"))?;
-        let producer: BaseProducer = self
+        let producer: TxProducer = self
             .kafka
             .client()
             .set("transactional.id", self.job.transactional_id(t))
@@ -288,7 +337,7 @@ impl Runner {
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random")
             .set("client.id", format!("streamops-runtime-{}-{t}", self.instance))
-            .create()
+            .create_with_context(DeliveryLedger::default())
             .map_err(kerr("creating a transactional producer"))?;
         // Fences every predecessor holding this task (any version, any parallelism).
         producer
@@ -373,9 +422,12 @@ impl Runner {
         self.shared.update_status(|s| {
             s.checkpoints.insert(t, task.meta.checkpoint_id);
         });
+        // The fence transaction's record is not the first checkpoint's.
+        producer.context().take();
         Ok(Slot {
             task,
             producer,
+            acked: BTreeMap::new(),
             source_topic: topic,
             source_partition: partition,
             committed,
@@ -391,7 +443,7 @@ impl Runner {
     /// no-op record; brokers that leave a fenced transaction open until the
     /// new epoch commits (nisshi 0.7.0 does, then shows its records) resolve
     /// it here, so the read below can reach the end of the partition.
-    fn resolve_predecessor(&self, producer: &BaseProducer, t: u32) -> Result<()> {
+    fn resolve_predecessor(&self, producer: &TxProducer, t: u32) -> Result<()> {
         producer
             .begin_transaction()
             .map_err(kerr("beginning the fence transaction"))?;
@@ -802,10 +854,24 @@ impl Runner {
         // (3) commit.
         self.crash.arm("in-commit");
         flush(&slot.producer, self.timeout)?;
+        let delivered = slot.producer.context().take();
+        if delivered.failed > 0 {
+            bail!(
+                "task {t}: {} records of checkpoint {id} failed delivery (first: {}); not committing it",
+                delivered.failed,
+                delivered.first_failure.unwrap_or_default()
+            );
+        }
         slot.producer
             .commit_transaction(self.timeout)
             .map_err(kerr(format!("committing checkpoint {id}")))?;
         self.crash.hit("after-commit");
+        for (tp, n) in delivered.acked {
+            *slot.acked.entry(tp).or_default() += n;
+        }
+        if savepoint.is_some() {
+            info!(task = t, checkpoint = id, acked = ?slot.acked, "savepoint committed");
+        }
         let kind = marker.kind.as_str();
         self.shared.metrics.checkpoints.with_label_values(&[kind]).inc();
         self.shared
@@ -930,7 +996,7 @@ fn headers(checkpoint: &str) -> OwnedHeaders {
 /// `BaseProducer` flush polls in steps that each last a full 100 ms, so a
 /// commit with anything in flight took at least 100 ms; this loop returns
 /// within a millisecond of the last delivery.
-fn flush(producer: &BaseProducer, timeout: Duration) -> Result<()> {
+fn flush(producer: &TxProducer, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while producer.in_flight_count() > 0 {
         if Instant::now() > deadline {
@@ -947,7 +1013,7 @@ fn flush(producer: &BaseProducer, timeout: Duration) -> Result<()> {
 /// Produces one record, waiting while the producer's queue is full
 /// (backpressure: the consumer is not polled meanwhile).
 fn send(
-    producer: &BaseProducer,
+    producer: &TxProducer,
     topic: &str,
     partition: Option<i32>,
     key: Option<&[u8]>,
@@ -976,7 +1042,7 @@ fn send(
 fn emit(
     job: &JobFile,
     shared: &Shared,
-    producer: &BaseProducer,
+    producer: &TxProducer,
     header: &str,
     out: Out,
     (src_topic, src_partition, src_offset): (&str, i32, i64),
