@@ -38,9 +38,12 @@ fn report(name: &str, v: &Verdict, faults: &[String]) {
     let results: usize = v.results.values().map(Vec::len).sum();
     eprintln!(
         "[{name}] committed results {results}, product faults {}, broker leaks (records of never-committed \
-         transactions shown by the broker) {}",
+         transactions shown by the broker) {}, acknowledged records the broker lost: results {:?} (by task), \
+         repartition {:?} (by keyed partition)",
         faults.len(),
-        v.broker_leaks
+        v.broker_leaks,
+        v.broker_lost,
+        v.broker_lost_keyed
     );
     for f in faults.iter().take(20) {
         eprintln!("  fault: {f}");

@@ -114,6 +114,18 @@ impl ProducerContext for DeliveryLedger {
 /// A task's transactional producer.
 type TxProducer = BaseProducer<DeliveryLedger>;
 
+/// Fails checkpoint `id` of task `t` if any of its records failed delivery.
+fn check_delivered(t: u32, id: u64, d: &Deliveries) -> Result<()> {
+    if d.failed > 0 {
+        bail!(
+            "task {t}: {} records of checkpoint {id} failed delivery (first: {}); not committing it",
+            d.failed,
+            d.first_failure.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 struct Slot {
     task: Task,
     producer: TxProducer,
@@ -805,7 +817,16 @@ impl Runner {
         let (manifest_path, manifest): (String, Manifest) = self.store.write(t, &snap, target, now)?;
         let _ = std::fs::remove_dir_all(&snap);
         self.crash.hit("after-upload");
-        // (2) marker + offsets in the open transaction.
+        // (2) marker + offsets in the open transaction. The outputs are
+        // delivered first, so the marker can carry what the brokers
+        // acknowledged of them (its audit trail).
+        flush(&slot.producer, self.timeout)?;
+        let outputs = slot.producer.context().take();
+        check_delivered(t, id, &outputs)?;
+        let mut delivered: BTreeMap<String, BTreeMap<i32, u64>> = BTreeMap::new();
+        for ((topic, partition), n) in &outputs.acked {
+            delivered.entry(topic.clone()).or_default().insert(*partition, *n);
+        }
         let marker = Marker {
             job_uid: self.job.uid.clone(),
             task: t,
@@ -818,6 +839,7 @@ impl Runner {
             source_offset: slot.task.meta.source_offset.unwrap_or(0),
             keyed_offset: slot.task.meta.keyed_offset.unwrap_or(0),
             time_ms: now,
+            delivered,
         };
         let key = format!("task-{t}");
         send(
@@ -854,19 +876,13 @@ impl Runner {
         // (3) commit.
         self.crash.arm("in-commit");
         flush(&slot.producer, self.timeout)?;
-        let delivered = slot.producer.context().take();
-        if delivered.failed > 0 {
-            bail!(
-                "task {t}: {} records of checkpoint {id} failed delivery (first: {}); not committing it",
-                delivered.failed,
-                delivered.first_failure.unwrap_or_default()
-            );
-        }
+        let the_marker = slot.producer.context().take();
+        check_delivered(t, id, &the_marker)?;
         slot.producer
             .commit_transaction(self.timeout)
             .map_err(kerr(format!("committing checkpoint {id}")))?;
         self.crash.hit("after-commit");
-        for (tp, n) in delivered.acked {
+        for (tp, n) in outputs.acked.into_iter().chain(the_marker.acked) {
             *slot.acked.entry(tp).or_default() += n;
         }
         if savepoint.is_some() {
@@ -1204,6 +1220,7 @@ mod tests {
             source_offset: 10,
             keyed_offset: 4,
             time_ms: 0,
+            delivered: BTreeMap::new(),
         }
     }
 

@@ -9,6 +9,8 @@
 //! Control topic (partition = task): one JSON [`Marker`] per committed
 //! checkpoint, written in the same transaction as the outputs it covers.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
@@ -239,6 +241,12 @@ pub struct Marker {
     /// Next offset to read from the task's keyed partition.
     pub keyed_offset: i64,
     pub time_ms: i64,
+    /// Records of this transaction (before the marker) the brokers
+    /// acknowledged, per topic and partition: an audit trail. A committed
+    /// transaction's partition holding fewer records with this marker's
+    /// header than counted here lost acknowledged writes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delivered: BTreeMap<String, BTreeMap<i32, u64>>,
 }
 
 impl Marker {
