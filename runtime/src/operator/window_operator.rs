@@ -51,25 +51,61 @@ pub struct OperatorStats {
     pub windows_purged: u64,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
+/// Index of a key's state in [`WindowOperator::keys`].
+type KeyId = u32;
+
+type GroupKey = Box<[u8]>;
+
+/// Vectors of accumulators kept for reuse (bounds what the pool retains).
+const ACC_POOL_MAX: usize = 1 << 16;
+
+/// One (window, key) entry, held by its key.
+#[derive(Debug)]
+struct Slot {
+    window: Window,
+    /// The aggregates; empty while not `cached`.
     accs: Vec<Accumulator>,
+    /// In memory (authoritative over the backend). A session slot that is not
+    /// cached lives only in the backend: it stays here as the session index.
+    cached: bool,
     /// Changed since last written to the backend.
     dirty: bool,
     /// Present in the backend (so purging must delete it there).
     persisted: bool,
 }
 
-type GroupKey = Box<[u8]>;
+/// Everything the operator holds in memory for one group key: one slot per
+/// open window of the key (at most `ceil(size/slide)` for sliding windows),
+/// so a record costs one hash lookup whatever its number of windows.
+#[derive(Debug)]
+struct KeyState {
+    key: GroupKey,
+    slots: Vec<Slot>,
+    /// Value of [`WindowOperator::tick`] at the key's last record (eviction
+    /// order: least recently updated keys go first).
+    last_used: u64,
+    /// In [`WindowOperator::dirty_keys`].
+    queued: bool,
+}
 
-/// The entries of one window.
+impl KeyState {
+    fn slot(&self, w: &Window) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.window == *w)
+    }
+}
+
+/// What the operator knows about one window.
 #[derive(Debug, Default)]
-struct WindowSlot {
-    /// Entries held in memory (the cache); authoritative over the backend.
-    keys: HashMap<GroupKey, Entry>,
-    /// Entries of this window that live only in the backend (evicted). Zero
-    /// means the backend has nothing this window needs, so a key missing from
-    /// `keys` is new without asking the backend.
+struct WindowInfo {
+    /// Keys that created a slot for this window, in creation order. May hold
+    /// stale ids (evicted or merged-away keys, ids reused by another key):
+    /// readers check the key's slots and drop duplicates.
+    members: Vec<KeyId>,
+    /// Cached slots of this window.
+    cached: usize,
+    /// Entries of this window that live only in the backend. Zero means the
+    /// backend has nothing this window needs, so a key without a slot is new
+    /// without asking the backend.
     spilled: usize,
 }
 
@@ -83,28 +119,41 @@ struct WindowSlot {
 /// in byte order, windows in (end, start) order), then every window with
 /// `end + allowedLateness <= W1` is purged from memory and the backend.
 ///
+/// Layout: state is held per group key (one hash lookup per record, one slot
+/// per open window of the key); each window lists the keys holding one of its
+/// slots, for firing and purging.
+///
 /// State is cached in memory (write-back); the backend holds a copy brought
 /// up to date by [`WindowOperator::flush`] in one batch (on every firing when
-/// `flush_on_fire`, before a snapshot, and before evicting). With a cache
-/// capacity (entries), going over it flushes and then evicts clean entries,
-/// windows that fire last first, down to 90% of the capacity; evicted entries
-/// are read back on their next record, and read from the backend when their
-/// window fires. Without a capacity everything stays in memory. The session
-/// index (each key's open session bounds) always stays in memory.
+/// `flush_on_fire`, before a snapshot, and before firing a window with
+/// spilled entries). With a cache capacity (entries), going over it evicts
+/// the least recently updated keys (all their entries, written to the
+/// backend in one batch if changed) down to 90% of the capacity; evicted
+/// entries are read back on their key's next record, and read from the
+/// backend when their window fires. Without a capacity everything stays in
+/// memory. The session index (each key's open session bounds) always stays
+/// in memory.
 pub struct WindowOperator {
     partition: PartitionId,
     spec: Arc<WindowSpec>,
     watermark: EventTime,
-    windows: BTreeMap<Window, WindowSlot>,
-    /// Session windows of each key (session assigner only).
-    sessions: HashMap<GroupKey, Vec<Window>>,
+    /// Group key -> slot in `keys`.
+    index: HashMap<GroupKey, KeyId>,
+    keys: Vec<Option<KeyState>>,
+    free_ids: Vec<KeyId>,
+    windows: BTreeMap<Window, WindowInfo>,
+    /// Keys with dirty slots (may hold stale or repeated ids; see `queued`).
+    dirty_keys: Vec<KeyId>,
+    acc_pool: Vec<Vec<Accumulator>>,
+    /// Counts records; the recency clock of eviction.
+    tick: u64,
     pending_deletes: Vec<Vec<u8>>,
     pending_range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
     flush_on_fire: bool,
     needs_flush: bool,
-    /// Entries in memory (sum of `keys.len()`).
+    /// Cached slots (sum of `WindowInfo::cached`).
     cached: usize,
-    /// Entries only in the backend (sum of `spilled`).
+    /// Entries only in the backend (sum of `WindowInfo::spilled`).
     spilled: usize,
     cache_capacity: Option<usize>,
     stats: OperatorStats,
@@ -120,8 +169,13 @@ impl WindowOperator {
             partition,
             spec,
             watermark: NO_WATERMARK,
+            index: HashMap::default(),
+            keys: Vec::new(),
+            free_ids: Vec::new(),
             windows: BTreeMap::new(),
-            sessions: HashMap::default(),
+            dirty_keys: Vec::new(),
+            acc_pool: Vec::new(),
+            tick: 0,
             pending_deletes: Vec::new(),
             pending_range_deletes: Vec::new(),
             flush_on_fire: false,
@@ -206,6 +260,82 @@ impl WindowOperator {
         w.end.saturating_add(self.spec.allowed_lateness_ms) <= self.watermark
     }
 
+    /// The id of `key`'s state, created (empty) if the key has none.
+    fn key_id(&mut self, key: &[u8]) -> KeyId {
+        if let Some(&id) = self.index.get(key) {
+            return id;
+        }
+        let state = KeyState {
+            key: key.into(),
+            slots: Vec::new(),
+            last_used: 0,
+            queued: false,
+        };
+        let id = match self.free_ids.pop() {
+            Some(id) => {
+                self.keys[id as usize] = Some(state);
+                id
+            }
+            None => {
+                self.keys.push(Some(state));
+                (self.keys.len() - 1) as KeyId
+            }
+        };
+        self.index.insert(key.into(), id);
+        id
+    }
+
+    fn state_mut(&mut self, id: KeyId) -> Result<&mut KeyState> {
+        match self.keys.get_mut(id as usize) {
+            Some(Some(ks)) => Ok(ks),
+            _ => Err(corrupt(self.partition, "key index out of step")),
+        }
+    }
+
+    /// Forgets a key whose slots are all gone (or evicted).
+    fn free_key(&mut self, id: KeyId) {
+        let Some(ks) = self.keys.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        self.index.remove(&ks.key);
+        for s in ks.slots {
+            recycle(&mut self.acc_pool, s.accs);
+        }
+        self.free_ids.push(id);
+    }
+
+    /// Marks `id` as having dirty slots.
+    fn queue_dirty(dirty_keys: &mut Vec<KeyId>, ks: &mut KeyState, id: KeyId) {
+        if !ks.queued {
+            ks.queued = true;
+            dirty_keys.push(id);
+        }
+    }
+
+    /// Emits an early or late result for a slot just updated, if due.
+    fn fire_on_record(
+        &mut self,
+        window: Window,
+        accs: &[Accumulator],
+        group_key: &[u8],
+        out: &mut Vec<WindowResult>,
+    ) {
+        let firing = if window.end <= self.watermark {
+            Firing::Late
+        } else if self.spec.emit == EmitMode::OnUpdate {
+            Firing::Early
+        } else {
+            return;
+        };
+        self.count_result(firing);
+        out.push(WindowResult {
+            group_key: group_key.to_vec(),
+            window,
+            firing,
+            aggregates: accs.iter().map(Accumulator::result).collect(),
+        });
+    }
+
     fn process_fixed(
         &mut self,
         rec: &KeyedRecord,
@@ -215,62 +345,95 @@ impl WindowOperator {
         let mut windows = std::mem::take(&mut self.scratch);
         windows.clear();
         self.spec.assigner.assign(rec.event_time, &mut windows);
-        let mut disposition = if windows.is_empty() {
-            Disposition::Unassigned
-        } else {
-            Disposition::Late
-        };
+        if windows.is_empty() {
+            self.scratch = windows;
+            return Ok(Disposition::Unassigned);
+        }
+        let assigned = windows.len();
+        windows.retain(|w| !self.is_droppable(w));
+        if windows.is_empty() {
+            // Every window of the record is past lateness: a late record,
+            // not partial skips.
+            self.scratch = windows;
+            return Ok(Disposition::Late);
+        }
+        self.stats.late_window_skips += (assigned - windows.len()) as u64;
         let key = rec.group_key.as_slice();
-        for w in &windows {
-            if self.is_droppable(w) {
-                self.stats.late_window_skips += 1;
-                continue;
-            }
-            disposition = Disposition::Accepted;
-            let spec = &self.spec;
-            let slot = self.windows.entry(*w).or_default();
-            if !slot.keys.contains_key(key) {
-                let e = match load(backend, self.partition, &spec.functions, slot, w, key)? {
-                    Some(e) => {
+        let id = self.key_id(key);
+        self.tick += 1;
+        let tick = self.tick;
+        let result = self.add_fixed(id, key, &windows, rec, backend, tick, out);
+        self.scratch = windows;
+        result.map(|()| Disposition::Accepted)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_fixed(
+        &mut self,
+        id: KeyId,
+        key: &[u8],
+        windows: &[Window],
+        rec: &KeyedRecord,
+        backend: &dyn StateBackend,
+        tick: u64,
+        out: &mut Vec<WindowResult>,
+    ) -> Result<()> {
+        let partition = self.partition;
+        let late_or_early =
+            self.spec.emit == EmitMode::OnUpdate || windows.first().is_some_and(|w| w.end <= self.watermark);
+        let Some(Some(ks)) = self.keys.get_mut(id as usize) else {
+            return Err(corrupt(partition, "key index out of step"));
+        };
+        ks.last_used = tick;
+        Self::queue_dirty(&mut self.dirty_keys, ks, id);
+        for w in windows {
+            let pos = match ks.slots.iter().position(|s| s.window == *w) {
+                Some(pos) => pos,
+                None => {
+                    let info = self.windows.entry(*w).or_default();
+                    let mut accs = take_accs(&mut self.acc_pool);
+                    let mut persisted = false;
+                    if info.spilled > 0
+                        && let Some(v) = backend.get(partition, &state::window_key(w, key))?
+                    {
+                        decode_accs(&self.spec.functions, &v, partition, &mut accs)?;
+                        info.spilled -= 1;
                         self.spilled -= 1;
-                        e
+                        persisted = true;
+                    } else {
+                        accs.extend(self.spec.functions.iter().map(|f| Accumulator::new(*f)));
                     }
-                    None => new_entry(&spec.functions),
-                };
-                self.cached += 1;
-                slot.keys.insert(key.into(), e);
-            }
-            let Some(entry) = slot.keys.get_mut(key) else {
-                continue;
+                    info.cached += 1;
+                    info.members.push(id);
+                    self.cached += 1;
+                    ks.slots.push(Slot {
+                        window: *w,
+                        accs,
+                        cached: true,
+                        dirty: false,
+                        persisted,
+                    });
+                    ks.slots.len() - 1
+                }
             };
-            for (acc, input) in entry.accs.iter_mut().zip(&rec.inputs) {
+            let slot = &mut ks.slots[pos];
+            for (acc, input) in slot.accs.iter_mut().zip(&rec.inputs) {
                 acc.add(*input, &rec.values);
             }
-            entry.dirty = true;
-            let firing = if w.end <= self.watermark {
-                Some(Firing::Late)
-            } else if spec.emit == EmitMode::OnUpdate {
-                Some(Firing::Early)
-            } else {
-                None
-            };
-            if let Some(firing) = firing {
-                let aggregates = entry.accs.iter().map(Accumulator::result).collect();
-                self.count_result(firing);
-                out.push(WindowResult {
-                    group_key: rec.group_key.clone(),
-                    window: *w,
-                    firing,
-                    aggregates,
-                });
+            slot.dirty = true;
+        }
+        if late_or_early {
+            // Rare path (late records, onUpdate): look the slots up again.
+            for w in windows {
+                let Some(Some(ks)) = self.keys.get(id as usize) else {
+                    continue;
+                };
+                let Some(slot) = ks.slot(w) else { continue };
+                let accs: Vec<Accumulator> = slot.accs.clone();
+                self.fire_on_record(*w, &accs, &rec.group_key, out);
             }
         }
-        if disposition == Disposition::Late {
-            // The skips were all of the record's windows: not partial skips.
-            self.stats.late_window_skips -= windows.len() as u64;
-        }
-        self.scratch = windows;
-        Ok(disposition)
+        Ok(())
     }
 
     fn process_session(
@@ -288,97 +451,158 @@ impl WindowOperator {
         };
         self.scratch = proto;
         let key = rec.group_key.as_slice();
-        let existing: &[Window] = self.sessions.get(key).map_or(&[], Vec::as_slice);
-        let merged = session::merge_target(existing, proto_window, &mut self.merge_idx);
+        // The sessions the record bridges (indices into the key's slots).
+        let mut merge_idx = std::mem::take(&mut self.merge_idx);
+        merge_idx.clear();
+        let mut merged = proto_window;
+        if let Some(Some(ks)) = self.index.get(key).and_then(|&id| self.keys.get(id as usize)) {
+            for (i, s) in ks.slots.iter().enumerate() {
+                if session::touches(&s.window, &proto_window) {
+                    merge_idx.push(i);
+                    merged.start = merged.start.min(s.window.start);
+                    merged.end = merged.end.max(s.window.end);
+                }
+            }
+        }
         if self.is_droppable(&merged) {
+            self.merge_idx = merge_idx;
             return Ok(Disposition::Late);
         }
-        let mut entry: Option<Entry> = None;
-        // Taken out and put back: no key allocation for a known key.
-        let mut key_sessions = match self.sessions.get_mut(key) {
-            Some(list) => std::mem::take(list),
-            None => Vec::new(),
+        let id = self.key_id(key);
+        self.tick += 1;
+        let result = self.add_session(id, key, merged, &merge_idx, rec, backend, out);
+        self.merge_idx = merge_idx;
+        result.map(|()| Disposition::Accepted)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_session(
+        &mut self,
+        id: KeyId,
+        key: &[u8],
+        merged: Window,
+        merge_idx: &[usize],
+        rec: &KeyedRecord,
+        backend: &dyn StateBackend,
+        out: &mut Vec<WindowResult>,
+    ) -> Result<()> {
+        let partition = self.partition;
+        let tick = self.tick;
+        let Some(Some(ks)) = self.keys.get_mut(id as usize) else {
+            return Err(corrupt(partition, "key index out of step"));
         };
-        // Remove merged sessions (highest index first keeps indices valid).
-        for &i in self.merge_idx.iter().rev() {
-            let old = key_sessions.swap_remove(i);
-            let Some(slot) = self.windows.get_mut(&old) else {
-                continue;
-            };
-            let prev = match slot.keys.remove(key) {
-                Some(prev) => {
-                    self.cached -= 1;
-                    Some(prev)
-                }
-                None => {
-                    let loaded = load(backend, self.partition, &self.spec.functions, slot, &old, key)?;
-                    if loaded.is_some() {
-                        self.spilled -= 1;
+        ks.last_used = tick;
+        Self::queue_dirty(&mut self.dirty_keys, ks, id);
+        // The record falls inside one existing session: update it in place
+        // (moved to the end of the key's list, as a merge would).
+        if let [i] = *merge_idx
+            && ks.slots.get(i).is_some_and(|s| s.window == merged)
+        {
+            let mut slot = ks.slots.swap_remove(i);
+            if !slot.cached {
+                let info = self.windows.entry(merged).or_default();
+                slot.accs = take_accs(&mut self.acc_pool);
+                read_back(
+                    backend,
+                    partition,
+                    &self.spec.functions,
+                    &merged,
+                    key,
+                    &mut slot.accs,
+                )?;
+                info.spilled = info.spilled.saturating_sub(1);
+                info.cached += 1;
+                self.spilled = self.spilled.saturating_sub(1);
+                self.cached += 1;
+                slot.cached = true;
+            }
+            for (acc, input) in slot.accs.iter_mut().zip(&rec.inputs) {
+                acc.add(*input, &rec.values);
+            }
+            slot.dirty = true;
+            ks.slots.push(slot);
+        } else {
+            let mut accs: Option<Vec<Accumulator>> = None;
+            // Remove merged sessions (highest index first keeps indices valid).
+            for &i in merge_idx.iter().rev() {
+                let old = ks.slots.swap_remove(i);
+                let info = self.windows.get_mut(&old.window);
+                let prev = if old.cached {
+                    if let Some(info) = info {
+                        info.cached -= 1;
                     }
+                    self.cached -= 1;
+                    old.accs
+                } else {
+                    let mut loaded = take_accs(&mut self.acc_pool);
+                    read_back(
+                        backend,
+                        partition,
+                        &self.spec.functions,
+                        &old.window,
+                        key,
+                        &mut loaded,
+                    )?;
+                    if let Some(info) = info {
+                        info.spilled = info.spilled.saturating_sub(1);
+                    }
+                    self.spilled = self.spilled.saturating_sub(1);
                     loaded
+                };
+                if old.persisted {
+                    self.pending_deletes.push(state::window_key(&old.window, key));
                 }
-            };
-            if let Some(mut prev) = prev {
-                if prev.persisted {
-                    self.pending_deletes.push(state::window_key(&old, key));
-                }
-                match &mut entry {
+                match &mut accs {
                     Some(e) => {
-                        for (acc, p) in e.accs.iter_mut().zip(&prev.accs) {
+                        for (acc, p) in e.iter_mut().zip(&prev) {
                             acc.merge(p);
                         }
+                        recycle(&mut self.acc_pool, prev);
                     }
                     // The first merged session's state is reused in place.
-                    None => {
-                        prev.persisted = false;
-                        entry = Some(prev);
-                    }
+                    None => accs = Some(prev),
+                }
+                if self
+                    .windows
+                    .get(&old.window)
+                    .is_some_and(|info| info.cached == 0 && info.spilled == 0)
+                {
+                    self.windows.remove(&old.window);
                 }
             }
-            if slot.keys.is_empty() && slot.spilled == 0 {
-                self.windows.remove(&old);
+            let mut accs = match accs {
+                Some(accs) => accs,
+                None => {
+                    let mut accs = take_accs(&mut self.acc_pool);
+                    accs.extend(self.spec.functions.iter().map(|f| Accumulator::new(*f)));
+                    accs
+                }
+            };
+            for (acc, input) in accs.iter_mut().zip(&rec.inputs) {
+                acc.add(*input, &rec.values);
             }
-        }
-        let mut entry = entry.unwrap_or_else(|| new_entry(&self.spec.functions));
-        for (acc, input) in entry.accs.iter_mut().zip(&rec.inputs) {
-            acc.add(*input, &rec.values);
-        }
-        entry.dirty = true;
-        let firing = if merged.end <= self.watermark {
-            Some(Firing::Late)
-        } else if self.spec.emit == EmitMode::OnUpdate {
-            Some(Firing::Early)
-        } else {
-            None
-        };
-        if let Some(firing) = firing {
-            let aggregates = entry.accs.iter().map(Accumulator::result).collect();
-            self.count_result(firing);
-            out.push(WindowResult {
-                group_key: rec.group_key.clone(),
+            let info = self.windows.entry(merged).or_default();
+            info.cached += 1;
+            info.members.push(id);
+            self.cached += 1;
+            ks.slots.push(Slot {
                 window: merged,
-                firing,
-                aggregates,
+                accs,
+                cached: true,
+                dirty: true,
+                persisted: false,
             });
         }
-        if self
-            .windows
-            .entry(merged)
-            .or_default()
-            .keys
-            .insert(key.into(), entry)
-            .is_none()
-        {
-            self.cached += 1;
-        }
-        key_sessions.push(merged);
-        match self.sessions.get_mut(key) {
-            Some(list) => *list = key_sessions,
-            None => {
-                self.sessions.insert(key.into(), key_sessions);
+        if merged.end <= self.watermark || self.spec.emit == EmitMode::OnUpdate {
+            let Some(Some(ks)) = self.keys.get(id as usize) else {
+                return Ok(());
+            };
+            if let Some(slot) = ks.slot(&merged) {
+                let accs: Vec<Accumulator> = slot.accs.clone();
+                self.fire_on_record(merged, &accs, &rec.group_key, out);
             }
         }
-        Ok(Disposition::Accepted)
+        Ok(())
     }
 
     fn count_result(&mut self, firing: Firing) {
@@ -406,9 +630,7 @@ impl WindowOperator {
         let lo = Window::new(EventTime::MIN, old.saturating_add(1));
         let hi = Window::new(EventTime::MAX, new);
         // Pending deletes (merged-away sessions) must reach the backend
-        // before its entries of a firing window are read. Purging reads the
-        // backend only to clean the session index, where stale keys are
-        // harmless.
+        // before its entries of a firing window are read.
         if self.windows.range(lo..=hi).any(|(_, s)| s.spilled > 0) {
             self.flush(backend)?;
         }
@@ -416,34 +638,54 @@ impl WindowOperator {
         let mut fired = false;
         let functions = &self.spec.functions;
         let partition = self.partition;
-        for (w, slot) in self.windows.range(lo..=hi) {
+        let (keys, index) = (&self.keys, &self.index);
+        let cached_slot = |group_key: &[u8], w: &Window| -> bool {
+            index
+                .get(group_key)
+                .and_then(|&id| keys.get(id as usize))
+                .and_then(Option::as_ref)
+                .and_then(|ks| ks.slot(w))
+                .is_some_and(|s| s.cached)
+        };
+        for (w, info) in self.windows.range(lo..=hi) {
             fired = true;
             // Byte order of keys; the first 8 bytes as an integer settle most
             // comparisons without a memcmp call.
-            let mut cached: Vec<(u64, &[u8], &Entry)> =
-                slot.keys.iter().map(|(k, e)| (key_prefix(k), &**k, e)).collect();
+            let mut cached: Vec<(u64, &[u8], &[Accumulator])> = info
+                .members
+                .iter()
+                .filter_map(|&id| {
+                    let ks = keys.get(id as usize)?.as_ref()?;
+                    let slot = ks.slot(w).filter(|s| s.cached)?;
+                    Some((key_prefix(&ks.key), &*ks.key, slot.accs.as_slice()))
+                })
+                .collect();
             cached.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-            if slot.spilled == 0 {
+            // A key listed twice (id reused after eviction) has one slot.
+            cached.dedup_by(|a, b| a.1 == b.1);
+            if info.spilled == 0 {
                 self.stats.results_on_time += cached.len() as u64;
-                out.extend(cached.into_iter().map(|(_, k, e)| WindowResult {
+                out.extend(cached.into_iter().map(|(_, k, accs)| WindowResult {
                     group_key: k.to_vec(),
                     window: *w,
                     firing: Firing::OnTime,
-                    aggregates: e.accs.iter().map(Accumulator::result).collect(),
+                    aggregates: accs.iter().map(Accumulator::result).collect(),
                 }));
                 continue;
             }
             let mut sorted: Vec<(Vec<u8>, Vec<serde_json::Value>)> = cached
                 .into_iter()
-                .map(|(_, k, e)| (k.to_vec(), e.accs.iter().map(Accumulator::result).collect()))
+                .map(|(_, k, accs)| (k.to_vec(), accs.iter().map(Accumulator::result).collect()))
                 .collect();
             let (from, to) = state::window_range(w);
+            let mut accs = Vec::with_capacity(functions.len());
             backend.range(partition, &from, Some(&to), &mut |k, v| {
                 let Some((_, group_key)) = state::parse_window_key(k) else {
                     return Err(corrupt(partition, "bad key"));
                 };
-                if !slot.keys.contains_key(group_key) {
-                    let accs = decode_accs(functions, v, partition)?;
+                if !cached_slot(group_key, w) {
+                    accs.clear();
+                    decode_accs(functions, v, partition, &mut accs)?;
                     sorted.push((group_key.to_vec(), accs.iter().map(Accumulator::result).collect()));
                 }
                 Ok(())
@@ -459,43 +701,55 @@ impl WindowOperator {
                 });
             }
         }
-        while let Some(entry) = self.windows.first_entry() {
-            if entry.key().end.saturating_add(self.spec.allowed_lateness_ms) > self.watermark {
-                break;
-            }
-            let (w, slot) = entry.remove_entry();
-            self.stats.windows_purged += (slot.keys.len() + slot.spilled) as u64;
-            self.cached -= slot.keys.len();
-            self.spilled -= slot.spilled;
-            if slot.spilled > 0 {
-                let (from, to) = state::window_range(&w);
-                if self.spec.assigner.is_session() {
-                    let sessions = &mut self.sessions;
-                    backend.range(partition, &from, Some(&to), &mut |k, _| {
-                        if let Some((_, group_key)) = state::parse_window_key(k) {
-                            remove_session(sessions, group_key, &w);
-                        }
-                        Ok(())
-                    })?;
-                }
-                self.pending_range_deletes.push((from, to));
-            }
-            for (k, e) in slot.keys {
-                if e.persisted && slot.spilled == 0 {
-                    self.pending_deletes.push(state::window_key(&w, &k));
-                }
-                remove_session(&mut self.sessions, &k, &w);
-            }
-        }
+        self.purge();
         if fired && self.flush_on_fire {
             self.needs_flush = true;
         }
         Ok(())
     }
 
-    /// Brings the backend up to date with memory in one atomic batch
-    /// (deletes first, then changed entries, then the watermark).
-    pub fn flush(&mut self, backend: &mut dyn StateBackend) -> Result<()> {
+    /// Drops every window with `end + allowedLateness <= watermark` from
+    /// memory, and queues its deletion from the backend.
+    fn purge(&mut self) {
+        while let Some(entry) = self.windows.first_entry() {
+            if entry.key().end.saturating_add(self.spec.allowed_lateness_ms) > self.watermark {
+                break;
+            }
+            let (w, info) = entry.remove_entry();
+            let mut purged = info.spilled;
+            self.spilled -= info.spilled;
+            if info.spilled > 0 {
+                self.pending_range_deletes.push(state::window_range(&w));
+            }
+            for id in info.members {
+                let Some(Some(ks)) = self.keys.get_mut(id as usize) else {
+                    continue;
+                };
+                // Removing the slot on first sight makes repeated ids harmless.
+                let Some(pos) = ks.slots.iter().position(|s| s.window == w) else {
+                    continue;
+                };
+                let slot = ks.slots.remove(pos);
+                if slot.cached {
+                    purged += 1;
+                    self.cached -= 1;
+                    if slot.persisted && info.spilled == 0 {
+                        self.pending_deletes.push(state::window_key(&w, &ks.key));
+                    }
+                }
+                let empty = ks.slots.is_empty();
+                recycle(&mut self.acc_pool, slot.accs);
+                if empty {
+                    self.free_key(id);
+                }
+            }
+            self.stats.windows_purged += purged as u64;
+        }
+    }
+
+    /// A batch with the pending deletes (deletes first: a later put of the
+    /// same key in the batch wins).
+    fn take_pending(&mut self) -> StateBatch {
         let mut batch = StateBatch {
             range_deletes: std::mem::take(&mut self.pending_range_deletes),
             writes: Vec::new(),
@@ -503,17 +757,20 @@ impl WindowOperator {
         for k in self.pending_deletes.drain(..) {
             batch.delete(k);
         }
-        // A scan of the cache instead of a dirty list: no allocation per
-        // changed entry, and flushes are rare (firings, evictions, snapshots).
-        for (w, slot) in &mut self.windows {
-            for (k, e) in slot.keys.iter_mut().filter(|(_, e)| e.dirty) {
-                let mut value = Vec::with_capacity(16 * e.accs.len());
-                for acc in &e.accs {
-                    acc.encode(&mut value);
-                }
-                batch.put(state::window_key(w, k), value);
-                e.dirty = false;
-                e.persisted = true;
+        batch
+    }
+
+    /// Brings the backend up to date with memory in one atomic batch
+    /// (deletes first, then changed entries, then the watermark).
+    pub fn flush(&mut self, backend: &mut dyn StateBackend) -> Result<()> {
+        let mut batch = self.take_pending();
+        for id in self.dirty_keys.drain(..) {
+            let Some(Some(ks)) = self.keys.get_mut(id as usize) else {
+                continue;
+            };
+            if ks.queued {
+                ks.queued = false;
+                write_dirty(ks, &mut batch);
             }
         }
         batch.put(
@@ -524,35 +781,87 @@ impl WindowOperator {
         backend.write(self.partition, batch)
     }
 
-    /// Flushes, then drops clean entries from memory down to 90% of the
-    /// capacity, starting with the windows that fire last (furthest from
-    /// being read again in full).
+    /// Drops the least recently updated keys from memory (writing their
+    /// changed entries, with the pending deletes, in one batch) until at
+    /// most 90% of the capacity is cached. Fixed-window keys are forgotten
+    /// entirely; session keys keep their session bounds (the index).
     fn evict(&mut self, backend: &mut dyn StateBackend) -> Result<()> {
         let Some(cap) = self.cache_capacity else {
             return Ok(());
         };
-        self.flush(backend)?;
         let target = cap - cap / 10;
         let mut excess = self.cached.saturating_sub(target);
-        for slot in self.windows.values_mut().rev() {
-            if excess == 0 {
-                break;
-            }
-            let before = slot.keys.len();
-            slot.keys.retain(|_, _| {
-                if excess > 0 {
-                    excess -= 1;
-                    false
-                } else {
-                    true
-                }
-            });
-            let evicted = before - slot.keys.len();
-            slot.spilled += evicted;
-            self.spilled += evicted;
-            self.cached -= evicted;
+        if excess == 0 {
+            return Ok(());
         }
-        Ok(())
+        let mut candidates: Vec<(u64, KeyId)> = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(id, ks)| {
+                let ks = ks.as_ref()?;
+                ks.slots
+                    .iter()
+                    .any(|s| s.cached)
+                    .then_some((ks.last_used, id as KeyId))
+            })
+            .collect();
+        let session = self.spec.assigner.is_session();
+        let mut batch = self.take_pending();
+        let mut rest = candidates.as_mut_slice();
+        while excess > 0 && !rest.is_empty() {
+            // Estimate how many of the coldest keys cover the excess.
+            let per_key = (self.cached / rest.len()).max(1);
+            let n = excess.div_ceil(per_key).clamp(1, rest.len());
+            rest.select_nth_unstable_by_key(n - 1, |c| c.0);
+            let (coldest, others) = rest.split_at_mut(n);
+            for &(_, id) in coldest.iter() {
+                let evicted = self.evict_key(id, session, &mut batch)?;
+                excess = excess.saturating_sub(evicted);
+            }
+            rest = others;
+        }
+        backend.write(self.partition, batch)
+    }
+
+    /// Evicts the cached slots of one key; returns how many.
+    fn evict_key(&mut self, id: KeyId, session: bool, batch: &mut StateBatch) -> Result<usize> {
+        let ks = self.state_mut(id)?;
+        write_dirty(ks, batch);
+        ks.queued = false;
+        let mut moved: Vec<(Window, bool)> = Vec::with_capacity(ks.slots.len());
+        for s in ks.slots.iter_mut().filter(|s| s.cached) {
+            // A slot never written has nothing in the backend to come back to.
+            moved.push((s.window, s.persisted));
+            s.cached = false;
+        }
+        if session {
+            let ks = self.state_mut(id)?;
+            let mut freed = Vec::new();
+            ks.slots.retain_mut(|s| {
+                if !s.cached && !s.accs.is_empty() {
+                    freed.push(std::mem::take(&mut s.accs));
+                }
+                s.cached || s.persisted
+            });
+            for accs in freed {
+                recycle(&mut self.acc_pool, accs);
+            }
+        } else {
+            self.free_key(id);
+        }
+        for &(w, persisted) in &moved {
+            let Some(info) = self.windows.get_mut(&w) else {
+                continue;
+            };
+            info.cached -= 1;
+            self.cached -= 1;
+            if persisted {
+                info.spilled += 1;
+                self.spilled += 1;
+            }
+        }
+        Ok(moved.len())
     }
 
     /// Rebuilds the operator of `partition` from the backend (after
@@ -572,11 +881,11 @@ impl WindowOperator {
                 .map_err(|_| corrupt(partition, "bad watermark"))?;
             op.watermark = EventTime::from_le_bytes(bytes);
         }
-        let functions = op.spec.functions.clone();
-        let session = op.spec.assigner.is_session();
+        let spec = op.spec.clone();
+        let session = spec.assigner.is_session();
         let cap = op.cache_capacity.unwrap_or(usize::MAX);
-        let (windows, sessions) = (&mut op.windows, &mut op.sessions);
-        let (cached, spilled) = (&mut op.cached, &mut op.spilled);
+        let mut entries: Vec<(Window, Vec<u8>, Option<Vec<Accumulator>>)> = Vec::new();
+        let mut cached = 0usize;
         backend.range(
             partition,
             &state::window_range_start(),
@@ -584,26 +893,87 @@ impl WindowOperator {
             &mut |k, v| {
                 let (w, group_key) =
                     state::parse_window_key(k).ok_or_else(|| corrupt(partition, "bad key"))?;
-                let slot = windows.entry(w).or_default();
-                if *cached < cap {
-                    let entry = Entry {
-                        accs: decode_accs(&functions, v, partition)?,
-                        dirty: false,
-                        persisted: true,
-                    };
-                    slot.keys.insert(group_key.into(), entry);
-                    *cached += 1;
+                let accs = if cached < cap {
+                    cached += 1;
+                    let mut accs = Vec::with_capacity(spec.functions.len());
+                    decode_accs(&spec.functions, v, partition, &mut accs)?;
+                    Some(accs)
                 } else {
-                    slot.spilled += 1;
-                    *spilled += 1;
-                }
-                if session {
-                    sessions.entry(group_key.into()).or_default().push(w);
-                }
+                    None
+                };
+                entries.push((w, group_key.to_vec(), accs));
                 Ok(())
             },
         )?;
+        for (w, group_key, accs) in entries {
+            let cached = accs.is_some();
+            if !cached && !session {
+                op.windows.entry(w).or_default().spilled += 1;
+                op.spilled += 1;
+                continue;
+            }
+            let id = op.key_id(&group_key);
+            let info = op.windows.entry(w).or_default();
+            info.members.push(id);
+            if cached {
+                info.cached += 1;
+                op.cached += 1;
+            } else {
+                info.spilled += 1;
+                op.spilled += 1;
+            }
+            op.state_mut(id)?.slots.push(Slot {
+                window: w,
+                accs: accs.unwrap_or_default(),
+                cached,
+                dirty: false,
+                persisted: true,
+            });
+        }
         Ok(op)
+    }
+}
+
+/// Adds the dirty cached slots of `ks` to `batch` and marks them clean.
+fn write_dirty(ks: &mut KeyState, batch: &mut StateBatch) {
+    for s in ks.slots.iter_mut().filter(|s| s.cached && s.dirty) {
+        let mut value = Vec::with_capacity(16 * s.accs.len());
+        for acc in &s.accs {
+            acc.encode(&mut value);
+        }
+        batch.put(state::window_key(&s.window, &ks.key), value);
+        s.dirty = false;
+        s.persisted = true;
+    }
+}
+
+fn take_accs(pool: &mut Vec<Vec<Accumulator>>) -> Vec<Accumulator> {
+    pool.pop().unwrap_or_default()
+}
+
+fn recycle(pool: &mut Vec<Vec<Accumulator>>, mut accs: Vec<Accumulator>) {
+    if accs.capacity() > 0 && pool.len() < ACC_POOL_MAX {
+        accs.clear();
+        pool.push(accs);
+    }
+}
+
+/// Reads a spilled entry back into `accs` (left empty-initialised if the
+/// backend has nothing, which a consistent state never shows).
+fn read_back(
+    backend: &dyn StateBackend,
+    partition: PartitionId,
+    functions: &[AggregateFunction],
+    w: &Window,
+    key: &[u8],
+    accs: &mut Vec<Accumulator>,
+) -> Result<()> {
+    match backend.get(partition, &state::window_key(w, key))? {
+        Some(v) => decode_accs(functions, &v, partition, accs),
+        None => {
+            accs.extend(functions.iter().map(|f| Accumulator::new(*f)));
+            Ok(())
+        }
     }
 }
 
@@ -620,48 +990,14 @@ fn corrupt(partition: PartitionId, what: &str) -> RuntimeError {
     RuntimeError::CorruptState(format!("partition {partition}: {what}"))
 }
 
-fn remove_session(sessions: &mut HashMap<GroupKey, Vec<Window>>, key: &[u8], w: &Window) {
-    if let Some(list) = sessions.get_mut(key) {
-        list.retain(|s| s != w);
-        if list.is_empty() {
-            sessions.remove(key);
-        }
-    }
-}
-
-/// Reads an evicted entry back (only asks the backend when the window has
-/// spilled entries); decrements `slot.spilled` when found. The caller owns
-/// the operator-wide count.
-fn load(
-    backend: &dyn StateBackend,
-    partition: PartitionId,
-    functions: &[AggregateFunction],
-    slot: &mut WindowSlot,
-    w: &Window,
-    key: &[u8],
-) -> Result<Option<Entry>> {
-    if slot.spilled == 0 {
-        return Ok(None);
-    }
-    let Some(v) = backend.get(partition, &state::window_key(w, key))? else {
-        return Ok(None);
-    };
-    slot.spilled -= 1;
-    Ok(Some(Entry {
-        accs: decode_accs(functions, &v, partition)?,
-        dirty: false,
-        persisted: true,
-    }))
-}
-
-/// Decodes the accumulators of one entry. An aggregation added since the
-/// state was written starts empty.
+/// Decodes the accumulators of one entry into `accs` (appended). An
+/// aggregation added since the state was written starts empty.
 fn decode_accs(
     functions: &[AggregateFunction],
     mut rest: &[u8],
     partition: PartitionId,
-) -> Result<Vec<Accumulator>> {
-    let mut accs = Vec::with_capacity(functions.len());
+    accs: &mut Vec<Accumulator>,
+) -> Result<()> {
     for f in functions {
         if rest.is_empty() {
             accs.push(Accumulator::new(*f));
@@ -669,13 +1005,5 @@ fn decode_accs(
         }
         accs.push(Accumulator::decode(&mut rest).ok_or_else(|| corrupt(partition, "bad value"))?);
     }
-    Ok(accs)
-}
-
-fn new_entry(functions: &[AggregateFunction]) -> Entry {
-    Entry {
-        accs: functions.iter().map(|f| Accumulator::new(*f)).collect(),
-        dirty: false,
-        persisted: false,
-    }
+    Ok(())
 }
