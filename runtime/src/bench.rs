@@ -193,6 +193,7 @@ pub fn run(
     db_dir: &Path,
     block_cache_bytes: usize,
     cache_entries: usize,
+    cache_bytes: usize,
 ) -> Result<BenchResult> {
     let input = generate(gen_cfg);
     let plan = Arc::new(Plan::build(&job(window, gen_cfg.out_of_order_ms))?);
@@ -212,9 +213,13 @@ pub fn run(
                 write_buffer_bytes: 16 << 20,
             };
             let db = RocksBackend::open(db_dir, &opts)?;
-            let mut engine = Engine::new(plan, &[0], 1, db, 0)
-                .with_flush_on_fire(true)
-                .with_cache_capacity(Some(cache_entries));
+            let engine = Engine::new(plan, &[0], 1, db, 0).with_flush_on_fire(true);
+            // An explicit entry bound wins over the memory bound.
+            let mut engine = if cache_entries > 0 {
+                engine.with_cache_capacity(Some(cache_entries))
+            } else {
+                engine.with_cache_bytes(cache_bytes)
+            };
             let (results, late) = drive(&mut engine, &input)?;
             let (cpu1, rss) = process_usage();
             (results, late, cpu1, rss)

@@ -135,6 +135,14 @@ impl<B: StateBackend> Engine<B> {
         self
     }
 
+    /// Bounds each window operator's in-memory cache to about `bytes` (see
+    /// [`WindowOperator::entries_for_bytes`]); the rest lives only in the
+    /// backend.
+    pub fn with_cache_bytes(self, bytes: usize) -> Self {
+        let entries = WindowOperator::entries_for_bytes(&self.plan.window, bytes);
+        self.with_cache_capacity(Some(entries))
+    }
+
     /// Write state to the backend whenever windows fire (see
     /// [`WindowOperator::with_flush_on_fire`]).
     pub fn with_flush_on_fire(mut self, on: bool) -> Self {

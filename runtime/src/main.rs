@@ -65,10 +65,14 @@ struct BenchArgs {
     /// RocksDB block cache size in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     block_cache_bytes: usize,
-    /// RocksDB runs: (window, key) entries kept in memory; the rest is
-    /// evicted to RocksDB.
-    #[arg(long, default_value_t = 100_000)]
+    /// RocksDB runs: (window, key) entries kept in memory, the rest is
+    /// evicted to RocksDB; 0 derives the bound from --cache-bytes.
+    #[arg(long, default_value_t = 0)]
     cache_entries: usize,
+    /// RocksDB runs without --cache-entries: memory for the window cache
+    /// (an estimate from the in-memory layout, converted to entries).
+    #[arg(long, default_value_t = 256 << 20)]
+    cache_bytes: usize,
     /// Where RocksDB databases are created (one fresh directory per run).
     #[arg(long)]
     db_dir: Option<PathBuf>,
@@ -181,6 +185,7 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
             &db_dir,
             args.block_cache_bytes,
             args.cache_entries,
+            args.cache_bytes,
         );
         let db_bytes = dir_size(&db_dir);
         let _ = std::fs::remove_dir_all(&db_dir);
@@ -193,13 +198,14 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
     }
     let exe = std::env::current_exe()?;
     println!(
-        "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={}",
+        "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={} cache-bytes={}",
         args.events,
         args.events_per_ms,
         args.out_of_order_ms,
         args.runs,
         args.block_cache_bytes,
-        args.cache_entries
+        args.cache_entries,
+        args.cache_bytes
     );
     println!(
         "| window | keys | backend | events/s per core (median) | min | max | peak RSS MiB | input MiB | RocksDB dir MiB | results | late |"
@@ -221,7 +227,8 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
                         .arg(format!("--events-per-ms={}", args.events_per_ms))
                         .arg(format!("--out-of-order-ms={}", args.out_of_order_ms))
                         .arg(format!("--block-cache-bytes={}", args.block_cache_bytes))
-                        .arg(format!("--cache-entries={}", args.cache_entries));
+                        .arg(format!("--cache-entries={}", args.cache_entries))
+                        .arg(format!("--cache-bytes={}", args.cache_bytes));
                     if let Some(d) = &args.db_dir {
                         cmd.arg("--db-dir").arg(d);
                     }

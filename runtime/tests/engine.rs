@@ -553,3 +553,156 @@ fn compile_errors_name_spec_fields() {
     let err = Plan::build(&d).err().unwrap().to_string();
     assert!(err.starts_with("spec.pipeline.aggregations[1].name: "), "{err}");
 }
+
+/// A backend that records which group keys were read back with `get`.
+struct CountingBackend {
+    inner: MemoryBackend,
+    gets: std::cell::RefCell<Vec<Vec<u8>>>,
+}
+
+impl StateBackend for CountingBackend {
+    fn get(&self, ns: u32, key: &[u8]) -> streamops_runtime::error::Result<Option<Vec<u8>>> {
+        if let Some((_, group_key)) = streamops_runtime::state::parse_window_key(key) {
+            self.gets.borrow_mut().push(group_key.to_vec());
+        }
+        self.inner.get(ns, key)
+    }
+
+    fn write(
+        &mut self,
+        ns: u32,
+        batch: streamops_runtime::state::StateBatch,
+    ) -> streamops_runtime::error::Result<()> {
+        self.inner.write(ns, batch)
+    }
+
+    fn range(
+        &self,
+        ns: u32,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: streamops_runtime::state::Visit<'_>,
+    ) -> streamops_runtime::error::Result<()> {
+        self.inner.range(ns, from, to, visit)
+    }
+
+    fn snapshot(&mut self, dir: &std::path::Path) -> streamops_runtime::error::Result<()> {
+        self.inner.snapshot(dir)
+    }
+
+    fn restore(&mut self, dir: &std::path::Path, partitions: &[u32]) -> streamops_runtime::error::Result<()> {
+        self.inner.restore(dir, partitions)
+    }
+}
+
+fn run_with_cache<B: StateBackend>(
+    plan: &Arc<Plan>,
+    events: &[(u32, Value)],
+    cache: Option<usize>,
+    backend: B,
+) -> (Vec<Output>, usize) {
+    let mut e = Engine::new(plan.clone(), &[0, 1, 2], 2, backend, 0)
+        .with_flush_on_fire(true)
+        .with_cache_capacity(cache);
+    let mut out = Vec::new();
+    for (p, v) in events {
+        let bytes = serde_json::to_vec(v).unwrap();
+        let rec = SourceRecord {
+            partition: *p,
+            offset: 0,
+            key: None,
+            value: &bytes,
+        };
+        e.process(rec, 0, &mut out).unwrap();
+        if let Some(cap) = cache {
+            // The bound is per window operator (two keyed partitions).
+            assert!(e.cached_entries() <= 2 * cap);
+        }
+    }
+    (out, e.open_entries())
+}
+
+/// Every window kind gives the unbounded run's output with a cache of one
+/// entry (every record evicts), on both backends.
+#[test]
+fn cache_capacity_one_equals_unbounded() {
+    for window in [
+        WindowAssigner::tumbling(50).unwrap(),
+        WindowAssigner::sliding(60, 20).unwrap(),
+        WindowAssigner::sliding(50, 15).unwrap(),
+        WindowAssigner::session(15).unwrap(),
+    ] {
+        for lateness in [0, 30] {
+            let d = def(window, lateness, 20);
+            let plan = Arc::new(Plan::build(&d).unwrap());
+            let events = random_events(400, 0xcafe);
+            let reference = run_with_cache(&plan, &events, None, MemoryBackend::new());
+            assert!(reference.0.len() > 50);
+            for cache in [1, 2, 5] {
+                let bounded = run_with_cache(&plan, &events, Some(cache), MemoryBackend::new());
+                assert_eq!(bounded, reference, "{window:?} lateness {lateness} cache {cache}");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let db = RocksBackend::open(&dir.path().join("db"), &RocksOptions::default()).unwrap();
+            let rocks = run_with_cache(&plan, &events, Some(1), db);
+            assert_eq!(rocks, reference, "{window:?} lateness {lateness} (rocksdb)");
+        }
+    }
+}
+
+/// Eviction drops the least recently updated keys: a key updated by every
+/// other record is never read back from the backend, while the cold keys
+/// around it are evicted.
+#[test]
+fn eviction_keeps_recently_updated_keys() {
+    for window in [
+        WindowAssigner::tumbling(1_000).unwrap(),
+        WindowAssigner::sliding(1_000, 200).unwrap(),
+        WindowAssigner::session(1_000).unwrap(),
+    ] {
+        let d = def(window, 0, 0);
+        let backend = CountingBackend {
+            inner: MemoryBackend::new(),
+            gets: Default::default(),
+        };
+        let mut e = Engine::new(Arc::new(Plan::build(&d).unwrap()), &[0], 1, backend, 0)
+            .with_cache_capacity(Some(20));
+        for i in 0..400i64 {
+            let user = if i % 2 == 0 {
+                "hot".to_string()
+            } else {
+                format!("cold{}", i % 97)
+            };
+            send(&mut e, 0, json!({"user": user, "ts": 100 + i / 10, "amount": 1}));
+        }
+        assert!(e.cached_entries() <= 20);
+        assert!(
+            e.open_entries() > e.cached_entries(),
+            "{window:?}: nothing evicted"
+        );
+        let gets = e.backend().gets.borrow();
+        assert!(
+            gets.iter().any(|k| k.starts_with(b"[\"cold")),
+            "{window:?}: cold keys not read back"
+        );
+        assert!(
+            !gets.iter().any(|k| k.as_slice() == b"[\"hot\"]"),
+            "{window:?}: the hot key was evicted"
+        );
+        drop(gets);
+        // The hot key's totals are complete.
+        let out = send(&mut e, 0, json!({"user": "x", "ts": 100_000, "amount": 0}));
+        let hot: i64 = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Result { value, .. } => {
+                    let v: Value = serde_json::from_slice(value).unwrap();
+                    (v["key"] == json!(["hot"]) && v["windowStart"].as_i64() <= Some(100))
+                        .then(|| v["n"].as_i64().unwrap())
+                }
+                _ => None,
+            })
+            .sum();
+        assert!(hot > 0, "{window:?}");
+    }
+}
