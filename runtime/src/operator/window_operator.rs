@@ -56,15 +56,167 @@ type KeyId = u32;
 
 type GroupKey = Box<[u8]>;
 
-/// Vectors of accumulators kept for reuse (bounds what the pool retains).
-const ACC_POOL_MAX: usize = 1 << 16;
+/// Bytes of a group key kept inline in its [`KeyState`].
+const INLINE_KEY: usize = 22;
+
+/// A group key's bytes: inline when short (read with the key state, no
+/// pointer to follow), else boxed.
+#[derive(Debug)]
+enum KeyBytes {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(GroupKey),
+}
+
+impl From<&[u8]> for KeyBytes {
+    fn from(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut b = [0u8; INLINE_KEY];
+            b[..key.len()].copy_from_slice(key);
+            KeyBytes::Inline(key.len() as u8, b)
+        } else {
+            KeyBytes::Heap(key.into())
+        }
+    }
+}
+
+impl std::ops::Deref for KeyBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline(n, b) => &b[..*n as usize],
+            KeyBytes::Heap(k) => k,
+        }
+    }
+}
+
+/// Group key -> id, keyed by a 64-bit hash of the key so the bytes live once
+/// (in the key state) and a lookup reads the bucket and the key state only.
+/// A key whose hash is taken by another key goes to `collisions`.
+#[derive(Debug, Default)]
+struct KeyIndex {
+    by_hash: HashMap<u64, KeyId>,
+    collisions: HashMap<GroupKey, KeyId>,
+}
+
+impl KeyIndex {
+    fn hash(key: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = rustc_hash::FxHasher::default();
+        h.write(key);
+        h.write_usize(key.len());
+        h.finish()
+    }
+
+    fn find(&self, keys: &[Option<KeyState>], key: &[u8]) -> Option<KeyId> {
+        if let Some(&id) = self.by_hash.get(&Self::hash(key))
+            && keys
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|ks| *ks.key == *key)
+        {
+            return Some(id);
+        }
+        if self.collisions.is_empty() {
+            return None;
+        }
+        self.collisions.get(key).copied()
+    }
+
+    fn insert(&mut self, key: &[u8], id: KeyId) {
+        match self.by_hash.entry(Self::hash(key)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.insert(key.into(), id);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8], id: KeyId) {
+        let h = Self::hash(key);
+        if self.by_hash.get(&h) == Some(&id) {
+            self.by_hash.remove(&h);
+        } else {
+            self.collisions.remove(key);
+        }
+    }
+}
+
+/// Accumulators held inline in a slot (jobs with more use a vector).
+const INLINE_ACCS: usize = 2;
+
+/// The accumulators of one entry: inline up to [`INLINE_ACCS`] (no
+/// allocation, and in the same cache lines as the slot), else a vector.
+#[derive(Debug, Clone)]
+enum AccSet {
+    Inline(u8, [Accumulator; INLINE_ACCS]),
+    Heap(Vec<Accumulator>),
+}
+
+impl Default for AccSet {
+    fn default() -> Self {
+        AccSet::Inline(0, [Accumulator::Count(0), Accumulator::Count(0)])
+    }
+}
+
+impl AccSet {
+    fn push(&mut self, acc: Accumulator) {
+        match self {
+            AccSet::Inline(n, items) if (*n as usize) < INLINE_ACCS => {
+                items[*n as usize] = acc;
+                *n += 1;
+            }
+            AccSet::Inline(_, items) => {
+                let mut v: Vec<Accumulator> = Vec::with_capacity(INLINE_ACCS * 2);
+                v.extend(
+                    items
+                        .iter_mut()
+                        .map(|a| std::mem::replace(a, Accumulator::Count(0))),
+                );
+                v.push(acc);
+                *self = AccSet::Heap(v);
+            }
+            AccSet::Heap(v) => v.push(acc),
+        }
+    }
+
+    fn extend(&mut self, accs: impl Iterator<Item = Accumulator>) {
+        for a in accs {
+            self.push(a);
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = AccSet::default();
+    }
+}
+
+impl std::ops::Deref for AccSet {
+    type Target = [Accumulator];
+    fn deref(&self) -> &[Accumulator] {
+        match self {
+            AccSet::Inline(n, items) => &items[..*n as usize],
+            AccSet::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for AccSet {
+    fn deref_mut(&mut self) -> &mut [Accumulator] {
+        match self {
+            AccSet::Inline(n, items) => &mut items[..*n as usize],
+            AccSet::Heap(v) => v,
+        }
+    }
+}
 
 /// One (window, key) entry, held by its key.
 #[derive(Debug)]
 struct Slot {
     window: Window,
     /// The aggregates; empty while not `cached`.
-    accs: Vec<Accumulator>,
+    accs: AccSet,
     /// In memory (authoritative over the backend). A session slot that is not
     /// cached lives only in the backend: it stays here as the session index.
     cached: bool,
@@ -79,7 +231,7 @@ struct Slot {
 /// so a record costs one hash lookup whatever its number of windows.
 #[derive(Debug)]
 struct KeyState {
-    key: GroupKey,
+    key: KeyBytes,
     slots: Vec<Slot>,
     /// Value of [`WindowOperator::tick`] at the key's last record (eviction
     /// order: least recently updated keys go first).
@@ -138,15 +290,16 @@ pub struct WindowOperator {
     spec: Arc<WindowSpec>,
     watermark: EventTime,
     /// Group key -> slot in `keys`.
-    index: HashMap<GroupKey, KeyId>,
+    index: KeyIndex,
     keys: Vec<Option<KeyState>>,
     free_ids: Vec<KeyId>,
     windows: BTreeMap<Window, WindowInfo>,
     /// Keys with dirty slots (may hold stale or repeated ids; see `queued`).
     dirty_keys: Vec<KeyId>,
-    acc_pool: Vec<Vec<Accumulator>>,
     /// Counts records; the recency clock of eviction.
     tick: u64,
+    /// Initial capacity of a key's slot vector.
+    slots_per_key: usize,
     pending_deletes: Vec<Vec<u8>>,
     pending_range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
     flush_on_fire: bool,
@@ -167,15 +320,15 @@ impl WindowOperator {
     pub fn new(partition: PartitionId, spec: Arc<WindowSpec>) -> Self {
         WindowOperator {
             partition,
-            spec,
             watermark: NO_WATERMARK,
-            index: HashMap::default(),
+            index: KeyIndex::default(),
             keys: Vec::new(),
             free_ids: Vec::new(),
             windows: BTreeMap::new(),
             dirty_keys: Vec::new(),
-            acc_pool: Vec::new(),
             tick: 0,
+            slots_per_key: slots_per_key(&spec.assigner),
+            spec,
             pending_deletes: Vec::new(),
             pending_range_deletes: Vec::new(),
             flush_on_fire: false,
@@ -201,6 +354,27 @@ impl WindowOperator {
     pub fn with_cache_capacity(mut self, capacity: Option<usize>) -> Self {
         self.cache_capacity = capacity.map(|c| c.max(1));
         self
+    }
+
+    /// The cache capacity in (window, key) entries that fits in about
+    /// `bytes` of memory for `spec`: an estimate from the in-memory layout
+    /// (slot, accumulators, the key's share of its state and index entry,
+    /// assuming keys of up to 22 bytes and no heap inside `distinctCount` or
+    /// `topK` accumulators, which grow with their values). At least one.
+    pub fn entries_for_bytes(spec: &WindowSpec, bytes: usize) -> usize {
+        use std::mem::size_of;
+        let windows_per_key = slots_per_key(&spec.assigner);
+        // The key state (key bytes inline up to 22 bytes), an index bucket,
+        // the slot vector's allocation header: spread over the key's slots.
+        let per_key = size_of::<Option<KeyState>>() + 16 + 16;
+        // Accumulators beyond the inline ones live in a vector of their own.
+        let heap_accs = if spec.functions.len() > INLINE_ACCS {
+            spec.functions.len() * size_of::<Accumulator>() + 16
+        } else {
+            0
+        };
+        let per_entry = size_of::<Slot>() + heap_accs + per_key.div_ceil(windows_per_key);
+        (bytes / per_entry).max(1)
     }
 
     pub fn partition(&self) -> PartitionId {
@@ -262,12 +436,12 @@ impl WindowOperator {
 
     /// The id of `key`'s state, created (empty) if the key has none.
     fn key_id(&mut self, key: &[u8]) -> KeyId {
-        if let Some(&id) = self.index.get(key) {
+        if let Some(id) = self.index.find(&self.keys, key) {
             return id;
         }
         let state = KeyState {
             key: key.into(),
-            slots: Vec::new(),
+            slots: Vec::with_capacity(self.slots_per_key),
             last_used: 0,
             queued: false,
         };
@@ -281,7 +455,7 @@ impl WindowOperator {
                 (self.keys.len() - 1) as KeyId
             }
         };
-        self.index.insert(key.into(), id);
+        self.index.insert(key, id);
         id
     }
 
@@ -297,10 +471,7 @@ impl WindowOperator {
         let Some(ks) = self.keys.get_mut(id as usize).and_then(Option::take) else {
             return;
         };
-        self.index.remove(&ks.key);
-        for s in ks.slots {
-            recycle(&mut self.acc_pool, s.accs);
-        }
+        self.index.remove(&ks.key, id);
         self.free_ids.push(id);
     }
 
@@ -391,7 +562,7 @@ impl WindowOperator {
                 Some(pos) => pos,
                 None => {
                     let info = self.windows.entry(*w).or_default();
-                    let mut accs = take_accs(&mut self.acc_pool);
+                    let mut accs = AccSet::default();
                     let mut persisted = false;
                     if info.spilled > 0
                         && let Some(v) = backend.get(partition, &state::window_key(w, key))?
@@ -429,7 +600,7 @@ impl WindowOperator {
                     continue;
                 };
                 let Some(slot) = ks.slot(w) else { continue };
-                let accs: Vec<Accumulator> = slot.accs.clone();
+                let accs = slot.accs.clone();
                 self.fire_on_record(*w, &accs, &rec.group_key, out);
             }
         }
@@ -455,7 +626,11 @@ impl WindowOperator {
         let mut merge_idx = std::mem::take(&mut self.merge_idx);
         merge_idx.clear();
         let mut merged = proto_window;
-        if let Some(Some(ks)) = self.index.get(key).and_then(|&id| self.keys.get(id as usize)) {
+        if let Some(Some(ks)) = self
+            .index
+            .find(&self.keys, key)
+            .and_then(|id| self.keys.get(id as usize))
+        {
             for (i, s) in ks.slots.iter().enumerate() {
                 if session::touches(&s.window, &proto_window) {
                     merge_idx.push(i);
@@ -501,7 +676,7 @@ impl WindowOperator {
             let mut slot = ks.slots.swap_remove(i);
             if !slot.cached {
                 let info = self.windows.entry(merged).or_default();
-                slot.accs = take_accs(&mut self.acc_pool);
+                slot.accs = AccSet::default();
                 read_back(
                     backend,
                     partition,
@@ -522,7 +697,7 @@ impl WindowOperator {
             slot.dirty = true;
             ks.slots.push(slot);
         } else {
-            let mut accs: Option<Vec<Accumulator>> = None;
+            let mut accs: Option<AccSet> = None;
             // Remove merged sessions (highest index first keeps indices valid).
             for &i in merge_idx.iter().rev() {
                 let old = ks.slots.swap_remove(i);
@@ -534,7 +709,7 @@ impl WindowOperator {
                     self.cached -= 1;
                     old.accs
                 } else {
-                    let mut loaded = take_accs(&mut self.acc_pool);
+                    let mut loaded = AccSet::default();
                     read_back(
                         backend,
                         partition,
@@ -554,10 +729,9 @@ impl WindowOperator {
                 }
                 match &mut accs {
                     Some(e) => {
-                        for (acc, p) in e.iter_mut().zip(&prev) {
+                        for (acc, p) in e.iter_mut().zip(prev.iter()) {
                             acc.merge(p);
                         }
-                        recycle(&mut self.acc_pool, prev);
                     }
                     // The first merged session's state is reused in place.
                     None => accs = Some(prev),
@@ -573,7 +747,7 @@ impl WindowOperator {
             let mut accs = match accs {
                 Some(accs) => accs,
                 None => {
-                    let mut accs = take_accs(&mut self.acc_pool);
+                    let mut accs = AccSet::default();
                     accs.extend(self.spec.functions.iter().map(|f| Accumulator::new(*f)));
                     accs
                 }
@@ -598,7 +772,7 @@ impl WindowOperator {
                 return Ok(());
             };
             if let Some(slot) = ks.slot(&merged) {
-                let accs: Vec<Accumulator> = slot.accs.clone();
+                let accs = slot.accs.clone();
                 self.fire_on_record(merged, &accs, &rec.group_key, out);
             }
         }
@@ -641,8 +815,8 @@ impl WindowOperator {
         let (keys, index) = (&self.keys, &self.index);
         let cached_slot = |group_key: &[u8], w: &Window| -> bool {
             index
-                .get(group_key)
-                .and_then(|&id| keys.get(id as usize))
+                .find(keys, group_key)
+                .and_then(|id| keys.get(id as usize))
                 .and_then(Option::as_ref)
                 .and_then(|ks| ks.slot(w))
                 .is_some_and(|s| s.cached)
@@ -657,7 +831,7 @@ impl WindowOperator {
                 .filter_map(|&id| {
                     let ks = keys.get(id as usize)?.as_ref()?;
                     let slot = ks.slot(w).filter(|s| s.cached)?;
-                    Some((key_prefix(&ks.key), &*ks.key, slot.accs.as_slice()))
+                    Some((key_prefix(&ks.key), &*ks.key, &slot.accs[..]))
                 })
                 .collect();
             cached.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
@@ -678,7 +852,7 @@ impl WindowOperator {
                 .map(|(_, k, accs)| (k.to_vec(), accs.iter().map(Accumulator::result).collect()))
                 .collect();
             let (from, to) = state::window_range(w);
-            let mut accs = Vec::with_capacity(functions.len());
+            let mut accs = AccSet::default();
             backend.range(partition, &from, Some(&to), &mut |k, v| {
                 let Some((_, group_key)) = state::parse_window_key(k) else {
                     return Err(corrupt(partition, "bad key"));
@@ -738,7 +912,6 @@ impl WindowOperator {
                     }
                 }
                 let empty = ks.slots.is_empty();
-                recycle(&mut self.acc_pool, slot.accs);
                 if empty {
                     self.free_key(id);
                 }
@@ -837,16 +1010,12 @@ impl WindowOperator {
         }
         if session {
             let ks = self.state_mut(id)?;
-            let mut freed = Vec::new();
             ks.slots.retain_mut(|s| {
-                if !s.cached && !s.accs.is_empty() {
-                    freed.push(std::mem::take(&mut s.accs));
+                if !s.cached {
+                    s.accs.clear();
                 }
                 s.cached || s.persisted
             });
-            for accs in freed {
-                recycle(&mut self.acc_pool, accs);
-            }
         } else {
             self.free_key(id);
         }
@@ -884,7 +1053,7 @@ impl WindowOperator {
         let spec = op.spec.clone();
         let session = spec.assigner.is_session();
         let cap = op.cache_capacity.unwrap_or(usize::MAX);
-        let mut entries: Vec<(Window, Vec<u8>, Option<Vec<Accumulator>>)> = Vec::new();
+        let mut entries: Vec<(Window, Vec<u8>, Option<AccSet>)> = Vec::new();
         let mut cached = 0usize;
         backend.range(
             partition,
@@ -895,7 +1064,7 @@ impl WindowOperator {
                     state::parse_window_key(k).ok_or_else(|| corrupt(partition, "bad key"))?;
                 let accs = if cached < cap {
                     cached += 1;
-                    let mut accs = Vec::with_capacity(spec.functions.len());
+                    let mut accs = AccSet::default();
                     decode_accs(&spec.functions, v, partition, &mut accs)?;
                     Some(accs)
                 } else {
@@ -934,27 +1103,27 @@ impl WindowOperator {
     }
 }
 
+/// Slots a key usually holds at once: its windows, plus one for windows
+/// that ended but are not purged yet (out-of-order records).
+fn slots_per_key(assigner: &WindowAssigner) -> usize {
+    match *assigner {
+        WindowAssigner::Sliding { size, slide } => {
+            (size as u64).div_ceil(slide as u64).clamp(1, 15) as usize + 1
+        }
+        WindowAssigner::Tumbling { .. } | WindowAssigner::Session { .. } => 1,
+    }
+}
+
 /// Adds the dirty cached slots of `ks` to `batch` and marks them clean.
 fn write_dirty(ks: &mut KeyState, batch: &mut StateBatch) {
     for s in ks.slots.iter_mut().filter(|s| s.cached && s.dirty) {
         let mut value = Vec::with_capacity(16 * s.accs.len());
-        for acc in &s.accs {
+        for acc in s.accs.iter() {
             acc.encode(&mut value);
         }
         batch.put(state::window_key(&s.window, &ks.key), value);
         s.dirty = false;
         s.persisted = true;
-    }
-}
-
-fn take_accs(pool: &mut Vec<Vec<Accumulator>>) -> Vec<Accumulator> {
-    pool.pop().unwrap_or_default()
-}
-
-fn recycle(pool: &mut Vec<Vec<Accumulator>>, mut accs: Vec<Accumulator>) {
-    if accs.capacity() > 0 && pool.len() < ACC_POOL_MAX {
-        accs.clear();
-        pool.push(accs);
     }
 }
 
@@ -966,7 +1135,7 @@ fn read_back(
     functions: &[AggregateFunction],
     w: &Window,
     key: &[u8],
-    accs: &mut Vec<Accumulator>,
+    accs: &mut AccSet,
 ) -> Result<()> {
     match backend.get(partition, &state::window_key(w, key))? {
         Some(v) => decode_accs(functions, &v, partition, accs),
@@ -996,7 +1165,7 @@ fn decode_accs(
     functions: &[AggregateFunction],
     mut rest: &[u8],
     partition: PartitionId,
-    accs: &mut Vec<Accumulator>,
+    accs: &mut AccSet,
 ) -> Result<()> {
     for f in functions {
         if rest.is_empty() {
@@ -1006,4 +1175,48 @@ fn decode_accs(
         accs.push(Accumulator::decode(&mut rest).ok_or_else(|| corrupt(partition, "bad value"))?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(key: &[u8]) -> Option<KeyState> {
+        Some(KeyState {
+            key: key.into(),
+            slots: Vec::new(),
+            last_used: 0,
+            queued: false,
+        })
+    }
+
+    #[test]
+    fn key_index_handles_hash_collisions() {
+        let keys = vec![state(b"a"), state(b"b"), state(&[7u8; 40])];
+        let mut idx = KeyIndex::default();
+        idx.insert(b"a", 0);
+        // Pretend "b" collides with "a": its hash slot is taken.
+        idx.by_hash.insert(KeyIndex::hash(b"b"), 0);
+        idx.insert(b"b", 1);
+        idx.insert(&[7u8; 40], 2);
+        assert_eq!(idx.find(&keys, b"a"), Some(0));
+        assert_eq!(idx.find(&keys, b"b"), Some(1));
+        assert_eq!(idx.find(&keys, &[7u8; 40]), Some(2));
+        assert_eq!(idx.find(&keys, b"c"), None);
+        idx.remove(b"b", 1);
+        assert_eq!(idx.find(&keys, b"b"), None);
+        assert_eq!(idx.find(&keys, b"a"), Some(0));
+        assert_eq!(&*keys[2].as_ref().unwrap().key, &[7u8; 40][..]);
+    }
+
+    #[test]
+    fn acc_set_spills_to_a_vector_past_the_inline_ones() {
+        let mut a = AccSet::default();
+        for n in 0..5 {
+            a.push(Accumulator::Count(n));
+        }
+        assert_eq!(&a[..], &(0..5).map(Accumulator::Count).collect::<Vec<_>>()[..]);
+        a.clear();
+        assert!(a.is_empty());
+    }
 }
