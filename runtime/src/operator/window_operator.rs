@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 use super::{Disposition, Firing, KeyedRecord, WindowResult};
@@ -228,11 +229,13 @@ struct Slot {
 
 /// Everything the operator holds in memory for one group key: one slot per
 /// open window of the key (at most `ceil(size/slide)` for sliding windows),
-/// so a record costs one hash lookup whatever its number of windows.
+/// so a record costs one hash lookup whatever its number of windows. The
+/// first slot is inline: tumbling keys (one window at a time) never touch a
+/// second allocation.
 #[derive(Debug)]
 struct KeyState {
     key: KeyBytes,
-    slots: Vec<Slot>,
+    slots: SmallVec<[Slot; 1]>,
     /// Value of [`WindowOperator::tick`] at the key's last record (eviction
     /// order: least recently updated keys go first).
     last_used: u64,
@@ -441,7 +444,7 @@ impl WindowOperator {
         }
         let state = KeyState {
             key: key.into(),
-            slots: Vec::with_capacity(self.slots_per_key),
+            slots: SmallVec::with_capacity(self.slots_per_key),
             last_used: 0,
             queued: false,
         };
@@ -1184,7 +1187,7 @@ mod tests {
     fn state(key: &[u8]) -> Option<KeyState> {
         Some(KeyState {
             key: key.into(),
-            slots: Vec::new(),
+            slots: SmallVec::new(),
             last_used: 0,
             queued: false,
         })
