@@ -105,18 +105,16 @@ fn broker_down_at_start_is_a_clear_error() {
     );
 }
 
-#[test]
-fn failed_commit_stops_the_runtime_with_the_reason() {
+/// Starts a runtime on the mock cluster, then makes every `api` request
+/// fail with `error` and runs it (stopped after 20 s at the latest); the
+/// error it ends with, and its status.
+fn run_into_errors(api: RDKafkaApiKey, error: RDKafkaRespErr, count: usize) -> (String, Arc<Shared>) {
     let (mock, dir) = setup();
     let rt = runtime();
     let shared = Arc::new(Shared::new(1, vec![0]).unwrap());
     let runner = Runner::start(config(&mock, dir.path()), shared.clone(), rt.handle().clone())
         .expect("starts against the mock cluster");
-    // Every EndTxn (commit) now fails with a non-retriable error.
-    mock.request_errors(
-        RDKafkaApiKey::EndTxn,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED; 16],
-    );
+    mock.request_errors(api, &vec![error; count]);
     let stopper = {
         let shared = shared.clone();
         std::thread::spawn(move || {
@@ -124,13 +122,26 @@ fn failed_commit_stops_the_runtime_with_the_reason() {
             shared.shutdown.store(true, Ordering::Relaxed);
         })
     };
-    let result = runner.run();
-    let err = format!("{:#}", result.expect_err("a failed commit must end the runtime"));
+    let err = format!(
+        "{:#}",
+        runner.run().expect_err("the runtime must end with an error")
+    );
+    drop(stopper);
+    (err, shared)
+}
+
+#[test]
+fn failed_commit_stops_the_runtime_with_the_reason() {
+    // Every EndTxn (commit) fails with a non-retriable error.
+    let (err, _) = run_into_errors(
+        RDKafkaApiKey::EndTxn,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        16,
+    );
     assert!(
         err.contains("checkpoint"),
         "the error names the checkpoint: {err}"
     );
-    drop(stopper);
 }
 
 #[test]
@@ -154,29 +165,12 @@ fn request_errors_on_init_are_retried_or_reported() {
 
 #[test]
 fn failed_delivery_fails_the_checkpoint_before_its_commit() {
-    let (mock, dir) = setup();
-    let rt = runtime();
-    let shared = Arc::new(Shared::new(1, vec![0]).unwrap());
-    let runner = Runner::start(config(&mock, dir.path()), shared.clone(), rt.handle().clone())
-        .expect("starts against the mock cluster");
-    // Every produce request now fails for good: the checkpoint's marker
-    // (and any output) cannot be delivered.
-    mock.request_errors(
+    // Every produce request fails for good: the checkpoint's marker (and any
+    // output) cannot be delivered.
+    let (err, shared) = run_into_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
-    );
-    let stopper = {
-        let shared = shared.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(20));
-            shared.shutdown.store(true, Ordering::Relaxed);
-        })
-    };
-    let err = format!(
-        "{:#}",
-        runner
-            .run()
-            .expect_err("an undelivered record must end the runtime")
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        64,
     );
     assert!(
         err.contains("failed delivery") && err.contains("not committing"),
@@ -187,5 +181,4 @@ fn failed_delivery_fails_the_checkpoint_before_its_commit() {
         None,
         "no checkpoint may be recorded as committed"
     );
-    drop(stopper);
 }
