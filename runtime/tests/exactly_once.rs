@@ -38,8 +38,8 @@ fn report(name: &str, v: &Verdict, faults: &[String]) {
     let results: usize = v.results.values().map(Vec::len).sum();
     eprintln!(
         "[{name}] committed results {results}, product faults {}, broker leaks (records of never-committed \
-         transactions shown by the broker) {}, acknowledged records the broker lost: results {:?} (by task), \
-         repartition {:?} (by keyed partition)",
+         transactions shown by the broker) {}, acknowledged results the broker lost {:?} (by task), inputs \
+         lost to the broker (acknowledged then lost, or shadowed by a leaked transaction) {:?} (by keyed partition)",
         faults.len(),
         v.broker_leaks,
         v.broker_lost,

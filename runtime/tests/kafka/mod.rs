@@ -449,10 +449,12 @@ pub struct Verdict {
     /// broker lost acknowledged writes (seen with nisshi 0.7.0). Not product
     /// faults; `faults` excuses at most this many missing results per task.
     pub broker_lost: BTreeMap<u32, u64>,
-    /// The same for the repartition topic, per keyed partition: records
-    /// stage 1 wrote there, acknowledged, then lost by the broker, so stage 2
-    /// never counted them. `faults` excuses results of that keyed partition
-    /// short by at most this many records in all.
+    /// Inputs of each keyed partition stage 2 never counted because of the
+    /// broker: records stage 1 wrote there, acknowledged, then lost; and
+    /// records dropped as replays because the broker had first shown a
+    /// record of a never-committed transaction with a higher offset (see
+    /// `shadowed_keyed_records`). `faults` excuses results of that keyed
+    /// partition short by at most this many records in all.
     pub broker_lost_keyed: BTreeMap<i32, u64>,
     /// The job's task count (to tell which task emits a key's results).
     pub tasks: u32,
@@ -476,6 +478,14 @@ pub fn verify_sink(topics: &Topics) -> Verdict {
     let mut broker_lost_keyed = BTreeMap::new();
     for ((_, partition), n) in lost_acknowledged(&topics.repartition, &keyed, &before) {
         *broker_lost_keyed.entry(partition).or_default() += n;
+    }
+    // Inputs the keyed stage rightly dropped as replays because the broker
+    // had shown a record of a never-committed transaction (no committed
+    // marker) with a higher offset first: lost to the broker's leak too.
+    for d in shadowed_keyed_records(&keyed) {
+        if !marks.contains(&d.high_mark_by) {
+            *broker_lost_keyed.entry(d.keyed_partition).or_default() += 1;
+        }
     }
     let mut v = Verdict {
         broker_lost,
@@ -791,28 +801,38 @@ pub fn wait_complete(
     }
 }
 
-/// Diagnosis for a failed exactly-once run: replays stage 2's duplicate rule
-/// (a keyed partition drops a record whose source offset is not above the
-/// largest it has seen from that upstream) over the repartition topic as
-/// read_committed readers see it now, and lists the records that rule drops
-/// although no record with their offset was applied before them: output
-/// lost if the live reader saw the same order. Each line names the
-/// checkpoint headers (`task:checkpoint:instance`) of the dropped record and
-/// of the record that raised the upstream's high mark past it.
-pub fn keyed_order_report(topics: &Topics) -> Vec<String> {
+/// A keyed record the keyed stage's duplicate rule drops although its offset
+/// was never applied: an upstream's high mark was already above it.
+pub struct ShadowedRecord {
+    pub keyed_partition: i32,
+    pub upstream: u32,
+    pub source_offset: i64,
+    pub header: String,
+    pub log_offset: i64,
+    pub high_mark: i64,
+    /// Checkpoint header of the record that set the high mark.
+    pub high_mark_by: String,
+}
+
+/// Replays the repartition topic (read_committed, in log order) through the
+/// keyed stage's duplicate rule (a record of upstream `u` at or below the
+/// highest source offset seen from `u` is a replay) and returns the records
+/// it drops without their offset ever having been applied. Under Kafka's
+/// transactions an upstream's visible records always form a prefix, so
+/// there are none; a broker that shows part of a never-committed transaction
+/// (nisshi) makes them.
+pub fn shadowed_keyed_records(records: &[Record]) -> Vec<ShadowedRecord> {
     use streamops_runtime::pipeline::wire::{Wire, decode};
-    let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
-    for r in read_all(&topics.repartition) {
+    let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+    for r in records {
         by_partition.entry(r.partition).or_default().push(r);
     }
-    let mut lines = Vec::new();
+    let mut out = Vec::new();
     for (q, mut records) in by_partition {
         records.sort_by_key(|r| r.offset);
-        // Per upstream: high mark (offset, header of its record), applied offsets.
         let mut high: BTreeMap<u32, (i64, String)> = BTreeMap::new();
         let mut applied: BTreeMap<u32, BTreeSet<i64>> = BTreeMap::new();
-        let mut lost: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for r in &records {
+        for r in records {
             let Ok(Wire::Data(d)) = decode(&r.value) else {
                 continue;
             };
@@ -821,10 +841,15 @@ pub fn keyed_order_report(topics: &Topics) -> Vec<String> {
             match high.get(&d.upstream) {
                 Some((h, by)) if d.source_offset <= *h => {
                     if !seen.contains(&d.source_offset) {
-                        lost.entry(d.upstream).or_default().push(format!(
-                            "offset {} ({header}, log offset {}) dropped under high mark {h} ({by})",
-                            d.source_offset, r.offset
-                        ));
+                        out.push(ShadowedRecord {
+                            keyed_partition: q,
+                            upstream: d.upstream,
+                            source_offset: d.source_offset,
+                            header,
+                            log_offset: r.offset,
+                            high_mark: *h,
+                            high_mark_by: by.clone(),
+                        });
                     }
                 }
                 _ => {
@@ -833,15 +858,31 @@ pub fn keyed_order_report(topics: &Topics) -> Vec<String> {
                 }
             }
         }
-        for (u, l) in lost {
-            lines.push(format!(
+    }
+    out
+}
+
+/// Diagnostic lines: records of the repartition topic dropped as duplicates
+/// of offsets never applied, per keyed partition and upstream.
+pub fn keyed_order_report(topics: &Topics) -> Vec<String> {
+    let mut lost: BTreeMap<(i32, u32), Vec<String>> = BTreeMap::new();
+    for d in shadowed_keyed_records(&read_all(&topics.repartition)) {
+        lost.entry((d.keyed_partition, d.upstream))
+            .or_default()
+            .push(format!(
+                "offset {} ({}, log offset {}) dropped under high mark {} ({})",
+                d.source_offset, d.header, d.log_offset, d.high_mark, d.high_mark_by
+            ));
+    }
+    lost.into_iter()
+        .map(|((q, u), l)| {
+            format!(
                 "keyed partition {q}, upstream {u}: {} records dropped as duplicates of offsets never applied; first: {}",
                 l.len(),
                 l.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-            ));
-        }
-    }
-    lines
+            )
+        })
+        .collect()
 }
 
 /// Restore settings of a job that may start from empty state (no savepoint,
