@@ -18,6 +18,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=e2e/cluster/lib.sh
 source "$HERE/cluster/lib.sh"
+# Builds go to the same cache as `make test`'s (outside the checkout), so
+# either command reuses what the other compiled.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
 
 NS=${STREAMOPS_DEMO_NAMESPACE:-clickstream}
 OPNS=streamops-system
