@@ -88,12 +88,9 @@ mkdir -p "$STREAMOPS_CACHE"
 env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only nisshi >"$install_log" 2>&1 &
 install_pid=$!
 echo "=== [install-builds] Kubernetes and nisshi in the background (pid $install_pid), log: $install_log"
-install_done=0
-wait_install() { # idempotent; the first stage that needs the cluster calls it
-  ((install_done)) && return 0
+wait_install() {
   local rc=0
   wait "$install_pid" || rc=$?
-  install_done=1
   sed 's/^/  install-builds| /' "$install_log"
   [[ $rc -eq 0 ]] || { echo "=== install-builds failed (exit $rc)"; return "$rc"; }
 }
@@ -128,8 +125,12 @@ if wants chart; then
   stage argocd-lua lua5.4 charts/streamops/argocd/tests/run.lua
 fi
 
-if wants api; then
+# The stages from here on need the cluster binaries and the broker.
+if wants api || wants smoke || wants jobs; then
   stage install-wait wait_install
+fi
+
+if wants api; then
   api_tests() {
     local state=${STREAMOPS_STATE:-/tmp/streamops-cluster}
     "$here/cluster/cluster.sh" up --control-plane
@@ -164,14 +165,12 @@ if wants api; then
 fi
 
 if wants smoke; then
-  stage install-wait wait_install
   # --debug: the dev-profile binaries, built with the unit and api stages'
   # package sets (see e2e/images/build.sh), so nothing is rebuilt here.
   stage smoke "$here/smoke/smoke.sh" --debug
 fi
 
 if wants jobs; then
-  stage install-wait wait_install
   # A full node (stopped afterwards if this stage started it), the product
   # images (the same --debug build as the smoke stage), the chart, then the
   # tests. Same package set as the api stage's e2e tests: nothing new to build.

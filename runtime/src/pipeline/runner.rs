@@ -80,7 +80,8 @@ pub struct DeliveryLedger {
 
 #[derive(Debug, Default, Clone)]
 pub struct Deliveries {
-    pub acked: BTreeMap<(String, i32), u64>,
+    /// Topic -> partition -> records acknowledged (a marker's `delivered`).
+    pub acked: BTreeMap<String, BTreeMap<i32, u64>>,
     pub failed: u64,
     pub first_failure: Option<String>,
 }
@@ -100,7 +101,14 @@ impl ProducerContext for DeliveryLedger {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         let mut d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match result {
-            Ok(m) => *d.acked.entry((m.topic().to_string(), m.partition())).or_default() += 1,
+            Ok(m) => {
+                // Called for every record: no allocation once the topic is known.
+                let partitions = match d.acked.get_mut(m.topic()) {
+                    Some(p) => p,
+                    None => d.acked.entry(m.topic().to_string()).or_default(),
+                };
+                *partitions.entry(m.partition()).or_default() += 1;
+            }
             Err((e, m)) => {
                 d.failed += 1;
                 if d.first_failure.is_none() {
@@ -129,8 +137,6 @@ fn check_delivered(t: u32, id: u64, d: &Deliveries) -> Result<()> {
 struct Slot {
     task: Task,
     producer: TxProducer,
-    /// Records acknowledged per (topic, partition) over the task's life here.
-    acked: BTreeMap<(String, i32), u64>,
     source_topic: String,
     source_partition: i32,
     /// Manifests of the last committed checkpoints (newest last).
@@ -439,7 +445,6 @@ impl Runner {
         Ok(Slot {
             task,
             producer,
-            acked: BTreeMap::new(),
             source_topic: topic,
             source_partition: partition,
             committed,
@@ -823,10 +828,6 @@ impl Runner {
         flush(&slot.producer, self.timeout)?;
         let outputs = slot.producer.context().take();
         check_delivered(t, id, &outputs)?;
-        let mut delivered: BTreeMap<String, BTreeMap<i32, u64>> = BTreeMap::new();
-        for ((topic, partition), n) in &outputs.acked {
-            delivered.entry(topic.clone()).or_default().insert(*partition, *n);
-        }
         let marker = Marker {
             job_uid: self.job.uid.clone(),
             task: t,
@@ -839,7 +840,7 @@ impl Runner {
             source_offset: slot.task.meta.source_offset.unwrap_or(0),
             keyed_offset: slot.task.meta.keyed_offset.unwrap_or(0),
             time_ms: now,
-            delivered,
+            delivered: outputs.acked,
         };
         let key = format!("task-{t}");
         send(
@@ -876,18 +877,11 @@ impl Runner {
         // (3) commit.
         self.crash.arm("in-commit");
         flush(&slot.producer, self.timeout)?;
-        let the_marker = slot.producer.context().take();
-        check_delivered(t, id, &the_marker)?;
+        check_delivered(t, id, &slot.producer.context().take())?;
         slot.producer
             .commit_transaction(self.timeout)
             .map_err(kerr(format!("committing checkpoint {id}")))?;
         self.crash.hit("after-commit");
-        for (tp, n) in outputs.acked.into_iter().chain(the_marker.acked) {
-            *slot.acked.entry(tp).or_default() += n;
-        }
-        if savepoint.is_some() {
-            info!(task = t, checkpoint = id, acked = ?slot.acked, "savepoint committed");
-        }
         let kind = marker.kind.as_str();
         self.shared.metrics.checkpoints.with_label_values(&[kind]).inc();
         self.shared
