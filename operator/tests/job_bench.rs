@@ -24,7 +24,7 @@
 //!   cargo test -p streamops-operator --test job_bench -- --ignored --nocapture
 //! ```
 //!
-//! Knobs: STREAMOPS_BENCH_JOBS (100), STREAMOPS_BENCH_RUNS (3),
+//! Knobs: STREAMOPS_BENCH_JOBS (100), STREAMOPS_BENCH_RUNS (5),
 //! STREAMOPS_BENCH_APPLY_CONCURRENCY (16), STREAMOPS_BENCH_PARTITIONS (4, of
 //! the one source topic all jobs read), STREAMOPS_BENCH_QUIET_SECS (30).
 //! Results and the machine they came from: operator/BENCHMARKS.md.
@@ -69,7 +69,7 @@ struct RunResult {
 #[ignore = "benchmark: needs the control-plane cluster and broker; prints numbers"]
 async fn hundred_jobs() {
     let n = knob("STREAMOPS_BENCH_JOBS", 100);
-    let runs = knob("STREAMOPS_BENCH_RUNS", 3);
+    let runs = knob("STREAMOPS_BENCH_RUNS", 5);
     let concurrency = knob("STREAMOPS_BENCH_APPLY_CONCURRENCY", 16);
     let partitions = knob("STREAMOPS_BENCH_PARTITIONS", 4) as i32;
     let quiet = Duration::from_secs(knob("STREAMOPS_BENCH_QUIET_SECS", 30) as u64);

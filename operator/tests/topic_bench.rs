@@ -71,6 +71,11 @@ struct RunResult {
     unchanged_p99_ms: f64,
     floor_p50_ms: f64,
     unchanged_rv_changed: usize,
+    /// CPU of the operator over the idle window (N topics Ready, nothing
+    /// changing), % of one core.
+    idle_cpu_pct: f64,
+    /// RSS at the end of the idle window.
+    idle_n_rss_mib: f64,
     delete_all_s: f64,
 }
 
@@ -78,7 +83,7 @@ struct RunResult {
 #[ignore = "benchmark: needs the real apiserver + broker and minutes; run with --ignored --nocapture"]
 async fn thousand_topics() {
     let n = knob("STREAMOPS_BENCH_TOPICS", 1000);
-    let runs = knob("STREAMOPS_BENCH_RUNS", 3);
+    let runs = knob("STREAMOPS_BENCH_RUNS", 5);
     let concurrency = knob("STREAMOPS_BENCH_APPLY_CONCURRENCY", 16);
     let sample = knob("STREAMOPS_BENCH_SAMPLE", 200).min(n);
     let bootstrap = env("STREAMOPS_BOOTSTRAP");
@@ -254,6 +259,14 @@ async fn one_run(
     r.unchanged_rv_changed = rv_changed;
     r.peak_rss_mib = proc_status_kib(operator.0.id(), "VmHWM") / 1024.0;
 
+    // Idle: N Ready topics, nothing changing (resync 1 h).
+    let idle = Duration::from_secs(knob("STREAMOPS_BENCH_IDLE_SECS", 20) as u64);
+    let cpu0 = cpu_seconds(operator.0.id());
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    r.idle_cpu_pct = 100.0 * (cpu_seconds(operator.0.id()) - cpu0) / t0.elapsed().as_secs_f64();
+    r.idle_n_rss_mib = proc_status_kib(operator.0.id(), "VmRSS") / 1024.0;
+
     // Deletion: the operator deletes the topics it created.
     let t_del = Instant::now();
     stream::iter(names.clone())
@@ -418,6 +431,10 @@ fn print_summary(n: usize, results: &[RunResult]) {
     row("unchanged reconciles that changed resourceVersion", |r| {
         r.unchanged_rv_changed as f64
     });
+    row("operator CPU, N topics Ready, idle (% of a core)", |r| {
+        r.idle_cpu_pct
+    });
+    row("operator RSS, N topics Ready, idle (MiB)", |r| r.idle_n_rss_mib);
     row("delete all N (deletionPolicy Delete) until gone (s)", |r| {
         r.delete_all_s
     });
