@@ -197,6 +197,7 @@ mod tests {
             |s| {
                 s.checkpoint = Some(crate::job::CheckpointSpec {
                     interval: None,
+                    guarantee: None,
                     storage: None,
                     savepoints_to_keep: Some(9),
                     savepoint_max_age: None,

@@ -319,6 +319,9 @@ pub struct CheckpointSpec {
     /// Absent: `10s`. Results become visible once per interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<DurationSpec>,
+    /// What a crash may do to the output. Absent: `exactlyOnce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<ProcessingGuarantee>,
     /// `file:///path`, `s3://bucket/prefix`, `gs://...`, `az://...`. Absent:
     /// the operator's configured default storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,6 +335,23 @@ pub struct CheckpointSpec {
     /// Absent: kept until `savepointsToKeep` pushes them out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_max_age: Option<DurationSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ProcessingGuarantee {
+    /// Every output of a checkpoint interval is written in one Kafka
+    /// transaction with the input offsets and the state it came from: after a
+    /// crash, read_committed consumers see each result once. Results become
+    /// visible when the interval's transaction commits.
+    #[default]
+    ExactlyOnce,
+    /// Outputs are written as they are produced (idempotent producer, no
+    /// transactions) and visible at once to every consumer; a checkpoint waits
+    /// for them to be acknowledged before it records offsets and state. After
+    /// a crash the input since the last checkpoint is processed again, so its
+    /// results may appear twice (with the same values); nothing is lost.
+    AtLeastOnce,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -571,12 +591,14 @@ impl StreamJobSpec {
         }
         let cp = s.checkpoint.get_or_insert(CheckpointSpec {
             interval: None,
+            guarantee: None,
             storage: None,
             savepoints_to_keep: None,
             savepoint_max_age: None,
         });
         cp.interval
             .get_or_insert_with(|| DurationSpec::from_millis(defaults::CHECKPOINT_INTERVAL_MS));
+        cp.guarantee.get_or_insert_default();
         cp.savepoints_to_keep.get_or_insert(defaults::SAVEPOINTS_TO_KEEP);
         s.upgrade_mode.get_or_insert_default();
         let up = s.upgrade.get_or_insert(UpgradeSpec {
@@ -899,6 +921,7 @@ mod tests {
         let mut s = example();
         s.checkpoint = Some(CheckpointSpec {
             interval: Some("50ms".parse().unwrap()),
+            guarantee: None,
             storage: Some("/var/lib/checkpoints".into()),
             savepoints_to_keep: None,
             savepoint_max_age: None,

@@ -159,10 +159,30 @@ pub fn process_usage() -> (f64, u64) {
     (secs(u.ru_utime) + secs(u.ru_stime), u.ru_maxrss as u64 * 1024)
 }
 
-fn drive<B: StateBackend>(engine: &mut Engine<B>, input: &GeneratedInput) -> Result<(u64, u64)> {
+/// Checkpoints taken during a run: every `every` events, a full engine
+/// snapshot into `dir` (flush of the window cache to the backend, RocksDB
+/// checkpoint, watermarks), removed again.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoints<'a> {
+    pub every: usize,
+    pub dir: &'a Path,
+}
+
+fn drive<B: StateBackend>(
+    engine: &mut Engine<B>,
+    input: &GeneratedInput,
+    checkpoints: Option<Checkpoints<'_>>,
+) -> Result<(u64, u64)> {
     let mut out = Vec::with_capacity(1024);
     let (mut results, mut late) = (0u64, 0u64);
     for i in 0..input.ends.len() {
+        if let Some(c) = checkpoints
+            && i > 0
+            && i % c.every.max(1) == 0
+        {
+            engine.snapshot(c.dir)?;
+            std::fs::remove_dir_all(c.dir)?;
+        }
         let rec = SourceRecord {
             partition: 0,
             offset: i as i64,
@@ -185,42 +205,56 @@ fn drive<B: StateBackend>(engine: &mut Engine<B>, input: &GeneratedInput) -> Res
     Ok((results, late))
 }
 
+/// State settings of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct StateConfig<'a> {
+    pub backend: BenchBackend,
+    pub db_dir: &'a Path,
+    pub block_cache_bytes: usize,
+    /// RocksDB: (window, key) entries cached in memory; 0 derives them from
+    /// `cache_bytes`.
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+    /// RocksDB: take a checkpoint every this many events (the cache is
+    /// written to RocksDB then, as in the pipeline); 0 writes it whenever
+    /// windows fire instead.
+    pub checkpoint_every: usize,
+}
+
 /// Generates the input, then runs the job over it once, single-threaded.
-pub fn run(
-    window: BenchWindow,
-    backend: BenchBackend,
-    gen_cfg: &GeneratorConfig,
-    db_dir: &Path,
-    block_cache_bytes: usize,
-    cache_entries: usize,
-    cache_bytes: usize,
-) -> Result<BenchResult> {
+pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'_>) -> Result<BenchResult> {
     let input = generate(gen_cfg);
     let plan = Arc::new(Plan::build(&job(window, gen_cfg.out_of_order_ms))?);
     let (cpu0, _) = process_usage();
     // Each arm measures before its engine (and state) is dropped: teardown
     // is not part of the throughput.
-    let (results, late, cpu1, rss) = match backend {
+    let (results, late, cpu1, rss) = match state.backend {
         BenchBackend::Memory => {
             let mut engine = Engine::new(plan, &[0], 1, MemoryBackend::new(), 0);
-            let (results, late) = drive(&mut engine, &input)?;
+            let (results, late) = drive(&mut engine, &input, None)?;
             let (cpu1, rss) = process_usage();
             (results, late, cpu1, rss)
         }
         BenchBackend::Rocksdb => {
             let opts = RocksOptions {
-                block_cache_bytes,
+                block_cache_bytes: state.block_cache_bytes,
                 write_buffer_bytes: 16 << 20,
             };
-            let db = RocksBackend::open(db_dir, &opts)?;
-            let engine = Engine::new(plan, &[0], 1, db, 0).with_flush_on_fire(true);
+            std::fs::create_dir_all(state.db_dir)?;
+            let db = RocksBackend::open(&state.db_dir.join("db"), &opts)?;
+            let engine = Engine::new(plan, &[0], 1, db, 0).with_flush_on_fire(state.checkpoint_every == 0);
             // An explicit entry bound wins over the memory bound.
-            let mut engine = if cache_entries > 0 {
-                engine.with_cache_capacity(Some(cache_entries))
+            let mut engine = if state.cache_entries > 0 {
+                engine.with_cache_capacity(Some(state.cache_entries))
             } else {
-                engine.with_cache_bytes(cache_bytes)
+                engine.with_cache_bytes(state.cache_bytes)
             };
-            let (results, late) = drive(&mut engine, &input)?;
+            let snapshots = state.db_dir.join("checkpoint");
+            let checkpoints = (state.checkpoint_every > 0).then_some(Checkpoints {
+                every: state.checkpoint_every,
+                dir: &snapshots,
+            });
+            let (results, late) = drive(&mut engine, &input, checkpoints)?;
             let (cpu1, rss) = process_usage();
             (results, late, cpu1, rss)
         }

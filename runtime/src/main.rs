@@ -73,6 +73,11 @@ struct BenchArgs {
     /// (an estimate from the in-memory layout, converted to entries).
     #[arg(long, default_value_t = 256 << 20)]
     cache_bytes: usize,
+    /// RocksDB runs: take a checkpoint (cache written to RocksDB, RocksDB
+    /// checkpoint, as the pipeline does every interval) every this many
+    /// events; 0 writes the cache to RocksDB whenever windows fire instead.
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every_events: usize,
     /// Where RocksDB databases are created (one fresh directory per run).
     #[arg(long)]
     db_dir: Option<PathBuf>,
@@ -180,14 +185,17 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
         };
         let r = bench::run(
             *window,
-            *backend,
             &cfg,
-            &db_dir,
-            args.block_cache_bytes,
-            args.cache_entries,
-            args.cache_bytes,
+            &bench::StateConfig {
+                backend: *backend,
+                db_dir: &db_dir,
+                block_cache_bytes: args.block_cache_bytes,
+                cache_entries: args.cache_entries,
+                cache_bytes: args.cache_bytes,
+                checkpoint_every: args.checkpoint_every_events,
+            },
         );
-        let db_bytes = dir_size(&db_dir);
+        let db_bytes = dir_size(&db_dir.join("db"));
         let _ = std::fs::remove_dir_all(&db_dir);
         let r = r?;
         println!(
@@ -198,14 +206,16 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
     }
     let exe = std::env::current_exe()?;
     println!(
-        "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={} cache-bytes={}",
+        "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={} cache-bytes={} \
+         checkpoint-every={} events",
         args.events,
         args.events_per_ms,
         args.out_of_order_ms,
         args.runs,
         args.block_cache_bytes,
         args.cache_entries,
-        args.cache_bytes
+        args.cache_bytes,
+        args.checkpoint_every_events
     );
     println!(
         "| window | keys | backend | events/s per core (median) | min | max | peak RSS MiB | input MiB | RocksDB dir MiB | results | late |"
@@ -228,7 +238,11 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
                         .arg(format!("--out-of-order-ms={}", args.out_of_order_ms))
                         .arg(format!("--block-cache-bytes={}", args.block_cache_bytes))
                         .arg(format!("--cache-entries={}", args.cache_entries))
-                        .arg(format!("--cache-bytes={}", args.cache_bytes));
+                        .arg(format!("--cache-bytes={}", args.cache_bytes))
+                        .arg(format!(
+                            "--checkpoint-every-events={}",
+                            args.checkpoint_every_events
+                        ));
                     if let Some(d) = &args.db_dir {
                         cmd.arg("--db-dir").arg(d);
                     }

@@ -190,19 +190,67 @@ fn set_spec(j: &mut streamops_runtime::pipeline::job::JobFile, f: impl FnOnce(&m
     j.spec = serde_json::from_value(spec).unwrap();
 }
 
-/// Pipeline throughput vs a plain copy. The pipeline's time runs from the
-/// moment it reports Running (restored, partitions assigned) until every
-/// input record went through both stages (source -> repartition topic ->
-/// window state -> sink) and a checkpoint committed after the last one:
-/// the time until the whole input is committed output.
+/// One pipeline run over the records already in `topics.source`: seconds
+/// from Running to all of them committed, seconds until stage 1 had read
+/// them all, startup seconds, task checkpoints.
+fn pipeline_run(
+    topics: &Topics,
+    guarantee: &str,
+    interval: &str,
+    total: usize,
+    log: &str,
+) -> (f64, f64, f64, f64) {
+    let work = tempfile::tempdir().unwrap();
+    let mut j = job(topics, 1, 1, &work.path().join("storage"), empty_ok());
+    set_spec(&mut j, |spec| {
+        spec["pipeline"]["emit"] = json!("onUpdate");
+        spec["checkpoint"]["interval"] = json!(interval);
+        spec["checkpoint"]["guarantee"] = json!(guarantee);
+    });
+    let path = write_job(work.path(), &j);
+    let spawned = Instant::now();
+    let mut proc = Proc::spawn(&path, "0-3", work.path(), None);
+    proc.wait_running(Duration::from_secs(120));
+    let startup = spawned.elapsed().as_secs_f64();
+    let running = now_ms();
+    let (stage1, done) = wait_processed_and_committed(&mut proc, total, Duration::from_secs(900));
+    let checkpoints = metric(&proc, "streamops_runtime_checkpoints_total{kind=\"checkpoint\"}");
+    proc.signal(libc::SIGTERM);
+    proc.wait_exit(Duration::from_secs(60));
+    if let Ok(dir) = std::env::var("BENCH_LOG_DIR") {
+        let _ = std::fs::write(format!("{dir}/{log}.log"), proc.log());
+    }
+    (
+        (done - running) as f64 / 1000.0,
+        (stage1 - running) as f64 / 1000.0,
+        startup,
+        checkpoints,
+    )
+}
+
+/// Pipeline throughput vs a plain copy, exactly once and at least once.
+/// The pipeline's time runs from the moment it reports Running (restored,
+/// partitions assigned) until every input record went through both stages
+/// (source -> repartition topic -> window state -> sink) and a checkpoint
+/// committed after the last one: the time until the whole input is
+/// committed output. The three run one after another on the same input
+/// (the pipelines on topics of their own), so each run's ratios compare
+/// runs a minute apart.
 #[test]
 #[ignore = "benchmark: needs STREAMOPS_BOOTSTRAP and --release"]
 fn pipeline_throughput_vs_plain_copy() {
     let runs: usize = env_or("BENCH_RUNS", 5);
     let per_partition: usize = env_or("BENCH_RECORDS_PER_PARTITION", 50_000);
     let interval: String = env_or("BENCH_INTERVAL", "1s".to_string());
-    let (mut base, mut eos, mut ratios, mut stage1s, mut startups) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut base, mut eos, mut alo, mut ratios, mut alo_ratios, mut stage1s, mut startups) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for run in 0..runs {
         let topics = Topics::create("bench", 4);
         let copy_to = format!("{}-copy", topics.source);
@@ -211,48 +259,50 @@ fn pipeline_throughput_vs_plain_copy() {
         let total = data.len();
         produce(&topics.source, &data);
         let baseline = total as f64 / copy(&topics.source, &copy_to, total, 4).as_secs_f64();
-
-        let work = tempfile::tempdir().unwrap();
-        let mut j = job(&topics, 1, 1, &work.path().join("storage"), empty_ok());
-        set_spec(&mut j, |spec| {
-            spec["pipeline"]["emit"] = json!("onUpdate");
-            spec["checkpoint"]["interval"] = json!(interval);
-        });
-        let path = write_job(work.path(), &j);
-        let spawned = Instant::now();
-        let mut proc = Proc::spawn(&path, "0-3", work.path(), None);
-        proc.wait_running(Duration::from_secs(120));
-        let startup = spawned.elapsed().as_secs_f64();
-        let running = now_ms();
-        let (stage1, done) = wait_processed_and_committed(&mut proc, total, Duration::from_secs(900));
-        let secs = (done - running) as f64 / 1000.0;
+        let (secs, stage1, startup, checkpoints) = pipeline_run(
+            &topics,
+            "exactlyOnce",
+            &interval,
+            total,
+            &format!("throughput-{run}"),
+        );
         let pipeline = total as f64 / secs;
-        let stage1 = (stage1 - running) as f64 / 1000.0;
-        let checkpoints = metric(&proc, "streamops_runtime_checkpoints_total{kind=\"checkpoint\"}");
-        proc.signal(libc::SIGTERM);
-        proc.wait_exit(Duration::from_secs(60));
-        if let Ok(dir) = std::env::var("BENCH_LOG_DIR") {
-            let _ = std::fs::write(format!("{dir}/throughput-{run}.log"), proc.log());
-        }
+        let at_least_once = Topics::create("bench-alo", 4);
+        produce(&at_least_once.source, &data);
+        let (alo_secs, _, _, alo_checkpoints) = pipeline_run(
+            &at_least_once,
+            "atLeastOnce",
+            &interval,
+            total,
+            &format!("throughput-alo-{run}"),
+        );
+        let alo_rate = total as f64 / alo_secs;
         eprintln!(
             "[throughput] run {run}: {total} records; plain copy {baseline:.0} rec/s; exactly-once pipeline {pipeline:.0} rec/s \
              ({secs:.2}s from Running to committed output; stage 1 read all input after {stage1:.2}s; startup {startup:.2}s; \
-             {checkpoints} task checkpoints); ratio {:.3}",
-            pipeline / baseline
+             {checkpoints} task checkpoints); ratio {:.3}; at-least-once pipeline {alo_rate:.0} rec/s ({alo_secs:.2}s, \
+             {alo_checkpoints} task checkpoints), ratio {:.3}",
+            pipeline / baseline,
+            alo_rate / baseline
         );
         base.push(baseline);
         eos.push(pipeline);
+        alo.push(alo_rate);
         ratios.push(pipeline / baseline);
+        alo_ratios.push(alo_rate / baseline);
         stage1s.push(stage1);
         startups.push(startup);
     }
     eprintln!(
-        "[throughput] {runs} runs x {} records, interval {interval}: plain copy median {}, pipeline median {}, \
-         ratio median {} (target >= 0.7); stage 1 done after median {}s; startup median {}s",
+        "[throughput] {runs} runs x {} records, interval {interval}: plain copy median {}, exactly-once pipeline median {}, \
+         ratio median {} (target >= 0.7); at-least-once pipeline median {}, ratio median {}; exactly-once stage 1 done \
+         after median {}s; startup median {}s",
         per_partition * 4,
         stats(&base, 0),
         stats(&eos, 0),
         stats(&ratios, 3),
+        stats(&alo, 0),
+        stats(&alo_ratios, 3),
         stats(&stage1s, 2),
         stats(&startups, 2),
     );
@@ -508,8 +558,12 @@ fn humantime_ms(s: &str) -> Duration {
 #[ignore = "benchmark: needs STREAMOPS_BOOTSTRAP and --release"]
 fn window_result_latency_vs_checkpoint_interval() {
     let intervals: String = env_or("BENCH_LATENCY_INTERVALS", "1s,2s,5s".to_string());
+    let guarantees: String = env_or("BENCH_LATENCY_GUARANTEES", "exactlyOnce,atLeastOnce".to_string());
     let samples: usize = env_or("BENCH_LATENCY_SAMPLES", 20);
-    for interval in intervals.split(',') {
+    let runs = intervals
+        .split(',')
+        .flat_map(|i| guarantees.split(',').map(move |g| (i, g)));
+    for (interval, guarantee) in runs {
         let iv = humantime_ms(interval);
         let topics = Topics::create("latency", 1);
         let work = tempfile::tempdir().unwrap();
@@ -517,6 +571,7 @@ fn window_result_latency_vs_checkpoint_interval() {
         set_spec(&mut j, |spec| {
             spec["source"]["watermark"]["outOfOrderness"] = json!("0ms");
             spec["checkpoint"]["interval"] = json!(interval);
+            spec["checkpoint"]["guarantee"] = json!(guarantee);
         });
         let path = write_job(work.path(), &j);
         let mut p = Proc::spawn(&path, "0", work.path(), None);
@@ -584,11 +639,14 @@ fn window_result_latency_vs_checkpoint_interval() {
             .filter_map(|(start, sent)| seen.get(start).map(|at| (at - sent) as f64 / 1000.0))
             .collect();
         let missing = closed_at.len() - lat.len();
+        let scheduled = metric(&p, "streamops_runtime_checkpoints_total{kind=\"checkpoint\"}");
+        let early = metric(&p, "streamops_runtime_checkpoints_early_total");
         lat.sort_by(|a, b| a.total_cmp(b));
         let pct = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1];
         eprintln!(
-            "[latency] interval {interval}: {} windows, p50 {:.2}s, p99 {:.2}s, min {:.2}s, max {:.2}s \
-             ({:.2} x interval at p99; target < 2 x); {missing} windows without a result",
+            "[latency] {guarantee}, interval {interval}: {} windows, p50 {:.2}s, p99 {:.2}s, min {:.2}s, max {:.2}s \
+             ({:.2} x interval at p99; target < 2 x); {missing} windows without a result; {scheduled} checkpoints, \
+             {early} of them early (a window fired)",
             lat.len(),
             pct(0.5),
             pct(0.99),

@@ -168,6 +168,7 @@ pub fn job_config(job: &StreamJob, names: &JobNames, d: &Deployment, storage: &s
     let mut spec = d.spec.clone();
     let checkpoint = spec.checkpoint.get_or_insert(CheckpointSpec {
         interval: None,
+        guarantee: None,
         storage: None,
         savepoints_to_keep: None,
         savepoint_max_age: None,
@@ -692,6 +693,7 @@ mod tests {
         let mut spec = j.spec.clone();
         spec.checkpoint = Some(CheckpointSpec {
             interval: None,
+            guarantee: None,
             storage: Some("s3://bucket/clicks".into()),
             savepoints_to_keep: None,
             savepoint_max_age: None,

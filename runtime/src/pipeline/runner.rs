@@ -1,5 +1,6 @@
 //! The pipeline loop: Kafka in, tasks, Kafka out, one transaction per task
-//! per checkpoint.
+//! per checkpoint (exactly once), or outputs written as they come and
+//! acknowledged before each checkpoint (at least once).
 //!
 //! Per checkpoint and task (the protocol of DESIGN.md): (1) snapshot the
 //! task's state and write it and its manifest to durable storage; (2) in the
@@ -9,6 +10,12 @@
 //! `init_transactions` fences and aborts what was open, the last committed
 //! marker names the state to restore, and the input is re-read from its
 //! offsets. There is no other recovery path to get wrong.
+//!
+//! At least once (`spec.checkpoint.guarantee: atLeastOnce`) runs the same
+//! checkpoint without the transaction: the outputs, already written, are
+//! waited for before the marker is, so a marker never names input whose
+//! output could be missing; restoring it re-reads (and may write again)
+//! what came after.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -37,6 +44,7 @@ use crate::plan::Plan;
 use crate::state::StateBackend;
 use crate::state::memory::MemoryBackend;
 use crate::state::rocks::{RocksBackend, RocksOptions};
+use streamops_crds::job::ProcessingGuarantee;
 
 /// Storage used when the spec names none: a volume the operator mounts.
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/streamops/checkpoints";
@@ -47,6 +55,12 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// Key prefix of the fence records in the control topic (not markers).
 pub const FENCE_KEY_PREFIX: &str = "fence-";
 const KAFKA_DEFAULT_MAX_TXN_TIMEOUT_MS: u64 = 900_000;
+/// `transaction.timeout.ms` of the fencing transaction an at-least-once
+/// task commits at start (Kafka's default is 60 s too).
+const FENCE_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+/// How long a task that fired a window gathers further firings before it
+/// commits early (see [`Runner::commit_fired`]).
+const FIRE_COMMIT_DELAY: Duration = Duration::from_millis(50);
 /// Default bound on each Kafka request the runner waits for.
 pub const DEFAULT_KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -119,7 +133,7 @@ impl ProducerContext for DeliveryLedger {
     }
 }
 
-/// A task's transactional producer.
+/// A task's producer: transactional (exactly once) or idempotent only.
 type TxProducer = BaseProducer<DeliveryLedger>;
 
 /// Fails checkpoint `id` of task `t` if any of its records failed delivery.
@@ -146,6 +160,12 @@ struct Slot {
     /// Id of the checkpoint the open transaction will commit (in every
     /// output's header).
     open_id: u64,
+    /// Outputs go into one transaction per checkpoint (exactly once).
+    transactional: bool,
+    /// When the open transaction first got a final window result.
+    fired_at: Option<Instant>,
+    /// The task already committed early since the last scheduled checkpoint.
+    committed_early: bool,
 }
 
 impl Slot {
@@ -154,9 +174,11 @@ impl Slot {
     /// compare: the operator tells whether a new version committed anything
     /// after a savepoint by comparing them.
     fn begin(&mut self) -> Result<()> {
-        self.producer
-            .begin_transaction()
-            .map_err(kerr("beginning a transaction"))?;
+        if self.transactional {
+            self.producer
+                .begin_transaction()
+                .map_err(kerr("beginning a transaction"))?;
+        }
         self.open_id = (self.task.meta.checkpoint_id + 1).max(now_ms().max(0) as u64);
         Ok(())
     }
@@ -177,6 +199,7 @@ pub struct Runner {
     crash: CrashPoints,
     instance: String,
     interval: Duration,
+    guarantee: ProcessingGuarantee,
     txn_timeout_ms: u64,
     timeout: Duration,
     stopped: bool,
@@ -261,10 +284,20 @@ impl Runner {
             .as_ref()
             .and_then(|c| c.storage.clone())
             .unwrap_or_else(|| DEFAULT_STORAGE.to_string());
+        let guarantee = spec
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.guarantee)
+            .unwrap_or_default();
         let store = CheckpointStore::open(&storage, rt.clone())?;
         let instance = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-        let txn_timeout_ms = transaction_timeout(&kafka, interval, &rt, kafka_timeout)?;
+        // At least once, transactions only fence predecessors at start: they
+        // never stay open for an interval.
+        let txn_timeout_ms = match guarantee {
+            ProcessingGuarantee::ExactlyOnce => transaction_timeout(&kafka, interval, &rt, kafka_timeout)?,
+            ProcessingGuarantee::AtLeastOnce => FENCE_TRANSACTION_TIMEOUT_MS,
+        };
         let consumer: BaseConsumer = kafka
             .client()
             .set("group.id", job.group_id())
@@ -281,7 +314,7 @@ impl Runner {
             .set("client.id", format!("streamops-runtime-{instance}-offsets"))
             .create()
             .map_err(kerr("creating the offsets client"))?;
-        info!(job = %job.name, generation = job.generation, ?tasks, instance, txn_timeout_ms, "starting");
+        info!(job = %job.name, generation = job.generation, ?tasks, instance, ?guarantee, txn_timeout_ms, "starting");
         let mut runner = Runner {
             plan,
             kafka,
@@ -295,6 +328,7 @@ impl Runner {
             crash,
             instance,
             interval,
+            guarantee,
             txn_timeout_ms,
             timeout: kafka_timeout,
             stopped: false,
@@ -346,22 +380,29 @@ impl Runner {
             .source_of(t)
             .map(|(a, b)| (a.to_string(), b))
             .ok_or_else(|| anyhow!("task {t} does not exist: the job has {task_count} source partitions"))?;
-        let producer: TxProducer = self
-            .kafka
-            .client()
+        let transactional = self.guarantee == ProcessingGuarantee::ExactlyOnce;
+        let fencing: TxProducer = self
+            .producer_config(t)
             .set("transactional.id", self.job.transactional_id(t))
             .set("transaction.timeout.ms", self.txn_timeout_ms.to_string())
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("partitioner", "murmur2_random")
-            .set("client.id", format!("streamops-runtime-{}-{t}", self.instance))
             .create_with_context(DeliveryLedger::default())
             .map_err(kerr("creating a transactional producer"))?;
-        // Fences every predecessor holding this task (any version, any parallelism).
-        producer
+        // Fences every transactional predecessor holding this task (any
+        // version, any parallelism), whichever the guarantee: a previous
+        // exactly-once version's open transaction would otherwise hide the
+        // control partition's end from the marker read below.
+        fencing
             .init_transactions(self.timeout)
             .map_err(kerr(format!("init_transactions for task {t}")))?;
-        self.resolve_predecessor(&producer, t)?;
+        self.resolve_predecessor(&fencing, t)?;
+        let producer = if transactional {
+            fencing
+        } else {
+            drop(fencing);
+            self.producer_config(t)
+                .create_with_context(DeliveryLedger::default())
+                .map_err(kerr("creating a producer"))?
+        };
         let marker = self.read_marker(t)?;
         let savepoint = match &self.job.restore.savepoint {
             Some(loc) => Some(self.store.savepoint_manifest(loc, t)?),
@@ -450,7 +491,22 @@ impl Runner {
             committed,
             db,
             open_id: 0,
+            transactional,
+            fired_at: None,
+            committed_early: false,
         })
+    }
+
+    /// Settings every task producer shares: idempotent (no duplicates or
+    /// reordering from the producer's own retries), murmur2 like Kafka's
+    /// Java clients.
+    fn producer_config(&self, t: u32) -> rdkafka::ClientConfig {
+        let mut c = self.kafka.client();
+        c.set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random")
+            .set("client.id", format!("streamops-runtime-{}-{t}", self.instance));
+        c
     }
 
     /// Makes sure no transaction of a predecessor is left unresolved in
@@ -640,6 +696,8 @@ impl Runner {
             if Instant::now() >= next_checkpoint {
                 self.checkpoint_all(None, false)?;
                 next_checkpoint = Instant::now() + self.interval;
+            } else {
+                self.commit_fired(next_checkpoint)?;
             }
             if Instant::now() >= next_lag {
                 self.update_lag();
@@ -760,13 +818,57 @@ impl Runner {
             self.checkpoint(t, savepoint, stop)
                 .with_context(|| format!("checkpoint of task {t}"))?;
         }
+        for s in self.slots.values_mut() {
+            s.committed_early = false;
+        }
+        self.publish_commit();
+        Ok(())
+    }
+
+    /// Exactly once, a window result is visible after two commits: the
+    /// upstream task's (which carries the watermark that fires the window)
+    /// and then its own. Waiting for the next scheduled checkpoint for the
+    /// second would put up to two intervals between the record that closes
+    /// a window and its result; so a task whose window fired commits once
+    /// [`FIRE_COMMIT_DELAY`] later (gathering the rest of that watermark's
+    /// firings), at most once between two scheduled checkpoints, so a task
+    /// commits at most twice per interval.
+    fn commit_fired(&mut self, next_checkpoint: Instant) -> Result<()> {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.transactional
+                    && !s.committed_early
+                    && s.fired_at.is_some_and(|f| {
+                        now >= f + FIRE_COMMIT_DELAY && next_checkpoint > now + FIRE_COMMIT_DELAY
+                    })
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        for t in due {
+            self.checkpoint(t, None, false)
+                .with_context(|| format!("checkpoint of task {t} after a window fired"))?;
+            if let Some(s) = self.slots.get_mut(&t) {
+                s.committed_early = true;
+            }
+            self.shared.metrics.early_commits.inc();
+        }
+        self.publish_commit();
+        Ok(())
+    }
+
+    fn publish_commit(&self) {
         let max = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
         let now = now_ms();
         self.shared.update_status(|s| {
             s.checkpoint_id = max;
             s.last_commit_ms = Some(now);
         });
-        Ok(())
     }
 
     fn checkpoint(&mut self, t: u32, savepoint: Option<&str>, stop: bool) -> Result<()> {
@@ -866,22 +968,31 @@ impl Runner {
                 Offset::Offset(marker.keyed_offset),
             )
             .map_err(kerr("building offsets"))?;
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or_else(|| anyhow!("the consumer has no group metadata"))?;
-        slot.producer
-            .send_offsets_to_transaction(&offsets, &group, self.timeout)
-            .map_err(kerr("sending offsets to the transaction"))?;
+        if slot.transactional {
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| anyhow!("the consumer has no group metadata"))?;
+            slot.producer
+                .send_offsets_to_transaction(&offsets, &group, self.timeout)
+                .map_err(kerr("sending offsets to the transaction"))?;
+        }
         self.crash.hit("before-commit");
-        // (3) commit.
+        // (3) commit (at least once: the marker acknowledged is the commit).
         self.crash.arm("in-commit");
         flush(&slot.producer, self.timeout)?;
         check_delivered(t, id, &slot.producer.context().take())?;
-        slot.producer
-            .commit_transaction(self.timeout)
-            .map_err(kerr(format!("committing checkpoint {id}")))?;
+        if slot.transactional {
+            slot.producer
+                .commit_transaction(self.timeout)
+                .map_err(kerr(format!("committing checkpoint {id}")))?;
+        } else if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
+            // The group's offsets only inform lag tools; the marker is what
+            // a restart reads.
+            debug!(task = t, error = %e, "committing the group's offsets");
+        }
         self.crash.hit("after-commit");
+        slot.fired_at = None;
         let kind = marker.kind.as_str();
         self.shared.metrics.checkpoints.with_label_values(&[kind]).inc();
         self.shared
@@ -967,6 +1078,13 @@ fn on_message(
         slot.task.on_source(offset, key, value, now, out);
     }
     let header = wire::header_value(task, slot.open_id, instance);
+    if slot.fired_at.is_none()
+        && out
+            .iter()
+            .any(|o| matches!(o, Out::Result { is_final: true, .. }))
+    {
+        slot.fired_at = Some(Instant::now());
+    }
     for o in out.drain(..) {
         emit(
             job,

@@ -71,6 +71,8 @@ pub struct Metrics {
     /// watermark records).
     pub keyed_records: IntCounter,
     pub checkpoints: IntCounterVec,
+    /// Checkpoints a task took before its schedule because a window fired.
+    pub early_commits: IntCounter,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: IntGauge,
     pub watermark: IntGaugeVec,
@@ -110,6 +112,10 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let early_commits = IntCounter::new(
+            "checkpoints_early_total",
+            "Checkpoints taken before their schedule because a window fired (exactly once: results visible sooner)",
+        )?;
         let checkpoint_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "checkpoint_duration_seconds",
@@ -145,6 +151,7 @@ impl Metrics {
             Box::new(duplicates_dropped.clone()),
             Box::new(keyed_records.clone()),
             Box::new(checkpoints.clone()),
+            Box::new(early_commits.clone()),
             Box::new(checkpoint_seconds.clone()),
             Box::new(checkpoint_bytes.clone()),
             Box::new(watermark.clone()),
@@ -160,6 +167,7 @@ impl Metrics {
             duplicates_dropped,
             keyed_records,
             checkpoints,
+            early_commits,
             checkpoint_seconds,
             checkpoint_bytes,
             watermark,
