@@ -162,7 +162,8 @@ struct Slot {
     open_id: u64,
     /// Outputs go into one transaction per checkpoint (exactly once).
     transactional: bool,
-    /// When the open transaction first got a final window result.
+    /// When the open transaction first got a final window result (exactly
+    /// once only: see [`Runner::commit_fired`]).
     fired_at: Option<Instant>,
     /// The task already committed early since the last scheduled checkpoint.
     committed_early: bool,
@@ -839,8 +840,7 @@ impl Runner {
             .slots
             .iter()
             .filter(|(_, s)| {
-                s.transactional
-                    && !s.committed_early
+                !s.committed_early
                     && s.fired_at.is_some_and(|f| {
                         now >= f + FIRE_COMMIT_DELAY && next_checkpoint > now + FIRE_COMMIT_DELAY
                     })
@@ -1078,7 +1078,8 @@ fn on_message(
         slot.task.on_source(offset, key, value, now, out);
     }
     let header = wire::header_value(task, slot.open_id, instance);
-    if slot.fired_at.is_none()
+    if slot.transactional
+        && slot.fired_at.is_none()
         && out
             .iter()
             .any(|o| matches!(o, Out::Result { is_final: true, .. }))

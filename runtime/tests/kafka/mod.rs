@@ -319,7 +319,8 @@ pub fn read_all(topic: &str) -> Vec<Record> {
     read_all_isolated(topic, "read_committed")
 }
 
-/// [`read_all`] with the given `isolation.level`.
+/// [`read_all`] with the given `isolation.level`. Records [`nudge`] wrote
+/// are left out.
 pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -383,6 +384,7 @@ pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
                 }
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) if m.key() == Some(NUDGE_KEY) => {}
             Some(Ok(m)) => {
                 let checkpoint = m.headers().and_then(|h| {
                     h.iter()
@@ -402,7 +404,7 @@ pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
     out
 }
 
-/// Key of the records [`nudge`] writes; the verifiers skip them.
+/// Key of the records [`nudge`] writes; [`read_all`] skips them.
 pub const NUDGE_KEY: &[u8] = b"streamops-test-nudge";
 
 /// Writes one record (key [`NUDGE_KEY`], no checkpoint header) to every
@@ -469,6 +471,41 @@ pub fn lost_acknowledged(topic: &str, records: &[Record], markers: &[Marker]) ->
     lost
 }
 
+/// [`lost_acknowledged`] summed per writing task.
+pub fn lost_by_task(topic: &str, records: &[Record], markers: &[Marker]) -> BTreeMap<u32, u64> {
+    let mut lost = BTreeMap::new();
+    for ((task, _), n) in lost_acknowledged(topic, records, markers) {
+        *lost.entry(task).or_default() += n;
+    }
+    lost
+}
+
+/// What the final verdicts read: the sink and repartition topics, each
+/// sink partition nudged first, and the acknowledged writes the broker
+/// lost in them, judged against the markers committed before the reads.
+struct FinalRead {
+    sink: Vec<Record>,
+    keyed: Vec<Record>,
+    /// Results lost per writing task, inputs lost per keyed partition.
+    lost: Verdict,
+}
+
+fn final_read(topics: &Topics) -> FinalRead {
+    let before = marker_records(&topics.control);
+    nudge(&topics.sink);
+    let sink = read_all(&topics.sink);
+    let keyed = read_all(&topics.repartition);
+    let mut lost = Verdict {
+        broker_lost: lost_by_task(&topics.sink, &sink, &before),
+        tasks: topics.partitions,
+        ..Verdict::default()
+    };
+    for ((_, partition), n) in lost_acknowledged(&topics.repartition, &keyed, &before) {
+        *lost.broker_lost_keyed.entry(partition).or_default() += n;
+    }
+    FinalRead { sink, keyed, lost }
+}
+
 /// The verifier's verdict on a sink topic.
 #[derive(Debug, Default)]
 pub struct Verdict {
@@ -515,33 +552,20 @@ fn sink_verdict(topics: &Topics, broker_accounting: bool) -> Verdict {
     // Lost acknowledged writes are judged only for transactions committed
     // before the sink is read (markers read first), which the read must show
     // in full.
-    let before = marker_records(&topics.control);
-    nudge(&topics.sink);
-    let sink = read_all(&topics.sink);
-    let keyed = read_all(&topics.repartition);
+    let FinalRead {
+        sink,
+        keyed,
+        lost: mut v,
+    } = final_read(topics);
     let marks = markers(&topics.control);
-    let mut broker_lost = BTreeMap::new();
-    for ((task, _), n) in lost_acknowledged(&topics.sink, &sink, &before) {
-        *broker_lost.entry(task).or_default() += n;
-    }
-    let mut broker_lost_keyed = BTreeMap::new();
-    for ((_, partition), n) in lost_acknowledged(&topics.repartition, &keyed, &before) {
-        *broker_lost_keyed.entry(partition).or_default() += n;
-    }
     // Inputs the keyed stage rightly dropped as replays because the broker
     // had shown a record of a never-committed transaction (no committed
     // marker) with a higher offset first: lost to the broker's leak too.
     for d in shadowed_keyed_records(&keyed) {
         if !marks.contains(&d.high_mark_by) {
-            *broker_lost_keyed.entry(d.keyed_partition).or_default() += 1;
+            *v.broker_lost_keyed.entry(d.keyed_partition).or_default() += 1;
         }
     }
-    let v = Verdict {
-        broker_lost,
-        broker_lost_keyed,
-        tasks: topics.partitions,
-        ..Verdict::default()
-    };
     tally(sink, &marks, v)
 }
 
@@ -552,20 +576,7 @@ fn sink_verdict(topics: &Topics, broker_accounting: bool) -> Verdict {
 /// and the number of extra copies. Acknowledged writes the broker lost are
 /// accounted as for exactly once (the markers' audit trail).
 pub fn verify_at_least_once(topics: &Topics) -> (Verdict, usize) {
-    let before = marker_records(&topics.control);
-    nudge(&topics.sink);
-    let sink = read_all(&topics.sink);
-    let keyed = read_all(&topics.repartition);
-    let mut v = Verdict {
-        tasks: topics.partitions,
-        ..Verdict::default()
-    };
-    for ((task, _), n) in lost_acknowledged(&topics.sink, &sink, &before) {
-        *v.broker_lost.entry(task).or_default() += n;
-    }
-    for ((_, partition), n) in lost_acknowledged(&topics.repartition, &keyed, &before) {
-        *v.broker_lost_keyed.entry(partition).or_default() += n;
-    }
+    let FinalRead { sink, lost: v, .. } = final_read(topics);
     let every: BTreeSet<String> = sink.iter().filter_map(|r| r.checkpoint.clone()).collect();
     let mut v = tally(sink, &every, v);
     let mut extra = 0;
@@ -581,9 +592,6 @@ pub fn verify_at_least_once(topics: &Topics) -> (Verdict, usize) {
 /// Adds the sink's records to `v`: committed results, leaks, untagged ones.
 fn tally(sink: Vec<Record>, marks: &BTreeSet<String>, mut v: Verdict) -> Verdict {
     for r in sink {
-        if r.key.as_deref() == Some(NUDGE_KEY) {
-            continue;
-        }
         let Some(cp) = &r.checkpoint else {
             v.untagged += 1;
             continue;
