@@ -316,16 +316,18 @@ import_pause() {
 }
 
 # The hostPath behind `file://` checkpoint storage (HOST_CHECKPOINT_DIR in
-# operator/src/job/resources.rs) must be writable by the runtime's uid:
-# Kubernetes' DirectoryOrCreate would create it root-owned 0755, where the
-# non-root runtime cannot write its checkpoints. Idempotent. (On kind the
-# directory lives inside the node container.)
+# operator/src/job/resources.rs). Each job's pods mount only `<ns>/<job>`
+# below it (a subPath), which the kubelet creates as root with this
+# directory's mode: setgid and group rwx here make those directories group
+# the runtime's gid and writable by it (Kubernetes' DirectoryOrCreate alone
+# would make a root-owned 0755 directory the non-root runtime cannot write).
+# Idempotent. (On kind the directory lives inside the node container.)
 prepare_checkpoint_dir() {
   local dir=$STREAMOPS_HOST_CHECKPOINT_DIR
   mkdir -p "$dir"
   chown "$RUNTIME_UID:$RUNTIME_UID" "$dir"
-  chmod 0750 "$dir"
-  log "checkpoint directory $dir owned by $RUNTIME_UID:$RUNTIME_UID (the runtime's uid)"
+  chmod 2770 "$dir"
+  log "checkpoint directory $dir owned by $RUNTIME_UID:$RUNTIME_UID, mode 2770 (per-job subdirectories inherit the group)"
 }
 
 # --- up / down -----------------------------------------------------------------

@@ -1149,3 +1149,127 @@ async fn operator_killed_mid_upgrade_completes_it() {
     })
     .await;
 }
+
+/// Where `file://` checkpoints land on the node (cluster.sh's
+/// STREAMOPS_HOST_CHECKPOINT_DIR; these tests run on the node itself).
+fn host_checkpoint_dir() -> std::path::PathBuf {
+    std::env::var("STREAMOPS_HOST_CHECKPOINT_DIR")
+        .unwrap_or_else(|_| "/var/lib/streamops/checkpoints".into())
+        .into()
+}
+
+/// The `checkpoints/task-<t>` directories under a host directory.
+fn task_dirs(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir.join("checkpoints"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("task-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Isolation between jobs: the same job name in two namespaces on one node,
+/// the second pointing its `spec.checkpoint.storage` at the first's default
+/// location. Each job's checkpoints must land in a host directory of its own
+/// (`<host dir>/<namespace>/<job>`), and a job whose pods are killed must
+/// restore its own state, not find it deleted by the other's retention:
+/// exact output for both.
+#[tokio::test]
+async fn jobs_on_one_node_keep_their_checkpoints_apart() {
+    in_namespace("e2e-job-isolation-a", |client, ns_a, t0| async move {
+        let ns_b = TestNamespace::create(&client, "e2e-job-isolation-b").await?;
+        let ns_b_name = ns_b.name.clone();
+        say(t0, format!("second namespace {ns_b_name}"));
+        let result = async {
+            let first = dataset(2, 0..600, 8, false);
+            let second = dataset(2, 600..1200, 8, true);
+            let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+            let (expected, _) = reference(&all);
+            let a_storage = format!("file:///var/lib/streamops/checkpoints/{ns_a}/clicks");
+            let mut io = Vec::new();
+            for (ns, spec) in [
+                (&ns_a, json!({})),
+                (
+                    &ns_b_name,
+                    json!({"checkpoint": {"interval": "1s", "storage": a_storage}}),
+                ),
+            ] {
+                let (input, sink) = topics(&client, ns, 2).await?;
+                deploy(&client, ns, &job_with("clicks", &[], spec)?, 2, t0).await?;
+                produce(&input, &first)?;
+                io.push((ns.clone(), input, sink, control_topic(ns, "clicks")));
+            }
+            for (_, _, sink, control) in &io {
+                wait_first_results(sink, control).await?;
+            }
+            // A few more checkpoints, so that either job's retention has run.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let host = host_checkpoint_dir();
+            for (ns, ..) in &io {
+                let dir = host.join(ns).join("clicks");
+                let tasks = task_dirs(&dir);
+                ensure!(
+                    !tasks.is_empty(),
+                    "no checkpoints of job {ns}/clicks under {}",
+                    dir.display()
+                );
+                say(t0, format!("{ns}/clicks: {tasks:?} under {}", dir.display()));
+            }
+            ensure!(
+                task_dirs(&host).is_empty(),
+                "checkpoints directly under the shared host directory {}: {:?}",
+                host.display(),
+                task_dirs(&host)
+            );
+
+            // Job A's pods die at once; they must restore A's own checkpoint.
+            kubectl(&[
+                "-n",
+                &ns_a,
+                "delete",
+                "pod",
+                "-l",
+                "streamops.io/job=clicks",
+                "--grace-period=0",
+                "--force",
+            ])?;
+            say(
+                t0,
+                format!("killed the pods of {ns_a}/clicks; waiting (up to 120s) for new ones"),
+            );
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let pods = job_pods(&client, &ns_a, "clicks").await?;
+                if pods.len() == 2 && pods.iter().all(pod_ready) {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "{ns_a}/clicks pods not Ready again in 120s"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            for (ns, input, sink, control) in &io {
+                produce(input, &second)?;
+                expect_exact(sink, control, &expected, None).await?;
+                say(t0, format!("{ns}/clicks: {} windows exact", expected.len()));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = kubectl(&["-n", &ns_b_name, "delete", "streamjobs", "--all", "--wait=true"]) {
+            eprintln!("deleting the StreamJobs of {ns_b_name}: {e:#}");
+        }
+        if result.is_ok() {
+            ns_b.delete().await?;
+        } else {
+            let dir = collect_logs(&ns_b_name, OPERATOR_NS, OPERATOR_SELECTOR);
+            eprintln!("logs of {ns_b_name} in {}", dir.display());
+        }
+        result
+    })
+    .await;
+}

@@ -25,6 +25,8 @@ use super::{JOB_LABEL, JobNames, REVISION_ANNOTATION, plan::Deployment};
 /// UID and GID the runtime runs as (distroless `nonroot`).
 pub const RUNTIME_UID: i64 = 65532;
 /// hostPath backing `file://` checkpoint storage (local cluster and kind only).
+/// Each job sees only its own directory below it, `<namespace>/<job>`
+/// ([`host_checkpoint_subpath`]).
 pub const HOST_CHECKPOINT_DIR: &str = "/var/lib/streamops/checkpoints";
 pub const CONTAINER: &str = "runtime";
 
@@ -252,7 +254,7 @@ pub fn statefulset(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> R
         merge(&mut template, overrides);
         enforce(&mut template, inputs, d);
     }
-    add_checkpoint_volume(&mut template, inputs.storage);
+    add_checkpoint_volume(&mut template, names, inputs.storage);
     let value = json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -382,7 +384,19 @@ fn enforce(template: &mut Value, inputs: &PodInputs<'_>, d: &Deployment) {
     }
 }
 
-fn add_checkpoint_volume(template: &mut Value, storage: &str) {
+/// The directory below [`HOST_CHECKPOINT_DIR`] that holds one job's
+/// checkpoints and savepoints. The runtime's layout under its storage root
+/// names no job (`checkpoints/task-<t>/...`) and its retention deletes every
+/// checkpoint of task t it does not keep, so two jobs sharing a host directory
+/// would delete (and could read) each other's state: every job's mount is
+/// confined to a directory of its own, whatever `spec.checkpoint.storage`
+/// says. Namespace and job names are DNS labels, so this is a plain relative
+/// path with no `..`.
+pub fn host_checkpoint_subpath(names: &JobNames) -> String {
+    format!("{}/{}", names.namespace, names.job)
+}
+
+fn add_checkpoint_volume(template: &mut Value, names: &JobNames, storage: &str) {
     let Some(path) = file_storage_path(storage) else {
         return;
     };
@@ -400,7 +414,9 @@ fn add_checkpoint_volume(template: &mut Value, storage: &str) {
         return;
     }
     if let Some(mounts) = runtime["volumeMounts"].as_array_mut() {
-        mounts.push(json!({"name": "checkpoints", "mountPath": path}));
+        mounts.push(
+            json!({"name": "checkpoints", "mountPath": path, "subPath": host_checkpoint_subpath(names)}),
+        );
     }
     if let Some(volumes) = template["spec"]["volumes"].as_array_mut() {
         volumes.push(json!({"name": "checkpoints", "hostPath": {"path": HOST_CHECKPOINT_DIR, "type": "DirectoryOrCreate"}}));
@@ -554,11 +570,9 @@ mod tests {
         assert_eq!(volumes["checkpoints"]["hostPath"]["path"], HOST_CHECKPOINT_DIR);
         assert_eq!(volumes["checkpoints"]["hostPath"]["type"], "DirectoryOrCreate");
         let mounts = c["volumeMounts"].as_array().unwrap();
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m["name"] == "checkpoints" && m["mountPath"] == "/var/lib/streamops/checkpoints")
-        );
+        assert!(mounts.iter().any(|m| m["name"] == "checkpoints"
+            && m["mountPath"] == "/var/lib/streamops/checkpoints"
+            && m["subPath"] == "ns/clicks-per-user"));
         assert_eq!(
             spec["template"]["metadata"]["annotations"][REVISION_ANNOTATION],
             "abc"
@@ -699,6 +713,52 @@ mod tests {
             savepoint_max_age: None,
         });
         assert_eq!(job_storage(&spec, default, &names), "s3://bucket/clicks");
+    }
+
+    /// The host directory a job's pods see: each job its own, whatever
+    /// storage path its spec names (two jobs naming the same `file://` path,
+    /// or the same job name in two namespaces, still never share one).
+    fn host_dir_of(job: &StreamJob, storage: &str) -> String {
+        let sts = build(job, storage, &KafkaAccess::default());
+        let pod = &sts["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "checkpoints")
+            .unwrap();
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "checkpoints")
+            .unwrap();
+        let sub = mount["subPath"].as_str().unwrap_or_default();
+        format!("{}/{sub}", volume["hostPath"]["path"].as_str().unwrap())
+    }
+
+    #[test]
+    fn every_job_gets_a_host_checkpoint_directory_of_its_own() {
+        let a = job(None);
+        let mut b = job(None);
+        b.metadata.name = Some("other-job".into());
+        let mut c = job(None);
+        c.metadata.namespace = Some("other-ns".into());
+        let shared = "file:///var/lib/streamops/checkpoints";
+        let dirs = [
+            host_dir_of(&a, shared),
+            host_dir_of(&b, shared),
+            host_dir_of(&c, shared),
+        ];
+        assert_eq!(dirs[0], format!("{HOST_CHECKPOINT_DIR}/ns/clicks-per-user"));
+        assert_eq!(dirs[1], format!("{HOST_CHECKPOINT_DIR}/ns/other-job"));
+        assert_eq!(dirs[2], format!("{HOST_CHECKPOINT_DIR}/other-ns/clicks-per-user"));
+        // A storage path naming another job's directory still lands in the
+        // job's own host directory.
+        assert_eq!(
+            host_dir_of(&b, "file:///var/lib/streamops/checkpoints/ns/clicks-per-user"),
+            dirs[1]
+        );
     }
 
     #[test]
