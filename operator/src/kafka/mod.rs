@@ -253,8 +253,13 @@ impl KafkaClients {
         for (key, value) in &settings.0 {
             config.set(key, value);
         }
+        // A metadata request for a topic that does not exist must not create
+        // it (brokers default to auto.create.topics.enable=true, and
+        // librdkafka's admin handle would ask): a topic appears only when a
+        // StreamTopic creates it, so that its ownership is known.
         config
             .set("client.id", "streamops-operator")
+            .set("allow.auto.create.topics", "false")
             .set("reconnect.backoff.max.ms", "2000")
             .set("log_level", "3");
         let client = config.create().map_err(|e| {

@@ -315,6 +315,7 @@ async fn create(
     replication_factor: Option<i32>,
     config: &std::collections::BTreeMap<String, String>,
 ) -> Result<Action> {
+    let created_before = plan::already_exists_is_ours(&recorded(topic), &desired.name);
     // Intent first: a restart after CreateTopics succeeded still knows the
     // topic is ours.
     let mut status = base_status(topic);
@@ -332,6 +333,12 @@ async fn create(
         if failure.kind == FailureKind::Unavailable {
             // Outcome unknown; the intent stays and the next attempt looks again.
             return Err(Error::from_admin(failure));
+        }
+        if failure.kind == FailureKind::AlreadyExists && created_before {
+            // Our own earlier create, not yet visible to the describe: the
+            // intent stays; look again shortly.
+            info!(topic = %desired.name, "created earlier by this resource, not yet in the metadata; looking again");
+            return Ok(Action::requeue(std::time::Duration::from_secs(1)));
         }
         // Not created: forget the intent so nothing is deleted or adopted by mistake.
         let mut cleared = base_status(topic);

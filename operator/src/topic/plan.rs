@@ -225,6 +225,18 @@ pub fn plan(desired: &DesiredTopic, recorded: &RecordedTopic, observed: Option<&
     })
 }
 
+/// Whether Kafka's "topic already exists" answer to our CreateTopics means
+/// the topic is ours: this resource had already recorded that it created
+/// that very topic. That happens when a describe right after a successful
+/// create does not show the topic yet (Kafka's metadata reaches the brokers'
+/// caches asynchronously) and the plan asks to create it again, or when an
+/// earlier CreateTopics timed out after the broker had done it. Anyone
+/// else's topic of that name was refused before any create was attempted
+/// (the resource records ownership only as the intent of its own create).
+pub fn already_exists_is_ours(recorded: &RecordedTopic, name: &str) -> bool {
+    recorded.ownership == Some(TopicOwnership::Created) && recorded.name.as_deref() == Some(name)
+}
+
 /// What deleting the resource does to the topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CleanupPlan {
@@ -581,5 +593,27 @@ mod tests {
         let mut i = cleanup_input(DeletionPolicy::Delete, Some(TopicOwnership::Created));
         i.paused = true;
         assert_eq!(cleanup(&i), CleanupPlan::Keep { reason: "Paused" });
+    }
+
+    #[test]
+    fn already_exists_after_our_own_create_is_ours() {
+        let ours = RecordedTopic {
+            name: Some("orders".into()),
+            ownership: Some(TopicOwnership::Created),
+            managed_config_keys: BTreeSet::new(),
+        };
+        assert!(already_exists_is_ours(&ours, "orders"));
+        assert!(!already_exists_is_ours(&ours, "orders-v2"), "another name");
+        let adopted = RecordedTopic {
+            ownership: Some(TopicOwnership::Adopted),
+            ..ours.clone()
+        };
+        assert!(!already_exists_is_ours(&adopted, "orders"));
+        let never = RecordedTopic {
+            name: None,
+            ownership: None,
+            managed_config_keys: BTreeSet::new(),
+        };
+        assert!(!already_exists_is_ours(&never, "orders"));
     }
 }
