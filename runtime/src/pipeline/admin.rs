@@ -1,6 +1,7 @@
 //! The runtime's admin API (the operator's only way in):
 //!
-//! - `GET /healthz` (alive), `GET /readyz` (restored and processing), `GET /metrics`;
+//! - `GET /healthz` (alive: 503 once the processing loop is stuck longer than
+//!   its limit), `GET /readyz` (restored and processing), `GET /metrics`;
 //! - `GET /v1/status`;
 //! - `POST /v1/savepoints` `{"id": "...", "stop": bool}` -> 202 (idempotent per id);
 //! - `GET /v1/savepoints/{id}`;
@@ -85,7 +86,19 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/healthz") => {
+            return match shared.heartbeat.stalled_for() {
+                None => reply(StatusCode::OK, "text/plain", "ok\n"),
+                Some(ms) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "the processing loop has not turned for {:.1} s\n",
+                        ms as f64 / 1000.0
+                    ),
+                ),
+            };
+        }
         (&Method::GET, "/readyz") => {
             let st = shared.status().state;
             return if st == RunState::Running {

@@ -108,9 +108,15 @@ impl KafkaSettings {
         self.props.get("bootstrap.servers").map_or("", String::as_str)
     }
 
-    /// A client config with the connection settings applied.
+    /// A client config with the connection settings applied. No client of
+    /// the runtime creates topics implicitly: every topic a job uses is a
+    /// StreamTopic or an internal topic the operator created, and a metadata
+    /// request for a missing one (brokers default to
+    /// `auto.create.topics.enable=true`) must fail rather than create it
+    /// with the broker's defaults.
     pub fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
+        c.set("allow.auto.create.topics", "false");
         for (k, v) in &self.props {
             c.set(k, v);
         }

@@ -48,6 +48,10 @@ use streamops_crds::job::ProcessingGuarantee;
 
 /// Storage used when the spec names none: a volume the operator mounts.
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/streamops/checkpoints";
+/// The least time the processing loop may spend in one turn before
+/// `/healthz` calls it stuck (see [`super::shared::Heartbeat`]).
+const STALL_LIMIT_MIN_MS: u64 = 60_000;
+
 /// Kafka's default `transaction.max.timeout.ms`, assumed when the broker
 /// does not report it.
 /// How often consumer lag is refreshed.
@@ -514,9 +518,9 @@ impl Runner {
     /// control partition `t` before its markers are read: commits one
     /// transaction holding a fence record. On Kafka, `init_transactions`
     /// already aborted the predecessor's open transaction and this is a
-    /// no-op record; brokers that leave a fenced transaction open until the
-    /// new epoch commits (nisshi 0.7.0 does, then shows its records) resolve
-    /// it here, so the read below can reach the end of the partition.
+    /// no-op record; a broker that left a fenced transaction open until the
+    /// new epoch commits would resolve it here, so the read below can always
+    /// reach the end of the partition.
     fn resolve_predecessor(&self, producer: &TxProducer, t: u32) -> Result<()> {
         producer
             .begin_transaction()
@@ -659,7 +663,11 @@ impl Runner {
     pub fn run(mut self) -> Result<()> {
         let mut next_checkpoint = Instant::now() + self.interval;
         let mut next_lag = Instant::now();
+        // One turn may take a checkpoint of every task; past the transaction
+        // timeout its transaction is lost anyway.
+        let stall_limit_ms = self.txn_timeout_ms.max(STALL_LIMIT_MIN_MS);
         loop {
+            self.shared.heartbeat.beat(stall_limit_ms);
             if self.shared.shutdown.load(Ordering::Relaxed) {
                 if !self.stopped {
                     self.checkpoint_all(None, false)?;
@@ -968,15 +976,6 @@ impl Runner {
                 Offset::Offset(marker.keyed_offset),
             )
             .map_err(kerr("building offsets"))?;
-        if slot.transactional {
-            let group = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| anyhow!("the consumer has no group metadata"))?;
-            slot.producer
-                .send_offsets_to_transaction(&offsets, &group, self.timeout)
-                .map_err(kerr("sending offsets to the transaction"))?;
-        }
         self.crash.hit("before-commit");
         // (3) commit (at least once: the marker acknowledged is the commit).
         self.crash.arm("in-commit");
@@ -986,9 +985,15 @@ impl Runner {
             slot.producer
                 .commit_transaction(self.timeout)
                 .map_err(kerr(format!("committing checkpoint {id}")))?;
-        } else if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
-            // The group's offsets only inform lag tools; the marker is what
-            // a restart reads.
+        }
+        // The group's offsets only inform lag tools; the marker is what a
+        // restart reads. So they are committed after the checkpoint, not in
+        // its transaction: `send_offsets_to_transaction` needs the group
+        // coordinator, and librdkafka (2.12) can block in it forever,
+        // ignoring its timeout, while that coordinator moves between
+        // brokers (seen in the broker-fault test: a rolling restart of
+        // Apache Kafka left the loop stuck there).
+        if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
             debug!(task = t, error = %e, "committing the group's offsets");
         }
         self.crash.hit("after-commit");

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -183,6 +184,63 @@ pub struct Shared {
     pub commands: Mutex<VecDeque<Command>>,
     pub shutdown: AtomicBool,
     pub metrics: Metrics,
+    pub heartbeat: Heartbeat,
+}
+
+/// When the processing loop last turned, for `/healthz`: a loop stuck in a
+/// call that never returns (a Kafka client call blocked past its timeout,
+/// as librdkafka's transactional calls can be while a coordinator moves)
+/// must make the pod unhealthy, so that Kubernetes restarts it and the
+/// restart restores the last checkpoint, instead of a Ready pod that
+/// processes nothing.
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: Instant,
+    /// Milliseconds since `origin` of the last beat, plus one (0: no beat yet).
+    last: AtomicU64,
+    /// How long the loop may stay in one turn (ms; 0: not armed yet).
+    limit: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// The loop turned (arms the check with `limit_ms`).
+    pub fn beat(&self, limit_ms: u64) {
+        self.limit.store(limit_ms, Ordering::Relaxed);
+        self.last.store(self.now_ms() + 1, Ordering::Relaxed);
+    }
+
+    /// Milliseconds the loop has been stuck beyond its limit, if it is.
+    pub fn stalled_for(&self) -> Option<u64> {
+        stalled_for(
+            self.now_ms(),
+            self.last.load(Ordering::Relaxed),
+            self.limit.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// How long a loop whose last beat was at `last_plus_one - 1` has gone
+/// without one at `now`, if that exceeds `limit` (0 for either: not armed).
+pub fn stalled_for(now_ms: u64, last_plus_one: u64, limit_ms: u64) -> Option<u64> {
+    if last_plus_one == 0 || limit_ms == 0 {
+        return None;
+    }
+    let since = now_ms.saturating_sub(last_plus_one - 1);
+    (since > limit_ms).then_some(since)
 }
 
 impl Shared {
@@ -202,6 +260,7 @@ impl Shared {
             commands: Mutex::new(VecDeque::new()),
             shutdown: AtomicBool::new(false),
             metrics: Metrics::new()?,
+            heartbeat: Heartbeat::default(),
         })
     }
 
@@ -365,5 +424,19 @@ fn die(name: &str) {
     unsafe {
         libc::kill(libc::getpid(), libc::SIGKILL);
         libc::_exit(137);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_is_stalled_only_past_its_limit_once_armed() {
+        assert_eq!(stalled_for(10_000, 0, 5_000), None, "no beat yet");
+        assert_eq!(stalled_for(10_000, 1, 0), None, "not armed");
+        assert_eq!(stalled_for(6_000, 1_001, 5_000), None, "5 s since the beat");
+        assert_eq!(stalled_for(6_001, 1_001, 5_000), Some(5_001));
+        assert_eq!(stalled_for(500, 1_001, 5_000), None, "clock behind the beat");
     }
 }
