@@ -71,12 +71,12 @@ job_running() {
 
 need_root "the demo (it runs a local Kubernetes node)"
 
-step "1/9 Installing prerequisites (Debian packages, Kubernetes 1.20 built from source, the nisshi broker; cached under $CACHE)"
+step "1/9 Installing prerequisites (Debian packages, Kubernetes 1.20 built from source, Apache Kafka's jars from Maven Central; cached under $CACHE)"
 "$HERE/cluster/install.sh"
 python3 -c 'import helm_sdkpy' 2>/dev/null || pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
 python3 -c 'import kafka' 2>/dev/null || pip install -q "kafka-python==3.0.12"
 
-step "2/9 Starting the local single-node cluster and the broker"
+step "2/9 Starting the local single-node cluster and Apache Kafka (one KRaft broker)"
 mode=$(cat "$STATE/mode" 2>/dev/null || true)
 if [[ $mode == control-plane ]] && "$CLUSTER" status 2>/dev/null | grep -q '^apiserver: ready'; then
   die "a control-plane-only cluster (no node) runs from $STATE, perhaps someone else's API tests.
@@ -126,17 +126,16 @@ kc get -n "$NS" streamjobs,statefulsets,pods -o wide
 
 step "6/9 Producing a click stream to topic 'clicks' (40 clicks/s from 12 users; a few late and malformed ones)"
 since_ms=$(($(date +%s) * 1000))
-python3 "$HERE/demo/clicks.py" produce --bootstrap "$BOOTSTRAP" --topic clicks --rate 40 --burst 10 --pause 8 \
+python3 "$HERE/demo/clicks.py" produce --bootstrap "$BOOTSTRAP" --topic clicks --rate 40 \
   >"$STATE/demo-producer.log" 2>&1 &
 PRODUCER_PID=$!
 say "producer pid $PRODUCER_PID, log $STATE/demo-producer.log"
-say "it pauses 8 s after every 10 s of clicks: the local broker (nisshi 0.7.0) hides every record"
-say "behind an open transaction from read_committed readers (its last stable offset drops to 0),"
-say "so a job whose checkpoints overlap without a gap would show nothing until the input stops"
+say "it produces without pause; results become visible to read_committed readers when the"
+say "checkpoint whose transaction carries them commits"
 say "windows are 10 s of event time; a window is emitted once the watermark (max event time - 2 s)"
 say "passes its end on every partition, and becomes visible at the next checkpoint (every 5 s)"
 
-step "7/9 Windowed results arriving in the sink topic 'clicks-per-user' (read_committed)"
+step "7/9 Windowed results arriving in the sink topic 'clicks-per-user' (read_committed; 'seen' = when each became visible)"
 python3 "$HERE/demo/clicks.py" show --bootstrap "$BOOTSTRAP" --topic clicks-per-user --min 12 --timeout 120 --since-ms "$since_ms"
 
 step "8/9 Changing the job: adding an aggregation (largest purchase per user and window)"

@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it (README command 2, `make test`).
 #
 # Installs what it needs (Debian packages, Kubernetes binaries built from
-# Debian's source package, the nisshi broker), caching builds outside the
+# Debian's source package, Apache Kafka's jars from Maven Central), caching builds outside the
 # checkout under $STREAMOPS_CACHE, then runs, in order:
 #   1. cargo fmt --check, cargo clippy -D warnings
 #   2. unit and property tests (no cluster, no broker)
@@ -45,7 +45,7 @@ report() {
   local rc=$?
   # A failed lint or unit stage should not wait for the background builds.
   if [[ -n $install_pid ]] && kill -0 "$install_pid" 2>/dev/null; then
-    echo "=== stopping the background Kubernetes/nisshi builds (pid $install_pid)"
+    echo "=== stopping the background Kubernetes build and Kafka jars (pid $install_pid)"
     kill -TERM -- "-$install_pid" 2>/dev/null || true
   fi
   echo "=== stage timings"
@@ -75,7 +75,7 @@ prune_build_cache() {
 prune_build_cache
 
 # Debian packages first (the Rust build needs clang for RocksDB's bindgen).
-# The Kubernetes and nisshi builds (about 26 min cold) are needed from the api
+# The Kubernetes build (about 8 min cold) and Kafka's jars are needed from the api
 # stage on: they run in the background, niced, beside the lint and unit
 # stages, whose cargo builds leave a core idle in their serial phases
 # (linking, the last big crates). On a warm machine both are cache hits.
@@ -85,9 +85,9 @@ mkdir -p "$STREAMOPS_CACHE"
 # Its own process group (setsid), so that stopping it stops its builds too;
 # without CARGO_TARGET_DIR, so that `cargo install` builds in a temporary
 # directory instead of queueing on the workspace build's target directory.
-env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only nisshi >"$install_log" 2>&1 &
+env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only kafka >"$install_log" 2>&1 &
 install_pid=$!
-echo "=== [install-builds] Kubernetes and nisshi in the background (pid $install_pid), log: $install_log"
+echo "=== [install-builds] Kubernetes build and Apache Kafka jars in the background (pid $install_pid), log: $install_log"
 wait_install() {
   local rc=0
   wait "$install_pid" || rc=$?
@@ -146,8 +146,16 @@ if wants api; then
     cargo test --workspace --locked $(tests_of operator/tests)
     # The runtime's exactly-once proofs against the same broker: SIGKILL and
     # crash points, zombie fencing across rescale, savepoint restore at other
-    # parallelism, refusal to start empty, the broker-gap conformance test.
+    # parallelism, refusal to start empty, at least once under SIGKILL.
     cargo test --workspace --locked --test exactly_once -- --ignored --test-threads=1 --nocapture
+    # Broker faults on Apache Kafka's three-broker cluster (replication
+    # factor 3, min.insync.replicas 2): a job through a SIGKILLed partition
+    # leader and a rolling restart; the operator through a full outage.
+    "$here/cluster/cluster.sh" broker down
+    "$here/cluster/cluster.sh" broker up --brokers 3
+    STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap") STREAMOPS_BROKERS=3 \
+      cargo test --workspace --locked --test broker_faults --test topic_brokers -- --ignored --test-threads=1 --nocapture
+    "$here/cluster/cluster.sh" broker down
     # The Helm chart with Helm's own engine (helm-sdkpy; no helm binary here).
     python3 -c 'import helm_sdkpy' 2>/dev/null ||
       pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A local single-node Kubernetes 1.20 (or just etcd + kube-apiserver) and a
-# Kafka-compatible broker (nisshi), from binaries built by install.sh.
+# A local single-node Kubernetes 1.20 (or just etcd + kube-apiserver) and
+# Apache Kafka in KRaft mode (one combined broker/controller, or three), from
+# what install.sh built and resolved.
 # Needs root. See e2e/README.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -13,8 +14,8 @@ source "$HERE/lib.sh"
 : "${STREAMOPS_NODE_NAME:=streamops-node}"
 : "${STREAMOPS_APISERVER_PORT:=6443}"
 : "${STREAMOPS_ETCD_PORT:=2379}"
-: "${STREAMOPS_BROKER_PORT:=9092}"
-: "${STREAMOPS_BROKER_STORAGE:=memory://nisshi/}"   # nisshi --storage-engine, e.g. sqlite://FILE
+: "${STREAMOPS_BROKER_PORT:=9092}"          # broker i's client port: +2(i-1); its controller's: +1
+: "${STREAMOPS_KAFKA_HEAP:=1g}"
 : "${STREAMOPS_UP_TIMEOUT:=180}"
 : "${STREAMOPS_HOST_CHECKPOINT_DIR:=/var/lib/streamops/checkpoints}"   # hostPath behind file:// checkpoints
 RUNTIME_UID=65532                        # the runtime image's non-root user
@@ -48,9 +49,18 @@ Commands:
                       containers, mounts, netns, iptables rules and the $BRIDGE bridge.
                       --purge also deletes \$STATE (certs, image store). Safe to repeat.
   status              what runs, node state, where the logs are
-  broker up|down      start/stop nisshi on 0.0.0.0:$STREAMOPS_BROKER_PORT advertising
-                      $STREAMOPS_NODE_IP:$STREAMOPS_BROKER_PORT (reachable from pods and host);
-                      the bootstrap address is printed and written to \$STATE/bootstrap
+  broker up [--brokers 1|3]
+                      Apache Kafka $STREAMOPS_KAFKA_VERSION (KRaft): one combined broker/controller
+                      (default), or three (replication factor 3, min.insync.replicas 2);
+                      clients on 0.0.0.0:$STREAMOPS_BROKER_PORT (+2, +4) advertising $STREAMOPS_NODE_IP
+                      (reachable from pods and host); fresh storage on every start; waits until
+                      a Metadata request lists every broker. The bootstrap address is printed
+                      and written to \$STATE/bootstrap. Logs: \$STATE/logs/kafka-<i>.log
+  broker down         stop every broker (TERM, then KILL after 10 s)
+  broker kill|stop|start|restart I|all
+                      fault injection on broker I (or every broker): SIGKILL; TERM; start
+                      again on the same storage; TERM then start. 'restart 1', 'restart 2',
+                      ... is a rolling restart; 'start' and 'restart' wait until it serves
   kubectl ARGS...     kubectl against this cluster
   env                 print export lines (KUBECONFIG, STREAMOPS_BOOTSTRAP)
 
@@ -63,7 +73,8 @@ Files:
 Environment: STREAMOPS_STATE, STREAMOPS_CACHE, STREAMOPS_NODE_IP ($STREAMOPS_NODE_IP; pods get its /24),
   STREAMOPS_BRIDGE ($STREAMOPS_BRIDGE), STREAMOPS_NODE_NAME ($STREAMOPS_NODE_NAME),
   STREAMOPS_APISERVER_PORT ($STREAMOPS_APISERVER_PORT), STREAMOPS_ETCD_PORT ($STREAMOPS_ETCD_PORT),
-  STREAMOPS_BROKER_PORT ($STREAMOPS_BROKER_PORT), STREAMOPS_BROKER_STORAGE ($STREAMOPS_BROKER_STORAGE),
+  STREAMOPS_BROKER_PORT ($STREAMOPS_BROKER_PORT), STREAMOPS_KAFKA_HEAP ($STREAMOPS_KAFKA_HEAP),
+  STREAMOPS_KAFKA_VERSION ($STREAMOPS_KAFKA_VERSION), STREAMOPS_JAVA ($STREAMOPS_JAVA),
   STREAMOPS_UP_TIMEOUT ($STREAMOPS_UP_TIMEOUT s),
   STREAMOPS_HOST_CHECKPOINT_DIR ($STREAMOPS_HOST_CHECKPOINT_DIR)
 EOF
@@ -450,7 +461,7 @@ cmd_down() {
   need_root "cluster.sh down"
   [[ -d $STATE ]] || { log "nothing to do: $STATE does not exist"; return 0; }
   local mode; mode=$(cat "$STATE/mode" 2>/dev/null || true)
-  stop broker kubelet kube-proxy kube-scheduler kube-controller-manager
+  stop kafka-1 kafka-2 kafka-3 kubelet kube-proxy kube-scheduler kube-controller-manager
 
   # Pod sandboxes and containers: kill tasks, remember their network namespaces.
   local netns=() id ns
@@ -534,7 +545,7 @@ cmd_status() {
   local n
   echo "state:  $STATE  (mode: $(cat "$STATE/mode" 2>/dev/null || echo none))"
   echo "logs:   $LOGS/<component>.log"
-  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy broker; do
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy kafka-1 kafka-2 kafka-3; do
     if alive "$n"; then printf '  %-24s running (pid %s)\n' "$n" "$(pid_of "$n")"
     elif [[ -f $PIDS/$n.pid ]]; then printf '  %-24s DEAD (see %s)\n' "$n" "$LOGS/$n.log"
     fi
@@ -548,40 +559,168 @@ cmd_status() {
   if [[ -f $STATE/bootstrap ]]; then echo "broker: $(cat "$STATE/bootstrap")"; fi
 }
 
+# --- Apache Kafka ----------------------------------------------------------------
+
+KAFKA_STATE=$STATE/kafka
+kafka_port() { echo $((STREAMOPS_BROKER_PORT + 2 * ($1 - 1))); }
+kafka_controller_port() { echo $(($(kafka_port "$1") + 1)); }
+kafka_count() { cat "$KAFKA_STATE/brokers" 2>/dev/null || echo 1; }
+kafka_bootstrap() {
+  local i n out=()
+  n=$(kafka_count)
+  for ((i = 1; i <= n; i++)); do out+=("$STREAMOPS_NODE_IP:$(kafka_port "$i")"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+# server.properties of node I in a cluster of N: combined broker and
+# controller, static quorum of all N, replication N with min ISR N-1.
+kafka_config() { # I N
+  local i=$1 n=$2 voters=() k rf isr
+  for ((k = 1; k <= n; k++)); do voters+=("$k@127.0.0.1:$(kafka_controller_port "$k")"); done
+  rf=$n; isr=$((n > 1 ? n - 1 : 1))
+  cat <<EOF
+# Written by e2e/cluster/cluster.sh: node $i of $n.
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
+listeners=PLAINTEXT://0.0.0.0:$(kafka_port "$i"),CONTROLLER://127.0.0.1:$(kafka_controller_port "$i")
+advertised.listeners=PLAINTEXT://$STREAMOPS_NODE_IP:$(kafka_port "$i")
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_STATE/node-$i/data
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+kafka_start() { # I
+  local i=$1 dir=$KAFKA_STATE/node-$1
+  [[ -f $dir/server.properties ]] || die "no broker $i here (broker up first)"
+  start "kafka-$i" "$STREAMOPS_JAVA" "-Xmx$STREAMOPS_KAFKA_HEAP" "-Xms$STREAMOPS_KAFKA_HEAP" \
+    -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
+    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients=warn \
+    -Dorg.slf4j.simpleLogger.log.org.apache.kafka.common.config=warn \
+    -Dorg.slf4j.simpleLogger.log.kafka.log=warn -Dorg.slf4j.simpleLogger.log.org.apache.kafka.storage=warn \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
+}
+
+# Waits until a Metadata request to BOOTSTRAP lists BROKERS brokers
+# (e2e/kafka/ready.py).
+kafka_wait() { # BROKERS [BOOTSTRAP]
+  local tw=$SECONDS bootstrap=${2:-$(kafka_bootstrap)} i
+  until python3 "$E2E/kafka/ready.py" "$bootstrap" --brokers "$1" 2>/dev/null; do
+    for ((i = 1; i <= $(kafka_count); i++)); do
+      [[ -f $PIDS/kafka-$i.pid ]] && check_alive "kafka-$i"
+    done
+    if ((SECONDS - tw >= 90)); then
+      python3 "$E2E/kafka/ready.py" "$bootstrap" --brokers "$1" || true
+      die "Kafka not serving $1 broker(s) after 90s (logs: $LOGS/kafka-*.log)"
+    fi
+    sleep 0.5
+  done
+  log "Kafka serving $1 broker(s) after $((SECONDS - tw)) s at $bootstrap"
+}
+
+kafka_check_java() {
+  local v
+  v=$("$STREAMOPS_JAVA" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  [[ -n $v ]] || die "no Java ($STREAMOPS_JAVA): install openjdk-17-jre-headless (e2e/cluster/install.sh --only packages)"
+  ((v >= 17)) || die "Kafka $STREAMOPS_KAFKA_VERSION needs Java 17 or newer; $STREAMOPS_JAVA is $v (set STREAMOPS_JAVA)"
+}
+
+kafka_up() { # N
+  local n=$1 i port id
+  if alive kafka-1; then
+    [[ $(kafka_count) == "$n" ]] || die "a Kafka cluster of $(kafka_count) broker(s) runs already: 'broker down' first"
+    kafka_wait "$n"
+    return 0
+  fi
+  for ((i = 1; i <= n; i++)); do
+    for port in $(kafka_port "$i") $(kafka_controller_port "$i"); do
+      if port_open 127.0.0.1 "$port"; then die "port $port is already in use by another process"; fi
+    done
+  done
+  # A fresh cluster on every start: tests expect no topics of an earlier run
+  # (the previous brokers' logs stay in $LOGS).
+  rm -rf "$KAFKA_STATE"; mkdir -p "$KAFKA_STATE"
+  echo "$n" >"$KAFKA_STATE/brokers"
+  id=$("$STREAMOPS_JAVA" -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+  [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "Kafka's StorageTool random-uuid gave no cluster id: $id"
+  for ((i = 1; i <= n; i++)); do
+    mkdir -p "$KAFKA_STATE/node-$i"
+    kafka_config "$i" "$n" >"$KAFKA_STATE/node-$i/server.properties"
+    "$STREAMOPS_JAVA" -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$id" \
+      -c "$KAFKA_STATE/node-$i/server.properties" >>"$LOGS/kafka-$i.log" 2>&1 \
+      || die "formatting the storage of broker $i failed (log: $LOGS/kafka-$i.log)"
+  done
+  for ((i = 1; i <= n; i++)); do kafka_start "$i"; done
+  kafka_wait "$n"
+}
+
 cmd_broker() {
-  case ${1:-} in
+  local action=${1:-}
+  shift || true
+  case $action in
     up)
+      local n=1
+      case ${1:-} in --brokers) n=${2:-}; shift 2 ;; "") ;; *) die "broker up: unknown option $1" ;; esac
+      [[ $n == 1 || $n == 3 ]] || die "broker up --brokers: 1 or 3"
       need_root "cluster.sh broker up"
-      [[ -x $NISSHI_BIN ]] || die "$NISSHI_BIN missing: run e2e/cluster/install.sh --only nisshi"
+      [[ -f $KAFKA_LIBS/kafka_2.13-$STREAMOPS_KAFKA_VERSION.jar ]] \
+        || die "Apache Kafka jars missing in $KAFKA_LIBS: run e2e/cluster/install.sh --only kafka"
+      kafka_check_java
       mkdir -p "$STATE" "$LOGS" "$PIDS"
       ensure_bridge
-      local addr=$STREAMOPS_NODE_IP:$STREAMOPS_BROKER_PORT
-      if ! alive broker && port_open 127.0.0.1 "$STREAMOPS_BROKER_PORT"; then
-        die "port $STREAMOPS_BROKER_PORT is already in use by another process"
-      fi
-      start broker "$NISSHI_BIN" broker \
-        --listener-url "tcp://0.0.0.0:$STREAMOPS_BROKER_PORT" \
-        --advertised-listener-url "tcp://$addr" \
-        --storage-engine "$STREAMOPS_BROKER_STORAGE"
-      local tw=$SECONDS
-      until port_open "$STREAMOPS_NODE_IP" "$STREAMOPS_BROKER_PORT"; do
-        check_alive broker
-        ((SECONDS - tw < 60)) || die "broker not listening after 60s (log: $LOGS/broker.log)"
-        sleep 0.5
-      done
+      kafka_up "$n"
+      local addr; addr=$(kafka_bootstrap)
       echo "$addr" >"$STATE/bootstrap"
-      log "broker up; bootstrap $addr (also in $STATE/bootstrap)"
+      log "Apache Kafka $STREAMOPS_KAFKA_VERSION up ($n broker(s)); bootstrap $addr (also in $STATE/bootstrap)"
       echo "STREAMOPS_BOOTSTRAP=$addr"
       ;;
     down)
-      stop broker
+      stop kafka-1 kafka-2 kafka-3
       rm -f "$STATE/bootstrap"
       # The bridge stays if the node uses it; 'down' removes it.
       if [[ $(cat "$STATE/mode" 2>/dev/null) != full ]] && ! alive kubelet && ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link del "$BRIDGE" || true
       fi
       ;;
-    *) die "usage: $0 broker up|down" ;;
+    kill|stop|start|restart)
+      local i=${1:-} ids=() id
+      if [[ $i == all ]]; then
+        for ((id = 1; id <= $(kafka_count); id++)); do ids+=("$id"); done
+      else
+        [[ -n $i && -f $KAFKA_STATE/node-$i/server.properties ]] || die "broker $action: no broker '$i' in this cluster"
+        ids=("$i")
+      fi
+      case $action in
+        kill)
+          for id in "${ids[@]}"; do
+            local p
+            p=$(pid_of "kafka-$id") || die "broker $id is not running"
+            kill -KILL "$p"; rm -f "$PIDS/kafka-$id.pid"; log "killed broker $id (pid $p)"
+          done ;;
+        stop) for id in "${ids[@]}"; do stop "kafka-$id"; done ;;
+        start|restart)
+          for id in "${ids[@]}"; do
+            [[ $action == restart ]] && stop "kafka-$id"
+            kafka_start "$id"
+          done
+          # Each started broker itself must answer (the others still list a
+          # dead one for a while after it died).
+          for id in "${ids[@]}"; do
+            kafka_wait "$(kafka_count)" "$STREAMOPS_NODE_IP:$(kafka_port "$id")"
+          done ;;
+      esac
+      ;;
+    *) die "usage: $0 broker up [--brokers 1|3] | down | kill|stop|start|restart I|all" ;;
   esac
 }
 

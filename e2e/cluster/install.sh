@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the local e2e cluster needs: Debian packages, Kubernetes
 # binaries built from Debian's source package (patched), the pause binary and
-# the nisshi broker. Idempotent; build results are cached outside the checkout.
+# Apache Kafka's jars from Maven Central. Idempotent; build results are cached
+# outside the checkout.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
@@ -9,7 +10,7 @@ source "$HERE/lib.sh"
 
 usage() {
   cat <<EOF
-Usage: $0 [--only packages|kubernetes|nisshi]... [--help]
+Usage: $0 [--only packages|kubernetes|kafka]... [--help]
 
 Installs the local e2e cluster toolchain (needs root):
   packages    apt packages: ${APT_PACKAGES[*]}
@@ -17,8 +18,8 @@ Installs the local e2e cluster toolchain (needs root):
               kube-proxy, kubectl and pause, built from 'apt-get source kubernetes'
               (v$STREAMOPS_K8S_VERSION) with vendored reflect2 replaced by Debian's 1.0.2
               -> $KBIN
-  nisshi      Kafka-compatible broker nisshi $STREAMOPS_NISSHI_VERSION (cargo install)
-              -> $NISSHI_BIN
+  kafka       Apache Kafka $STREAMOPS_KAFKA_VERSION's broker jars from Maven Central
+              (e2e/kafka/pom.xml, mvn dependency:copy-dependencies) -> $KAFKA_LIBS
 
 Without --only, does all three. A second run finds the caches and does nothing.
 
@@ -38,9 +39,9 @@ while [[ $# -gt 0 ]]; do
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[[ ${#ONLY[@]} -gt 0 ]] || ONLY=(packages kubernetes nisshi)
+[[ ${#ONLY[@]} -gt 0 ]] || ONLY=(packages kubernetes kafka)
 for o in "${ONLY[@]}"; do
-  case $o in packages|kubernetes|nisshi) ;; *) die "unknown component for --only: $o" ;; esac
+  case $o in packages|kubernetes|kafka) ;; *) die "unknown component for --only: $o" ;; esac
 done
 want() { local o; for o in "${ONLY[@]}"; do [[ $o == "$1" ]] && return 0; done; return 1; }
 
@@ -135,6 +136,10 @@ build_kubernetes() {
   local t0=$SECONDS
   (
     cd "$tree"
+    # Kubernetes 1.20's build refuses Go toolchains newer than it knows
+    # (the machines put Go 1.26 first on PATH): use Debian's golang-go (1.19).
+    [[ -x $K8S_GO/go ]] || die "$K8S_GO/go missing: install Debian's golang-go (Go 1.19)"
+    export PATH=$K8S_GO:$PATH GOTOOLCHAIN=local
     export GOPATH=$tree/.go GOFLAGS=-mod=vendor GO111MODULE=on
     export GOMAXPROCS=$JOBS
     mkdir -p .go/src/k8s.io
@@ -162,29 +167,34 @@ build_kubernetes() {
   log "kubernetes built in $((SECONDS - t0)) s -> $KBIN"
 }
 
-# --- nisshi ----------------------------------------------------------------
+# --- Apache Kafka ------------------------------------------------------------
 
-build_nisshi() {
-  if [[ -x $NISSHI_BIN ]]; then
-    log "nisshi $STREAMOPS_NISSHI_VERSION cached at $NISSHI_BIN"
+# The broker's jars: kafka_2.13 and its dependencies, as Kafka's distribution
+# ships them in libs/, resolved from Maven Central into a Maven repository
+# under the cache and copied to $KAFKA_LIBS (keyed by version). Bounded: a
+# registry that does not answer fails the install with what was fetched,
+# instead of hanging the test run.
+install_kafka() {
+  if [[ -f $KAFKA_LIBS/kafka_2.13-$STREAMOPS_KAFKA_VERSION.jar ]]; then
+    log "Apache Kafka $STREAMOPS_KAFKA_VERSION cached in $KAFKA_LIBS"
     return 0
   fi
-  command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
-  mkdir -p "$NISSHI_ROOT"
-  local logf=$CACHE/nisshi-$STREAMOPS_NISSHI_VERSION.build.log t0=$SECONDS
-  log "cargo install nisshi@$STREAMOPS_NISSHI_VERSION (nice $NICE; ~20 min cold on 2 cores), log: $logf"
-  # shellcheck disable=SC2054
-  local args=(install "nisshi@$STREAMOPS_NISSHI_VERSION" --ignore-rust-version
-              --no-default-features --features dynostore,libsql
-              --root "$NISSHI_ROOT" -j "$JOBS")
-  # --locked first (reproducible); without it if the lock file does not resolve.
-  if ! nice -n "$NICE" cargo "${args[@]}" --locked >"$logf" 2>&1; then
-    log "cargo install --locked failed; retrying without --locked"
-    nice -n "$NICE" cargo "${args[@]}" >>"$logf" 2>&1 \
-      || { tail -40 "$logf" >&2; die "cargo install nisshi failed (see $logf)"; }
+  command -v mvn >/dev/null || die "mvn not found: install Debian's maven (e2e/cluster/install.sh --only packages)"
+  local logf=$CACHE/kafka-$STREAMOPS_KAFKA_VERSION.resolve.log tmp=$KAFKA_HOME/libs.tmp t0=$SECONDS
+  local what="org.apache.kafka:kafka_2.13:$STREAMOPS_KAFKA_VERSION and its dependencies"
+  log "resolving $what from Maven Central (e2e/kafka/pom.xml), log: $logf"
+  rm -rf "$tmp"; mkdir -p "$KAFKA_HOME"
+  if ! timeout "${STREAMOPS_MAVEN_TIMEOUT:-900}" mvn -B -q -f "$HERE/../kafka/pom.xml" \
+      -Dmaven.repo.local="$CACHE/maven-repository" \
+      -Dmaven.wagon.http.retryHandler.count=2 \
+      -Dkafka.version="$STREAMOPS_KAFKA_VERSION" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >"$logf" 2>&1; then
+    grep -E 'ERROR|Could not|Failed' "$logf" | head -15 >&2 || tail -15 "$logf" >&2
+    die "could not fetch $what from Maven Central (within ${STREAMOPS_MAVEN_TIMEOUT:-900} s; see $logf)"
   fi
-  [[ -x $NISSHI_BIN ]] || die "cargo install finished but $NISSHI_BIN is missing"
-  log "nisshi built in $((SECONDS - t0)) s -> $NISSHI_BIN"
+  [[ -f $tmp/kafka_2.13-$STREAMOPS_KAFKA_VERSION.jar ]] || die "Maven finished but $tmp has no kafka_2.13-$STREAMOPS_KAFKA_VERSION.jar"
+  rm -rf "$KAFKA_LIBS"; mv "$tmp" "$KAFKA_LIBS"
+  log "Apache Kafka $STREAMOPS_KAFKA_VERSION: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $((SECONDS - t0)) s -> $KAFKA_LIBS"
 }
 
 mkdir -p "$CACHE"
@@ -193,8 +203,8 @@ if want kubernetes; then
   install_packages golang-go rsync make gcc libc6-dev dpkg-dev golang-github-modern-go-reflect2-dev
   build_kubernetes
 fi
-if want nisshi; then
-  install_packages gcc libc6-dev
-  build_nisshi
+if want kafka; then
+  install_packages maven openjdk-17-jre-headless
+  install_kafka
 fi
-log "done. kubernetes: $KBIN  nisshi: $NISSHI_BIN"
+log "done. kubernetes: $KBIN  kafka: $KAFKA_LIBS"

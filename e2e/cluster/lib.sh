@@ -9,14 +9,19 @@
 # Bump the patch tag whenever the way we patch/build Kubernetes changes:
 # it is part of the cache key.
 : "${STREAMOPS_K8S_PATCH_TAG:=reflect2-1.0.2}"
-: "${STREAMOPS_NISSHI_VERSION:=0.7.0}"
+: "${STREAMOPS_KAFKA_VERSION:=4.4.0}"
 
 CACHE=$STREAMOPS_CACHE
 STATE=$STREAMOPS_STATE
 K8S_DIR=$CACHE/kubernetes-$STREAMOPS_K8S_VERSION-$STREAMOPS_K8S_PATCH_TAG
 KBIN=$K8S_DIR/bin
-NISSHI_ROOT=$CACHE/nisshi-$STREAMOPS_NISSHI_VERSION
-NISSHI_BIN=$NISSHI_ROOT/bin/nisshi
+# Debian's Go 1.19 (golang-go), which the Kubernetes 1.20 tree builds with.
+K8S_GO=${STREAMOPS_K8S_GO:-/usr/lib/go-1.19/bin}
+# Apache Kafka's jars, resolved from Maven Central by e2e/kafka/pom.xml.
+KAFKA_HOME=$CACHE/kafka-$STREAMOPS_KAFKA_VERSION
+KAFKA_LIBS=$KAFKA_HOME/libs
+# Java for the broker (Kafka 4.x needs 17 or newer).
+: "${STREAMOPS_JAVA:=java}"
 
 # Binaries the Kubernetes build must produce (kubectl is built too, and used
 # only when no kubectl is on PATH).
@@ -32,7 +37,7 @@ APT_PACKAGES=(
   golang-github-modern-go-reflect2-dev ca-certificates python3 iproute2
   procps util-linux curl
   clang libclang-dev g++
-  lua5.4
+  lua5.4 maven openjdk-17-jre-headless
 )
 
 log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

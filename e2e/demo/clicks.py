@@ -7,16 +7,12 @@ kafka-python, `pip install kafka-python`).
       spread over every partition so that each partition's watermark moves.
       About 1 in 150 clicks is 20 s late (-> the late-events topic), 1 in 300
       is not JSON (-> the dead-letter topic), some are health checks (filtered).
-      --burst S --pause P: produce for S seconds, then pause P seconds. The
-      local broker (nisshi 0.7.0) reports a last stable offset of 0 for any
-      partition with an open transaction, so read_committed readers (the
-      job's second stage, and anyone reading the results) see nothing new
-      while every checkpoint's transaction overlaps the next; the pauses let
-      the job's transactions close. With Kafka, use --pause 0.
   clicks.py show --bootstrap B --topic clicks-per-user [--min N] [--timeout S]
       [--need-field NAME] [--max-rows N] [--since-ms EPOCH_MS]
       Reads committed results (read_committed) from the beginning and prints
-      one line per window result; exits 0 once --min results (with field
+      one line per window result, with the second (since the command
+      started) at which it became visible: results arrive in batches, one
+      per committed checkpoint. Exits 0 once --min results (with field
       --need-field, when given) have been seen, 1 on timeout.
   clicks.py count --bootstrap B --topic T
       Number of committed records in T.
@@ -53,16 +49,8 @@ def produce(a):
     sent = late = bad = 0
     t0 = time.time()
     next_report = t0 + 10
-    burst_end = t0 + a.burst if a.pause > 0 else float("inf")
     while not stop and (a.seconds is None or time.time() - t0 < a.seconds):
         tick = time.time()
-        if tick >= burst_end:
-            p.flush()
-            end = tick + a.pause
-            while not stop and time.time() < end:
-                time.sleep(0.2)
-            burst_end = time.time() + a.burst
-            continue
         for _ in range(max(1, a.rate // 10)):
             i = rnd.randrange(len(USERS))
             user = USERS[i]
@@ -108,7 +96,8 @@ def hms(ms):
 def show(a):
     c = consumer(a)
     seen = matched = printed = 0
-    deadline = time.time() + a.timeout
+    t0 = time.time()
+    deadline = t0 + a.timeout
     header = False
     while time.time() < deadline:
         for _tp, msgs in c.poll(timeout_ms=500).items():
@@ -125,14 +114,15 @@ def show(a):
                 matched += 1
                 if printed < a.max_rows:
                     if not header:
-                        print(f"  {'window (UTC)':<19} {'user':<8} {'clicks':>6} {'spent':>8}  other")
+                        print(f"  {'seen':>6}  {'window (UTC)':<19} {'user':<8} {'clicks':>6} {'spent':>8}  other")
                         header = True
                     extra = " ".join(f"{k}={v[k]}" for k in v
                                      if k not in ("key", "windowStart", "windowEnd", "clicks", "spent", "final", "firing"))
                     key = ",".join(str(k) for k in v.get("key", []))
                     spent = v.get("spent")
                     spent = f"{spent:8.2f}" if isinstance(spent, (int, float)) else f"{str(spent):>8}"
-                    print(f"  {hms(v['windowStart'])}-{hms(v['windowEnd'])}  {key:<8} {v.get('clicks', '-'):>6} {spent}  {extra}",
+                    seen_at = f"+{time.time() - t0:.1f}s"
+                    print(f"  {seen_at:>6}  {hms(v['windowStart'])}-{hms(v['windowEnd'])}  {key:<8} {v.get('clicks', '-'):>6} {spent}  {extra}",
                           flush=True)
                     printed += 1
         if matched >= a.min:
@@ -164,8 +154,6 @@ def main():
     p.add_argument("--rate", type=int, default=40, help="clicks per second")
     p.add_argument("--seconds", type=float)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--burst", type=float, default=10, help="seconds of clicks between pauses")
-    p.add_argument("--pause", type=float, default=0, help="seconds of pause after each burst (0: none)")
     s = sub.add_parser("show")
     s.add_argument("--bootstrap", required=True)
     s.add_argument("--topic", default="clicks-per-user")

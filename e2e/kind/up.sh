@@ -24,11 +24,12 @@ Usage: $0 [--smoke] [--down] [--help]
   --down     delete the kind cluster
 
 Broker: bring your own Kafka. Either install one in the cluster (e.g. Strimzi; then
-STREAMOPS_BOOTSTRAP=my-cluster-kafka-bootstrap.kafka:9092), or run nisshi on the host
-(e2e/cluster/install.sh --only nisshi) listening on 0.0.0.0:9092 and advertising the
+STREAMOPS_BOOTSTRAP=my-cluster-kafka-bootstrap.kafka:9092), or run Apache Kafka on the
+host (jars from e2e/cluster/install.sh --only kafka, a KRaft server.properties as in
+e2e/cluster/cluster.sh's kafka_config) listening on 0.0.0.0:9092 and advertising the
 kind network's gateway, which pods reach:
   GW=\$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')
-  nisshi broker --listener-url tcp://0.0.0.0:9092 --advertised-listener-url tcp://\$GW:9092
+  advertised.listeners=PLAINTEXT://\$GW:9092
   export STREAMOPS_BOOTSTRAP=\$GW:9092
 
 Environment: KIND_CLUSTER_NAME, KIND_NODE_IMAGE, STREAMOPS_IMAGE_TAG, STREAMOPS_BOOTSTRAP.

@@ -22,7 +22,7 @@ pub enum Error {
     /// Transient: the broker cannot be reached or timed out.
     #[error("Kafka unavailable: {0}")]
     KafkaUnavailable(String),
-    /// The broker does not implement CreatePartitions (nisshi, for one).
+    /// The broker does not implement CreatePartitions (some Kafka-API brokers).
     #[error("{0}")]
     BrokerLacksCreatePartitions(String),
     /// The broker does not implement IncrementalAlterConfigs (Kafka < 2.3).

@@ -4,13 +4,17 @@
 
 mod common;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use common::*;
 use kube::ResourceExt;
 use serde_json::json;
 use streamops_crds::{KafkaClusterSpec, topic::TopicOwnership};
 use streamops_operator::topic::plan::ConfigChange;
+
+/// Kafka's default `retention.ms` (7 days), which DescribeConfigs reports
+/// for a topic that does not set it.
+const KAFKA_DEFAULT_RETENTION_MS: &str = "604800000";
 
 fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -23,10 +27,17 @@ fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 async fn creates_reverts_drift_removes_keys_and_deletes() {
     let h = Harness::start().await;
     let topic = unique("orders");
+    // retention.bytes differs from Kafka's default (-1); message.timestamp.type
+    // is set to its default value (CreateTime), which DescribeConfigs reports
+    // for every topic anyway: in sync from the start, and its drift reverted.
     let mut s = spec(
         &topic,
         2,
-        &[("retention.ms", "60000"), ("cleanup.policy", "delete")],
+        &[
+            ("retention.ms", "60000"),
+            ("retention.bytes", "1048576"),
+            ("message.timestamp.type", "CreateTime"),
+        ],
     );
     s.deletion_policy = Some(streamops_crds::topic::DeletionPolicy::Delete);
     h.create("orders", s, &[]).await;
@@ -38,7 +49,11 @@ async fn creates_reverts_drift_removes_keys_and_deletes() {
     assert_eq!(status.partitions, Some(2));
     assert_eq!(
         status.managed_config_keys,
-        vec!["cleanup.policy".to_string(), "retention.ms".to_string()]
+        vec![
+            "message.timestamp.type".to_string(),
+            "retention.bytes".to_string(),
+            "retention.ms".to_string()
+        ]
     );
     assert!(t.finalizers().iter().any(|f| f == "streamops.io/topic"));
     let observed = h.kafka(&topic).await.expect("topic created");
@@ -47,9 +62,15 @@ async fn creates_reverts_drift_removes_keys_and_deletes() {
         observed.config.get("retention.ms").map(String::as_str),
         Some("60000")
     );
+    // Kafka reports defaults too: a key nobody set is there with its default.
+    assert_eq!(
+        observed.config.get("cleanup.policy").map(String::as_str),
+        Some("delete")
+    );
     h.wait_event("orders", "Created").await;
 
-    // Out-of-band drift: one key changed, one removed. The resync reverts both.
+    // Out-of-band drift: one key changed, one removed (back to Kafka's
+    // default), one default-valued key changed. The resync reverts all three.
     h.admin
         .alter_config(
             &topic,
@@ -59,7 +80,11 @@ async fn creates_reverts_drift_removes_keys_and_deletes() {
                     value: "1".into(),
                 },
                 ConfigChange::Delete {
-                    key: "cleanup.policy".into(),
+                    key: "retention.bytes".into(),
+                },
+                ConfigChange::Set {
+                    key: "message.timestamp.type".into(),
+                    value: "LogAppendTime".into(),
                 },
             ],
         )
@@ -68,28 +93,38 @@ async fn creates_reverts_drift_removes_keys_and_deletes() {
     h.wait_kafka(&topic, "drift reverted", |o| {
         o.is_some_and(|o| {
             o.config.get("retention.ms").map(String::as_str) == Some("60000")
-                && o.config.get("cleanup.policy").map(String::as_str) == Some("delete")
+                && o.config.get("retention.bytes").map(String::as_str) == Some("1048576")
+                && o.config.get("message.timestamp.type").map(String::as_str) == Some("CreateTime")
         })
     })
     .await;
 
-    // A key leaving the spec is removed (the operator set it); a new one is set.
+    // A key leaving the spec is removed (the operator set it): Kafka's
+    // default is back. A new one is set.
     h.patch(
         "orders",
-        json!({"spec": {"config": {"cleanup.policy": null, "segment.ms": "3600000"}}}),
+        json!({"spec": {"config": {"retention.bytes": null, "segment.ms": "3600000"}}}),
     )
     .await;
-    h.wait_kafka(&topic, "cleanup.policy removed, segment.ms set", |o| {
-        o.is_some_and(|o| {
-            !o.config.contains_key("cleanup.policy")
-                && o.config.get("segment.ms").map(String::as_str) == Some("3600000")
-        })
-    })
+    h.wait_kafka(
+        &topic,
+        "retention.bytes back to its default, segment.ms set",
+        |o| {
+            o.is_some_and(|o| {
+                o.config.get("retention.bytes").map(String::as_str) == Some("-1")
+                    && o.config.get("segment.ms").map(String::as_str) == Some("3600000")
+            })
+        },
+    )
     .await;
     let t = h.wait("orders", "Ready for generation 2", is_ready).await;
     assert_eq!(
         t.status.unwrap().managed_config_keys,
-        vec!["retention.ms".to_string(), "segment.ms".to_string()]
+        vec![
+            "message.timestamp.type".to_string(),
+            "retention.ms".to_string(),
+            "segment.ms".to_string()
+        ]
     );
 
     // Metrics are served.
@@ -173,24 +208,42 @@ async fn refuses_what_kafka_cannot_do() {
     );
     assert!(h.kafka(&format!("{topic}-renamed")).await.is_none());
 
-    // Partition increase: nisshi lacks CreatePartitions.
+    // Partition increase: CreatePartitions.
     h.patch("t", json!({"spec": {"topicName": topic, "partitions": 5}}))
         .await;
     let t = h
-        .wait("t", "Stalled missing CreatePartitions", |t| {
-            is_stalled(t, "BrokerLacksCreatePartitions")
+        .wait("t", "Ready with 5 partitions", |t| {
+            is_ready(t) && t.status.as_ref().and_then(|s| s.partitions) == Some(5)
         })
         .await;
-    assert!(
-        condition(&t, "Stalled")
-            .unwrap()
-            .message
-            .contains("CreatePartitions")
-    );
-    assert_eq!(t.status.unwrap().partitions, Some(3));
+    assert_eq!(h.kafka(&topic).await.unwrap().partitions, 5);
+    assert_eq!(t.status.unwrap().observed_generation, t.metadata.generation);
 
-    // Back to what Kafka has: Ready again.
-    h.patch("t", json!({"spec": {"partitions": 3}})).await;
+    // A config value the broker's own validation refuses: Stalled with the
+    // broker's reason, nothing applied.
+    h.patch(
+        "t",
+        json!({"spec": {"config": {"retention.ms": "1000", "cleanup.policy": "shred"}}}),
+    )
+    .await;
+    let t = h
+        .wait("t", "Stalled KafkaRejected (invalid config)", |t| {
+            is_stalled(t, "KafkaRejected")
+        })
+        .await;
+    let message = &condition(&t, "Stalled").unwrap().message;
+    assert!(message.contains("shred"), "the broker's reason: {message}");
+    assert_ne!(
+        h.kafka(&topic)
+            .await
+            .unwrap()
+            .config
+            .get("cleanup.policy")
+            .map(String::as_str),
+        Some("shred")
+    );
+    h.patch("t", json!({"spec": {"config": {"cleanup.policy": null}}}))
+        .await;
     h.wait("t", "Ready again", is_ready).await;
 
     // The broker's own refusal (replication factor above its maximum) keeps its message.
@@ -236,13 +289,15 @@ async fn adopts_only_on_opt_in_and_keeps_foreign_settings() {
         is_stalled(t, "TopicExistsNotAdopted")
     })
     .await;
-    assert!(
-        !h.kafka(&topic)
+    assert_eq!(
+        h.kafka(&topic)
             .await
             .unwrap()
             .config
-            .contains_key("cleanup.policy"),
-        "refused topic was touched"
+            .get("cleanup.policy")
+            .map(String::as_str),
+        Some("delete"),
+        "refused topic was touched (Kafka's default is delete)"
     );
 
     h.annotate("legacy", "streamops.io/adopt", Some("true")).await;
@@ -261,7 +316,7 @@ async fn adopts_only_on_opt_in_and_keeps_foreign_settings() {
     h.patch("legacy", json!({"spec": {"config": null}})).await;
     h.wait_kafka(&topic, "cleanup.policy removed, own settings kept", |o| {
         o.is_some_and(|o| {
-            !o.config.contains_key("cleanup.policy")
+            o.config.get("cleanup.policy").map(String::as_str) == Some("delete")
                 && o.config.get("retention.ms").map(String::as_str) == Some("5000")
                 && o.config.get("segment.ms").map(String::as_str) == Some("777000")
         })
@@ -309,12 +364,15 @@ async fn paused_unmanaged_and_conflicting_resources() {
             .is_some_and(|c| c.reason == "Unmanaged" && c.observed_generation == t.metadata.generation)
     })
     .await;
-    assert!(
-        !h.kafka(&paused)
+    assert_eq!(
+        h.kafka(&paused)
             .await
             .unwrap()
             .config
-            .contains_key("retention.ms")
+            .get("retention.ms")
+            .map(String::as_str),
+        Some(KAFKA_DEFAULT_RETENTION_MS),
+        "an unmanaged resource's config was applied"
     );
 
     // Two resources, one topic: the older wins.
@@ -328,12 +386,15 @@ async fn paused_unmanaged_and_conflicting_resources() {
         .await;
     let message = &condition(&t, "Stalled").unwrap().message;
     assert!(message.contains(&format!("{}/first", h.ns)), "{message}");
-    assert!(
-        !h.kafka(&shared)
+    assert_eq!(
+        h.kafka(&shared)
             .await
             .unwrap()
             .config
-            .contains_key("retention.ms")
+            .get("retention.ms")
+            .map(String::as_str),
+        Some(KAFKA_DEFAULT_RETENTION_MS),
+        "the losing resource's config was applied"
     );
     h.finish(&[&paused, &shared]).await;
 }
@@ -362,51 +423,111 @@ async fn unreachable_kafka_is_reconciling_and_unowned_topic_deletes_freely() {
     h.finish(&[]).await;
 }
 
-/// A broker of this test's own (so stopping it disturbs no one).
+/// An Apache Kafka broker of this test's own (so stopping it disturbs no
+/// one): a single KRaft node on 127.0.0.1 with its storage in a directory
+/// that outlives a stop, so a restart brings back the same cluster.
 struct OwnBroker {
     port: u16,
+    dir: PathBuf,
     child: Option<tokio::process::Child>,
 }
 
 impl OwnBroker {
+    /// Formats fresh storage on `port` (its controller on another free port)
+    /// and starts the broker.
     async fn start(port: u16) -> Self {
-        let bin = nisshi_bin();
+        let libs = kafka_libs();
         assert!(
-            bin.exists(),
-            "nisshi binary {} missing (set STREAMOPS_NISSHI_BIN or run e2e/cluster/install.sh)",
-            bin.display()
+            libs.is_dir(),
+            "Apache Kafka jars {} missing (set STREAMOPS_KAFKA_LIBS or run e2e/cluster/install.sh --only kafka)",
+            libs.display()
         );
-        let child = tokio::process::Command::new(&bin)
+        let dir = std::env::temp_dir().join(format!("streamops-own-broker-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let controller = free_port();
+        std::fs::write(
+            dir.join("server.properties"),
+            format!(
+                "process.roles=broker,controller\nnode.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+                 log.dirs={}\noffsets.topic.replication.factor=1\n\
+                 transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let status = std::process::Command::new("java")
+            .arg("-cp")
+            .arg(libs.join("*"))
             .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                "c3RyZWFtb3BzLW93bnRzdA",
+                "-c",
             ])
+            .arg(dir.join("server.properties"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run Kafka's StorageTool");
+        assert!(status.success(), "formatting the own broker's storage failed");
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
+        broker.resume().await;
+        broker
+    }
+
+    /// Starts the broker on its existing storage and waits until it listens.
+    async fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
+        let child = tokio::process::Command::new("java")
+            .args(["-Xmx512m", "-cp"])
+            .arg(kafka_libs().join("*"))
+            .arg("kafka.Kafka")
+            .arg(self.dir.join("server.properties"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .expect("start nisshi");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            .expect("start Apache Kafka");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
             assert!(
                 std::time::Instant::now() < deadline,
-                "nisshi did not listen on {port}"
+                "Kafka did not listen on {} (log {})",
+                self.port,
+                self.dir.join("broker.log").display()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Self {
-            port,
-            child: Some(child),
-        }
+        self.child = Some(child);
     }
 
     async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -431,14 +552,14 @@ async fn broker_outage_is_reconciling_and_recovers() {
     })
     .await;
 
-    // Back (with empty memory storage): the resource wins, the topic returns.
-    let mut broker = OwnBroker::start(broker.port).await;
+    // Back: Ready and in sync again.
+    broker.resume().await;
     h.wait("t", "Ready after recovery", |t| {
         is_ready(t) && condition(t, "Ready").is_some_and(|c| c.reason == "Synced")
     })
     .await;
     let own = admin(&format!("127.0.0.1:{port}"));
-    let observed = own.describe(&topic).await.unwrap().expect("topic recreated");
+    let observed = own.describe(&topic).await.unwrap().expect("topic still there");
     assert_eq!(
         observed.config.get("retention.ms").map(String::as_str),
         Some("12345")

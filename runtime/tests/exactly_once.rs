@@ -1,12 +1,12 @@
-//! Exactly-once proofs against a real Kafka-compatible broker. Ignored by
-//! plain `cargo test` (they need STREAMOPS_BOOTSTRAP); `e2e/test.sh` runs
-//! them with `--ignored` against nisshi.
+//! Exactly-once proofs against Apache Kafka. Ignored by plain `cargo test`
+//! (they need STREAMOPS_BOOTSTRAP); `e2e/test.sh` runs them with
+//! `--ignored` against the broker `e2e/cluster/cluster.sh broker up` starts.
 //!
 //! Every output record carries `<task>:<checkpoint>:<instance>` and every
-//! committed checkpoint has a marker with the same triple, so the verifier
-//! separates product faults (must be zero) from records the broker showed
-//! although their transaction never committed (nisshi does not abort a
-//! fenced open transaction; `broker_leaks_fenced_open_transactions` pins it).
+//! committed checkpoint has a marker with the same triple. The verifier
+//! accepts no anomaly: every expected result exactly once with the
+//! reference's value, nothing else, and no record visible without its
+//! committed marker.
 
 mod kafka;
 
@@ -17,33 +17,13 @@ use kafka::*;
 use streamops_runtime::pipeline::job::RestoreFrom;
 use streamops_runtime::pipeline::shared::CRASH_POINTS;
 
-/// Prints what the repartition topic shows about lost records when a run
-/// found product faults (see `keyed_order_report`).
-fn diagnose(name: &str, topics: &Topics, faults: &[String]) {
-    if faults.is_empty() {
-        return;
-    }
-    let lines = keyed_order_report(topics);
-    eprintln!(
-        "[{name}] repartition topic: {} keyed partition/upstream pairs with records dropped as duplicates of \
-         offsets never applied",
-        lines.len()
-    );
-    for l in &lines {
-        eprintln!("  {l}");
-    }
-}
-
 fn report(name: &str, v: &Verdict, faults: &[String]) {
     let results: usize = v.results.values().map(Vec::len).sum();
     eprintln!(
-        "[{name}] committed results {results}, product faults {}, broker leaks (records of never-committed \
-         transactions shown by the broker) {}, acknowledged results the broker lost {:?} (by task), inputs \
-         lost to the broker (acknowledged then lost, or shadowed by a leaked transaction) {:?} (by keyed partition)",
+        "[{name}] committed results {results}, faults {}, records without a committed marker {}, untagged {}",
         faults.len(),
-        v.broker_leaks,
-        v.broker_lost,
-        v.broker_lost_keyed
+        v.uncommitted,
+        v.untagged
     );
     for f in faults.iter().take(20) {
         eprintln!("  fault: {f}");
@@ -147,12 +127,15 @@ fn exactly_once_under_sigkill_and_crash_points() {
         random_kills + hits.values().sum::<usize>()
     );
     report("exactly-once", &verdict, &f);
-    diagnose("exactly-once", &topics, &f);
-    let (dlq_ok, dlq_leaked) = committed_count(&topics.dlq, &topics.control);
-    eprintln!("[exactly-once] dead letters committed {dlq_ok} (expected {malformed}), leaked {dlq_leaked}");
+    let (dlq_ok, dlq_uncommitted) = committed_count(&topics.dlq, &topics.control);
+    eprintln!(
+        "[exactly-once] dead letters committed {dlq_ok} (expected {malformed}), without a committed marker \
+         {dlq_uncommitted}"
+    );
     assert!(f.is_empty(), "product faults: {f:?}\n{}", proc.log());
     assert_eq!(
-        dlq_ok, malformed,
+        (dlq_ok, dlq_uncommitted),
+        (malformed, 0),
         "every malformed record dead-lettered exactly once"
     );
     assert!(random_kills + hits.values().sum::<usize>() >= 20);
@@ -228,7 +211,6 @@ fn savepoint_restores_at_other_parallelism() {
         let v = wait_complete(&topics, &expected, Duration::from_secs(300));
         let f = faults(&expected, &v);
         report(&format!("rescale 4->{restore_at}"), &v, &f);
-        diagnose(&format!("rescale 4->{restore_at}"), &topics, &f);
         let (late, _) = committed_count(&topics.late, &topics.control);
         let (dlq, _) = committed_count(&topics.dlq, &topics.control);
         eprintln!("[rescale 4->{restore_at}] committed late events {late}, dead letters {dlq}");
@@ -327,8 +309,8 @@ fn zombie_is_fenced_across_rescale() {
         exit.is_some_and(|s| !s.success()),
         "the fenced zombie must fail, not keep running:\n{log}"
     );
-    // Kafka answers the zombie's commit with PRODUCER_FENCED; nisshi lets
-    // it time out. Either way the commit fails and the process ends.
+    // Kafka answers the zombie's next transactional request with a fencing
+    // error: its commit fails and the process ends.
     assert!(
         log.contains("committing checkpoint") || log.to_lowercase().contains("fenced"),
         "the zombie's failure names its failed commit:\n{log}"
@@ -372,52 +354,10 @@ fn refuses_to_start_without_state_unless_allowed() {
     assert!(log.contains("allowEmptyState"), "{log}");
 }
 
-/// Pins the broker gap the verifier accounts for: nisshi 0.7.0 shows the
-/// records of a transaction whose producer was fenced before committing.
-/// Apache Kafka aborts them. If this starts failing, the broker was fixed:
-/// drop the leak accounting.
-#[test]
-#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
-fn broker_leaks_fenced_open_transactions() {
-    use rdkafka::ClientConfig;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let topic = unique("conformance");
-    create_topics(&[(&topic, 1, &[])]);
-    let producer = |id: &str| -> BaseProducer {
-        let p: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .set("transactional.id", id)
-            .create()
-            .unwrap();
-        p.init_transactions(Duration::from_secs(30)).unwrap();
-        p
-    };
-    let id = unique("txn");
-    let old = producer(&id);
-    old.begin_transaction().unwrap();
-    old.send(BaseRecord::<(), str>::to(&topic).payload("never committed"))
-        .unwrap();
-    old.flush(Duration::from_secs(10)).unwrap();
-    let new = producer(&id); // fences `old`
-    new.begin_transaction().unwrap();
-    new.send(BaseRecord::<(), str>::to(&topic).payload("committed"))
-        .unwrap();
-    new.commit_transaction(Duration::from_secs(30)).unwrap();
-    let seen: Vec<String> = read_all(&topic)
-        .into_iter()
-        .map(|r| String::from_utf8(r.value).unwrap())
-        .collect();
-    assert!(seen.contains(&"committed".to_string()));
-    assert!(
-        seen.contains(&"never committed".to_string()),
-        "the broker now aborts fenced transactions (Kafka's behaviour): {seen:?}; remove the leak accounting"
-    );
-    eprintln!("[conformance] broker shows a fenced, never-committed transaction's records: {seen:?}");
-}
-
 /// The first checkpoint crashes after its upload, before anything was ever
 /// committed: the next start begins from empty state while the crashed
-/// process's transactions are still open (or leaked by the broker).
+/// process's transactions are still open (its successor's
+/// `init_transactions` aborts them).
 #[test]
 #[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
 fn crash_in_the_first_checkpoint_then_empty_start() {
@@ -440,10 +380,15 @@ fn crash_in_the_first_checkpoint_then_empty_start() {
         proc.signal(libc::SIGTERM);
         proc.wait_exit(Duration::from_secs(60));
         let f = faults(&expected, &verdict);
-        let (late_ok, late_leaked) = committed_count(&topics.late, &topics.control);
-        eprintln!("[attempt {attempt}] late committed {late_ok}, leaked {late_leaked}");
+        let (late_ok, late_uncommitted) = committed_count(&topics.late, &topics.control);
+        eprintln!(
+            "[attempt {attempt}] late committed {late_ok}, without a committed marker {late_uncommitted}"
+        );
+        assert_eq!(
+            late_uncommitted, 0,
+            "late events visible without their checkpoint"
+        );
         report("first-checkpoint crash", &verdict, &f);
-        diagnose("first-checkpoint crash", &topics, &f);
         assert!(
             f.is_empty(),
             "attempt {attempt}: product faults: {f:?}\n{}",
@@ -496,7 +441,7 @@ fn at_least_once_loses_nothing_under_sigkill() {
     feeder.join().unwrap();
     let mut proc = Proc::spawn(&job, "0-3", work.path(), None);
     let deadline = Instant::now() + Duration::from_secs(180);
-    // Done when every result is there, or its absence is the broker's.
+    // Done when every result is there (or the deadline).
     let (verdict, extra) = loop {
         let (v, extra) = verify_at_least_once(&topics);
         if faults(&expected, &v).is_empty() || Instant::now() > deadline {
@@ -509,84 +454,23 @@ fn at_least_once_loses_nothing_under_sigkill() {
     assert!(exit.success(), "SIGTERM must end cleanly:\n{}", proc.log());
     let f = faults(&expected, &verdict);
     report("at-least-once", &verdict, &f);
-    // Dead letters: each malformed record at least once, unless the broker
-    // lost acknowledged dead letters of the task reading its partition
-    // (markers first, then the topic: see `verify_sink`).
-    let marks = marker_records(&topics.control);
-    nudge(&topics.dlq);
+    // Dead letters: each malformed record at least once.
     let dlq = read_all(&topics.dlq);
-    let lost = lost_by_task(&topics.dlq, &dlq, &marks);
     let copies = dlq.len();
     let seen: std::collections::BTreeSet<Vec<u8>> = dlq.into_iter().map(|r| r.value).collect();
-    let mut missing: BTreeMap<u32, u64> = BTreeMap::new();
-    for (value, task) in &bad {
-        if !seen.contains(value) {
-            *missing.entry(*task).or_default() += 1;
-        }
-    }
+    let missing: Vec<&Vec<u8>> = bad.keys().filter(|v| !seen.contains(*v)).collect();
     eprintln!(
         "[at-least-once] {kills} kills; {} distinct results, {extra} extra copies of results processed again; \
-         dead letters: {} of {malformed} malformed seen, {copies} copies, missing {missing:?} (by task), \
-         acknowledged dead letters the broker lost {lost:?} (by task)",
+         dead letters: {} of {malformed} malformed seen, {copies} copies",
         verdict.results.len(),
-        bad.len() as u64 - missing.values().sum::<u64>(),
+        bad.len() - missing.len(),
     );
     assert!(f.is_empty(), "lost or changed results: {f:?}\n{}", proc.log());
     assert_eq!(bad.len(), malformed);
-    for (task, n) in &missing {
-        assert!(
-            lost.get(task).is_some_and(|l| l >= n),
-            "task {task}: {n} malformed records never dead-lettered, beyond the broker's proven losses {lost:?}"
-        );
-    }
-}
-
-/// Pins the broker gap the verifiers' `nudge` works around: nisshi 0.7.0
-/// advances a partition's high watermark over a produce request's records
-/// only when the next produce request arrives, so the last acknowledged
-/// records are invisible to every reader (read_uncommitted included) until
-/// something else is written there. Apache Kafka's high watermark covers
-/// every acknowledged record (acks=all, one broker). If this starts failing,
-/// the broker was fixed: drop `nudge`.
-#[test]
-#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
-fn broker_high_watermark_lags_the_last_write() {
-    use rdkafka::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let topic = unique("conformance-hw");
-    create_topics(&[(&topic, 1, &[])]);
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    for i in 0..500 {
-        p.send(
-            BaseRecord::<(), str>::to(&topic)
-                .partition(0)
-                .payload(&i.to_string()),
-        )
-        .unwrap();
-        p.poll(Duration::ZERO);
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let high = || c.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap().1;
-    let before = (high(), read_all_isolated(&topic, "read_uncommitted").len());
-    nudge(&topic);
-    let after = (high(), read_all_isolated(&topic, "read_uncommitted").len());
-    eprintln!(
-        "[conformance] 500 records acknowledged: high watermark {}, {} readable; after one more write: {}, {} of the 500 readable",
-        before.0, before.1, after.0, after.1
-    );
-    assert_eq!(after.0, 501, "every record is in the log");
     assert!(
-        before.0 < 500,
-        "the broker's high watermark now covers every acknowledged record (Kafka's behaviour): remove `nudge`"
+        missing.is_empty(),
+        "{} malformed records never dead-lettered, first: {:?}",
+        missing.len(),
+        missing.first().map(|v| String::from_utf8_lossy(v))
     );
 }

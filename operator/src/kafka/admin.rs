@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn failures_are_classified() {
         let kind = |e: KafkaError| AdminFailure::from_kafka("op", &e).kind;
-        // What librdkafka answers when the broker lacks CreatePartitions (nisshi).
+        // What librdkafka answers when the broker lacks CreatePartitions.
         assert_eq!(
             kind(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature)),
             FailureKind::Unsupported

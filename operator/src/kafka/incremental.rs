@@ -1,6 +1,6 @@
 //! IncrementalAlterConfigs (KIP-339), which rdkafka 0.39's `AdminClient`
 //! does not wrap (it offers only the legacy, whole-set `AlterConfigs`, which
-//! nisshi does not implement and which would race with other writers). This
+//! replaces every dynamic config at once and would race with other writers). This
 //! is a minimal safe wrapper over librdkafka's C API, via `rdkafka-sys`.
 //!
 //! Blocking: call it from `spawn_blocking`.

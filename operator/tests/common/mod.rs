@@ -355,11 +355,12 @@ pub fn is_reconciling(t: &StreamTopic, reason: &str) -> bool {
         && condition(t, "Ready").is_some_and(|c| c.status == "False")
 }
 
-pub fn nisshi_bin() -> PathBuf {
-    std::env::var_os("STREAMOPS_NISSHI_BIN")
+/// Apache Kafka's jars as `e2e/cluster/install.sh --only kafka` caches them.
+pub fn kafka_libs() -> PathBuf {
+    std::env::var_os("STREAMOPS_KAFKA_LIBS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/streamops/nisshi-0.7.0/bin/nisshi")
+            PathBuf::from(home).join(".cache/streamops/kafka-4.4.0/libs")
         })
 }

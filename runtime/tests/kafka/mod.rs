@@ -58,7 +58,9 @@ pub fn create_topics(topics: &[TopicSpec<'_>]) {
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, p, cfg)| {
-            let mut t = NewTopic::new(name, *p, TopicReplication::Fixed(1));
+            // -1: the broker's default.replication.factor (1, or 3 on the
+            // three-broker cluster of the fault tests).
+            let mut t = NewTopic::new(name, *p, TopicReplication::Fixed(-1));
             for (k, v) in cfg.iter() {
                 t = t.set(k, v);
             }
@@ -319,8 +321,7 @@ pub fn read_all(topic: &str) -> Vec<Record> {
     read_all_isolated(topic, "read_committed")
 }
 
-/// [`read_all`] with the given `isolation.level`. Records [`nudge`] wrote
-/// are left out.
+/// [`read_all`] with the given `isolation.level`.
 pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -342,13 +343,10 @@ pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
         ends.insert(p, end);
     }
     c.assign(&tpl).unwrap();
-    // A partition is read once its position reaches its end offset, or once
-    // it sits at end-of-partition without moving for STUCK: a transaction
-    // that nobody will ever resolve (a fenced one nisshi leaves open) holds
-    // read_committed readers there for good, and nothing behind it can be
-    // read by anyone; end-of-partition is where the reader stops then.
-    const STUCK: Duration = Duration::from_secs(10);
-    let mut at_eof: BTreeMap<i32, (i64, Instant)> = BTreeMap::new();
+    // A partition is read once its position reaches the end offset it had
+    // at the start. Apache Kafka resolves every transaction (committed,
+    // aborted by a fencing successor, or aborted at its timeout), so a
+    // read_committed reader always gets there.
     let position = |c: &BaseConsumer, p: i32| {
         c.position().ok().and_then(|l| {
             l.find_partition(topic, p).and_then(|e| match e.offset() {
@@ -357,34 +355,21 @@ pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
             })
         })
     };
-    let reached = |c: &BaseConsumer, at_eof: &BTreeMap<i32, (i64, Instant)>| {
-        ends.iter().all(|(p, end)| {
-            let pos = position(c, *p);
-            *end <= 0
-                || pos.is_some_and(|o| o >= *end)
-                || at_eof
-                    .get(p)
-                    .is_some_and(|(o, since)| pos == Some(*o) && since.elapsed() >= STUCK)
-        })
+    let reached = |c: &BaseConsumer| {
+        ends.iter()
+            .all(|(p, end)| *end <= 0 || position(c, *p).is_some_and(|o| o >= *end))
     };
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !reached(&c, &at_eof) {
+    while !reached(&c) {
         assert!(
             Instant::now() < deadline,
             "timed out reading {topic} up to {ends:?} ({isolation})"
         );
         match c.poll(Duration::from_millis(200)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                if let Some(o) = position(&c, p)
-                    && at_eof.get(&p).is_none_or(|(seen, _)| *seen != o)
-                {
-                    at_eof.insert(p, (o, Instant::now()));
-                }
-            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => panic!("reading {topic}: {e}"),
-            Some(Ok(m)) if m.key() == Some(NUDGE_KEY) => {}
             Some(Ok(m)) => {
                 let checkpoint = m.headers().and_then(|h| {
                     h.iter()
@@ -404,37 +389,6 @@ pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
     out
 }
 
-/// Key of the records [`nudge`] writes; [`read_all`] skips them.
-pub const NUDGE_KEY: &[u8] = b"streamops-test-nudge";
-
-/// Writes one record (key [`NUDGE_KEY`], no checkpoint header) to every
-/// partition of `topic`. nisshi 0.7.0's high watermark lags the log: the
-/// records of a partition's last produce request stay invisible, at every
-/// isolation level, until the next produce request to that partition
-/// (`broker_high_watermark_lags_the_last_write` pins it). A read after a
-/// nudge covers every record acknowledged before it. Only for topics the
-/// job does not read (sink, dead letters).
-pub fn nudge(topic: &str) {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let md = p
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    for part in 0..md.topics()[0].partitions().len() as i32 {
-        p.send(
-            BaseRecord::<[u8], [u8]>::to(topic)
-                .partition(part)
-                .key(NUDGE_KEY)
-                .payload(&[]),
-        )
-        .unwrap();
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
-}
-
 /// The committed checkpoint markers of a control topic.
 pub fn marker_records(control: &str) -> Vec<Marker> {
     read_all(control)
@@ -448,137 +402,40 @@ pub fn markers(control: &str) -> BTreeSet<String> {
     marker_records(control).iter().map(Marker::header_value).collect()
 }
 
-/// Records committed transactions wrote to `topic` that the broker
-/// acknowledged (their markers' audit trail) but does not show, per
-/// (writing task, partition): acknowledged writes the broker lost.
-pub fn lost_acknowledged(topic: &str, records: &[Record], markers: &[Marker]) -> BTreeMap<(u32, i32), u64> {
-    let mut seen: BTreeMap<(&str, i32), u64> = BTreeMap::new();
-    for r in records {
-        if let Some(cp) = &r.checkpoint {
-            *seen.entry((cp.as_str(), r.partition)).or_default() += 1;
-        }
-    }
-    let mut lost = BTreeMap::new();
-    for m in markers {
-        let header = m.header_value();
-        for (p, n) in m.delivered.get(topic).into_iter().flatten() {
-            let have = seen.get(&(header.as_str(), *p)).copied().unwrap_or(0);
-            if have < *n {
-                *lost.entry((m.task, *p)).or_default() += n - have;
-            }
-        }
-    }
-    lost
-}
-
-/// [`lost_acknowledged`] summed per writing task.
-pub fn lost_by_task(topic: &str, records: &[Record], markers: &[Marker]) -> BTreeMap<u32, u64> {
-    let mut lost = BTreeMap::new();
-    for ((task, _), n) in lost_acknowledged(topic, records, markers) {
-        *lost.entry(task).or_default() += n;
-    }
-    lost
-}
-
-/// What the final verdicts read: the sink and repartition topics, each
-/// sink partition nudged first, and the acknowledged writes the broker
-/// lost in them, judged against the markers committed before the reads.
-struct FinalRead {
-    sink: Vec<Record>,
-    keyed: Vec<Record>,
-    /// Results lost per writing task, inputs lost per keyed partition.
-    lost: Verdict,
-}
-
-fn final_read(topics: &Topics) -> FinalRead {
-    let before = marker_records(&topics.control);
-    nudge(&topics.sink);
-    let sink = read_all(&topics.sink);
-    let keyed = read_all(&topics.repartition);
-    let mut lost = Verdict {
-        broker_lost: lost_by_task(&topics.sink, &sink, &before),
-        tasks: topics.partitions,
-        ..Verdict::default()
-    };
-    for ((_, partition), n) in lost_acknowledged(&topics.repartition, &keyed, &before) {
-        *lost.broker_lost_keyed.entry(partition).or_default() += n;
-    }
-    FinalRead { sink, keyed, lost }
-}
-
-/// The verifier's verdict on a sink topic.
+/// The verifier's verdict on a sink topic. It excuses nothing: with Apache
+/// Kafka, read_committed shows exactly the records of committed
+/// transactions, and every transaction of the job carries its checkpoint's
+/// marker.
 #[derive(Debug, Default)]
 pub struct Verdict {
     /// Committed output (its checkpoint's marker is committed).
     pub results: BTreeMap<(String, i64), Vec<(i64, i64)>>,
-    /// Records of a checkpoint with no committed marker: the broker showed
-    /// records of a transaction that never committed (nisshi leaks fenced
-    /// open transactions, LOCAL-CLUSTER.md). Not product faults.
-    pub broker_leaks: usize,
+    /// Records of a checkpoint whose marker is not committed: output that
+    /// became visible without its checkpoint. Product faults.
+    pub uncommitted: usize,
     /// Records without a checkpoint header at all: product faults.
     pub untagged: usize,
-    /// Sink records committed transactions wrote and the broker acknowledged
-    /// (counted in their markers) but does not show, per writing task: the
-    /// broker lost acknowledged writes (seen with nisshi 0.7.0). Not product
-    /// faults; `faults` excuses at most this many missing results per task.
-    pub broker_lost: BTreeMap<u32, u64>,
-    /// Inputs of each keyed partition stage 2 never counted because of the
-    /// broker: records stage 1 wrote there, acknowledged, then lost; and
-    /// records dropped as replays because the broker had first shown a
-    /// record of a never-committed transaction with a higher offset (see
-    /// `shadowed_keyed_records`). `faults` excuses results of that keyed
-    /// partition short by at most this many records in all.
-    pub broker_lost_keyed: BTreeMap<i32, u64>,
-    /// The job's task count (to tell which task emits a key's results).
-    pub tasks: u32,
 }
 
+/// Sink first, then markers: a record visible to read_committed was
+/// committed, and so was its marker (same transaction), so markers read
+/// afterwards include it. The other order would count records committed in
+/// between as uncommitted.
 pub fn verify_sink(topics: &Topics) -> Verdict {
-    sink_verdict(topics, true)
-}
-
-/// The verdict; without `broker_accounting`, only what the sink and the
-/// markers show (no reading of the repartition topic, no loss accounting):
-/// enough to poll for completeness.
-fn sink_verdict(topics: &Topics, broker_accounting: bool) -> Verdict {
-    if !broker_accounting {
-        let sink = read_all(&topics.sink);
-        let marks = markers(&topics.control);
-        return tally(sink, &marks, Verdict::default());
-    }
-    // Sink first: a record visible to read_committed was committed, and so
-    // was its marker (same transaction), so markers read afterwards include
-    // it. The other order counts records committed in between as leaks.
-    // Lost acknowledged writes are judged only for transactions committed
-    // before the sink is read (markers read first), which the read must show
-    // in full.
-    let FinalRead {
-        sink,
-        keyed,
-        lost: mut v,
-    } = final_read(topics);
+    let sink = read_all(&topics.sink);
     let marks = markers(&topics.control);
-    // Inputs the keyed stage rightly dropped as replays because the broker
-    // had shown a record of a never-committed transaction (no committed
-    // marker) with a higher offset first: lost to the broker's leak too.
-    for d in shadowed_keyed_records(&keyed) {
-        if !marks.contains(&d.high_mark_by) {
-            *v.broker_lost_keyed.entry(d.keyed_partition).or_default() += 1;
-        }
-    }
-    tally(sink, &marks, v)
+    tally(sink, &marks)
 }
 
 /// At least once: every tagged record the sink shows counts (there are no
-/// transactions to leak), and a result may appear more than once, but every
-/// copy must be the same. Returns the verdict with each result's identical
-/// copies folded into one (different copies stay, for `faults` to report)
-/// and the number of extra copies. Acknowledged writes the broker lost are
-/// accounted as for exactly once (the markers' audit trail).
+/// transactions), and a result may appear more than once, but every copy
+/// must be the same. Returns the verdict with each result's identical copies
+/// folded into one (different copies stay, for `faults` to report) and the
+/// number of extra copies.
 pub fn verify_at_least_once(topics: &Topics) -> (Verdict, usize) {
-    let FinalRead { sink, lost: v, .. } = final_read(topics);
+    let sink = read_all(&topics.sink);
     let every: BTreeSet<String> = sink.iter().filter_map(|r| r.checkpoint.clone()).collect();
-    let mut v = tally(sink, &every, v);
+    let mut v = tally(sink, &every);
     let mut extra = 0;
     for copies in v.results.values_mut() {
         if copies.iter().all(|c| *c == copies[0]) {
@@ -589,15 +446,17 @@ pub fn verify_at_least_once(topics: &Topics) -> (Verdict, usize) {
     (v, extra)
 }
 
-/// Adds the sink's records to `v`: committed results, leaks, untagged ones.
-fn tally(sink: Vec<Record>, marks: &BTreeSet<String>, mut v: Verdict) -> Verdict {
+/// The sink's records by what they are: committed results, uncommitted
+/// ones, untagged ones.
+fn tally(sink: Vec<Record>, marks: &BTreeSet<String>) -> Verdict {
+    let mut v = Verdict::default();
     for r in sink {
         let Some(cp) = &r.checkpoint else {
             v.untagged += 1;
             continue;
         };
         if !marks.contains(cp) {
-            v.broker_leaks += 1;
+            v.uncommitted += 1;
             continue;
         }
         let j: Value = serde_json::from_slice(&r.value).expect("result is JSON");
@@ -614,37 +473,14 @@ fn tally(sink: Vec<Record>, marks: &BTreeSet<String>, mut v: Verdict) -> Verdict
     v
 }
 
-/// Product faults: missing, duplicated or wrong results.
-///
-/// Results the broker's own losses explain are not faults: a result missing
-/// while the broker lost at least that many acknowledged results of the task
-/// that emits it (`Verdict::broker_lost`), or a result short of input records
-/// (missing, or with fewer clicks) while the broker lost at least that many
-/// acknowledged records of its keyed partition (`Verdict::broker_lost_keyed`;
-/// the shortfalls of a partition are summed against its losses).
+/// Product faults: missing, duplicated, wrong or unexpected results, and
+/// output without a committed checkpoint. No allowance of any kind.
 pub fn faults(expected: &BTreeMap<(String, i64), (i64, i64)>, v: &Verdict) -> Vec<String> {
     let mut f = Vec::new();
-    let mut lost_results = v.broker_lost.clone();
-    let mut lost_inputs = v.broker_lost_keyed.clone();
-    // Takes `n` from a loss budget if it holds that many.
-    let spend = |budget: Option<&mut u64>, n: u64| match budget {
-        Some(b) if n > 0 && *b >= n => {
-            *b -= n;
-            true
-        }
-        _ => false,
-    };
     for (k, want) in expected {
-        // The task emitting the key's results = its keyed partition.
-        let key = serde_json::to_vec(&serde_json::json!([k.0])).unwrap();
-        let task = streamops_runtime::operator::partitioner::partition_for(&key, v.tasks.max(1));
-        let short_by = |clicks: i64| u64::try_from(want.0 - clicks).unwrap_or(0);
         match v.results.get(k).map(Vec::as_slice) {
-            None if spend(lost_results.get_mut(&task), 1)
-                || spend(lost_inputs.get_mut(&(task as i32)), short_by(0)) => {}
             None => f.push(format!("missing {k:?}")),
             Some([got]) if got == want => {}
-            Some([got]) if spend(lost_inputs.get_mut(&(task as i32)), short_by(got.0)) => {}
             Some(got) => f.push(format!("{k:?}: want [{want:?}], got {got:?}")),
         }
     }
@@ -655,6 +491,12 @@ pub fn faults(expected: &BTreeMap<(String, i64), (i64, i64)>, v: &Verdict) -> Ve
     }
     if v.untagged > 0 {
         f.push(format!("{} records without a checkpoint header", v.untagged));
+    }
+    if v.uncommitted > 0 {
+        f.push(format!(
+            "{} records of checkpoints without a committed marker",
+            v.uncommitted
+        ));
     }
     f
 }
@@ -883,96 +725,12 @@ pub fn wait_complete(
 ) -> Verdict {
     let deadline = Instant::now() + timeout;
     loop {
-        let v = sink_verdict(topics, false);
+        let v = verify_sink(topics);
         if expected.keys().all(|k| v.results.contains_key(k)) || Instant::now() > deadline {
-            return verify_sink(topics);
+            return v;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// A keyed record the keyed stage's duplicate rule drops although its offset
-/// was never applied: an upstream's high mark was already above it.
-pub struct ShadowedRecord {
-    pub keyed_partition: i32,
-    pub upstream: u32,
-    pub source_offset: i64,
-    pub header: String,
-    pub log_offset: i64,
-    pub high_mark: i64,
-    /// Checkpoint header of the record that set the high mark.
-    pub high_mark_by: String,
-}
-
-/// Replays the repartition topic (read_committed, in log order) through the
-/// keyed stage's duplicate rule (a record of upstream `u` at or below the
-/// highest source offset seen from `u` is a replay) and returns the records
-/// it drops without their offset ever having been applied. Under Kafka's
-/// transactions an upstream's visible records always form a prefix, so
-/// there are none; a broker that shows part of a never-committed transaction
-/// (nisshi) makes them.
-pub fn shadowed_keyed_records(records: &[Record]) -> Vec<ShadowedRecord> {
-    use streamops_runtime::pipeline::wire::{Wire, decode};
-    let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
-    for r in records {
-        by_partition.entry(r.partition).or_default().push(r);
-    }
-    let mut out = Vec::new();
-    for (q, mut records) in by_partition {
-        records.sort_by_key(|r| r.offset);
-        let mut high: BTreeMap<u32, (i64, String)> = BTreeMap::new();
-        let mut applied: BTreeMap<u32, BTreeSet<i64>> = BTreeMap::new();
-        for r in records {
-            let Ok(Wire::Data(d)) = decode(&r.value) else {
-                continue;
-            };
-            let header = r.checkpoint.clone().unwrap_or_else(|| "-".into());
-            let seen = applied.entry(d.upstream).or_default();
-            match high.get(&d.upstream) {
-                Some((h, by)) if d.source_offset <= *h => {
-                    if !seen.contains(&d.source_offset) {
-                        out.push(ShadowedRecord {
-                            keyed_partition: q,
-                            upstream: d.upstream,
-                            source_offset: d.source_offset,
-                            header,
-                            log_offset: r.offset,
-                            high_mark: *h,
-                            high_mark_by: by.clone(),
-                        });
-                    }
-                }
-                _ => {
-                    seen.insert(d.source_offset);
-                    high.insert(d.upstream, (d.source_offset, header));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Diagnostic lines: records of the repartition topic dropped as duplicates
-/// of offsets never applied, per keyed partition and upstream.
-pub fn keyed_order_report(topics: &Topics) -> Vec<String> {
-    let mut lost: BTreeMap<(i32, u32), Vec<String>> = BTreeMap::new();
-    for d in shadowed_keyed_records(&read_all(&topics.repartition)) {
-        lost.entry((d.keyed_partition, d.upstream))
-            .or_default()
-            .push(format!(
-                "offset {} ({}, log offset {}) dropped under high mark {} ({})",
-                d.source_offset, d.header, d.log_offset, d.high_mark, d.high_mark_by
-            ));
-    }
-    lost.into_iter()
-        .map(|((q, u), l)| {
-            format!(
-                "keyed partition {q}, upstream {u}: {} records dropped as duplicates of offsets never applied; first: {}",
-                l.len(),
-                l.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-            )
-        })
-        .collect()
 }
 
 /// Restore settings of a job that may start from empty state (no savepoint,
