@@ -124,10 +124,14 @@ pub struct StreamJobSpec {
     /// Resources of each runtime container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Strategic-merge-style overrides for the runtime pod template
-    /// (labels, annotations, nodeSelector, tolerations, affinity, ...).
-    /// Security settings the operator enforces (non-root, read-only root
-    /// filesystem) cannot be loosened here.
+    /// Overrides merged into the runtime pod template, from an allow-list of
+    /// fields that cannot widen the pod: metadata.labels/annotations;
+    /// spec.affinity, tolerations, nodeSelector, topologySpreadConstraints,
+    /// priorityClassName, imagePullSecrets, terminationGracePeriodSeconds;
+    /// configMap, secret and persistentVolumeClaim volumes; and, for the
+    /// container named "runtime", env, resources and volumeMounts of those
+    /// volumes (configMap and secret read-only). Any other field is refused
+    /// (Stalled, InvalidSpec, naming it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub pod_template: Option<serde_json::Value>,
@@ -774,6 +778,10 @@ impl Validation for StreamJobSpec {
                     format!("{topic:?} is already used by {other}; give each output its own topic"),
                 ));
             }
+        }
+
+        if let Some(template) = &self.pod_template {
+            crate::pod_template::validate(template, &mut errors);
         }
 
         if let Some(cp) = &self.checkpoint {

@@ -310,6 +310,36 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     assert_eq!(j.status.unwrap().observed_generation, Some(2));
     jobs(&h).delete("loop", &Default::default()).await.unwrap();
     wait_job_gone(&h, "loop").await;
+
+    // A pod template that would widen the pod (host network, a hostPath
+    // volume, a privileged container) is refused, naming each field, and no
+    // object of the job reaches the cluster.
+    let mut hostile = job_spec(&source, &sink, None);
+    hostile.pod_template = Some(json!({"spec": {
+        "hostNetwork": true,
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "runtime", "securityContext": {"privileged": true}}],
+    }}));
+    create_job(&h, "hostile", hostile).await;
+    let j = wait_job(&h, "hostile", "Stalled", |j| {
+        job_condition(j, "Stalled").is_some()
+    })
+    .await;
+    let (reason, message) = job_condition(&j, "Stalled").unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    for field in [
+        "spec.podTemplate.spec.hostNetwork",
+        "spec.podTemplate.spec.volumes[0].hostPath",
+        "spec.podTemplate.spec.containers[0].securityContext",
+    ] {
+        assert!(message.contains(field), "{field} not named: {message}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(sets.get_opt("hostile").await.unwrap().is_none());
+    assert!(cms.get_opt("hostile-config").await.unwrap().is_none());
+    assert!(secrets.get_opt("hostile-admin").await.unwrap().is_none());
+    jobs(&h).delete("hostile", &Default::default()).await.unwrap();
+    wait_job_gone(&h, "hostile").await;
     h.finish(&[&source, &sink]).await;
 }
 

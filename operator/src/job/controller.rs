@@ -303,12 +303,11 @@ fn setup(job: &StreamJob, config: &OperatorConfig) -> std::result::Result<Setup,
             }
         }
     };
-    let storage = job
-        .spec
-        .checkpoint
-        .as_ref()
-        .and_then(|c| c.storage.clone())
-        .unwrap_or_else(|| config.checkpoint_storage.clone());
+    // The job's own storage (the default one gets `/<namespace>/<job>`), as
+    // job.json names it: the pods mount their checkpoint volume exactly
+    // there, so for `file://` the path in the container is the path on the
+    // node.
+    let storage = resources::job_storage(&job.spec, &config.checkpoint_storage, &JobNames::of(job));
     Ok(Setup {
         image,
         kafka,

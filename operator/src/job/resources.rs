@@ -737,6 +737,8 @@ mod tests {
         format!("{}/{sub}", volume["hostPath"]["path"].as_str().unwrap())
     }
 
+    const HOST_CHECKPOINT_DIR_URL: &str = "file:///var/lib/streamops/checkpoints";
+
     #[test]
     fn every_job_gets_a_host_checkpoint_directory_of_its_own() {
         let a = job(None);
@@ -753,6 +755,28 @@ mod tests {
         assert_eq!(dirs[0], format!("{HOST_CHECKPOINT_DIR}/ns/clicks-per-user"));
         assert_eq!(dirs[1], format!("{HOST_CHECKPOINT_DIR}/ns/other-job"));
         assert_eq!(dirs[2], format!("{HOST_CHECKPOINT_DIR}/other-ns/clicks-per-user"));
+        // The operator's default storage: the job's storage path is
+        // `<default>/<namespace>/<job>`, mounted there, so the path in the
+        // container and on the node are the same.
+        let names = JobNames::of(&a);
+        let default = job_storage(&a.spec, HOST_CHECKPOINT_DIR_URL, &names);
+        assert_eq!(
+            default,
+            format!("file://{HOST_CHECKPOINT_DIR}/ns/clicks-per-user")
+        );
+        let sts = build(&a, &default, &KafkaAccess::default());
+        let mount = sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "checkpoints")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            mount["mountPath"],
+            format!("{HOST_CHECKPOINT_DIR}/ns/clicks-per-user")
+        );
+        assert_eq!(host_dir_of(&a, &default), dirs[0]);
         // A storage path naming another job's directory still lands in the
         // job's own host directory.
         assert_eq!(
