@@ -25,6 +25,11 @@ pub const AGGREGATION_NAME_PATTERN: &str = r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$";
 pub const RESERVED_OUTPUT_FIELDS: [&str; 5] = ["key", "windowStart", "windowEnd", "final", "firing"];
 /// Checkpoint/savepoint storage URL schemes the runtime can write to.
 pub const STORAGE_SCHEMES: [&str; 4] = ["file", "s3", "gs", "az"];
+/// The most sliding windows one record may belong to (`size / slide`,
+/// rounded up): every record updates that many windows' state, so a spec
+/// like a day-long window sliding by a second (86,400 windows per record)
+/// would stall a job on its first records.
+pub const MAX_WINDOWS_PER_RECORD: u64 = 100;
 
 /// Annotations users (or Argo CD actions) set on a StreamJob. Actions set
 /// annotations, never spec fields, so Argo CD self-heal does not revert them.
@@ -679,14 +684,26 @@ impl WindowSpec {
                 positive(errors, "slide", &self.slide);
                 forbid(errors, "gap", self.gap.is_some());
                 if let (Some(size), Some(slide)) = (&self.size, &self.slide)
-                    && slide.as_millis() > size.as_millis()
+                    && slide.as_millis() > 0
                 {
-                    errors.push(FieldError::new(
-                        format!("{F}.slide"),
-                        format!(
-                            "slide {slide} is longer than size {size}; records would fall between windows"
-                        ),
-                    ));
+                    let (size_ms, slide_ms) = (size.as_millis(), slide.as_millis());
+                    if slide_ms > size_ms {
+                        errors.push(FieldError::new(
+                            format!("{F}.slide"),
+                            format!(
+                                "slide {slide} is longer than size {size}; records would fall between windows"
+                            ),
+                        ));
+                    } else if size_ms.div_ceil(slide_ms) > MAX_WINDOWS_PER_RECORD {
+                        errors.push(FieldError::new(
+                            format!("{F}.slide"),
+                            format!(
+                                "size {size} / slide {slide} puts every record in {} windows (at most \
+                                 {MAX_WINDOWS_PER_RECORD}); use a longer slide",
+                                size_ms.div_ceil(slide_ms)
+                            ),
+                        ));
+                    }
                 }
             }
             WindowKind::Session => {
@@ -862,6 +879,28 @@ mod tests {
             gap: None,
         };
         assert_eq!(fields(&s), vec!["spec.pipeline.window.slide"]);
+    }
+
+    #[test]
+    fn sliding_windows_per_record_are_bounded() {
+        let sliding = |size: &str, slide: &str| {
+            let mut s = example();
+            s.pipeline.window = WindowSpec {
+                kind: WindowKind::Sliding,
+                size: Some(size.parse().unwrap()),
+                slide: Some(slide.parse().unwrap()),
+                gap: None,
+            };
+            fields(&s)
+        };
+        assert_eq!(
+            sliding("100s", "1s"),
+            Vec::<String>::new(),
+            "100 windows per record"
+        );
+        assert_eq!(sliding("1h", "1m"), Vec::<String>::new(), "60");
+        assert_eq!(sliding("101s", "1s"), vec!["spec.pipeline.window.slide"], "101");
+        assert_eq!(sliding("24h", "1s"), vec!["spec.pipeline.window.slide"], "86,400");
     }
 
     #[test]

@@ -715,26 +715,36 @@ mod tests {
         assert_eq!(job_storage(&spec, default, &names), "s3://bucket/clicks");
     }
 
+    /// Where a job's pods mount their checkpoint volume, and the host
+    /// directory behind that mount.
+    fn checkpoint_mount(job: &StreamJob, storage: &str) -> (String, String) {
+        let sts = build(job, storage, &KafkaAccess::default());
+        let pod = &sts["spec"]["template"]["spec"];
+        let named = |list: &Value| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "checkpoints")
+                .unwrap()
+                .clone()
+        };
+        let (volume, mount) = (
+            named(&pod["volumes"]),
+            named(&pod["containers"][0]["volumeMounts"]),
+        );
+        let host = format!(
+            "{}/{}",
+            volume["hostPath"]["path"].as_str().unwrap(),
+            mount["subPath"].as_str().unwrap_or_default()
+        );
+        (mount["mountPath"].as_str().unwrap().to_owned(), host)
+    }
+
     /// The host directory a job's pods see: each job its own, whatever
     /// storage path its spec names (two jobs naming the same `file://` path,
     /// or the same job name in two namespaces, still never share one).
     fn host_dir_of(job: &StreamJob, storage: &str) -> String {
-        let sts = build(job, storage, &KafkaAccess::default());
-        let pod = &sts["spec"]["template"]["spec"];
-        let volume = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "checkpoints")
-            .unwrap();
-        let mount = pod["containers"][0]["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "checkpoints")
-            .unwrap();
-        let sub = mount["subPath"].as_str().unwrap_or_default();
-        format!("{}/{sub}", volume["hostPath"]["path"].as_str().unwrap())
+        checkpoint_mount(job, storage).1
     }
 
     const HOST_CHECKPOINT_DIR_URL: &str = "file:///var/lib/streamops/checkpoints";
@@ -764,19 +774,8 @@ mod tests {
             default,
             format!("file://{HOST_CHECKPOINT_DIR}/ns/clicks-per-user")
         );
-        let sts = build(&a, &default, &KafkaAccess::default());
-        let mount = sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "checkpoints")
-            .unwrap()
-            .clone();
-        assert_eq!(
-            mount["mountPath"],
-            format!("{HOST_CHECKPOINT_DIR}/ns/clicks-per-user")
-        );
-        assert_eq!(host_dir_of(&a, &default), dirs[0]);
+        let own = format!("{HOST_CHECKPOINT_DIR}/ns/clicks-per-user");
+        assert_eq!(checkpoint_mount(&a, &default), (own.clone(), own));
         // A storage path naming another job's directory still lands in the
         // job's own host directory.
         assert_eq!(

@@ -355,12 +355,20 @@ pub fn is_reconciling(t: &StreamTopic, reason: &str) -> bool {
         && condition(t, "Ready").is_some_and(|c| c.status == "False")
 }
 
-/// Apache Kafka's jars as `e2e/cluster/install.sh --only kafka` caches them.
+/// Apache Kafka's jars as `e2e/cluster/install.sh --only kafka` caches them:
+/// `STREAMOPS_KAFKA_LIBS`, else `$STREAMOPS_CACHE/kafka-<version>/libs`
+/// (`STREAMOPS_KAFKA_VERSION`, default 4.4.0; the cache defaults to
+/// `~/.cache/streamops`, as in e2e/cluster/lib.sh).
 pub fn kafka_libs() -> PathBuf {
-    std::env::var_os("STREAMOPS_KAFKA_LIBS")
+    if let Some(libs) = std::env::var_os("STREAMOPS_KAFKA_LIBS") {
+        return PathBuf::from(libs);
+    }
+    let cache = std::env::var_os("STREAMOPS_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/streamops/kafka-4.4.0/libs")
-        })
+            PathBuf::from(home).join(".cache/streamops")
+        });
+    let version = std::env::var("STREAMOPS_KAFKA_VERSION").unwrap_or_else(|_| "4.4.0".into());
+    cache.join(format!("kafka-{version}/libs"))
 }
