@@ -51,13 +51,12 @@ pub const DEFAULT_STORAGE: &str = "file:///var/lib/streamops/checkpoints";
 /// The least time the processing loop may spend in one turn before
 /// `/healthz` calls it stuck (see [`super::shared::Heartbeat`]).
 const STALL_LIMIT_MIN_MS: u64 = 60_000;
-
-/// Kafka's default `transaction.max.timeout.ms`, assumed when the broker
-/// does not report it.
 /// How often consumer lag is refreshed.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// Key prefix of the fence records in the control topic (not markers).
 pub const FENCE_KEY_PREFIX: &str = "fence-";
+/// Kafka's default `transaction.max.timeout.ms`, assumed when the broker
+/// does not report it.
 const KAFKA_DEFAULT_MAX_TXN_TIMEOUT_MS: u64 = 900_000;
 /// `transaction.timeout.ms` of the fencing transaction an at-least-once
 /// task commits at start (Kafka's default is 60 s too).
