@@ -13,6 +13,7 @@ pub mod reference;
 pub mod runtime_api;
 pub mod schema;
 pub mod topic;
+pub mod transaction;
 pub mod validate;
 
 pub use common::{Health, KafkaClusterSpec};

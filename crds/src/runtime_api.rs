@@ -35,6 +35,50 @@ pub mod env {
     pub const ADMIN_PORT: u16 = 8080;
     pub const STATE_DIR: &str = "STREAMOPS_STATE_DIR";
     pub const STATE_PATH: &str = "/var/lib/streamops/state";
+    /// Where a failed runtime writes why it stopped ([`super::termination`]);
+    /// the operator points it at the container's `terminationMessagePath`.
+    pub const TERMINATION_LOG: &str = "STREAMOPS_TERMINATION_LOG";
+    pub const TERMINATION_LOG_PATH: &str = "/dev/termination-log";
+}
+
+/// Why a runtime process stopped with an error, as `<Reason>: <detail>` in its
+/// termination log. The kubelet keeps it in the container's last state, so
+/// the operator can report a crash-looping job with the runtime's own reason
+/// (`Ready=False`, reason `KafkaUnavailable` while no broker quorum answers).
+pub mod termination {
+    /// The brokers did not answer, or could not accept writes (no leader,
+    /// too few in-sync replicas, timeouts): the job resumes when they do.
+    pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
+    /// A newer instance of a task took over its transactional id.
+    pub const FENCED: &str = "ProducerFenced";
+    /// Anything else (the detail says what).
+    pub const FAILED: &str = "RuntimeFailed";
+    /// The kubelet keeps at most 4096 bytes of a termination message.
+    pub const MAX_BYTES: usize = 4096;
+
+    const REASONS: [&str; 3] = [KAFKA_UNAVAILABLE, FENCED, FAILED];
+
+    /// The message to write: `<reason>: <detail>`, cut at a character
+    /// boundary to fit [`MAX_BYTES`].
+    pub fn message(reason: &str, detail: &str) -> String {
+        let mut text = format!("{reason}: {detail}");
+        if text.len() > MAX_BYTES {
+            let mut end = MAX_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    }
+
+    /// The reason and detail of a message [`message`] wrote, or `None` for
+    /// anything else (another container's text, an empty file).
+    pub fn parse(text: &str) -> Option<(&'static str, &str)> {
+        let (reason, detail) = text.split_once(": ")?;
+        let reason = REASONS.into_iter().find(|r| *r == reason)?;
+        Some((reason, detail.trim_end()))
+    }
 }
 
 /// `job.json`: what one runtime pod executes.
@@ -172,6 +216,24 @@ pub enum SavepointState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_termination_message_round_trips_and_fits_the_kubelets_limit() {
+        use super::termination::*;
+        let m = message(KAFKA_UNAVAILABLE, "committing checkpoint 7: Operation timed out");
+        assert_eq!(
+            parse(&m),
+            Some((KAFKA_UNAVAILABLE, "committing checkpoint 7: Operation timed out"))
+        );
+        // Multi-byte characters across the limit: cut at a boundary.
+        let long = message(FAILED, &"é".repeat(MAX_BYTES));
+        assert!(long.len() <= MAX_BYTES && long.len() > MAX_BYTES - 2);
+        assert_eq!(parse(&long).map(|(r, _)| r), Some(FAILED));
+        // Only the runtime's own reasons are taken.
+        assert_eq!(parse("panic: something"), None);
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("KafkaUnavailable"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -57,7 +57,7 @@ Commands:
                       a Metadata request lists every broker. The bootstrap address is printed
                       and written to \$STATE/bootstrap. Logs: \$STATE/logs/kafka-<i>.log
   broker down         stop every broker (TERM, then KILL after 10 s)
-  broker kill|stop|start|restart I|all
+  broker kill|stop|start|restart I...|all
                       fault injection on broker I (or every broker): SIGKILL; TERM; start
                       again on the same storage; TERM then start. 'restart 1', 'restart 2',
                       ... is a rolling restart; 'start' and 'restart' wait until it serves
@@ -693,12 +693,17 @@ cmd_broker() {
       fi
       ;;
     kill|stop|start|restart)
-      local i=${1:-} ids=() id
-      if [[ $i == all ]]; then
+      # One broker, several (`start 2 3`: started together, then waited
+      # for, as a quorum must be), or all.
+      local i ids=() id
+      [[ $# -gt 0 ]] || die "broker $action: which broker (I ..., or all)?"
+      if [[ $1 == all ]]; then
         for ((id = 1; id <= $(kafka_count); id++)); do ids+=("$id"); done
       else
-        [[ -n $i && -f $KAFKA_STATE/node-$i/server.properties ]] || die "broker $action: no broker '$i' in this cluster"
-        ids=("$i")
+        for i in "$@"; do
+          [[ -f $KAFKA_STATE/node-$i/server.properties ]] || die "broker $action: no broker '$i' in this cluster"
+          ids+=("$i")
+        done
       fi
       case $action in
         kill)
@@ -720,7 +725,7 @@ cmd_broker() {
           done ;;
       esac
       ;;
-    *) die "usage: $0 broker up [--brokers 1|3] | down | kill|stop|start|restart I|all" ;;
+    *) die "usage: $0 broker up [--brokers 1|3] | down | kill|stop|start|restart I...|all" ;;
   esac
 }
 

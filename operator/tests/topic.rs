@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use common::*;
 use kube::ResourceExt;
@@ -423,119 +423,11 @@ async fn unreachable_kafka_is_reconciling_and_unowned_topic_deletes_freely() {
     h.finish(&[]).await;
 }
 
-/// An Apache Kafka broker of this test's own (so stopping it disturbs no
-/// one): a single KRaft node on 127.0.0.1 with its storage in a directory
-/// that outlives a stop, so a restart brings back the same cluster.
-struct OwnBroker {
-    port: u16,
-    dir: PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl OwnBroker {
-    /// Formats fresh storage on `port` (its controller on another free port)
-    /// and starts the broker.
-    async fn start(port: u16) -> Self {
-        let libs = kafka_libs();
-        assert!(
-            libs.is_dir(),
-            "Apache Kafka jars {} missing (set STREAMOPS_KAFKA_LIBS or run e2e/cluster/install.sh --only kafka)",
-            libs.display()
-        );
-        let dir = std::env::temp_dir().join(format!("streamops-own-broker-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let controller = free_port();
-        std::fs::write(
-            dir.join("server.properties"),
-            format!(
-                "process.roles=broker,controller\nnode.id=1\n\
-                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-                 controller.listener.names=CONTROLLER\n\
-                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
-                 log.dirs={}\noffsets.topic.replication.factor=1\n\
-                 transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let status = std::process::Command::new("java")
-            .arg("-cp")
-            .arg(libs.join("*"))
-            .args([
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                "c3RyZWFtb3BzLW93bnRzdA",
-                "-c",
-            ])
-            .arg(dir.join("server.properties"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("run Kafka's StorageTool");
-        assert!(status.success(), "formatting the own broker's storage failed");
-        let mut broker = Self {
-            port,
-            dir,
-            child: None,
-        };
-        broker.resume().await;
-        broker
-    }
-
-    /// Starts the broker on its existing storage and waits until it listens.
-    async fn resume(&mut self) {
-        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
-        let child = tokio::process::Command::new("java")
-            .args(["-Xmx512m", "-cp"])
-            .arg(kafka_libs().join("*"))
-            .arg("kafka.Kafka")
-            .arg(self.dir.join("server.properties"))
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start Apache Kafka");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "Kafka did not listen on {} (log {})",
-                self.port,
-                self.dir.join("broker.log").display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        self.child = Some(child);
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_is_reconciling_and_recovers() {
     let h = Harness::start().await;
     let port = free_port();
-    let mut broker = OwnBroker::start(port).await;
+    let mut broker = OwnBroker::start(port, "").await;
     let topic = unique("outage");
     let mut s = spec(&topic, 1, &[("retention.ms", "12345")]);
     s.cluster = Some(KafkaClusterSpec {

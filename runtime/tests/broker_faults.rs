@@ -8,7 +8,10 @@
 //! other (a rolling restart). The job must keep going or recover by itself
 //! (a runtime that exits is started again, as the kubelet would restart its
 //! pod), and the committed output must be exact: the same verifier as the
-//! exactly-once tests, which accepts no anomaly.
+//! exactly-once tests, which accepts no anomaly. Then two of the three are
+//! stopped (no quorum, fewer in-sync replicas than `min.insync.replicas`):
+//! the runtime must stop with `KafkaUnavailable` in its termination log (the
+//! reason the operator shows) and resume exactly once when they are back.
 
 mod kafka;
 
@@ -26,14 +29,22 @@ fn cluster_script() -> PathBuf {
 
 /// `cluster.sh broker ACTION I`: kill, stop, start or restart broker I.
 fn broker(action: &str, id: i32) {
-    eprintln!("[broker-faults] broker {action} {id}");
+    brokers(action, &[id]);
+}
+
+/// `cluster.sh broker ACTION I J ...`: the brokers together (a start waits
+/// for all of them, as a quorum must come back together).
+fn brokers(action: &str, ids: &[i32]) {
+    let ids: Vec<String> = ids.iter().map(i32::to_string).collect();
+    eprintln!("[broker-faults] broker {action} {}", ids.join(" "));
     let out = Command::new(cluster_script())
-        .args(["broker", action, &id.to_string()])
+        .args(["broker", action])
+        .args(&ids)
         .output()
         .expect("running e2e/cluster/cluster.sh");
     assert!(
         out.status.success(),
-        "cluster.sh broker {action} {id}: {}",
+        "cluster.sh broker {action} {ids:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -61,6 +72,10 @@ struct Supervised {
     unhealthy: u32,
     next_probe: Instant,
     logs: Vec<String>,
+    /// The termination log of every process that exited with an error.
+    exits: Vec<String>,
+    /// Processes killed after failing their liveness probe.
+    liveness_kills: usize,
 }
 
 impl Supervised {
@@ -75,6 +90,8 @@ impl Supervised {
             unhealthy: 0,
             next_probe: Instant::now(),
             logs: Vec::new(),
+            exits: Vec::new(),
+            liveness_kills: 0,
         }
     }
 
@@ -97,6 +114,7 @@ impl Supervised {
             return false;
         }
         if dead {
+            self.liveness_kills += 1;
             self.proc.signal(libc::SIGKILL);
             self.proc.wait_exit(Duration::from_secs(10));
             self.unhealthy = 0;
@@ -112,6 +130,12 @@ impl Supervised {
             log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
         );
         self.logs.push(log);
+        let termination_log = self.work.join("termination-log");
+        if let Ok(text) = std::fs::read_to_string(&termination_log) {
+            eprintln!("[broker-faults] termination log: {text}");
+            self.exits.push(text);
+            let _ = std::fs::remove_file(&termination_log);
+        }
         self.restarts += 1;
         self.proc = Proc::spawn(&self.job, "0-3", &self.work, None);
         true
@@ -125,6 +149,12 @@ impl Supervised {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// A termination log naming the brokers' unavailability.
+fn unavailable(text: &str) -> bool {
+    streamops_crds::runtime_api::termination::parse(text)
+        .is_some_and(|(reason, _)| reason == streamops_crds::runtime_api::termination::KAFKA_UNAVAILABLE)
 }
 
 #[test]
@@ -158,6 +188,41 @@ fn exactly_once_through_broker_kill_and_rolling_restart() {
         run.run_for(Duration::from_secs(3));
     }
     feeder.join().unwrap();
+
+    // No quorum: two of three brokers down. Every checkpoint's marker needs
+    // two in-sync replicas, so the runtime cannot commit: it must stop with
+    // the reason the operator shows as the job's Ready=False reason, and
+    // resume by itself once the brokers are back.
+    brokers("stop", &[2, 3]);
+    let outage = Instant::now();
+    let before = run.exits.len();
+    let kills_before = run.liveness_kills;
+    while Instant::now() - outage < Duration::from_secs(120)
+        && !run.exits[before..].iter().any(|e| unavailable(e))
+    {
+        run.run_for(Duration::from_secs(1));
+    }
+    let down_for = outage.elapsed();
+    // A kubelet's liveness kill leaves no termination message: the runtime
+    // must say why it stops before its loop looks stuck.
+    assert_eq!(
+        run.liveness_kills,
+        kills_before,
+        "the runtime failed its liveness probe during the outage instead of reporting it:\n{}",
+        run.proc.log()
+    );
+    brokers("start", &[2, 3]);
+    eprintln!(
+        "[broker-faults] no quorum for {:.0} s; termination logs: {:?}",
+        down_for.as_secs_f64(),
+        &run.exits[before..]
+    );
+    assert!(
+        run.exits[before..].iter().any(|e| unavailable(e)),
+        "without a broker quorum the runtime must stop with reason KafkaUnavailable; termination logs: {:?}\n{}",
+        &run.exits[before..],
+        run.proc.log()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(240);
     let verdict = loop {

@@ -35,9 +35,10 @@ use kube::{
 use streamops_crds::{
     Health, StreamJob, StreamTopic, Validation,
     common::is_ready,
-    job::{JobPhase, annotation},
+    job::{JobPhase, ProcessingGuarantee, annotation},
     runtime_api::{JobTopics, SavepointRequest, SourceTopic, env},
     topic::annotation as topic_annotation,
+    transaction,
 };
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -380,6 +381,24 @@ async fn kafka_admin(job: &StreamJob, ctx: &JobContext) -> Result<KafkaAdmin> {
     ctx.kafka.admin(&settings)
 }
 
+/// `Stalled` when an exactly-once job's transactions cannot fit under the
+/// broker's `transaction.max.timeout.ms` (the runtime would only find out
+/// when the broker refuses its producers or aborts a transaction).
+async fn transaction_limit(job: &StreamJob, ctx: &JobContext) -> Result<Option<Health>> {
+    let guarantee = job.spec.checkpoint.as_ref().and_then(|c| c.guarantee);
+    if guarantee.unwrap_or_default() != ProcessingGuarantee::ExactlyOnce {
+        return Ok(None);
+    }
+    let admin = kafka_admin(job, ctx).await?;
+    let max = admin
+        .max_transaction_timeout_ms()
+        .await
+        .map_err(Error::from_admin)?;
+    Ok(transaction::fit_spec(&job.spec, max)
+        .err()
+        .map(|e| Health::stalled("TransactionTimeoutTooLong", format!("{}: {}", e.field, e.message))))
+}
+
 /// Creates the repartition and control topics with P partitions (growing
 /// them when P grew).
 async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobTopics) -> Result<()> {
@@ -510,6 +529,20 @@ async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -
             .map(|c| c.restart_count)
             .sum();
         let terminating = pod.metadata.deletion_timestamp.is_some();
+        // The runtime container's termination message: of its current state
+        // if it is down now, else of its last exit.
+        let last_failure = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter(|c| c.name == resources::CONTAINER)
+            .flat_map(|c| {
+                let now = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+                let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+                now.into_iter().chain(last)
+            })
+            .find(|t| t.exit_code != 0)
+            .and_then(|t| t.message.clone());
         if let (Some(ip), Some(token)) = (status.pod_ip.as_deref(), token)
             && let Ok(ip) = ip.parse::<IpAddr>()
             && !terminating
@@ -527,6 +560,7 @@ async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -
             ready_since,
             restarts,
             terminating,
+            last_failure,
         });
     }
     Ok(ObservedPods { views, endpoints })
@@ -560,7 +594,16 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
     let valid = job.spec.validation_message().is_none();
     let startable = valid && topics.is_ok();
     if valid && let Ok(t) = &topics {
-        if let Err(e) = ensure_internal_topics(job, ctx, t).await {
+        let checked = match transaction_limit(job, ctx).await {
+            Ok(None) => ensure_internal_topics(job, ctx, t).await,
+            Ok(Some(refused)) => {
+                // Nothing is created or changed: a running version keeps running.
+                report(job, api, ctx, current, &refused).await?;
+                return Ok(Action::requeue(ctx.config.resync_interval));
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             let health = if e.is_transient() {
                 Health::reconciling(e.reason(), e.to_string())
             } else {

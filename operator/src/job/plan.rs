@@ -25,7 +25,9 @@ use streamops_crds::{
     Health, StreamJobSpec, StreamJobStatus, Validation,
     change::{self, ChangeKind, Compatibility},
     job::{IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord, UpgradeIntent, UpgradeMode},
-    runtime_api::{JobTopics, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus},
+    runtime_api::{
+        JobTopics, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus, termination,
+    },
 };
 
 /// A new version counts as stable once every pod has been Ready this long
@@ -62,6 +64,9 @@ pub struct PodView {
     pub restarts: i32,
     /// Has a deletion timestamp.
     pub terminating: bool,
+    /// The runtime's termination message of its last exit, if it failed
+    /// ([`termination`]: `<Reason>: <detail>`).
+    pub last_failure: Option<String>,
 }
 
 /// An admin API answer, or why there is none (unreachable, HTTP error).
@@ -652,13 +657,34 @@ fn steady(o: &Observed) -> Step {
             ),
         )
     } else {
-        Health::reconciling("PodsNotReady", format!("{ready}/{want} runtime pods ready"))
+        not_ready(o, &revision, ready, want)
     };
     let mut step = resume_stopped(o, Step::new(status, health).deploy(deployment));
     if ready < want {
         step.requeue = Duration::from_secs(5);
     }
     step
+}
+
+/// `Ready=False` while fewer than `want` pods of `revision` are ready: with
+/// the reason a not-ready pod's runtime gave for its last exit
+/// (`KafkaUnavailable` while the brokers cannot take its transactions), else
+/// `PodsNotReady`.
+fn not_ready(o: &Observed, revision: &str, ready: usize, want: usize) -> Health {
+    let counted = format!("{ready}/{want} runtime pods ready");
+    let failure = live_pods(o)
+        .into_iter()
+        .filter(|p| !p.ready && p.revision.as_deref() == Some(revision))
+        .find_map(|p| {
+            let (reason, detail) = termination::parse(p.last_failure.as_deref()?)?;
+            Some((p.name.as_str(), reason, detail))
+        });
+    match failure {
+        Some((pod, reason, detail)) => {
+            Health::reconciling(reason, format!("{counted}; {pod} last exited: {detail}"))
+        }
+        None => Health::reconciling("PodsNotReady", counted),
+    }
 }
 
 /// The pods' lag summed, when every live pod reported one.

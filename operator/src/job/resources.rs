@@ -302,6 +302,7 @@ fn pod_template(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Resu
         json!({"name": env::ADMIN_TOKEN_FILE, "value": format!("{}/{}", env::ADMIN_DIR, env::ADMIN_TOKEN_KEY)}),
         json!({"name": env::ADMIN_ADDR, "value": format!("0.0.0.0:{}", env::ADMIN_PORT)}),
         json!({"name": env::STATE_DIR, "value": env::STATE_PATH}),
+        json!({"name": env::TERMINATION_LOG, "value": env::TERMINATION_LOG_PATH}),
     ];
     env_vars.extend(inputs.kafka.env());
     let mut volumes = vec![
@@ -346,6 +347,10 @@ fn pod_template(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Resu
                 "volumeMounts": mounts,
                 "resources": resources,
                 "securityContext": security_context(),
+                // The runtime writes why it failed there (the job's reason
+                // while its pods crash-loop).
+                "terminationMessagePath": env::TERMINATION_LOG_PATH,
+                "terminationMessagePolicy": "File",
                 "readinessProbe": {
                     "httpGet": {"path": "/readyz", "port": "admin"},
                     "periodSeconds": 2, "failureThreshold": 2,
@@ -379,6 +384,7 @@ fn enforce(template: &mut Value, inputs: &PodInputs<'_>, d: &Deployment) {
             if c["name"] == CONTAINER {
                 c["image"] = json!(inputs.image);
                 c["args"] = json!(["run"]);
+                c["terminationMessagePath"] = json!(env::TERMINATION_LOG_PATH);
             }
         }
     }

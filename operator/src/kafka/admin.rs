@@ -154,12 +154,17 @@ impl<T: Clone> Coalesced<T> {
     }
 }
 
+/// How long a broker's `transaction.max.timeout.ms` is reused before it is
+/// read again (it changes only with a broker restart).
+const BROKER_LIMIT_TTL: Duration = Duration::from_secs(300);
+
 /// An admin client for one cluster configuration; cheap to clone.
 #[derive(Clone)]
 pub struct KafkaAdmin {
     client: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
     metadata: Arc<Coalesced<Result<Arc<TopicShapes>, AdminFailure>>>,
+    max_transaction_timeout: Arc<tokio::sync::Mutex<Option<(Instant, u64)>>>,
 }
 
 impl KafkaAdmin {
@@ -168,7 +173,54 @@ impl KafkaAdmin {
             client: Arc::new(client),
             timeout,
             metadata: Arc::default(),
+            max_transaction_timeout: Arc::default(),
         }
+    }
+
+    /// The broker's `transaction.max.timeout.ms` (of a broker the metadata
+    /// names; every broker of a cluster is configured alike), read at most
+    /// once per [`BROKER_LIMIT_TTL`].
+    pub async fn max_transaction_timeout_ms(&self) -> Result<u64, AdminFailure> {
+        const KEY: &str = "transaction.max.timeout.ms";
+        let mut cached = self.max_transaction_timeout.lock().await;
+        if let Some((read, value)) = *cached
+            && read.elapsed() < BROKER_LIMIT_TTL
+        {
+            return Ok(value);
+        }
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        let broker = tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .inner()
+                .fetch_metadata(None, timeout)
+                .map_err(|e| AdminFailure::from_kafka("Metadata", &e))?;
+            metadata.brokers().iter().map(|b| b.id()).min().ok_or_else(|| {
+                AdminFailure::from_code(RDKafkaErrorCode::AllBrokersDown, "Metadata: no brokers".into())
+            })
+        })
+        .await
+        .map_err(|e| AdminFailure::rejected(None, format!("metadata task failed: {e}")))??;
+        let results = self
+            .client
+            .describe_configs(&[ResourceSpecifier::Broker(broker)], &self.options())
+            .await
+            .map_err(|e| AdminFailure::from_kafka("DescribeConfigs", &e))?;
+        for result in results {
+            let resource =
+                result.map_err(|code| AdminFailure::from_code(code, format!("DescribeConfigs: {code}")))?;
+            if let Some(value) = resource.get(KEY).and_then(|e| e.value.as_deref()) {
+                let value = value.parse::<u64>().map_err(|e| {
+                    AdminFailure::rejected(None, format!("broker {broker} reports {KEY}={value:?}: {e}"))
+                })?;
+                *cached = Some((Instant::now(), value));
+                return Ok(value);
+            }
+        }
+        Err(AdminFailure::rejected(
+            None,
+            format!("broker {broker} does not report {KEY}"),
+        ))
     }
 
     /// Every topic's shape, from a Metadata request for all topics (asking for

@@ -42,14 +42,28 @@ pub struct RunArgs {
     /// Without it the `/v1` endpoints refuse every request.
     #[arg(long, env = "STREAMOPS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Where to write why the process failed (`<Reason>: <detail>`): the
+    /// container's `terminationMessagePath` in a pod.
+    #[arg(long, env = "STREAMOPS_TERMINATION_LOG")]
+    pub termination_log: Option<PathBuf>,
     /// Test only: crash points (see the fault tests).
     #[arg(long, env = "STREAMOPS_TEST_CRASH_POINTS", hide = true)]
     pub crash_points: Option<String>,
 }
 
 /// Runs the job until SIGTERM (graceful: commits what was processed) or a
-/// fatal error (exit 1; the restart recovers from the last checkpoint).
+/// fatal error (exit 1; the restart recovers from the last checkpoint),
+/// whose reason goes to the termination log.
 pub fn run(args: RunArgs) -> Result<()> {
+    let termination_log = args.termination_log.clone();
+    let result = run_job(args);
+    if let (Err(e), Some(path)) = (&result, &termination_log) {
+        super::failure::write_termination_log(path, e);
+    }
+    result
+}
+
+fn run_job(args: RunArgs) -> Result<()> {
     let job = <JobFile as JobExt>::load(&args.job_file)?;
     let tasks = match (&args.tasks, &args.pod_name) {
         (Some(t), _) => parse_tasks(t)?,

@@ -6,10 +6,12 @@
 //! - [`wire`]: records of the internal repartition and control topics;
 //! - [`store`]: checkpoints and savepoints in durable storage (`object_store`);
 //! - [`runner`]: the loop and the checkpoint protocol;
-//! - [`admin`]: the HTTP admin API; [`shared`]: what the two share.
+//! - [`admin`]: the HTTP admin API; [`shared`]: what the two share;
+//! - [`failure`]: why the runtime stopped, for its termination log.
 
 pub mod admin;
 pub mod cli;
+pub mod failure;
 pub mod job;
 pub mod kafka;
 pub mod runner;

@@ -45,6 +45,9 @@ use crate::state::StateBackend;
 use crate::state::memory::MemoryBackend;
 use crate::state::rocks::{RocksBackend, RocksOptions};
 use streamops_crds::job::ProcessingGuarantee;
+use streamops_crds::{StreamJobSpec, transaction};
+
+use super::failure::KafkaCondition;
 
 /// Storage used when the spec names none: a volume the operator mounts.
 pub const DEFAULT_STORAGE: &str = "file:///var/lib/streamops/checkpoints";
@@ -55,9 +58,6 @@ const STALL_LIMIT_MIN_MS: u64 = 60_000;
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// Key prefix of the fence records in the control topic (not markers).
 pub const FENCE_KEY_PREFIX: &str = "fence-";
-/// Kafka's default `transaction.max.timeout.ms`, assumed when the broker
-/// does not report it.
-const KAFKA_DEFAULT_MAX_TXN_TIMEOUT_MS: u64 = 900_000;
 /// `transaction.timeout.ms` of the fencing transaction an at-least-once
 /// task commits at start (Kafka's default is 60 s too).
 const FENCE_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
@@ -100,7 +100,8 @@ pub struct Deliveries {
     /// Topic -> partition -> records acknowledged (a marker's `delivered`).
     pub acked: BTreeMap<String, BTreeMap<i32, u64>>,
     pub failed: u64,
-    pub first_failure: Option<String>,
+    /// The first failure's code and `topic-partition: error`.
+    pub first_failure: Option<(RDKafkaErrorCode, String)>,
 }
 
 impl DeliveryLedger {
@@ -129,7 +130,8 @@ impl ProducerContext for DeliveryLedger {
             Err((e, m)) => {
                 d.failed += 1;
                 if d.first_failure.is_none() {
-                    d.first_failure = Some(format!("{}-{}: {e}", m.topic(), m.partition()));
+                    let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                    d.first_failure = Some((code, format!("{}-{}: {e}", m.topic(), m.partition())));
                 }
             }
         }
@@ -142,11 +144,18 @@ type TxProducer = BaseProducer<DeliveryLedger>;
 /// Fails checkpoint `id` of task `t` if any of its records failed delivery.
 fn check_delivered(t: u32, id: u64, d: &Deliveries) -> Result<()> {
     if d.failed > 0 {
-        bail!(
-            "task {t}: {} records of checkpoint {id} failed delivery (first: {}); not committing it",
-            d.failed,
-            d.first_failure.as_deref().unwrap_or_default()
-        );
+        let (code, first) = d
+            .first_failure
+            .clone()
+            .unwrap_or((RDKafkaErrorCode::Fail, String::new()));
+        return Err(KafkaCondition::new(
+            code,
+            format!(
+                "task {t}: {} records of checkpoint {id} failed delivery (first: {first}); not committing it",
+                d.failed
+            ),
+        )
+        .into());
     }
     Ok(())
 }
@@ -192,7 +201,7 @@ pub struct Runner {
     job: JobFile,
     plan: Arc<Plan>,
     kafka: KafkaSettings,
-    consumer: BaseConsumer,
+    consumer: TaskConsumer,
     /// read_uncommitted client for offsets (high watermarks, not LSOs).
     meta: BaseConsumer,
     slots: BTreeMap<u32, Slot>,
@@ -216,8 +225,10 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn kerr(what: impl std::fmt::Display) -> impl FnOnce(KafkaError) -> anyhow::Error {
-    move |e| anyhow!("{what}: {e}")
+/// Context for a Kafka error that keeps it as the source, so that
+/// [`super::failure::reason`] can read its code.
+fn kerr(what: impl std::fmt::Display + Send + Sync + 'static) -> impl FnOnce(KafkaError) -> anyhow::Error {
+    move |e| anyhow::Error::new(e).context(what)
 }
 
 /// Where a task's state comes from (DESIGN.md: never silently empty).
@@ -299,18 +310,19 @@ impl Runner {
         // At least once, transactions only fence predecessors at start: they
         // never stay open for an interval.
         let txn_timeout_ms = match guarantee {
-            ProcessingGuarantee::ExactlyOnce => transaction_timeout(&kafka, interval, &rt, kafka_timeout)?,
+            ProcessingGuarantee::ExactlyOnce => transaction_timeout(&kafka, &spec, &rt, kafka_timeout)?,
             ProcessingGuarantee::AtLeastOnce => FENCE_TRANSACTION_TIMEOUT_MS,
         };
-        let consumer: BaseConsumer = kafka
+        let consumer: TaskConsumer = kafka
             .client()
+            .set("statistics.interval.ms", LAG_INTERVAL.as_millis().to_string())
             .set("group.id", job.group_id())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "error")
             .set("client.id", format!("streamops-runtime-{instance}"))
-            .create()
+            .create_with_context(HighWatermarks::default())
             .map_err(kerr("creating the consumer"))?;
         let meta: BaseConsumer = kafka
             .client()
@@ -761,8 +773,8 @@ impl Runner {
         }
     }
 
-    /// Consumer lag per task and stage (metrics, `/v1/status`). Best effort:
-    /// a failed offset query leaves the last values.
+    /// Consumer lag per task and stage (metrics, `/v1/status`), from the
+    /// high watermarks in the consumer's last statistics (never a request).
     fn update_lag(&self) {
         let mut total = Some(0i64);
         for (t, s) in &self.slots {
@@ -782,8 +794,13 @@ impl Runner {
                 ),
             ];
             for (stage, topic, partition, position) in parts {
-                match self.watermarks(topic, partition) {
-                    Ok((_, high)) => {
+                // From the consumer's statistics, not a request: with a
+                // partition's leader unreachable, a ListOffsets per partition
+                // (each waiting up to the Kafka timeout) blocked the
+                // processing loop for minutes and failed its liveness probe
+                // before the commit could report the outage.
+                match self.consumer.context().high(topic, partition) {
+                    Some(high) => {
                         let lag = (high - position.unwrap_or(0)).max(0);
                         self.shared
                             .metrics
@@ -794,8 +811,11 @@ impl Runner {
                             total = total.map(|v| v + lag);
                         }
                     }
-                    Err(e) => {
-                        debug!(error = %format!("{e:#}"), topic, partition, "lag unknown");
+                    None => {
+                        debug!(
+                            topic,
+                            partition, "lag unknown: no statistics for the partition yet"
+                        );
                         if stage == "source" {
                             total = None;
                         }
@@ -1103,6 +1123,44 @@ fn on_message(
     Ok(())
 }
 
+/// The task consumer, with the partitions' high watermarks from its
+/// statistics.
+type TaskConsumer = BaseConsumer<HighWatermarks>;
+
+/// Context of the task consumer: each assigned partition's high watermark
+/// as librdkafka's statistics (every [`LAG_INTERVAL`], served by the
+/// consumer's poll) last reported it.
+#[derive(Default)]
+pub struct HighWatermarks {
+    high: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl HighWatermarks {
+    fn high(&self, topic: &str, partition: i32) -> Option<i64> {
+        let high = self.high.lock().unwrap_or_else(|e| e.into_inner());
+        high.get(&(topic.to_owned(), partition)).copied()
+    }
+}
+
+impl rdkafka::ClientContext for HighWatermarks {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut high = self.high.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, t) in statistics.topics {
+            // Partition -1 is librdkafka's internal "unassigned" queue; -1
+            // offsets are "not known yet".
+            for p in t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.hi_offset >= 0)
+            {
+                high.insert((topic.clone(), p.partition), p.hi_offset);
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for HighWatermarks {}
+
 /// Client context of the marker reader: reaching the end of a partition is
 /// how it knows it has read every marker, not an error worth logging.
 struct QuietEof;
@@ -1133,10 +1191,14 @@ fn flush(producer: &TxProducer, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while producer.in_flight_count() > 0 {
         if Instant::now() > deadline {
-            bail!(
-                "{} records not delivered within {timeout:?}",
-                producer.in_flight_count()
-            );
+            return Err(KafkaCondition::new(
+                RDKafkaErrorCode::MessageTimedOut,
+                format!(
+                    "{} records not delivered within {timeout:?}",
+                    producer.in_flight_count()
+                ),
+            )
+            .into());
         }
         producer.poll(Duration::from_millis(1));
     }
@@ -1260,34 +1322,24 @@ fn emit(
     }
 }
 
-/// `transaction.timeout.ms` for the task producers: long enough for a
-/// checkpoint interval plus a slow commit, and within the broker's maximum.
+/// `transaction.timeout.ms` for the task producers, by the rule the
+/// operator checked before starting the job ([`transaction::fit_spec`]),
+/// against the broker's maximum as it is now.
 fn transaction_timeout(
     kafka: &KafkaSettings,
-    interval: Duration,
+    spec: &StreamJobSpec,
     rt: &Handle,
     timeout: Duration,
 ) -> Result<u64> {
-    let wanted = (interval.as_millis() as u64)
-        .saturating_mul(2)
-        .saturating_add(60_000);
     let max = broker_max_transaction_timeout(kafka, rt, timeout).unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "cannot read the broker's transaction.max.timeout.ms; assuming Kafka's default");
-        KAFKA_DEFAULT_MAX_TXN_TIMEOUT_MS
+        transaction::KAFKA_DEFAULT_MAX_TIMEOUT_MS
     });
-    check_transaction_timeout(interval, wanted, max)
-}
-
-pub fn check_transaction_timeout(interval: Duration, wanted_ms: u64, broker_max_ms: u64) -> Result<u64> {
-    let interval_ms = interval.as_millis() as u64;
-    if interval_ms.saturating_add(30_000) > broker_max_ms {
-        bail!(
-            "checkpoint interval {interval_ms} ms does not fit the broker's transaction.max.timeout.ms \
-             ({broker_max_ms} ms): a transaction stays open for a whole interval; shorten spec.checkpoint.interval \
-             or raise the broker limit"
-        );
+    match transaction::fit_spec(spec, max) {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Ok(FENCE_TRANSACTION_TIMEOUT_MS),
+        Err(e) => bail!("{}: {}", e.field, e.message),
     }
-    Ok(wanted_ms.min(broker_max_ms))
 }
 
 fn broker_max_transaction_timeout(kafka: &KafkaSettings, rt: &Handle, timeout: Duration) -> Result<u64> {
@@ -1380,21 +1432,5 @@ mod tests {
             restore_source(None, 1, LastState, None, true, 0).unwrap(),
             RestoreSource::Empty { offsets: None }
         );
-    }
-
-    #[test]
-    fn transaction_timeout_is_checked_against_the_broker() {
-        assert_eq!(
-            check_transaction_timeout(Duration::from_secs(10), 80_000, 900_000).unwrap(),
-            80_000
-        );
-        assert_eq!(
-            check_transaction_timeout(Duration::from_secs(100), 260_000, 200_000).unwrap(),
-            200_000
-        );
-        let err = check_transaction_timeout(Duration::from_secs(600), 1_260_000, 300_000)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("transaction.max.timeout.ms"), "{err}");
     }
 }

@@ -554,6 +554,8 @@ impl Proc {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--admin-token-file")
             .arg(&token)
+            .arg("--termination-log")
+            .arg(work.join("termination-log"))
             .env_remove("POD_NAME")
             .env(
                 "RUST_LOG",

@@ -122,6 +122,7 @@ impl World {
                     ready_since: None,
                     restarts: p.restarts,
                     terminating: false,
+                    last_failure: None,
                 })
                 .collect(),
             runtime: self
@@ -1267,6 +1268,7 @@ fn pod(name: &str, ready: bool, ready_ago_ms: Option<i64>, restarts: i32, now: T
         ready_since: ready_ago_ms.map(|ms| Timestamp::from_millisecond(now.as_millisecond() - ms).unwrap()),
         restarts,
         terminating: false,
+        last_failure: None,
     }
 }
 
@@ -1488,4 +1490,46 @@ fn a_waiting_rollout_reports_the_same_status_as_time_passes() {
     let b = decide(&o);
     assert_eq!(a.status, b.status);
     assert_eq!(a.health, b.health);
+}
+
+#[test]
+fn a_pod_that_exited_for_want_of_kafka_makes_the_job_not_ready_with_that_reason() {
+    let mut w = running_world(2);
+    tick(&mut w);
+    let o = w.observe();
+    assert_eq!(decide(&o).health.reason(), "Running");
+    let down = |o: &mut Observed, message: &str| {
+        let p = o.pods.iter_mut().find(|p| p.name == "job-1").unwrap();
+        p.ready = false;
+        p.last_failure = Some(message.into());
+    };
+
+    let mut o = w.observe();
+    down(
+        &mut o,
+        "KafkaUnavailable: committing checkpoint 9: 12 records not delivered within 30s",
+    );
+    let step = decide(&o);
+    assert!(
+        matches!(step.health, Health::Reconciling { .. }),
+        "{:?}",
+        step.health
+    );
+    assert_eq!(step.health.reason(), termination::KAFKA_UNAVAILABLE);
+    assert_eq!(
+        step.health.message(),
+        "1/2 runtime pods ready; job-1 last exited: committing checkpoint 9: 12 records not delivered within 30s"
+    );
+
+    // A message that is not the runtime's (or none) says only how many are ready.
+    let mut o = w.observe();
+    down(&mut o, "OOMKilled");
+    assert_eq!(decide(&o).health.reason(), "PodsNotReady");
+
+    // A pod that failed once and is Ready again does not hold the job back.
+    let mut o = w.observe();
+    for p in &mut o.pods {
+        p.last_failure = Some("KafkaUnavailable: init_transactions for task 0: timed out".into());
+    }
+    assert_eq!(decide(&o).health.reason(), "Running");
 }
