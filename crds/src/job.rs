@@ -186,6 +186,14 @@ pub struct EventTimeSpec {
     /// Absent: `epochMillis`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<TimeFormat>,
+    /// A record whose event time is more than this ahead of the wall clock
+    /// goes to the dead-letter topic (kind `future_event_time`) and never
+    /// moves the watermark: one bad timestamp would otherwise make every
+    /// correct record after it late. Measured against the wall clock, not the
+    /// watermark, so a partition that legitimately jumps ahead after a quiet
+    /// spell is not trapped. Absent: `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_future_skew: Option<DurationSpec>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -572,6 +580,7 @@ pub mod defaults {
     pub const SAVEPOINTS_TO_KEEP: i32 = 5;
     pub const SAVEPOINT_TIMEOUT_MS: u64 = 60_000;
     pub const HEALTH_TIMEOUT_MS: u64 = 120_000;
+    pub const MAX_FUTURE_SKEW_MS: u64 = 3_600_000;
 }
 
 impl StreamJobSpec {
@@ -581,6 +590,10 @@ impl StreamJobSpec {
         let mut s = self.clone();
         s.source.format.get_or_insert_default();
         s.source.event_time.format.get_or_insert_default();
+        s.source
+            .event_time
+            .max_future_skew
+            .get_or_insert_with(|| DurationSpec::from_millis(defaults::MAX_FUTURE_SKEW_MS));
         s.source.start_from.get_or_insert_default();
         let wm = s.source.watermark.get_or_insert(WatermarkSpec {
             out_of_orderness: None,

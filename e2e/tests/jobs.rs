@@ -41,6 +41,11 @@ use kube::{
 use serde_json::{Value, json};
 use streamops_e2e::{TestNamespace, api_for, apply, client, collect_logs, kubectl, repo_root};
 
+/// Event time of the record that closes every window: after all data, and
+/// in the wall clock's past (a later one would be a dead letter under the
+/// default `maxFutureSkew` of 1 h).
+const FLUSH_TS: i64 = 1_750_000_000_000;
+
 const WINDOW_MS: i64 = 10_000;
 const HEADER: &str = "streamops-checkpoint";
 /// Where the chart installs the operator (e2e/demo/chart.py's default).
@@ -205,7 +210,7 @@ fn dataset(partitions: i32, range: std::ops::Range<usize>, users: u64, flush: bo
         if flush {
             out.push(Input {
                 partition: p,
-                value: json!({"user": "flush", "ts": 1_800_000_000_000i64, "amount": 0}).to_string(),
+                value: json!({"user": "flush", "ts": FLUSH_TS, "amount": 0}).to_string(),
             });
         }
     }

@@ -124,6 +124,7 @@ pub fn job(window: BenchWindow, out_of_order_ms: i64) -> JobDefinition {
         time_format: TimeFormat::EpochMillis,
         out_of_orderness_ms: out_of_order_ms,
         idle_timeout_ms: None,
+        max_future_skew_ms: i64::MAX,
         key_by: vec!["record.user_id".into()],
         window: assigner,
         allowed_lateness_ms: 0,

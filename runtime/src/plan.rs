@@ -34,6 +34,8 @@ pub struct JobDefinition {
     pub out_of_orderness_ms: i64,
     /// `None`: idle partitions stall the watermark.
     pub idle_timeout_ms: Option<i64>,
+    /// Event times further ahead of the wall clock are dead letters.
+    pub max_future_skew_ms: i64,
     pub key_by: Vec<String>,
     pub window: WindowAssigner,
     pub allowed_lateness_ms: i64,
@@ -49,6 +51,7 @@ pub struct Plan {
     pub names: Vec<String>,
     pub out_of_orderness_ms: i64,
     pub idle_timeout_ms: Option<i64>,
+    pub max_future_skew_ms: i64,
 }
 
 impl Plan {
@@ -143,6 +146,7 @@ impl Plan {
             window: Arc::new(window),
             names,
             out_of_orderness_ms: def.out_of_orderness_ms,
+            max_future_skew_ms: def.max_future_skew_ms,
             idle_timeout_ms: def.idle_timeout_ms,
         })
     }
@@ -193,6 +197,10 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
         .and_then(|w| w.idle_timeout.as_ref())
         .map(|d| ms("spec.source.watermark.idleTimeout", d))
         .transpose()?;
+    let max_future_skew_ms = match &spec.source.event_time.max_future_skew {
+        Some(d) => ms("spec.source.eventTime.maxFutureSkew", d)?,
+        None => api::defaults::MAX_FUTURE_SKEW_MS as i64,
+    };
     let allowed_lateness_ms = match &spec.pipeline.allowed_lateness {
         Some(d) => ms("spec.pipeline.allowedLateness", d)?,
         None => 0,
@@ -243,6 +251,7 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
         },
         out_of_orderness_ms,
         idle_timeout_ms,
+        max_future_skew_ms,
         key_by: spec.pipeline.key_by.clone(),
         window,
         allowed_lateness_ms,

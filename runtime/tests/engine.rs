@@ -20,6 +20,7 @@ fn def(window: WindowAssigner, lateness: i64, ooo: i64) -> JobDefinition {
         time_format: TimeFormat::EpochMillis,
         out_of_orderness_ms: ooo,
         idle_timeout_ms: None,
+        max_future_skew_ms: i64::MAX,
         key_by: vec!["record.user".into()],
         window,
         allowed_lateness_ms: lateness,

@@ -82,6 +82,7 @@ fn definition(c: &Case) -> JobDefinition {
         time_format: TimeFormat::EpochMillis,
         out_of_orderness_ms: c.ooo,
         idle_timeout_ms: None,
+        max_future_skew_ms: i64::MAX,
         key_by: vec!["record.user".into()],
         window: match c.kind {
             Kind::Fixed { size, slide } if size == slide => WindowAssigner::tumbling(size).unwrap(),

@@ -371,7 +371,7 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
             let v = json!({"user": format!("user-{k}"), "ts": 1_700_000_000_000i64 + (k % 1000) as i64, "amount": 1})
                 .to_string();
             out.clear();
-            task.on_source(k as i64, None, v.as_bytes(), 0, out);
+            task.on_source(k as i64, None, v.as_bytes(), 1_800_000_000_000, out);
             for o in out.drain(..) {
                 if let Out::Keyed { value, .. } = o {
                     let mut sink = Vec::new();

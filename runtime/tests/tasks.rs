@@ -27,6 +27,11 @@ const TASKS: u32 = 8;
 /// Result records (key, value) per keyed partition, in emission order.
 type Results = Vec<Vec<(Vec<u8>, Vec<u8>)>>;
 
+/// The wall clock the tasks run at: after every event time of the data
+/// (none is a dead letter for being in the future).
+const WALL_CLOCK: i64 = 1_900_000_000_000;
+const FLUSH_TS: i64 = 1_800_000_000_000;
+
 fn plan(window: &serde_json::Value) -> Arc<Plan> {
     let spec = json!({
         "source": {
@@ -70,7 +75,7 @@ fn dataset(per_partition: usize, users: u64, mut seed: u64) -> Vec<Vec<Vec<u8>>>
                 })
                 .collect();
             recs.push(
-                json!({"user": "flush", "ts": 1_800_000_000_000i64, "amount": 0})
+                json!({"user": "flush", "ts": FLUSH_TS, "amount": 0})
                     .to_string()
                     .into_bytes(),
             );
@@ -128,7 +133,7 @@ impl Sim {
         let from = self.tasks[t].meta.source_offset.unwrap_or(0) as usize;
         let mut out = Vec::new();
         for (i, v) in data[t].iter().enumerate().skip(from).take(n) {
-            self.tasks[t].on_source(i as i64, None, v, 0, &mut out);
+            self.tasks[t].on_source(i as i64, None, v, WALL_CLOCK, &mut out);
         }
         self.route(t, out);
     }
@@ -328,4 +333,50 @@ proptest! {
     ) {
         check(window(w), Backend::Memory, &schedule, &stops, seed);
     }
+}
+
+#[test]
+fn an_event_time_far_ahead_of_the_wall_clock_is_a_dead_letter_and_never_moves_the_watermark() {
+    // The default bound (1 h): the test's plan sets none.
+    let plan = plan(&json!({"type": "tumbling", "size": "10s"}));
+    let now = 1_700_000_000_000i64;
+    let mut task = Task::new(0, 1, plan, Box::new(MemoryBackend::new()), now);
+    let record = |ts: i64| {
+        json!({"user": "u1", "ts": ts, "amount": 1})
+            .to_string()
+            .into_bytes()
+    };
+    let mut out = Vec::new();
+    task.on_source(0, None, &record(now - 5_000), now, &mut out);
+    let watermark = task.source_watermark();
+    // A year ahead, then just past the bound: dead letters, watermark unchanged.
+    for (offset, ts) in [(1, now + 365 * 86_400_000), (2, now + 3_600_001)] {
+        out.clear();
+        task.on_source(offset, Some(b"k"), &record(ts), now, &mut out);
+        match out.as_slice() {
+            [
+                Out::DeadLetter {
+                    kind, reason, key, ..
+                },
+            ] => {
+                assert_eq!(*kind, "future_event_time");
+                assert!(reason.contains("spec.source.eventTime.maxFutureSkew"), "{reason}");
+                assert_eq!(key.as_deref(), Some(&b"k"[..]));
+            }
+            other => panic!("expected one dead letter, got {other:?}"),
+        }
+        assert_eq!(task.source_watermark(), watermark);
+    }
+    // Exactly at the bound is accepted and moves the watermark; so do the
+    // correct records after the bad ones.
+    out.clear();
+    task.on_source(3, None, &record(now + 3_600_000), now, &mut out);
+    assert!(matches!(out.as_slice(), [Out::Keyed { .. }]), "{out:?}");
+    assert_eq!(task.source_watermark(), now + 3_600_000 - 2_000);
+    assert_eq!(task.counters.dead_lettered, 2);
+    assert_eq!(
+        task.meta.source_offset,
+        Some(4),
+        "dead letters are consumed, not retried"
+    );
 }

@@ -97,6 +97,8 @@ pub struct TaskMeta {
 }
 
 const META_FILE: &str = "task.json";
+/// Dead-letter kind of a record whose event time is too far in the future.
+pub const FUTURE_EVENT_TIME: &str = "future_event_time";
 const STATE_DIR: &str = "state";
 
 pub struct Task {
@@ -203,7 +205,8 @@ impl Task {
             .map_or(NO_WATERMARK, |m| m.saturating_sub(self.plan.out_of_orderness_ms))
     }
 
-    /// Stage 1: one record of the source partition.
+    /// Stage 1: one record of the source partition, at wall-clock time
+    /// `now_ms` (idleness, and the bound on event times in the future).
     pub fn on_source(
         &mut self,
         offset: i64,
@@ -224,6 +227,25 @@ impl Task {
                     value: value.to_vec(),
                     kind: reason.kind(),
                     reason: reason.to_string(),
+                });
+            }
+            Ok(KeyOutcome::Keyed)
+                if self.keyed.event_time > now_ms.saturating_add(self.plan.max_future_skew_ms) =>
+            {
+                // Never moves the watermark: one wrong clock would make every
+                // correct record after it late.
+                self.counters.dead_lettered += 1;
+                out.push(Out::DeadLetter {
+                    key: key.map(<[u8]>::to_vec),
+                    value: value.to_vec(),
+                    kind: FUTURE_EVENT_TIME,
+                    reason: format!(
+                        "event time {} is {} ms ahead of the wall clock, beyond \
+                         spec.source.eventTime.maxFutureSkew ({} ms)",
+                        self.keyed.event_time,
+                        self.keyed.event_time.saturating_sub(now_ms),
+                        self.plan.max_future_skew_ms
+                    ),
                 });
             }
             Ok(KeyOutcome::Keyed) => {

@@ -24,6 +24,13 @@ use serde_json::{Value, json};
 use streamops_runtime::pipeline::job::{JobFile, JobTopics, RestoreFrom, SourceTopic};
 use streamops_runtime::pipeline::wire::{CHECKPOINT_HEADER, Marker};
 
+/// Event time of the record that closes every window: after all data, and
+/// in the wall clock's past (a later one would be a dead letter under the
+/// default `maxFutureSkew` of 1 h).
+const FLUSH_TS: i64 = 1_750_000_000_000;
+/// An event time decades ahead of any wall clock: beyond `maxFutureSkew`.
+const FUTURE_TS: i64 = 4_000_000_000_000;
+
 pub fn bootstrap() -> String {
     std::env::var("STREAMOPS_BOOTSTRAP")
         .expect("STREAMOPS_BOOTSTRAP must name a Kafka-compatible broker (e2e/cluster/cluster.sh broker up)")
@@ -203,6 +210,11 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
             let amount = (rnd() % 1000) as i64;
             let value = if i % 97 == 50 {
                 format!("not json {p}/{i}").into_bytes()
+            } else if i % 211 == 105 {
+                // A wrong clock: a dead letter that must not move the watermark.
+                json!({"user": format!("u{user}"), "ts": FUTURE_TS, "amount": amount})
+                    .to_string()
+                    .into_bytes()
             } else {
                 json!({"user": format!("u{user}"), "ts": base - jitter, "amount": amount})
                     .to_string()
@@ -215,7 +227,7 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
         }
         out.push(Input {
             partition: p as i32,
-            value: json!({"user": "flush", "ts": 1_800_000_000_000i64, "amount": 0})
+            value: json!({"user": "flush", "ts": FLUSH_TS, "amount": 0})
                 .to_string()
                 .into_bytes(),
         });
@@ -224,7 +236,7 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
 }
 
 /// Expected final results: (user, window start) -> (clicks, spent); and the
-/// number of malformed records.
+/// number of dead letters (malformed records, event times in the future).
 pub fn reference(data: &[Input]) -> (Expected, usize) {
     let mut m = BTreeMap::new();
     let mut bad = 0;
@@ -238,6 +250,10 @@ pub fn reference(data: &[Input]) -> (Expected, usize) {
             continue;
         }
         let ts = v["ts"].as_i64().unwrap();
+        if ts == FUTURE_TS {
+            bad += 1;
+            continue;
+        }
         let start = ts.div_euclid(WINDOW_MS) * WINDOW_MS;
         let e = m.entry((user, start)).or_insert((0, 0));
         e.0 += 1;
