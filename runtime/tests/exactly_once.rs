@@ -415,7 +415,7 @@ fn at_least_once_loses_nothing_under_sigkill() {
     let (expected, malformed) = reference(&data);
     let bad: BTreeMap<Vec<u8>, u32> = data
         .iter()
-        .filter(|r| serde_json::from_slice::<serde_json::Value>(&r.value).is_err())
+        .filter(|r| is_dead_letter(&r.value))
         .map(|r| (r.value.clone(), r.partition as u32))
         .collect();
     let feeder = produce_slowly(topics.source.clone(), data, Duration::from_secs(20));

@@ -212,7 +212,7 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
                 format!("not json {p}/{i}").into_bytes()
             } else if i % 211 == 105 {
                 // A wrong clock: a dead letter that must not move the watermark.
-                json!({"user": format!("u{user}"), "ts": FUTURE_TS, "amount": amount})
+                json!({"user": format!("u{user}"), "ts": FUTURE_TS, "amount": amount, "n": format!("{p}/{i}")})
                     .to_string()
                     .into_bytes()
             } else {
@@ -233,6 +233,12 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
         });
     }
     out
+}
+
+/// Whether `reference` counts this record as a dead letter: not JSON, or an
+/// event time in the future.
+pub fn is_dead_letter(value: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(value).map_or(true, |v| v["ts"].as_i64() == Some(FUTURE_TS))
 }
 
 /// Expected final results: (user, window start) -> (clicks, spent); and the
