@@ -83,10 +83,25 @@ pub fn reason_of_code(code: RDKafkaErrorCode) -> &'static str {
     }
 }
 
+/// The error's chain as `context: cause: ...`, leaving out a cause whose text
+/// ends the previous one's (librdkafka's transaction errors print their
+/// source inside their own message, which would repeat it).
+pub fn detail(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in error.chain() {
+        let text = e.to_string();
+        if parts.last().is_some_and(|prev| prev.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
 /// Writes the termination message of `error` to `path`; a failure to write
 /// is only logged (the process is exiting anyway).
 pub fn write_termination_log(path: &Path, error: &anyhow::Error) {
-    let text = termination::message(reason(error), &format!("{error:#}"));
+    let text = termination::message(reason(error), &detail(error));
     if let Err(e) = std::fs::write(path, text) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the termination log");
     }
@@ -122,6 +137,33 @@ mod tests {
             RDKafkaErrorCode::UnknownTopicOrPartition,
         ));
         assert_eq!(reason(&unknown_topic), termination::FAILED);
+    }
+
+    #[derive(Debug)]
+    struct Wrapping(std::io::Error);
+
+    impl fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "Transaction error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_repeated_inside_its_wrapper_is_not_repeated_in_the_detail() {
+        let e = anyhow::Error::new(Wrapping(std::io::Error::other("Timed out")))
+            .context("committing checkpoint 7");
+        assert_eq!(
+            detail(&e),
+            "committing checkpoint 7: Transaction error: Timed out"
+        );
+        let plain = anyhow::anyhow!("no marker").context("restoring task 2");
+        assert_eq!(detail(&plain), format!("{plain:#}"));
     }
 
     #[test]
