@@ -77,14 +77,24 @@ pub fn fit(interval: Duration, savepoint_timeout: Duration, broker_max_ms: u64) 
     Ok(wanted_timeout_ms(interval, savepoint_timeout).min(broker_max_ms))
 }
 
+/// Whether the job keeps Kafka transactions open for an interval (exactly
+/// once, the default): only then does the broker's maximum matter.
+pub fn applies(spec: &StreamJobSpec) -> bool {
+    spec.checkpoint
+        .as_ref()
+        .and_then(|c| c.guarantee)
+        .unwrap_or_default()
+        == ProcessingGuarantee::ExactlyOnce
+}
+
 /// [`fit`] for a spec (defaults filled in). At least once never keeps a
 /// transaction open, so it always fits (with `None`).
 pub fn fit_spec(spec: &StreamJobSpec, broker_max_ms: u64) -> Result<Option<u64>, FieldError> {
-    let d = spec.defaulted();
-    let cp = d.checkpoint.as_ref();
-    if cp.and_then(|c| c.guarantee).unwrap_or_default() != ProcessingGuarantee::ExactlyOnce {
+    if !applies(spec) {
         return Ok(None);
     }
+    let d = spec.defaulted();
+    let cp = d.checkpoint.as_ref();
     let interval = cp
         .and_then(|c| c.interval.as_ref())
         .map_or(defaults::CHECKPOINT_INTERVAL_MS, DurationSpec::as_millis);

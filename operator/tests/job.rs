@@ -14,7 +14,10 @@ use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{ConfigMap, Secret, Service},
 };
-use kube::{Api, ResourceExt, api::PostParams};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde_json::{Value, json};
 use streamops_crds::{
     KafkaClusterSpec, StreamJob, StreamJobSpec,
@@ -46,6 +49,14 @@ async fn start() -> Harness {
 
 fn jobs(h: &Harness) -> Api<StreamJob> {
     Api::namespaced(h.client.clone(), &h.ns)
+}
+
+/// A merge patch of a StreamJob, as `kubectl patch --type=merge` would send.
+async fn patch_job(h: &Harness, name: &str, patch: serde_json::Value) {
+    jobs(h)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch StreamJob");
 }
 
 async fn create_job(h: &Harness, name: &str, spec: StreamJobSpec) -> StreamJob {
@@ -292,14 +303,7 @@ async fn a_job_whose_transactions_cannot_fit_the_broker_is_stalled_before_it_sta
 
     // A 10 s interval fits, but with the default 60 s savepoint timeout a
     // savepoint's transaction would not.
-    jobs(&h)
-        .patch(
-            "slow",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"spec": {"checkpoint": {"interval": "10s"}}})),
-        )
-        .await
-        .unwrap();
+    patch_job(&h, "slow", json!({"spec": {"checkpoint": {"interval": "10s"}}})).await;
     wait_job(
         &h,
         "slow",
@@ -310,14 +314,12 @@ async fn a_job_whose_transactions_cannot_fit_the_broker_is_stalled_before_it_sta
     nothing_created().await;
 
     // 10 s + 15 s + 30 s commit margin fits under 60 s: the job starts.
-    jobs(&h)
-        .patch(
-            "slow",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"spec": {"upgrade": {"savepointTimeout": "15s"}}})),
-        )
-        .await
-        .unwrap();
+    patch_job(
+        &h,
+        "slow",
+        json!({"spec": {"upgrade": {"savepointTimeout": "15s"}}}),
+    )
+    .await;
     wait_some(&sets, "slow").await;
     wait_job(&h, "slow", "Deploying", |j| {
         job_condition(j, "Reconciling").is_some_and(|(r, _)| r == "Deploying")
@@ -396,14 +398,7 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     assert!(secrets.get_opt("loop-admin").await.unwrap().is_none());
 
     // Fixing the spec converges.
-    jobs(&h)
-        .patch(
-            "loop",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"spec": {"sink": {"topic": "out"}}})),
-        )
-        .await
-        .unwrap();
+    patch_job(&h, "loop", json!({"spec": {"sink": {"topic": "out"}}})).await;
     wait_some(&sets, "loop").await;
     let j = wait_job(&h, "loop", "Deploying gen 2", |j| {
         job_condition(j, "Reconciling").is_some_and(|(r, _)| r == "Deploying")
@@ -848,14 +843,7 @@ async fn savepoint_upgrade_survives_operator_kills_with_fake_pods() {
 
     // Upgrade; savepoints are held so the operator can be killed mid-way.
     world.lock().unwrap().hold_savepoints = true;
-    jobs(&h)
-        .patch(
-            "fk",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"spec": {"image": "streamops-runtime:v2"}})),
-        )
-        .await
-        .unwrap();
+    patch_job(&h, "fk", json!({"spec": {"image": "streamops-runtime:v2"}})).await;
     let j = wait_job(&h, "fk", "Savepointing", |j| {
         phase(j) == Some(JobPhase::Savepointing)
     })
@@ -956,14 +944,7 @@ async fn unhealthy_upgrade_rolls_back_with_fake_pods() {
 
     // Generation 2 never becomes Ready (but commits: its checkpoint ids grow).
     world.lock().unwrap().unready_generation = Some(2);
-    jobs(&h)
-        .patch(
-            "rb",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"spec": {"image": "streamops-runtime:bad"}})),
-        )
-        .await
-        .unwrap();
+    patch_job(&h, "rb", json!({"spec": {"image": "streamops-runtime:bad"}})).await;
     let j = wait_job(&h, "rb", "rolled back", |j| {
         job_condition(j, "Stalled").is_some_and(|(r, _)| r == "RolledBack")
             && j.status.as_ref().is_some_and(|s| s.upgrade.is_none())
@@ -1006,14 +987,7 @@ async fn unhealthy_upgrade_rolls_back_with_fake_pods() {
 
     // A fixed spec upgrades again.
     world.lock().unwrap().unready_generation = None;
-    jobs(&h)
-        .patch(
-            "rb",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"spec": {"image": "streamops-runtime:v3"}})),
-        )
-        .await
-        .unwrap();
+    patch_job(&h, "rb", json!({"spec": {"image": "streamops-runtime:v3"}})).await;
     wait_job(&h, "rb", "Running gen 3", |j| running(j, 3)).await;
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

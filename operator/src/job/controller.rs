@@ -35,7 +35,7 @@ use kube::{
 use streamops_crds::{
     Health, StreamJob, StreamTopic, Validation,
     common::is_ready,
-    job::{JobPhase, ProcessingGuarantee, annotation},
+    job::{JobPhase, annotation},
     runtime_api::{JobTopics, SavepointRequest, SourceTopic, env},
     topic::annotation as topic_annotation,
     transaction,
@@ -385,8 +385,7 @@ async fn kafka_admin(job: &StreamJob, ctx: &JobContext) -> Result<KafkaAdmin> {
 /// broker's `transaction.max.timeout.ms` (the runtime would only find out
 /// when the broker refuses its producers or aborts a transaction).
 async fn transaction_limit(job: &StreamJob, ctx: &JobContext) -> Result<Option<Health>> {
-    let guarantee = job.spec.checkpoint.as_ref().and_then(|c| c.guarantee);
-    if guarantee.unwrap_or_default() != ProcessingGuarantee::ExactlyOnce {
+    if !transaction::applies(&job.spec) {
         return Ok(None);
     }
     let admin = kafka_admin(job, ctx).await?;
