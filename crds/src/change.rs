@@ -21,7 +21,8 @@
 //! | aggregation's `function`, `field` or `k` changed | incompatible | the accumulator holds something else |
 //! | `pipeline.filter`, `allowedLateness`, `emit` | compatible | they act on records not yet seen |
 //! | `source.eventTime`, `source.watermark` | compatible | watermarks are kept per partition; new records use the new rule |
-//! | `source.topics` added or removed | compatible | added topics start at `startFrom`; removed ones stop being read |
+//! | `source.topics` reordered, or one replaced by another with the same partition total | compatible | every partition keeps its task and offsets ([`crate::layout`]); a new topic starts at `startFrom`, a removed one stops being read |
+//! | `source.topics` changing the partition total | refused at restore | keyed state is sharded by the total (re-sharding is not built) |
 //! | sink, late-events, dead-letter topics, formats | compatible | outputs only |
 //! | `parallelism` | compatible | state is per input partition and moves with it |
 //! | image, resources, pod template, cluster, checkpoint settings | compatible | not part of state |

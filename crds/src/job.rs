@@ -546,6 +546,11 @@ pub struct StreamJobStatus {
     /// Partitions of the source topics, summed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_partitions: Option<i32>,
+    /// Which task reads which source partition, kept across source changes
+    /// so that every partition keeps its offsets and state (absent: by
+    /// position, in spec order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_layout: Vec<crate::layout::TaskRange>,
     /// The newest savepoint taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,

@@ -8,6 +8,7 @@ pub mod change;
 pub mod common;
 pub mod duration;
 pub mod job;
+pub mod layout;
 pub mod pod_template;
 pub mod reference;
 pub mod runtime_api;

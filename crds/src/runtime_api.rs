@@ -102,8 +102,12 @@ pub struct JobConfig {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct JobTopics {
-    /// In spec order; tasks `0..P` are their partitions concatenated.
+    /// In spec order.
     pub source: Vec<SourceTopic>,
+    /// Which task reads which source partition ([`crate::layout`]); empty:
+    /// the partitions of `source` concatenated in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layout: Vec<crate::layout::TaskRange>,
     pub sink: String,
     pub late_events: Option<String>,
     pub dead_letter: Option<String>,
@@ -124,6 +128,12 @@ impl JobTopics {
     /// P: the task count.
     pub fn total_partitions(&self) -> i32 {
         self.source.iter().map(|s| s.partitions).sum()
+    }
+
+    /// Task index -> (topic, partition); `None` when `layout` does not
+    /// cover the partitions of `source` exactly.
+    pub fn tasks(&self) -> Option<Vec<crate::layout::SourcePartition>> {
+        crate::layout::tasks(&self.layout, &self.source)
     }
 }
 

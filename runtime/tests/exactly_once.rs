@@ -326,6 +326,152 @@ fn zombie_is_fenced_across_rescale() {
     assert!(f.is_empty(), "{f:?}");
 }
 
+/// Per partition, the records of `data` from `from` (counted per
+/// partition) up to `to`.
+fn slice(data: &[Input], from: usize, to: usize) -> Vec<Input> {
+    let mut seen: BTreeMap<i32, usize> = BTreeMap::new();
+    data.iter()
+        .filter(|r| {
+            let n = seen.entry(r.partition).or_default();
+            *n += 1;
+            *n > from && *n <= to
+        })
+        .cloned()
+        .collect()
+}
+
+/// The job reads two topics, x and y (y far behind x): generation 2 lists
+/// them the other way round, generation 3 replaces x (read to its end) by
+/// a new topic z. Each change is a stop-with-savepoint and a restore. Every
+/// partition must go on from its own offset: a restore by position would
+/// read y from x's offsets (skipping y's records) and z from x's.
+#[test]
+#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
+fn reordered_and_replaced_source_topics_restore_by_partition() {
+    use streamops_crds::layout;
+    use streamops_crds::runtime_api::SourceTopic;
+
+    let topics = Topics::create("sources", 8);
+    let (x, y, z) = (
+        format!("{}-x", topics.source),
+        format!("{}-y", topics.source),
+        format!("{}-z", topics.source),
+    );
+    create_topics(&[(&x, 4, &[]), (&y, 4, &[]), (&z, 4, &[])]);
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path().join("storage");
+    let xs = dataset(4, 1_000, 150);
+    let ys = dataset(4, 900, 150);
+    // z's events come after anything y reached before the switch, so that
+    // none of them is late.
+    let zs: Vec<Input> = dataset(4, 600, 150)
+        .into_iter()
+        .map(|mut r| {
+            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&r.value)
+                && let Some(ts) = v["ts"].as_i64().filter(|ts| *ts < 1_720_000_000_000)
+            {
+                v["ts"] = (ts + 60_000).into();
+                r.value = v.to_string().into_bytes();
+            }
+            r
+        })
+        .collect();
+    let all: Vec<Input> = xs.iter().chain(&ys).chain(&zs).cloned().collect();
+    let (expected, _) = reference(&all);
+    let source = |t: &str| SourceTopic {
+        topic: t.to_string(),
+        partitions: 4,
+    };
+
+    let mut layout_now = Vec::new();
+    let mut location: Option<String> = None;
+    let lists = [[&x, &y], [&y, &x], [&y, &z]];
+    for (g, list) in lists.iter().enumerate() {
+        let generation = g as i64 + 1;
+        match g {
+            0 => {
+                produce(&x, &xs);
+                produce(&y, &slice(&ys, 0, 300));
+            }
+            1 => produce(&y, &slice(&ys, 300, 600)),
+            _ => {
+                produce(&y, &slice(&ys, 600, usize::MAX));
+                produce(&z, &zs);
+            }
+        }
+        let sources: Vec<SourceTopic> = list.iter().map(|t| source(t)).collect();
+        layout_now = layout::assign(&layout_now, &sources);
+        let restore = match &location {
+            None => empty_ok(),
+            Some(l) => RestoreFrom {
+                savepoint: Some(l.clone()),
+                allow_empty_state: false,
+                mode: None,
+            },
+        };
+        let mut file = job(&topics, 2, generation, &storage, restore);
+        file.topics.source = sources.clone();
+        file.topics.layout = layout::for_job_file(&layout_now, &sources);
+        assert_eq!(
+            file.topics.layout.is_empty(),
+            g == 0,
+            "positional only before the first change"
+        );
+        let path = write_job(work.path(), &file);
+        let mut procs: Vec<Proc> = (0..2)
+            .map(|i| {
+                let dir = work.path().join(format!("g{generation}-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                Proc::spawn(&path, &format!("{i},{},{},{}", i + 2, i + 4, i + 6), &dir, None)
+            })
+            .collect();
+        for p in &mut procs {
+            p.wait_running(Duration::from_secs(60));
+        }
+        if g == 2 {
+            let v = wait_complete(&topics, &expected, Duration::from_secs(300));
+            let f = faults(&expected, &v);
+            report("sources x,y -> y,x -> y,z", &v, &f);
+            if !f.is_empty() {
+                for p in &procs {
+                    eprintln!("--- runtime {}\n{}", p.tasks, p.log());
+                }
+            }
+            assert!(f.is_empty(), "{} faults", f.len());
+            break;
+        }
+        // Generation 2 reads x to its end before x is dropped.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for round in 0.. {
+            let mut offsets = BTreeMap::new();
+            for p in &procs {
+                let sp = p.savepoint(
+                    &format!("probe-{generation}-{round}"),
+                    false,
+                    Duration::from_secs(60),
+                );
+                assert_eq!(sp["state"], "Completed", "{sp}");
+                for (k, v) in sp["offsets"].as_object().unwrap() {
+                    offsets.insert(k.clone(), v.as_i64().unwrap());
+                }
+            }
+            let x_done = (0..4).all(|p| offsets.get(&format!("{x}-{p}")) == Some(&1_001));
+            if g == 0 || x_done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "x not read to its end: {offsets:?}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let id = format!("sp-{generation}");
+        for p in &procs {
+            let sp = p.savepoint(&id, true, Duration::from_secs(60));
+            assert_eq!(sp["state"], "Completed", "{sp}");
+            location = sp["location"].as_str().map(str::to_string);
+        }
+        drop(procs);
+    }
+}
+
 #[test]
 #[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
 fn refuses_to_start_without_state_unless_allowed() {

@@ -39,6 +39,7 @@ fn job(storage: &std::path::Path) -> JobFile {
                 topic: "in".into(),
                 partitions: 1,
             }],
+            layout: Vec::new(),
             sink: "out".into(),
             late_events: None,
             dead_letter: None,

@@ -363,7 +363,13 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
     spec.pipeline.window.size = Some(streamops_crds::DurationSpec::from_millis(3_600_000));
     let plan = Arc::new(streamops_runtime::plan::compile(&spec.defaulted()).unwrap());
     let backend = RocksBackend::open(&work.path().join("db"), &RocksOptions::default()).unwrap();
-    let mut task = Task::new(0, 1, plan, Box::new(backend), 0);
+    let mut task = Task::new(
+        0,
+        std::sync::Arc::new(streamops_runtime::pipeline::sources::Sources::positional("in", 1)),
+        plan,
+        Box::new(backend),
+        0,
+    );
     let mut out = Vec::new();
     let fill = Instant::now();
     let feed = |task: &mut Task, out: &mut Vec<Out>, from: u64, to: u64| {

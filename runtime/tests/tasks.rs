@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::json;
+use streamops_crds::runtime_api::{JobTopics, SourceTopic};
+use streamops_runtime::pipeline::sources::Sources;
 use streamops_runtime::pipeline::task::{Out, Task};
 use streamops_runtime::plan::{Plan, compile};
 use streamops_runtime::state::StateBackend;
@@ -23,6 +25,11 @@ use streamops_runtime::state::memory::MemoryBackend;
 use streamops_runtime::state::rocks::{RocksBackend, RocksOptions};
 
 const TASKS: u32 = 8;
+
+/// The source partitions of the tasks: one topic's, in order.
+fn positional() -> Arc<Sources> {
+    Arc::new(Sources::positional("in", TASKS as i32))
+}
 
 /// Result records (key, value) per keyed partition, in emission order.
 type Results = Vec<Vec<(Vec<u8>, Vec<u8>)>>;
@@ -175,8 +182,11 @@ enum Step {
 /// group is snapshotted (a stop-with-savepoint) and does nothing more, while
 /// the others go on; once every group has stopped, all tasks are restored by
 /// new owners into fresh backends (`restore`) or simply resume (`!restore`,
-/// the reference: same inputs in the same order).
+/// the reference: same inputs in the same order). The tasks read the
+/// partitions of `layouts.0` and are restored for `layouts.1`.
+#[allow(clippy::too_many_arguments)]
 fn run(
+    layouts: (&Arc<Sources>, &Arc<Sources>),
     plan: &Arc<Plan>,
     data: &[Vec<Vec<u8>>],
     schedule: &[Step],
@@ -190,7 +200,7 @@ fn run(
             .map(|t| {
                 Task::new(
                     t,
-                    TASKS,
+                    layouts.0.clone(),
                     plan.clone(),
                     backend(kind, dir, &format!("{restore}-a-{t}")),
                     0,
@@ -227,7 +237,7 @@ fn run(
                     .map(|t| {
                         Task::restore(
                             &sp.join(format!("task-{t}")),
-                            TASKS,
+                            layouts.1.clone(),
                             plan.clone(),
                             backend(kind, dir, &format!("b-{t}")),
                             0,
@@ -280,6 +290,18 @@ fn summary(results: &Results) -> BTreeMap<String, usize> {
 }
 
 fn check(window: serde_json::Value, kind: Backend, schedule: &[Step], stops: &[f64], seed: u64) {
+    let same = positional();
+    check_with((&same, &same), window, kind, schedule, stops, seed);
+}
+
+fn check_with(
+    layouts: (&Arc<Sources>, &Arc<Sources>),
+    window: serde_json::Value,
+    kind: Backend,
+    schedule: &[Step],
+    stops: &[f64],
+    seed: u64,
+) {
     // Every group stops within the schedule, so a restore always happens.
     let stops: Vec<usize> = stops
         .iter()
@@ -289,8 +311,18 @@ fn check(window: serde_json::Value, kind: Backend, schedule: &[Step], stops: &[f
     let plan = plan(&window);
     let data = dataset(400, 60, seed | 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (whole, whole_late) = run(&plan, &data, schedule, stops, false, kind, dir.path());
-    let (split, split_late) = run(&plan, &data, schedule, stops, true, kind, dir.path());
+    let same = positional();
+    let (whole, whole_late) = run(
+        (&same, &same),
+        &plan,
+        &data,
+        schedule,
+        stops,
+        false,
+        kind,
+        dir.path(),
+    );
+    let (split, split_late) = run(layouts, &plan, &data, schedule, stops, true, kind, dir.path());
     assert!(whole.iter().map(Vec::len).sum::<usize>() > 0, "no results at all");
     assert_eq!(split_late, whole_late, "late records");
     for t in 0..TASKS as usize {
@@ -335,12 +367,90 @@ proptest! {
     }
 }
 
+fn two_topics(first: &str, second: &str) -> Vec<SourceTopic> {
+    [first, second]
+        .iter()
+        .map(|t| SourceTopic {
+            topic: (*t).into(),
+            partitions: TASKS as i32 / 2,
+        })
+        .collect()
+}
+
+fn sources_of(source: Vec<SourceTopic>, layout: Vec<streamops_crds::layout::TaskRange>) -> Arc<Sources> {
+    Arc::new(
+        Sources::new(&JobTopics {
+            source,
+            layout,
+            sink: "out".into(),
+            late_events: None,
+            dead_letter: None,
+            repartition: "r".into(),
+            control: "c".into(),
+        })
+        .expect("a valid layout"),
+    )
+}
+
+/// The job's two source topics are listed the other way round in the new
+/// version: with the kept layout, every task restores its own partition's
+/// offsets and the results equal an uninterrupted run's.
+#[test]
+fn reordered_source_topics_restore_by_partition() {
+    let before = two_topics("x", "y");
+    let after = two_topics("y", "x");
+    let kept = streamops_crds::layout::assign(&streamops_crds::layout::assign(&[], &before), &after);
+    assert!(!kept.is_empty(), "not the positional layout of the new order");
+    let (old, new) = (sources_of(before, Vec::new()), sources_of(after.clone(), kept));
+    let schedule: Vec<Step> = (0..40)
+        .map(|i| match i % 3 {
+            0 => Step::Source(i % TASKS as usize, 37),
+            1 => Step::Keyed((i * 5) % TASKS as usize, 90),
+            _ => Step::Watermarks,
+        })
+        .collect();
+    for w in 0..3 {
+        check_with(
+            (&old, &new),
+            window(w),
+            Backend::Rocks,
+            &schedule,
+            &[0.3, 0.6],
+            7 + w as u64,
+        );
+    }
+    // Laid out by position (what an older operator did) the restore is
+    // refused: it would read y's partitions from x's offsets.
+    let positional_new = sources_of(after, Vec::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = plan(&window(0));
+    let mut t0 = Task::new(0, old, plan.clone(), Box::new(MemoryBackend::new()), 0);
+    t0.snapshot(&dir.path().join("t0")).expect("snapshot");
+    let err = Task::restore(
+        &dir.path().join("t0"),
+        positional_new,
+        plan,
+        Box::new(MemoryBackend::new()),
+        0,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("x-0") && err.contains("task 4"), "{err}");
+}
+
 #[test]
 fn an_event_time_far_ahead_of_the_wall_clock_is_a_dead_letter_and_never_moves_the_watermark() {
     // The default bound (1 h): the test's plan sets none.
     let plan = plan(&json!({"type": "tumbling", "size": "10s"}));
     let now = 1_700_000_000_000i64;
-    let mut task = Task::new(0, 1, plan, Box::new(MemoryBackend::new()), now);
+    let mut task = Task::new(
+        0,
+        Arc::new(Sources::positional("in", 1)),
+        plan,
+        Box::new(MemoryBackend::new()),
+        now,
+    );
     let record = |ts: i64| {
         json!({"user": "u1", "ts": ts, "amount": 1})
             .to_string()

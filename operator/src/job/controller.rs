@@ -364,6 +364,8 @@ async fn resolve_topics(
     let name = |r: Option<(String, i32)>| r.map(|(n, _)| n).unwrap_or_default();
     Ok(Ok(JobTopics {
         source,
+        // The plan lays the sources out (it knows the running layout).
+        layout: Vec::new(),
         sink: name(sink),
         late_events: late.map(name),
         dead_letter: dead.map(name),

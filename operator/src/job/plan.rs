@@ -25,6 +25,7 @@ use streamops_crds::{
     Health, StreamJobSpec, StreamJobStatus, Validation,
     change::{self, ChangeKind, Compatibility},
     job::{IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord, UpgradeIntent, UpgradeMode},
+    layout,
     runtime_api::{
         JobTopics, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus, termination,
     },
@@ -166,7 +167,12 @@ impl Step {
             requeue: RESYNC,
         }
     }
+    /// What the StatefulSet and ConfigMap should say; records the source
+    /// layout it runs with, which later layouts keep.
     fn deploy(mut self, d: Option<Deployment>) -> Self {
+        if let Some(d) = &d {
+            self.status.source_layout = layout::assign(&self.status.source_layout, &d.topics.source);
+        }
         self.deployment = d;
         self
     }
@@ -374,7 +380,7 @@ fn kind_of(intent: &UpgradeIntent) -> IntentKind {
 
 /// What the pods of `intent` run.
 fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Option<Deployment> {
-    let topics = o.topics.clone().ok()?;
+    let topics = laid_out(o).ok()?;
     let parallelism = intent
         .parallelism
         .unwrap_or_else(|| target_parallelism(&intent.spec, topics.total_partitions()));
@@ -401,11 +407,20 @@ fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Opt
     })
 }
 
+/// The resolved topics with the source layout that keeps every partition
+/// on the task that read it before ([`layout`]).
+fn laid_out(o: &Observed) -> Result<JobTopics, String> {
+    let mut topics = o.topics.clone()?;
+    let full = layout::assign(&o.status.source_layout, &topics.source);
+    topics.layout = layout::for_job_file(&full, &topics.source);
+    Ok(topics)
+}
+
 /// What runs in a steady state: the last stable spec, restoring (on a pod
 /// restart) from the last committed checkpoint.
 fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> {
     let spec = o.status.last_stable_spec.as_ref()?;
-    let topics = o.topics.clone().ok()?;
+    let topics = laid_out(o).ok()?;
     let parallelism = o
         .status
         .parallelism

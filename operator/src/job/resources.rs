@@ -494,6 +494,7 @@ mod tests {
                     topic: "clicks".into(),
                     partitions: 8,
                 }],
+                layout: Vec::new(),
                 sink: "out".into(),
                 late_events: None,
                 dead_letter: None,

@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+
+use super::sources::Sources;
 pub use streamops_crds::job::RestoreMode;
 pub use streamops_crds::runtime_api::{
     JobConfig as JobFile, JobTopics, RestoreConfig as RestoreFrom, SourceTopic,
@@ -15,15 +17,13 @@ pub trait JobExt {
     fn load(path: &Path) -> Result<JobFile>;
     /// Refuses files the runtime cannot run, with the reason.
     fn check(&self) -> Result<()>;
-    /// Number of tasks = total source partitions. Task `t` owns source
-    /// partition `t` (source topics' partitions concatenated in spec order),
-    /// keyed partition `t` (repartition topic) and control partition `t`.
+    /// Number of tasks = total source partitions. Task `t` owns one source
+    /// partition (see [`JobExt::sources`]), keyed partition `t`
+    /// (repartition topic) and control partition `t`.
     fn task_count(&self) -> u32;
     fn parallelism_u32(&self) -> u32;
-    /// The source (topic, partition) of task `t`.
-    fn source_of(&self, task: u32) -> Option<(&str, i32)>;
-    /// The task reading (topic, partition), if any.
-    fn task_of(&self, topic: &str, partition: i32) -> Option<u32>;
+    /// Which task reads which source partition.
+    fn sources(&self) -> Result<Sources>;
     /// Transactional id of task `t`: stable per input partition across
     /// versions and parallelism, so a new owner fences every predecessor.
     fn transactional_id(&self, task: u32) -> String;
@@ -59,6 +59,7 @@ impl JobExt for JobFile {
                 self.task_count()
             );
         }
+        self.sources()?;
         if self.restore_mode() == RestoreMode::Savepoint && self.restore.savepoint.is_none() {
             bail!("job file: restore mode savepoint without restore.savepoint");
         }
@@ -77,27 +78,8 @@ impl JobExt for JobFile {
         self.parallelism.max(0) as u32
     }
 
-    fn source_of(&self, task: u32) -> Option<(&str, i32)> {
-        let mut base = 0u32;
-        for s in &self.topics.source {
-            let n = s.partitions.max(0) as u32;
-            if task < base + n {
-                return Some((&s.topic, (task - base) as i32));
-            }
-            base += n;
-        }
-        None
-    }
-
-    fn task_of(&self, topic: &str, partition: i32) -> Option<u32> {
-        let mut base = 0u32;
-        for s in &self.topics.source {
-            if s.topic == topic && partition >= 0 && partition < s.partitions {
-                return Some(base + partition as u32);
-            }
-            base += s.partitions.max(0) as u32;
-        }
-        None
+    fn sources(&self) -> Result<Sources> {
+        Sources::new(&self.topics)
     }
 
     fn transactional_id(&self, task: u32) -> String {
@@ -190,11 +172,9 @@ mod tests {
         .unwrap();
         job.check().unwrap();
         assert_eq!(job.task_count(), 5);
-        assert_eq!(job.source_of(1), Some(("a", 1)));
-        assert_eq!(job.source_of(2), Some(("b", 0)));
-        assert_eq!(job.source_of(5), None);
-        assert_eq!(job.task_of("b", 2), Some(4));
-        assert_eq!(job.task_of("b", 3), None);
+        let sources = job.sources().unwrap();
+        assert_eq!(sources.task_of("b", 2), Some(4));
+        assert_eq!(sources.source_of(2).map(|s| s.partition), Some(0));
         assert_eq!(job.restore_mode(), RestoreMode::LastState);
         assert_eq!(job.transactional_id(3), "streamops-u-3");
     }

@@ -2,6 +2,7 @@
 //! Kafka and write Kafka exactly once.
 //!
 //! - [`job`]: the job file the operator writes and the task assignment;
+//! - [`sources`]: which task reads which source partition;
 //! - [`task`]: stage 1 (keying) and stage 2 (windows) of one task, pure;
 //! - [`wire`]: records of the internal repartition and control topics;
 //! - [`store`]: checkpoints and savepoints in durable storage (`object_store`);
@@ -16,6 +17,7 @@ pub mod job;
 pub mod kafka;
 pub mod runner;
 pub mod shared;
+pub mod sources;
 pub mod store;
 pub mod task;
 pub mod wire;

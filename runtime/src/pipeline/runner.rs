@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use super::job::{JobExt, JobFile, RestoreMode};
 use super::kafka::KafkaSettings;
 use super::shared::{CrashPoints, RunState, SavepointState, Shared};
+use super::sources::{SourceRef, Sources};
 use super::store::{CheckpointStore, Manifest, Target};
 use super::task::{Out, Task};
 use super::wire::{self, CHECKPOINT_HEADER, Marker};
@@ -199,6 +200,7 @@ impl Slot {
 
 pub struct Runner {
     job: JobFile,
+    sources: Arc<Sources>,
     plan: Arc<Plan>,
     kafka: KafkaSettings,
     consumer: TaskConsumer,
@@ -239,8 +241,10 @@ pub enum RestoreSource {
     /// A savepoint's manifest for this task.
     Savepoint(String),
     /// Empty state; `offsets` (source, keyed) to read on from, if any were
-    /// committed (stateless upgrade), else the job's start position.
-    Empty { offsets: Option<(i64, i64)> },
+    /// committed (stateless upgrade), else the job's start position. The
+    /// source offset is absent when the marker's was another partition's
+    /// (a replaced source topic).
+    Empty { offsets: Option<(Option<i64>, i64)> },
 }
 
 /// Decides a task's [`RestoreSource`]. A marker of the running generation
@@ -253,6 +257,7 @@ pub fn restore_source(
     savepoint_manifest: Option<String>,
     allow_empty: bool,
     task: u32,
+    source: &SourceRef,
 ) -> Result<RestoreSource> {
     if let Some(m) = marker.filter(|m| m.generation == generation) {
         return Ok(RestoreSource::Checkpoint(m.manifest.clone()));
@@ -270,7 +275,10 @@ pub fn restore_source(
             ),
         },
         RestoreMode::Empty => Ok(RestoreSource::Empty {
-            offsets: marker.map(|m| (m.source_offset, m.keyed_offset)),
+            offsets: marker.map(|m| {
+                let ours = m.source.as_ref().is_none_or(|s| s == source);
+                (ours.then_some(m.source_offset), m.keyed_offset)
+            }),
         }),
     }
 }
@@ -331,7 +339,9 @@ impl Runner {
             .create()
             .map_err(kerr("creating the offsets client"))?;
         info!(job = %job.name, generation = job.generation, ?tasks, instance, ?guarantee, txn_timeout_ms, "starting");
+        let sources = Arc::new(job.sources()?);
         let mut runner = Runner {
+            sources,
             plan,
             kafka,
             consumer,
@@ -390,12 +400,12 @@ impl Runner {
     }
 
     fn open_task(&mut self, t: u32) -> Result<Slot> {
-        let task_count = self.job.task_count();
-        let (topic, partition) = self
-            .job
-            .source_of(t)
-            .map(|(a, b)| (a.to_string(), b))
-            .ok_or_else(|| anyhow!("task {t} does not exist: the job has {task_count} source partitions"))?;
+        let task_count = self.sources.len();
+        let own =
+            self.sources.source_of(t).cloned().ok_or_else(|| {
+                anyhow!("task {t} does not exist: the job has {task_count} source partitions")
+            })?;
+        let (topic, partition) = (own.topic.clone(), own.partition);
         let transactional = self.guarantee == ProcessingGuarantee::ExactlyOnce;
         let fencing: TxProducer = self
             .producer_config(t)
@@ -431,6 +441,7 @@ impl Runner {
             savepoint,
             self.job.restore.allow_empty_state,
             t,
+            &own,
         )?;
         let (backend, db) = self.new_backend(t)?;
         let started = Instant::now();
@@ -441,9 +452,9 @@ impl Runner {
                     ?offsets,
                     "starting with empty state (the spec allows it)"
                 );
-                let mut task = Task::new(t, task_count, self.plan.clone(), backend, now_ms());
+                let mut task = Task::new(t, self.sources.clone(), self.plan.clone(), backend, now_ms());
                 if let Some((source, keyed)) = offsets {
-                    task.meta.source_offset = Some(*source);
+                    task.meta.source_offset = *source;
                     task.meta.keyed_offset = Some(*keyed);
                 }
                 task
@@ -458,7 +469,7 @@ impl Runner {
                 let _ = std::fs::remove_dir_all(&dir);
                 self.store.download(&manifest, &dir)?;
                 self.crash.hit("during-restore");
-                let task = Task::restore(&dir, task_count, self.plan.clone(), backend, now_ms())?;
+                let task = Task::restore(&dir, self.sources.clone(), self.plan.clone(), backend, now_ms())?;
                 let _ = std::fs::remove_dir_all(&dir);
                 info!(
                     task = t,
@@ -700,6 +711,7 @@ impl Runner {
                     Some(Err(e)) => warn!(error = %e, "consumer error"),
                     Some(Ok(m)) => on_message(
                         &self.job,
+                        &self.sources,
                         &self.shared,
                         &mut self.slots,
                         &mut self.out,
@@ -966,6 +978,7 @@ impl Runner {
             savepoint_id: savepoint.map(str::to_string),
             generation: self.job.generation,
             manifest: manifest_path.clone(),
+            source: slot.task.meta.source.clone(),
             source_offset: slot.task.meta.source_offset.unwrap_or(0),
             keyed_offset: slot.task.meta.keyed_offset.unwrap_or(0),
             time_ms: now,
@@ -1059,6 +1072,7 @@ impl Runner {
 #[allow(clippy::too_many_arguments)]
 fn on_message(
     job: &JobFile,
+    sources: &Sources,
     shared: &Shared,
     slots: &mut BTreeMap<u32, Slot>,
     out: &mut Vec<Out>,
@@ -1071,7 +1085,7 @@ fn on_message(
     let (task, stage) = if topic == job.topics.repartition {
         (partition as u32, "keyed")
     } else {
-        let t = job
+        let t = sources
             .task_of(topic, partition)
             .ok_or_else(|| anyhow!("record from unassigned partition {topic}-{partition}"))?;
         (t, "source")
@@ -1386,6 +1400,7 @@ mod tests {
             savepoint_id: None,
             generation,
             manifest: "checkpoints/task-0/3-i/manifest.json".into(),
+            source: None,
             source_offset: 10,
             keyed_offset: 4,
             time_ms: 0,
@@ -1396,40 +1411,63 @@ mod tests {
     #[test]
     fn restore_never_silently_starts_empty() {
         use RestoreMode::*;
+        let a0 = SourceRef {
+            topic: "a".into(),
+            partition: 0,
+        };
         let sp = Some("savepoints/sp/task-0/manifest.json".to_string());
         let own = RestoreSource::Checkpoint("checkpoints/task-0/3-i/manifest.json".into());
         // Same generation restarted: its own last checkpoint, whatever the mode.
         for mode in [Savepoint, LastState, Empty] {
             assert_eq!(
-                restore_source(Some(&marker(2)), 2, mode, sp.clone(), false, 0).unwrap(),
+                restore_source(Some(&marker(2)), 2, mode, sp.clone(), false, 0, &a0).unwrap(),
                 own
             );
         }
         // New generation with a savepoint: the savepoint.
         assert_eq!(
-            restore_source(Some(&marker(1)), 2, Savepoint, sp.clone(), false, 0).unwrap(),
+            restore_source(Some(&marker(1)), 2, Savepoint, sp.clone(), false, 0, &a0).unwrap(),
             RestoreSource::Savepoint(sp.clone().unwrap())
         );
-        assert!(restore_source(Some(&marker(1)), 2, Savepoint, None, true, 0).is_err());
+        assert!(restore_source(Some(&marker(1)), 2, Savepoint, None, true, 0, &a0).is_err());
         // New generation, last-state: the last checkpoint of the old one.
         assert_eq!(
-            restore_source(Some(&marker(1)), 2, LastState, None, false, 0).unwrap(),
+            restore_source(Some(&marker(1)), 2, LastState, None, false, 0, &a0).unwrap(),
             own
         );
         // Stateless: empty state, reading on from the committed offsets.
         assert_eq!(
-            restore_source(Some(&marker(1)), 2, Empty, None, false, 0).unwrap(),
+            restore_source(Some(&marker(1)), 2, Empty, None, false, 0, &a0).unwrap(),
             RestoreSource::Empty {
-                offsets: Some((10, 4))
+                offsets: Some((Some(10), 4))
+            }
+        );
+        // ... but not another partition's offset (a replaced source topic).
+        let mut theirs = marker(1);
+        theirs.source = Some(SourceRef {
+            topic: "b".into(),
+            partition: 0,
+        });
+        assert_eq!(
+            restore_source(Some(&theirs), 2, Empty, None, false, 0, &a0).unwrap(),
+            RestoreSource::Empty {
+                offsets: Some((None, 4))
+            }
+        );
+        theirs.source = Some(a0.clone());
+        assert_eq!(
+            restore_source(Some(&theirs), 2, Empty, None, false, 0, &a0).unwrap(),
+            RestoreSource::Empty {
+                offsets: Some((Some(10), 4))
             }
         );
         // Nothing at all: refused unless the spec allows empty state.
-        let err = restore_source(None, 1, LastState, None, false, 7)
+        let err = restore_source(None, 1, LastState, None, false, 7, &a0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("task 7") && err.contains("allowEmptyState"), "{err}");
         assert_eq!(
-            restore_source(None, 1, LastState, None, true, 0).unwrap(),
+            restore_source(None, 1, LastState, None, true, 0, &a0).unwrap(),
             RestoreSource::Empty { offsets: None }
         );
     }

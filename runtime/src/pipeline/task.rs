@@ -2,13 +2,16 @@
 //! same number (stage 2), with their state. Pure with respect to Kafka: the
 //! runner feeds records in and writes what comes out.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
-use super::wire::{self, DataRecord, WatermarkRecord, Wire};
+use super::sources::{SourceRef, Sources};
+use super::wire::{self, DataRecord, UpstreamRef, WatermarkRecord, Wire};
 use crate::codec::output::encode_result;
 use crate::operator::keying::{KeyOutcome, KeyingStage};
 use crate::operator::partitioner::partition_for;
@@ -93,6 +96,18 @@ pub struct TaskMeta {
     pub keyed_offset: Option<i64>,
     /// Largest event time seen on the source partition.
     pub source_max_event_time: Option<i64>,
+    /// The source partition `source_offset` and `source_max_event_time`
+    /// belong to (absent in snapshots of older runtimes: the task's
+    /// partition in the positional layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRef>,
+    /// What the keyed partition knows of each upstream source partition, by
+    /// [`super::sources::source_id`] (JSON object keys are decimal strings).
+    #[serde(default)]
+    pub upstreams: BTreeMap<u64, Upstream>,
+    /// Older runtimes' `upstreams`, by task index in the positional layout;
+    /// converted on restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream: Vec<Upstream>,
 }
 
@@ -101,8 +116,58 @@ const META_FILE: &str = "task.json";
 pub const FUTURE_EVENT_TIME: &str = "future_event_time";
 const STATE_DIR: &str = "state";
 
+/// A restored task's meta in terms of the job's current `sources`:
+/// upstreams of older snapshots keyed by source id, and the stage-1
+/// position dropped when the task's partition was replaced by another
+/// (the new partition starts at `source.startFrom`). A position of a
+/// partition the job still reads at another task is refused: handing it
+/// over would read one partition from another's offset.
+pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
+    for (t, u) in std::mem::take(&mut meta.upstream).into_iter().enumerate() {
+        let id = sources.id_of(t as u32).ok_or_else(|| {
+            anyhow!(
+                "the snapshot of task {} knows {} upstream tasks, the job has {}",
+                meta.task,
+                t + 1,
+                sources.len()
+            )
+        })?;
+        meta.upstreams.insert(id, u);
+    }
+    let Some(now) = sources.source_of(meta.task).cloned() else {
+        return Ok(meta); // the task-count check reports it
+    };
+    match meta.source.take() {
+        None => {}
+        Some(was) if was == now => {}
+        Some(was) => {
+            if let Some(other) = sources.task_of(&was.topic, was.partition) {
+                bail!(
+                    "the snapshot of task {} holds the position of {was}, which the job now reads at task {other}: \
+                     the source layout of the job file is not the one the snapshot was taken with (was \
+                     status.sourceLayout of the StreamJob lost?); refusing to read {now} from {was}'s offset",
+                    meta.task
+                );
+            }
+            info!(
+                task = meta.task,
+                %was,
+                %now,
+                "the task's source partition was replaced: it starts at source.startFrom"
+            );
+            meta.source_offset = None;
+            meta.source_max_event_time = None;
+        }
+    }
+    meta.source = Some(now);
+    Ok(meta)
+}
+
 pub struct Task {
     pub meta: TaskMeta,
+    sources: Arc<Sources>,
+    /// [`super::sources::source_id`] of the task's source partition.
+    own_id: u64,
     plan: Arc<Plan>,
     keying: KeyingStage,
     keyed: KeyedRecord,
@@ -116,24 +181,28 @@ pub struct Task {
 }
 
 impl Task {
-    /// A task with empty state.
+    /// A task with empty state (`task` must be one of `sources`' tasks).
     pub fn new(
         task: u32,
-        task_count: u32,
+        sources: Arc<Sources>,
         plan: Arc<Plan>,
         backend: Box<dyn StateBackend + Send>,
         now_ms: i64,
     ) -> Task {
         let meta = TaskMeta {
             task,
-            task_count,
+            task_count: sources.len(),
             checkpoint_id: 0,
             source_offset: None,
             keyed_offset: None,
             source_max_event_time: None,
-            upstream: vec![Upstream::default(); task_count as usize],
+            source: sources.source_of(task).cloned(),
+            upstreams: BTreeMap::new(),
+            upstream: Vec::new(),
         };
         Task {
+            own_id: sources.id_of(task).unwrap_or_default(),
+            sources,
             keying: KeyingStage::new(plan.keying.clone()),
             op: WindowOperator::new(task, plan.window.clone()),
             plan,
@@ -149,10 +218,10 @@ impl Task {
     }
 
     /// A task restored from the snapshot directory `dir` (as written by
-    /// [`Task::snapshot`]) into `backend`.
+    /// [`Task::snapshot`]) into `backend`, for the job reading `sources`.
     pub fn restore(
         dir: &Path,
-        task_count: u32,
+        sources: Arc<Sources>,
         plan: Arc<Plan>,
         mut backend: Box<dyn StateBackend + Send>,
         now_ms: i64,
@@ -162,6 +231,7 @@ impl Task {
             &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         )
         .with_context(|| format!("parsing {}", path.display()))?;
+        let task_count = sources.len();
         if meta.task_count != task_count {
             bail!(
                 "the snapshot of task {} was taken with {} source partitions, the job now has {}: moving keyed \
@@ -172,12 +242,13 @@ impl Task {
                 task_count
             );
         }
+        let meta = relabel(meta, &sources)?;
         backend
             .restore(&dir.join(STATE_DIR), &[meta.task])
             .with_context(|| format!("restoring the state of task {}", meta.task))?;
         let op = WindowOperator::restore(meta.task, plan.window.clone(), None, &*backend)
             .with_context(|| format!("restoring the window operator of task {}", meta.task))?;
-        let mut t = Task::new(meta.task, task_count, plan, backend, now_ms);
+        let mut t = Task::new(meta.task, sources, plan, backend, now_ms);
         t.op = op;
         t.sent = None;
         t.meta = meta;
@@ -254,7 +325,7 @@ impl Task {
                     Some(self.meta.source_max_event_time.map_or(t, |m| m.max(t)));
                 let partition = partition_for(&self.keyed.group_key, self.meta.task_count) as i32;
                 let rec = DataRecord {
-                    upstream: self.meta.task,
+                    upstream: UpstreamRef::Source(self.own_id),
                     source_offset: offset,
                     keyed: std::mem::take(&mut self.keyed),
                     source_key: key.map(<[u8]>::to_vec),
@@ -285,7 +356,7 @@ impl Task {
         self.sent = Some((wm, idle));
         Some(Out::Watermark {
             value: wire::encode_watermark(&WatermarkRecord {
-                upstream: self.meta.task,
+                upstream: UpstreamRef::Source(self.own_id),
                 watermark: wm,
                 idle,
             }),
@@ -297,20 +368,15 @@ impl Task {
         self.meta.keyed_offset = Some(offset + 1);
         let wire =
             wire::decode(value).with_context(|| format!("keyed partition {} offset {offset}", self.id()))?;
-        let n = self.meta.upstream.len();
         match wire {
             Wire::Watermark(w) => {
-                let Some(u) = self.meta.upstream.get_mut(w.upstream as usize) else {
-                    bail!("watermark from task {} but the job has {n} tasks", w.upstream);
-                };
+                let u = self.upstream(w.upstream)?;
                 u.watermark = u.watermark.max(w.watermark);
                 u.idle = w.idle;
                 self.advance(out)
             }
             Wire::Data(d) => {
-                let Some(u) = self.meta.upstream.get_mut(d.upstream as usize) else {
-                    bail!("record from task {} but the job has {n} tasks", d.upstream);
-                };
+                let u = self.upstream(d.upstream)?;
                 if d.source_offset <= u.seen {
                     self.counters.duplicates_dropped += 1;
                     return Ok(());
@@ -333,11 +399,32 @@ impl Task {
         }
     }
 
+    /// What the keyed partition knows of `from` (created empty on its
+    /// first record). Records of a partition the job no longer reads (left
+    /// in the repartition topic by the version before) are kept apart from
+    /// whichever partition took over its task.
+    fn upstream(&mut self, from: UpstreamRef) -> Result<&mut Upstream> {
+        let id = match from {
+            UpstreamRef::Source(id) => id,
+            UpstreamRef::Task(t) => self.sources.id_of(t).ok_or_else(|| {
+                anyhow!(
+                    "record from task {t} (written by an older runtime) but the job has {} tasks",
+                    self.sources.len()
+                )
+            })?,
+        };
+        Ok(self.meta.upstreams.entry(id).or_default())
+    }
+
+    /// The keyed partition's watermark follows the slowest source partition
+    /// the job reads now (one never heard from holds it back).
     fn advance(&mut self, out: &mut Vec<Out>) -> Result<()> {
+        let upstreams = &self.meta.upstreams;
         let active = self
-            .meta
-            .upstream
+            .sources
+            .ids()
             .iter()
+            .map(|id| upstreams.get(id).copied().unwrap_or_default())
             .filter(|u| !u.idle)
             .map(|u| u.watermark)
             .min();
@@ -380,5 +467,154 @@ impl Task {
         std::fs::write(dir.join(META_FILE), serde_json::to_vec_pretty(&self.meta)?)
             .with_context(|| format!("writing {}", dir.join(META_FILE).display()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use streamops_crds::runtime_api::{JobTopics, SourceTopic};
+
+    use super::*;
+    use crate::pipeline::sources::source_id;
+    use crate::state::memory::MemoryBackend;
+
+    fn sources(list: &[(&str, i32)]) -> Arc<Sources> {
+        let topics = JobTopics {
+            source: list
+                .iter()
+                .map(|(t, p)| SourceTopic {
+                    topic: (*t).into(),
+                    partitions: *p,
+                })
+                .collect(),
+            layout: Vec::new(),
+            sink: "out".into(),
+            late_events: None,
+            dead_letter: None,
+            repartition: "r".into(),
+            control: "c".into(),
+        };
+        Arc::new(Sources::new(&topics).unwrap())
+    }
+
+    fn plan() -> Arc<Plan> {
+        let spec = serde_json::from_str(include_str!("../../tests/data/min-spec.json")).unwrap();
+        Arc::new(crate::plan::compile(&spec).unwrap())
+    }
+
+    fn sref(topic: &str, partition: i32) -> SourceRef {
+        SourceRef {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    fn meta(task: u32, source: Option<SourceRef>) -> TaskMeta {
+        TaskMeta {
+            task,
+            task_count: 4,
+            checkpoint_id: 9,
+            source_offset: Some(500),
+            keyed_offset: Some(70),
+            source_max_event_time: Some(1_000),
+            source,
+            upstreams: BTreeMap::new(),
+            upstream: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn older_snapshots_are_read_by_position() {
+        let s = sources(&[("a", 2), ("b", 2)]);
+        let mut old = meta(1, None);
+        old.upstream = (0..4)
+            .map(|i| Upstream {
+                seen: i * 10,
+                ..Upstream::default()
+            })
+            .collect();
+        let m = relabel(old, &s).unwrap();
+        assert!(m.upstream.is_empty());
+        assert_eq!(m.upstreams[&source_id("b", 0)].seen, 20);
+        assert_eq!(m.upstreams[&source_id("a", 1)].seen, 10);
+        assert_eq!(m.source, Some(sref("a", 1)));
+        assert_eq!(m.source_offset, Some(500));
+        // The snapshot's JSON keeps the upstreams by id.
+        let json = serde_json::to_string(&m).unwrap();
+        let back: TaskMeta = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn a_replaced_partition_starts_afresh_and_a_moved_one_is_refused() {
+        // Tasks: 0 = a-0, 1 = b-0, 2 = b-1, 3 = d-0.
+        let s = sources(&[("a", 1), ("b", 2), ("d", 1)]);
+        let same = relabel(meta(1, Some(sref("b", 0))), &s).unwrap();
+        assert_eq!(same.source_offset, Some(500));
+        assert_eq!(same.source_max_event_time, Some(1_000));
+        // Task 1 read c-0, a topic the job no longer reads: b-0 took its
+        // task and starts at source.startFrom; the keyed half stays.
+        let replaced = relabel(meta(1, Some(sref("c", 0))), &s).unwrap();
+        assert_eq!(replaced.source_offset, None);
+        assert_eq!(replaced.source_max_event_time, None);
+        assert_eq!(replaced.source, Some(sref("b", 0)));
+        assert_eq!(replaced.keyed_offset, Some(70));
+        // Task 1 read d-0, which the job reads at task 3 now: the layout
+        // is not the snapshot's, and guessing would mix up offsets.
+        let err = relabel(meta(1, Some(sref("d", 0))), &s).unwrap_err().to_string();
+        assert!(
+            err.contains("d-0") && err.contains("task 3") && err.contains("sourceLayout"),
+            "{err}"
+        );
+    }
+
+    /// The keyed stage of task 0, whose partition a-0 replaced c-0: records
+    /// c-0 left in the repartition topic and a-0's own are told apart.
+    #[test]
+    fn upstreams_are_told_apart_by_partition_not_by_task() {
+        let s = sources(&[("a", 1), ("b", 1)]);
+        let mut keyed = Task::new(0, s.clone(), plan(), Box::new(MemoryBackend::new()), 0);
+        let mut stage1 = Task::new(0, s, plan(), Box::new(MemoryBackend::new()), 0);
+        let mut out = Vec::new();
+        stage1.on_source(0, None, br#"{"k": "u", "ts": 1500}"#, 10_000, &mut out);
+        let [Out::Keyed { value, .. }] = &out[..] else {
+            panic!("one keyed record: {out:?}");
+        };
+        let Ok(Wire::Data(mut rec)) = wire::decode(value) else {
+            panic!("a data record");
+        };
+        assert_eq!(rec.upstream, UpstreamRef::Source(source_id("a", 0)));
+        let mut feed = |rec: &DataRecord, offset: i64| {
+            let mut buf = Vec::new();
+            wire::encode_data(rec, &mut buf);
+            keyed.on_keyed(offset, &buf, &mut Vec::new()).unwrap();
+        };
+        // c-0 at source offset 100, then a-0 at offset 0 (a new partition):
+        // both count; replaying a-0's offset 0 is a duplicate.
+        let from_c = DataRecord {
+            upstream: UpstreamRef::Source(source_id("c", 0)),
+            source_offset: 100,
+            ..rec.clone()
+        };
+        feed(&from_c, 0);
+        feed(&rec, 1);
+        feed(&rec, 2);
+        rec.upstream = UpstreamRef::Task(1); // an older runtime's b-0
+        feed(&rec, 3);
+        assert_eq!(keyed.counters.keyed_records, 3);
+        assert_eq!(keyed.counters.duplicates_dropped, 1);
+        // The watermark follows the partitions read now; c-0's is ignored.
+        let mut wm = |upstream, watermark, offset| {
+            let w = wire::encode_watermark(&WatermarkRecord {
+                upstream,
+                watermark,
+                idle: false,
+            });
+            keyed.on_keyed(offset, &w, &mut Vec::new()).unwrap();
+            keyed.watermark()
+        };
+        assert_eq!(wm(UpstreamRef::Source(source_id("c", 0)), 9_000, 4), NO_WATERMARK);
+        assert_eq!(wm(UpstreamRef::Source(source_id("a", 0)), 5_000, 5), NO_WATERMARK);
+        assert_eq!(wm(UpstreamRef::Source(source_id("b", 0)), 3_000, 6), 3_000);
     }
 }

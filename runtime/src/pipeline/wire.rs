@@ -4,7 +4,9 @@
 //! (stage-1 output, with the source record kept for the late-events path)
 //! and watermark records (each stage-1 task tells every keyed partition how
 //! far its source partition has progressed). Binary, little endian, versioned
-//! by the first byte.
+//! by the first byte: versions 1 and 2 name the upstream by its task index
+//! (written by runtimes before source layouts; still read), 3 and 4 by its
+//! source partition's id ([`super::sources::source_id`]).
 //!
 //! Control topic (partition = task): one JSON [`Marker`] per committed
 //! checkpoint, written in the same transaction as the outputs it covers.
@@ -22,14 +24,33 @@ use crate::operator::KeyedRecord;
 /// is committed (the verifier of the fault tests relies on it).
 pub const CHECKPOINT_HEADER: &str = "streamops-checkpoint";
 
-const DATA: u8 = 1;
-const WATERMARK: u8 = 2;
+const DATA_BY_TASK: u8 = 1;
+const WATERMARK_BY_TASK: u8 = 2;
+const DATA: u8 = 3;
+const WATERMARK: u8 = 4;
+
+/// Where a repartition record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamRef {
+    /// A source partition ([`super::sources::source_id`]): what this
+    /// runtime writes.
+    Source(u64),
+    /// The index of the task that read it, in the positional layout (what
+    /// older runtimes wrote).
+    Task(u32),
+}
+
+impl Default for UpstreamRef {
+    fn default() -> Self {
+        UpstreamRef::Source(0)
+    }
+}
 
 /// A stage-1 record on its way to the keyed partition that owns its key.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DataRecord {
-    /// The task (source partition) it came from.
-    pub upstream: u32,
+    /// The source partition it came from.
+    pub upstream: UpstreamRef,
     /// Its offset in that source partition: keyed partitions drop records
     /// they have already seen from an upstream (replays after a restore,
     /// and leaked records of brokers that do not abort fenced transactions).
@@ -39,10 +60,10 @@ pub struct DataRecord {
     pub source_value: Vec<u8>,
 }
 
-/// Progress of one upstream task.
+/// Progress of one upstream source partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatermarkRecord {
-    pub upstream: u32,
+    pub upstream: UpstreamRef,
     pub watermark: i64,
     /// The upstream is idle (idle handling on): it does not hold back the
     /// keyed partition's watermark until it sends data again.
@@ -60,10 +81,22 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+fn put_upstream(out: &mut Vec<u8>, u: UpstreamRef, by_source: u8, by_task: u8) {
+    match u {
+        UpstreamRef::Source(id) => {
+            out.push(by_source);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        UpstreamRef::Task(t) => {
+            out.push(by_task);
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+    }
+}
+
 pub fn encode_data(r: &DataRecord, out: &mut Vec<u8>) {
     out.clear();
-    out.push(DATA);
-    out.extend_from_slice(&r.upstream.to_le_bytes());
+    put_upstream(out, r.upstream, DATA, DATA_BY_TASK);
     out.extend_from_slice(&r.source_offset.to_le_bytes());
     out.extend_from_slice(&r.keyed.event_time.to_le_bytes());
     put_bytes(out, &r.keyed.group_key);
@@ -103,9 +136,8 @@ pub fn encode_data(r: &DataRecord, out: &mut Vec<u8>) {
 }
 
 pub fn encode_watermark(w: &WatermarkRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(14);
-    out.push(WATERMARK);
-    out.extend_from_slice(&w.upstream.to_le_bytes());
+    let mut out = Vec::with_capacity(18);
+    put_upstream(&mut out, w.upstream, WATERMARK, WATERMARK_BY_TASK);
     out.extend_from_slice(&w.watermark.to_le_bytes());
     out.push(u8::from(w.idle));
     out
@@ -133,6 +165,9 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array()?))
     }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
     fn i64(&mut self) -> Result<i64> {
         Ok(i64::from_le_bytes(self.array()?))
     }
@@ -146,9 +181,14 @@ impl<'a> Reader<'a> {
 /// another producer; the caller fails the task rather than guess.
 pub fn decode(bytes: &[u8]) -> Result<Wire> {
     let mut r = Reader(bytes);
-    match r.u8()? {
-        DATA => {
-            let upstream = r.u32()?;
+    let version = r.u8()?;
+    let upstream = match version {
+        DATA | WATERMARK => UpstreamRef::Source(r.u64()?),
+        DATA_BY_TASK | WATERMARK_BY_TASK => UpstreamRef::Task(r.u32()?),
+        v => bail!("unknown internal record version {v}"),
+    };
+    match version {
+        DATA | DATA_BY_TASK => {
             let source_offset = r.i64()?;
             let event_time = r.i64()?;
             let group_key = r.bytes()?.to_vec();
@@ -187,12 +227,11 @@ pub fn decode(bytes: &[u8]) -> Result<Wire> {
                 source_value,
             }))
         }
-        WATERMARK => Ok(Wire::Watermark(WatermarkRecord {
-            upstream: r.u32()?,
+        _ => Ok(Wire::Watermark(WatermarkRecord {
+            upstream,
             watermark: r.i64()?,
             idle: r.u8()? != 0,
         })),
-        v => bail!("unknown internal record version {v}"),
     }
 }
 
@@ -236,6 +275,10 @@ pub struct Marker {
     pub generation: i64,
     /// Object path of the manifest, relative to the storage root.
     pub manifest: String,
+    /// The task's source partition when the marker was written (absent in
+    /// markers of older runtimes: the positional one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<super::sources::SourceRef>,
     /// Next offset to read from the task's source partition.
     pub source_offset: i64,
     /// Next offset to read from the task's keyed partition.
@@ -266,7 +309,7 @@ mod tests {
     #[test]
     fn data_records_round_trip() {
         let r = DataRecord {
-            upstream: 7,
+            upstream: UpstreamRef::Source(u64::MAX - 7),
             source_offset: 123_456,
             keyed: KeyedRecord {
                 group_key: br#"["u1",3]"#.to_vec(),
@@ -292,7 +335,15 @@ mod tests {
             ..r
         };
         encode_data(&no_key, &mut buf);
-        assert_eq!(decode(&buf).unwrap(), Wire::Data(no_key));
+        assert_eq!(decode(&buf).unwrap(), Wire::Data(no_key.clone()));
+        // What older runtimes wrote (by task index) still reads.
+        let by_task = DataRecord {
+            upstream: UpstreamRef::Task(7),
+            ..no_key
+        };
+        encode_data(&by_task, &mut buf);
+        assert_eq!(buf[0], DATA_BY_TASK);
+        assert_eq!(decode(&buf).unwrap(), Wire::Data(by_task));
         for cut in 0..buf.len() {
             assert!(decode(&buf[..cut]).is_err(), "truncated at {cut} must fail");
         }
@@ -300,12 +351,14 @@ mod tests {
 
     #[test]
     fn watermarks_round_trip() {
-        let w = WatermarkRecord {
-            upstream: 3,
-            watermark: i64::MIN,
-            idle: true,
-        };
-        assert_eq!(decode(&encode_watermark(&w)).unwrap(), Wire::Watermark(w));
+        for upstream in [UpstreamRef::Source(3 << 40), UpstreamRef::Task(3)] {
+            let w = WatermarkRecord {
+                upstream,
+                watermark: i64::MIN,
+                idle: true,
+            };
+            assert_eq!(decode(&encode_watermark(&w)).unwrap(), Wire::Watermark(w));
+        }
         assert!(decode(&[9]).is_err());
     }
 }

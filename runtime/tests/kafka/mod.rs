@@ -165,6 +165,7 @@ pub fn job(
                 topic: topics.source.clone(),
                 partitions: topics.partitions as i32,
             }],
+            layout: Vec::new(),
             sink: topics.sink.clone(),
             late_events: Some(topics.late.clone()),
             dead_letter: Some(topics.dlq.clone()),

@@ -26,6 +26,7 @@ fn topics(partitions: i32) -> JobTopics {
             topic: "clicks".into(),
             partitions,
         }],
+        layout: Vec::new(),
         sink: "out".into(),
         late_events: None,
         dead_letter: None,
@@ -914,6 +915,51 @@ fn rescale_on_spec_parallelism_and_on_partition_growth() {
     assert_eq!(w.savepoint_calls(), 3);
     assert_eq!(w.deployment.as_ref().unwrap().topics.total_partitions(), 12);
     assert_eq!(w.pods.len(), 4);
+}
+
+#[test]
+fn reordered_and_replaced_sources_keep_every_partition_on_its_task() {
+    let two = |a: &str, b: &str| {
+        let mut t = topics(2);
+        t.source = vec![
+            SourceTopic {
+                topic: a.into(),
+                partitions: 2,
+            },
+            SourceTopic {
+                topic: b.into(),
+                partitions: 2,
+            },
+        ];
+        t
+    };
+    let mut w = World::new(4);
+    w.topics = Ok(two("a", "b"));
+    until(&mut w, "running", |w| w.running(1));
+    let deployed = |w: &World| {
+        let t = &w.deployment.as_ref().unwrap().topics;
+        t.tasks()
+            .unwrap()
+            .into_iter()
+            .map(|(t, p)| format!("{t}-{p}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(deployed(&w), ["a-0", "a-1", "b-0", "b-1"]);
+    assert!(
+        w.deployment.as_ref().unwrap().topics.layout.is_empty(),
+        "positional: the job file needs no layout"
+    );
+    // The spec lists the topics the other way round: same tasks.
+    w.change_spec(|s| s.source.topics = vec!["b".into(), "a".into()]);
+    w.topics = Ok(two("b", "a"));
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    assert_eq!(deployed(&w), ["a-0", "a-1", "b-0", "b-1"]);
+    assert_eq!(w.status.source_layout.len(), 2);
+    // `a` is replaced by `c`: `b` stays, `c` takes `a`'s tasks.
+    w.change_spec(|s| s.source.topics = vec!["b".into(), "c".into()]);
+    w.topics = Ok(two("b", "c"));
+    until(&mut w, "Running gen 3", |w| w.running(3));
+    assert_eq!(deployed(&w), ["c-0", "c-1", "b-0", "b-1"]);
 }
 
 #[test]
