@@ -76,6 +76,7 @@ def main():
 
     release = "streamops"
     values = {"kafka": {"bootstrapServers": "10.244.0.1:9092"}, "replicaCount": 2,
+              "networkPolicy": {"enabled": True},
               "image": {"repository": "localhost/streamops-operator", "tag": "dev", "pullPolicy": "Never"}}
     sync(helm.Install(cfg).run(release, CHART, values=values, create_namespace=True, wait=False))
     dep = get("deployment", "streamops-operator", ns)
@@ -93,6 +94,19 @@ def main():
               sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"])
         check("default bootstrap passed to the operator",
               {"name": "STREAMOPS_KAFKA_BOOTSTRAP", "value": "10.244.0.1:9092"} in c["env"])
+        selector = ",".join(f"{k}={v}" for k, v in sorted(dep["spec"]["selector"]["matchLabels"].items()))
+        check("runtime NetworkPolicies on by default, admitting the operator's pods by their selector labels",
+              {"name": "STREAMOPS_NETWORK_POLICY", "value": "true"} in c["env"] and
+              {"name": "STREAMOPS_OPERATOR_POD_LABELS", "value": selector} in c["env"], str(c["env"]))
+    policy = get("networkpolicy", "streamops-operator", ns)
+    check("networkPolicy.enabled creates the operator's NetworkPolicy", policy is not None)
+    if policy:
+        runtime = {"app.kubernetes.io/name": "streamops-runtime", "app.kubernetes.io/managed-by": "streamops-operator"}
+        check("the operator may reach the runtime pods' admin port in every namespace",
+              any(any(peer.get("podSelector", {}).get("matchLabels") == runtime and peer.get("namespaceSelector") == {}
+                      for peer in rule.get("to", [])) and
+                  rule.get("ports") == [{"port": 8080, "protocol": "TCP"}]
+                  for rule in policy["spec"]["egress"]), json.dumps(policy["spec"]["egress"]))
     role = get("clusterrole", "streamops-operator")
     check("cluster mode grants a ClusterRole", role is not None)
     if role:
@@ -100,6 +114,9 @@ def main():
         check("secrets: get and create only (no list/watch/update)", verbs.get(("", "secrets")) == {"get", "create"},
               str(verbs.get(("", "secrets"))))
         check("pods: list only (never deleted, never exec'd)", verbs.get(("", "pods")) == {"list"}, str(verbs.get(("", "pods"))))
+        check("networkpolicies: create and patch only (server-side apply of each job's)",
+              verbs.get(("networking.k8s.io", "networkpolicies")) == {"create", "patch"},
+              str(verbs.get(("networking.k8s.io", "networkpolicies"))))
         check("the operator deletes nothing (owner references do)", all("delete" not in v for v in verbs.values()))
         check("no wildcard verbs or resources",
               all("*" not in rule["verbs"] and "*" not in rule["resources"] for rule in role["rules"]))
@@ -115,6 +132,8 @@ def main():
         ("patch", "statefulsets.apps", True),   # StreamJob pods: server-side apply
         ("create", "secrets", True),            # the <job>-admin token, once
         ("list", "pods", True),                 # readiness and pod IPs
+        ("patch", "networkpolicies.networking.k8s.io", True),  # each job's, server-side apply
+        ("get", "networkpolicies.networking.k8s.io", False),
         ("delete", "pods", False),              # pods go by scaling the StatefulSet
         ("update", "secrets", False),
     ]:
@@ -135,10 +154,15 @@ def main():
     # Namespaced mode: a Role in the watched namespace, no ClusterRole.
     watched = ns + "-apps"
     kubectl("create", "namespace", watched)
-    sync(helm.Install(cfg).run(release, CHART, values={"installMode": "namespaced", "watchNamespace": watched},
+    sync(helm.Install(cfg).run(release, CHART, values={"installMode": "namespaced", "watchNamespace": watched,
+                                                       "runtimeNetworkPolicy": {"enabled": False}},
                                wait=False))
     check("namespaced mode grants no ClusterRole", get("clusterrole", "streamops-operator") is None)
-    check("namespaced mode grants a Role in the watched namespace", get("role", "streamops-operator", watched) is not None)
+    role = get("role", "streamops-operator", watched)
+    check("namespaced mode grants a Role in the watched namespace", role is not None)
+    if role:
+        check("without runtime NetworkPolicies, no access to networkpolicies",
+              all("networkpolicies" not in rule["resources"] for rule in role["rules"]), str(role["rules"]))
     rc, _, _ = kubectl("auth", "can-i", "patch", "streamtopics.streamops.io/status", "--as",
                        f"system:serviceaccount:{ns}:streamops-operator", "-n", "default")
     check("namespaced mode cannot touch other namespaces", rc != 0)

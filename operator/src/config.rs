@@ -1,7 +1,7 @@
 //! Operator-wide settings: every flag has an environment fallback so the
 //! Helm chart can set them either way.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, ValueEnum};
 
@@ -64,7 +64,9 @@ pub struct OperatorConfig {
     /// Name of the leader-election Lease.
     #[arg(long, env = "STREAMOPS_LEASE_NAME", default_value = "streamops-operator")]
     pub lease_name: String,
-    /// Namespace of the leader-election Lease (the operator's own).
+    /// The operator's own namespace (the chart sets POD_NAMESPACE from the
+    /// downward API): its leader-election Lease lives there, and the runtime
+    /// NetworkPolicies admit the operator's pods from it.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
     /// This replica's identity in the Lease (default: the pod name / host name).
@@ -98,6 +100,63 @@ pub struct OperatorConfig {
     /// once); the rest wait in the controller's queue.
     #[arg(long, env = "STREAMOPS_RECONCILE_CONCURRENCY", default_value_t = DEFAULT_RECONCILE_CONCURRENCY)]
     pub reconcile_concurrency: u16,
+    /// Give every StreamJob a NetworkPolicy (`<job>`) under which its runtime
+    /// pods accept connections only on the admin port, and only from the
+    /// operator's pods and from `--runtime-metrics-namespaces`. Turning it
+    /// off creates no more of them and deletes none (they go with their job).
+    #[arg(long, env = "STREAMOPS_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_policy: bool,
+    /// Labels of the operator's own pods, `key=value,...`: the pods of
+    /// `--lease-namespace` that the runtime NetworkPolicies admit.
+    #[arg(long, env = "STREAMOPS_OPERATOR_POD_LABELS", default_value = DEFAULT_OPERATOR_POD_LABELS)]
+    pub operator_pod_labels: MatchLabels,
+    /// Namespaces, by label (`key=value,...`), whose pods may reach the
+    /// runtime pods' admin port, which also serves `/metrics` (`/v1` still
+    /// needs the job's token); empty: the operator's namespace only.
+    #[arg(long, env = "STREAMOPS_RUNTIME_METRICS_NAMESPACES", default_value = "")]
+    pub runtime_metrics_namespaces: MatchLabels,
+}
+
+/// The chart's selector labels of the operator's pods, less the release's
+/// `app.kubernetes.io/instance` (which the chart adds).
+pub const DEFAULT_OPERATOR_POD_LABELS: &str = "app.kubernetes.io/name=streamops-operator";
+
+/// A label selector's `matchLabels`, written `key=value,key=value` (empty:
+/// none). Keys and values are checked for the characters Kubernetes allows,
+/// so a typo fails at start, not at the first apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MatchLabels(pub BTreeMap<String, String>);
+
+impl FromStr for MatchLabels {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut labels = BTreeMap::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?}: expected key=value"))?;
+            let (key, value) = (key.trim(), value.trim());
+            let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+            if key.is_empty() || key.len() > 253 || !key.chars().all(allowed) {
+                return Err(format!("{pair:?}: {key:?} is not a label key"));
+            }
+            if value.len() > 63 || !value.chars().all(|c| c != '/' && allowed(c)) {
+                return Err(format!("{pair:?}: {value:?} is not a label value"));
+            }
+            if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+                return Err(format!("label {key:?} given twice"));
+            }
+        }
+        Ok(MatchLabels(labels))
+    }
+}
+
+impl fmt::Display for MatchLabels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pairs: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        f.write_str(&pairs.join(","))
+    }
 }
 
 /// See [`OperatorConfig::reconcile_concurrency`].
@@ -131,6 +190,70 @@ impl Default for OperatorConfig {
             checkpoint_storage: "file:///var/lib/streamops/checkpoints".into(),
             runtime_admin_timeout: Duration::from_secs(3),
             reconcile_concurrency: DEFAULT_RECONCILE_CONCURRENCY,
+            network_policy: true,
+            operator_pod_labels: DEFAULT_OPERATOR_POD_LABELS.parse().unwrap_or_default(),
+            runtime_metrics_namespaces: MatchLabels::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_labels_parse_and_refuse_what_kubernetes_would() {
+        let parsed: MatchLabels = " app.kubernetes.io/name=streamops-operator, team = ads ,"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            parsed.0,
+            BTreeMap::from([
+                (
+                    "app.kubernetes.io/name".to_owned(),
+                    "streamops-operator".to_owned()
+                ),
+                ("team".to_owned(), "ads".to_owned()),
+            ])
+        );
+        assert_eq!(
+            parsed.to_string(),
+            "app.kubernetes.io/name=streamops-operator,team=ads"
+        );
+        assert_eq!("".parse::<MatchLabels>().unwrap(), MatchLabels::default());
+        assert_eq!("empty=".parse::<MatchLabels>().unwrap().0["empty"], "");
+        for bad in [
+            "team",
+            "=ads",
+            "a b=c",
+            "team=a/b",
+            "a=1,a=2",
+            &format!("k={}", "v".repeat(64)),
+        ] {
+            assert!(bad.parse::<MatchLabels>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: OperatorConfig,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["streamops-operator"])
+            .unwrap()
+            .config;
+        let default = OperatorConfig::default();
+        assert_eq!(parsed.network_policy, default.network_policy);
+        assert_eq!(parsed.operator_pod_labels, default.operator_pod_labels);
+        assert_eq!(
+            parsed.runtime_metrics_namespaces,
+            default.runtime_metrics_namespaces
+        );
+        assert_eq!(
+            default.operator_pod_labels.to_string(),
+            DEFAULT_OPERATOR_POD_LABELS
+        );
     }
 }

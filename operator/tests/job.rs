@@ -13,6 +13,7 @@ use common::*;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{ConfigMap, Secret, Service},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, ResourceExt,
@@ -184,6 +185,29 @@ async fn object_graph_owner_refs_parallelism_cap_and_status() {
     assert!(owned_by(&secret.metadata, &job));
     let token = secret.data.unwrap()["token"].0.clone();
     assert_eq!(token.len(), 64);
+
+    // The NetworkPolicy: the job's pods, ingress only, the admin port from
+    // the operator's pods (the harness's defaults) and namespace.
+    let policies: Api<NetworkPolicy> = Api::namespaced(h.client.clone(), &h.ns);
+    let policy = wait_some(&policies, "cpu").await;
+    assert!(owned_by(&policy.metadata, &job));
+    let p = serde_json::to_value(&policy).unwrap();
+    assert_eq!(
+        p["spec"]["podSelector"]["matchLabels"],
+        json!({"streamops.io/job": "cpu"})
+    );
+    assert_eq!(p["spec"]["policyTypes"], json!(["Ingress"]));
+    let ingress = p["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 2);
+    assert_eq!(
+        ingress[0]["from"][0]["podSelector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "streamops-operator"})
+    );
+    assert!(
+        ingress
+            .iter()
+            .all(|r| r["ports"] == json!([{"port": 8080, "protocol": "TCP"}]))
+    );
 
     // Internal topics: P partitions each, the control topic compacted.
     h.wait_kafka(&control, "control topic", |o| {

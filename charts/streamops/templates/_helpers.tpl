@@ -34,3 +34,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default .Release.Namespace .Values.watchNamespace -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* A map of labels as the operator's flags take them: key=value,key=value. */ -}}
+{{- define "streamops.matchLabels" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

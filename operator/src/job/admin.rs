@@ -6,7 +6,7 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
 use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{
     Method, Request, StatusCode,
     body::Bytes,
@@ -45,7 +45,14 @@ pub enum AdminError {
     Http { pod: String, status: u16, body: String },
     #[error("{pod}: unreadable answer: {message}")]
     Decode { pod: String, message: String },
+    #[error("{pod}: answer larger than {limit} bytes, not read further")]
+    TooLarge { pod: String, limit: usize },
 }
+
+/// The largest answer body the operator reads from a runtime pod. A status
+/// or savepoint answer is a few KiB; a pod (or anything listening at its
+/// address) cannot make the operator buffer more than this per call.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// The calls the operator makes on a runtime pod.
 pub trait RuntimeAdmin: Send + Sync {
@@ -114,14 +121,18 @@ impl HttpAdmin {
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             let status = response.status();
-            let bytes = response
-                .into_body()
+            let read = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
-                .await
-                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
-                .to_bytes();
+                .await;
             driver.abort();
-            Ok((status, bytes))
+            match read {
+                Ok(body) => Ok((status, body.to_bytes())),
+                Err(e) if e.is::<LengthLimitError>() => Err(AdminError::TooLarge {
+                    pod: pod.pod.clone(),
+                    limit: MAX_ANSWER_BYTES,
+                }),
+                Err(e) => Err(unreachable(format!("reading the answer: {e}"))),
+            }
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
@@ -207,9 +218,10 @@ mod tests {
     /// `status` and `body`, returns the raw request it read.
     async fn serve_once(
         status: &'static str,
-        body: &'static str,
+        body: impl Into<String>,
     ) -> (SocketAddr, tokio::task::JoinHandle<String>) {
         use std::io::{Read, Write};
+        let body = body.into();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::task::spawn_blocking(move || {
@@ -242,7 +254,8 @@ mod tests {
                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
-            socket.write_all(response.as_bytes()).unwrap();
+            // A client that stops reading (an oversized answer) closes early.
+            let _ = socket.write_all(response.as_bytes());
             String::from_utf8_lossy(&request).to_string()
         });
         (addr, task)
@@ -327,5 +340,66 @@ mod tests {
             Err(AdminError::Unreachable { .. })
         ));
         assert!(!format!("{:?}", endpoint(free)).contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_up_to_a_limit() {
+        let admin = HttpAdmin::new(Duration::from_secs(10));
+        // Exactly the limit is read whole (whitespace only: not a status).
+        let (addr, _server) = serve_once("200 OK", " ".repeat(MAX_ANSWER_BYTES)).await;
+        let e = admin.status(&endpoint(addr)).await.unwrap_err();
+        assert!(matches!(e, AdminError::Decode { .. }), "{e}");
+        // One byte more is refused, error answers included.
+        let (addr, _server) = serve_once("200 OK", "x".repeat(MAX_ANSWER_BYTES + 1)).await;
+        let e = admin.status(&endpoint(addr)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AdminError::TooLarge {
+                    limit: MAX_ANSWER_BYTES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let (addr, _server) = serve_once("500 Internal Server Error", "x".repeat(2 * MAX_ANSWER_BYTES)).await;
+        let e = admin.resume(&endpoint(addr)).await.unwrap_err();
+        assert!(matches!(e, AdminError::TooLarge { .. }), "{e}");
+    }
+
+    /// An answer of no announced length that never ends: the client stops at
+    /// the limit instead of buffering until the call's timeout.
+    #[tokio::test]
+    async fn an_endless_answer_stops_at_the_limit() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::task::spawn_blocking(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf);
+            let mut sent = 0usize;
+            let chunk = format!("10000\r\n{}\r\n", "y".repeat(0x10000));
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            if socket.write_all(head.as_bytes()).is_err() {
+                return sent;
+            }
+            // Bounded: 64 MiB at most, far past the client's limit.
+            while sent < 64 * MAX_ANSWER_BYTES && socket.write_all(chunk.as_bytes()).is_ok() {
+                sent += 0x10000;
+            }
+            sent
+        });
+        let e = HttpAdmin::new(Duration::from_secs(10))
+            .status(&endpoint(addr))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AdminError::TooLarge { .. }), "{e}");
+        let sent = server.await.unwrap();
+        assert!(
+            sent < 64 * MAX_ANSWER_BYTES,
+            "the client kept reading: {sent} bytes"
+        );
     }
 }

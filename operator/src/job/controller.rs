@@ -17,6 +17,7 @@ use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{ConfigMap, Pod, Secret, Service},
+        networking::v1::NetworkPolicy,
     },
     jiff::Timestamp,
 };
@@ -47,7 +48,7 @@ use super::{
     admin::{HttpAdmin, PodEndpoint, RuntimeAdmin},
     annotation_is,
     plan::{self, AdminCall, Deployment, Observed, Outcome, PodView, Step},
-    resources::{self, KafkaAccess, PodInputs},
+    resources::{self, AdminAccess, KafkaAccess, PodInputs},
     status,
 };
 use crate::{
@@ -620,6 +621,16 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
         let svc = resources::service(job, &names).map_err(Error::KafkaClientConfig)?;
         server_side_apply(&services, &names.service(), &svc).await?;
+        if ctx.config.network_policy {
+            let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
+            let access = AdminAccess {
+                operator_namespace: &ctx.config.lease_namespace,
+                operator_pods: &ctx.config.operator_pod_labels.0,
+                metrics_namespaces: &ctx.config.runtime_metrics_namespaces.0,
+            };
+            let policy = resources::network_policy(job, &names, &access).map_err(Error::KafkaClientConfig)?;
+            server_side_apply(&policies, &names.network_policy(), &policy).await?;
+        }
     }
     let token = admin_token(job, &names, ctx, startable).await?;
     let pods = observe_pods(&names, ctx, token.as_deref()).await?;
@@ -760,8 +771,8 @@ fn count(step: &Step, metrics: &Metrics) {
     }
 }
 
-/// Deletes the internal topics (the pods, ConfigMap, Service and Secret go
-/// by owner reference).
+/// Deletes the internal topics (the pods, ConfigMap, Service, NetworkPolicy
+/// and Secret go by owner reference).
 async fn cleanup(job: &StreamJob, ctx: &JobContext) -> Result<Action> {
     if annotation_is(job, topic_annotation::SKIP_KAFKA_DELETION, "true") {
         return Ok(Action::await_change());

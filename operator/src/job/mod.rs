@@ -39,6 +39,10 @@ impl JobNames {
     pub fn service(&self) -> String {
         self.job.clone()
     }
+    /// The NetworkPolicy in front of the job's runtime pods.
+    pub fn network_policy(&self) -> String {
+        self.job.clone()
+    }
     pub fn config_map(&self) -> String {
         format!("{}-config", self.job)
     }

@@ -1,7 +1,8 @@
 //! The object graph of a job, built without I/O: the `<job>-config`
-//! ConfigMap (`job.json`), the headless Service, the StatefulSet of runtime
-//! pods and the `<job>-admin` Secret. Each carries a controller owner
-//! reference to the StreamJob, so deleting the job deletes them.
+//! ConfigMap (`job.json`), the headless Service, the NetworkPolicy in front
+//! of the runtime pods, the StatefulSet of runtime pods and the
+//! `<job>-admin` Secret. Each carries a controller owner reference to the
+//! StreamJob, so deleting the job deletes them.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{ConfigMap, Secret, Service},
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
@@ -220,6 +222,65 @@ pub fn service(job: &StreamJob, names: &JobNames) -> Result<Service, String> {
         },
     });
     serde_json::from_value(value).map_err(|e| format!("Service: {e}"))
+}
+
+/// The label every namespace carries with its own name (Kubernetes 1.21+).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Who may connect to a job's runtime pods, from the operator's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminAccess<'a> {
+    /// The operator's namespace and the labels of its pods there.
+    pub operator_namespace: &'a str,
+    pub operator_pods: &'a BTreeMap<String, String>,
+    /// Namespaces (by label) whose pods may scrape `/metrics` on the admin
+    /// port; empty: the operator's namespace.
+    pub metrics_namespaces: &'a BTreeMap<String, String>,
+}
+
+/// The job's NetworkPolicy: its runtime pods accept connections on the
+/// admin port only (the one port they listen on), from the operator's pods
+/// (`/v1`, with the job's token) and from the metrics namespaces (`/metrics`;
+/// by default the operator's namespace). Ingress only: the pods' egress
+/// (Kafka, DNS, checkpoint storage) stays open. The kubelet's probes come
+/// from the node, which a NetworkPolicy does not block.
+pub fn network_policy(
+    job: &StreamJob,
+    names: &JobNames,
+    access: &AdminAccess<'_>,
+) -> Result<NetworkPolicy, String> {
+    let operator_namespace: BTreeMap<&str, &str> = [(NAMESPACE_NAME_LABEL, access.operator_namespace)].into();
+    let metrics_namespaces = if access.metrics_namespaces.is_empty() {
+        json!(operator_namespace)
+    } else {
+        json!(access.metrics_namespaces)
+    };
+    let admin_port = json!([{"port": env::ADMIN_PORT, "protocol": "TCP"}]);
+    let value = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(&names.network_policy(), names, &owner(job)),
+        "spec": {
+            "podSelector": {"matchLabels": {JOB_LABEL: names.job}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    // One peer with both selectors: the operator's pods in
+                    // the operator's namespace (two peers would admit either).
+                    "from": [{
+                        "namespaceSelector": {"matchLabels": operator_namespace},
+                        "podSelector": {"matchLabels": access.operator_pods},
+                    }],
+                    "ports": admin_port,
+                },
+                {
+                    "from": [{"namespaceSelector": {"matchLabels": metrics_namespaces}}],
+                    "ports": admin_port,
+                },
+            ],
+        },
+    });
+    serde_json::from_value(value).map_err(|e| format!("NetworkPolicy: {e}"))
 }
 
 /// The admin Secret with a fresh `token` (created once, never updated).
@@ -789,6 +850,116 @@ mod tests {
             host_dir_of(&b, "file:///var/lib/streamops/checkpoints/ns/clicks-per-user"),
             dirs[1]
         );
+    }
+
+    #[test]
+    fn network_policy_admits_only_the_operator_and_metrics_namespaces_to_the_admin_port() {
+        let j = job(None);
+        let names = JobNames::of(&j);
+        let operator_pods = BTreeMap::from([
+            (
+                "app.kubernetes.io/name".to_owned(),
+                "streamops-operator".to_owned(),
+            ),
+            ("app.kubernetes.io/instance".to_owned(), "so".to_owned()),
+        ]);
+        let everywhere_default = BTreeMap::new();
+        let access = AdminAccess {
+            operator_namespace: "streamops-system",
+            operator_pods: &operator_pods,
+            metrics_namespaces: &everywhere_default,
+        };
+        let np = serde_json::to_value(network_policy(&j, &names, &access).unwrap()).unwrap();
+        assert_eq!(np["metadata"]["name"], "clicks-per-user");
+        assert_eq!(np["metadata"]["namespace"], "ns");
+        assert_eq!(np["metadata"]["labels"][JOB_LABEL], "clicks-per-user");
+        assert_eq!(
+            np["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "streamops-operator"
+        );
+        let owner = &np["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "StreamJob");
+        assert_eq!(owner["name"], "clicks-per-user");
+        assert_eq!(owner["uid"], "uid-1");
+        assert_eq!(owner["controller"], true);
+
+        // It selects exactly the job's runtime pods: every label it matches
+        // is on the pod template, and it is the StatefulSet's own selector.
+        let sts = build(&j, "s3://b", &KafkaAccess::default());
+        let selector = &np["spec"]["podSelector"]["matchLabels"];
+        assert_eq!(selector, &sts["spec"]["selector"]["matchLabels"]);
+        for (k, v) in selector.as_object().unwrap() {
+            assert_eq!(&sts["spec"]["template"]["metadata"]["labels"][k], v);
+        }
+
+        // Ingress only (egress stays open), on the one port the pods listen on.
+        let spec = &np["spec"];
+        assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+        assert!(spec.get("egress").is_none());
+        let container_ports = &sts["spec"]["template"]["spec"]["containers"][0]["ports"];
+        assert_eq!(
+            container_ports,
+            &json!([{"name": "admin", "containerPort": 8080, "protocol": "TCP"}])
+        );
+        let ingress = spec["ingress"].as_array().unwrap();
+        assert_eq!(ingress.len(), 2);
+        for rule in ingress {
+            assert_eq!(rule["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
+        }
+        // The operator's pods: namespace AND pod labels, in one peer.
+        assert_eq!(
+            ingress[0]["from"],
+            json!([{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "streamops-system"}},
+                "podSelector": {"matchLabels": {
+                    "app.kubernetes.io/name": "streamops-operator",
+                    "app.kubernetes.io/instance": "so",
+                }},
+            }])
+        );
+        // /metrics: by default from the operator's namespace only.
+        assert_eq!(
+            ingress[1]["from"],
+            json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "streamops-system"}}}])
+        );
+
+        // Other metrics namespaces replace that, never the operator's rule.
+        let monitoring = BTreeMap::from([("team".to_owned(), "monitoring".to_owned())]);
+        let np = network_policy(
+            &j,
+            &names,
+            &AdminAccess {
+                metrics_namespaces: &monitoring,
+                ..access
+            },
+        )
+        .unwrap();
+        let np = serde_json::to_value(np).unwrap();
+        assert_eq!(np["spec"]["ingress"][0], json!(ingress[0]));
+        assert_eq!(
+            np["spec"]["ingress"][1]["from"],
+            json!([{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}])
+        );
+    }
+
+    /// The chart's NetworkPolicy for the operator must let it reach what
+    /// this module builds: pods with these labels, on the admin port.
+    #[test]
+    fn the_charts_operator_egress_names_the_runtime_pods_and_admin_port() {
+        let chart = include_str!("../../../charts/streamops/templates/networkpolicy.yaml");
+        let rule = &chart[chart.find("- to:").expect("an egress rule with `to`")..];
+        let names = JobNames {
+            job: "j".into(),
+            namespace: "ns".into(),
+        };
+        for (k, v) in labels(&names).into_iter().filter(|(k, _)| k != JOB_LABEL) {
+            assert!(
+                rule.contains(&format!("{k}: {v}")),
+                "{k}: {v} missing from:\n{rule}"
+            );
+        }
+        let port = format!("- {{port: {}, protocol: TCP}}", env::ADMIN_PORT);
+        assert!(rule.contains(&port), "{port} missing from:\n{rule}");
     }
 
     #[test]

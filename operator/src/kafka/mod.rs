@@ -1,6 +1,6 @@
 //! Reaching Kafka: client settings from a resource's `spec.cluster` (with
 //! Secrets from its own namespace) or from the operator's defaults, and a
-//! cache of admin clients per distinct setting.
+//! bounded cache of admin clients per distinct setting.
 //!
 //! Credential rule: the operator's own credentials (files, e.g. a mounted
 //! Secret) go only with its own default bootstrap servers. A resource that
@@ -9,13 +9,14 @@
 //! typed.
 
 pub mod admin;
+pub mod cache;
 mod incremental;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fmt,
     sync::Mutex,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::Secret;
@@ -28,6 +29,15 @@ use streamops_crds::{
 
 use crate::{config::OperatorConfig, error::Error};
 pub use admin::{AdminFailure, FailureKind, KafkaAdmin};
+use cache::BoundedCache;
+
+/// Admin clients kept at once. Each is a librdkafka client with its own
+/// threads and broker connections, and every distinct credential set (a
+/// rotated Secret, one more `spec.cluster`) makes one.
+pub const CLIENT_CACHE_CAPACITY: usize = 32;
+/// An admin client unused this long is dropped (its credentials may have
+/// been rotated away, its resources deleted).
+pub const CLIENT_IDLE_TTL: Duration = Duration::from_secs(600);
 
 /// librdkafka properties for one cluster, secrets included. Never logged:
 /// `Debug` shows the bootstrap servers and protocol only.
@@ -208,11 +218,13 @@ async fn spec_credentials(
     Ok(creds)
 }
 
-/// Admin clients, one per distinct [`ClientSettings`].
+/// Admin clients, one per distinct [`ClientSettings`], at most
+/// [`CLIENT_CACHE_CAPACITY`] of them, each dropped after
+/// [`CLIENT_IDLE_TTL`] unused.
 pub struct KafkaClients {
     defaults: DefaultCluster,
     timeout: Duration,
-    cache: Mutex<HashMap<ClientSettings, KafkaAdmin>>,
+    cache: Mutex<BoundedCache<ClientSettings, KafkaAdmin>>,
 }
 
 impl KafkaClients {
@@ -220,7 +232,7 @@ impl KafkaClients {
         Self {
             defaults: DefaultCluster::new(config),
             timeout: config.kafka_timeout,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(BoundedCache::new(CLIENT_CACHE_CAPACITY, CLIENT_IDLE_TTL)),
         }
     }
 
@@ -245,9 +257,19 @@ impl KafkaClients {
 
     /// The cached admin client for `settings`, created on first use.
     pub fn admin(&self, settings: &ClientSettings) -> Result<KafkaAdmin, Error> {
+        let (admin, evicted) = self.cached_or_new(settings)?;
+        release(evicted);
+        Ok(admin)
+    }
+
+    /// The client and the ones that left the cache (dropped by the caller,
+    /// outside the lock).
+    fn cached_or_new(&self, settings: &ClientSettings) -> Result<(KafkaAdmin, Vec<KafkaAdmin>), Error> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(admin) = cache.get(settings) {
-            return Ok(admin.clone());
+        let now = Instant::now();
+        let (cached, expired) = cache.get(settings, now);
+        if let Some(admin) = cached {
+            return Ok((admin.clone(), expired));
         }
         let mut config = ClientConfig::new();
         for (key, value) in &settings.0 {
@@ -262,15 +284,37 @@ impl KafkaClients {
             .set("allow.auto.create.topics", "false")
             .set("reconnect.backoff.max.ms", "2000")
             .set("log_level", "3");
-        let client = config.create().map_err(|e| {
-            Error::KafkaClientConfig(format!(
-                "cannot create a Kafka client for {}: {e}",
-                settings.bootstrap()
-            ))
-        })?;
+        let client = match config.create() {
+            Ok(client) => client,
+            Err(e) => {
+                drop(cache);
+                release(expired);
+                return Err(Error::KafkaClientConfig(format!(
+                    "cannot create a Kafka client for {}: {e}",
+                    settings.bootstrap()
+                )));
+            }
+        };
         let admin = KafkaAdmin::new(client, self.timeout);
-        cache.insert(settings.clone(), admin.clone());
-        Ok(admin)
+        let mut gone = cache.insert(settings.clone(), admin.clone(), now);
+        gone.extend(expired);
+        Ok((admin, gone))
+    }
+}
+
+/// Drops clients that left the cache. Dropping the last handle of a
+/// librdkafka client joins its threads, which can take a while: on a
+/// blocking thread when inside a Tokio runtime, never under the cache lock.
+/// A reconcile still holding a clone keeps that client until it is done.
+fn release(clients: Vec<KafkaAdmin>) {
+    if clients.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(clients));
+        }
+        Err(_) => drop(clients),
     }
 }
 
@@ -307,5 +351,26 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2") && !shown.contains("PRIVATE") && !shown.contains("user"));
         assert!(shown.contains("b:9092"));
+    }
+
+    #[test]
+    fn the_client_cache_keeps_at_most_its_capacity() {
+        let clients = KafkaClients::new(&OperatorConfig::default());
+        // Nothing listens on port 1: creating a client connects to nothing.
+        let settings = |i: usize| {
+            properties(
+                "127.0.0.1:1",
+                &Credentials {
+                    sasl: Some(("PLAIN".into(), format!("user-{i}"), "p".into())),
+                    ..Credentials::default()
+                },
+            )
+        };
+        for i in 0..CLIENT_CACHE_CAPACITY + 8 {
+            clients.admin(&settings(i)).unwrap();
+            clients.admin(&settings(i)).unwrap();
+        }
+        let cache = clients.cache.lock().unwrap();
+        assert_eq!(cache.len(), CLIENT_CACHE_CAPACITY);
     }
 }
