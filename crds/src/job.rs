@@ -167,6 +167,25 @@ pub struct SourceSpec {
     /// Where to start when there is no checkpoint or savepoint. Absent: `earliest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_from: Option<StartPosition>,
+    /// What to do when a partition's position is no longer in the topic
+    /// (the records were deleted by retention before the job read them, or
+    /// the topic was recreated): `fail` stops the job with
+    /// `Ready=False`/`OffsetOutOfRange` until someone decides; `earliest`
+    /// goes on from the oldest record still there (the deleted ones are
+    /// lost), `latest` from the end. Every reset is logged, counted
+    /// (`streamops_source_offset_resets_total`) and reported as a Warning
+    /// Event. Absent: `fail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_offset_out_of_range: Option<OffsetOutOfRange>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OffsetOutOfRange {
+    #[default]
+    Fail,
+    Earliest,
+    Latest,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -577,6 +596,11 @@ pub struct StreamJobStatus {
     /// Records behind the source's end, summed over partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// The newest source position found no longer in its partition and
+    /// reset by `spec.source.onOffsetOutOfRange` (each one is also a Warning
+    /// Event `SourceOffsetReset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offset_reset: Option<crate::runtime_api::OffsetReset>,
 }
 
 /// Defaults, applied in code and documented here and in the README.
@@ -600,6 +624,7 @@ impl StreamJobSpec {
             .max_future_skew
             .get_or_insert_with(|| DurationSpec::from_millis(defaults::MAX_FUTURE_SKEW_MS));
         s.source.start_from.get_or_insert_default();
+        s.source.on_offset_out_of_range.get_or_insert_default();
         let wm = s.source.watermark.get_or_insert(WatermarkSpec {
             out_of_orderness: None,
             idle_timeout: None,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{RestoreMode, StreamJobSpec};
@@ -51,12 +52,15 @@ pub mod termination {
     pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
     /// A newer instance of a task took over its transactional id.
     pub const FENCED: &str = "ProducerFenced";
+    /// A source partition's position is no longer in the topic and
+    /// `spec.source.onOffsetOutOfRange` is `fail`.
+    pub const OFFSET_OUT_OF_RANGE: &str = "OffsetOutOfRange";
     /// Anything else (the detail says what).
     pub const FAILED: &str = "RuntimeFailed";
     /// The kubelet keeps at most 4096 bytes of a termination message.
     pub const MAX_BYTES: usize = 4096;
 
-    const REASONS: [&str; 3] = [KAFKA_UNAVAILABLE, FENCED, FAILED];
+    const REASONS: [&str; 4] = [KAFKA_UNAVAILABLE, FENCED, OFFSET_OUT_OF_RANGE, FAILED];
 
     /// The message to write: `<reason>: <detail>`, cut at a character
     /// boundary to fit [`MAX_BYTES`].
@@ -181,6 +185,27 @@ pub struct RuntimeStatus {
     /// operator adds the pods' values up into `status.lag`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Source positions reset by `spec.source.onOffsetOutOfRange` since the
+    /// process started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offset_resets: Vec<OffsetReset>,
+}
+
+/// One source position that was no longer in its topic, and where the
+/// runtime went on from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetReset {
+    pub topic: String,
+    pub partition: i32,
+    /// The position the job had.
+    pub from: i64,
+    /// Where it went on.
+    pub to: i64,
+    /// The partition's first and next offsets when it was found out.
+    pub log_start: i64,
+    pub log_end: i64,
+    pub time_ms: i64,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]

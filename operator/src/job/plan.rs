@@ -27,7 +27,8 @@ use streamops_crds::{
     job::{IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord, UpgradeIntent, UpgradeMode},
     layout,
     runtime_api::{
-        JobTopics, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus, termination,
+        JobTopics, OffsetReset, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus,
+        termination,
     },
 };
 
@@ -674,11 +675,46 @@ fn steady(o: &Observed) -> Step {
     } else {
         not_ready(o, &revision, ready, want)
     };
+    let resets = new_offset_resets(o);
+    if let Some(newest) = resets.last() {
+        status.last_offset_reset = Some(newest.clone());
+    }
     let mut step = resume_stopped(o, Step::new(status, health).deploy(deployment));
+    for r in resets {
+        step = step.event(
+            true,
+            "SourceOffsetReset",
+            format!(
+                "{}-{}: position {} was no longer in the partition (offsets {}..{}); went on from {} \
+                 (spec.source.onOffsetOutOfRange)",
+                r.topic, r.partition, r.from, r.log_start, r.log_end, r.to
+            ),
+        );
+    }
     if ready < want {
         step.requeue = Duration::from_secs(5);
     }
     step
+}
+
+/// Offset resets the pods report that are newer than the last one in
+/// status, oldest first.
+fn new_offset_resets(o: &Observed) -> Vec<OffsetReset> {
+    let seen = o
+        .status
+        .last_offset_reset
+        .as_ref()
+        .map_or(i64::MIN, |r| r.time_ms);
+    let mut resets: Vec<OffsetReset> = o
+        .runtime
+        .values()
+        .filter_map(|a| a.as_ref().ok())
+        .flat_map(|s| s.offset_resets.iter())
+        .filter(|r| r.time_ms > seen)
+        .cloned()
+        .collect();
+    resets.sort_by_key(|r| (r.time_ms, r.topic.clone(), r.partition));
+    resets
 }
 
 /// `Ready=False` while fewer than `want` pods of `revision` are ready: with

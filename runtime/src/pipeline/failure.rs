@@ -57,6 +57,7 @@ pub fn reason_of_code(code: RDKafkaErrorCode) -> &'static str {
     use RDKafkaErrorCode as C;
     match code {
         C::ProducerFenced | C::Fenced | C::InvalidProducerEpoch => termination::FENCED,
+        C::OffsetOutOfRange | C::AutoOffsetReset => termination::OFFSET_OUT_OF_RANGE,
         C::AllBrokersDown
         | C::BrokerTransportFailure
         | C::Resolve
@@ -123,6 +124,18 @@ mod tests {
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced).into());
         let fenced = fenced.context("producing").unwrap_err();
         assert_eq!(reason(&fenced), termination::FENCED);
+
+        let gone = anyhow::Error::new(KafkaCondition::new(
+            RDKafkaErrorCode::OffsetOutOfRange,
+            "task 0: source partition in-0: 200 records were deleted",
+        ))
+        .context("starting task 0");
+        assert_eq!(reason(&gone), termination::OFFSET_OUT_OF_RANGE);
+        let text = termination::message(reason(&gone), &detail(&gone));
+        assert_eq!(
+            termination::parse(&text).map(|(r, _)| r),
+            Some(termination::OFFSET_OUT_OF_RANGE)
+        );
 
         let flush = anyhow::Error::new(KafkaCondition::new(
             RDKafkaErrorCode::MessageTimedOut,

@@ -3,6 +3,7 @@
 //!
 //! - [`job`]: the job file the operator writes and the task assignment;
 //! - [`sources`]: which task reads which source partition;
+//! - [`offsets`]: source positions no longer in their partition;
 //! - [`task`]: stage 1 (keying) and stage 2 (windows) of one task, pure;
 //! - [`wire`]: records of the internal repartition and control topics;
 //! - [`store`]: checkpoints and savepoints in durable storage (`object_store`);
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod failure;
 pub mod job;
 pub mod kafka;
+pub mod offsets;
 pub mod runner;
 pub mod shared;
 pub mod sources;

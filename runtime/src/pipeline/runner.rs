@@ -36,7 +36,8 @@ use tracing::{debug, info, warn};
 
 use super::job::{JobExt, JobFile, RestoreMode};
 use super::kafka::KafkaSettings;
-use super::shared::{CrashPoints, RunState, SavepointState, Shared};
+use super::offsets::{self, Decision};
+use super::shared::{CrashPoints, MAX_OFFSET_RESETS, RunState, SavepointState, Shared};
 use super::sources::{SourceRef, Sources};
 use super::store::{CheckpointStore, Manifest, Target};
 use super::task::{Out, Task};
@@ -45,7 +46,8 @@ use crate::plan::Plan;
 use crate::state::StateBackend;
 use crate::state::memory::MemoryBackend;
 use crate::state::rocks::{RocksBackend, RocksOptions};
-use streamops_crds::job::ProcessingGuarantee;
+use streamops_crds::job::{OffsetOutOfRange, ProcessingGuarantee};
+use streamops_crds::runtime_api::OffsetReset;
 use streamops_crds::{StreamJobSpec, transaction};
 
 use super::failure::KafkaCondition;
@@ -368,6 +370,7 @@ impl Runner {
                 .with_context(|| format!("starting task {t}"))?;
             runner.slots.insert(t, slot);
         }
+        runner.check_positions()?;
         runner.assign()?;
         for slot in runner.slots.values_mut() {
             slot.begin()?;
@@ -668,6 +671,91 @@ impl Runner {
             .map_err(kerr(format!("reading offsets of {topic}-{partition}")))
     }
 
+    /// Checks every read position against its partition
+    /// ([`super::offsets`]): a source position outside it follows
+    /// `spec.source.onOffsetOutOfRange` (an error for `fail`); a keyed one
+    /// is always an error (the job's own repartition records are gone).
+    /// Returns whether a position was reset (the caller reassigns).
+    fn check_positions(&mut self) -> Result<bool> {
+        let policy = self.job.spec.source.on_offset_out_of_range.unwrap_or_default();
+        let mut reset = false;
+        let tasks: Vec<u32> = self.slots.keys().copied().collect();
+        for t in tasks {
+            let (topic, partition, position, keyed) = {
+                let s = &self.slots[&t];
+                let m = &s.task.meta;
+                (
+                    s.source_topic.clone(),
+                    s.source_partition,
+                    m.source_offset,
+                    m.keyed_offset,
+                )
+            };
+            if let Some(k) = keyed {
+                let (low, high) = self.watermarks(&self.job.topics.repartition, t as i32)?;
+                if let Decision::Fail(why) = offsets::decide(k, low, high, OffsetOutOfRange::Fail) {
+                    return Err(KafkaCondition::new(
+                        RDKafkaErrorCode::OffsetOutOfRange,
+                        format!(
+                            "task {t}: the job's repartition partition {}-{t}: {why}",
+                            self.job.topics.repartition
+                        ),
+                    )
+                    .into());
+                }
+            }
+            let Some(position) = position else { continue };
+            let (low, high) = self.watermarks(&topic, partition)?;
+            match offsets::decide(position, low, high, policy) {
+                Decision::InRange => {}
+                Decision::Fail(why) => {
+                    return Err(KafkaCondition::new(
+                        RDKafkaErrorCode::OffsetOutOfRange,
+                        format!("task {t}: source partition {topic}-{partition}: {why}"),
+                    )
+                    .into());
+                }
+                Decision::Reset { to } => {
+                    warn!(
+                        task = t,
+                        topic = %topic,
+                        partition,
+                        from = position,
+                        to,
+                        log_start = low,
+                        log_end = high,
+                        ?policy,
+                        "source position no longer in its partition: reset by spec.source.onOffsetOutOfRange"
+                    );
+                    self.shared
+                        .metrics
+                        .offset_resets
+                        .with_label_values(&[topic.as_str(), partition.to_string().as_str()])
+                        .inc();
+                    let record = OffsetReset {
+                        topic: topic.clone(),
+                        partition,
+                        from: position,
+                        to,
+                        log_start: low,
+                        log_end: high,
+                        time_ms: now_ms(),
+                    };
+                    self.shared.update_status(|s| {
+                        s.offset_resets.push(record);
+                        let n = s.offset_resets.len();
+                        s.offset_resets.drain(..n.saturating_sub(MAX_OFFSET_RESETS));
+                    });
+                    if let Some(s) = self.slots.get_mut(&t) {
+                        s.task.meta.source_offset = Some(to);
+                    }
+                    reset = true;
+                }
+            }
+        }
+        Ok(reset)
+    }
+
     fn assign(&mut self) -> Result<()> {
         let mut tpl = TopicPartitionList::new();
         for (t, s) in &self.slots {
@@ -708,6 +796,17 @@ impl Runner {
             while Instant::now() < deadline {
                 match self.consumer.poll(Duration::from_millis(20)) {
                     None => break,
+                    Some(Err(e))
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+                        ) =>
+                    {
+                        warn!(error = %e, "a read position is out of range");
+                        if self.check_positions()? {
+                            self.assign()?;
+                        }
+                    }
                     Some(Err(e)) => warn!(error = %e, "consumer error"),
                     Some(Ok(m)) => on_message(
                         &self.job,

@@ -34,8 +34,15 @@ pub struct StatusView {
     /// Records not yet read from this pod's source partitions (high
     /// watermark - position), refreshed every few seconds.
     pub lag: Option<i64>,
+    /// Source positions reset by `spec.source.onOffsetOutOfRange` (the last
+    /// [`MAX_OFFSET_RESETS`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub offset_resets: Vec<streamops_crds::runtime_api::OffsetReset>,
     pub error: Option<String>,
 }
+
+/// Offset resets the status keeps (older ones are in the log and the metric).
+pub const MAX_OFFSET_RESETS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum SavepointState {
@@ -79,6 +86,7 @@ pub struct Metrics {
     pub watermark: IntGaugeVec,
     pub restore_seconds: Histogram,
     pub lag: IntGaugeVec,
+    pub offset_resets: IntCounterVec,
 }
 
 impl Metrics {
@@ -146,8 +154,17 @@ impl Metrics {
             ),
             &["stage", "task"],
         )?;
+        let offset_resets = IntCounterVec::new(
+            Opts::new(
+                "source_offset_resets_total",
+                "Source positions no longer in their partition, reset by spec.source.onOffsetOutOfRange, by topic \
+                 and partition",
+            ),
+            &["topic", "partition"],
+        )?;
         for c in [
-            Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(offset_resets.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(records_in.clone()),
             Box::new(records_out.clone()),
             Box::new(duplicates_dropped.clone()),
             Box::new(keyed_records.clone()),
@@ -174,6 +191,7 @@ impl Metrics {
             watermark,
             restore_seconds,
             lag,
+            offset_resets,
         })
     }
 }
@@ -254,6 +272,7 @@ impl Shared {
                 checkpoint_id: None,
                 last_commit_ms: None,
                 lag: None,
+                offset_resets: Vec::new(),
                 error: None,
             }),
             savepoints: Mutex::new(BTreeMap::new()),

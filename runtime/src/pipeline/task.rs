@@ -114,6 +114,14 @@ pub struct TaskMeta {
 const META_FILE: &str = "task.json";
 /// Dead-letter kind of a record whose event time is too far in the future.
 pub const FUTURE_EVENT_TIME: &str = "future_event_time";
+/// Dead-letter kind of a record too large to pass through the repartition
+/// topic.
+pub const RECORD_TOO_LARGE: &str = "record_too_large";
+/// The largest record the task's producers send: librdkafka's default
+/// `message.max.bytes` (brokers accept 1 MiB + 12 bytes by default).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+/// Room left for a record's headers and framing.
+const RECORD_OVERHEAD: usize = 1_024;
 const STATE_DIR: &str = "state";
 
 /// A restored task's meta in terms of the job's current `sources`:
@@ -177,6 +185,7 @@ pub struct Task {
     last_active_ms: i64,
     sent: Option<(i64, bool)>,
     buf: Vec<u8>,
+    max_record_bytes: usize,
     pub counters: TaskCounters,
 }
 
@@ -213,6 +222,7 @@ impl Task {
             last_active_ms: now_ms,
             sent: None,
             buf: Vec::new(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             counters: TaskCounters::default(),
         }
     }
@@ -253,6 +263,13 @@ impl Task {
         t.sent = None;
         t.meta = meta;
         Ok(t)
+    }
+
+    /// The largest record the task may send (key, value and headers); a
+    /// larger keyed record goes to the dead-letter topic instead.
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
     }
 
     pub fn id(&self) -> u32 {
@@ -320,9 +337,6 @@ impl Task {
                 });
             }
             Ok(KeyOutcome::Keyed) => {
-                let t = self.keyed.event_time;
-                self.meta.source_max_event_time =
-                    Some(self.meta.source_max_event_time.map_or(t, |m| m.max(t)));
                 let partition = partition_for(&self.keyed.group_key, self.meta.task_count) as i32;
                 let rec = DataRecord {
                     upstream: UpstreamRef::Source(self.own_id),
@@ -332,6 +346,37 @@ impl Task {
                     source_value: value.to_vec(),
                 };
                 wire::encode_data(&rec, &mut self.buf);
+                let limit = self.max_record_bytes.saturating_sub(RECORD_OVERHEAD);
+                if rec.keyed.group_key.len() + self.buf.len() > limit {
+                    // It would fail the transaction and every retry of it.
+                    // Never moves the watermark: it is not processed.
+                    self.counters.dead_lettered += 1;
+                    let size = key.map_or(0, <[u8]>::len) + value.len();
+                    let (copy, how) = if size <= limit {
+                        (true, "copied here")
+                    } else {
+                        (
+                            false,
+                            "not copied (too large for this topic too): read it at the source coordinates in the headers",
+                        )
+                    };
+                    out.push(Out::DeadLetter {
+                        key: key.filter(|_| copy).map(<[u8]>::to_vec),
+                        value: if copy { value.to_vec() } else { Vec::new() },
+                        kind: RECORD_TOO_LARGE,
+                        reason: format!(
+                            "the record ({size} bytes, {} bytes on its way to the keyed stage) exceeds the {} bytes \
+                             a record may have; {how}",
+                            rec.keyed.group_key.len() + self.buf.len(),
+                            self.max_record_bytes
+                        ),
+                    });
+                    self.keyed = rec.keyed;
+                    return;
+                }
+                let t = rec.keyed.event_time;
+                self.meta.source_max_event_time =
+                    Some(self.meta.source_max_event_time.map_or(t, |m| m.max(t)));
                 out.push(Out::Keyed {
                     partition,
                     key: rec.keyed.group_key.clone(),
@@ -616,5 +661,51 @@ mod tests {
         assert_eq!(wm(UpstreamRef::Source(source_id("c", 0)), 9_000, 4), NO_WATERMARK);
         assert_eq!(wm(UpstreamRef::Source(source_id("a", 0)), 5_000, 5), NO_WATERMARK);
         assert_eq!(wm(UpstreamRef::Source(source_id("b", 0)), 3_000, 6), 3_000);
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_repartition_topic_is_a_dead_letter_copied_or_by_reference() {
+        let s = sources(&[("a", 1)]);
+        let mut task =
+            Task::new(0, s, plan(), Box::new(MemoryBackend::new()), 0).with_max_record_bytes(4_096);
+        let record =
+            |pad: usize, ts: i64| format!(r#"{{"k": "u", "ts": {ts}, "pad": "{}"}}"#, "x".repeat(pad));
+        let mut out = Vec::new();
+        // Fits on its own but not with the keyed stage's envelope: a copy.
+        let near = record(3_020, 9_000);
+        task.on_source(0, Some(b"key"), near.as_bytes(), 10_000, &mut out);
+        // Larger than any record may be: by reference.
+        let huge = record(5_000, 9_000);
+        task.on_source(1, Some(b"key"), huge.as_bytes(), 10_000, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        for (o, copied) in out.iter().zip([true, false]) {
+            let Out::DeadLetter {
+                key,
+                value,
+                kind,
+                reason,
+            } = o
+            else {
+                panic!("a dead letter: {o:?}");
+            };
+            assert_eq!(*kind, RECORD_TOO_LARGE);
+            assert!(reason.contains("4096"), "{reason}");
+            if copied {
+                assert_eq!(
+                    (key.as_deref(), value.as_slice()),
+                    (Some(&b"key"[..]), near.as_bytes())
+                );
+            } else {
+                assert!(key.is_none() && value.is_empty(), "by reference: {o:?}");
+                assert!(reason.contains("source coordinates"), "{reason}");
+            }
+        }
+        // Neither moved the watermark; the stream goes on.
+        assert_eq!(task.source_watermark(), NO_WATERMARK);
+        out.clear();
+        task.on_source(2, None, record(10, 5_000).as_bytes(), 10_000, &mut out);
+        assert!(matches!(out[..], [Out::Keyed { .. }]), "{out:?}");
+        assert_eq!(task.meta.source_offset, Some(3));
+        assert_eq!(task.counters.dead_lettered, 2);
     }
 }

@@ -31,6 +31,14 @@ const FLUSH_TS: i64 = 1_750_000_000_000;
 /// An event time decades ahead of any wall clock: beyond `maxFutureSkew`.
 const FUTURE_TS: i64 = 4_000_000_000_000;
 
+/// Size of the oversized record each partition of [`dataset`] holds: larger
+/// than any record the runtime may send, so it goes to the dead-letter topic
+/// by reference.
+pub const OVERSIZED: usize = 1_500_000;
+
+/// Configs of a source topic: it takes the oversized records.
+pub const SOURCE_CONFIGS: &[(&str, &str)] = &[("max.message.bytes", "4194304")];
+
 pub fn bootstrap() -> String {
     std::env::var("STREAMOPS_BOOTSTRAP")
         .expect("STREAMOPS_BOOTSTRAP must name a Kafka-compatible broker (e2e/cluster/cluster.sh broker up)")
@@ -110,7 +118,7 @@ impl Topics {
         };
         let n = partitions as i32;
         create_topics(&[
-            (&t.source, n, &[]),
+            (&t.source, n, SOURCE_CONFIGS),
             (&t.sink, 3, &[]),
             (&t.late, 1, &[]),
             (&t.dlq, 1, &[]),
@@ -192,8 +200,10 @@ pub struct Input {
 /// A deterministic dataset: `per_partition` records on each partition,
 /// users spread over partitions (so the keyed stream is a real
 /// repartition), event time rising with bounded disorder (never late),
-/// every 97th record malformed, and a final far-future record per
-/// partition that closes every window.
+/// every 97th record malformed, every 211th an event time in the future,
+/// one record per partition too large for the repartition topic
+/// ([`OVERSIZED`]), and a final record per partition that closes every
+/// window.
 pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> {
     let mut out = Vec::new();
     let mut seed = 0x1234_5678_9abc_def1u64;
@@ -209,7 +219,12 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
             let jitter = (rnd() % 1_500) as i64;
             let user = (rnd() % users as u64) as u32;
             let amount = (rnd() % 1000) as i64;
-            let value = if i % 97 == 50 {
+            let value = if i == per_partition / 3 && i % 97 != 50 {
+                json!({"user": format!("u{user}"), "ts": base - jitter, "amount": amount,
+                       "pad": "x".repeat(OVERSIZED)})
+                .to_string()
+                .into_bytes()
+            } else if i % 97 == 50 {
                 format!("not json {p}/{i}").into_bytes()
             } else if i % 211 == 105 {
                 // A wrong clock: a dead letter that must not move the watermark.
@@ -239,7 +254,8 @@ pub fn dataset(partitions: u32, per_partition: usize, users: u32) -> Vec<Input> 
 /// Whether `reference` counts this record as a dead letter: not JSON, or an
 /// event time in the future.
 pub fn is_dead_letter(value: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(value).map_or(true, |v| v["ts"].as_i64() == Some(FUTURE_TS))
+    value.len() >= OVERSIZED
+        || serde_json::from_slice::<Value>(value).map_or(true, |v| v["ts"].as_i64() == Some(FUTURE_TS))
 }
 
 /// Expected final results: (user, window start) -> (clicks, spent); and the
@@ -248,6 +264,10 @@ pub fn reference(data: &[Input]) -> (Expected, usize) {
     let mut m = BTreeMap::new();
     let mut bad = 0;
     for r in data {
+        if r.value.len() >= OVERSIZED {
+            bad += 1;
+            continue;
+        }
         let Ok(v) = serde_json::from_slice::<Value>(&r.value) else {
             bad += 1;
             continue;
@@ -273,6 +293,7 @@ pub fn produce(topic: &str, data: &[Input]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("linger.ms", "5")
+        .set("message.max.bytes", "4000000")
         .create()
         .unwrap();
     for r in data {
@@ -327,6 +348,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub checkpoint: Option<String>,
+    /// Dead letters: `streamops-source-partition`.
+    pub source_partition: Option<i32>,
 }
 
 /// Everything committed in `topic` (all partitions) when the call starts,
@@ -394,17 +417,22 @@ pub fn read_all_isolated(topic: &str, isolation: &str) -> Vec<Record> {
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             Some(Ok(m)) => {
-                let checkpoint = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == CHECKPOINT_HEADER)
-                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                });
+                let header = |name: &str| {
+                    m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == name)
+                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                    })
+                };
+                let checkpoint = header(CHECKPOINT_HEADER);
+                let source_partition = header("streamops-source-partition").and_then(|p| p.parse().ok());
                 out.push(Record {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().unwrap_or(&[]).to_vec(),
                     checkpoint,
+                    source_partition,
                 });
             }
         }

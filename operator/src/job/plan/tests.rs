@@ -140,6 +140,7 @@ impl World {
                             checkpoint_id: Some(p.checkpoint),
                             last_commit_ms: None,
                             lag: Some(p.checkpoint % 7),
+                            offset_resets: Vec::new(),
                         })
                     };
                     (p.name.clone(), answer)
@@ -778,6 +779,7 @@ fn rollback_uses_the_savepoint_when_nothing_newer_was_committed() {
                 checkpoint_id: Some(sp_checkpoint),
                 last_commit_ms: None,
                 lag: None,
+                offset_resets: Vec::new(),
             }),
         );
     }
@@ -822,6 +824,7 @@ fn a_pod_without_a_checkpoint_id_does_not_prove_that_nothing_was_committed() {
                 checkpoint_id: None,
                 last_commit_ms: None,
                 lag: None,
+                offset_resets: Vec::new(),
             }),
         );
     }
@@ -960,6 +963,44 @@ fn reordered_and_replaced_sources_keep_every_partition_on_its_task() {
     w.topics = Ok(two("b", "c"));
     until(&mut w, "Running gen 3", |w| w.running(3));
     assert_eq!(deployed(&w), ["c-0", "c-1", "b-0", "b-1"]);
+}
+
+#[test]
+fn source_offset_resets_become_one_warning_event_each_and_the_newest_is_in_status() {
+    let w = running_world(2);
+    let reset = |partition, time_ms| OffsetReset {
+        topic: "clicks".into(),
+        partition,
+        from: 3,
+        to: 10,
+        log_start: 10,
+        log_end: 20,
+        time_ms,
+    };
+    let mut o = w.observe();
+    let pods: Vec<String> = o.runtime.keys().cloned().collect();
+    for (i, pod) in pods.iter().enumerate() {
+        if let Some(Ok(s)) = o.runtime.get_mut(pod) {
+            s.offset_resets = vec![reset(i as i32, 1_000 + i as i64)];
+        }
+    }
+    let step = decide(&o);
+    let warnings: Vec<&Transition> = step
+        .events
+        .iter()
+        .filter(|e| e.reason == "SourceOffsetReset")
+        .collect();
+    assert_eq!(warnings.len(), 2, "{:?}", step.events);
+    assert!(
+        warnings
+            .iter()
+            .all(|e| e.warning && e.message.contains("went on from 10"))
+    );
+    assert_eq!(step.status.last_offset_reset, Some(reset(1, 1_001)));
+    // Reported again by the pods: no new event.
+    o.status = step.status.clone();
+    let again = decide(&o);
+    assert!(!again.events.iter().any(|e| e.reason == "SourceOffsetReset"));
 }
 
 #[test]
