@@ -1173,41 +1173,37 @@ fn task_dirs(dir: &std::path::Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Isolation between jobs: the same job name in two namespaces on one node,
-/// the second pointing its `spec.checkpoint.storage` at the first's default
-/// location. Each job's checkpoints must land in a host directory of its own
-/// (`<host dir>/<namespace>/<job>`), and a job whose pods are killed must
-/// restore its own state, not find it deleted by the other's retention:
-/// exact output for both.
+/// Isolation between jobs: the same job name in three namespaces on one
+/// node. Each job's checkpoints must land in a host directory of its own
+/// (`<host dir>/<namespace>/<job>`). Then, interleaved: the first job's pods
+/// are killed, the second is upgraded (stop-with-savepoint, restore), and
+/// the third's pods are killed while that upgrade runs. Every job must
+/// restore its own state, none found deleted by another's retention: exact
+/// output for all three.
 #[tokio::test]
 async fn jobs_on_one_node_keep_their_checkpoints_apart() {
     in_namespace("e2e-job-isolation-a", |client, ns_a, t0| async move {
         let ns_b = TestNamespace::create(&client, "e2e-job-isolation-b").await?;
-        let ns_b_name = ns_b.name.clone();
-        say(t0, format!("second namespace {ns_b_name}"));
+        let ns_c = TestNamespace::create(&client, "e2e-job-isolation-c").await?;
+        let (ns_b_name, ns_c_name) = (ns_b.name.clone(), ns_c.name.clone());
+        say(t0, format!("other namespaces {ns_b_name}, {ns_c_name}"));
         let result = async {
             let first = dataset(2, 0..600, 8, false);
             let second = dataset(2, 600..1200, 8, true);
             let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
             let (expected, _) = reference(&all);
-            let a_storage = format!("file:///var/lib/streamops/checkpoints/{ns_a}/clicks");
             let mut io = Vec::new();
-            for (ns, spec) in [
-                (&ns_a, json!({})),
-                (
-                    &ns_b_name,
-                    json!({"checkpoint": {"interval": "1s", "storage": a_storage}}),
-                ),
-            ] {
+            for ns in [&ns_a, &ns_b_name, &ns_c_name] {
                 let (input, sink) = topics(&client, ns, 2).await?;
-                deploy(&client, ns, &job_with("clicks", &[], spec)?, 2, t0).await?;
+                let spec = json!({"checkpoint": {"interval": "1s"}});
+                let (api, running) = deploy(&client, ns, &job_with("clicks", &[], spec)?, 2, t0).await?;
                 produce(&input, &first)?;
-                io.push((ns.clone(), input, sink, control_topic(ns, "clicks")));
+                io.push((ns.clone(), input, sink, control_topic(ns, "clicks"), api, running));
             }
-            for (_, _, sink, control) in &io {
+            for (_, _, sink, control, ..) in &io {
                 wait_first_results(sink, control).await?;
             }
-            // A few more checkpoints, so that either job's retention has run.
+            // A few more checkpoints, so that every job's retention has run.
             tokio::time::sleep(Duration::from_secs(5)).await;
             let host = host_checkpoint_dir();
             for (ns, ..) in &io {
@@ -1226,35 +1222,74 @@ async fn jobs_on_one_node_keep_their_checkpoints_apart() {
                 host.display(),
                 task_dirs(&host)
             );
-
-            // Job A's pods die at once; they must restore A's own checkpoint.
-            kubectl(&[
-                "-n",
-                &ns_a,
-                "delete",
-                "pod",
-                "-l",
-                "streamops.io/job=clicks",
-                "--grace-period=0",
-                "--force",
-            ])?;
+            let kill = |ns: &str| {
+                kubectl(&[
+                    "-n",
+                    ns,
+                    "delete",
+                    "pod",
+                    "-l",
+                    "streamops.io/job=clicks",
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ])
+            };
+            // A's pods die at once; B is upgraded meanwhile, and C's pods
+            // die while B's upgrade runs.
+            kill(&ns_a)?;
             say(
                 t0,
-                format!("killed the pods of {ns_a}/clicks; waiting (up to 120s) for new ones"),
+                format!("killed the pods of {ns_a}/clicks; upgrading {ns_b_name}/clicks"),
             );
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let pods = job_pods(&client, &ns_a, "clicks").await?;
-                if pods.len() == 2 && pods.iter().all(pod_ready) {
-                    break;
+            let (_, _, _, _, api_b, before_b) = &io[1];
+            let changed = job_with("clicks", &[biggest()], json!({"checkpoint": {"interval": "1s"}}))?;
+            let mut c_killed = false;
+            let rollout = upgrade(
+                &client,
+                &ns_b_name,
+                api_b,
+                &changed,
+                before_b,
+                2,
+                Duration::from_secs(240),
+                t0,
+                |phase| {
+                    if !c_killed && phase != "Running" {
+                        c_killed = true;
+                        say(
+                            t0,
+                            format!("{ns_b_name}/clicks is {phase}: killing the pods of {ns_c_name}/clicks"),
+                        );
+                        kill(&ns_c_name)?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+            ensure!(c_killed, "the upgrade never left Running: {:?}", rollout.phases);
+            say(
+                t0,
+                format!(
+                    "{ns_b_name}/clicks upgraded to generation {} via {}",
+                    rollout.generation, rollout.savepoint
+                ),
+            );
+            for ns in [&ns_a, &ns_c_name] {
+                let deadline = Instant::now() + Duration::from_secs(180);
+                loop {
+                    let pods = job_pods(&client, ns, "clicks").await?;
+                    if pods.len() == 2 && pods.iter().all(pod_ready) {
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline,
+                        "{ns}/clicks pods not Ready again in 180s"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                ensure!(
-                    Instant::now() < deadline,
-                    "{ns_a}/clicks pods not Ready again in 120s"
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            for (ns, input, sink, control) in &io {
+            for (ns, input, sink, control, ..) in &io {
                 produce(input, &second)?;
                 expect_exact(sink, control, &expected, None).await?;
                 say(t0, format!("{ns}/clicks: {} windows exact", expected.len()));
@@ -1262,14 +1297,16 @@ async fn jobs_on_one_node_keep_their_checkpoints_apart() {
             Ok(())
         }
         .await;
-        if let Err(e) = kubectl(&["-n", &ns_b_name, "delete", "streamjobs", "--all", "--wait=true"]) {
-            eprintln!("deleting the StreamJobs of {ns_b_name}: {e:#}");
-        }
-        if result.is_ok() {
-            ns_b.delete().await?;
-        } else {
-            let dir = collect_logs(&ns_b_name, OPERATOR_NS, OPERATOR_SELECTOR);
-            eprintln!("logs of {ns_b_name} in {}", dir.display());
+        for (name, ns) in [(&ns_b_name, ns_b), (&ns_c_name, ns_c)] {
+            if let Err(e) = kubectl(&["-n", name, "delete", "streamjobs", "--all", "--wait=true"]) {
+                eprintln!("deleting the StreamJobs of {name}: {e:#}");
+            }
+            if result.is_ok() {
+                ns.delete().await?;
+            } else {
+                let dir = collect_logs(name, OPERATOR_NS, OPERATOR_SELECTOR);
+                eprintln!("logs of {name} in {}", dir.display());
+            }
         }
         result
     })

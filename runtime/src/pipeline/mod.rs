@@ -7,6 +7,7 @@
 //! - [`task`]: stage 1 (keying) and stage 2 (windows) of one task, pure;
 //! - [`wire`]: records of the internal repartition and control topics;
 //! - [`store`]: checkpoints and savepoints in durable storage (`object_store`);
+//! - [`retention`]: which checkpoint objects a task may delete;
 //! - [`runner`]: the loop and the checkpoint protocol;
 //! - [`admin`]: the HTTP admin API; [`shared`]: what the two share;
 //! - [`failure`]: why the runtime stopped, for its termination log.
@@ -17,6 +18,7 @@ pub mod failure;
 pub mod job;
 pub mod kafka;
 pub mod offsets;
+pub mod retention;
 pub mod runner;
 pub mod shared;
 pub mod sources;

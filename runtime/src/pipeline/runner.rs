@@ -314,7 +314,7 @@ impl Runner {
             .as_ref()
             .and_then(|c| c.guarantee)
             .unwrap_or_default();
-        let store = CheckpointStore::open(&storage, rt.clone())?;
+        let store = CheckpointStore::open(&storage, rt.clone())?.owned_by(&job.uid);
         let instance = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
         // At least once, transactions only fence predecessors at start: they
@@ -1159,7 +1159,7 @@ impl Runner {
                 slot.committed.remove(0);
             }
             let keep = slot.committed.clone();
-            if let Err(e) = self.store.retain(t, &keep) {
+            if let Err(e) = self.store.retain(t, &keep, &self.instance) {
                 warn!(task = t, error = %format!("{e:#}"), "checkpoint retention failed; will retry");
             }
         }

@@ -13,7 +13,7 @@
 //! A checkpoint or savepoint exists once its manifest exists: the manifest
 //! is written last, after every file it lists.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
+use super::retention;
 use super::wire::MarkerKind;
 
 /// One file of a snapshot directory and where it is stored.
@@ -47,6 +48,10 @@ pub struct Manifest {
     pub savepoint_id: Option<String>,
     pub files: Vec<FileEntry>,
     pub created_ms: i64,
+    /// Uid of the StreamJob that wrote it (absent in older manifests):
+    /// retention never deletes another job's objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_uid: Option<String>,
 }
 
 impl Manifest {
@@ -76,6 +81,8 @@ pub struct CheckpointStore {
     rt: Handle,
     /// Shared objects known to exist (uploaded by this process).
     uploaded: HashSet<String>,
+    /// The job whose objects this process writes (in every manifest).
+    job_uid: Option<String>,
 }
 
 fn object(path: &str) -> Result<ObjectPath> {
@@ -104,7 +111,15 @@ impl CheckpointStore {
             url,
             rt,
             uploaded: HashSet::new(),
+            job_uid: None,
         })
+    }
+
+    /// Names `job_uid` as the writer in every manifest (retention's
+    /// ownership check).
+    pub fn owned_by(mut self, job_uid: &str) -> Self {
+        self.job_uid = Some(job_uid.to_owned());
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -218,6 +233,7 @@ impl CheckpointStore {
             savepoint_id,
             files,
             created_ms: now_ms,
+            job_uid: self.job_uid.clone(),
         };
         let path = format!("{base}/manifest.json");
         self.put(&path, serde_json::to_vec_pretty(&manifest)?)?;
@@ -254,37 +270,39 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Deletes the task's checkpoints other than `keep` (manifest paths) and
-    /// shared files none of the kept manifests references. Savepoints are
-    /// never touched here.
-    pub fn retain(&mut self, task: u32, keep: &[String]) -> Result<usize> {
+    /// Deletes what [`retention::plan`] allows: the task's checkpoints
+    /// other than `keep` (manifest paths) and shared files no kept manifest
+    /// references, of `instance` itself and of predecessors proven to be
+    /// this job's. Savepoints are never touched here.
+    pub fn retain(&mut self, task: u32, keep: &[String], instance: &str) -> Result<usize> {
         let prefix = format!("checkpoints/task-{task}");
-        let kept_dirs: BTreeSet<&str> = keep
-            .iter()
-            .filter_map(|m| m.strip_suffix("/manifest.json"))
-            .collect();
-        let mut referenced = HashSet::new();
+        let mut kept = Vec::with_capacity(keep.len());
         for m in keep {
-            for f in self.read_manifest(m)?.files {
-                referenced.insert(f.object);
+            kept.push((m.clone(), self.read_manifest(m)?));
+        }
+        let listing = self.list(&prefix)?;
+        let mut manifests = BTreeMap::new();
+        for obj in &listing {
+            if let retention::Object::Dir { dir, instance: i, .. } = retention::classify(task, obj)
+                && i != instance
+                && !manifests.contains_key(&dir)
+            {
+                let manifest = self.read_manifest(&format!("{dir}/manifest.json")).ok();
+                manifests.insert(dir, manifest);
             }
         }
-        let shared = format!("{prefix}/shared/");
+        let owner = retention::Owner {
+            job_uid: self.job_uid.as_deref().unwrap_or_default(),
+            instance,
+        };
         let mut deleted = 0;
-        for obj in self.list(&prefix)? {
-            let keep_it = if obj.starts_with(&shared) {
-                referenced.contains(&obj)
-            } else {
-                kept_dirs.iter().any(|d| obj.starts_with(&format!("{d}/")))
-            };
-            if !keep_it {
-                let p = object(&obj)?;
-                self.rt
-                    .block_on(self.store.delete(&p))
-                    .with_context(|| format!("deleting {}/{obj}", self.url))?;
-                self.uploaded.remove(&obj);
-                deleted += 1;
-            }
+        for obj in retention::plan(task, owner, &kept, &listing, &manifests) {
+            let p = object(&obj)?;
+            self.rt
+                .block_on(self.store.delete(&p))
+                .with_context(|| format!("deleting {}/{obj}", self.url))?;
+            self.uploaded.remove(&obj);
+            deleted += 1;
         }
         Ok(deleted)
     }
@@ -365,39 +383,39 @@ mod tests {
         let t1 = Target::Checkpoint {
             id: 1,
             instance: "i",
-            db: "db",
+            db: "i-0",
         };
         let (m1, man1) = s.write(0, &snap, t1, 10).unwrap();
         assert_eq!(man1.files.len(), 3);
         assert!(
             man1.files
                 .iter()
-                .any(|f| f.object == "checkpoints/task-0/shared/db/000001.sst")
+                .any(|f| f.object == "checkpoints/task-0/shared/i-0/000001.sst")
         );
         // Second checkpoint: one more SST; the first is referenced, not re-uploaded.
         std::fs::write(snap.join("state/000002.sst"), b"bb").unwrap();
-        std::fs::remove_file(tmp.path().join("store/checkpoints/task-0/shared/db/000001.sst")).unwrap();
+        std::fs::remove_file(tmp.path().join("store/checkpoints/task-0/shared/i-0/000001.sst")).unwrap();
         let t2 = Target::Checkpoint {
             id: 2,
             instance: "i",
-            db: "db",
+            db: "i-0",
         };
         let (m2, _) = s.write(0, &snap, t2, 20).unwrap();
         assert!(
             !tmp.path()
-                .join("store/checkpoints/task-0/shared/db/000001.sst")
+                .join("store/checkpoints/task-0/shared/i-0/000001.sst")
                 .exists(),
             "an SST already uploaded must not be uploaded again"
         );
         std::fs::write(
-            tmp.path().join("store/checkpoints/task-0/shared/db/000001.sst"),
+            tmp.path().join("store/checkpoints/task-0/shared/i-0/000001.sst"),
             b"aaaa",
         )
         .unwrap();
         assert_eq!(s.read_manifest(&m2).unwrap().files.len(), 4);
         // Retain only checkpoint 2: checkpoint 1's own files go, shared SSTs stay.
         std::fs::remove_file(snap.join("state/000001.sst")).unwrap();
-        let deleted = s.retain(0, std::slice::from_ref(&m2)).unwrap();
+        let deleted = s.retain(0, std::slice::from_ref(&m2), "i").unwrap();
         assert_eq!(deleted, 3, "checkpoint 1's manifest, MANIFEST and task.json");
         assert!(s.read_manifest(&m1).is_err());
         let man2 = s.read_manifest(&m2).unwrap();
