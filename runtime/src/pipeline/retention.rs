@@ -236,7 +236,13 @@ mod tests {
         let mine_old = manifest(200, "bbb", Some("job-a"), &["2.sst", "3.sst"]);
         let mine_kept = manifest(300, "bbb", Some("job-a"), &["3.sst", "4.sst"]);
         let all = [&old, &legacy, &mine_old, &mine_kept];
-        let deleted = plan(0, ME, &[mine_kept.clone()], &objects(&all), &by_dir(&all));
+        let deleted = plan(
+            0,
+            ME,
+            std::slice::from_ref(&mine_kept),
+            &objects(&all),
+            &by_dir(&all),
+        );
         let expect: BTreeSet<String> = objects(&[&old, &legacy, &mine_old])
             .into_iter()
             .filter(|o| !o.ends_with("3.sst"))
@@ -266,13 +272,13 @@ mod tests {
             deleted.is_empty(),
             "the zombie keeps both its checkpoints and touches nothing else: {deleted:?}"
         );
-        let deleted = plan(0, zombie, &[z2.clone()], &listing, &manifests);
+        let deleted = plan(0, zombie, std::slice::from_ref(&z2), &listing, &manifests);
         assert!(
             deleted.iter().all(|o| o.contains("/100-aaa/")),
             "only its own older directory: {deleted:?}"
         );
         // The successor deletes the zombie's objects, never job-b's.
-        let deleted = plan(0, ME, &[s1.clone()], &listing, &manifests);
+        let deleted = plan(0, ME, std::slice::from_ref(&s1), &listing, &manifests);
         assert!(deleted.iter().any(|o| o.ends_with("aaa-0/2.sst")), "{deleted:?}");
         assert!(!deleted.iter().any(|o| o.contains("ccc")), "{deleted:?}");
         assert!(!deleted.iter().any(|o| o.contains("5.sst")), "{deleted:?}");
@@ -289,7 +295,7 @@ mod tests {
         listing.push("checkpoints/task-0/shared/eee-0/3.sst".into());
         let mut manifests = by_dir(&[&mine, &newer]);
         manifests.insert("checkpoints/task-0/40-eee".into(), None);
-        assert!(plan(0, ME, &[mine.clone()], &listing, &manifests).is_empty());
+        assert!(plan(0, ME, std::slice::from_ref(&mine), &listing, &manifests).is_empty());
         assert!(
             plan(0, ME, &[], &listing, &manifests).is_empty(),
             "nothing kept: nothing deleted"
