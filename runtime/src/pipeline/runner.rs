@@ -18,7 +18,7 @@
 //! what came after.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ use super::offsets::{self, Decision};
 use super::shared::{CrashPoints, MAX_OFFSET_RESETS, RunState, SavepointState, Shared};
 use super::sources::{SourceRef, Sources};
 use super::store::{CheckpointStore, Manifest, Target};
-use super::task::{Out, Task};
+use super::task::{Out, STATE_DIR, Task};
 use super::wire::{self, CHECKPOINT_HEADER, Marker};
 use crate::plan::Plan;
 use crate::state::StateBackend;
@@ -394,10 +394,41 @@ impl Runner {
                         }
                     }
                 }
-                let path = self.state_dir.join(format!("task-{task}-{}", self.instance));
+                let path = self.db_path(task);
                 let b = RocksBackend::open(&path, &RocksOptions::default())
                     .with_context(|| format!("opening RocksDB at {}", path.display()))?;
                 Ok((Box::new(b), db))
+            }
+        }
+    }
+
+    fn db_path(&self, task: u32) -> PathBuf {
+        self.state_dir.join(format!("task-{task}-{}", self.instance))
+    }
+
+    /// A task restored from the snapshot downloaded to `dir`. RocksDB opens
+    /// the snapshot in place (its SST files keep their names, so the next
+    /// checkpoint references what is already stored); the memory backend
+    /// loads it.
+    fn restore_task(&self, t: u32, dir: &Path, backend: Box<dyn StateBackend + Send>) -> Result<Task> {
+        match self.backend {
+            BackendKind::Memory => {
+                Task::restore(dir, self.sources.clone(), self.plan.clone(), backend, now_ms())
+            }
+            BackendKind::Rocksdb => {
+                drop(backend);
+                let path = self.db_path(t);
+                let db = RocksBackend::open_snapshot(&dir.join(STATE_DIR), &path, &RocksOptions::default())
+                    .with_context(|| {
+                    format!("opening the restored state of task {t} at {}", path.display())
+                })?;
+                Task::restore_opened(
+                    dir,
+                    self.sources.clone(),
+                    self.plan.clone(),
+                    Box::new(db),
+                    now_ms(),
+                )
             }
         }
     }
@@ -472,8 +503,14 @@ impl Runner {
                 let _ = std::fs::remove_dir_all(&dir);
                 self.store.download(&manifest, &dir)?;
                 self.crash.hit("during-restore");
-                let task = Task::restore(&dir, self.sources.clone(), self.plan.clone(), backend, now_ms())?;
+                let task = self.restore_task(t, &dir, backend)?;
                 let _ = std::fs::remove_dir_all(&dir);
+                if let RestoreSource::Checkpoint(_) = &source {
+                    // Its files stay in storage while a kept manifest names
+                    // them; a savepoint's may be deleted, so they are not
+                    // referenced.
+                    self.store.adopt(t, &manifest);
+                }
                 info!(
                     task = t,
                     from = ?source,
@@ -1139,6 +1176,10 @@ impl Runner {
             .metrics
             .checkpoint_bytes
             .set(manifest.total_bytes() as i64);
+        self.shared
+            .metrics
+            .checkpoint_uploaded_bytes
+            .set(self.store.last_uploaded_bytes as i64);
         debug!(
             task = t,
             checkpoint = id,

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub early_commits: IntCounter,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: IntGauge,
+    /// Bytes the last checkpoint actually uploaded (the rest was in storage).
+    pub checkpoint_uploaded_bytes: IntGauge,
     pub watermark: IntGaugeVec,
     pub restore_seconds: Histogram,
     pub lag: IntGaugeVec,
@@ -132,6 +134,10 @@ impl Metrics {
             )
             .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )?;
+        let checkpoint_uploaded_bytes = IntGauge::new(
+            "checkpoint_uploaded_bytes",
+            "Bytes the last checkpoint uploaded (files already in storage are referenced)",
+        )?;
         let checkpoint_bytes = IntGauge::new(
             "checkpoint_size_bytes",
             "Size of the last checkpoint (all files listed)",
@@ -172,6 +178,7 @@ impl Metrics {
             Box::new(early_commits.clone()),
             Box::new(checkpoint_seconds.clone()),
             Box::new(checkpoint_bytes.clone()),
+            Box::new(checkpoint_uploaded_bytes.clone()),
             Box::new(watermark.clone()),
             Box::new(restore_seconds.clone()),
             Box::new(lag.clone()),
@@ -188,6 +195,7 @@ impl Metrics {
             early_commits,
             checkpoint_seconds,
             checkpoint_bytes,
+            checkpoint_uploaded_bytes,
             watermark,
             restore_seconds,
             lag,

@@ -13,7 +13,7 @@
 //! A checkpoint or savepoint exists once its manifest exists: the manifest
 //! is written last, after every file it lists.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -83,6 +83,12 @@ pub struct CheckpointStore {
     uploaded: HashSet<String>,
     /// The job whose objects this process writes (in every manifest).
     job_uid: Option<String>,
+    /// SST files of restored checkpoints, by (task, file name): (object,
+    /// size). A restored RocksDB keeps them under their names, so a
+    /// checkpoint references the stored object instead of uploading it.
+    restored: HashMap<(u32, String), (String, u64)>,
+    /// Bytes the last [`CheckpointStore::write`] uploaded.
+    pub last_uploaded_bytes: u64,
 }
 
 fn object(path: &str) -> Result<ObjectPath> {
@@ -112,7 +118,23 @@ impl CheckpointStore {
             rt,
             uploaded: HashSet::new(),
             job_uid: None,
+            restored: HashMap::new(),
+            last_uploaded_bytes: 0,
         })
+    }
+
+    /// Remembers the SST files of `manifest` (a checkpoint task `task` was
+    /// restored from, with its state opened in place): checkpoints of the
+    /// task reference them rather than upload them again.
+    pub fn adopt(&mut self, task: u32, manifest: &Manifest) {
+        self.restored.retain(|(t, _), _| *t != task);
+        for f in &manifest.files {
+            let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+            if name.ends_with(".sst") && f.object.starts_with("checkpoints/") {
+                self.restored
+                    .insert((task, name.to_owned()), (f.object.clone(), f.size));
+            }
+        }
     }
 
     /// Names `job_uid` as the writer in every manifest (retention's
@@ -188,17 +210,35 @@ impl CheckpointStore {
             Target::Savepoint { id, .. } => (format!("savepoints/{id}/task-{task}"), None),
         };
         let mut files = Vec::new();
+        self.last_uploaded_bytes = 0;
         for (rel, abs) in walk(dir)? {
             let size = std::fs::metadata(&abs)
                 .with_context(|| format!("reading {}", abs.display()))?
                 .len();
             let name = rel.rsplit('/').next().unwrap_or(&rel);
+            let reused = match &shared {
+                Some(_) if name.ends_with(".sst") => self
+                    .restored
+                    .get(&(task, name.to_owned()))
+                    .filter(|(_, s)| *s == size)
+                    .map(|(o, _)| o.clone()),
+                _ => None,
+            };
+            if let Some(object) = reused {
+                files.push(FileEntry {
+                    path: rel,
+                    object,
+                    size,
+                });
+                continue;
+            }
             let object = match &shared {
                 Some(shared) if name.ends_with(".sst") => format!("{shared}/{name}"),
                 _ => format!("{base}/{rel}"),
             };
             if !self.uploaded.contains(&object) {
                 let bytes = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+                self.last_uploaded_bytes += bytes.len() as u64;
                 self.put(&object, bytes)?;
                 if shared.as_ref().is_some_and(|s| object.starts_with(s.as_str())) {
                     self.uploaded.insert(object.clone());
@@ -457,5 +497,79 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("not under"), "{err}");
         assert!(CheckpointStore::open("file://relative", rt.handle().clone()).is_err());
+    }
+
+    /// After a restart, the restored RocksDB is opened in place and the
+    /// first checkpoint references the stored SST files: it uploads what
+    /// changed, not the whole state again.
+    #[test]
+    fn the_first_checkpoint_after_a_restore_uploads_only_what_changed() {
+        use crate::state::StateBackend;
+        use crate::state::rocks::{RocksBackend, RocksOptions};
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, s) = store(&tmp.path().join("store"));
+        let mut s = s.owned_by("job");
+        let mut db = RocksBackend::open(&tmp.path().join("db-a"), &RocksOptions::default()).unwrap();
+        let mut batch = crate::state::StateBatch::default();
+        for i in 0..50_000u32 {
+            batch.put(
+                i.to_be_bytes().to_vec(),
+                format!("value-{i}-{}", "x".repeat(40)).into_bytes(),
+            );
+        }
+        db.write(0, batch).unwrap();
+        let snap = tmp.path().join("snap-a");
+        std::fs::create_dir_all(&snap).unwrap();
+        db.snapshot(&snap.join("state")).unwrap();
+        let target = |id, instance| Target::Checkpoint {
+            id,
+            instance,
+            db: if instance == "a" { "a-0" } else { "b-0" },
+        };
+        let (m1, man1) = s.write(0, &snap, target(1, "a"), 0).unwrap();
+        let full = s.last_uploaded_bytes;
+        assert!(full > 500_000, "the first checkpoint uploads the state: {full}");
+        drop(db);
+
+        // "Restart": a new instance downloads checkpoint 1, opens it in place.
+        let (_rt2, s2) = store(&tmp.path().join("store"));
+        let mut s2 = s2.owned_by("job");
+        let restored = tmp.path().join("restore");
+        s2.download(&s2.read_manifest(&m1).unwrap(), &restored).unwrap();
+        let mut db = RocksBackend::open_snapshot(
+            &restored.join("state"),
+            &tmp.path().join("db-b"),
+            &RocksOptions::default(),
+        )
+        .unwrap();
+        s2.adopt(0, &man1);
+        let mut batch = crate::state::StateBatch::default();
+        batch.put(b"new".to_vec(), b"v".to_vec());
+        db.write(0, batch).unwrap();
+        let snap2 = tmp.path().join("snap-b");
+        std::fs::create_dir_all(&snap2).unwrap();
+        db.snapshot(&snap2.join("state")).unwrap();
+        let (m2, man2) = s2.write(0, &snap2, target(2, "b"), 0).unwrap();
+        let incremental = s2.last_uploaded_bytes;
+        assert!(
+            incremental * 10 < full,
+            "after a restore only the change is uploaded: {incremental} of {full} bytes"
+        );
+        assert!(
+            man2.files
+                .iter()
+                .any(|f| f.object.starts_with("checkpoints/task-0/shared/a-0/"))
+        );
+        // Retention of the new instance keeps what its manifest references.
+        s2.retain(0, std::slice::from_ref(&m2), "b").unwrap();
+        let out = tmp.path().join("again");
+        s2.download(&s2.read_manifest(&m2).unwrap(), &out).unwrap();
+        let db = RocksBackend::open_snapshot(
+            &out.join("state"),
+            &tmp.path().join("db-c"),
+            &RocksOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(db.key_count(0).unwrap(), 50_001);
     }
 }

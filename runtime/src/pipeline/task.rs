@@ -122,7 +122,8 @@ pub const RECORD_TOO_LARGE: &str = "record_too_large";
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 /// Room left for a record's headers and framing.
 const RECORD_OVERHEAD: usize = 1_024;
-const STATE_DIR: &str = "state";
+/// The backend's snapshot inside a task snapshot directory.
+pub const STATE_DIR: &str = "state";
 
 /// A restored task's meta in terms of the job's current `sources`:
 /// upstreams of older snapshots keyed by source id, and the stage-1
@@ -233,8 +234,32 @@ impl Task {
         dir: &Path,
         sources: Arc<Sources>,
         plan: Arc<Plan>,
+        backend: Box<dyn StateBackend + Send>,
+        now_ms: i64,
+    ) -> Result<Task> {
+        Self::restore_with(dir, sources, plan, backend, now_ms, true)
+    }
+
+    /// As [`Task::restore`], for a `backend` that already holds the
+    /// snapshot's state (a RocksDB opened on it in place): only the task's
+    /// own state (`task.json`) is read from `dir`.
+    pub fn restore_opened(
+        dir: &Path,
+        sources: Arc<Sources>,
+        plan: Arc<Plan>,
+        backend: Box<dyn StateBackend + Send>,
+        now_ms: i64,
+    ) -> Result<Task> {
+        Self::restore_with(dir, sources, plan, backend, now_ms, false)
+    }
+
+    fn restore_with(
+        dir: &Path,
+        sources: Arc<Sources>,
+        plan: Arc<Plan>,
         mut backend: Box<dyn StateBackend + Send>,
         now_ms: i64,
+        load_state: bool,
     ) -> Result<Task> {
         let path = dir.join(META_FILE);
         let meta: TaskMeta = serde_json::from_slice(
@@ -253,9 +278,11 @@ impl Task {
             );
         }
         let meta = relabel(meta, &sources)?;
-        backend
-            .restore(&dir.join(STATE_DIR), &[meta.task])
-            .with_context(|| format!("restoring the state of task {}", meta.task))?;
+        if load_state {
+            backend
+                .restore(&dir.join(STATE_DIR), &[meta.task])
+                .with_context(|| format!("restoring the state of task {}", meta.task))?;
+        }
         let op = WindowOperator::restore(meta.task, plan.window.clone(), None, &*backend)
             .with_context(|| format!("restoring the window operator of task {}", meta.task))?;
         let mut t = Task::new(meta.task, sources, plan, backend, now_ms);

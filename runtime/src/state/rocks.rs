@@ -58,8 +58,32 @@ fn namespace_end(ns: PartitionId) -> Vec<u8> {
 impl RocksBackend {
     /// Opens (creating if needed) a database at `path`.
     pub fn open(path: &Path, tuning: &RocksOptions) -> Result<Self> {
+        Self::open_with(path, tuning, true)
+    }
+
+    /// Makes the snapshot at `snapshot` (as [`StateBackend::snapshot`]
+    /// wrote it, e.g. downloaded from a checkpoint) the database at `path`
+    /// by moving it there (same filesystem) and opening it: no key is
+    /// rewritten, and the database keeps the snapshot's SST files under
+    /// their names, so the next checkpoint can reference the stored copies
+    /// instead of uploading them again.
+    pub fn open_snapshot(snapshot: &Path, path: &Path, tuning: &RocksOptions) -> Result<Self> {
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|e| RuntimeError::Snapshot {
+                path: path.to_path_buf(),
+                message: format!("removing the previous database: {e}"),
+            })?;
+        }
+        std::fs::rename(snapshot, path).map_err(|e| RuntimeError::Snapshot {
+            path: snapshot.to_path_buf(),
+            message: format!("moving it to {}: {e}", path.display()),
+        })?;
+        Self::open_with(path, tuning, false)
+    }
+
+    fn open_with(path: &Path, tuning: &RocksOptions, create: bool) -> Result<Self> {
         let mut opts = Options::default();
-        opts.create_if_missing(true);
+        opts.create_if_missing(create);
         opts.set_write_buffer_size(tuning.write_buffer_bytes);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut table = BlockBasedOptions::default();
@@ -163,6 +187,50 @@ impl StateBackend for RocksBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_opened_in_place_keeps_its_keys_and_sst_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = RocksBackend::open(&dir.path().join("db"), &RocksOptions::default()).unwrap();
+        let mut batch = StateBatch::default();
+        for i in 0..1_000u32 {
+            batch.writes.push((i.to_be_bytes().to_vec(), Some(vec![7; 100])));
+        }
+        b.write(3, batch).unwrap();
+        b.snapshot(&dir.path().join("snap")).unwrap();
+        let ssts = |p: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".sst"))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = ssts(&dir.path().join("snap"));
+        assert!(!before.is_empty());
+        let mut r = RocksBackend::open_snapshot(
+            &dir.path().join("snap"),
+            &dir.path().join("db2"),
+            &RocksOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.key_count(3).unwrap(), 1_000);
+        assert_eq!(r.get(3, &5u32.to_be_bytes()).unwrap(), Some(vec![7; 100]));
+        // New writes land in new files; the restored ones stay as they were.
+        let mut more = StateBatch::default();
+        more.writes.push((b"new".to_vec(), Some(b"v".to_vec())));
+        r.write(3, more).unwrap();
+        r.snapshot(&dir.path().join("snap2")).unwrap();
+        let after = ssts(&dir.path().join("snap2"));
+        assert!(
+            before.iter().all(|f| after.contains(f)),
+            "{before:?} vs {after:?}"
+        );
+        assert!(after.len() > before.len());
+        assert!(!dir.path().join("snap").exists(), "moved, not copied");
+    }
 
     #[test]
     fn rocks_backend_contract() {
