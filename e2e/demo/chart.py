@@ -4,6 +4,7 @@ no helm binary exists on these machines). Idempotent: installs the release
 when it is missing, upgrades it otherwise.
 
 Usage: chart.py --kubeconfig FILE --namespace NS --bootstrap HOST:PORT [--tag dev]
+                [--allow-custom-checkpoint-storage]
 """
 import argparse
 import asyncio
@@ -27,6 +28,9 @@ def main():
     ap.add_argument("--release", default="streamops")
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--tag", default="dev")
+    # The jobs stage's isolation test points one job's storage at another's
+    # to prove the per-job hostPath mount beneath an allowed custom storage.
+    ap.add_argument("--allow-custom-checkpoint-storage", action="store_true")
     a = ap.parse_args()
     values = {
         "image": {"repository": "localhost/streamops-operator", "tag": a.tag, "pullPolicy": "Never"},
@@ -35,6 +39,7 @@ def main():
         # The local cluster has one node and no second operator to fail over to.
         "replicaCount": 1,
         "logging": {"level": "info", "format": "text"},
+        "tenancy": {"allowCustomCheckpointStorage": a.allow_custom_checkpoint_storage},
     }
     cfg = helm.Configuration(namespace=a.namespace, kubeconfig=a.kubeconfig)
     try:

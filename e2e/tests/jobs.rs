@@ -1178,7 +1178,9 @@ fn task_dirs(dir: &std::path::Path) -> BTreeSet<String> {
 /// location. Each job's checkpoints must land in a host directory of its own
 /// (`<host dir>/<namespace>/<job>`), and a job whose pods are killed must
 /// restore its own state, not find it deleted by the other's retention:
-/// exact output for both.
+/// exact output for both. Needs the operator installed with custom checkpoint
+/// storage allowed (`e2e/test.sh` does so for this stage); under the default
+/// the second job is refused (`StorageNotAllowed`, operator/tests/job.rs).
 #[tokio::test]
 async fn jobs_on_one_node_keep_their_checkpoints_apart() {
     in_namespace("e2e-job-isolation-a", |client, ns_a, t0| async move {
