@@ -13,6 +13,7 @@ pub mod pod_template;
 pub mod reference;
 pub mod runtime_api;
 pub mod schema;
+pub mod tenancy;
 pub mod topic;
 pub mod transaction;
 pub mod validate;

@@ -159,13 +159,20 @@ pub struct RestoreConfig {
     pub mode: Option<RestoreMode>,
 }
 
-/// The names of a job's internal topics.
+/// The names of a job's internal topics, all in the internal topic space
+/// ([`crate::tenancy::INTERNAL_TOPIC_PREFIX`]) that no StreamTopic may manage.
 pub fn repartition_topic(namespace: &str, job: &str) -> String {
-    format!("streamops.{namespace}.{job}.repartition")
+    format!(
+        "{}{namespace}.{job}.repartition",
+        crate::tenancy::INTERNAL_TOPIC_PREFIX
+    )
 }
 
 pub fn control_topic(namespace: &str, job: &str) -> String {
-    format!("streamops.{namespace}.{job}.checkpoints")
+    format!(
+        "{}{namespace}.{job}.checkpoints",
+        crate::tenancy::INTERNAL_TOPIC_PREFIX
+    )
 }
 
 /// `GET /v1/status`.

@@ -152,6 +152,16 @@ impl StreamTopic {
             .or_else(|| self.metadata.name.clone())
             .unwrap_or_default()
     }
+
+    /// The field [`Self::kafka_topic_name`] comes from, for messages:
+    /// `spec.topicName`, or `metadata.name` when that is unset.
+    pub fn topic_name_field(&self) -> &'static str {
+        if self.spec.topic_name.is_some() {
+            "spec.topicName"
+        } else {
+            "metadata.name"
+        }
+    }
 }
 
 impl StreamTopicSpec {

@@ -67,6 +67,13 @@ def main():
         ({"installMode": "everywhere"}, "installMode"),
         ({"kafka": {"bootstrapServers": "no port"}}, "bootstrapServers"),
         ({"typoed": True}, "typoed"),
+        ({"tenancy": {"topicNames": {"policy": "strict"}}}, "policy"),
+        ({"tenancy": {"topicNames": {"policy": "namespacePrefix", "separator": "-"}}}, "separator"),
+        ({"tenancy": {"topicNames": {"policy": "prefixMap", "prefixes": {"team-a": ["streamops."]}}}}, "prefixes"),
+        ({"tenancy": {"topicNames": {"policy": "prefixMap", "prefixes": {"Team_A": ["orders."]}}}}, "prefixes"),
+        # Prefixes the operator would ignore (policy any) are refused, not dropped.
+        ({"tenancy": {"topicNames": {"prefixes": {"team-a": ["orders."]}}}}, "prefixes"),
+        ({"tenancy": {"allowCustomCheckpointStorage": "yes"}}, "allowCustomCheckpointStorage"),
     ]:
         try:
             sync(helm.Install(cfg).run("bad", CHART, values=bad, create_namespace=True, wait=False))
@@ -95,6 +102,11 @@ def main():
         check("default bootstrap passed to the operator",
               {"name": "STREAMOPS_KAFKA_BOOTSTRAP", "value": "10.244.0.1:9092"} in c["env"])
         selector = ",".join(f"{k}={v}" for k, v in sorted(dep["spec"]["selector"]["matchLabels"].items()))
+        check("tenancy defaults: topic-name policy any, custom checkpoint storage refused",
+              {"name": "STREAMOPS_TOPIC_NAME_POLICY", "value": "any"} in c["env"] and
+              {"name": "STREAMOPS_TOPIC_NAME_SEPARATOR", "value": "."} in c["env"] and
+              {"name": "STREAMOPS_TOPIC_NAME_PREFIXES", "value": ""} in c["env"] and
+              {"name": "STREAMOPS_ALLOW_CUSTOM_CHECKPOINT_STORAGE", "value": "false"} in c["env"], str(c["env"]))
         check("runtime NetworkPolicies on by default, admitting the operator's pods by their selector labels",
               {"name": "STREAMOPS_NETWORK_POLICY", "value": "true"} in c["env"] and
               {"name": "STREAMOPS_OPERATOR_POD_LABELS", "value": selector} in c["env"], str(c["env"]))
@@ -141,9 +153,18 @@ def main():
         check(f"the ServiceAccount {'can' if allowed else 'cannot'} {verb} {resource}", (rc == 0) == allowed)
 
     values["replicaCount"] = 1
+    values["tenancy"] = {"topicNames": {"policy": "prefixMap",
+                                        "prefixes": {"team-b": ["ads."], "team-a": ["orders.", "payments."]}},
+                         "allowCustomCheckpointStorage": True}
     sync(helm.Upgrade(cfg).run(release, CHART, values=values, wait=False))
     dep = get("deployment", "streamops-operator", ns)
     check("upgrade changes the Deployment", dep is not None and dep["spec"]["replicas"] == 1)
+    if dep:
+        env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        check("tenancy values become the operator's settings (prefixes as --topic-name-prefixes takes them)",
+              {"name": "STREAMOPS_TOPIC_NAME_POLICY", "value": "prefixMap"} in env and
+              {"name": "STREAMOPS_TOPIC_NAME_PREFIXES", "value": "team-a=orders.,payments.;team-b=ads."} in env and
+              {"name": "STREAMOPS_ALLOW_CUSTOM_CHECKPOINT_STORAGE", "value": "true"} in env, str(env))
 
     sync(helm.Uninstall(cfg).run(release, wait=False))
     check("uninstall removes the Deployment", get("deployment", "streamops-operator", ns) is None)

@@ -4,12 +4,28 @@
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, ValueEnum};
+use streamops_crds::tenancy::{PrefixMap, Separator, TopicPolicy};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `--topic-name-policy`: which Kafka topic names a namespace's StreamTopics
+/// may manage ([`TopicPolicy`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum TopicNamePolicy {
+    /// Any name outside the internal `streamops.` space.
+    #[default]
+    Any,
+    /// `<namespace><separator><name>` (`--topic-name-separator`).
+    #[value(name = "namespacePrefix")]
+    NamespacePrefix,
+    /// The prefixes `--topic-name-prefixes` lists for the namespace.
+    #[value(name = "prefixMap")]
+    PrefixMap,
 }
 
 /// Settings of `streamops-operator run` (and of [`crate::run`] in tests).
@@ -115,6 +131,55 @@ pub struct OperatorConfig {
     /// needs the job's token); empty: the operator's namespace only.
     #[arg(long, env = "STREAMOPS_RUNTIME_METRICS_NAMESPACES", default_value = "")]
     pub runtime_metrics_namespaces: MatchLabels,
+    /// Which Kafka topic names the StreamTopics of a namespace may create,
+    /// adopt, change and delete: `any`, `namespacePrefix` or `prefixMap`. In
+    /// every mode the internal `streamops.` topics (the StreamJobs'
+    /// repartition and checkpoint topics) are refused.
+    #[arg(long, env = "STREAMOPS_TOPIC_NAME_POLICY", value_enum, default_value_t = TopicNamePolicy::Any)]
+    pub topic_name_policy: TopicNamePolicy,
+    /// `namespacePrefix`: between the namespace and the rest of a topic
+    /// name, `.` or `_`.
+    #[arg(long, env = "STREAMOPS_TOPIC_NAME_SEPARATOR", default_value = ".")]
+    pub topic_name_separator: Separator,
+    /// `prefixMap`: the prefixes each namespace may use,
+    /// `namespace=prefix,prefix;namespace=prefix`; a namespace not listed
+    /// may manage no topics.
+    #[arg(long, env = "STREAMOPS_TOPIC_NAME_PREFIXES", default_value = "")]
+    pub topic_name_prefixes: PrefixMap,
+    /// Let a StreamJob's `spec.checkpoint.storage` and
+    /// `spec.restore.fromSavepoint` point anywhere. Off: they must lie under
+    /// the job's own `<--checkpoint-storage>/<namespace>/<job>`, so no job
+    /// reads, overwrites or restores another job's state.
+    #[arg(long, env = "STREAMOPS_ALLOW_CUSTOM_CHECKPOINT_STORAGE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_custom_checkpoint_storage: bool,
+}
+
+impl OperatorConfig {
+    /// The topic-name policy the flags describe. `--topic-name-prefixes`
+    /// counts only in `prefixMap` mode ([`Self::check_tenancy`] refuses it
+    /// elsewhere).
+    pub fn topic_policy(&self) -> TopicPolicy {
+        match self.topic_name_policy {
+            TopicNamePolicy::Any => TopicPolicy::Any,
+            TopicNamePolicy::NamespacePrefix => TopicPolicy::NamespacePrefix(self.topic_name_separator),
+            TopicNamePolicy::PrefixMap => TopicPolicy::PrefixMap(self.topic_name_prefixes.clone()),
+        }
+    }
+
+    /// Refuses tenancy settings that say something other than what would be
+    /// enforced: prefixes given while the policy ignores them would leave
+    /// every namespace more freedom than the administrator wrote down.
+    pub fn check_tenancy(&self) -> Result<(), String> {
+        if self.topic_name_policy != TopicNamePolicy::PrefixMap && !self.topic_name_prefixes.0.is_empty() {
+            return Err(format!(
+                "--topic-name-prefixes ({}) is set but --topic-name-policy is {}: the prefixes count only with \
+                 --topic-name-policy=prefixMap (chart: tenancy.topicNames.policy: prefixMap)",
+                self.topic_name_prefixes,
+                self.topic_policy().mode()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The chart's selector labels of the operator's pods, less the release's
@@ -193,6 +258,10 @@ impl Default for OperatorConfig {
             network_policy: true,
             operator_pod_labels: DEFAULT_OPERATOR_POD_LABELS.parse().unwrap_or_default(),
             runtime_metrics_namespaces: MatchLabels::default(),
+            topic_name_policy: TopicNamePolicy::Any,
+            topic_name_separator: Separator::Dot,
+            topic_name_prefixes: PrefixMap::default(),
+            allow_custom_checkpoint_storage: false,
         }
     }
 }
@@ -255,5 +324,81 @@ mod tests {
             default.operator_pod_labels.to_string(),
             DEFAULT_OPERATOR_POD_LABELS
         );
+        assert_eq!(parsed.topic_policy(), default.topic_policy());
+        assert_eq!(parsed.topic_policy(), TopicPolicy::Any);
+        assert_eq!(parsed.topic_name_separator, default.topic_name_separator);
+        assert_eq!(parsed.topic_name_prefixes, default.topic_name_prefixes);
+        assert!(!parsed.allow_custom_checkpoint_storage);
+        assert_eq!(
+            parsed.allow_custom_checkpoint_storage,
+            default.allow_custom_checkpoint_storage
+        );
+    }
+
+    fn parse(args: &[&str]) -> Result<OperatorConfig, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: OperatorConfig,
+        }
+        let argv = std::iter::once("streamops-operator").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.config)
+    }
+
+    #[test]
+    fn tenancy_flags_become_the_policy() {
+        let c = parse(&[
+            "--topic-name-policy",
+            "namespacePrefix",
+            "--topic-name-separator",
+            "_",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.topic_policy(),
+            TopicPolicy::NamespacePrefix(Separator::Underscore)
+        );
+        assert_eq!(c.check_tenancy(), Ok(()));
+
+        let c = parse(&[
+            "--topic-name-policy=prefixMap",
+            "--topic-name-prefixes=team-a=orders.,payments.;team-b=ads.",
+        ])
+        .unwrap();
+        let TopicPolicy::PrefixMap(map) = c.topic_policy() else {
+            panic!("expected a prefix map, got {:?}", c.topic_policy());
+        };
+        assert_eq!(
+            map.0["team-a"],
+            vec!["orders.".to_owned(), "payments.".to_owned()]
+        );
+        assert_eq!(map.0["team-b"], vec!["ads.".to_owned()]);
+        assert_eq!(c.check_tenancy(), Ok(()));
+
+        let c = parse(&["--allow-custom-checkpoint-storage=true"]).unwrap();
+        assert!(c.allow_custom_checkpoint_storage);
+    }
+
+    #[test]
+    fn bad_tenancy_flags_are_refused_at_start() {
+        for bad in [
+            &["--topic-name-policy", "namespace-prefix"][..],
+            &["--topic-name-policy", "strict"],
+            &["--topic-name-separator", "-"],
+            &["--topic-name-prefixes", "team-a=streamops."],
+            &["--topic-name-prefixes", "team-a"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        // Prefixes without prefixMap would not be enforced: refused.
+        let c = parse(&["--topic-name-prefixes=team-a=orders."]).unwrap();
+        let message = c.check_tenancy().unwrap_err();
+        assert!(message.contains("--topic-name-policy=prefixMap"), "{message}");
+        let c = parse(&[
+            "--topic-name-policy=namespacePrefix",
+            "--topic-name-prefixes=team-a=orders.",
+        ])
+        .unwrap();
+        assert!(c.check_tenancy().is_err());
     }
 }

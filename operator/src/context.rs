@@ -13,7 +13,7 @@ use kube::{
         reflector::Store,
     },
 };
-use streamops_crds::StreamTopic;
+use streamops_crds::{StreamTopic, tenancy::TopicPolicy};
 use tracing::warn;
 
 use crate::{config::OperatorConfig, kafka::KafkaClients, metrics::Metrics};
@@ -26,6 +26,8 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Every StreamTopic the controller watches (conflict detection).
     pub topics: Store<StreamTopic>,
+    /// Which Kafka topics each namespace may manage (`config.topic_policy()`).
+    pub topic_policy: TopicPolicy,
     /// Consecutive transient failures per object uid (exponential backoff).
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -44,6 +46,7 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             kafka: KafkaClients::new(&config),
+            topic_policy: config.topic_policy(),
             client,
             metrics,
             config,

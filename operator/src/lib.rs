@@ -64,6 +64,10 @@ pub async fn run_controllers(
     config: OperatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config
+        .check_tenancy()
+        .map_err(anyhow::Error::msg)
+        .context("invalid tenancy settings")?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let (addr, server) = http::serve(

@@ -464,6 +464,101 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     h.finish(&[&source, &sink]).await;
 }
 
+/// A job whose checkpoint storage or savepoint lies outside its own
+/// `<default>/<namespace>/<job>` (here: another job's) is refused, naming the
+/// field, and nothing of it reaches the cluster or Kafka; a location below
+/// its own root starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_pointing_at_another_jobs_storage_is_stalled_and_creates_nothing() {
+    let h = start().await;
+    let (source, sink) = topics(&h, 2).await;
+    let root = streamops_operator::OperatorConfig::default().checkpoint_storage;
+    let other = format!("{root}/{}/other-job", h.ns);
+    let mut s = job_spec("clicks", "out", None);
+    s.checkpoint = Some(serde_json::from_value(json!({"storage": other})).unwrap());
+    create_job(&h, "thief", s).await;
+    let stalled_on = |field: &'static str| {
+        move |j: &StreamJob| {
+            job_condition(j, "Stalled").is_some_and(|(r, m)| r == "StorageNotAllowed" && m.starts_with(field))
+        }
+    };
+    let j = wait_job(
+        &h,
+        "thief",
+        "Stalled on the storage",
+        stalled_on("spec.checkpoint.storage"),
+    )
+    .await;
+    let (_, message) = job_condition(&j, "Stalled").unwrap();
+    assert!(
+        message.contains(&format!("{root}/{}/thief", h.ns)),
+        "names the job's own root: {message}"
+    );
+    assert!(
+        j.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False")
+    );
+    h.wait_event("thief", "StorageNotAllowed").await;
+    let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), &h.ns);
+    let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
+    let nothing_created = || async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(sets.get_opt("thief").await.unwrap().is_none());
+        assert!(cms.get_opt("thief-config").await.unwrap().is_none());
+        assert!(secrets.get_opt("thief-admin").await.unwrap().is_none());
+        for topic in [
+            streamops_crds::runtime_api::repartition_topic(&h.ns, "thief"),
+            streamops_crds::runtime_api::control_topic(&h.ns, "thief"),
+        ] {
+            assert!(h.kafka(&topic).await.is_none(), "{topic} was created");
+        }
+    };
+    nothing_created().await;
+
+    // Restoring the other job's savepoint: refused the same way.
+    patch_job(
+        &h,
+        "thief",
+        json!({"spec": {
+            "checkpoint": {"storage": null},
+            "restore": {"fromSavepoint": format!("{other}/savepoints/sp-1")}
+        }}),
+    )
+    .await;
+    wait_job(
+        &h,
+        "thief",
+        "Stalled on the savepoint",
+        stalled_on("spec.restore.fromSavepoint"),
+    )
+    .await;
+    nothing_created().await;
+
+    // Below its own root: the job starts.
+    patch_job(
+        &h,
+        "thief",
+        json!({"spec": {
+            "restore": null,
+            "checkpoint": {"storage": format!("{root}/{}/thief/v2", h.ns)}
+        }}),
+    )
+    .await;
+    wait_some(&sets, "thief").await;
+    wait_job(&h, "thief", "Deploying", |j| {
+        job_condition(j, "Reconciling").is_some_and(|(r, _)| r == "Deploying")
+    })
+    .await;
+    jobs(&h).delete("thief", &Default::default()).await.unwrap();
+    wait_job_gone(&h, "thief").await;
+    h.finish(&[&source, &sink]).await;
+}
+
 /// A stand-in for the parts of a cluster the control plane lacks here: a
 /// StatefulSet controller (creates and deletes Pod objects, writes their
 /// status) and the runtime's admin API on loopback addresses (one per pod

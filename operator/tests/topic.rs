@@ -10,7 +10,7 @@ use common::*;
 use kube::ResourceExt;
 use serde_json::json;
 use streamops_crds::{KafkaClusterSpec, topic::TopicOwnership};
-use streamops_operator::topic::plan::ConfigChange;
+use streamops_operator::{config::TopicNamePolicy, topic::plan::ConfigChange};
 
 /// Kafka's default `retention.ms` (7 days), which DescribeConfigs reports
 /// for a topic that does not set it.
@@ -484,6 +484,123 @@ async fn broker_outage_is_reconciling_and_recovers() {
         .await;
     h.wait_gone("t").await;
     h.finish(&[]).await;
+}
+
+/// Under `namespacePrefix`, a StreamTopic naming a topic outside
+/// `<namespace>.` is refused before anything reaches Kafka, naming the field
+/// and the rule; the namespace's own names still work, and deleting the
+/// refused resource touches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_prefix_policy_refuses_other_names_and_creates_nothing() {
+    let h = Harness::start_with(|c| c.topic_name_policy = TopicNamePolicy::NamespacePrefix).await;
+    let foreign = unique("other-team.orders");
+    let mut s = spec(&foreign, 1, &[]);
+    s.deletion_policy = Some(streamops_crds::topic::DeletionPolicy::Delete);
+    h.create("foreign", s, &[]).await;
+    let t = h
+        .wait("foreign", "Stalled TopicNotAllowed", |t| {
+            is_stalled(t, "TopicNotAllowed")
+        })
+        .await;
+    let message = &condition(&t, "Stalled").unwrap().message;
+    assert!(
+        message.starts_with(&format!("spec.topicName {foreign:?}")),
+        "{message}"
+    );
+    assert!(message.contains(&format!("namespace {:?}", h.ns)), "{message}");
+    assert!(
+        message.contains(&format!("\"{}.\"", h.ns)),
+        "names the allowed prefix: {message}"
+    );
+    assert_eq!(t.status.unwrap().ownership, None);
+    h.wait_event("foreign", "TopicNotAllowed").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        h.kafka(&foreign).await.is_none(),
+        "a refused resource created its topic"
+    );
+
+    // Without spec.topicName the Kafka name is metadata.name, and the
+    // message says so.
+    let bare = unique("orders");
+    let mut s = spec(&bare, 1, &[]);
+    s.topic_name = None;
+    h.create(&bare, s, &[]).await;
+    let t = h
+        .wait(&bare, "Stalled TopicNotAllowed", |t| {
+            is_stalled(t, "TopicNotAllowed")
+        })
+        .await;
+    let message = &condition(&t, "Stalled").unwrap().message;
+    assert!(
+        message.starts_with(&format!("metadata.name {bare:?}")),
+        "{message}"
+    );
+    assert!(h.kafka(&bare).await.is_none());
+
+    // The namespace's own names are managed as usual.
+    let own = format!("{}.{}", h.ns, unique("orders"));
+    h.create("own", spec(&own, 1, &[]), &[]).await;
+    h.wait("own", "Ready", is_ready).await;
+    assert!(h.kafka(&own).await.is_some());
+
+    // Deleting the refused resource (deletionPolicy: Delete) drops its
+    // finalizer without a Kafka call.
+    h.api.delete("foreign", &Default::default()).await.unwrap();
+    h.wait_gone("foreign").await;
+    assert!(h.kafka(&foreign).await.is_none());
+    h.finish(&[&own]).await;
+}
+
+/// A StreamJob's internal topic (another namespace's job, here) cannot be
+/// adopted, changed or deleted through a StreamTopic, even under the default
+/// policy `any` and with `streamops.io/adopt: "true"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_topic_cannot_be_adopted_changed_or_deleted() {
+    let h = Harness::start().await;
+    let internal = streamops_crds::runtime_api::control_topic("other-team", &unique("job"));
+    h.admin
+        .create(&internal, 2, None, &cfg(&[("cleanup.policy", "compact")]))
+        .await
+        .unwrap();
+    let mut s = spec(
+        &internal,
+        3,
+        &[("cleanup.policy", "delete"), ("retention.ms", "1000")],
+    );
+    s.deletion_policy = Some(streamops_crds::topic::DeletionPolicy::Delete);
+    h.create("grab", s, &[("streamops.io/adopt", "true")]).await;
+    let t = h
+        .wait("grab", "Stalled TopicNotAllowed", |t| {
+            is_stalled(t, "TopicNotAllowed")
+        })
+        .await;
+    let message = &condition(&t, "Stalled").unwrap().message;
+    assert!(message.contains("internal topic space"), "{message}");
+    assert!(
+        message.starts_with(&format!("spec.topicName {internal:?}")),
+        "{message}"
+    );
+    assert_eq!(t.status.unwrap().ownership, None, "not adopted");
+    h.wait_event("grab", "TopicNotAllowed").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let untouched = |o: &streamops_operator::topic::plan::ObservedTopic| {
+        o.partitions == 2
+            && o.config.get("cleanup.policy").map(String::as_str) == Some("compact")
+            && o.config.get("retention.ms").map(String::as_str) == Some(KAFKA_DEFAULT_RETENTION_MS)
+    };
+    let observed = h.kafka(&internal).await.expect("the internal topic");
+    assert!(
+        untouched(&observed),
+        "the internal topic was changed: {observed:?}"
+    );
+
+    // Deleting the resource leaves the topic.
+    h.api.delete("grab", &Default::default()).await.unwrap();
+    h.wait_gone("grab").await;
+    let observed = h.kafka(&internal).await.expect("the internal topic was deleted");
+    assert!(untouched(&observed), "{observed:?}");
+    h.finish(&[&internal]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

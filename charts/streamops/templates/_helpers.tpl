@@ -43,3 +43,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
+
+{{- /* namespace -> [prefix] as --topic-name-prefixes takes it: ns=p,p;ns=p (namespaces sorted). */ -}}
+{{- define "streamops.prefixMap" -}}
+{{- $entries := list -}}
+{{- range $ns, $prefixes := . -}}
+{{- $entries = append $entries (printf "%s=%s" $ns (join "," $prefixes)) -}}
+{{- end -}}
+{{- join ";" $entries -}}
+{{- end -}}

@@ -593,7 +593,13 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         }
     };
     let topics = resolve_topics(job, &names, &ctx.client).await?;
-    let valid = job.spec.validation_message().is_none();
+    let storage_refusal = resources::storage_refusal(
+        &job.spec,
+        &ctx.config.checkpoint_storage,
+        ctx.config.allow_custom_checkpoint_storage,
+        &names,
+    );
+    let valid = job.spec.validation_message().is_none() && storage_refusal.is_none();
     let startable = valid && topics.is_ok();
     if valid && let Ok(t) = &topics {
         let checked = match transaction_limit(job, ctx).await {
@@ -669,6 +675,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         suspend_annotation: annotation_is(job, annotation::SUSPEND, "true"),
         savepoint_annotation: job.annotations().get(annotation::SAVEPOINT_REQUEST).cloned(),
         topics,
+        storage_refusal,
         pods: pods.views,
         runtime,
         savepoints,

@@ -86,6 +86,9 @@ pub struct Observed {
     pub savepoint_annotation: Option<String>,
     /// The resolved topics, or why they are not usable yet.
     pub topics: Result<JobTopics, String>,
+    /// Why the operator's settings refuse the spec's checkpoint storage or
+    /// savepoint ([`super::resources::storage_refusal`]); `None`: allowed.
+    pub storage_refusal: Option<String>,
     pub pods: Vec<PodView>,
     /// `GET /v1/status` per pod name (pods with no address are absent).
     pub runtime: BTreeMap<String, Answer<RuntimeStatus>>,
@@ -442,6 +445,18 @@ fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> 
     })
 }
 
+/// A spec no version may start from: invalid in itself (`InvalidSpec`), or
+/// with checkpoint storage the operator's settings refuse
+/// (`StorageNotAllowed`). Either is `Stalled`, and what runs keeps running.
+fn refused_spec(o: &Observed) -> Option<Health> {
+    if let Some(message) = o.spec.validation_message() {
+        return Some(Health::stalled("InvalidSpec", message));
+    }
+    o.storage_refusal
+        .as_ref()
+        .map(|message| Health::stalled("StorageNotAllowed", message.clone()))
+}
+
 /// The next step. See the module documentation for the states.
 pub fn decide(o: &Observed) -> Step {
     match o.status.upgrade.clone() {
@@ -453,8 +468,8 @@ pub fn decide(o: &Observed) -> Step {
 fn steady(o: &Observed) -> Step {
     let status = o.status.clone();
     let deployed = status.last_stable_spec.is_some();
-    if let Some(message) = o.spec.validation_message() {
-        return Step::new(status, Health::stalled("InvalidSpec", message)).deploy(steady_deployment(o, None));
+    if let Some(health) = refused_spec(o) {
+        return Step::new(status, health).deploy(steady_deployment(o, None));
     }
     let topics = match &o.topics {
         Ok(t) => t.clone(),
@@ -1425,8 +1440,8 @@ fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progr
 }
 
 fn redeploy_failed(o: &Observed, failed: &UpgradeIntent) -> Step {
-    if let Some(message) = o.spec.validation_message() {
-        return Step::new(o.status.clone(), Health::stalled("InvalidSpec", message));
+    if let Some(health) = refused_spec(o) {
+        return Step::new(o.status.clone(), health);
     }
     let Ok(topics) = &o.topics else {
         let why = o.topics.clone().err().unwrap_or_default();

@@ -20,6 +20,7 @@ use streamops_crds::{
     common::SecretKeyRef,
     job::CheckpointSpec,
     runtime_api::{JobConfig, env},
+    tenancy,
 };
 
 use super::{JOB_LABEL, JobNames, REVISION_ANNOTATION, plan::Deployment};
@@ -157,13 +158,31 @@ fn metadata(name: &str, names: &JobNames, owner: &Option<OwnerReference>) -> Val
 pub fn job_storage(spec: &StreamJobSpec, default: &str, names: &JobNames) -> String {
     match spec.checkpoint.as_ref().and_then(|c| c.storage.clone()) {
         Some(storage) => storage,
-        None => format!(
-            "{}/{}/{}",
-            default.trim_end_matches('/'),
-            names.namespace,
-            names.job
-        ),
+        None => tenancy::job_storage_root(default, &names.namespace, &names.job),
     }
+}
+
+/// Why the operator refuses the spec's `checkpoint.storage` or
+/// `restore.fromSavepoint` (outside the job's own root under the default
+/// storage, [`tenancy::storage_outside_job`]), or `None`; always `None` when
+/// the administrator allows custom storage.
+pub fn storage_refusal(
+    spec: &StreamJobSpec,
+    default: &str,
+    allow_custom: bool,
+    names: &JobNames,
+) -> Option<String> {
+    if allow_custom {
+        return None;
+    }
+    let errors = tenancy::storage_outside_job(spec, default, &names.namespace, &names.job);
+    (!errors.is_empty()).then(|| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// `job.json` for `deployment`, its checkpoints going to `storage`
@@ -781,6 +800,47 @@ mod tests {
             savepoint_max_age: None,
         });
         assert_eq!(job_storage(&spec, default, &names), "s3://bucket/clicks");
+    }
+
+    #[test]
+    fn foreign_storage_is_refused_unless_the_administrator_allows_it() {
+        let j = job(None);
+        let names = JobNames::of(&j);
+        let default = "s3://bucket/checkpoints";
+        let mut spec = j.spec.clone();
+        assert_eq!(
+            storage_refusal(&spec, default, false, &names),
+            None,
+            "the default"
+        );
+        let own = job_storage(&spec, default, &names);
+        spec.checkpoint = Some(CheckpointSpec {
+            interval: None,
+            guarantee: None,
+            storage: Some(format!("{own}/v2")),
+            savepoints_to_keep: None,
+            savepoint_max_age: None,
+        });
+        assert_eq!(
+            storage_refusal(&spec, default, false, &names),
+            None,
+            "below its own"
+        );
+        if let Some(c) = spec.checkpoint.as_mut() {
+            c.storage = Some("s3://bucket/checkpoints/ns/other-job".into());
+        }
+        spec.restore = Some(streamops_crds::job::RestoreSpec {
+            from_savepoint: Some("s3://bucket/checkpoints/ns/other-job/savepoints/sp-1".into()),
+            allow_empty_state: None,
+        });
+        let message = storage_refusal(&spec, default, false, &names).expect("refused");
+        assert!(message.starts_with("spec.checkpoint.storage: "), "{message}");
+        assert!(message.contains("; spec.restore.fromSavepoint: "), "{message}");
+        assert!(
+            message.contains(&format!("{own:?}")),
+            "names the job's own root: {message}"
+        );
+        assert_eq!(storage_refusal(&spec, default, true, &names), None, "allowed");
     }
 
     /// Where a job's pods mount their checkpoint volume, and the host

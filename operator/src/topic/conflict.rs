@@ -3,6 +3,10 @@
 //! the older resource (creationTimestamp, then uid) wins. The loser is
 //! `Stalled` with reason `Conflict` and never touches Kafka.
 //!
+//! A resource the topic-name policy refuses claims nothing: otherwise an
+//! older resource in another namespace, naming a topic it may not manage,
+//! would keep the namespace that may from ever managing it.
+//!
 //! Ownership comes first because creationTimestamp has one-second
 //! resolution: two resources applied in the same second would otherwise be
 //! ordered by their random uids, and a newcomer could outrank the resource
@@ -11,10 +15,13 @@
 use std::cmp::Ordering;
 
 use k8s_openapi::jiff::Timestamp;
-use streamops_crds::StreamTopic;
+use streamops_crds::{
+    StreamTopic,
+    tenancy::{self, TopicPolicy},
+    topic::annotation,
+};
 
 use super::{annotation_is, cluster_key};
-use streamops_crds::topic::annotation;
 
 /// One resource's claim on a Kafka topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,24 +39,30 @@ pub struct Claim {
 
 impl Claim {
     /// The claim a resource makes, or `None` when it claims nothing
-    /// (`streamops.io/managed: "false"`).
-    pub fn of(topic: &StreamTopic) -> Option<Self> {
+    /// (`streamops.io/managed: "false"`, or a topic `policy` refuses its
+    /// namespace).
+    pub fn of(topic: &StreamTopic, policy: &TopicPolicy) -> Option<Self> {
         if annotation_is(topic, annotation::MANAGED, "false") {
             return None;
         }
+        let namespace = topic.metadata.namespace.clone().unwrap_or_default();
         let pinned = topic
             .status
             .as_ref()
             .filter(|s| s.ownership.is_some())
             .and_then(|s| s.topic_name.clone());
+        let name = pinned.clone().unwrap_or_else(|| topic.kafka_topic_name());
+        if tenancy::check_topic_name(policy, &namespace, &name, topic.topic_name_field()).is_err() {
+            return None;
+        }
         Some(Self {
-            namespace: topic.metadata.namespace.clone().unwrap_or_default(),
+            namespace,
             name: topic.metadata.name.clone().unwrap_or_default(),
             uid: topic.metadata.uid.clone().unwrap_or_default(),
             created: topic.metadata.creation_timestamp.as_ref().map(|t| t.0),
             owns: pinned.is_some(),
             cluster: cluster_key(topic.spec.cluster.as_ref()),
-            topic: pinned.unwrap_or_else(|| topic.kafka_topic_name()),
+            topic: name,
         })
     }
 
@@ -117,6 +130,47 @@ mod tests {
         assert_eq!(winner_over(&newcomer, &all), Some(&owner));
         assert_eq!(winner_over(&older, &all), Some(&owner));
         assert_eq!(winner_over(&owner, &all), None);
+    }
+
+    #[test]
+    fn a_resource_the_policy_refuses_claims_nothing() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use streamops_crds::{StreamTopicSpec, tenancy::Separator};
+        let resource = |ns: &str, name: &str, uid: &str, secs: i64| {
+            let mut t = StreamTopic::new(
+                name,
+                StreamTopicSpec {
+                    topic_name: Some("shop.orders".into()),
+                    partitions: 1,
+                    replication_factor: None,
+                    config: Default::default(),
+                    cluster: None,
+                    deletion_policy: None,
+                },
+            );
+            t.metadata.namespace = Some(ns.into());
+            t.metadata.uid = Some(uid.into());
+            t.metadata.creation_timestamp = Some(Time(Timestamp::from_second(secs).unwrap()));
+            t
+        };
+        // An older resource in "billing" names "shop"'s topic.
+        let squatter = resource("billing", "squat", "u1", 10);
+        let rightful = resource("shop", "orders", "u2", 20);
+        let policy = TopicPolicy::NamespacePrefix(Separator::Dot);
+        assert_eq!(Claim::of(&squatter, &policy), None);
+        let me = Claim::of(&rightful, &policy).expect("shop may manage shop.orders");
+        let claims: Vec<Claim> = [&squatter, &rightful]
+            .into_iter()
+            .filter_map(|t| Claim::of(t, &policy))
+            .collect();
+        assert_eq!(winner_over(&me, &claims), None, "the squatter must not win");
+        // Without a policy the older one wins, as before.
+        let me = Claim::of(&rightful, &TopicPolicy::Any).unwrap();
+        let claims: Vec<Claim> = [&squatter, &rightful]
+            .into_iter()
+            .filter_map(|t| Claim::of(t, &TopicPolicy::Any))
+            .collect();
+        assert_eq!(winner_over(&me, &claims).map(|c| c.uid.as_str()), Some("u1"));
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn recorded(topic: &StreamTopic) -> RecordedTopic {
 fn desired(topic: &StreamTopic) -> DesiredTopic {
     DesiredTopic {
         name: topic.kafka_topic_name(),
+        name_field: topic.topic_name_field(),
         partitions: topic.spec.partitions,
         replication_factor: topic.spec.replication_factor,
         config: topic.spec.config.clone(),
@@ -173,6 +174,22 @@ fn base_status(topic: &StreamTopic) -> StreamTopicStatus {
 
 async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Result<Action> {
     let resync = Action::requeue(ctx.config.resync_interval);
+    // First of all: a topic this namespace may not manage is not touched,
+    // not even described, and the resource is not Ready, so no StreamJob
+    // reads or writes it through this resource (also when unmanaged).
+    let ns = topic.namespace().unwrap_or_default();
+    if let Some(refusal) = plan::admit(&ctx.topic_policy, &ns, &desired(topic)) {
+        info!(topic = %topic.kafka_topic_name(), reason = refusal.reason(), "refused by the topic-name policy");
+        report(
+            topic,
+            api,
+            ctx,
+            base_status(topic),
+            Health::stalled(refusal.reason(), refusal.message()),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
     if annotation_is(topic, annotation::MANAGED, "false") {
         let health = Health::ready(
             "Unmanaged",
@@ -200,8 +217,13 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
         .await?;
         return Ok(Action::await_change());
     }
-    if let Some(me) = Claim::of(topic) {
-        let claims: Vec<Claim> = ctx.topics.state().iter().filter_map(|t| Claim::of(t)).collect();
+    if let Some(me) = Claim::of(topic, &ctx.topic_policy) {
+        let claims: Vec<Claim> = ctx
+            .topics
+            .state()
+            .iter()
+            .filter_map(|t| Claim::of(t, &ctx.topic_policy))
+            .collect();
         if let Some(winner) = winner_over(&me, &claims) {
             let message = format!(
                 "Kafka topic {:?} is already managed by StreamTopic {}/{} (older); delete one of the two resources or \
@@ -542,6 +564,8 @@ async fn cleanup(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> 
         unmanaged: annotation_is(topic, annotation::MANAGED, "false"),
         skip_kafka: annotation_is(topic, annotation::SKIP_KAFKA_DELETION, "true"),
         paused: annotation_is(topic, annotation::PAUSED, "true"),
+        namespace: topic.namespace().unwrap_or_default(),
+        topic_policy: ctx.topic_policy.clone(),
     };
     match plan::cleanup(&input) {
         CleanupPlan::Keep { reason } => {

@@ -4,12 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use streamops_crds::topic::{DeletionPolicy, TopicOwnership};
+use streamops_crds::{
+    tenancy::{self, TopicNotAllowed, TopicPolicy},
+    topic::{DeletionPolicy, TopicOwnership},
+};
 
 /// What the resource asks for, after defaulting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredTopic {
     pub name: String,
+    /// Where `name` comes from (`spec.topicName` or `metadata.name`), for messages.
+    pub name_field: &'static str,
     pub partitions: i32,
     /// `None`: the broker's default.
     pub replication_factor: Option<i32>,
@@ -83,6 +88,9 @@ pub enum Refusal {
     TopicExists {
         name: String,
     },
+    /// The operator's topic-name policy keeps this namespace off the topic
+    /// (another namespace's, or an internal one): nothing is done on Kafka.
+    TopicNotAllowed(TopicNotAllowed),
 }
 
 impl Refusal {
@@ -93,6 +101,7 @@ impl Refusal {
             Self::PartitionDecrease { .. } => "PartitionDecreaseUnsupported",
             Self::ReplicationFactorChange { .. } => "ReplicationFactorChangeUnsupported",
             Self::TopicExists { .. } => "TopicExistsNotAdopted",
+            Self::TopicNotAllowed(_) => "TopicNotAllowed",
         }
     }
 
@@ -115,6 +124,7 @@ impl Refusal {
                 "topic {name:?} already exists in Kafka and was not created by this resource; annotate the resource \
                  with streamops.io/adopt=\"true\" to adopt it, or choose another spec.topicName"
             ),
+            Self::TopicNotAllowed(refused) => refused.to_string(),
         }
     }
 }
@@ -129,6 +139,16 @@ pub enum TopicPlan {
     },
     Update(TopicUpdate),
     Refuse(Refusal),
+}
+
+/// Whether the resource, in `namespace`, may touch the topic it names at
+/// all, under the operator's topic-name policy. Decided before anything
+/// else, Kafka included: a refused resource creates, describes, adopts,
+/// changes and deletes nothing ([`cleanup`] keeps the topic too).
+pub fn admit(policy: &TopicPolicy, namespace: &str, desired: &DesiredTopic) -> Option<Refusal> {
+    tenancy::check_topic_name(policy, namespace, &desired.name, desired.name_field)
+        .err()
+        .map(Refusal::TopicNotAllowed)
 }
 
 /// Decides what to do with a topic. `observed` is `None` when Kafka has no
@@ -260,11 +280,23 @@ pub struct CleanupInput {
     pub skip_kafka: bool,
     /// Annotation `streamops.io/paused: "true"`: the operator does not act.
     pub paused: bool,
+    /// The resource's namespace and the operator's topic-name policy.
+    pub namespace: String,
+    pub topic_policy: TopicPolicy,
 }
 
 /// Only topics the operator created, or adopted explicitly, are deleted, and
-/// only with `deletionPolicy: Delete`.
+/// only with `deletionPolicy: Delete`; never one whose name the topic-name
+/// policy refuses this namespace (whatever the status says it owns, e.g.
+/// from before the policy was tightened).
 pub fn cleanup(input: &CleanupInput) -> CleanupPlan {
+    if let Some(name) = &input.recorded.name
+        && tenancy::check_topic_name(&input.topic_policy, &input.namespace, name, "status.topicName").is_err()
+    {
+        return CleanupPlan::Keep {
+            reason: "TopicNotAllowed",
+        };
+    }
     if input.skip_kafka {
         return CleanupPlan::Keep {
             reason: "SkipKafkaDeletion",
@@ -292,6 +324,7 @@ mod tests {
     fn desired(partitions: i32) -> DesiredTopic {
         DesiredTopic {
             name: "orders".into(),
+            name_field: "spec.topicName",
             partitions,
             replication_factor: None,
             config: BTreeMap::new(),
@@ -555,6 +588,8 @@ mod tests {
             unmanaged: false,
             skip_kafka: false,
             paused: false,
+            namespace: "shop".into(),
+            topic_policy: TopicPolicy::Any,
         }
     }
 
@@ -593,6 +628,77 @@ mod tests {
         let mut i = cleanup_input(DeletionPolicy::Delete, Some(TopicOwnership::Created));
         i.paused = true;
         assert_eq!(cleanup(&i), CleanupPlan::Keep { reason: "Paused" });
+    }
+
+    #[test]
+    fn a_name_outside_the_namespace_is_refused_before_anything_else() {
+        use streamops_crds::tenancy::Separator;
+        let policy = TopicPolicy::NamespacePrefix(Separator::Dot);
+        let mut d = desired(3);
+        assert_eq!(admit(&TopicPolicy::Any, "shop", &d), None);
+        let refusal = admit(&policy, "shop", &d).expect("orders is not shop.<name>");
+        assert_eq!(refusal.reason(), "TopicNotAllowed");
+        let message = refusal.message();
+        assert!(message.starts_with("spec.topicName \"orders\""), "{message}");
+        assert!(message.contains("namespace \"shop\""), "{message}");
+        assert!(message.contains("\"shop.\""), "the allowed prefix: {message}");
+        d.name = "shop.orders".into();
+        assert_eq!(admit(&policy, "shop", &d), None);
+        assert!(
+            admit(&policy, "billing", &d).is_some(),
+            "another namespace's topic"
+        );
+    }
+
+    #[test]
+    fn internal_topics_are_refused_even_to_adopt_and_under_any() {
+        let mut d = desired(3);
+        d.name = streamops_crds::runtime_api::control_topic("shop", "clicks");
+        d.adopt = true;
+        let refusal = admit(&TopicPolicy::Any, "shop", &d).expect("internal");
+        assert_eq!(refusal.reason(), "TopicNotAllowed");
+        assert!(
+            refusal.message().contains("internal topic space"),
+            "{}",
+            refusal.message()
+        );
+        d.name_field = "metadata.name";
+        assert!(
+            admit(&TopicPolicy::Any, "shop", &d)
+                .unwrap()
+                .message()
+                .starts_with("metadata.name ")
+        );
+    }
+
+    #[test]
+    fn a_refused_name_is_never_deleted_whatever_the_status_owns() {
+        use streamops_crds::tenancy::Separator;
+        // Owned before the policy was tightened, deletionPolicy: Delete.
+        let mut i = cleanup_input(DeletionPolicy::Delete, Some(TopicOwnership::Created));
+        i.topic_policy = TopicPolicy::NamespacePrefix(Separator::Dot);
+        assert_eq!(
+            cleanup(&i),
+            CleanupPlan::Keep {
+                reason: "TopicNotAllowed"
+            }
+        );
+        i.recorded.name = Some("shop.orders".into());
+        assert_eq!(
+            cleanup(&i),
+            CleanupPlan::DeleteTopic {
+                name: "shop.orders".into()
+            }
+        );
+        // An internal topic is kept under any policy.
+        let mut i = cleanup_input(DeletionPolicy::Delete, Some(TopicOwnership::Adopted));
+        i.recorded.name = Some(streamops_crds::runtime_api::repartition_topic("shop", "clicks"));
+        assert_eq!(
+            cleanup(&i),
+            CleanupPlan::Keep {
+                reason: "TopicNotAllowed"
+            }
+        );
     }
 
     #[test]

@@ -67,6 +67,7 @@ struct World {
     suspend_annotation: bool,
     savepoint_annotation: Option<String>,
     topics: Result<JobTopics, String>,
+    storage_refusal: Option<String>,
     status: StreamJobStatus,
     deployment: Option<Deployment>,
     pods: Vec<SimPod>,
@@ -90,6 +91,7 @@ impl World {
             suspend_annotation: false,
             savepoint_annotation: None,
             topics: Ok(topics(partitions)),
+            storage_refusal: None,
             status: StreamJobStatus::default(),
             deployment: None,
             pods: Vec::new(),
@@ -113,6 +115,7 @@ impl World {
             suspend_annotation: self.suspend_annotation,
             savepoint_annotation: self.savepoint_annotation.clone(),
             topics: self.topics.clone(),
+            storage_refusal: self.storage_refusal.clone(),
             pods: self
                 .pods
                 .iter()
@@ -437,6 +440,48 @@ fn invalid_spec_is_stalled_before_anything_is_created() {
     assert!(step.deployment.is_none());
     assert_eq!(w.stalled().as_deref(), Some("InvalidSpec"));
     assert!(w.status.upgrade.is_none());
+}
+
+#[test]
+fn refused_storage_is_stalled_before_anything_is_created() {
+    let mut w = World::new(4);
+    w.storage_refusal =
+        Some("spec.checkpoint.storage: \"s3://b/ns/other\" is outside this job's own storage".into());
+    for _ in 0..3 {
+        let step = tick(&mut w);
+        assert!(step.deployment.is_none());
+        assert_eq!(step.call, AdminCall::None);
+    }
+    assert_eq!(w.stalled().as_deref(), Some("StorageNotAllowed"));
+    assert_eq!(w.ready_reason(), ("False".into(), "StorageNotAllowed".into()));
+    let stalled = w.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert!(
+        stalled.message.contains("spec.checkpoint.storage"),
+        "{}",
+        stalled.message
+    );
+    assert!(w.status.upgrade.is_none() && w.pods.is_empty());
+    // Allowed again (spec fixed, or the administrator allows custom storage).
+    w.storage_refusal = None;
+    until(&mut w, "Running", |w| w.running(1));
+}
+
+#[test]
+fn refused_storage_on_a_running_job_keeps_the_running_version() {
+    let mut w = running_world(2);
+    let before = w.deployment.clone().unwrap();
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+    w.storage_refusal = Some("spec.checkpoint.storage: outside".into());
+    let step = tick(&mut w);
+    assert_eq!(w.stalled().as_deref(), Some("StorageNotAllowed"));
+    assert_eq!(
+        step.deployment.as_ref(),
+        Some(&before),
+        "the last stable version stays deployed"
+    );
+    assert_eq!(step.call, AdminCall::None, "no savepoint, no stop");
+    assert!(w.status.upgrade.is_none());
+    assert!(w.pods.iter().all(|p| p.generation == 1));
 }
 
 #[test]
