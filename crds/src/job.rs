@@ -363,12 +363,14 @@ pub struct CheckpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub storage: Option<String>,
-    /// Savepoints kept in history (the newest is never removed). Absent: 5.
+    /// Savepoints kept in history (the newest is never removed); older ones
+    /// are deleted from storage. Absent: 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub savepoints_to_keep: Option<i32>,
-    /// Savepoints older than this are removed (the newest is never removed).
-    /// Absent: kept until `savepointsToKeep` pushes them out.
+    /// Savepoints older than this are removed from history and deleted from
+    /// storage (the newest is never removed). Absent: kept until
+    /// `savepointsToKeep` pushes them out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_max_age: Option<DurationSpec>,
 }
@@ -576,6 +578,13 @@ pub struct StreamJobStatus {
     /// Savepoints kept, newest first, pruned by `checkpoint.savepointsToKeep` and `savepointMaxAge`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub savepoint_history: Vec<SavepointRecord>,
+    /// Locations of savepoints pruned from `savepointHistory` that a runtime
+    /// pod is to delete from the job's checkpoint storage; each stays listed
+    /// until the pods confirm it gone (retried every reconcile) and while a
+    /// restore or rollback may still need it. Savepoints outside the job's
+    /// storage are only pruned, never deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoints_to_delete: Vec<String>,
     /// The last spec that ran healthy; rollback target. Stored schemaless so
     /// that a status written under an older CRD stays readable.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -224,6 +224,32 @@ pub enum RuntimeState {
     Failed,
 }
 
+/// A valid savepoint id: what the operator generates, safe as one path
+/// segment of the storage (`savepoints/<id>/`).
+pub fn valid_savepoint_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !id.starts_with('.')
+}
+
+/// The id of the savepoint at `location` if it is one of `storage`'s
+/// (`<storage>/savepoints/<id>`, where the runtime writes savepoint `id`; a
+/// trailing `/` allowed), else `None`.
+pub fn savepoint_id_in<'a>(storage: &str, location: &'a str) -> Option<&'a str> {
+    let storage = storage.trim_end_matches('/');
+    if storage.is_empty() {
+        return None;
+    }
+    let id = location
+        .trim_end_matches('/')
+        .strip_prefix(storage)?
+        .strip_prefix("/savepoints/")?;
+    valid_savepoint_id(id).then_some(id)
+}
+
 /// `POST /v1/savepoints` body.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct SavepointRequest {
@@ -247,6 +273,21 @@ pub struct SavepointStatus {
     pub offsets: BTreeMap<String, i64>,
     #[serde(default)]
     pub error: Option<String>,
+}
+
+/// `DELETE /v1/savepoints/{id}`: every object under `<storage>/savepoints/<id>/`
+/// is deleted by the pod's processing loop. 200: done (`deletedObjects` is
+/// how many this call deleted, 0 when it was already gone); 202: queued
+/// behind a busy loop, not done yet (`deletedObjects` absent; ask again,
+/// deleting is idempotent); 409: refused, the pod was started from this
+/// savepoint (its job file's `restore.savepoint`); 400: not a valid id;
+/// 500: storage failed part-way.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointDeletion {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_objects: Option<u64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,6 +320,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn savepoint_ids_name_one_directory_of_their_storage() {
+        assert!(valid_savepoint_id("sp-3-abc_1.2"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a b", &"x".repeat(129)] {
+            assert!(!valid_savepoint_id(bad), "{bad:?}");
+        }
+        let storage = "file:///c/ns/job";
+        assert_eq!(
+            savepoint_id_in(storage, "file:///c/ns/job/savepoints/sp-1"),
+            Some("sp-1")
+        );
+        assert_eq!(
+            savepoint_id_in("file:///c/ns/job/", "file:///c/ns/job/savepoints/sp-1/"),
+            Some("sp-1")
+        );
+        for elsewhere in [
+            "file:///c/ns/job2/savepoints/sp-1",
+            "file:///c/ns/job/savepoints/sp-1/task-0",
+            "file:///c/ns/job/savepoints/",
+            "file:///c/ns/job/savepoints/..",
+            "file:///c/ns/job/checkpoints/sp-1",
+            "s3://b/ns/job/savepoints/sp-1",
+            "",
+        ] {
+            assert_eq!(savepoint_id_in(storage, elsewhere), None, "{elsewhere:?}");
+        }
+        assert_eq!(
+            savepoint_id_in("", "/savepoints/sp-1"),
+            None,
+            "no storage, nothing is in it"
+        );
+    }
+
+    #[test]
     fn admin_bodies_match_the_documented_json() {
         let s: RuntimeStatus = serde_json::from_value(serde_json::json!({
             "state": "Running", "generation": 3, "tasks": [0, 4], "checkpointId": 17, "lastCommitMs": 5
@@ -302,5 +376,15 @@ mod tests {
             restore,
             serde_json::json!({"savepoint": null, "allowEmptyState": false})
         );
+        let done = SavepointDeletion {
+            id: "sp-1".into(),
+            deleted_objects: Some(6),
+        };
+        assert_eq!(
+            serde_json::to_value(&done).unwrap(),
+            serde_json::json!({"id": "sp-1", "deletedObjects": 6})
+        );
+        let queued: SavepointDeletion = serde_json::from_value(serde_json::json!({"id": "sp-1"})).unwrap();
+        assert_eq!(queued.deleted_objects, None);
     }
 }

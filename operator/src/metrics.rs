@@ -59,7 +59,7 @@ impl Metrics {
         let job_operations = IntCounterVec::new(
             Opts::new(
                 "job_operations_total",
-                "StreamJob operations by kind (savepoint, upgrade, rollback) and result",
+                "StreamJob operations by kind (savepoint, upgrade, rollback, savepoint_delete) and result",
             ),
             &["operation", "result"],
         )

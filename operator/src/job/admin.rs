@@ -13,7 +13,7 @@ use hyper::{
     header::{AUTHORIZATION, CONTENT_TYPE, HOST},
 };
 use hyper_util::rt::TokioIo;
-use streamops_crds::runtime_api::{RuntimeStatus, SavepointRequest, SavepointStatus};
+use streamops_crds::runtime_api::{RuntimeStatus, SavepointDeletion, SavepointRequest, SavepointStatus};
 
 /// One pod's admin endpoint. `Debug` never shows the token.
 #[derive(Clone)]
@@ -70,6 +70,15 @@ pub trait RuntimeAdmin: Send + Sync {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<SavepointStatus>, AdminError>>;
     fn resume<'a>(&'a self, pod: &'a PodEndpoint) -> BoxFuture<'a, Result<(), AdminError>>;
+    /// `DELETE /v1/savepoints/{id}`: `Some(objects deleted)` once the pod
+    /// deleted it from storage (0: already gone), `None` when the pod only
+    /// queued it (ask again: idempotent). A refusal (409: the pod was
+    /// started from it) is an [`AdminError::Http`].
+    fn delete_savepoint<'a>(
+        &'a self,
+        pod: &'a PodEndpoint,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, AdminError>>;
 }
 
 /// HTTP/1.1 over a fresh TCP connection per call, each bounded by `timeout`.
@@ -207,6 +216,29 @@ impl RuntimeAdmin for HttpAdmin {
             Self::expect_ok(pod, status, &body)
         })
     }
+
+    fn delete_savepoint<'a>(
+        &'a self,
+        pod: &'a PodEndpoint,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, AdminError>> {
+        Box::pin(async move {
+            let path = format!("/v1/savepoints/{id}");
+            let (status, body) = self.call(pod, Method::DELETE, &path, None).await?;
+            Self::expect_ok(pod, status, &body)?;
+            if status != StatusCode::OK {
+                return Ok(None);
+            }
+            let answer: SavepointDeletion = Self::decode(pod, &body)?;
+            if answer.id != id {
+                return Err(AdminError::Decode {
+                    pod: pod.pod.clone(),
+                    message: format!("asked to delete savepoint {id}, answered for {}", answer.id),
+                });
+            }
+            Ok(answer.deleted_objects)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +348,37 @@ mod tests {
         let sp = admin.savepoint(&endpoint(addr), "sp-1").await.unwrap().unwrap();
         assert_eq!(sp.state, SavepointState::Failed);
         assert_eq!(sp.error.as_deref(), Some("disk full"));
+    }
+
+    #[tokio::test]
+    async fn savepoint_deletion_is_done_queued_or_refused() {
+        let admin = HttpAdmin::new(Duration::from_secs(2));
+        let (addr, server) = serve_once("200 OK", r#"{"id":"sp-1","deletedObjects":6}"#).await;
+        assert_eq!(
+            admin.delete_savepoint(&endpoint(addr), "sp-1").await.unwrap(),
+            Some(6)
+        );
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("DELETE /v1/savepoints/sp-1 HTTP/1.1"),
+            "{request}"
+        );
+        assert!(request.contains("authorization: Bearer s3cret"), "{request}");
+
+        let (addr, _server) = serve_once("202 Accepted", r#"{"id":"sp-1"}"#).await;
+        assert_eq!(
+            admin.delete_savepoint(&endpoint(addr), "sp-1").await.unwrap(),
+            None,
+            "queued is not done"
+        );
+        let (addr, _server) = serve_once("409 Conflict", r#"{"error":"started from it"}"#).await;
+        let e = admin.delete_savepoint(&endpoint(addr), "sp-1").await.unwrap_err();
+        assert!(matches!(e, AdminError::Http { status: 409, .. }), "{e}");
+        assert!(e.to_string().contains("started from it"), "{e}");
+        // An answer about another savepoint confirms nothing.
+        let (addr, _server) = serve_once("200 OK", r#"{"id":"sp-2","deletedObjects":1}"#).await;
+        let e = admin.delete_savepoint(&endpoint(addr), "sp-1").await.unwrap_err();
+        assert!(matches!(e, AdminError::Decode { .. }), "{e}");
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The StreamJob controller shell: observe (the job's latest status, its
 //! StreamTopics, its pods and what their admin API says), ask
 //! [`plan::decide`], then act in write-ahead order: status first, then the
-//! object graph, then the one admin call.
+//! object graph, then the one admin call (and, for savepoint deletions,
+//! a second status write of those the pods confirmed).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -45,7 +46,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     JOB_LABEL, JobNames, REVISION_ANNOTATION,
-    admin::{HttpAdmin, PodEndpoint, RuntimeAdmin},
+    admin::{AdminError, HttpAdmin, PodEndpoint, RuntimeAdmin},
     annotation_is,
     plan::{self, AdminCall, Deployment, Observed, Outcome, PodView, Step},
     resources::{self, AdminAccess, KafkaAccess, PodInputs},
@@ -229,14 +230,14 @@ pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<JobContext>) ->
 }
 
 /// Records `health` (and `new_status`) when anything changed; emits an
-/// event when the Ready reason changed.
+/// event when the Ready reason changed. Returns the status as recorded.
 async fn report(
     job: &StreamJob,
     api: &Api<StreamJob>,
     ctx: &JobContext,
     new_status: streamops_crds::StreamJobStatus,
     health: &Health,
-) -> Result<()> {
+) -> Result<streamops_crds::StreamJobStatus> {
     let changed_reason = status::previous_reason(job) != Some(health.reason());
     let new_status = status::with_health(job, new_status, health);
     if job.status.as_ref() != Some(&new_status) {
@@ -247,7 +248,7 @@ async fn report(
         ctx.event(job, warning, health.reason(), health.message().to_owned())
             .await;
     }
-    Ok(())
+    Ok(new_status)
 }
 
 /// What the pods need from outside the spec: image, Kafka access, storage.
@@ -638,6 +639,9 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             server_side_apply(&policies, &names.network_policy(), &policy).await?;
         }
     }
+    // Where the running version's pods keep their checkpoints and savepoints.
+    let running_spec = current.last_stable_spec.as_ref().unwrap_or(&job.spec);
+    let storage = resources::job_storage(running_spec, &ctx.config.checkpoint_storage, &names);
     let token = admin_token(job, &names, ctx, startable).await?;
     let pods = observe_pods(&names, ctx, token.as_deref()).await?;
 
@@ -679,19 +683,25 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         pods: pods.views,
         runtime,
         savepoints,
+        storage,
         now: Timestamp::now(),
     };
     let step = plan::decide(&observed);
     info!(phase = ?step.status.phase, reason = step.health.reason(), call = ?step.call, "decided");
 
     // 1. The write-ahead log.
-    report(job, api, ctx, step.status.clone(), &step.health).await?;
+    let recorded = report(job, api, ctx, step.status.clone(), &step.health).await?;
     // 2. The object graph.
     if let Some(d) = &step.deployment {
         deploy(job, &names, &setup, d, ctx).await?;
     }
-    // 3. The admin call.
-    call(&step, &pods.endpoints, ctx).await;
+    // 3. The admin call, and what it completed.
+    let deleted = call(&step, &pods.endpoints, ctx).await;
+    if !deleted.is_empty() {
+        let mut done = recorded;
+        plan::forget_deleted(&mut done, &deleted);
+        status::apply(api, job, &done).await?;
+    }
     // `report` already published an event for a new Ready reason.
     let reason_changed = status::previous_reason(job) != Some(step.health.reason());
     for t in &step.events {
@@ -734,12 +744,18 @@ async fn deploy(
     server_side_apply(&sets, &names.statefulset(), &sts).await
 }
 
-async fn call(step: &Step, endpoints: &[PodEndpoint], ctx: &JobContext) {
+/// Makes the step's admin call; returns the locations of the savepoints
+/// every pod named confirmed deleted (the only call whose completion is
+/// recorded: the others' effects show in what the pods report next).
+async fn call(step: &Step, endpoints: &[PodEndpoint], ctx: &JobContext) -> Vec<String> {
     let on = |pods: &Vec<String>| -> Vec<&PodEndpoint> {
         endpoints.iter().filter(|e| pods.contains(&e.pod)).collect()
     };
     match &step.call {
         AdminCall::None => {}
+        AdminCall::DeleteSavepoints { savepoints, pods } => {
+            return delete_savepoints(savepoints, &on(pods), pods.len(), ctx).await;
+        }
         AdminCall::Savepoint { id, stop, pods } => {
             let request = SavepointRequest {
                 id: id.clone(),
@@ -760,6 +776,61 @@ async fn call(step: &Step, endpoints: &[PodEndpoint], ctx: &JobContext) {
             }
         }
     }
+    Vec::new()
+}
+
+/// Asks each of `endpoints` (of the `named` pods; a pod without an address
+/// confirms nothing) to delete the savepoints, the pods at once and on each
+/// pod one savepoint after the other, stopping at the first answer that is
+/// neither done nor refused (a busy loop or an unreachable pod would only
+/// make the rest wait as long). A savepoint counts as deleted once all the
+/// pods answered that it is gone; the rest stays listed and is asked again
+/// next reconcile.
+async fn delete_savepoints(
+    savepoints: &[plan::SavepointToDelete],
+    endpoints: &[&PodEndpoint],
+    named: usize,
+    ctx: &JobContext,
+) -> Vec<String> {
+    let per_pod = futures::future::join_all(endpoints.iter().map(|ep| async move {
+        let mut gone = Vec::new();
+        for sp in savepoints {
+            match ctx.admin.delete_savepoint(ep, &sp.id).await {
+                Ok(Some(objects)) => {
+                    debug!(pod = %ep.pod, savepoint = %sp.id, objects, "savepoint deleted");
+                    gone.push(sp.location.as_str());
+                }
+                Ok(None) => {
+                    debug!(pod = %ep.pod, savepoint = %sp.id, "savepoint deletion queued by a busy pod; asked again later");
+                    break;
+                }
+                Err(AdminError::Http { status: 409, body, .. }) => info!(
+                    pod = %ep.pod, savepoint = %sp.id, %body,
+                    "savepoint kept: the pod was started from it; asked again later"
+                ),
+                Err(e) => {
+                    warn!(pod = %ep.pod, savepoint = %sp.id, error = %e, "savepoint deletion failed; retried");
+                    ctx.metrics.job_operation("savepoint_delete", "failed");
+                    break;
+                }
+            }
+        }
+        gone
+    }))
+    .await;
+    let mut deleted = Vec::new();
+    for sp in savepoints {
+        let confirmed = per_pod
+            .iter()
+            .filter(|gone| gone.contains(&sp.location.as_str()))
+            .count();
+        if named > 0 && confirmed == named {
+            info!(savepoint = %sp.id, location = %sp.location, "deleted savepoint from storage");
+            ctx.metrics.job_operation("savepoint_delete", "succeeded");
+            deleted.push(sp.location.clone());
+        }
+    }
+    deleted
 }
 
 fn count(step: &Step, metrics: &Metrics) {

@@ -14,6 +14,15 @@
 //! | same | `rolloutStarted` set | new pods starting | all Ready and stable: `lastStableSpec` = intent spec; health timeout: roll back / `Stalled` |
 //! | `Failed` | present | the rolled-out version is unhealthy and nothing safe is left to do | waits for it to recover or for a new generation |
 //!
+//! Savepoints pruned from `status.savepointHistory` (by
+//! `savepointsToKeep` / `savepointMaxAge`) are queued in
+//! `status.savepointsToDelete` in the same status write, and deleted from
+//! storage by the runtime pods only in the steady `Running` state, healthy,
+//! when no other call is due ([`AdminCall::DeleteSavepoints`]); the
+//! controller takes each one off the list once every pod confirmed it
+//! ([`forget_deleted`]). One that a restore or rollback may need stays
+//! listed and is not asked for ([`savepoint_deletions`]).
+//!
 //! Every step is idempotent: running [`decide`] again on the persisted
 //! status, with whatever the pods now say, continues where the last run
 //! stopped (the tests below do exactly that from every persisted status).
@@ -27,8 +36,8 @@ use streamops_crds::{
     job::{IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord, UpgradeIntent, UpgradeMode},
     layout,
     runtime_api::{
-        JobTopics, OffsetReset, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState, SavepointStatus,
-        termination,
+        self, JobTopics, OffsetReset, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState,
+        SavepointStatus, termination,
     },
 };
 
@@ -94,6 +103,10 @@ pub struct Observed {
     pub runtime: BTreeMap<String, Answer<RuntimeStatus>>,
     /// `GET /v1/savepoints/{intent's id}` per pod name; `Ok(None)` is a 404.
     pub savepoints: BTreeMap<String, Answer<Option<SavepointStatus>>>,
+    /// The checkpoint storage the running version's pods use (their
+    /// job.json's `spec.checkpoint.storage`): only savepoints under it are
+    /// deleted.
+    pub storage: String,
     pub now: Timestamp,
 }
 
@@ -125,7 +138,26 @@ pub enum AdminCall {
     Resume {
         pods: Vec<String>,
     },
+    /// `DELETE /v1/savepoints/{id}` of each savepoint on every pod named
+    /// (each deletes what its storage holds; idempotent).
+    DeleteSavepoints {
+        savepoints: Vec<SavepointToDelete>,
+        pods: Vec<String>,
+    },
 }
+
+/// A savepoint to delete from storage: its id (what the admin API takes)
+/// and its location (as `status.savepointsToDelete` lists it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavepointToDelete {
+    pub id: String,
+    pub location: String,
+}
+
+/// The most savepoints one step asks the pods to delete (each a call per
+/// pod); the rest follow on the next reconcile, which the status write of
+/// the confirmed ones triggers.
+pub const DELETIONS_PER_STEP: usize = 8;
 
 /// A Kubernetes Event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +340,101 @@ pub fn retain_savepoints(
         })
         .map(|(_, sp)| sp)
         .collect()
+}
+
+/// The id of the savepoint at `location` if it lies in `storage` (where
+/// the runtime writes it), else `None`: a savepoint elsewhere (restored
+/// from another job's storage, or written before `spec.checkpoint.storage`
+/// changed) is not the pods' to delete.
+pub fn own_savepoint_id<'a>(location: &'a str, storage: &str) -> Option<&'a str> {
+    runtime_api::savepoint_id_in(storage, location)
+}
+
+/// Sets `status.savepointHistory` to `history` pruned by the spec's
+/// `savepointsToKeep` and `savepointMaxAge`, and queues in
+/// `status.savepointsToDelete` what it pruned that lies in the job's
+/// storage (what lies elsewhere is only pruned).
+fn prune_history(o: &Observed, status: &mut StreamJobStatus, history: Vec<SavepointRecord>) {
+    let spec = o.spec.defaulted();
+    let cp = spec.checkpoint.as_ref();
+    let keep = cp
+        .and_then(|c| c.savepoints_to_keep)
+        .unwrap_or(streamops_crds::job::defaults::SAVEPOINTS_TO_KEEP);
+    let max_age = cp
+        .and_then(|c| c.savepoint_max_age.as_ref())
+        .map(|d| d.as_duration());
+    let kept = retain_savepoints(
+        history.clone(),
+        usize::try_from(keep).unwrap_or(5),
+        max_age,
+        o.now,
+    );
+    // Oldest first: the order they are deleted in.
+    for pruned in history
+        .iter()
+        .rev()
+        .filter(|h| !kept.iter().any(|k| k.id == h.id))
+    {
+        if own_savepoint_id(&pruned.location, &o.storage).is_some()
+            && !status.savepoints_to_delete.contains(&pruned.location)
+        {
+            status.savepoints_to_delete.push(pruned.location.clone());
+        }
+    }
+    status.savepoint_history = kept;
+}
+
+/// What to do with `status.savepointsToDelete` now: the list to keep (the
+/// pending ones, minus those outside the job's storage, which are only
+/// dropped) and the deletions to ask for: every pending one but those a
+/// restore or rollback may still need (the savepoint an in-flight intent
+/// restores from, `status.lastSavepoint`, and the one `spec.restore.fromSavepoint`
+/// names, in the spec or the last stable spec), at most
+/// [`DELETIONS_PER_STEP`], oldest first.
+pub fn savepoint_deletions(o: &Observed) -> (Vec<String>, Vec<SavepointToDelete>) {
+    let status = &o.status;
+    let from_spec = |s: &StreamJobSpec| s.restore.as_ref().and_then(|r| r.from_savepoint.clone());
+    let needed: Vec<String> = [
+        status.upgrade.as_ref().and_then(|i| i.restore_from.clone()),
+        status.last_savepoint.as_ref().map(|s| s.location.clone()),
+        from_spec(&o.spec),
+        status.last_stable_spec.as_ref().and_then(from_spec),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let needed_ids: Vec<&str> = needed
+        .iter()
+        .filter_map(|l| own_savepoint_id(l, &o.storage))
+        .chain(status.last_savepoint.as_ref().map(|s| s.id.as_str()))
+        .chain(status.upgrade.as_ref().map(|i| i.savepoint_id.as_str()))
+        .collect();
+    let mut keep = Vec::new();
+    let mut delete = Vec::new();
+    for location in &status.savepoints_to_delete {
+        let Some(id) = own_savepoint_id(location, &o.storage) else {
+            continue;
+        };
+        if !keep.contains(location) {
+            keep.push(location.clone());
+        }
+        if !needed_ids.contains(&id)
+            && delete.len() < DELETIONS_PER_STEP
+            && !delete.iter().any(|d: &SavepointToDelete| d.id == id)
+        {
+            delete.push(SavepointToDelete {
+                id: id.to_owned(),
+                location: location.clone(),
+            });
+        }
+    }
+    (keep, delete)
+}
+
+/// `status` without the savepoints every pod confirmed deleted (locations
+/// as [`AdminCall::DeleteSavepoints`] named them).
+pub fn forget_deleted(status: &mut StreamJobStatus, deleted: &[String]) {
+    status.savepoints_to_delete.retain(|l| !deleted.contains(l));
 }
 
 fn millis_between(earlier: Timestamp, later: Timestamp) -> i64 {
@@ -673,6 +800,9 @@ fn steady(o: &Observed) -> Step {
     }
     status.phase = Some(JobPhase::Running);
     status.lag = lag(o);
+    // A lowered savepointsToKeep, or savepoints aging past savepointMaxAge.
+    let history = std::mem::take(&mut status.savepoint_history);
+    prune_history(o, &mut status, history);
     let revision = deployment
         .as_ref()
         .map(|d| d.revision.clone())
@@ -708,8 +838,31 @@ fn steady(o: &Observed) -> Step {
     }
     if ready < want {
         step.requeue = Duration::from_secs(5);
+    } else if step.call == AdminCall::None {
+        step = delete_savepoints(o, step, &revision);
     }
     step
+}
+
+/// In the steady, healthy state with no other call due: asks every live pod
+/// of `revision` to delete the savepoints [`savepoint_deletions`] allows,
+/// and drops from the list what is not the pods' to delete.
+fn delete_savepoints(o: &Observed, mut step: Step, revision: &str) -> Step {
+    let o2 = Observed {
+        status: step.status.clone(),
+        ..o.clone()
+    };
+    let (keep, savepoints) = savepoint_deletions(&o2);
+    step.status.savepoints_to_delete = keep;
+    let pods: Vec<String> = live_pods(o)
+        .iter()
+        .filter(|p| p.ready && p.revision.as_deref() == Some(revision))
+        .map(|p| p.name.clone())
+        .collect();
+    if savepoints.is_empty() || pods.is_empty() {
+        return step;
+    }
+    step.call(AdminCall::DeleteSavepoints { savepoints, pods })
 }
 
 /// Offset resets the pods report that are newer than the last one in
@@ -1006,16 +1159,10 @@ fn savepoint_completed(o: &Observed, mut intent: UpgradeIntent, parts: &[&Savepo
         checkpoint_id: parts.iter().filter_map(|s| s.checkpoint_id).max(),
     };
     let took = elapsed(&intent.started, o.now);
-    let spec = o.spec.defaulted();
-    let cp = spec.checkpoint.as_ref();
-    let keep = cp.and_then(|c| c.savepoints_to_keep).unwrap_or(5);
-    let max_age = cp
-        .and_then(|c| c.savepoint_max_age.as_ref())
-        .map(|d| d.as_duration());
     let mut status = o.status.clone();
     let mut history = vec![record.clone()];
     history.extend(status.savepoint_history.drain(..).filter(|s| s.id != record.id));
-    status.savepoint_history = retain_savepoints(history, usize::try_from(keep).unwrap_or(5), max_age, o.now);
+    prune_history(o, &mut status, history);
     status.last_savepoint = Some(record);
     let message = format!(
         "savepoint {} completed in {} at {location}",

@@ -5,6 +5,10 @@
 //! - `GET /v1/status`;
 //! - `POST /v1/savepoints` `{"id": "...", "stop": bool}` -> 202 (idempotent per id);
 //! - `GET /v1/savepoints/{id}`;
+//! - `DELETE /v1/savepoints/{id}` -> 200 `{"id", "deletedObjects"}` once the
+//!   processing loop deleted it from storage (idempotent), 202 when the loop
+//!   did not get to it within [`DELETION_WAIT`] (it still will), 409 for the
+//!   savepoint this process was started from;
 //! - `POST /v1/resume` (after a stop the operator abandons).
 //!
 //! `/v1/*` needs `Authorization: Bearer <token>` (token from a mounted
@@ -33,6 +37,14 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::shared::{Command, RunState, Shared};
+use super::store::DeletionOutcome;
+use streamops_crds::runtime_api::SavepointDeletion;
+
+/// How long `DELETE /v1/savepoints/{id}` waits for the processing loop
+/// (which may be in the middle of a checkpoint) before answering 202:
+/// within the operator's call timeout (3 s by default), so that it learns
+/// the outcome whenever the loop is free.
+pub const DELETION_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,14 +90,7 @@ fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
 }
 
 /// A valid savepoint id: what the operator generates, safe as a path segment.
-pub fn valid_savepoint_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !id.starts_with('.')
-}
+pub use streamops_crds::runtime_api::valid_savepoint_id;
 
 async fn handle(
     req: Request<Incoming>,
@@ -162,11 +167,42 @@ async fn handle(
                 None => error(StatusCode::NOT_FOUND, "unknown savepoint"),
             }
         }
+        (Method::DELETE, p) if p.starts_with("/v1/savepoints/") => {
+            let id = &p["/v1/savepoints/".len()..];
+            if !valid_savepoint_id(id) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "savepoint id: 1-128 of [A-Za-z0-9._-], not starting with '.'",
+                );
+            }
+            delete_savepoint(&shared, id, DELETION_WAIT).await
+        }
         (Method::POST, "/v1/resume") => {
             shared.push(Command::Resume);
             json(StatusCode::OK, &serde_json::json!({ "resumed": true }))
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Hands the deletion of savepoint `id` to the processing loop (storage
+/// calls block, and the loop orders them after any savepoint of that id)
+/// and answers with its outcome, or 202 if it takes longer than `wait`.
+async fn delete_savepoint(shared: &Shared, id: &str, wait: Duration) -> Response<Full<Bytes>> {
+    let outcome = shared.request_deletion(id);
+    let answer = |deleted_objects: Option<u64>| SavepointDeletion {
+        id: id.to_string(),
+        deleted_objects,
+    };
+    match tokio::time::timeout(wait, outcome).await {
+        Ok(Ok(DeletionOutcome::Deleted(n))) => json(StatusCode::OK, &answer(Some(n as u64))),
+        Ok(Ok(DeletionOutcome::Refused(why))) => error(StatusCode::CONFLICT, &why),
+        Ok(Ok(DeletionOutcome::Failed(why))) => error(StatusCode::INTERNAL_SERVER_ERROR, &why),
+        Ok(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the processing loop ended before deleting it",
+        ),
+        Err(_) => json(StatusCode::ACCEPTED, &answer(None)),
     }
 }
 
@@ -347,10 +383,130 @@ mod tests {
     }
 
     fn get(path: &str, token: Option<&str>) -> String {
+        request("GET", path, token)
+    }
+
+    fn request(method: &str, path: &str, token: Option<&str>) -> String {
         let auth = token
             .map(|t| format!("authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        format!("GET {path} HTTP/1.1\r\nhost: pod\r\n{auth}\r\n")
+        format!("{method} {path} HTTP/1.1\r\nhost: pod\r\n{auth}\r\n")
+    }
+
+    /// A server whose processing loop is the test: it pops the commands.
+    async fn start_with_loop() -> (SocketAddr, Arc<Shared>) {
+        let shared = Arc::new(Shared::new(3, vec![0]).unwrap());
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let addr = serve_within(any, shared.clone(), Some(TOKEN.into()), ConnectionLimits::DEFAULT)
+            .await
+            .unwrap();
+        (addr, shared)
+    }
+
+    /// Stands in for the processing loop: answers the next `outcomes.len()`
+    /// deletions in order; returns the ids it was asked for.
+    fn deletion_loop(
+        shared: Arc<Shared>,
+        outcomes: Vec<DeletionOutcome>,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut outcomes = outcomes.into_iter();
+            loop {
+                match shared.pop() {
+                    Some(Command::DeleteSavepoint { id, done }) => {
+                        ids.push(id);
+                        let Some(outcome) = outcomes.next() else {
+                            return ids;
+                        };
+                        done.send(outcome).unwrap();
+                    }
+                    Some(other) => panic!("unexpected command {other:?}"),
+                    None if outcomes.len() == 0 => return ids,
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn savepoint_deletion_answers_with_the_processing_loops_outcome() {
+        let (addr, shared) = start_with_loop().await;
+        let wait = Duration::from_secs(5);
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // Refused before the loop hears of it: no token, not an id.
+        c.write_all(request("DELETE", "/v1/savepoints/sp-1", None).as_bytes())
+            .await
+            .unwrap();
+        let r = response(&mut c, wait).await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        for bad in [
+            "/v1/savepoints/",
+            "/v1/savepoints/..",
+            "/v1/savepoints/.x",
+            "/v1/savepoints/a/b",
+        ] {
+            c.write_all(request("DELETE", bad, Some(TOKEN)).as_bytes())
+                .await
+                .unwrap();
+            let r = response(&mut c, wait).await.unwrap();
+            assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
+        }
+        assert!(shared.pop().is_none(), "nothing reached the loop");
+
+        let outcomes = vec![
+            DeletionOutcome::Deleted(6),
+            DeletionOutcome::Refused("started from it".into()),
+            DeletionOutcome::Failed("disk gone".into()),
+        ];
+        let answered = deletion_loop(shared.clone(), outcomes);
+        let mut answers = Vec::new();
+        for id in ["sp-1", "sp-2", "sp-3"] {
+            let path = format!("/v1/savepoints/{id}");
+            c.write_all(request("DELETE", &path, Some(TOKEN)).as_bytes())
+                .await
+                .unwrap();
+            answers.push(response(&mut c, wait).await.unwrap());
+        }
+        assert_eq!(answered.await.unwrap(), ["sp-1", "sp-2", "sp-3"]);
+        assert!(answers[0].starts_with("HTTP/1.1 200"), "{}", answers[0]);
+        assert!(
+            answers[0].ends_with(r#"{"id":"sp-1","deletedObjects":6}"#),
+            "{}",
+            answers[0]
+        );
+        assert!(
+            answers[1].starts_with("HTTP/1.1 409") && answers[1].contains("started from it"),
+            "{}",
+            answers[1]
+        );
+        assert!(
+            answers[2].starts_with("HTTP/1.1 500") && answers[2].contains("disk gone"),
+            "{}",
+            answers[2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deletion_the_busy_loop_has_not_reached_is_accepted_and_stays_queued() {
+        let (addr, shared) = start_with_loop().await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(request("DELETE", "/v1/savepoints/sp-1", Some(TOKEN)).as_bytes())
+            .await
+            .unwrap();
+        let r = response(&mut c, DELETION_WAIT + Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+        assert!(r.ends_with(r#"{"id":"sp-1"}"#), "{r}");
+        // The loop gets to it later; nobody waits for the outcome any more.
+        match shared.pop() {
+            Some(Command::DeleteSavepoint { id, done }) => {
+                assert_eq!(id, "sp-1");
+                assert!(done.send(DeletionOutcome::Deleted(1)).is_err());
+            }
+            other => panic!("expected the queued deletion, got {other:?}"),
+        }
     }
 
     #[tokio::test]

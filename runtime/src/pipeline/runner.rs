@@ -918,7 +918,34 @@ impl Runner {
                 }
                 Ok(())
             }
+            super::shared::Command::DeleteSavepoint { id, done } => {
+                let outcome = self.delete_savepoint(&id);
+                // The admin API may have answered 202 and stopped waiting.
+                let _ = done.send(outcome);
+                Ok(())
+            }
         }
+    }
+
+    /// Deletes savepoint `id` from storage unless this process was started
+    /// from it; a failure is the caller's answer, never the loop's end.
+    fn delete_savepoint(&self, id: &str) -> super::store::DeletionOutcome {
+        use super::store::DeletionOutcome;
+        let outcome = self
+            .store
+            .delete_savepoint_unless_restored(id, self.job.restore.savepoint.as_deref());
+        match &outcome {
+            DeletionOutcome::Deleted(objects) => {
+                if *objects > 0 {
+                    self.shared.metrics.savepoints_deleted.inc();
+                }
+                self.shared.forget_savepoint(id);
+                info!(savepoint = %id, objects, "deleted savepoint from storage");
+            }
+            DeletionOutcome::Refused(why) => warn!(savepoint = %id, %why, "savepoint not deleted"),
+            DeletionOutcome::Failed(e) => warn!(savepoint = %id, error = %e, "deleting savepoint failed"),
+        }
+        outcome
     }
 
     /// Consumer lag per task and stage (metrics, `/v1/status`), from the

@@ -11,6 +11,8 @@ use prometheus::{
 };
 use serde::Serialize;
 
+use super::store::DeletionOutcome;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum RunState {
     Starting,
@@ -64,10 +66,22 @@ pub struct SavepointView {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Work the admin API hands to the processing loop, which owns the
+/// storage and the tasks.
+#[derive(Debug)]
 pub enum Command {
-    Savepoint { id: String, stop: bool },
+    Savepoint {
+        id: String,
+        stop: bool,
+    },
     Resume,
+    /// Delete savepoint `id` from storage; the outcome goes to `done`
+    /// (nobody may be waiting any more: the admin API answers 202 when the
+    /// loop is busy).
+    DeleteSavepoint {
+        id: String,
+        done: tokio::sync::oneshot::Sender<DeletionOutcome>,
+    },
 }
 
 pub struct Metrics {
@@ -89,6 +103,8 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     pub lag: IntGaugeVec,
     pub offset_resets: IntCounterVec,
+    /// Savepoints deleted from storage on the operator's request.
+    pub savepoints_deleted: IntCounter,
 }
 
 impl Metrics {
@@ -168,8 +184,13 @@ impl Metrics {
             ),
             &["topic", "partition"],
         )?;
+        let savepoints_deleted = IntCounter::new(
+            "savepoints_deleted_total",
+            "Savepoints deleted from storage through DELETE /v1/savepoints/{id} (those that still had objects)",
+        )?;
         for c in [
             Box::new(offset_resets.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(savepoints_deleted.clone()),
             Box::new(records_in.clone()),
             Box::new(records_out.clone()),
             Box::new(duplicates_dropped.clone()),
@@ -200,6 +221,7 @@ impl Metrics {
             restore_seconds,
             lag,
             offset_resets,
+            savepoints_deleted,
         })
     }
 }
@@ -345,6 +367,26 @@ impl Shared {
             stop,
         });
         true
+    }
+
+    /// Asks the processing loop to delete savepoint `id` from storage; the
+    /// receiver gets the outcome once the loop got to it.
+    pub fn request_deletion(&self, id: &str) -> tokio::sync::oneshot::Receiver<DeletionOutcome> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.push(Command::DeleteSavepoint {
+            id: id.to_string(),
+            done,
+        });
+        outcome
+    }
+
+    /// Forgets savepoint `id` (deleted from storage): it is no longer
+    /// reported as Completed at a location that is gone.
+    pub fn forget_savepoint(&self, id: &str) {
+        self.savepoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     pub fn update_savepoint(&self, id: &str, f: impl FnOnce(&mut SavepointView)) {

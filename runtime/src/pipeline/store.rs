@@ -11,7 +11,11 @@
 //! ```
 //!
 //! A checkpoint or savepoint exists once its manifest exists: the manifest
-//! is written last, after every file it lists.
+//! is written last, after every file it lists, and deleted first.
+//!
+//! Checkpoints are deleted by retention ([`CheckpointStore::retain`]);
+//! savepoints only when the operator asks (`DELETE /v1/savepoints/{id}`,
+//! [`CheckpointStore::delete_savepoint_unless_restored`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +28,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
+use super::admin::valid_savepoint_id;
 use super::retention;
 use super::wire::MarkerKind;
 
@@ -58,6 +63,18 @@ impl Manifest {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+}
+
+/// What became of a request to delete a savepoint from storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeletionOutcome {
+    /// Every object of it is gone; how many this call deleted (0: it was
+    /// already absent).
+    Deleted(usize),
+    /// Not deleted: this process may still need it (why).
+    Refused(String),
+    /// Storage failed part-way (what); asking again goes on.
+    Failed(String),
 }
 
 /// What to write: a periodic checkpoint (incremental) or a savepoint (full copy).
@@ -151,6 +168,12 @@ impl CheckpointStore {
     /// The location users and the operator see for savepoint `id`.
     pub fn savepoint_location(&self, id: &str) -> String {
         format!("{}/savepoints/{id}", self.url)
+    }
+
+    /// The id of the savepoint at `location` if it is one of this storage's
+    /// (`<storage>/savepoints/<id>`), else `None`.
+    pub fn savepoint_id_at<'a>(&self, location: &'a str) -> Option<&'a str> {
+        streamops_crds::runtime_api::savepoint_id_in(&self.url, location)
     }
 
     /// Manifest path of `task` in the savepoint at `location`, which must
@@ -346,6 +369,68 @@ impl CheckpointStore {
         }
         Ok(deleted)
     }
+
+    /// Deletes every object of savepoint `id` (`savepoints/<id>/`), its
+    /// manifests first so that a savepoint deleted part-way no longer counts
+    /// as existing; returns how many objects it deleted. Idempotent: an
+    /// absent savepoint (or objects another pod of the job deleted
+    /// meanwhile) is success. With `file://` the emptied directories go too.
+    pub fn delete_savepoint(&self, id: &str) -> Result<usize> {
+        if !valid_savepoint_id(id) {
+            bail!("savepoint id {id:?} is not a safe path segment");
+        }
+        let prefix = format!("savepoints/{id}");
+        let inside = format!("{prefix}/");
+        let mut objects: Vec<String> = self
+            .list(&prefix)?
+            .into_iter()
+            .filter(|o| o.starts_with(&inside))
+            .collect();
+        objects.sort_by_key(|o| !o.ends_with("/manifest.json"));
+        let mut deleted = 0;
+        for obj in objects {
+            let p = object(&obj)?;
+            match self.rt.block_on(self.store.delete(&p)) {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {}/{obj}", self.url)),
+            }
+        }
+        if let Some(root) = self.url.strip_prefix("file://") {
+            remove_empty_dirs(&Path::new(root).join(&prefix));
+        }
+        Ok(deleted)
+    }
+
+    /// [`CheckpointStore::delete_savepoint`], refused for the savepoint at
+    /// `restored_from` (the one the job file says this process starts from:
+    /// a task that restarts before its first commit restores it again).
+    pub fn delete_savepoint_unless_restored(&self, id: &str, restored_from: Option<&str>) -> DeletionOutcome {
+        if restored_from.and_then(|l| self.savepoint_id_at(l)) == Some(id) {
+            return DeletionOutcome::Refused(format!(
+                "savepoint {id} is the one this job's pods were started from (job file restore.savepoint); it \
+                 can be deleted once they run from a newer one"
+            ));
+        }
+        match self.delete_savepoint(id) {
+            Ok(n) => DeletionOutcome::Deleted(n),
+            Err(e) => DeletionOutcome::Failed(format!("{e:#}")),
+        }
+    }
+}
+
+/// Removes `dir` and the directories under it that are (then) empty; a
+/// directory that still holds a file stays. Best effort: nothing it leaves
+/// behind is read again.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(feature = "s3")]
@@ -571,5 +656,107 @@ mod tests {
         )
         .unwrap();
         assert_eq!(db.key_count(0).unwrap(), 50_001);
+    }
+
+    /// Files under `dir`, relative, sorted (an independent look at the disk).
+    fn files(dir: &Path) -> Vec<String> {
+        walk(dir).unwrap().into_iter().map(|(rel, _)| rel).collect()
+    }
+
+    #[test]
+    fn deleting_a_savepoint_removes_its_objects_only_and_is_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let (_rt, mut s) = store(&root);
+        let snap = tmp.path().join("snap");
+        std::fs::create_dir_all(snap.join("state")).unwrap();
+        std::fs::write(snap.join("state/000001.sst"), b"x").unwrap();
+        std::fs::write(snap.join("task.json"), b"{}").unwrap();
+        for (id, task) in [("sp-1", 0), ("sp-1", 1), ("sp-10", 0)] {
+            let target = Target::Savepoint {
+                id,
+                checkpoint_id: 1,
+                instance: "i",
+            };
+            s.write(task, &snap, target, 0).unwrap();
+        }
+        let checkpoint = Target::Checkpoint {
+            id: 2,
+            instance: "i",
+            db: "db",
+        };
+        s.write(0, &snap, checkpoint, 0).unwrap();
+        let before = files(&root);
+
+        // Two tasks of three objects each (two files and the manifest).
+        assert_eq!(s.delete_savepoint("sp-1").unwrap(), 6);
+        let after = files(&root);
+        let gone: Vec<&String> = before.iter().filter(|f| !after.contains(f)).collect();
+        assert_eq!(gone.len(), 6, "{gone:?}");
+        assert!(gone.iter().all(|f| f.starts_with("savepoints/sp-1/")), "{gone:?}");
+        assert!(
+            !root.join("savepoints/sp-1").exists(),
+            "its emptied directories go too"
+        );
+        assert!(after.iter().any(|f| f.starts_with("savepoints/sp-10/")));
+        assert!(after.iter().any(|f| f.starts_with("checkpoints/")));
+        assert!(s.read_manifest("savepoints/sp-10/task-0/manifest.json").is_ok());
+
+        // Again, and a savepoint that never existed: nothing to do, no error.
+        assert_eq!(s.delete_savepoint("sp-1").unwrap(), 0);
+        assert_eq!(s.delete_savepoint("sp-never").unwrap(), 0);
+        // Ids that are not one path segment never reach the storage.
+        for bad in ["", "..", "../checkpoints", "a/b", ".hidden"] {
+            assert!(s.delete_savepoint(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(files(&root), after);
+    }
+
+    #[test]
+    fn the_savepoint_the_process_restored_from_is_never_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let (_rt, mut s) = store(&root);
+        let snap = tmp.path().join("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("task.json"), b"{}").unwrap();
+        for id in ["sp-1", "sp-2"] {
+            let target = Target::Savepoint {
+                id,
+                checkpoint_id: 1,
+                instance: "i",
+            };
+            s.write(0, &snap, target, 0).unwrap();
+        }
+        let url = s.url().to_string();
+        assert_eq!(s.savepoint_id_at(&format!("{url}/savepoints/sp-1")), Some("sp-1"));
+        assert_eq!(
+            s.savepoint_id_at(&format!("{url}/savepoints/sp-1/")),
+            Some("sp-1")
+        );
+        assert_eq!(s.savepoint_id_at(&format!("{url}/savepoints/sp-1/task-0")), None);
+        assert_eq!(s.savepoint_id_at("file:///elsewhere/savepoints/sp-1"), None);
+
+        let restored = format!("{url}/savepoints/sp-1/");
+        let refused = s.delete_savepoint_unless_restored("sp-1", Some(&restored));
+        assert!(matches!(refused, DeletionOutcome::Refused(_)), "{refused:?}");
+        assert!(s.read_manifest("savepoints/sp-1/task-0/manifest.json").is_ok());
+        assert_eq!(
+            s.delete_savepoint_unless_restored("sp-2", Some(&restored)),
+            DeletionOutcome::Deleted(2)
+        );
+        // A savepoint of the same id in another storage is not this one.
+        assert_eq!(
+            s.delete_savepoint_unless_restored("sp-1", Some("file:///elsewhere/savepoints/sp-1")),
+            DeletionOutcome::Deleted(2)
+        );
+        assert_eq!(
+            s.delete_savepoint_unless_restored("sp-1", None),
+            DeletionOutcome::Deleted(0)
+        );
+        assert!(matches!(
+            s.delete_savepoint_unless_restored("../x", None),
+            DeletionOutcome::Failed(_)
+        ));
     }
 }

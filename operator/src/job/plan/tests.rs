@@ -44,6 +44,15 @@ struct SimPod {
     state: RuntimeState,
     checkpoint: i64,
     restarts: i32,
+    /// The savepoint its job file named at start (the runtime refuses to
+    /// delete it).
+    restored_from: Option<String>,
+}
+
+const STORAGE: &str = "file:///var/lib/streamops/checkpoints";
+
+fn location(id: &str) -> String {
+    format!("{STORAGE}/savepoints/{id}")
 }
 
 /// How the simulated runtime behaves.
@@ -57,6 +66,9 @@ struct Behaviour {
     broken_image: Option<String>,
     /// Broken pods still commit checkpoints before failing readiness.
     broken_commits: bool,
+    /// This many savepoint deletions (one pod, one savepoint each) fail
+    /// before they work again.
+    deletion_failures: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +92,11 @@ struct World {
     events: Vec<&'static str>,
     outcomes: Vec<Outcome>,
     checkpoint_counter: i64,
+    /// Savepoint ids in the job's storage.
+    stored: std::collections::BTreeSet<String>,
+    /// Savepoint ids deleted from storage, in order (once each: a second
+    /// delete of the same id finds nothing).
+    deleted: Vec<String>,
 }
 
 impl World {
@@ -102,6 +119,8 @@ impl World {
             events: Vec::new(),
             outcomes: Vec::new(),
             checkpoint_counter: 10,
+            stored: std::collections::BTreeSet::new(),
+            deleted: Vec::new(),
         }
     }
 
@@ -163,6 +182,7 @@ impl World {
                     .collect(),
                 None => BTreeMap::new(),
             },
+            storage: STORAGE.into(),
             now: self.now,
         }
     }
@@ -210,6 +230,7 @@ impl World {
                     state: RuntimeState::Running,
                     checkpoint: restored.max(self.checkpoint_counter),
                     restarts: 0,
+                    restored_from: d.restore.savepoint.clone(),
                 });
             }
         }
@@ -232,12 +253,15 @@ impl World {
                         SavepointState::Completed
                     };
                     pod.checkpoint += 1;
+                    if state == SavepointState::Completed {
+                        self.stored.insert(id.clone());
+                    }
                     self.savepoints.insert(
                         (name.clone(), id.clone()),
                         SavepointStatus {
                             id: id.clone(),
                             state,
-                            location: Some(format!("file:///var/lib/streamops/checkpoints/savepoints/{id}")),
+                            location: Some(location(id)),
                             checkpoint_id: Some(pod.checkpoint),
                             offsets: [(format!("clicks-{}", &name[4..]), 100)].into(),
                             error: failed.then(|| "disk full".to_owned()),
@@ -250,6 +274,37 @@ impl World {
                     if p.state == RuntimeState::Stopped {
                         p.state = RuntimeState::Running;
                     }
+                }
+            }
+            AdminCall::DeleteSavepoints { savepoints, pods } => {
+                // What the controller does: each pod deletes, and what every
+                // pod confirmed leaves the list in a second status write.
+                let mut confirmed = Vec::new();
+                for sp in savepoints {
+                    let mut done = 0;
+                    for name in pods {
+                        let Some(pod) = self.pods.iter().find(|p| &p.name == name) else {
+                            continue;
+                        };
+                        if self.behaviour.deletion_failures > 0 {
+                            self.behaviour.deletion_failures -= 1;
+                            continue;
+                        }
+                        if pod.restored_from.as_deref() == Some(sp.location.as_str()) {
+                            continue; // 409: started from it
+                        }
+                        if self.stored.remove(&sp.id) {
+                            self.deleted.push(sp.id.clone());
+                        }
+                        done += 1;
+                    }
+                    if done == pods.len() {
+                        confirmed.push(sp.location.clone());
+                    }
+                }
+                if !confirmed.is_empty() {
+                    forget_deleted(&mut self.status, &confirmed);
+                    self.log.push(self.status.clone());
                 }
             }
         }
@@ -311,6 +366,38 @@ impl World {
 
     fn calls_of(&self, f: impl Fn(&AdminCall) -> bool) -> usize {
         self.calls.iter().filter(|c| f(c)).count()
+    }
+
+    /// How often each savepoint id was asked to be deleted, and of which pods.
+    fn deletions_asked(&self) -> BTreeMap<String, Vec<Vec<String>>> {
+        let mut asked: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+        for c in &self.calls {
+            if let AdminCall::DeleteSavepoints { savepoints, pods } = c {
+                for sp in savepoints {
+                    asked.entry(sp.id.clone()).or_default().push(pods.clone());
+                }
+            }
+        }
+        asked
+    }
+
+    fn history_ids(&self) -> Vec<String> {
+        self.status
+            .savepoint_history
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// A requested savepoint (annotation), until it is recorded and the job
+    /// runs `generation` again; returns its id.
+    fn take_savepoint(&mut self, generation: i64) -> String {
+        let before = self.status.last_savepoint.as_ref().map(|s| s.id.clone());
+        self.savepoint_annotation = Some(format!("request-{}", self.now.as_millisecond()));
+        until(self, "savepoint", |w| {
+            w.status.last_savepoint.as_ref().map(|s| s.id.clone()) != before && w.running(generation)
+        });
+        self.status.last_savepoint.as_ref().unwrap().id.clone()
     }
 }
 
@@ -1213,6 +1300,278 @@ fn savepoint_history_retention_by_count_and_age() {
         w.status.savepoint_history[0].id,
         w.status.last_savepoint.as_ref().unwrap().id
     );
+}
+
+fn keep_savepoints(w: &mut World, keep: i32) {
+    w.spec.checkpoint.as_mut().unwrap().savepoints_to_keep = Some(keep);
+}
+
+fn settle(w: &mut World) {
+    for _ in 0..5 {
+        tick(w);
+    }
+}
+
+#[test]
+fn seven_savepoints_with_three_kept_delete_the_four_oldest_from_storage() {
+    let mut w = running_world(2);
+    keep_savepoints(&mut w, 3);
+    let taken: Vec<String> = (0..7).map(|_| w.take_savepoint(1)).collect();
+    settle(&mut w);
+
+    let newest_first: Vec<String> = taken.iter().rev().take(3).cloned().collect();
+    assert_eq!(w.history_ids(), newest_first);
+    assert_eq!(
+        w.stored,
+        taken[4..].iter().cloned().collect(),
+        "storage holds what the history lists"
+    );
+    let mut deleted = w.deleted.clone();
+    deleted.sort();
+    assert_eq!(deleted, taken[..4], "the four oldest, each once");
+    // Through admin calls: each asked once, of every pod.
+    let asked = w.deletions_asked();
+    assert_eq!(asked.keys().cloned().collect::<Vec<_>>(), taken[..4]);
+    for (id, calls) in &asked {
+        assert_eq!(calls, &[vec!["job-0".to_owned(), "job-1".to_owned()]], "{id}");
+    }
+    assert!(w.status.savepoints_to_delete.is_empty());
+    assert!(w.running(1));
+}
+
+#[test]
+fn the_savepoints_restores_start_from_are_deleted_only_once_nothing_needs_them() {
+    let mut w = running_world(2);
+    keep_savepoints(&mut w, 1);
+    let a = w.take_savepoint(1);
+
+    // An upgrade's savepoint B pushes A out; nothing is deleted while the
+    // intent (restoring from B) is in flight.
+    w.change_spec(|s| s.image = Some("runtime:v2".into()));
+    let calls_before = w.calls.len();
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    let b = w.status.last_savepoint.as_ref().unwrap().id.clone();
+    assert_ne!(a, b);
+    assert!(
+        w.calls[calls_before..]
+            .iter()
+            .all(|c| !matches!(c, AdminCall::DeleteSavepoints { .. })),
+        "no deletion during the upgrade: {:?}",
+        &w.calls[calls_before..]
+    );
+    assert_eq!(
+        w.status.savepoints_to_delete,
+        [location(&a)],
+        "A queued with the pruning"
+    );
+    settle(&mut w);
+    assert_eq!(w.deleted, std::slice::from_ref(&a));
+    assert!(w.stored.contains(&b), "the savepoint the upgrade restored from");
+
+    // C pushes B out, but the running pods were started from B: they refuse,
+    // so B stays listed (and stored) and is asked again.
+    let c = w.take_savepoint(2);
+    settle(&mut w);
+    assert_eq!(w.history_ids(), std::slice::from_ref(&c));
+    assert_eq!(w.status.savepoints_to_delete, [location(&b)]);
+    assert!(w.stored.contains(&b));
+    assert!(w.deletions_asked()[&b].len() > 1, "retried");
+
+    // The next upgrade starts its pods from D: B and C go.
+    w.change_spec(|s| s.image = Some("runtime:v3".into()));
+    until(&mut w, "Running gen 3", |w| w.running(3));
+    settle(&mut w);
+    let d = w.status.last_savepoint.as_ref().unwrap().id.clone();
+    assert_eq!(w.deleted, [a, b, c]);
+    assert_eq!(w.stored, [d].into());
+    assert!(w.status.savepoints_to_delete.is_empty());
+}
+
+#[test]
+fn deletions_spare_what_a_restore_may_need_and_drop_what_is_not_the_jobs() {
+    let w = running_world(1);
+    let mut o = w.observe();
+    let record = |id: &str| SavepointRecord {
+        id: id.into(),
+        location: location(id),
+        offsets: BTreeMap::new(),
+        time: Time(w.now),
+        generation: Some(1),
+        checkpoint_id: Some(1),
+    };
+    o.status.savepoints_to_delete = vec![
+        location("a"),
+        location("last"),
+        location("intent"),
+        location("spec"),
+        location("stable"),
+        "file:///elsewhere/savepoints/foreign".into(),
+        format!("{}/", location("a")),
+        location("b"),
+    ];
+    o.status.last_savepoint = Some(record("last"));
+    o.status.upgrade = Some(new_intent(
+        &o,
+        IntentKind::Resume,
+        spec(),
+        false,
+        1,
+        1,
+        RestoreMode::Savepoint,
+        Some(location("intent")),
+    ));
+    o.spec.restore = Some(streamops_crds::job::RestoreSpec {
+        from_savepoint: Some(format!("{}/", location("spec"))),
+        allow_empty_state: None,
+    });
+    let mut stable = spec();
+    stable.restore = Some(streamops_crds::job::RestoreSpec {
+        from_savepoint: Some(location("stable")),
+        allow_empty_state: None,
+    });
+    o.status.last_stable_spec = Some(stable);
+
+    let (keep, delete) = savepoint_deletions(&o);
+    let mut expected_keep = o.status.savepoints_to_delete.clone();
+    expected_keep.retain(|l| !l.contains("foreign"));
+    assert_eq!(keep, expected_keep, "only the foreign one is dropped");
+    assert_eq!(
+        delete,
+        [
+            SavepointToDelete {
+                id: "a".into(),
+                location: location("a"),
+            },
+            SavepointToDelete {
+                id: "b".into(),
+                location: location("b"),
+            },
+        ]
+    );
+    // A location in another storage is never the job's.
+    assert_eq!(own_savepoint_id(&location("a"), STORAGE), Some("a"));
+    assert_eq!(own_savepoint_id(&location("a"), "file:///other"), None);
+
+    // At most DELETIONS_PER_STEP at a time, oldest first.
+    o.status.savepoints_to_delete = (0..20).map(|i| location(&format!("s{i:02}"))).collect();
+    let (keep, delete) = savepoint_deletions(&o);
+    assert_eq!(keep.len(), 20);
+    let ids: Vec<String> = delete.into_iter().map(|d| d.id).collect();
+    let first: Vec<String> = (0..DELETIONS_PER_STEP).map(|i| format!("s{i:02}")).collect();
+    assert_eq!(ids, first);
+}
+
+#[test]
+fn savepoints_pruned_from_elsewhere_are_forgotten_not_deleted() {
+    let mut w = running_world(1);
+    keep_savepoints(&mut w, 1);
+    w.take_savepoint(1);
+    // A history written when the job kept its savepoints in other storage.
+    let mut foreign = w.status.savepoint_history[0].clone();
+    foreign.id = "sp-old".into();
+    foreign.location = "file:///old-storage/savepoints/sp-old".into();
+    foreign.time = Time(Timestamp::from_second(1_700_000_000).unwrap());
+    w.status.savepoint_history.push(foreign);
+    w.stored.insert("sp-old".into());
+    settle(&mut w);
+    assert_eq!(w.status.savepoint_history.len(), 1);
+    assert!(w.status.savepoints_to_delete.is_empty());
+    assert!(w.stored.contains("sp-old"), "not this storage's: never deleted");
+    assert!(!w.deletions_asked().contains_key("sp-old"));
+}
+
+#[test]
+fn a_failed_savepoint_deletion_stays_listed_and_is_retried() {
+    let mut w = running_world(2);
+    keep_savepoints(&mut w, 1);
+    let a = w.take_savepoint(1);
+    // Both pods fail once, then one pod once more: three calls in all.
+    w.behaviour.deletion_failures = 3;
+    let b = w.take_savepoint(1);
+    // The first try (both pods failed) came with the first steady step.
+    assert_eq!(w.deletions_asked()[&a].len(), 1);
+    assert_eq!(
+        w.status.savepoints_to_delete,
+        [location(&a)],
+        "kept after a failure"
+    );
+    assert!(w.stored.contains(&a));
+    // The second: one pod deleted it, the other failed; still listed.
+    tick(&mut w);
+    assert_eq!(w.status.savepoints_to_delete, [location(&a)]);
+    settle(&mut w);
+    assert_eq!(w.deletions_asked()[&a].len(), 3);
+    assert_eq!(w.deleted, [a]);
+    assert_eq!(w.stored, [b].into());
+    assert!(w.status.savepoints_to_delete.is_empty());
+    assert!(w.running(1), "a failed deletion does not disturb the job");
+}
+
+#[test]
+fn lowering_savepoints_to_keep_or_aging_past_the_max_age_deletes_them() {
+    let mut w = running_world(1);
+    let taken: Vec<String> = (0..4).map(|_| w.take_savepoint(1)).collect();
+    settle(&mut w);
+    assert!(w.deleted.is_empty(), "five are kept by default");
+
+    // An ignored change: nothing restarts, the history shrinks at once.
+    w.change_spec(|s| s.checkpoint.as_mut().unwrap().savepoints_to_keep = Some(2));
+    settle(&mut w);
+    assert_eq!(w.history_ids(), [taken[3].clone(), taken[2].clone()]);
+    assert_eq!(w.deleted, taken[..2]);
+
+    w.change_spec(|s| s.checkpoint.as_mut().unwrap().savepoint_max_age = Some("1m".parse().unwrap()));
+    settle(&mut w);
+    assert_eq!(w.history_ids().len(), 2, "both younger than a minute");
+    w.now = Timestamp::from_second(w.now.as_second() + 120).unwrap();
+    settle(&mut w);
+    assert_eq!(
+        w.history_ids(),
+        [taken[3].clone()],
+        "the newest stays however old"
+    );
+    assert_eq!(w.deleted, taken[..3]);
+    assert_eq!(w.stored, [taken[3].clone()].into());
+    assert_eq!(w.generation, 3);
+    assert!(w.running(3));
+}
+
+#[test]
+fn savepoint_deletion_converges_after_a_crash_at_every_step() {
+    let scenario = |w: &mut World| {
+        keep_savepoints(w, 1);
+        w.take_savepoint(1);
+        w.savepoint_annotation = Some("again".into());
+    };
+    let done = |w: &World| {
+        let handled = w
+            .status
+            .handled_savepoint_request
+            .as_deref()
+            .is_some_and(|k| k.ends_with("annotation=again"));
+        handled && w.running(1) && w.status.savepoints_to_delete.is_empty()
+    };
+    let mut clean = running_world(2);
+    scenario(&mut clean);
+    let mut steps = 0;
+    while !done(&clean) {
+        tick(&mut clean);
+        steps += 1;
+        assert!(steps < 50, "clean run never finished: {:#?}", clean.status);
+    }
+    assert_eq!(clean.deleted.len(), 1);
+    for crash_at in 0..=steps {
+        let mut w = running_world(2);
+        scenario(&mut w);
+        for _ in 0..crash_at {
+            tick(&mut w);
+        }
+        w.tick_with(true);
+        until(&mut w, "converged", done);
+        let newest = w.status.last_savepoint.as_ref().unwrap().id.clone();
+        assert_eq!(w.stored, [newest].into(), "crash at {crash_at}");
+        assert_eq!(w.deleted.len(), 1, "crash at {crash_at}");
+    }
 }
 
 #[test]
