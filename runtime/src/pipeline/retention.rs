@@ -25,10 +25,23 @@
 //! writes manifests with another uid and is never touched. Objects whose
 //! owner cannot be proven (a directory without a manifest of an instance
 //! with no manifest at all) are left alone.
+//!
+//! One exception, so that storage does not grow for ever: shared files of
+//! an instance that has no checkpoint directory left (a predecessor whose
+//! directories are gone while later checkpoints still referenced some of
+//! its SSTs) go once no manifest in the task's prefix (of any instance or
+//! job) references them and they are older than every kept checkpoint by
+//! [`ORPHAN_MARGIN_MS`] (a successor's first uploads, made before its first
+//! manifest, are newer than what a zombie keeps).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::store::Manifest;
+
+/// How much older than the oldest kept checkpoint an unreferenced shared
+/// file of an instance without directories must be to go (clock skew
+/// between writers and the store).
+pub const ORPHAN_MARGIN_MS: i64 = 10 * 60 * 1000;
 
 /// The process running the retention.
 #[derive(Debug, Clone, Copy)]
@@ -84,13 +97,14 @@ pub fn classify(task: u32, path: &str) -> Object {
 /// The objects of `listing` to delete. `kept`: (manifest path, manifest)
 /// of the checkpoints to keep; `manifests`: the manifest of each checkpoint
 /// directory of another instance found in `listing`, by directory (`None`:
-/// none, or unreadable).
+/// none, or unreadable); `modified`: objects' last-modified times (ms).
 pub fn plan(
     task: u32,
     owner: Owner<'_>,
     kept: &[(String, Manifest)],
     listing: &[String],
     manifests: &BTreeMap<String, Option<Manifest>>,
+    modified: &BTreeMap<String, i64>,
 ) -> Vec<String> {
     let Some(oldest_kept) = kept.iter().map(|(_, m)| m.checkpoint_id).min() else {
         return Vec::new(); // nothing committed: nothing to measure against
@@ -135,6 +149,19 @@ pub fn plan(
             .get(instance)
             .is_some_and(|s| s.ours && !s.foreign && s.newest < oldest_kept)
     };
+    let referenced_anywhere: BTreeSet<&str> = manifests
+        .values()
+        .flatten()
+        .flat_map(|m| m.files.iter().map(|f| f.object.as_str()))
+        .collect();
+    let kept_since = kept.iter().map(|(_, m)| m.created_ms).min().unwrap_or(i64::MIN);
+    let orphan = |instance: &str, path: &str| {
+        !instances.contains_key(instance)
+            && !referenced_anywhere.contains(path)
+            && modified
+                .get(path)
+                .is_some_and(|t| *t < kept_since.saturating_sub(ORPHAN_MARGIN_MS))
+    };
     listing
         .iter()
         .filter(|path| match classify(task, path) {
@@ -142,7 +169,8 @@ pub fn plan(
                 !kept_dirs.contains(dir.as_str()) && (instance == owner.instance || predecessor(&instance))
             }
             Object::Shared { instance } => {
-                !referenced.contains(path.as_str()) && (instance == owner.instance || predecessor(&instance))
+                !referenced.contains(path.as_str())
+                    && (instance == owner.instance || predecessor(&instance) || orphan(&instance, path))
             }
             Object::Other => false,
         })
@@ -242,6 +270,7 @@ mod tests {
             std::slice::from_ref(&mine_kept),
             &objects(&all),
             &by_dir(&all),
+            &BTreeMap::new(),
         );
         let expect: BTreeSet<String> = objects(&[&old, &legacy, &mine_old])
             .into_iter()
@@ -267,21 +296,79 @@ mod tests {
             job_uid: "job-a",
             instance: "aaa",
         };
-        let deleted = plan(0, zombie, &[z1.clone(), z2.clone()], &listing, &manifests);
+        let deleted = plan(
+            0,
+            zombie,
+            &[z1.clone(), z2.clone()],
+            &listing,
+            &manifests,
+            &BTreeMap::new(),
+        );
         assert!(
             deleted.is_empty(),
             "the zombie keeps both its checkpoints and touches nothing else: {deleted:?}"
         );
-        let deleted = plan(0, zombie, std::slice::from_ref(&z2), &listing, &manifests);
+        let deleted = plan(
+            0,
+            zombie,
+            std::slice::from_ref(&z2),
+            &listing,
+            &manifests,
+            &BTreeMap::new(),
+        );
         assert!(
             deleted.iter().all(|o| o.contains("/100-aaa/")),
             "only its own older directory: {deleted:?}"
         );
         // The successor deletes the zombie's objects, never job-b's.
-        let deleted = plan(0, ME, std::slice::from_ref(&s1), &listing, &manifests);
+        let deleted = plan(
+            0,
+            ME,
+            std::slice::from_ref(&s1),
+            &listing,
+            &manifests,
+            &BTreeMap::new(),
+        );
         assert!(deleted.iter().any(|o| o.ends_with("aaa-0/2.sst")), "{deleted:?}");
         assert!(!deleted.iter().any(|o| o.contains("ccc")), "{deleted:?}");
         assert!(!deleted.iter().any(|o| o.contains("5.sst")), "{deleted:?}");
+    }
+
+    /// "ppp" restored nothing left: its directories are gone, one of its
+    /// SSTs is still referenced by the kept checkpoint, one by another
+    /// job's manifest, one by nobody.
+    #[test]
+    fn unreferenced_old_files_of_an_instance_without_directories_go() {
+        let mut kept = manifest(500, "bbb", Some("job-a"), &["5.sst"]);
+        kept.1.created_ms = 100 * 60 * 1000;
+        kept.1.files.push(FileEntry {
+            path: "state/1.sst".into(),
+            object: "checkpoints/task-0/shared/ppp-0/1.sst".into(),
+            size: 1,
+        });
+        let mut other_job = manifest(40, "ccc", Some("job-b"), &[]);
+        other_job.1.files.push(FileEntry {
+            path: "state/2.sst".into(),
+            object: "checkpoints/task-0/shared/ppp-0/2.sst".into(),
+            size: 1,
+        });
+        let ppp = |n: u32| format!("checkpoints/task-0/shared/ppp-0/{n}.sst");
+        let mut listing = objects(&[&kept, &other_job]);
+        listing.extend([ppp(3), ppp(4)]);
+        listing.push("checkpoints/task-0/shared/ppp-0/2.sst".into());
+        let manifests = by_dir(&[&other_job]);
+        let old = kept.1.created_ms - ORPHAN_MARGIN_MS - 1;
+        let mut modified: BTreeMap<String, i64> = listing.iter().map(|o| (o.clone(), old)).collect();
+        modified.insert(ppp(4), kept.1.created_ms - 1); // recent: maybe a successor's upload
+        let deleted = plan(
+            0,
+            ME,
+            std::slice::from_ref(&kept),
+            &listing,
+            &manifests,
+            &modified,
+        );
+        assert_eq!(deleted, vec![ppp(3)], "only the old file nothing references");
     }
 
     #[test]
@@ -295,9 +382,19 @@ mod tests {
         listing.push("checkpoints/task-0/shared/eee-0/3.sst".into());
         let mut manifests = by_dir(&[&mine, &newer]);
         manifests.insert("checkpoints/task-0/40-eee".into(), None);
-        assert!(plan(0, ME, std::slice::from_ref(&mine), &listing, &manifests).is_empty());
         assert!(
-            plan(0, ME, &[], &listing, &manifests).is_empty(),
+            plan(
+                0,
+                ME,
+                std::slice::from_ref(&mine),
+                &listing,
+                &manifests,
+                &BTreeMap::new()
+            )
+            .is_empty()
+        );
+        assert!(
+            plan(0, ME, &[], &listing, &manifests, &BTreeMap::new()).is_empty(),
             "nothing kept: nothing deleted"
         );
     }

@@ -208,12 +208,20 @@ impl CheckpointStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self.list_modified(prefix)?.into_iter().map(|(o, _)| o).collect())
+    }
+
+    /// Objects under `prefix` with their last-modified times (ms).
+    fn list_modified(&self, prefix: &str) -> Result<Vec<(String, i64)>> {
         let p = object(prefix)?;
         let metas: Vec<_> = self
             .rt
             .block_on(self.store.list(Some(&p)).try_collect())
             .with_context(|| format!("listing {}/{prefix}", self.url))?;
-        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+        Ok(metas
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.last_modified.timestamp_millis()))
+            .collect())
     }
 
     /// Uploads the snapshot directory `dir` and then its manifest; returns
@@ -343,7 +351,13 @@ impl CheckpointStore {
         for m in keep {
             kept.push((m.clone(), self.read_manifest(m)?));
         }
-        let listing = self.list(&prefix)?;
+        let (listing, modified): (Vec<String>, BTreeMap<String, i64>) = {
+            let all = self.list_modified(&prefix)?;
+            (
+                all.iter().map(|(o, _)| o.clone()).collect(),
+                all.into_iter().collect(),
+            )
+        };
         let mut manifests = BTreeMap::new();
         for obj in &listing {
             if let retention::Object::Dir { dir, instance: i, .. } = retention::classify(task, obj)
@@ -359,7 +373,7 @@ impl CheckpointStore {
             instance,
         };
         let mut deleted = 0;
-        for obj in retention::plan(task, owner, &kept, &listing, &manifests) {
+        for obj in retention::plan(task, owner, &kept, &listing, &manifests, &modified) {
             let p = object(&obj)?;
             self.rt
                 .block_on(self.store.delete(&p))
