@@ -318,9 +318,9 @@ fn setup(job: &StreamJob, config: &OperatorConfig) -> std::result::Result<Setup,
     })
 }
 
-/// The Kafka names of the topics the spec references, or why not yet.
+/// The Kafka names of the topics `spec` references, or why not yet.
 async fn resolve_topics(
-    job: &StreamJob,
+    spec: &streamops_crds::StreamJobSpec,
     names: &JobNames,
     client: &Client,
 ) -> Result<std::result::Result<JobTopics, String>> {
@@ -346,17 +346,17 @@ async fn resolve_topics(
         Ok(Some((kafka_name, st.partitions.unwrap_or(topic.spec.partitions))))
     };
     let mut source = Vec::new();
-    for name in &job.spec.source.topics {
+    for name in &spec.source.topics {
         if let Some((topic, partitions)) = resolve(name).await? {
             source.push(SourceTopic { topic, partitions });
         }
     }
-    let sink = resolve(&job.spec.sink.topic).await?;
-    let late = match &job.spec.late_events {
+    let sink = resolve(&spec.sink.topic).await?;
+    let late = match &spec.late_events {
         Some(s) => Some(resolve(&s.topic).await?),
         None => None,
     };
-    let dead = match &job.spec.dead_letter {
+    let dead = match &spec.dead_letter {
         Some(s) => Some(resolve(&s.topic).await?),
         None => None,
     };
@@ -593,7 +593,15 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             return Ok(Action::requeue(ctx.config.resync_interval));
         }
     };
-    let topics = resolve_topics(job, &names, &ctx.client).await?;
+    let topics = resolve_topics(&job.spec, &names, &ctx.client).await?;
+    // A rollback (or the steady state while a change is refused) runs the
+    // last stable spec: it needs that spec's topics when they differ.
+    let stable_topics = match current.last_stable_spec.as_ref() {
+        Some(stable) if plan::topic_refs(stable) != plan::topic_refs(&job.spec) => {
+            Some(resolve_topics(stable, &names, &ctx.client).await?)
+        }
+        _ => None,
+    };
     let storage_refusal = resources::storage_refusal(
         &job.spec,
         &ctx.config.checkpoint_storage,
@@ -679,6 +687,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         suspend_annotation: annotation_is(job, annotation::SUSPEND, "true"),
         savepoint_annotation: job.annotations().get(annotation::SAVEPOINT_REQUEST).cloned(),
         topics,
+        stable_topics,
         storage_refusal,
         pods: pods.views,
         runtime,

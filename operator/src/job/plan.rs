@@ -95,6 +95,9 @@ pub struct Observed {
     pub savepoint_annotation: Option<String>,
     /// The resolved topics, or why they are not usable yet.
     pub topics: Result<JobTopics, String>,
+    /// The topics of `status.lastStableSpec` when they are not `spec`'s
+    /// (`None`: the same references).
+    pub stable_topics: Option<Result<JobTopics, String>>,
     /// Why the operator's settings refuse the spec's checkpoint storage or
     /// savepoint ([`super::resources::storage_refusal`]); `None`: allowed.
     pub storage_refusal: Option<String>,
@@ -511,7 +514,7 @@ fn kind_of(intent: &UpgradeIntent) -> IntentKind {
 
 /// What the pods of `intent` run.
 fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Option<Deployment> {
-    let topics = laid_out(o).ok()?;
+    let topics = laid_out(o, &intent.spec).ok()?;
     let parallelism = intent
         .parallelism
         .unwrap_or_else(|| target_parallelism(&intent.spec, topics.total_partitions()));
@@ -538,10 +541,31 @@ fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Opt
     })
 }
 
-/// The resolved topics with the source layout that keeps every partition
-/// on the task that read it before ([`layout`]).
-fn laid_out(o: &Observed) -> Result<JobTopics, String> {
-    let mut topics = o.topics.clone()?;
+/// The StreamTopics a spec references: what decides which resolved topics
+/// it runs with.
+pub fn topic_refs(spec: &StreamJobSpec) -> (Vec<String>, String, Option<String>, Option<String>) {
+    (
+        spec.source.topics.clone(),
+        spec.sink.topic.clone(),
+        spec.late_events.as_ref().map(|s| s.topic.clone()),
+        spec.dead_letter.as_ref().map(|s| s.topic.clone()),
+    )
+}
+
+/// The resolved topics of `spec` (the job's spec, or the last stable one a
+/// rollback or the steady state runs) with the source layout that keeps
+/// every partition on the task that read it before ([`layout`]).
+fn laid_out(o: &Observed, spec: &StreamJobSpec) -> Result<JobTopics, String> {
+    let refs = topic_refs(spec);
+    let resolved = if refs == topic_refs(&o.spec) {
+        o.topics.clone()
+    } else {
+        match (&o.stable_topics, &o.status.last_stable_spec) {
+            (Some(t), Some(stable)) if refs == topic_refs(stable) => t.clone(),
+            _ => Err("the topics of the running spec are not resolved yet".to_owned()),
+        }
+    };
+    let mut topics = resolved?;
     let full = layout::assign(&o.status.source_layout, &topics.source);
     topics.layout = layout::for_job_file(&full, &topics.source);
     Ok(topics)
@@ -551,7 +575,7 @@ fn laid_out(o: &Observed) -> Result<JobTopics, String> {
 /// restart) from the last committed checkpoint.
 fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> {
     let spec = o.status.last_stable_spec.as_ref()?;
-    let topics = laid_out(o).ok()?;
+    let topics = laid_out(o, spec).ok()?;
     let parallelism = o
         .status
         .parallelism

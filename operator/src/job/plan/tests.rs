@@ -79,6 +79,8 @@ struct World {
     suspend_annotation: bool,
     savepoint_annotation: Option<String>,
     topics: Result<JobTopics, String>,
+    /// The topics of the last stable spec when its references differ.
+    stable_topics: Option<Result<JobTopics, String>>,
     storage_refusal: Option<String>,
     status: StreamJobStatus,
     deployment: Option<Deployment>,
@@ -108,6 +110,7 @@ impl World {
             suspend_annotation: false,
             savepoint_annotation: None,
             topics: Ok(topics(partitions)),
+            stable_topics: None,
             storage_refusal: None,
             status: StreamJobStatus::default(),
             deployment: None,
@@ -134,6 +137,12 @@ impl World {
             suspend_annotation: self.suspend_annotation,
             savepoint_annotation: self.savepoint_annotation.clone(),
             topics: self.topics.clone(),
+            stable_topics: self
+                .status
+                .last_stable_spec
+                .as_ref()
+                .filter(|s| topic_refs(s) != topic_refs(&self.spec))
+                .and(self.stable_topics.clone()),
             storage_refusal: self.storage_refusal.clone(),
             pods: self
                 .pods
@@ -1133,6 +1142,66 @@ fn source_offset_resets_become_one_warning_event_each_and_the_newest_is_in_statu
     o.status = step.status.clone();
     let again = decide(&o);
     assert!(!again.events.iter().any(|e| e.reason == "SourceOffsetReset"));
+}
+
+/// A change of source topics whose new version never gets healthy: the
+/// rollback runs the last stable spec on its own topics, not the new ones.
+#[test]
+fn a_rollback_after_a_source_change_reads_the_old_topics() {
+    let two = |a: &str, b: &str| {
+        let mut t = topics(2);
+        t.source = [a, b]
+            .iter()
+            .map(|n| SourceTopic {
+                topic: (*n).into(),
+                partitions: 2,
+            })
+            .collect();
+        t
+    };
+    let mut w = World::new(4);
+    w.spec.source.topics = vec!["a".into(), "b".into()];
+    w.topics = Ok(two("a", "b"));
+    until(&mut w, "running", |w| w.running(1));
+    w.behaviour.broken_image = Some("runtime:bad".into());
+    w.change_spec(|s| {
+        s.source.topics = vec!["a".into(), "c".into()];
+        s.image = Some("runtime:bad".into());
+        s.upgrade = health("20s");
+    });
+    w.topics = Ok(two("a", "c"));
+    w.stable_topics = Some(Ok(two("a", "b")));
+    until(&mut w, "upgrading to a,c", |w| {
+        w.deployment
+            .as_ref()
+            .is_some_and(|d| d.topics.source.iter().any(|s| s.topic == "c"))
+    });
+    until(&mut w, "rolled back", |w| {
+        w.status.upgrade.is_none()
+            && w.phase() == Some(JobPhase::Running)
+            && w.status.failed_generation == Some(2)
+    });
+    let d = w.deployment.as_ref().unwrap();
+    let read: Vec<String> = d
+        .topics
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .map(|(t, p)| format!("{t}-{p}"))
+        .collect();
+    assert_eq!(
+        read,
+        ["a-0", "a-1", "b-0", "b-1"],
+        "the old topics, on their old tasks"
+    );
+    // Without the old topics resolved, nothing is deployed with the new ones.
+    w.stable_topics = Some(Err("StreamTopic \"b\" not found".into()));
+    let step = w.tick();
+    assert!(
+        step.deployment
+            .is_none_or(|d| d.topics.source.iter().all(|s| s.topic != "c")),
+        "a stable spec never runs on another spec's topics"
+    );
 }
 
 #[test]
