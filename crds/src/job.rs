@@ -880,9 +880,10 @@ impl Validation for StreamJobSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A valid spec for the tests of this crate.
     pub(crate) fn example() -> StreamJobSpec {
         serde_json::from_value(serde_json::json!({
             "source": {"topics": ["clicks"], "eventTime": {"field": "record.ts"}},

@@ -577,16 +577,7 @@ mod tests {
     }
 
     fn job_spec(storage: Option<&str>, savepoint: Option<&str>) -> StreamJobSpec {
-        let mut spec: StreamJobSpec = serde_json::from_value(serde_json::json!({
-            "source": {"topics": ["clicks"], "eventTime": {"field": "record.ts"}},
-            "pipeline": {
-                "keyBy": ["record.user_id"],
-                "window": {"type": "tumbling", "size": "10s"},
-                "aggregations": [{"name": "clicks", "function": "count"}]
-            },
-            "sink": {"topic": "out"}
-        }))
-        .unwrap();
+        let mut spec = crate::job::tests::example();
         if let Some(storage) = storage {
             spec.checkpoint = Some(serde_json::from_value(serde_json::json!({"storage": storage})).unwrap());
         }

@@ -37,13 +37,17 @@ pub trait Validation {
 
     /// All problems as one human-readable message, or `None` when valid.
     fn validation_message(&self) -> Option<String> {
-        let errors = self.validate();
-        (!errors.is_empty()).then(|| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        message(&self.validate())
     }
+}
+
+/// `errors` as one human-readable message, or `None` when there are none.
+pub fn message(errors: &[FieldError]) -> Option<String> {
+    (!errors.is_empty()).then(|| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }

@@ -109,6 +109,14 @@ fn job_condition(j: &StreamJob, type_: &str) -> Option<(String, String)> {
         .map(|c| (c.reason.clone(), c.message.clone()))
 }
 
+fn not_ready(j: &StreamJob) -> bool {
+    j.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False")
+    })
+}
+
 /// Two Ready StreamTopics: `clicks` (source) and `out` (sink).
 async fn topics(h: &Harness, source_partitions: i32) -> (String, String) {
     let (source, sink) = (unique("clicks"), unique("out"));
@@ -405,14 +413,7 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     let (reason, message) = job_condition(&j, "Stalled").unwrap();
     assert_eq!(reason, "InvalidSpec");
     assert!(message.contains("spec.sink.topic"), "{message}");
-    assert!(
-        j.status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "False")
-    );
+    assert!(not_ready(&j), "{:?}", j.status);
     h.wait_event("loop", "InvalidSpec").await;
     let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), &h.ns);
     let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
@@ -494,14 +495,7 @@ async fn a_job_pointing_at_another_jobs_storage_is_stalled_and_creates_nothing()
         message.contains(&format!("{root}/{}/thief", h.ns)),
         "names the job's own root: {message}"
     );
-    assert!(
-        j.status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "False")
-    );
+    assert!(not_ready(&j), "{:?}", j.status);
     h.wait_event("thief", "StorageNotAllowed").await;
     let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), &h.ns);
     let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);

@@ -517,18 +517,12 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
     let started = Instant::now();
     let snap = work.path().join("snap-3");
     task.snapshot(&snap).unwrap();
-    let (_, m3) = store2
-        .write(
-            0,
-            &snap,
-            Target::Checkpoint {
-                id: 3,
-                instance: "restarted",
-                db: "restarted-0",
-            },
-            0,
-        )
-        .unwrap();
+    let restarted = Target::Checkpoint {
+        id: 3,
+        instance: "restarted",
+        db: "restarted-0",
+    };
+    let (_, m3) = store2.write(0, &snap, restarted.clone(), 0).unwrap();
     let (d3, up3) = (started.elapsed(), store2.last_uploaded_bytes);
     let mut fresh = CheckpointStore::open(
         &format!("file://{}", work.path().join("storage-baseline").display()),
@@ -536,18 +530,7 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
     )
     .unwrap();
     let started = Instant::now();
-    fresh
-        .write(
-            0,
-            &snap,
-            Target::Checkpoint {
-                id: 3,
-                instance: "restarted",
-                db: "restarted-0",
-            },
-            0,
-        )
-        .unwrap();
+    fresh.write(0, &snap, restarted, 0).unwrap();
     let (d_full, up_full) = (started.elapsed(), fresh.last_uploaded_bytes);
     eprintln!(
         "[checkpoint] first checkpoint after the restart: {:.2}s, uploaded {:.1} MiB of {:.1} MiB; without \

@@ -175,14 +175,12 @@ pub fn storage_refusal(
     if allow_custom {
         return None;
     }
-    let errors = tenancy::storage_outside_job(spec, default, &names.namespace, &names.job);
-    (!errors.is_empty()).then(|| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
+    streamops_crds::validate::message(&tenancy::storage_outside_job(
+        spec,
+        default,
+        &names.namespace,
+        &names.job,
+    ))
 }
 
 /// `job.json` for `deployment`, its checkpoints going to `storage`
