@@ -572,6 +572,13 @@ pub struct StreamJobStatus {
     /// position, in spec order).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_layout: Vec<crate::layout::TaskRange>,
+    /// Prefix of the job's Kafka transactional ids and consumer group,
+    /// fixed at the first deployment: `streamops.<namespace>.<job>.<uid>`
+    /// (what per-namespace prefixed ACLs grant), or `streamops-<uid>` for a
+    /// job first deployed by an operator older than that scheme, which
+    /// keeps its ids so that its producers keep fencing their predecessors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_id_prefix: Option<String>,
     /// The newest savepoint taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,

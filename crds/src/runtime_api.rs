@@ -100,6 +100,38 @@ pub struct JobConfig {
     pub parallelism: i32,
     pub topics: JobTopics,
     pub restore: RestoreConfig,
+    /// Prefix of the job's Kafka transactional ids (`<prefix>-<task>`) and
+    /// consumer group id (`<prefix>`): [`kafka_id_prefix`] for jobs first
+    /// deployed since it exists; absent: [`legacy_kafka_id_prefix`] (files
+    /// of older operators, and jobs deployed by them, which must keep their
+    /// ids so that a new producer fences the old ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_id_prefix: Option<String>,
+}
+
+impl JobConfig {
+    /// The prefix the runtime uses: the file's, else the legacy one.
+    pub fn id_prefix(&self) -> String {
+        self.kafka_id_prefix
+            .clone()
+            .unwrap_or_else(|| legacy_kafka_id_prefix(&self.uid))
+    }
+}
+
+/// Kafka ids of a job (transactional ids, consumer group) start with
+/// `streamops.<namespace>.`, like its internal topics, so a per-namespace
+/// Kafka user can be granted exactly its own with prefixed ACLs; namespaces
+/// hold no `.`, so no namespace's prefix starts with another's. The uid
+/// keeps a deleted and recreated job from fencing, or being fenced by, the
+/// zombies of its namesake.
+pub fn kafka_id_prefix(namespace: &str, job: &str, uid: &str) -> String {
+    format!("{}{namespace}.{job}.{uid}", crate::tenancy::INTERNAL_TOPIC_PREFIX)
+}
+
+/// The ids of jobs deployed before [`kafka_id_prefix`]: no namespace in
+/// them, so no prefixed ACL can separate tenants.
+pub fn legacy_kafka_id_prefix(uid: &str) -> String {
+    format!("streamops-{uid}")
 }
 
 /// Kafka topic names, resolved from the StreamTopic references of the spec.

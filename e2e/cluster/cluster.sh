@@ -56,13 +56,18 @@ Commands:
                       (reachable from pods and host); fresh storage on every start; waits until
                       a Metadata request lists every broker. The bootstrap address is printed
                       and written to \$STATE/bootstrap. Logs: \$STATE/logs/kafka-<i>.log
+                      Plaintext clients are anonymous super users; two more listeners per broker
+                      authenticate users ${KAFKA_TENANTS[*]} (StandardAuthorizer, no ACLs at
+                      start): SCRAM-SHA-512/256 over TLS on port +10, TLS client certificates
+                      (CN = user) on +20. CA, passwords, certificates, keys and both bootstrap
+                      lists in \$STATE/kafka/auth (STREAMOPS_KAFKA_AUTH)
   broker down         stop every broker (TERM, then KILL after 10 s)
   broker kill|stop|start|restart I...|all
                       fault injection on broker I (or every broker): SIGKILL; TERM; start
                       again on the same storage; TERM then start. 'restart 1', 'restart 2',
                       ... is a rolling restart; 'start' and 'restart' wait until it serves
   kubectl ARGS...     kubectl against this cluster
-  env                 print export lines (KUBECONFIG, STREAMOPS_BOOTSTRAP)
+  env                 print export lines (KUBECONFIG, STREAMOPS_BOOTSTRAP, STREAMOPS_KAFKA_AUTH)
 
 Files:
   \$STATE=$STATE (STREAMOPS_STATE)
@@ -562,14 +567,47 @@ cmd_status() {
 # --- Apache Kafka ----------------------------------------------------------------
 
 KAFKA_STATE=$STATE/kafka
+KAFKA_AUTH=$KAFKA_STATE/auth
 kafka_port() { echo $((STREAMOPS_BROKER_PORT + 2 * ($1 - 1))); }
 kafka_controller_port() { echo $(($(kafka_port "$1") + 1)); }
+# Authenticated listeners of broker i: SCRAM over TLS, and TLS client certificates.
+kafka_sasl_port() { echo $(($(kafka_port "$1") + 10)); }
+kafka_tls_port() { echo $(($(kafka_port "$1") + 20)); }
+# The users tenants' clients authenticate as (SCRAM password and client
+# certificate each); ACLs are the tests' business: none exist at start.
+KAFKA_TENANTS=(tenant-a tenant-b)
 kafka_count() { cat "$KAFKA_STATE/brokers" 2>/dev/null || echo 1; }
-kafka_bootstrap() {
-  local i n out=()
+kafka_bootstrap() { # [PORT_FUNCTION]
+  local i n out=() port=${1:-kafka_port}
   n=$(kafka_count)
-  for ((i = 1; i <= n; i++)); do out+=("$STREAMOPS_NODE_IP:$(kafka_port "$i")"); done
+  for ((i = 1; i <= n; i++)); do out+=("$STREAMOPS_NODE_IP:$("$port" "$i")"); done
   (IFS=,; echo "${out[*]}")
+}
+
+# A CA, the brokers' certificate (for $STREAMOPS_NODE_IP and 127.0.0.1), and
+# for every tenant user a client certificate (CN=<user>) and a SCRAM
+# password, under $KAFKA_AUTH; new on every 'broker up'.
+kafka_pki() {
+  local d=$KAFKA_AUTH t
+  rm -rf "$d"; mkdir -p "$d"; chmod 700 "$d"
+  command -v openssl >/dev/null || die "openssl not found (e2e/cluster/install.sh --only packages)"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=streamops-e2e-kafka-ca" \
+      -keyout ca.key -out ca.crt
+    cert() { # NAME SUBJECT EXTENSIONS
+      openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$1.key" -out "$1.csr"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+        -extfile <(printf '%s\n' "$3") -out "$1.crt"
+      rm -f "$1.csr"
+    }
+    cert broker /CN=kafka "subjectAltName=IP:$STREAMOPS_NODE_IP,IP:127.0.0.1,DNS:localhost"
+    cat broker.key broker.crt >broker.pem
+    for t in "${KAFKA_TENANTS[@]}"; do
+      cert "$t" "/CN=$t" "extendedKeyUsage=clientAuth"
+      openssl rand -hex 16 >"$t.password"
+    done
+  ) >>"$LOGS/kafka-pki.log" 2>&1 || die "creating the Kafka test PKI failed (log: $LOGS/kafka-pki.log)"
 }
 
 # server.properties of node I in a cluster of N: combined broker and
@@ -583,11 +621,26 @@ kafka_config() { # I N
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
-listeners=PLAINTEXT://0.0.0.0:$(kafka_port "$i"),CONTROLLER://127.0.0.1:$(kafka_controller_port "$i")
-advertised.listeners=PLAINTEXT://$STREAMOPS_NODE_IP:$(kafka_port "$i")
+listeners=PLAINTEXT://0.0.0.0:$(kafka_port "$i"),SASL_SSL://0.0.0.0:$(kafka_sasl_port "$i"),SSL://0.0.0.0:$(kafka_tls_port "$i"),CONTROLLER://127.0.0.1:$(kafka_controller_port "$i")
+advertised.listeners=PLAINTEXT://$STREAMOPS_NODE_IP:$(kafka_port "$i"),SASL_SSL://$STREAMOPS_NODE_IP:$(kafka_sasl_port "$i"),SSL://$STREAMOPS_NODE_IP:$(kafka_tls_port "$i")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+# PLAINTEXT (tests, the operator's default cluster) is anonymous and a super
+# user; the other two listeners authenticate the tenant users, whom only ACLs
+# let do anything.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_AUTH/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_AUTH/ca.crt
+listener.name.ssl.ssl.client.auth=required
+ssl.principal.mapping.rules=RULE:^CN=([a-zA-Z0-9.-]+)$/\$1/,DEFAULT
 log.dirs=$KAFKA_STATE/node-$i/data
 num.partitions=1
 default.replication.factor=$rf
@@ -643,7 +696,7 @@ kafka_up() { # N
     return 0
   fi
   for ((i = 1; i <= n; i++)); do
-    for port in $(kafka_port "$i") $(kafka_controller_port "$i"); do
+    for port in $(kafka_port "$i") $(kafka_controller_port "$i") $(kafka_sasl_port "$i") $(kafka_tls_port "$i"); do
       if port_open 127.0.0.1 "$port"; then die "port $port is already in use by another process"; fi
     done
   done
@@ -651,13 +704,20 @@ kafka_up() { # N
   # (the previous brokers' logs stay in $LOGS).
   rm -rf "$KAFKA_STATE"; mkdir -p "$KAFKA_STATE"
   echo "$n" >"$KAFKA_STATE/brokers"
+  kafka_pki
+  local scram=() t m
+  for t in "${KAFKA_TENANTS[@]}"; do
+    for m in SCRAM-SHA-512 SCRAM-SHA-256; do
+      scram+=(--add-scram "$m=[name=$t,password=$(cat "$KAFKA_AUTH/$t.password")]")
+    done
+  done
   id=$("$STREAMOPS_JAVA" -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
   [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "Kafka's StorageTool random-uuid gave no cluster id: $id"
   for ((i = 1; i <= n; i++)); do
     mkdir -p "$KAFKA_STATE/node-$i"
     kafka_config "$i" "$n" >"$KAFKA_STATE/node-$i/server.properties"
     "$STREAMOPS_JAVA" -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$id" \
-      -c "$KAFKA_STATE/node-$i/server.properties" >>"$LOGS/kafka-$i.log" 2>&1 \
+      -c "$KAFKA_STATE/node-$i/server.properties" "${scram[@]}" >>"$LOGS/kafka-$i.log" 2>&1 \
       || die "formatting the storage of broker $i failed (log: $LOGS/kafka-$i.log)"
   done
   for ((i = 1; i <= n; i++)); do kafka_start "$i"; done
@@ -681,8 +741,12 @@ cmd_broker() {
       kafka_up "$n"
       local addr; addr=$(kafka_bootstrap)
       echo "$addr" >"$STATE/bootstrap"
+      kafka_bootstrap kafka_sasl_port >"$KAFKA_AUTH/bootstrap-sasl-ssl"
+      kafka_bootstrap kafka_tls_port >"$KAFKA_AUTH/bootstrap-ssl"
       log "Apache Kafka $STREAMOPS_KAFKA_VERSION up ($n broker(s)); bootstrap $addr (also in $STATE/bootstrap)"
+      log "authenticated listeners: SCRAM over TLS at $(cat "$KAFKA_AUTH/bootstrap-sasl-ssl"), client certificates at $(cat "$KAFKA_AUTH/bootstrap-ssl"); CA, users ${KAFKA_TENANTS[*]} (password, certificate, key) in $KAFKA_AUTH"
       echo "STREAMOPS_BOOTSTRAP=$addr"
+      echo "STREAMOPS_KAFKA_AUTH=$KAFKA_AUTH"
       ;;
     down)
       stop kafka-1 kafka-2 kafka-3
@@ -738,6 +802,7 @@ case ${1:-} in
   env)
     echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
     if [[ -f $STATE/bootstrap ]]; then echo "export STREAMOPS_BOOTSTRAP=$(cat "$STATE/bootstrap")"; fi
+    if [[ -f $KAFKA_AUTH/bootstrap-ssl ]]; then echo "export STREAMOPS_KAFKA_AUTH=$KAFKA_AUTH"; fi
     ;;
   -h|--help|help) usage ;;
   "") usage >&2; exit 2 ;;

@@ -30,7 +30,8 @@ K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube
 # Debian packages the local cluster needs at run time and build time, and
 # what the workspace's own build needs on a bare machine: RocksDB's bindgen
 # loads libclang ("Unable to find libclang" without clang + libclang-dev) and
-# its C++ needs g++.
+# its C++ needs g++; librdkafka's TLS and SCRAM (rdkafka feature `ssl`) need
+# OpenSSL's headers, found through pkg-config.
 APT_PACKAGES=(
   etcd-server golang-go rsync containerd runc containernetworking-plugins
   iptables openssl dpkg-dev conntrack socat gcc libc6-dev make
@@ -38,6 +39,7 @@ APT_PACKAGES=(
   procps util-linux curl
   clang libclang-dev g++
   lua5.4 maven openjdk-17-jre-headless
+  libssl-dev pkg-config
 )
 
 log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

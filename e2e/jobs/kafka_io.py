@@ -9,6 +9,18 @@ pure-Python kafka-python client (no librdkafka build in the e2e crate).
       everything committed in T (read_committed), one JSON line per record:
       {"partition", "offset", "key", "value", "headers": {name: value}};
       stops once every partition's position reaches the end it had at start.
+  kafka_io.py grant --bootstrap B --principal User:U --prefix P...
+      (as the plaintext super user) the prefixed ACLs a namespace's user
+      needs: on topics and on the job's group and transactional ids starting
+      with each P, and DescribeConfigs on the cluster; see the README's
+      Tenancy section.
+  kafka_io.py probe --bootstrap B --auth DIR --user U --via scram|cert
+                    [--topic T] [--write T] [--group G] [--transactional-id X]
+      as user U (SCRAM-SHA-512 over TLS, or a TLS client certificate, from
+      the files cluster.sh wrote in DIR) tries each: list T's offsets, produce
+      to T, commit an offset for group G, initialise a transactional producer
+      with id X (which fences its current owner); prints one JSON object
+      {what: "ok" | the error's name}.
 """
 import argparse
 import json
@@ -61,14 +73,115 @@ def dump(a):
     out.flush()
 
 
+def grant(a):
+    from kafka.admin import (ACL, ACLOperation as Op, ACLPermissionType, ACLResourcePatternType,
+                             KafkaAdminClient, ResourcePattern, ResourceType)
+    allow = ACLPermissionType.ALLOW
+    prefixed = ACLResourcePatternType.PREFIXED
+    topic_ops = [Op.CREATE, Op.DELETE, Op.DESCRIBE, Op.DESCRIBE_CONFIGS, Op.ALTER,
+                 Op.ALTER_CONFIGS, Op.READ, Op.WRITE]
+    acls = []
+    for prefix in a.prefix:
+        for kind, ops in [(ResourceType.TOPIC, topic_ops),
+                          (ResourceType.GROUP, [Op.READ, Op.DESCRIBE]),
+                          (ResourceType.TRANSACTIONAL_ID, [Op.WRITE, Op.DESCRIBE])]:
+            acls += [ACL(a.principal, "*", op, allow, ResourcePattern(kind, prefix, prefixed))
+                     for op in ops]
+    acls.append(ACL(a.principal, "*", Op.DESCRIBE_CONFIGS, allow,
+                    ResourcePattern(ResourceType.CLUSTER, "kafka-cluster")))
+    admin = KafkaAdminClient(bootstrap_servers=a.bootstrap)
+    result = admin.create_acls(acls)
+    if result["failed"]:
+        sys.exit(f"creating ACLs failed: {result['failed']}")
+    admin.close()
+    print(len(acls))
+
+
+def credentials(a):
+    """Client settings for user a.user over a.via, from cluster.sh's files."""
+    d = a.auth.rstrip("/")
+    kw = {"bootstrap_servers": a.bootstrap, "ssl_cafile": f"{d}/ca.crt"}
+    if a.via == "scram":
+        with open(f"{d}/{a.user}.password") as f:
+            password = f.read().strip()
+        kw.update(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                  sasl_plain_username=a.user, sasl_plain_password=password)
+    else:
+        kw.update(security_protocol="SSL", ssl_certfile=f"{d}/{a.user}.crt",
+                  ssl_keyfile=f"{d}/{a.user}.key")
+    return kw
+
+
+def probe(a):
+    from kafka.structs import OffsetAndMetadata
+    kw = credentials(a)
+    out = {}
+
+    def attempt(what, action):
+        try:
+            action()
+            out[what] = "ok"
+        except Exception as e:  # the error's name is the answer
+            out[what] = type(e).__name__
+
+    if a.topic:
+        def read():
+            c = KafkaConsumer(enable_auto_commit=False, request_timeout_ms=15000, **kw)
+            try:
+                c.end_offsets([TopicPartition(a.topic, 0)])
+            finally:
+                c.close()
+        attempt("read", read)
+    if a.write:
+        def write():
+            p = KafkaProducer(max_block_ms=15000, **kw)
+            try:
+                p.send(a.write, value=b"probe", partition=0).get(timeout=15)
+            finally:
+                p.close(timeout=5)
+        attempt("write", write)
+    if a.group:
+        def commit():
+            c = KafkaConsumer(group_id=a.group, enable_auto_commit=False,
+                              request_timeout_ms=15000, **kw)
+            try:
+                c.commit({TopicPartition(a.topic or a.write, 0): OffsetAndMetadata(0, "", -1)})
+            finally:
+                c.close()
+        attempt("group", commit)
+    if a.transactional_id:
+        def fence():
+            p = KafkaProducer(transactional_id=a.transactional_id, max_block_ms=15000, **kw)
+            try:
+                p.init_transactions()
+            finally:
+                p.close(timeout=5)
+        attempt("fence", fence)
+    print(json.dumps(out))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump"])
+    ap.add_argument("cmd", choices=["produce", "dump", "grant", "probe"])
     ap.add_argument("--bootstrap", required=True)
-    ap.add_argument("--topic", required=True)
+    ap.add_argument("--topic")
     ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--principal")
+    ap.add_argument("--prefix", action="append", default=[])
+    ap.add_argument("--auth")
+    ap.add_argument("--user")
+    ap.add_argument("--via", choices=["scram", "cert"])
+    ap.add_argument("--write")
+    ap.add_argument("--group")
+    ap.add_argument("--transactional-id")
     a = ap.parse_args()
-    produce(a) if a.cmd == "produce" else dump(a)
+    if a.cmd in ("produce", "dump") and not a.topic:
+        ap.error(f"{a.cmd} needs --topic")
+    if a.cmd == "grant" and not (a.principal and a.prefix):
+        ap.error("grant needs --principal and --prefix")
+    if a.cmd == "probe" and not (a.auth and a.user and a.via):
+        ap.error("probe needs --auth, --user and --via")
+    {"produce": produce, "dump": dump, "grant": grant, "probe": probe}[a.cmd](a)
 
 
 if __name__ == "__main__":

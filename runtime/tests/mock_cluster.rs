@@ -51,6 +51,8 @@ fn job(storage: &std::path::Path) -> JobFile {
             allow_empty_state: true,
             mode: None,
         },
+        // A file of an older operator: the legacy ids.
+        kafka_id_prefix: None,
     }
 }
 

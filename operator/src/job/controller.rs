@@ -693,6 +693,11 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         runtime,
         savepoints,
         storage,
+        ids: plan::KafkaIds::of(
+            &names.namespace,
+            &names.job,
+            job.uid().as_deref().unwrap_or_default(),
+        ),
         now: Timestamp::now(),
     };
     let step = plan::decide(&observed);

@@ -110,7 +110,45 @@ pub struct Observed {
     /// job.json's `spec.checkpoint.storage`): only savepoints under it are
     /// deleted.
     pub storage: String,
+    /// The Kafka id prefixes this job may get ([`Step::status`]'s
+    /// `kafkaIdPrefix` once recorded).
+    pub ids: KafkaIds,
     pub now: Timestamp,
+}
+
+/// The two schemes of Kafka transactional and group ids
+/// ([`streamops_crds::runtime_api::kafka_id_prefix`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaIds {
+    /// `streamops.<namespace>.<job>.<uid>`: per-namespace ACLs can grant it.
+    pub current: String,
+    /// `streamops-<uid>`: what jobs deployed by older operators run with.
+    pub legacy: String,
+}
+
+impl KafkaIds {
+    pub fn of(namespace: &str, job: &str, uid: &str) -> Self {
+        Self {
+            current: runtime_api::kafka_id_prefix(namespace, job, uid),
+            legacy: runtime_api::legacy_kafka_id_prefix(uid),
+        }
+    }
+}
+
+/// The prefix the job's ids have: the recorded one; else, for a job that
+/// never started anything, the current scheme; else (a job an older operator
+/// deployed, or began to: an intent or a stable spec without a recorded
+/// prefix) the legacy one, because a producer with another transactional id
+/// would not fence its predecessors.
+fn id_prefix(o: &Observed) -> String {
+    let s = &o.status;
+    match &s.kafka_id_prefix {
+        Some(p) => p.clone(),
+        None if s.upgrade.is_none() && s.last_stable_spec.is_none() && s.source_layout.is_empty() => {
+            o.ids.current.clone()
+        }
+        None => o.ids.legacy.clone(),
+    }
 }
 
 /// What the StatefulSet and ConfigMap should say now.
@@ -127,6 +165,8 @@ pub struct Deployment {
     pub restore: RestoreConfig,
     /// Pod template annotation; see [`revision`].
     pub revision: String,
+    /// Of the job's Kafka ids ([`decide`] sets it).
+    pub kafka_id_prefix: String,
 }
 
 /// The one admin call a step makes (on the pods named).
@@ -538,6 +578,7 @@ fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Opt
             mode: Some(mode),
         },
         topics,
+        kafka_id_prefix: String::new(),
     })
 }
 
@@ -593,6 +634,7 @@ fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> 
             mode: Some(RestoreMode::LastState),
         },
         topics,
+        kafka_id_prefix: String::new(),
     })
 }
 
@@ -610,10 +652,20 @@ fn refused_spec(o: &Observed) -> Option<Health> {
 
 /// The next step. See the module documentation for the states.
 pub fn decide(o: &Observed) -> Step {
-    match o.status.upgrade.clone() {
+    let mut step = match o.status.upgrade.clone() {
         Some(intent) => continue_intent(o, intent),
         None => steady(o),
+    };
+    // Fixed by the first step that starts anything, before any pod exists
+    // (the status is written before the deployment is applied).
+    let prefix = id_prefix(o);
+    if step.status.kafka_id_prefix.is_none() && (step.status.upgrade.is_some() || step.deployment.is_some()) {
+        step.status.kafka_id_prefix = Some(prefix.clone());
     }
+    if let Some(d) = &mut step.deployment {
+        d.kafka_id_prefix = step.status.kafka_id_prefix.clone().unwrap_or(prefix);
+    }
+    step
 }
 
 fn steady(o: &Observed) -> Step {

@@ -204,6 +204,7 @@ pub fn job_config(job: &StreamJob, names: &JobNames, d: &Deployment, storage: &s
         parallelism: d.parallelism,
         topics: d.topics.clone(),
         restore: d.restore.clone(),
+        kafka_id_prefix: Some(d.kafka_id_prefix.clone()).filter(|p| !p.is_empty()),
     }
 }
 
@@ -585,6 +586,7 @@ mod tests {
                 mode: Some(RestoreMode::Savepoint),
             },
             revision: "abc".into(),
+            kafka_id_prefix: "streamops.ns.clicks-per-user.uid-1".into(),
         }
     }
 

@@ -83,11 +83,11 @@ impl JobExt for JobFile {
     }
 
     fn transactional_id(&self, task: u32) -> String {
-        format!("streamops-{}-{task}", self.uid)
+        format!("{}-{task}", self.id_prefix())
     }
 
     fn group_id(&self) -> String {
-        format!("streamops-{}", self.uid)
+        self.id_prefix()
     }
 
     fn restore_mode(&self) -> RestoreMode {
@@ -159,9 +159,9 @@ mod tests {
         assert!(parse_tasks("x").is_err());
     }
 
-    #[test]
-    fn tasks_map_to_source_partitions_in_spec_order() {
-        let job: JobFile = serde_json::from_value(serde_json::json!({
+    /// A job file of job `j` (uid `u`) reading topics `a` (2 partitions) and `b` (3).
+    fn two_topic_job() -> JobFile {
+        serde_json::from_value(serde_json::json!({
             "name": "j", "namespace": "n", "uid": "u", "generation": 1, "parallelism": 2,
             "spec": serde_json::from_str::<serde_json::Value>(include_str!("../../tests/data/min-spec.json")).unwrap(),
             "topics": {"source": [{"topic": "a", "partitions": 2}, {"topic": "b", "partitions": 3}],
@@ -169,7 +169,12 @@ mod tests {
                        "repartition": "r", "control": "c"},
             "restore": {"savepoint": null, "allowEmptyState": true}
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn tasks_map_to_source_partitions_in_spec_order() {
+        let job = two_topic_job();
         job.check().unwrap();
         assert_eq!(job.task_count(), 5);
         let sources = job.sources().unwrap();
@@ -177,5 +182,28 @@ mod tests {
         assert_eq!(sources.source_of(2).map(|s| s.partition), Some(0));
         assert_eq!(job.restore_mode(), RestoreMode::LastState);
         assert_eq!(job.transactional_id(3), "streamops-u-3");
+    }
+
+    /// Files of older operators carry no prefix: their jobs keep the ids
+    /// they ran with (so a new producer fences the old ones); the prefix
+    /// the operator writes puts the namespace first, as prefixed ACLs need.
+    #[test]
+    fn kafka_ids_follow_the_files_prefix_else_the_legacy_one() {
+        let mut job = two_topic_job();
+        assert_eq!(job.kafka_id_prefix, None);
+        assert_eq!(
+            (job.transactional_id(0), job.group_id()),
+            ("streamops-u-0".to_owned(), "streamops-u".to_owned())
+        );
+        job.kafka_id_prefix = Some(streamops_crds::runtime_api::kafka_id_prefix(
+            "team-a", "clicks", "u",
+        ));
+        assert_eq!(job.transactional_id(7), "streamops.team-a.clicks.u-7");
+        assert_eq!(job.group_id(), "streamops.team-a.clicks.u");
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(
+            text.contains(r#""kafkaIdPrefix":"streamops.team-a.clicks.u""#),
+            "{text}"
+        );
     }
 }

@@ -181,6 +181,11 @@ pub fn job(
             control: topics.control.clone(),
         },
         restore,
+        kafka_id_prefix: Some(streamops_crds::runtime_api::kafka_id_prefix(
+            "test",
+            "test",
+            &topics.source,
+        )),
     }
 }
 

@@ -192,6 +192,7 @@ impl World {
                 None => BTreeMap::new(),
             },
             storage: STORAGE.into(),
+            ids: KafkaIds::of("ns", "clicks", "uid-1"),
             now: self.now,
         }
     }
@@ -491,6 +492,42 @@ fn first_deployment_starts_empty_and_becomes_running() {
     assert_eq!(steady.restore.mode, Some(RestoreMode::LastState));
     assert!(!steady.restore.allow_empty_state);
     assert_eq!(steady.revision, d.revision);
+}
+
+/// A job that never started anything gets ids per-namespace ACLs can
+/// grant, fixed with its first intent (before any pod exists) and kept; a
+/// job an older operator deployed keeps the ids it runs with (a producer
+/// with another transactional id fences nothing), also across upgrades.
+#[test]
+fn kafka_ids_are_fixed_at_the_first_intent_and_older_jobs_keep_theirs() {
+    let current = "streamops.ns.clicks.uid-1";
+    let mut w = World::new(2);
+    w.topics = Err("StreamTopic clicks is not Ready".into());
+    tick(&mut w);
+    assert_eq!(w.status.kafka_id_prefix, None, "nothing started, nothing fixed");
+    w.topics = Ok(topics(2));
+    let first = tick(&mut w);
+    assert!(first.deployment.is_none() && w.status.upgrade.is_some());
+    assert_eq!(w.status.kafka_id_prefix.as_deref(), Some(current));
+    let d = tick(&mut w).deployment.unwrap();
+    assert_eq!(d.kafka_id_prefix, current);
+    until(&mut w, "Running", |w| w.running(1));
+    assert_eq!(tick(&mut w).deployment.unwrap().kafka_id_prefix, current);
+
+    // The status of an older operator: running, no prefix recorded.
+    let mut old = running_world(2);
+    old.status.kafka_id_prefix = None;
+    let steady = tick(&mut old).deployment.unwrap();
+    assert_eq!(steady.kafka_id_prefix, "streamops-uid-1");
+    assert_eq!(old.status.kafka_id_prefix.as_deref(), Some("streamops-uid-1"));
+    old.spec.parallelism = Some(1);
+    old.generation += 1;
+    until(&mut old, "the change rolled out", |w| w.running(2));
+    assert_eq!(
+        old.deployment.as_ref().unwrap().kafka_id_prefix,
+        "streamops-uid-1"
+    );
+    assert_eq!(old.status.kafka_id_prefix.as_deref(), Some("streamops-uid-1"));
 }
 
 #[test]
