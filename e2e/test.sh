@@ -195,7 +195,9 @@ if wants jobs; then
     python3 -c 'import helm_sdkpy' 2>/dev/null || pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
     python3 -c 'import kafka' 2>/dev/null || pip install -q "kafka-python==3.0.12"
     STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap")
-    export STREAMOPS_KUBECONFIG=$state/kubeconfig STREAMOPS_BOOTSTRAP
+    # The broker's authenticated listeners: CA, tenant users (cluster.sh).
+    STREAMOPS_KAFKA_AUTH=$state/kafka/auth
+    export STREAMOPS_KUBECONFIG=$state/kubeconfig STREAMOPS_BOOTSTRAP STREAMOPS_KAFKA_AUTH
     python3 "$here/demo/chart.py" --kubeconfig "$STREAMOPS_KUBECONFIG" --bootstrap "$STREAMOPS_BOOTSTRAP"
     # A re-imported image under the same tag needs a new operator pod (not a
     # rolling restart: see e2e/demo.sh).

@@ -9,6 +9,8 @@ pure-Python kafka-python client (no librdkafka build in the e2e crate).
       everything committed in T (read_committed), one JSON line per record:
       {"partition", "offset", "key", "value", "headers": {name: value}};
       stops once every partition's position reaches the end it had at start.
+  kafka_io.py partitions --bootstrap B --topic T
+      the number of partitions of T.
   kafka_io.py grant --bootstrap B --principal User:U --prefix P...
       (as the plaintext super user) the prefixed ACLs a namespace's user
       needs: on topics and on the job's group and transactional ids starting
@@ -71,6 +73,12 @@ def dump(a):
                     "value": text(m.value), "headers": {k: text(v) for k, v in (m.headers or [])},
                 }) + "\n")
     out.flush()
+
+
+def partitions(a):
+    c = KafkaConsumer(bootstrap_servers=a.bootstrap)
+    print(len(c.partitions_for_topic(a.topic) or []))
+    c.close()
 
 
 def grant(a):
@@ -162,7 +170,7 @@ def probe(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["produce", "dump", "grant", "probe"])
+    ap.add_argument("cmd", choices=["produce", "dump", "partitions", "grant", "probe"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--timeout", type=float, default=60)
@@ -175,13 +183,14 @@ def main():
     ap.add_argument("--group")
     ap.add_argument("--transactional-id")
     a = ap.parse_args()
-    if a.cmd in ("produce", "dump") and not a.topic:
+    if a.cmd in ("produce", "dump", "partitions") and not a.topic:
         ap.error(f"{a.cmd} needs --topic")
     if a.cmd == "grant" and not (a.principal and a.prefix):
         ap.error("grant needs --principal and --prefix")
     if a.cmd == "probe" and not (a.auth and a.user and a.via):
         ap.error("probe needs --auth, --user and --via")
-    {"produce": produce, "dump": dump, "grant": grant, "probe": probe}[a.cmd](a)
+    {"produce": produce, "dump": dump, "partitions": partitions, "grant": grant,
+     "probe": probe}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -1312,3 +1312,278 @@ async fn jobs_on_one_node_keep_their_checkpoints_apart() {
     })
     .await;
 }
+
+// --- tenants with their own Kafka credentials ----------------------------------
+
+/// What `cluster.sh broker up` wrote for the authenticated listeners: CA,
+/// tenant users' passwords, certificates and keys, both bootstrap lists.
+fn kafka_auth() -> anyhow::Result<std::path::PathBuf> {
+    let dir: std::path::PathBuf = std::env::var("STREAMOPS_KAFKA_AUTH")
+        .context(
+            "STREAMOPS_KAFKA_AUTH is not set: this test needs the local broker's authenticated \
+             listeners (e2e/cluster/cluster.sh broker up prints it; make test sets it)",
+        )?
+        .into();
+    ensure!(dir.join("ca.crt").is_file(), "no ca.crt in {}", dir.display());
+    Ok(dir)
+}
+
+fn read_auth(dir: &std::path::Path, file: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(dir.join(file)).with_context(|| format!("reading {file}"))?;
+    Ok(text.trim().to_owned())
+}
+
+/// Runs `kafka_io.py` with `args` and returns its standard output.
+fn kafka_io_run(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("python3")
+        .arg(kafka_io())
+        .args(args)
+        .output()
+        .context("running kafka_io.py")?;
+    ensure!(
+        out.status.success(),
+        "kafka_io.py {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// How a tenant's clients authenticate: SCRAM-SHA-512 over TLS, or a TLS
+/// client certificate.
+#[derive(Clone, Copy, Debug)]
+enum Login {
+    Scram,
+    Cert,
+}
+
+impl Login {
+    fn via(self) -> &'static str {
+        match self {
+            Login::Scram => "scram",
+            Login::Cert => "cert",
+        }
+    }
+
+    fn bootstrap(self, auth: &std::path::Path) -> anyhow::Result<String> {
+        read_auth(
+            auth,
+            match self {
+                Login::Scram => "bootstrap-sasl-ssl",
+                Login::Cert => "bootstrap-ssl",
+            },
+        )
+    }
+
+    /// The Secret `kafka` holding user's credentials, and the `spec.cluster`
+    /// that points at it.
+    fn secret_and_cluster(self, auth: &std::path::Path, user: &str) -> anyhow::Result<(DynamicObject, Value)> {
+        let ca = read_auth(auth, "ca.crt")?;
+        let key_ref = |key: &str| json!({"name": "kafka", "key": key});
+        let (data, cluster) = match self {
+            Login::Scram => (
+                json!({"ca.crt": ca, "username": user, "password": read_auth(auth, &format!("{user}.password"))?}),
+                json!({"tls": {"caSecretRef": key_ref("ca.crt")},
+                       "sasl": {"mechanism": "SCRAM-SHA-512", "usernameSecretRef": key_ref("username"),
+                                "passwordSecretRef": key_ref("password")}}),
+            ),
+            Login::Cert => (
+                json!({"ca.crt": ca, "tls.crt": read_auth(auth, &format!("{user}.crt"))?,
+                       "tls.key": read_auth(auth, &format!("{user}.key"))?}),
+                json!({"tls": {"caSecretRef": key_ref("ca.crt"), "certSecretRef": key_ref("tls.crt"),
+                               "keySecretRef": key_ref("tls.key")}}),
+            ),
+        };
+        let mut cluster = cluster;
+        cluster["bootstrapServers"] = json!(self.bootstrap(auth)?);
+        let secret = obj(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka"},
+            "type": "Opaque", "stringData": data
+        }))?;
+        Ok((secret, cluster))
+    }
+
+    /// What `user` may do, as `kafka_io.py probe` reports it.
+    fn probe(self, auth: &std::path::Path, user: &str, targets: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let bootstrap = self.bootstrap(auth)?;
+        let auth = auth.display().to_string();
+        let mut args = vec![
+            "probe",
+            "--bootstrap",
+            &bootstrap,
+            "--auth",
+            &auth,
+            "--user",
+            user,
+            "--via",
+            self.via(),
+        ];
+        for (flag, value) in targets {
+            args.extend([*flag, *value]);
+        }
+        Ok(serde_json::from_str(kafka_io_run(&args)?.trim())?)
+    }
+}
+
+/// One namespace's own Kafka user: the prefixed ACLs of the README's
+/// Tenancy section, its credentials in a Secret, StreamTopics `in`, `out`,
+/// `dead` as `<ns>.in`, ... and the clicks job, all with `spec.cluster`
+/// pointing at them.
+async fn tenant(
+    client: &Client,
+    ns: &str,
+    user: &str,
+    login: Login,
+    auth: &std::path::Path,
+    t0: Instant,
+) -> anyhow::Result<(Api<DynamicObject>, DynamicObject)> {
+    let granted = kafka_io_run(&[
+        "grant",
+        "--bootstrap",
+        &bootstrap()?,
+        "--principal",
+        &format!("User:{user}"),
+        "--prefix",
+        &format!("{ns}."),
+        "--prefix",
+        &format!("streamops.{ns}."),
+    ])?;
+    say(t0, format!("{ns}: {} ACLs for User:{user} ({login:?})", granted.trim()));
+    let (secret, cluster) = login.secret_and_cluster(auth, user)?;
+    apply_ok(client, ns, &secret).await?;
+    for (name, parts) in [("in", 2), ("out", 2), ("dead", 1)] {
+        let mut t = topic(name, &format!("{ns}.{name}"), parts)?;
+        t.data["spec"]["cluster"] = cluster.clone();
+        apply_ok(client, ns, &t).await?;
+    }
+    let spec = json!({"cluster": cluster, "checkpoint": {"interval": "1s"}});
+    deploy(client, ns, &job_with("clicks", &[], spec)?, 2, t0).await
+}
+
+/// Kafka credentials per namespace, against Apache Kafka with SCRAM, TLS
+/// client certificates and the StandardAuthorizer (no ACL: no access):
+/// namespace A's StreamTopics and job reach Kafka as user tenant-a (SCRAM
+/// over TLS, CA from the Secret), B's as tenant-b (client certificate), each
+/// granted only the prefixed ACLs of its own namespace. Both produce exact
+/// output; neither user can read or write the other's topics, commit to its
+/// consumer group or initialise its transactional ids (which would fence
+/// its producers); a StreamTopic of B naming A's topic is never Ready and
+/// leaves it unchanged; and A's output is still exact after B's attempts.
+#[tokio::test]
+async fn tenants_reach_only_their_own_topics_and_ids_with_their_own_credentials() {
+    in_namespace("e2e-job-tenant-a", |client, ns_a, t0| async move {
+        let ns_b = TestNamespace::create(&client, "e2e-job-tenant-b").await?;
+        let ns_b_name = ns_b.name.clone();
+        say(t0, format!("other namespace {ns_b_name}"));
+        let result = async {
+            let auth = kafka_auth()?;
+            let first = dataset(2, 0..500, 8, false);
+            let second = dataset(2, 500..1000, 8, true);
+            let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+            let (expected, _) = reference(&all);
+            let tenants = [
+                (ns_a.clone(), "tenant-a", Login::Scram),
+                (ns_b_name.clone(), "tenant-b", Login::Cert),
+            ];
+            let mut jobs = Vec::new();
+            for (ns, user, login) in &tenants {
+                let (api, running) = tenant(&client, ns, user, *login, &auth, t0).await?;
+                let uid = running.uid().context("job uid")?;
+                let prefix = format!("streamops.{ns}.clicks.{uid}");
+                ensure!(
+                    field(&running, &["status", "kafkaIdPrefix"]) == prefix.as_str(),
+                    "status.kafkaIdPrefix: {}, want {prefix}",
+                    field(&running, &["status", "kafkaIdPrefix"])
+                );
+                produce(&format!("{ns}.in"), &first)?;
+                jobs.push((ns.clone(), api, prefix));
+            }
+            for (ns, ..) in &jobs {
+                wait_first_results(&format!("{ns}.out"), &control_topic(ns, "clicks")).await?;
+            }
+            // Each user against the other's topics, group and transactional id.
+            for ((ns, _, prefix), (_, user, login)) in jobs.iter().zip(tenants.iter().rev()) {
+                let (input, output, fence) = (format!("{ns}.in"), format!("{ns}.out"), format!("{prefix}-0"));
+                let seen = login.probe(
+                    &auth,
+                    user,
+                    &[
+                        ("--topic", &input),
+                        ("--write", &output),
+                        ("--group", prefix),
+                        ("--transactional-id", &fence),
+                    ],
+                )?;
+                say(t0, format!("{user} on {ns}'s topics and ids: {seen}"));
+                let want = json!({
+                    "read": "TopicAuthorizationFailedError",
+                    "write": "TopicAuthorizationFailedError",
+                    "group": "GroupAuthorizationFailedError",
+                    "fence": "TransactionalIdAuthorizationFailedError",
+                });
+                ensure!(seen == want, "{user} on {ns}: {seen}, want {want}");
+            }
+            // The same user on its own: the probe is not refusing everything.
+            let (ns, user, login) = &tenants[1];
+            let own = login.probe(&auth, user, &[("--topic", &format!("{ns}.in"))])?;
+            ensure!(own == json!({"read": "ok"}), "{user} on its own input: {own}");
+
+            // Through the operator: B's StreamTopic for A's input, with B's
+            // credentials and more partitions, is never Ready and grows nothing.
+            let (_, cluster_b) = Login::Cert.secret_and_cluster(&auth, "tenant-b")?;
+            let mut steal = topic("steal", &format!("{ns_a}.in"), 4)?;
+            steal.data["spec"]["cluster"] = cluster_b;
+            apply_ok(&client, &ns_b_name, &steal).await?;
+            let topics_b = api_for(&client, &steal, &ns_b_name).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let refused = loop {
+                let t = topics_b.get("steal").await?;
+                let conditions = field(&t, &["status", "conditions"]).as_array().cloned().unwrap_or_default();
+                let ready = conditions.iter().find(|c| c["type"] == "Ready");
+                ensure!(
+                    ready.is_none_or(|c| c["status"] != "True"),
+                    "B's StreamTopic for A's topic became Ready: {}",
+                    field(&t, &["status"])
+                );
+                if let Some(c) = ready.filter(|c| c["message"].as_str().is_some_and(|m| m.contains("uthoriz"))) {
+                    break c.clone();
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "B's StreamTopic for A's topic says nothing about authorization in 60s: {}",
+                    field(&t, &["status"])
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            say(t0, format!("B's StreamTopic for A's input: {refused}"));
+            let parts = kafka_io_run(&[
+                "partitions",
+                "--bootstrap",
+                &bootstrap()?,
+                "--topic",
+                &format!("{ns_a}.in"),
+            ])?;
+            ensure!(parts.trim() == "2", "A's input has {} partitions, want 2", parts.trim());
+
+            // Nobody was fenced: both jobs finish exactly.
+            for (ns, ..) in &jobs {
+                produce(&format!("{ns}.in"), &second)?;
+                expect_exact(&format!("{ns}.out"), &control_topic(ns, "clicks"), &expected, None).await?;
+                say(t0, format!("{ns}/clicks: {} windows exact", expected.len()));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = kubectl(&["-n", &ns_b_name, "delete", "streamjobs", "--all", "--wait=true"]) {
+            eprintln!("deleting the StreamJobs of {ns_b_name}: {e:#}");
+        }
+        if result.is_ok() {
+            ns_b.delete().await?;
+        } else {
+            let dir = collect_logs(&ns_b_name, OPERATOR_NS, OPERATOR_SELECTOR);
+            eprintln!("logs of {ns_b_name} in {}", dir.display());
+        }
+        result
+    })
+    .await;
+}
