@@ -29,6 +29,9 @@ export STREAMOPS_CACHE=${STREAMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stream
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
 export CARGO_TERM_COLOR=never
 export CARGO_LOCKED=1
+# Tests that need the cluster or the broker skip without them under plain
+# `cargo test --workspace`; here a missing one is a failure.
+export STREAMOPS_REQUIRE_CLUSTER=1
 stages=${STREAMOPS_STAGES:-lint unit chart api smoke jobs}
 cd "$root"
 

@@ -273,3 +273,31 @@ pub fn collect_logs(ns: &str, operator_ns: &str, operator_selector: &str) -> Pat
     }
     dir
 }
+
+/// Whether a test that needs the environment variables `vars` (the local
+/// cluster's kubeconfig, the broker) runs. With all of them set it does;
+/// without, it is skipped with a message saying how to run it, so that
+/// `cargo test --workspace` passes on a machine without a cluster, unless
+/// `STREAMOPS_REQUIRE_CLUSTER` is set (`make test` sets it), when a missing
+/// variable fails the test instead of skipping it.
+pub fn cluster_test(vars: &[&str]) -> bool {
+    let missing: Vec<&str> = vars
+        .iter()
+        .copied()
+        .filter(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "needs {} (the local cluster and broker: `make test` runs every such test; \
+         e2e/README.md says how to run them by hand)",
+        missing.join(", ")
+    );
+    assert!(
+        std::env::var_os("STREAMOPS_REQUIRE_CLUSTER").is_none(),
+        "STREAMOPS_REQUIRE_CLUSTER is set but this test {why}"
+    );
+    eprintln!("skipped: this test {why}");
+    false
+}

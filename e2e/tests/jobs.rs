@@ -39,7 +39,7 @@ use kube::{
     api::{DynamicObject, ListParams},
 };
 use serde_json::{Value, json};
-use streamops_e2e::{TestNamespace, api_for, apply, client, collect_logs, kubectl, repo_root};
+use streamops_e2e::{TestNamespace, api_for, apply, client, cluster_test, collect_logs, kubectl, repo_root};
 
 /// Event time of the record that closes every window: after all data, and
 /// in the wall clock's past (a later one would be a dead letter under the
@@ -51,6 +51,9 @@ const HEADER: &str = "streamops-checkpoint";
 /// Where the chart installs the operator (e2e/demo/chart.py's default).
 const OPERATOR_NS: &str = "streamops-system";
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/instance=streamops";
+
+/// What every test here needs: the local node with the chart installed, and the broker.
+const CLUSTER: &[&str] = &["STREAMOPS_KUBECONFIG", "STREAMOPS_BOOTSTRAP"];
 
 /// (user, window start) -> (clicks, spent).
 type Expected = BTreeMap<(String, i64), (i64, i64)>;
@@ -794,6 +797,9 @@ fn control_topic(ns: &str, job: &str) -> String {
 /// sums, and every malformed record in the dead-letter topic.
 #[tokio::test]
 async fn deploy_results_appear_exactly() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     in_namespace("e2e-job-deploy", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 4).await?;
         let data = dataset(4, 0..1000, 12, true);
@@ -828,6 +834,9 @@ async fn deploy_results_appear_exactly() {
 /// Prints the upgrade's timing line.
 #[tokio::test]
 async fn upgrade_with_savepoint_loses_and_duplicates_nothing() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     in_namespace("e2e-job-upgrade", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 2).await?;
         let first = dataset(2, 0..800, 8, false);
@@ -879,6 +888,9 @@ async fn upgrade_with_savepoint_loses_and_duplicates_nothing() {
 /// exact.
 #[tokio::test]
 async fn crash_looping_version_is_rolled_back_with_exact_output() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     in_namespace("e2e-job-rollback", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 2).await?;
         let first = dataset(2, 0..700, 8, false);
@@ -1004,6 +1016,9 @@ async fn crash_looping_version_is_rolled_back_with_exact_output() {
 /// its partition), exact output.
 #[tokio::test]
 async fn rescale_two_to_four_pods_with_exact_output() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     in_namespace("e2e-job-rescale", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 8).await?;
         let first = dataset(8, 0..700, 16, false);
@@ -1066,6 +1081,9 @@ async fn rescale_two_to_four_pods_with_exact_output() {
 /// old one's expires and finishes the upgrade from status. Exact output.
 #[tokio::test]
 async fn operator_killed_mid_upgrade_completes_it() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     in_namespace("e2e-job-opkill", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 2).await?;
         let first = dataset(2, 0..800, 8, false);
@@ -1182,6 +1200,9 @@ fn task_dirs(dir: &std::path::Path) -> BTreeSet<String> {
 /// output for all three.
 #[tokio::test]
 async fn jobs_on_one_node_keep_their_checkpoints_apart() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     in_namespace("e2e-job-isolation-a", |client, ns_a, t0| async move {
         let ns_b = TestNamespace::create(&client, "e2e-job-isolation-b").await?;
         let ns_c = TestNamespace::create(&client, "e2e-job-isolation-c").await?;
@@ -1377,7 +1398,11 @@ impl Login {
 
     /// The Secret `kafka` holding user's credentials, and the `spec.cluster`
     /// that points at it.
-    fn secret_and_cluster(self, auth: &std::path::Path, user: &str) -> anyhow::Result<(DynamicObject, Value)> {
+    fn secret_and_cluster(
+        self,
+        auth: &std::path::Path,
+        user: &str,
+    ) -> anyhow::Result<(DynamicObject, Value)> {
         let ca = read_auth(auth, "ca.crt")?;
         let key_ref = |key: &str| json!({"name": "kafka", "key": key});
         let (data, cluster) = match self {
@@ -1448,7 +1473,10 @@ async fn tenant(
         "--prefix",
         &format!("streamops.{ns}."),
     ])?;
-    say(t0, format!("{ns}: {} ACLs for User:{user} ({login:?})", granted.trim()));
+    say(
+        t0,
+        format!("{ns}: {} ACLs for User:{user} ({login:?})", granted.trim()),
+    );
     let (secret, cluster) = login.secret_and_cluster(auth, user)?;
     apply_ok(client, ns, &secret).await?;
     for (name, parts) in [("in", 2), ("out", 2), ("dead", 1)] {
@@ -1471,6 +1499,13 @@ async fn tenant(
 /// leaves it unchanged; and A's output is still exact after B's attempts.
 #[tokio::test]
 async fn tenants_reach_only_their_own_topics_and_ids_with_their_own_credentials() {
+    if !cluster_test(&[
+        "STREAMOPS_KUBECONFIG",
+        "STREAMOPS_BOOTSTRAP",
+        "STREAMOPS_KAFKA_AUTH",
+    ]) {
+        return;
+    }
     in_namespace("e2e-job-tenant-a", |client, ns_a, t0| async move {
         let ns_b = TestNamespace::create(&client, "e2e-job-tenant-b").await?;
         let ns_b_name = ns_b.name.clone();
@@ -1538,14 +1573,19 @@ async fn tenants_reach_only_their_own_topics_and_ids_with_their_own_credentials(
             let deadline = Instant::now() + Duration::from_secs(60);
             let refused = loop {
                 let t = topics_b.get("steal").await?;
-                let conditions = field(&t, &["status", "conditions"]).as_array().cloned().unwrap_or_default();
+                let conditions = field(&t, &["status", "conditions"])
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 let ready = conditions.iter().find(|c| c["type"] == "Ready");
                 ensure!(
                     ready.is_none_or(|c| c["status"] != "True"),
                     "B's StreamTopic for A's topic became Ready: {}",
                     field(&t, &["status"])
                 );
-                if let Some(c) = ready.filter(|c| c["message"].as_str().is_some_and(|m| m.contains("uthoriz"))) {
+                if let Some(c) =
+                    ready.filter(|c| c["message"].as_str().is_some_and(|m| m.contains("uthoriz")))
+                {
                     break c.clone();
                 }
                 ensure!(
@@ -1563,12 +1603,22 @@ async fn tenants_reach_only_their_own_topics_and_ids_with_their_own_credentials(
                 "--topic",
                 &format!("{ns_a}.in"),
             ])?;
-            ensure!(parts.trim() == "2", "A's input has {} partitions, want 2", parts.trim());
+            ensure!(
+                parts.trim() == "2",
+                "A's input has {} partitions, want 2",
+                parts.trim()
+            );
 
             // Nobody was fenced: both jobs finish exactly.
             for (ns, ..) in &jobs {
                 produce(&format!("{ns}.in"), &second)?;
-                expect_exact(&format!("{ns}.out"), &control_topic(ns, "clicks"), &expected, None).await?;
+                expect_exact(
+                    &format!("{ns}.out"),
+                    &control_topic(ns, "clicks"),
+                    &expected,
+                    None,
+                )
+                .await?;
                 say(t0, format!("{ns}/clicks: {} windows exact", expected.len()));
             }
             Ok(())

@@ -136,6 +136,9 @@ fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_graph_owner_refs_parallelism_cap_and_status() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = start().await;
     let (source, sink) = topics(&h, 8).await;
     let job = create_job(&h, "cpu", job_spec("clicks", "out", Some(4))).await;
@@ -277,6 +280,9 @@ async fn object_graph_owner_refs_parallelism_cap_and_status() {
 /// a real broker whose maximum is lowered to 60 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_transactions_cannot_fit_the_broker_is_stalled_before_it_starts() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = start().await;
     let broker = OwnBroker::start(free_port(), "transaction.max.timeout.ms=60000").await;
     let cluster = KafkaClusterSpec {
@@ -373,6 +379,9 @@ async fn wait_job_gone(h: &Harness, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_topics_then_converges_and_never_exceeds_partitions() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = start().await;
     // Job first, as a GitOps sync may apply it: no topics yet.
     create_job(&h, "early", job_spec("clicks", "out", Some(20))).await;
@@ -405,6 +414,9 @@ async fn waits_for_topics_then_converges_and_never_exceeds_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = start().await;
     let (source, sink) = topics(&h, 2).await;
     // Sink == source: refused by validate() (the schema cannot say it).
@@ -471,6 +483,9 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
 /// its own root starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_pointing_at_another_jobs_storage_is_stalled_and_creates_nothing() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = start().await;
     let (source, sink) = topics(&h, 2).await;
     let root = streamops_operator::OperatorConfig::default().checkpoint_storage;
@@ -934,6 +949,9 @@ fn running(j: &StreamJob, generation: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn savepoint_upgrade_survives_operator_kills_with_fake_pods() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     use std::sync::{Arc, Mutex, atomic::AtomicBool};
     let h = Harness::start_with(|c| c.watch_namespace = Some("streamops-nothing".into())).await;
     let base = 100 + u8::try_from(std::process::id() % 50).unwrap_or(0);
@@ -1030,6 +1048,9 @@ async fn savepoint_upgrade_survives_operator_kills_with_fake_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unhealthy_upgrade_rolls_back_with_fake_pods() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     use std::sync::{Arc, Mutex, atomic::AtomicBool};
     let h = Harness::start_with(|c| c.watch_namespace = Some("streamops-nothing".into())).await;
     let base = 160 + u8::try_from(std::process::id() % 50).unwrap_or(0);

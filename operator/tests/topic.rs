@@ -25,6 +25,9 @@ fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_reverts_drift_removes_keys_and_deletes() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start().await;
     let topic = unique("orders");
     // retention.bytes differs from Kafka's default (-1); message.timestamp.type
@@ -168,6 +171,9 @@ async fn http_get(port: u16, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_what_kafka_cannot_do() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start().await;
     let topic = unique("refuse");
     h.create("t", spec(&topic, 3, &[("retention.ms", "1000")]), &[])
@@ -267,6 +273,9 @@ async fn refuses_what_kafka_cannot_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopts_only_on_opt_in_and_keeps_foreign_settings() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start().await;
     let topic = unique("legacy");
     h.admin
@@ -332,6 +341,9 @@ async fn adopts_only_on_opt_in_and_keeps_foreign_settings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_unmanaged_and_conflicting_resources() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start().await;
     let paused = unique("paused");
     h.create(
@@ -401,6 +413,9 @@ async fn paused_unmanaged_and_conflicting_resources() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_kafka_is_reconciling_and_unowned_topic_deletes_freely() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start().await;
     let topic = unique("nowhere");
     let mut s = spec(&topic, 1, &[]);
@@ -425,6 +440,9 @@ async fn unreachable_kafka_is_reconciling_and_unowned_topic_deletes_freely() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_is_reconciling_and_recovers() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start().await;
     let port = free_port();
     let mut broker = OwnBroker::start(port, "").await;
@@ -492,6 +510,9 @@ async fn broker_outage_is_reconciling_and_recovers() {
 /// refused resource touches nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_prefix_policy_refuses_other_names_and_creates_nothing() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start_with(|c| c.topic_name_policy = TopicNamePolicy::NamespacePrefix).await;
     let foreign = unique("other-team.orders");
     let mut s = spec(&foreign, 1, &[]);
@@ -557,6 +578,9 @@ async fn namespace_prefix_policy_refuses_other_names_and_creates_nothing() {
 /// policy `any` and with `streamops.io/adopt: "true"`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_internal_topic_cannot_be_adopted_changed_or_deleted() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     let h = Harness::start().await;
     let internal = streamops_crds::runtime_api::control_topic("other-team", &unique("job"));
     h.admin
@@ -605,6 +629,9 @@ async fn an_internal_topic_cannot_be_adopted_changed_or_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_replica_leads() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
     use streamops_operator::leader::LeaderElector;
     let client = client().await;
     let lease = unique("lease");

@@ -24,6 +24,12 @@ use streamops_crds::{StreamTopic, StreamTopicSpec};
 use streamops_operator::{OperatorConfig, kafka::KafkaAdmin, topic::plan::ObservedTopic};
 use tokio::{sync::oneshot, task::JoinHandle};
 
+#[allow(unused_imports)] // not every test binary including this module skips
+pub use streamops_e2e::cluster_test;
+
+/// What the tests here need: a real apiserver (CRDs installed) and a broker.
+pub const CLUSTER: &[&str] = &["STREAMOPS_KUBECONFIG", "STREAMOPS_BOOTSTRAP"];
+
 const HOWTO: &str = "start the harness first:\n  e2e/cluster/cluster.sh up --control-plane && e2e/cluster/cluster.sh broker up\n  kubectl --kubeconfig /tmp/streamops-cluster/kubeconfig apply -f crds/\n  export STREAMOPS_KUBECONFIG=/tmp/streamops-cluster/kubeconfig STREAMOPS_BOOTSTRAP=$(cat /tmp/streamops-cluster/bootstrap)";
 
 pub fn env(name: &str) -> String {
