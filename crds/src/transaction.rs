@@ -6,79 +6,47 @@
 //! picks its producers' `transaction.timeout.ms` with it (and refuses to start
 //! if a broker changed since).
 //!
-//! A task's transaction opens after a commit and stays open for a checkpoint
-//! interval; a savepoint is written inside the transaction that is open when
-//! it is requested, so that transaction may last an interval plus the
-//! savepoint's upload, which the operator waits for at most
-//! `spec.upgrade.savepointTimeout`. A transaction that outlives its timeout is
-//! aborted by the broker and the task has to restart from its last
-//! checkpoint, so the timeout must cover both.
+//! A task holds its outputs between checkpoints and opens its transaction
+//! only once the checkpoint's state is durable: the transaction holds the
+//! outputs, the marker and the commit, and nothing else (not the interval,
+//! not the state's upload, not a savepoint's). Its length depends on how much
+//! output a task may hold (the runtime's `--output-buffer-bytes`, reached
+//! sooner starts an early checkpoint), never on the state's size, the
+//! checkpoint interval or `spec.upgrade.savepointTimeout`. A transaction that
+//! outlives its timeout is aborted by the broker and the task restarts from
+//! its last checkpoint.
 
-use std::time::Duration;
-
-use crate::{
-    DurationSpec, StreamJobSpec,
-    job::{ProcessingGuarantee, defaults},
-    validate::FieldError,
-};
+use crate::{StreamJobSpec, job::ProcessingGuarantee, validate::FieldError};
 
 /// Kafka's default `transaction.max.timeout.ms` (15 minutes), assumed when
 /// the broker's value cannot be read.
 pub const KAFKA_DEFAULT_MAX_TIMEOUT_MS: u64 = 900_000;
-/// Time a commit may take after the interval ends.
-pub const COMMIT_MARGIN_MS: u64 = 30_000;
-/// What the timeout adds to two intervals for a slow commit or restart.
-pub const SLOW_TURN_MS: u64 = 60_000;
-
-/// The transaction timeout a job with this checkpoint interval and savepoint
-/// timeout asks for: two intervals plus a minute, or an interval plus a
-/// whole savepoint plus the commit margin, whichever is longer.
-pub fn wanted_timeout_ms(interval: Duration, savepoint_timeout: Duration) -> u64 {
-    let interval = millis(interval);
-    let turns = interval.saturating_mul(2).saturating_add(SLOW_TURN_MS);
-    let savepoint = interval
-        .saturating_add(millis(savepoint_timeout))
-        .saturating_add(COMMIT_MARGIN_MS);
-    turns.max(savepoint)
-}
+/// The transaction timeout the task producers ask for: time to write what
+/// a task holds, the marker, and commit, on a slow broker.
+pub const WANTED_TIMEOUT_MS: u64 = 60_000;
+/// The least timeout exactly once runs with: below it, a commit of a full
+/// output buffer on a busy broker could be aborted, and the task would
+/// restart again and again.
+pub const MIN_TIMEOUT_MS: u64 = 15_000;
 
 /// The `transaction.timeout.ms` to use under a broker whose maximum is
-/// `broker_max_ms`, or the field that cannot fit and why.
-pub fn fit(interval: Duration, savepoint_timeout: Duration, broker_max_ms: u64) -> Result<u64, FieldError> {
-    let interval_ms = millis(interval);
-    let savepoint_ms = millis(savepoint_timeout);
-    if interval_ms.saturating_add(COMMIT_MARGIN_MS) > broker_max_ms {
+/// `broker_max_ms`, or why exactly once cannot run there.
+pub fn fit(broker_max_ms: u64) -> Result<u64, FieldError> {
+    if broker_max_ms < MIN_TIMEOUT_MS {
         return Err(FieldError::new(
-            "spec.checkpoint.interval",
+            "spec.checkpoint.guarantee",
             format!(
-                "{} does not fit the broker's transaction.max.timeout.ms ({broker_max_ms} ms): a transaction stays \
-                 open for a whole interval plus up to {} s to commit; shorten the interval or raise the broker's limit",
-                human(interval_ms),
-                COMMIT_MARGIN_MS / 1000
+                "exactly once needs transactions of up to {} s, and the broker's transaction.max.timeout.ms is \
+                 {broker_max_ms} ms: raise the broker's limit, or use atLeastOnce",
+                MIN_TIMEOUT_MS / 1000
             ),
         ));
     }
-    if interval_ms
-        .saturating_add(savepoint_ms)
-        .saturating_add(COMMIT_MARGIN_MS)
-        > broker_max_ms
-    {
-        return Err(FieldError::new(
-            "spec.upgrade.savepointTimeout",
-            format!(
-                "{} plus the checkpoint interval {} does not fit the broker's transaction.max.timeout.ms \
-                 ({broker_max_ms} ms): a savepoint is written inside the transaction open when it is requested; \
-                 shorten the savepoint timeout or the interval, or raise the broker's limit",
-                human(savepoint_ms),
-                human(interval_ms)
-            ),
-        ));
-    }
-    Ok(wanted_timeout_ms(interval, savepoint_timeout).min(broker_max_ms))
+    Ok(WANTED_TIMEOUT_MS.min(broker_max_ms))
 }
 
-/// Whether the job keeps Kafka transactions open for an interval (exactly
-/// once, the default): only then does the broker's maximum matter.
+/// Whether the job writes through Kafka transactions (exactly once, the
+/// default): only then does the broker's maximum matter.
 pub fn applies(spec: &StreamJobSpec) -> bool {
     spec.checkpoint
         .as_ref()
@@ -87,36 +55,13 @@ pub fn applies(spec: &StreamJobSpec) -> bool {
         == ProcessingGuarantee::ExactlyOnce
 }
 
-/// [`fit`] for a spec (defaults filled in). At least once never keeps a
-/// transaction open, so it always fits (with `None`).
+/// [`fit`] for a spec. At least once writes no transaction, so it always
+/// fits (with `None`).
 pub fn fit_spec(spec: &StreamJobSpec, broker_max_ms: u64) -> Result<Option<u64>, FieldError> {
     if !applies(spec) {
         return Ok(None);
     }
-    let d = spec.defaulted();
-    let cp = d.checkpoint.as_ref();
-    let interval = cp
-        .and_then(|c| c.interval.as_ref())
-        .map_or(defaults::CHECKPOINT_INTERVAL_MS, DurationSpec::as_millis);
-    let savepoint = d
-        .upgrade
-        .as_ref()
-        .and_then(|u| u.savepoint_timeout.as_ref())
-        .map_or(defaults::SAVEPOINT_TIMEOUT_MS, DurationSpec::as_millis);
-    fit(
-        Duration::from_millis(interval),
-        Duration::from_millis(savepoint),
-        broker_max_ms,
-    )
-    .map(Some)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn human(ms: u64) -> String {
-    DurationSpec::from_millis(ms).to_string()
+    fit(broker_max_ms).map(Some)
 }
 
 #[cfg(test)]
@@ -125,81 +70,8 @@ mod tests {
 
     const S: u64 = 1000;
 
-    fn d(ms: u64) -> Duration {
-        Duration::from_millis(ms)
-    }
-
-    #[test]
-    fn defaults_fit_under_kafkas_default_maximum() {
-        // 10 s interval, 60 s savepoint timeout: max(80 s, 100 s).
-        assert_eq!(
-            fit(d(10 * S), d(60 * S), KAFKA_DEFAULT_MAX_TIMEOUT_MS),
-            Ok(100 * S)
-        );
-        // A long interval: two intervals plus a minute.
-        assert_eq!(fit(d(100 * S), d(60 * S), 900 * S), Ok(260 * S));
-    }
-
-    #[test]
-    fn the_timeout_is_capped_by_the_broker() {
-        assert_eq!(fit(d(100 * S), d(60 * S), 200 * S), Ok(200 * S));
-    }
-
-    #[test]
-    fn an_interval_that_cannot_fit_names_the_interval() {
-        let e = fit(d(600 * S), d(60 * S), 300 * S).unwrap_err();
-        assert_eq!(e.field, "spec.checkpoint.interval");
-        assert!(
-            e.message.contains("transaction.max.timeout.ms (300000 ms)"),
-            "{}",
-            e.message
-        );
-        assert!(e.message.contains("600s"), "{}", e.message);
-        // Exactly at the limit fits.
-        assert!(fit(d(270 * S), d(0), 300 * S).is_ok());
-        assert!(fit(d(270 * S + 1), d(0), 300 * S).is_err());
-    }
-
-    #[test]
-    fn a_savepoint_timeout_that_cannot_fit_names_the_savepoint_timeout() {
-        let e = fit(d(10 * S), d(600 * S), 300 * S).unwrap_err();
-        assert_eq!(e.field, "spec.upgrade.savepointTimeout");
-        assert!(
-            e.message.contains("600s plus the checkpoint interval 10s"),
-            "{}",
-            e.message
-        );
-    }
-
-    #[test]
-    fn the_timeout_covers_every_transaction_the_check_lets_through() {
-        // Property over a grid: whenever the check passes, the timeout
-        // covers an interval plus the commit margin and an interval plus a
-        // savepoint, and never exceeds the broker's maximum.
-        for interval in [0, 1, 500, 10 * S, 59 * S, 120 * S, 600 * S, 3_600 * S] {
-            for savepoint in [0, S, 60 * S, 600 * S] {
-                for max in [S, 60 * S, 100 * S, 300 * S, 900 * S, 3_600 * S] {
-                    match fit(d(interval), d(savepoint), max) {
-                        Ok(t) => {
-                            assert!(t <= max);
-                            assert!(t >= interval + COMMIT_MARGIN_MS);
-                            assert!(t >= interval + savepoint + COMMIT_MARGIN_MS);
-                        }
-                        Err(e) => assert!(
-                            interval + COMMIT_MARGIN_MS > max
-                                || interval + savepoint + COMMIT_MARGIN_MS > max,
-                            "refused {interval}/{savepoint}/{max}: {}",
-                            e.message
-                        ),
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn at_least_once_has_no_open_transaction_to_fit() {
-        let mut spec: StreamJobSpec = serde_json::from_value(serde_json::json!({
+    fn spec(checkpoint: serde_json::Value) -> StreamJobSpec {
+        serde_json::from_value(serde_json::json!({
             "source": {"topics": ["clicks"], "eventTime": {"field": "record.ts"}},
             "pipeline": {
                 "keyBy": ["record.user_id"],
@@ -207,14 +79,53 @@ mod tests {
                 "aggregations": [{"name": "clicks", "function": "count"}]
             },
             "sink": {"topic": "clicks-per-user"},
-            "checkpoint": {"interval": "20m", "guarantee": "atLeastOnce"}
+            "checkpoint": checkpoint,
+            "upgrade": {"savepointTimeout": "1h"}
         }))
-        .unwrap();
-        assert_eq!(fit_spec(&spec, 900 * S), Ok(None));
-        spec.checkpoint.as_mut().unwrap().guarantee = None;
+        .unwrap()
+    }
+
+    /// The interval and the savepoint timeout no longer count: a 20 min
+    /// interval and a 1 h savepoint timeout fit a broker whose maximum is a
+    /// minute (they were refused when the transaction stayed open for both).
+    #[test]
+    fn the_timeout_depends_on_neither_the_interval_nor_the_savepoint_timeout() {
+        let long = spec(serde_json::json!({"interval": "20m"}));
+        assert_eq!(fit_spec(&long, 60 * S), Ok(Some(60 * S)));
         assert_eq!(
-            fit_spec(&spec, 900 * S).unwrap_err().field,
-            "spec.checkpoint.interval"
+            fit_spec(&long, KAFKA_DEFAULT_MAX_TIMEOUT_MS),
+            Ok(Some(WANTED_TIMEOUT_MS))
         );
+        let short = spec(serde_json::json!({"interval": "1s"}));
+        assert_eq!(fit_spec(&short, 60 * S), fit_spec(&long, 60 * S));
+    }
+
+    #[test]
+    fn the_timeout_is_capped_by_the_broker_and_refused_below_the_minimum() {
+        for max in [1, S, 10 * S, MIN_TIMEOUT_MS - 1] {
+            let e = fit(max).unwrap_err();
+            assert_eq!(e.field, "spec.checkpoint.guarantee");
+            assert!(
+                e.message
+                    .contains(&format!("transaction.max.timeout.ms is {max} ms")),
+                "{}",
+                e.message
+            );
+        }
+        for max in [MIN_TIMEOUT_MS, 30 * S, WANTED_TIMEOUT_MS, 600 * S, u64::MAX] {
+            let t = fit(max).unwrap();
+            assert!(
+                t <= max && (MIN_TIMEOUT_MS..=WANTED_TIMEOUT_MS).contains(&t),
+                "{max}: {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn at_least_once_has_no_transaction_to_fit() {
+        let mut s = spec(serde_json::json!({"interval": "20m", "guarantee": "atLeastOnce"}));
+        assert_eq!(fit_spec(&s, S), Ok(None));
+        s.checkpoint.as_mut().unwrap().guarantee = None;
+        assert_eq!(fit_spec(&s, S).unwrap_err().field, "spec.checkpoint.guarantee");
     }
 }

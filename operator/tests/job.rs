@@ -274,99 +274,89 @@ async fn object_graph_owner_refs_parallelism_cap_and_status() {
 }
 
 /// Kafka refuses a producer whose `transaction.timeout.ms` exceeds the
-/// broker's `transaction.max.timeout.ms`, and aborts a transaction that
-/// outlives it: a job whose interval (or interval + savepoint timeout)
-/// cannot fit is refused before anything exists, naming the field, against
-/// a real broker whose maximum is lowered to 60 s.
+/// broker's `transaction.max.timeout.ms`. A task's transaction now holds
+/// only its held outputs, the marker and the commit, so the interval and the
+/// savepoint timeout no longer count (a 45 s interval and a 60 s savepoint
+/// timeout were refused under a 60 s maximum); only a broker whose maximum
+/// is below what a commit may need refuses exactly once, before anything
+/// exists, and at least once runs there. Against a real broker whose
+/// maximum is lowered to 60 s, then to 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_transactions_cannot_fit_the_broker_is_stalled_before_it_starts() {
     if !cluster_test(CLUSTER) {
         return;
     }
     let h = start().await;
-    let broker = OwnBroker::start(free_port(), "transaction.max.timeout.ms=60000").await;
-    let cluster = KafkaClusterSpec {
-        bootstrap_servers: broker.bootstrap(),
-        tls: None,
-        sasl: None,
-    };
-    for (name, partitions) in [("clicks", 2), ("out", 1)] {
-        let mut s = spec(&unique(name), partitions, &[]);
-        s.cluster = Some(cluster.clone());
-        h.create(name, s, &[]).await;
-        h.wait(name, "Ready", is_ready).await;
-    }
-    let mut s = job_spec("clicks", "out", None);
-    s.cluster = Some(cluster.clone());
-    s.checkpoint = Some(serde_json::from_value(json!({"interval": "45s"})).unwrap());
-    create_job(&h, "slow", s).await;
-    let stalled = |field: &'static str| {
-        move |j: &StreamJob| {
-            job_condition(j, "Stalled")
-                .is_some_and(|(r, m)| r == "TransactionTimeoutTooLong" && m.starts_with(field))
-        }
-    };
-    let j = wait_job(
-        &h,
-        "slow",
-        "Stalled on the interval",
-        stalled("spec.checkpoint.interval"),
-    )
-    .await;
-    let (_, message) = job_condition(&j, "Stalled").unwrap();
-    assert!(
-        message.contains("transaction.max.timeout.ms (60000 ms)"),
-        "{message}"
-    );
-    h.wait_event("slow", "TransactionTimeoutTooLong").await;
     let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), &h.ns);
     let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), &h.ns);
     let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
-    let nothing_created = || async {
-        assert!(sets.get_opt("slow").await.unwrap().is_none());
-        assert!(cms.get_opt("slow-config").await.unwrap().is_none());
-        assert!(secrets.get_opt("slow-admin").await.unwrap().is_none());
-        let own = admin(&broker.bootstrap());
-        for topic in [
-            streamops_crds::runtime_api::repartition_topic(&h.ns, "slow"),
-            streamops_crds::runtime_api::control_topic(&h.ns, "slow"),
-        ] {
-            assert!(
-                own.describe(&topic).await.unwrap().is_none(),
-                "{topic} was created"
-            );
+    let mut brokers = Vec::new();
+    for (max, job, fits) in [(60_000, "fits", true), (10_000, "slow", false)] {
+        let broker = OwnBroker::start(free_port(), &format!("transaction.max.timeout.ms={max}")).await;
+        let cluster = KafkaClusterSpec {
+            bootstrap_servers: broker.bootstrap(),
+            tls: None,
+            sasl: None,
+        };
+        let (source, sink) = (format!("clicks-{job}"), format!("out-{job}"));
+        for (name, partitions) in [(&source, 2), (&sink, 1)] {
+            let mut s = spec(&unique(name), partitions, &[]);
+            s.cluster = Some(cluster.clone());
+            h.create(name, s, &[]).await;
+            h.wait(name, "Ready", is_ready).await;
         }
-    };
-    nothing_created().await;
-
-    // A 10 s interval fits, but with the default 60 s savepoint timeout a
-    // savepoint's transaction would not.
-    patch_job(&h, "slow", json!({"spec": {"checkpoint": {"interval": "10s"}}})).await;
-    wait_job(
-        &h,
-        "slow",
-        "Stalled on the savepoint timeout",
-        stalled("spec.upgrade.savepointTimeout"),
-    )
-    .await;
-    nothing_created().await;
-
-    // 10 s + 15 s + 30 s commit margin fits under 60 s: the job starts.
-    patch_job(
-        &h,
-        "slow",
-        json!({"spec": {"upgrade": {"savepointTimeout": "15s"}}}),
-    )
-    .await;
-    wait_some(&sets, "slow").await;
-    wait_job(&h, "slow", "Deploying", |j| {
-        job_condition(j, "Reconciling").is_some_and(|(r, _)| r == "Deploying")
-    })
-    .await;
-    jobs(&h).delete("slow", &Default::default()).await.unwrap();
-    wait_job_gone(&h, "slow").await;
+        let mut s = job_spec(&source, &sink, None);
+        s.cluster = Some(cluster.clone());
+        s.checkpoint = Some(serde_json::from_value(json!({"interval": "45s"})).unwrap());
+        s.upgrade = Some(serde_json::from_value(json!({"savepointTimeout": "60s"})).unwrap());
+        create_job(&h, job, s).await;
+        let deploying =
+            |j: &StreamJob| job_condition(j, "Reconciling").is_some_and(|(r, _)| r == "Deploying");
+        if fits {
+            wait_some(&sets, job).await;
+            wait_job(&h, job, "Deploying under a 60 s maximum", deploying).await;
+        } else {
+            let j = wait_job(&h, job, "Stalled on the broker's maximum", |j: &StreamJob| {
+                job_condition(j, "Stalled").is_some_and(|(r, m)| {
+                    r == "TransactionLimitTooLow" && m.starts_with("spec.checkpoint.guarantee")
+                })
+            })
+            .await;
+            let (_, message) = job_condition(&j, "Stalled").unwrap();
+            assert!(
+                message.contains("transaction.max.timeout.ms is 10000 ms"),
+                "{message}"
+            );
+            h.wait_event(job, "TransactionLimitTooLow").await;
+            assert!(sets.get_opt("slow").await.unwrap().is_none());
+            assert!(cms.get_opt("slow-config").await.unwrap().is_none());
+            assert!(secrets.get_opt("slow-admin").await.unwrap().is_none());
+            let own = admin(&broker.bootstrap());
+            for topic in [
+                streamops_crds::runtime_api::repartition_topic(&h.ns, "slow"),
+                streamops_crds::runtime_api::control_topic(&h.ns, "slow"),
+            ] {
+                assert!(
+                    own.describe(&topic).await.unwrap().is_none(),
+                    "{topic} was created"
+                );
+            }
+            // At least once writes no transaction: it runs there.
+            patch_job(
+                &h,
+                job,
+                json!({"spec": {"checkpoint": {"guarantee": "atLeastOnce"}}}),
+            )
+            .await;
+            wait_some(&sets, job).await;
+            wait_job(&h, job, "Deploying at least once", deploying).await;
+        }
+        jobs(&h).delete(job, &Default::default()).await.unwrap();
+        wait_job_gone(&h, job).await;
+        brokers.push(broker);
+    }
     h.finish(&[]).await;
-    drop(broker);
+    drop(brokers);
 }
 
 async fn wait_job_gone(h: &Harness, name: &str) {

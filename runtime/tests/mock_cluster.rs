@@ -79,6 +79,7 @@ fn config(
         backend: BackendKind::Memory,
         crash: CrashPoints::none(),
         kafka_timeout: Duration::from_secs(5),
+        output_buffer_bytes: streamops_runtime::pipeline::runner::DEFAULT_OUTPUT_BUFFER_BYTES,
     }
 }
 

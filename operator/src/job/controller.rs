@@ -385,9 +385,9 @@ async fn kafka_admin(job: &StreamJob, ctx: &JobContext) -> Result<KafkaAdmin> {
     ctx.kafka.admin(&settings)
 }
 
-/// `Stalled` when an exactly-once job's transactions cannot fit under the
-/// broker's `transaction.max.timeout.ms` (the runtime would only find out
-/// when the broker refuses its producers or aborts a transaction).
+/// `Stalled` when the broker's `transaction.max.timeout.ms` is below what an
+/// exactly-once job's commits need (the runtime would only find out when the
+/// broker refuses its producers or aborts a transaction).
 async fn transaction_limit(job: &StreamJob, ctx: &JobContext) -> Result<Option<Health>> {
     if !transaction::applies(&job.spec) {
         return Ok(None);
@@ -399,7 +399,7 @@ async fn transaction_limit(job: &StreamJob, ctx: &JobContext) -> Result<Option<H
         .map_err(Error::from_admin)?;
     Ok(transaction::fit_spec(&job.spec, max)
         .err()
-        .map(|e| Health::stalled("TransactionTimeoutTooLong", format!("{}: {}", e.field, e.message))))
+        .map(|e| Health::stalled("TransactionLimitTooLow", format!("{}: {}", e.field, e.message))))
 }
 
 /// Creates the repartition and control topics with P partitions (growing

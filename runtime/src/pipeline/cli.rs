@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// Local working state (RocksDB); an emptyDir in a pod.
     #[arg(long, env = "STREAMOPS_STATE_DIR", default_value = "/var/lib/streamops/state")]
     pub state_dir: PathBuf,
+    /// Exactly once: bytes of output held between checkpoints (outputs are
+    /// written in the checkpoint's transaction, after its state is durable),
+    /// shared by the process's tasks; a task whose share is full checkpoints.
+    #[arg(long, env = "STREAMOPS_OUTPUT_BUFFER_BYTES", default_value_t = super::runner::DEFAULT_OUTPUT_BUFFER_BYTES)]
+    pub output_buffer_bytes: usize,
     #[arg(long, env = "STREAMOPS_STATE_BACKEND", value_enum, default_value_t = BackendKind::Rocksdb)]
     pub state_backend: BackendKind,
     /// Admin API address (`/healthz`, `/readyz`, `/metrics`, `/v1/...`).
@@ -136,6 +141,7 @@ fn run_job(args: RunArgs) -> Result<()> {
         backend: args.state_backend,
         crash,
         kafka_timeout: super::runner::DEFAULT_KAFKA_TIMEOUT,
+        output_buffer_bytes: args.output_buffer_bytes,
     };
     let handle = rt.handle().clone();
     let pipeline_shared = shared.clone();

@@ -3,13 +3,17 @@
 //! acknowledged before each checkpoint (at least once).
 //!
 //! Per checkpoint and task (the protocol of DESIGN.md): (1) snapshot the
-//! task's state and write it and its manifest to durable storage; (2) in the
-//! task's open transaction, which already holds every output since the last
-//! checkpoint, write the marker naming that manifest and the input offsets;
-//! (3) commit. Any failure in between ends the process: on restart
-//! `init_transactions` fences and aborts what was open, the last committed
-//! marker names the state to restore, and the input is re-read from its
-//! offsets. There is no other recovery path to get wrong.
+//! task's state and write it and its manifest to durable storage; (2) begin
+//! the task's transaction and write into it every output held since the
+//! last checkpoint, then the marker naming that manifest and the input
+//! offsets; (3) commit. Outputs wait in memory until (2) (at most
+//! `--output-buffer-bytes` per process; a task whose share is full
+//! checkpoints early), so a transaction lasts only (2) and (3): its timeout
+//! depends neither on the state's size nor on the interval. Any failure in
+//! between ends the process: on restart `init_transactions` fences and
+//! aborts what was open, the last committed marker names the state to
+//! restore, and the input is re-read from its offsets. There is no other
+//! recovery path to get wrong.
 //!
 //! At least once (`spec.checkpoint.guarantee: atLeastOnce`) runs the same
 //! checkpoint without the transaction: the outputs, already written, are
@@ -85,6 +89,40 @@ pub struct RunConfig {
     pub crash: CrashPoints,
     /// Bound on each Kafka request waited for (init, commit, metadata).
     pub kafka_timeout: Duration,
+    /// Exactly once: bytes of output the process holds between checkpoints,
+    /// shared equally by its tasks; a task whose share is full checkpoints.
+    pub output_buffer_bytes: usize,
+}
+
+/// Default of [`RunConfig::output_buffer_bytes`].
+pub const DEFAULT_OUTPUT_BUFFER_BYTES: usize = 64 << 20;
+
+/// An output held until its checkpoint's transaction (exactly once).
+enum Held {
+    /// What the task emitted for the record at `offset`, of the keyed stage
+    /// (the repartition topic) or the source stage.
+    Out { out: Out, keyed: bool, offset: i64 },
+    /// Stage 1's watermark, for keyed partition `partition`.
+    Watermark { partition: i32, value: Vec<u8> },
+}
+
+impl Held {
+    /// What it costs in memory, roughly.
+    fn bytes(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + match self {
+                Held::Out { out, .. } => match out {
+                    Out::Keyed { key, value, .. } | Out::Result { key, value, .. } => key.len() + value.len(),
+                    Out::Late { key, value } => key.as_ref().map_or(0, Vec::len) + value.len(),
+                    Out::DeadLetter {
+                        key, value, reason, ..
+                    } => key.as_ref().map_or(0, Vec::len) + value.len() + reason.len(),
+                    Out::Watermark { value } => value.len(),
+                },
+                Held::Watermark { value, .. } => value.len(),
+            }
+    }
 }
 
 /// The delivery reports of a task's transactional producer: records the
@@ -177,26 +215,30 @@ struct Slot {
     open_id: u64,
     /// Outputs go into one transaction per checkpoint (exactly once).
     transactional: bool,
-    /// When the open transaction first got a final window result (exactly
+    /// When the open checkpoint first got a final window result (exactly
     /// once only: see [`Runner::commit_fired`]).
     fired_at: Option<Instant>,
     /// The task already committed early since the last scheduled checkpoint.
     committed_early: bool,
+    /// Exactly once: the open checkpoint's outputs, in order, written in its
+    /// transaction once its state is durable ([`Runner::checkpoint`]).
+    held: Vec<Held>,
+    held_bytes: usize,
 }
 
 impl Slot {
-    /// Begins the transaction of the next checkpoint. Ids rise with wall
-    /// time (and always by at least one), so ids of different tasks and pods
-    /// compare: the operator tells whether a new version committed anything
-    /// after a savepoint by comparing them.
-    fn begin(&mut self) -> Result<()> {
-        if self.transactional {
-            self.producer
-                .begin_transaction()
-                .map_err(kerr("beginning a transaction"))?;
-        }
+    /// Opens the next checkpoint: its id, which every output carries. Ids
+    /// rise with wall time (and always by at least one), so ids of different
+    /// tasks and pods compare: the operator tells whether a new version
+    /// committed anything after a savepoint by comparing them. The Kafka
+    /// transaction begins only when the checkpoint commits.
+    fn begin(&mut self) {
         self.open_id = (self.task.meta.checkpoint_id + 1).max(now_ms().max(0) as u64);
-        Ok(())
+    }
+
+    fn hold(&mut self, h: Held) {
+        self.held_bytes += h.bytes();
+        self.held.push(h);
     }
 }
 
@@ -221,6 +263,7 @@ pub struct Runner {
     timeout: Duration,
     stopped: bool,
     out: Vec<Out>,
+    output_buffer_bytes: usize,
 }
 
 fn now_ms() -> i64 {
@@ -295,6 +338,7 @@ impl Runner {
             backend,
             crash,
             kafka_timeout,
+            output_buffer_bytes,
         } = cfg;
         let spec = job.spec.clone().defaulted();
         let plan = Arc::new(crate::plan::compile(&spec).context("compiling the job")?);
@@ -361,6 +405,7 @@ impl Runner {
             timeout: kafka_timeout,
             stopped: false,
             out: Vec::new(),
+            output_buffer_bytes,
             job,
         };
         runner.shared.update_status(|s| s.state = RunState::Restoring);
@@ -373,7 +418,7 @@ impl Runner {
         runner.check_positions()?;
         runner.assign()?;
         for slot in runner.slots.values_mut() {
-            slot.begin()?;
+            slot.begin();
         }
         runner.shared.update_status(|s| s.state = RunState::Running);
         Ok(runner)
@@ -561,6 +606,8 @@ impl Runner {
             transactional,
             fired_at: None,
             committed_early: false,
+            held: Vec::new(),
+            held_bytes: 0,
         })
     }
 
@@ -811,8 +858,12 @@ impl Runner {
         let mut next_checkpoint = Instant::now() + self.interval;
         let mut next_lag = Instant::now();
         // One turn may take a checkpoint of every task; past the transaction
-        // timeout its transaction is lost anyway.
+        // timeout its transaction is lost anyway. Uploads beat per file:
+        // however large the state, a moving upload is not a stuck loop.
         let stall_limit_ms = self.txn_timeout_ms.max(STALL_LIMIT_MIN_MS);
+        let shared = self.shared.clone();
+        self.store
+            .on_progress(Box::new(move || shared.heartbeat.beat(stall_limit_ms)));
         loop {
             self.shared.heartbeat.beat(stall_limit_ms);
             if self.shared.shutdown.load(Ordering::Relaxed) {
@@ -866,6 +917,7 @@ impl Runner {
                 next_checkpoint = Instant::now() + self.interval;
             } else {
                 self.commit_fired(next_checkpoint)?;
+                self.commit_full()?;
             }
             if Instant::now() >= next_lag {
                 self.update_lag();
@@ -910,7 +962,7 @@ impl Runner {
             super::shared::Command::Resume => {
                 if self.stopped {
                     for s in self.slots.values_mut() {
-                        s.begin()?;
+                        s.begin();
                     }
                     self.stopped = false;
                     self.shared.update_status(|s| s.state = RunState::Running);
@@ -1064,6 +1116,29 @@ impl Runner {
         Ok(())
     }
 
+    /// Exactly once, a task whose held outputs fill its share of
+    /// `--output-buffer-bytes` checkpoints now, so memory stays bounded
+    /// whatever the interval and the input rate.
+    fn commit_full(&mut self) -> Result<()> {
+        let share = self.output_buffer_bytes / self.slots.len().max(1);
+        let full: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.held_bytes > share)
+            .map(|(t, _)| *t)
+            .collect();
+        if full.is_empty() {
+            return Ok(());
+        }
+        for t in full {
+            self.checkpoint(t, None, false)
+                .with_context(|| format!("checkpoint of task {t} with its output buffer full"))?;
+            self.shared.metrics.buffer_full_commits.inc();
+        }
+        self.publish_commit();
+        Ok(())
+    }
+
     fn publish_commit(&self) {
         let max = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
         let now = now_ms();
@@ -1082,17 +1157,17 @@ impl Runner {
         // Stage 1's progress goes to every keyed partition with the outputs.
         if let Some(Out::Watermark { value }) = slot.task.watermark_update(now) {
             for q in 0..self.job.task_count() as i32 {
-                send(
-                    &slot.producer,
-                    &self.job.topics.repartition,
-                    Some(q),
-                    Some(b"watermark"),
-                    &value,
-                    headers(&header),
-                )?;
+                if slot.transactional {
+                    slot.hold(Held::Watermark {
+                        partition: q,
+                        value: value.clone(),
+                    });
+                } else {
+                    send_watermark(&slot.producer, &self.job.topics.repartition, q, &value, &header)?;
+                }
             }
         }
-        // (1) state and manifest durable.
+        // (1) state and manifest durable; no transaction is open.
         slot.task.meta.checkpoint_id = id;
         let snap = self
             .state_dir
@@ -1123,12 +1198,40 @@ impl Runner {
                 db: &slot.db,
             },
         };
+        self.crash.slow_upload();
         let (manifest_path, manifest): (String, Manifest) = self.store.write(t, &snap, target, now)?;
         let _ = std::fs::remove_dir_all(&snap);
         self.crash.hit("after-upload");
-        // (2) marker + offsets in the open transaction. The outputs are
-        // delivered first, so the marker can carry what the brokers
-        // acknowledged of them (its audit trail).
+        // (2) the transaction: the held outputs, then marker + offsets. The
+        // outputs are delivered first, so the marker can carry what the
+        // brokers acknowledged of them (its audit trail).
+        if slot.transactional {
+            slot.producer
+                .begin_transaction()
+                .map_err(kerr("beginning a transaction"))?;
+            let held = std::mem::take(&mut slot.held);
+            slot.held_bytes = 0;
+            for h in held {
+                match h {
+                    Held::Out { out, keyed, offset } => {
+                        let source = if keyed {
+                            (self.job.topics.repartition.as_str(), t as i32, offset)
+                        } else {
+                            (slot.source_topic.as_str(), slot.source_partition, offset)
+                        };
+                        emit(&self.job, &self.shared, &slot.producer, &header, out, source)?;
+                    }
+                    Held::Watermark { partition, value } => send_watermark(
+                        &slot.producer,
+                        &self.job.topics.repartition,
+                        partition,
+                        &value,
+                        &header,
+                    )?,
+                }
+            }
+            self.crash.hit("in-transaction");
+        }
         flush(&slot.producer, self.timeout)?;
         let outputs = slot.producer.context().take();
         check_delivered(t, id, &outputs)?;
@@ -1218,7 +1321,7 @@ impl Runner {
             s.checkpoints.insert(t, id);
         });
         if !stop {
-            slot.begin()?;
+            slot.begin();
         }
         // Retention: the checkpoint the marker names and its predecessor stay.
         if savepoint.is_none() {
@@ -1282,15 +1385,24 @@ fn on_message(
     } else {
         slot.task.on_source(offset, key, value, now, out);
     }
-    let header = wire::header_value(task, slot.open_id, instance);
-    if slot.transactional
-        && slot.fired_at.is_none()
-        && out
-            .iter()
-            .any(|o| matches!(o, Out::Result { is_final: true, .. }))
-    {
-        slot.fired_at = Some(Instant::now());
+    if slot.transactional {
+        if slot.fired_at.is_none()
+            && out
+                .iter()
+                .any(|o| matches!(o, Out::Result { is_final: true, .. }))
+        {
+            slot.fired_at = Some(Instant::now());
+        }
+        for o in out.drain(..) {
+            slot.hold(Held::Out {
+                out: o,
+                keyed: stage == "keyed",
+                offset,
+            });
+        }
+        return Ok(());
     }
+    let header = wire::header_value(task, slot.open_id, instance);
     for o in out.drain(..) {
         emit(
             job,
@@ -1413,6 +1525,24 @@ fn send(
             Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
         }
     }
+}
+
+/// Stage 1's watermark to keyed partition `partition`.
+fn send_watermark(
+    producer: &TxProducer,
+    repartition: &str,
+    partition: i32,
+    value: &[u8],
+    header: &str,
+) -> Result<()> {
+    send(
+        producer,
+        repartition,
+        Some(partition),
+        Some(b"watermark"),
+        value,
+        headers(header),
+    )
 }
 
 fn emit(

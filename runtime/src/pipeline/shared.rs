@@ -95,6 +95,7 @@ pub struct Metrics {
     pub checkpoints: IntCounterVec,
     /// Checkpoints a task took before its schedule because a window fired.
     pub early_commits: IntCounter,
+    pub buffer_full_commits: IntCounter,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: IntGauge,
     /// Bytes the last checkpoint actually uploaded (the rest was in storage).
@@ -142,6 +143,11 @@ impl Metrics {
         let early_commits = IntCounter::new(
             "checkpoints_early_total",
             "Checkpoints taken before their schedule because a window fired (exactly once: results visible sooner)",
+        )?;
+        let buffer_full_commits = IntCounter::new(
+            "checkpoints_buffer_full_total",
+            "Checkpoints taken before their schedule because the task's share of --output-buffer-bytes was full \
+             (exactly once: outputs wait in memory until their checkpoint's transaction)",
         )?;
         let checkpoint_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -197,6 +203,7 @@ impl Metrics {
             Box::new(keyed_records.clone()),
             Box::new(checkpoints.clone()),
             Box::new(early_commits.clone()),
+            Box::new(buffer_full_commits.clone()),
             Box::new(checkpoint_seconds.clone()),
             Box::new(checkpoint_bytes.clone()),
             Box::new(checkpoint_uploaded_bytes.clone()),
@@ -214,6 +221,7 @@ impl Metrics {
             keyed_records,
             checkpoints,
             early_commits,
+            buffer_full_commits,
             checkpoint_seconds,
             checkpoint_bytes,
             checkpoint_uploaded_bytes,
@@ -403,15 +411,21 @@ impl Shared {
 
 /// Test-only fault injection: `STREAMOPS_TEST_CRASH_POINTS=after-upload:0.1,in-commit:0.05`
 /// kills the process with SIGKILL at the named point with the given
-/// probability, after printing `streamops-crash-point: <name>` to stderr.
-/// Unset (always, in production): no effect.
+/// probability, after printing `streamops-crash-point: <name>` to stderr;
+/// `slow-upload:<ms>:<n>` makes the process's `n`-th checkpoint upload
+/// (counting every task's) take `ms` longer (printing
+/// `streamops-slow-upload`). Unset (always, in
+/// production): no effect.
 pub struct CrashPoints {
     points: HashMap<String, f64>,
     rng: u64,
+    /// (delay, uploads left before the slow one).
+    slow_upload: Option<(u64, u64)>,
 }
 
-pub const CRASH_POINTS: [&str; 5] = [
+pub const CRASH_POINTS: [&str; 6] = [
     "after-upload",
+    "in-transaction",
     "before-commit",
     "in-commit",
     "after-commit",
@@ -423,13 +437,22 @@ impl CrashPoints {
         CrashPoints {
             points: HashMap::new(),
             rng: 1,
+            slow_upload: None,
         }
     }
 
     pub fn parse(text: &str, seed: u64) -> Result<Self, String> {
         let mut points = HashMap::new();
+        let mut slow_upload = None;
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, p) = part.split_once(':').unwrap_or((part, "1"));
+            if name == "slow-upload" {
+                let (ms, n) = p.split_once(':').unwrap_or((p, "1"));
+                let ms = ms.parse().map_err(|_| format!("bad milliseconds in {part:?}"))?;
+                let n: u64 = n.parse().map_err(|_| format!("bad upload number in {part:?}"))?;
+                slow_upload = Some((ms, n.saturating_sub(1)));
+                continue;
+            }
             if !CRASH_POINTS.contains(&name) {
                 return Err(format!(
                     "unknown crash point {name:?}; known: {}",
@@ -442,7 +465,23 @@ impl CrashPoints {
         Ok(CrashPoints {
             points,
             rng: seed | 1,
+            slow_upload,
         })
+    }
+
+    /// Called before every upload: the `n`-th of `slow-upload:<ms>:<n>`
+    /// sleeps `ms`.
+    pub fn slow_upload(&mut self) {
+        match &mut self.slow_upload {
+            Some((_, left)) if *left > 0 => *left -= 1,
+            Some((ms, _)) => {
+                let ms = *ms;
+                self.slow_upload = None;
+                eprintln!("streamops-slow-upload: {ms} ms");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            None => {}
+        }
     }
 
     fn roll(&mut self) -> f64 {

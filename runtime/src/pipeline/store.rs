@@ -106,6 +106,8 @@ pub struct CheckpointStore {
     restored: HashMap<(u32, String), (String, u64)>,
     /// Bytes the last [`CheckpointStore::write`] uploaded.
     pub last_uploaded_bytes: u64,
+    /// Called after every object [`CheckpointStore::write`] uploads.
+    progress: Option<Box<dyn Fn() + Send>>,
 }
 
 fn object(path: &str) -> Result<ObjectPath> {
@@ -137,6 +139,7 @@ impl CheckpointStore {
             job_uid: None,
             restored: HashMap::new(),
             last_uploaded_bytes: 0,
+            progress: None,
         })
     }
 
@@ -224,6 +227,12 @@ impl CheckpointStore {
             .collect())
     }
 
+    /// Calls `f` after every object a checkpoint or savepoint uploads (the
+    /// runner's heartbeat: a long upload is progress, not a stuck loop).
+    pub fn on_progress(&mut self, f: Box<dyn Fn() + Send>) {
+        self.progress = Some(f);
+    }
+
     /// Uploads the snapshot directory `dir` and then its manifest; returns
     /// the manifest's object path.
     pub fn write(
@@ -271,6 +280,9 @@ impl CheckpointStore {
                 let bytes = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
                 self.last_uploaded_bytes += bytes.len() as u64;
                 self.put(&object, bytes)?;
+                if let Some(progress) = &self.progress {
+                    progress();
+                }
                 if shared.as_ref().is_some_and(|s| object.starts_with(s.as_str())) {
                     self.uploaded.insert(object.clone());
                 }
