@@ -70,19 +70,12 @@ mod tests {
 
     const S: u64 = 1000;
 
+    /// The crate's example job with `checkpoint` and a 1 h savepoint timeout.
     fn spec(checkpoint: serde_json::Value) -> StreamJobSpec {
-        serde_json::from_value(serde_json::json!({
-            "source": {"topics": ["clicks"], "eventTime": {"field": "record.ts"}},
-            "pipeline": {
-                "keyBy": ["record.user_id"],
-                "window": {"type": "tumbling", "size": "10s"},
-                "aggregations": [{"name": "clicks", "function": "count"}]
-            },
-            "sink": {"topic": "clicks-per-user"},
-            "checkpoint": checkpoint,
-            "upgrade": {"savepointTimeout": "1h"}
-        }))
-        .unwrap()
+        let mut spec = serde_json::to_value(crate::job::tests::example()).unwrap();
+        spec["checkpoint"] = checkpoint;
+        spec["upgrade"] = serde_json::json!({"savepointTimeout": "1h"});
+        serde_json::from_value(spec).unwrap()
     }
 
     /// The interval and the savepoint timeout no longer count: a 20 min

@@ -1101,18 +1101,13 @@ impl Runner {
             })
             .map(|(t, _)| *t)
             .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
+        self.checkpoint_now(&due, "after a window fired")?;
         for t in due {
-            self.checkpoint(t, None, false)
-                .with_context(|| format!("checkpoint of task {t} after a window fired"))?;
             if let Some(s) = self.slots.get_mut(&t) {
                 s.committed_early = true;
             }
             self.shared.metrics.early_commits.inc();
         }
-        self.publish_commit();
         Ok(())
     }
 
@@ -1127,13 +1122,19 @@ impl Runner {
             .filter(|(_, s)| s.held_bytes > share)
             .map(|(t, _)| *t)
             .collect();
-        if full.is_empty() {
+        self.checkpoint_now(&full, "with its output buffer full")?;
+        self.shared.metrics.buffer_full_commits.inc_by(full.len() as u64);
+        Ok(())
+    }
+
+    /// Checkpoints `tasks` before their schedule (`why`, for errors).
+    fn checkpoint_now(&mut self, tasks: &[u32], why: &str) -> Result<()> {
+        if tasks.is_empty() {
             return Ok(());
         }
-        for t in full {
+        for &t in tasks {
             self.checkpoint(t, None, false)
-                .with_context(|| format!("checkpoint of task {t} with its output buffer full"))?;
-            self.shared.metrics.buffer_full_commits.inc();
+                .with_context(|| format!("checkpoint of task {t} {why}"))?;
         }
         self.publish_commit();
         Ok(())
