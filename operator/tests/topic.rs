@@ -1,6 +1,7 @@
 //! StreamTopic controller against the real apiserver and broker. Needs
 //! STREAMOPS_KUBECONFIG and STREAMOPS_BOOTSTRAP (see operator/README.md);
-//! fails, never skips, without them.
+//! without them each test skips, saying so, unless STREAMOPS_REQUIRE_CLUSTER
+//! is set (`make test`), when it fails.
 
 mod common;
 
