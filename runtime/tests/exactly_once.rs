@@ -498,9 +498,9 @@ fn source_positions_deleted_before_they_are_read_follow_on_offset_out_of_range()
     produce(&topics.source, &slice(&data, 0, read));
     let with_policy = |generation, policy: &str, restore| {
         let mut j = job(&topics, 1, generation, &storage, restore);
-        let mut spec = serde_json::to_value(&j.spec).unwrap();
-        spec["source"]["onOffsetOutOfRange"] = serde_json::json!(policy);
-        j.spec = serde_json::from_value(spec).unwrap();
+        set_spec(&mut j, |spec| {
+            spec["source"]["onOffsetOutOfRange"] = serde_json::json!(policy)
+        });
         write_job(work.path(), &j)
     };
     let gen1 = with_policy(1, "fail", empty_ok());
@@ -677,9 +677,9 @@ fn at_least_once_loses_nothing_under_sigkill() {
     let work = tempfile::tempdir().unwrap();
     let storage = work.path().join("storage");
     let mut j = job(&topics, 1, 1, &storage, empty_ok());
-    let mut spec = serde_json::to_value(&j.spec).unwrap();
-    spec["checkpoint"]["guarantee"] = serde_json::json!("atLeastOnce");
-    j.spec = serde_json::from_value(spec).unwrap();
+    set_spec(&mut j, |spec| {
+        spec["checkpoint"]["guarantee"] = serde_json::json!("atLeastOnce")
+    });
     let job = write_job(work.path(), &j);
     let data = dataset(4, 4_000, 300);
     let (expected, malformed) = reference(&data);
@@ -778,9 +778,9 @@ fn an_upload_longer_than_the_transaction_timeout_aborts_nothing() {
     let storage = work.path().join("storage");
     // A 2 s interval with input every 0.5 s: every transaction holds outputs.
     let mut j = job(&topics, 1, 1, &storage, empty_ok());
-    let mut spec = serde_json::to_value(&j.spec).unwrap();
-    spec["checkpoint"]["interval"] = serde_json::json!("2s");
-    j.spec = serde_json::from_value(spec).unwrap();
+    set_spec(&mut j, |spec| {
+        spec["checkpoint"]["interval"] = serde_json::json!("2s")
+    });
     let job = write_job(work.path(), &j);
     let data = dataset(2, 2_000, 200);
     let (expected, _malformed) = reference(&data);

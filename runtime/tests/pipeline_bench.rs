@@ -185,12 +185,6 @@ fn wait_processed_and_committed(p: &mut Proc, total: usize, timeout: Duration) -
     }
 }
 
-fn set_spec(j: &mut streamops_runtime::pipeline::job::JobFile, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut spec = serde_json::to_value(&j.spec).unwrap();
-    f(&mut spec);
-    j.spec = serde_json::from_value(spec).unwrap();
-}
-
 /// One pipeline run over the records already in `topics.source`: seconds
 /// from Running to all of them committed, seconds until stage 1 had read
 /// them all, startup seconds, task checkpoints.

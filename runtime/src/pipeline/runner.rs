@@ -102,8 +102,8 @@ enum Held {
     /// What the task emitted for the record at `offset`, of the keyed stage
     /// (the repartition topic) or the source stage.
     Out { out: Out, keyed: bool, offset: i64 },
-    /// Stage 1's watermark, for keyed partition `partition`.
-    Watermark { partition: i32, value: Vec<u8> },
+    /// Stage 1's watermark, for every keyed partition.
+    Watermark { value: Vec<u8> },
 }
 
 impl Held {
@@ -120,7 +120,7 @@ impl Held {
                     } => key.as_ref().map_or(0, Vec::len) + value.len() + reason.len(),
                     Out::Watermark { value } => value.len(),
                 },
-                Held::Watermark { value, .. } => value.len(),
+                Held::Watermark { value } => value.len(),
             }
     }
 }
@@ -1157,15 +1157,10 @@ impl Runner {
         let header = wire::header_value(t, id, &self.instance);
         // Stage 1's progress goes to every keyed partition with the outputs.
         if let Some(Out::Watermark { value }) = slot.task.watermark_update(now) {
-            for q in 0..self.job.task_count() as i32 {
-                if slot.transactional {
-                    slot.hold(Held::Watermark {
-                        partition: q,
-                        value: value.clone(),
-                    });
-                } else {
-                    send_watermark(&slot.producer, &self.job.topics.repartition, q, &value, &header)?;
-                }
+            if slot.transactional {
+                slot.hold(Held::Watermark { value });
+            } else {
+                broadcast_watermark(&self.job, &slot.producer, &value, &header)?;
             }
         }
         // (1) state and manifest durable; no transaction is open.
@@ -1222,13 +1217,9 @@ impl Runner {
                         };
                         emit(&self.job, &self.shared, &slot.producer, &header, out, source)?;
                     }
-                    Held::Watermark { partition, value } => send_watermark(
-                        &slot.producer,
-                        &self.job.topics.repartition,
-                        partition,
-                        &value,
-                        &header,
-                    )?,
+                    Held::Watermark { value } => {
+                        broadcast_watermark(&self.job, &slot.producer, &value, &header)?
+                    }
                 }
             }
             self.crash.hit("in-transaction");
@@ -1528,22 +1519,19 @@ fn send(
     }
 }
 
-/// Stage 1's watermark to keyed partition `partition`.
-fn send_watermark(
-    producer: &TxProducer,
-    repartition: &str,
-    partition: i32,
-    value: &[u8],
-    header: &str,
-) -> Result<()> {
-    send(
-        producer,
-        repartition,
-        Some(partition),
-        Some(b"watermark"),
-        value,
-        headers(header),
-    )
+/// Stage 1's watermark to every keyed partition.
+fn broadcast_watermark(job: &JobFile, producer: &TxProducer, value: &[u8], header: &str) -> Result<()> {
+    for q in 0..job.task_count() as i32 {
+        send(
+            producer,
+            &job.topics.repartition,
+            Some(q),
+            Some(b"watermark"),
+            value,
+            headers(header),
+        )?;
+    }
+    Ok(())
 }
 
 fn emit(

@@ -189,6 +189,13 @@ pub fn job(
     }
 }
 
+/// Edits `j`'s spec as JSON.
+pub fn set_spec(j: &mut JobFile, f: impl FnOnce(&mut Value)) {
+    let mut spec = serde_json::to_value(&j.spec).unwrap();
+    f(&mut spec);
+    j.spec = serde_json::from_value(spec).unwrap();
+}
+
 pub fn write_job(dir: &Path, job: &JobFile) -> PathBuf {
     let path = dir.join(format!("job-{}.json", job.generation));
     std::fs::write(&path, serde_json::to_vec_pretty(job).unwrap()).unwrap();
