@@ -85,13 +85,33 @@ fn put_upstream(out: &mut Vec<u8>, u: UpstreamRef, by_source: u8, by_task: u8) {
 }
 
 pub fn encode_data(r: &DataRecord, out: &mut Vec<u8>) {
+    encode_data_parts(
+        r.upstream,
+        r.source_offset,
+        &r.keyed,
+        r.source_key.as_deref(),
+        &r.source_value,
+        out,
+    );
+}
+
+/// [`encode_data`] of a record whose source key and value are borrowed
+/// (stage 1 encodes each source record once, without copying it first).
+pub fn encode_data_parts(
+    upstream: UpstreamRef,
+    source_offset: i64,
+    keyed: &KeyedRecord,
+    source_key: Option<&[u8]>,
+    source_value: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
-    put_upstream(out, r.upstream, DATA, DATA_BY_TASK);
-    out.extend_from_slice(&r.source_offset.to_le_bytes());
-    out.extend_from_slice(&r.keyed.event_time.to_le_bytes());
-    put_bytes(out, &r.keyed.group_key);
-    out.extend_from_slice(&(r.keyed.inputs.len() as u32).to_le_bytes());
-    for i in &r.keyed.inputs {
+    put_upstream(out, upstream, DATA, DATA_BY_TASK);
+    out.extend_from_slice(&source_offset.to_le_bytes());
+    out.extend_from_slice(&keyed.event_time.to_le_bytes());
+    put_bytes(out, &keyed.group_key);
+    out.extend_from_slice(&(keyed.inputs.len() as u32).to_le_bytes());
+    for i in &keyed.inputs {
         match *i {
             AggInput::Absent => out.push(0),
             AggInput::Present => out.push(1),
@@ -114,15 +134,15 @@ pub fn encode_data(r: &DataRecord, out: &mut Vec<u8>) {
             }
         }
     }
-    put_bytes(out, &r.keyed.values);
-    match &r.source_key {
+    put_bytes(out, &keyed.values);
+    match source_key {
         Some(k) => {
             out.push(1);
             put_bytes(out, k);
         }
         None => out.push(0),
     }
-    put_bytes(out, &r.source_value);
+    put_bytes(out, source_value);
 }
 
 pub fn encode_watermark(w: &WatermarkRecord) -> Vec<u8> {
@@ -167,9 +187,44 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A repartition record decoded in place: the source record is borrowed
+/// from the bytes, the keyed part written into a caller's [`KeyedRecord`]
+/// (its buffers reused).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WireRef<'a> {
+    Data(DataRef<'a>),
+    Watermark(WatermarkRecord),
+}
+
+/// A data record of [`decode_into`]: the keyed part is in the caller's
+/// [`KeyedRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataRef<'a> {
+    pub upstream: UpstreamRef,
+    pub source_offset: i64,
+    pub source_key: Option<&'a [u8]>,
+    pub source_value: &'a [u8],
+}
+
 /// Decodes a repartition record. Errors mean corruption or a record from
 /// another producer; the caller fails the task rather than guess.
 pub fn decode(bytes: &[u8]) -> Result<Wire> {
+    let mut keyed = KeyedRecord::default();
+    Ok(match decode_into(bytes, &mut keyed)? {
+        WireRef::Data(d) => Wire::Data(DataRecord {
+            upstream: d.upstream,
+            source_offset: d.source_offset,
+            keyed,
+            source_key: d.source_key.map(<[u8]>::to_vec),
+            source_value: d.source_value.to_vec(),
+        }),
+        WireRef::Watermark(w) => Wire::Watermark(w),
+    })
+}
+
+/// [`decode`] without allocating: a data record's keyed part replaces
+/// `keyed`'s content (on an error, `keyed` holds a part of it).
+pub fn decode_into<'a>(bytes: &'a [u8], keyed: &mut KeyedRecord) -> Result<WireRef<'a>> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
     let upstream = match version {
@@ -180,12 +235,14 @@ pub fn decode(bytes: &[u8]) -> Result<Wire> {
     match version {
         DATA | DATA_BY_TASK => {
             let source_offset = r.i64()?;
-            let event_time = r.i64()?;
-            let group_key = r.bytes()?.to_vec();
+            keyed.event_time = r.i64()?;
+            keyed.group_key.clear();
+            keyed.group_key.extend_from_slice(r.bytes()?);
             let n = r.u32()? as usize;
-            let mut inputs = Vec::with_capacity(n.min(64));
+            keyed.inputs.clear();
+            keyed.inputs.reserve(n.min(64));
             for _ in 0..n {
-                inputs.push(match r.u8()? {
+                keyed.inputs.push(match r.u8()? {
                     0 => AggInput::Absent,
                     1 => AggInput::Present,
                     2 => AggInput::Number(Number::Int(r.i64()?)),
@@ -198,26 +255,21 @@ pub fn decode(bytes: &[u8]) -> Result<Wire> {
                     t => bail!("unknown input tag {t} in internal record"),
                 });
             }
-            let values = r.bytes()?.to_vec();
+            keyed.values.clear();
+            keyed.values.extend_from_slice(r.bytes()?);
             let source_key = match r.u8()? {
                 0 => None,
-                _ => Some(r.bytes()?.to_vec()),
+                _ => Some(r.bytes()?),
             };
-            let source_value = r.bytes()?.to_vec();
-            Ok(Wire::Data(DataRecord {
+            let source_value = r.bytes()?;
+            Ok(WireRef::Data(DataRef {
                 upstream,
                 source_offset,
-                keyed: KeyedRecord {
-                    group_key,
-                    event_time,
-                    inputs,
-                    values,
-                },
                 source_key,
                 source_value,
             }))
         }
-        _ => Ok(Wire::Watermark(WatermarkRecord {
+        _ => Ok(WireRef::Watermark(WatermarkRecord {
             upstream,
             watermark: r.i64()?,
             idle: r.u8()? != 0,
@@ -266,10 +318,35 @@ mod tests {
         };
         encode_data(&by_task, &mut buf);
         assert_eq!(buf[0], DATA_BY_TASK);
-        assert_eq!(decode(&buf).unwrap(), Wire::Data(by_task));
+        assert_eq!(decode(&buf).unwrap(), Wire::Data(by_task.clone()));
         for cut in 0..buf.len() {
             assert!(decode(&buf[..cut]).is_err(), "truncated at {cut} must fail");
         }
+        // Decoding in place replaces every part of a used record.
+        let mut keyed = KeyedRecord {
+            group_key: b"[\"an older, longer key\"]".to_vec(),
+            event_time: -1,
+            inputs: vec![AggInput::Present, AggInput::Hash(3)],
+            values: b"\"old\"".to_vec(),
+        };
+        let small = DataRecord {
+            keyed: KeyedRecord {
+                group_key: b"[1]".to_vec(),
+                event_time: 9,
+                inputs: vec![AggInput::Absent],
+                values: Vec::new(),
+            },
+            ..by_task.clone()
+        };
+        encode_data(&small, &mut buf);
+        let WireRef::Data(d) = decode_into(&buf, &mut keyed).unwrap() else {
+            panic!("a data record");
+        };
+        assert_eq!(keyed, small.keyed);
+        assert_eq!(
+            (d.upstream, d.source_offset, d.source_key, d.source_value),
+            (UpstreamRef::Task(7), 123_456, None, &b"{\"a\":1}"[..])
+        );
     }
 
     #[test]

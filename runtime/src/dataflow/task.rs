@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::keying::{KeyOutcome, KeyingStage};
 use super::partitioner::partition_for;
-use super::repartition::{self, DataRecord, UpstreamRef, WatermarkRecord, Wire};
+use super::repartition::{self, UpstreamRef, WatermarkRecord, WireRef};
 use super::window_operator::{OperatorStats, WindowOperator};
 use super::{Disposition, KeyedRecord, WindowResult};
 use crate::codec::output::encode_result;
@@ -195,7 +195,10 @@ pub struct Task {
     own_id: u64,
     plan: Arc<Plan>,
     keying: KeyingStage,
+    /// Stage 1's output record (its buffers reused).
     keyed: KeyedRecord,
+    /// Stage 2's input record (its buffers reused).
+    keyed_in: KeyedRecord,
     op: WindowOperator,
     backend: Box<dyn StateBackend + Send>,
     results: Vec<WindowResult>,
@@ -234,6 +237,7 @@ impl Task {
             plan,
             meta,
             keyed: KeyedRecord::default(),
+            keyed_in: KeyedRecord::default(),
             backend,
             results: Vec::new(),
             last_active_ms: now_ms,
@@ -419,16 +423,16 @@ impl Task {
             }
             Ok(KeyOutcome::Keyed) => {
                 let partition = partition_for(&self.keyed.group_key, self.meta.task_count) as i32;
-                let rec = DataRecord {
-                    upstream: UpstreamRef::Source(self.own_id),
-                    source_offset: offset,
-                    keyed: std::mem::take(&mut self.keyed),
-                    source_key: key.map(<[u8]>::to_vec),
-                    source_value: value.to_vec(),
-                };
-                repartition::encode_data(&rec, &mut self.buf);
+                repartition::encode_data_parts(
+                    UpstreamRef::Source(self.own_id),
+                    offset,
+                    &self.keyed,
+                    key,
+                    value,
+                    &mut self.buf,
+                );
                 let limit = self.max_record_bytes.saturating_sub(RECORD_OVERHEAD);
-                if rec.keyed.group_key.len() + self.buf.len() > limit {
+                if self.keyed.group_key.len() + self.buf.len() > limit {
                     // It would fail the transaction and every retry of it.
                     // Never moves the watermark: it is not processed.
                     self.counters.dead_lettered += 1;
@@ -448,22 +452,20 @@ impl Task {
                         reason: format!(
                             "the record ({size} bytes, {} bytes on its way to the keyed stage) exceeds the {} bytes \
                              a record may have; {how}",
-                            rec.keyed.group_key.len() + self.buf.len(),
+                            self.keyed.group_key.len() + self.buf.len(),
                             self.max_record_bytes
                         ),
                     });
-                    self.keyed = rec.keyed;
                     return;
                 }
-                let t = rec.keyed.event_time;
+                let t = self.keyed.event_time;
                 self.meta.source_max_event_time =
                     Some(self.meta.source_max_event_time.map_or(t, |m| m.max(t)));
                 out.push(Out::Keyed {
                     partition,
-                    key: rec.keyed.group_key.clone(),
+                    key: self.keyed.group_key.clone(),
                     value: self.buf.clone(),
                 });
-                self.keyed = rec.keyed;
             }
         }
     }
@@ -492,16 +494,16 @@ impl Task {
     /// Stage 2: one record of the keyed partition.
     pub fn on_keyed(&mut self, offset: i64, value: &[u8], out: &mut Vec<Out>) -> Result<()> {
         self.meta.keyed_offset = Some(offset + 1);
-        let wire = repartition::decode(value)
-            .with_context(|| format!("keyed partition {} offset {offset}", self.id()))?;
+        let wire = repartition::decode_into(value, &mut self.keyed_in)
+            .with_context(|| format!("keyed partition {} offset {offset}", self.meta.task))?;
         match wire {
-            Wire::Watermark(w) => {
+            WireRef::Watermark(w) => {
                 let u = self.upstream(w.upstream)?;
                 u.watermark = u.watermark.max(w.watermark);
                 u.idle = w.idle;
                 self.advance(out)
             }
-            Wire::Data(d) => {
+            WireRef::Data(d) => {
                 let u = self.upstream(d.upstream)?;
                 if d.source_offset <= u.seen {
                     self.counters.duplicates_dropped += 1;
@@ -511,12 +513,14 @@ impl Task {
                 u.idle = false;
                 self.counters.keyed_records += 1;
                 self.results.clear();
-                let disposition = self.op.process(&d.keyed, &mut *self.backend, &mut self.results)?;
+                let disposition = self
+                    .op
+                    .process(&self.keyed_in, &mut *self.backend, &mut self.results)?;
                 if disposition == Disposition::Late {
                     self.counters.late += 1;
                     out.push(Out::Late {
-                        key: d.source_key,
-                        value: d.source_value,
+                        key: d.source_key.map(<[u8]>::to_vec),
+                        value: d.source_value.to_vec(),
                     });
                 }
                 self.emit(out);
@@ -601,6 +605,7 @@ mod tests {
     use streamops_crds::runtime_api::{JobTopics, SourceTopic};
 
     use super::*;
+    use crate::dataflow::repartition::{DataRecord, Wire};
     use crate::pipeline::sources::source_id;
     use crate::state::memory::MemoryBackend;
 
