@@ -215,7 +215,7 @@ fn drive(h: &mut Harness, events: usize, commit_every: usize, checkpoint_every: 
 }
 
 fn harness_err(e: anyhow::Error) -> RuntimeError {
-    RuntimeError::InvalidArgument(format!("{e:#}"))
+    RuntimeError::Dataflow(format!("{e:#}"))
 }
 
 /// State settings of a run.

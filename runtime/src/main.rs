@@ -301,14 +301,15 @@ fn value_name<T: clap::ValueEnum>(v: T) -> String {
         .unwrap_or_default()
 }
 
+/// Bytes of the files under `dir`, recursively (the harness opens each
+/// task's database in a directory of its own under it).
 fn dir_size(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+                .map(|(path, m)| if m.is_dir() { dir_size(&path) } else { m.len() })
                 .sum()
         })
         .unwrap_or(0)

@@ -555,6 +555,10 @@ impl Harness {
         } else {
             None
         };
+        // Keyed records before the checkpoint's position are never read
+        // again (dropped before the commit appends, so nothing is moved).
+        let keyed = slot.task.meta.keyed_offset.unwrap_or(0).max(0) as u64;
+        self.keyed[t as usize].truncate_before(keyed);
         // The commit: the open transaction becomes visible.
         for (q, key, value) in slot.open_keyed.drain(..) {
             self.keyed[q as usize].push(Some(&key), &value)?;
@@ -565,9 +569,6 @@ impl Harness {
         if let Some(old) = previous.and_then(|c| c.snapshot) {
             std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
-        // Keyed records before the checkpoint's position are never read again.
-        let keyed = slot.task.meta.keyed_offset.unwrap_or(0).max(0) as u64;
-        self.keyed[t as usize].truncate_before(keyed);
         Ok(())
     }
 
