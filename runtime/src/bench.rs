@@ -1,15 +1,20 @@
 //! The built-in benchmark: a deterministic clickstream generator and a
-//! runner that measures process CPU time (getrusage), not wall time.
+//! runner that measures process CPU time (getrusage), not wall time, of one
+//! task of the dataflow [`Harness`]: stage 1, the repartition record
+//! encoded and decoded, stage 2, as the pods run it (Kafka left out).
 
 use std::path::Path;
 use std::sync::Arc;
 
+use streamops_crds::job::ProcessingGuarantee;
+
 use crate::aggregate::AggregateFunction;
-use crate::engine::{Engine, Output, SourceRecord};
+use crate::dataflow::harness::{Backends, Harness, HarnessConfig, Log, MemoryBackends, RocksBackends};
+use crate::dataflow::task::{Out, StateOptions};
+use crate::dataflow::window_operator::{EmitMode, WindowOperator};
 use crate::error::{Result, RuntimeError};
-use crate::operator::window_operator::EmitMode;
 use crate::plan::{AggregationDef, JobDefinition, Plan};
-use crate::state::{MemoryBackend, RocksBackend, RocksOptions, StateBackend};
+use crate::state::RocksOptions;
 use crate::time::TimeFormat;
 use crate::window::WindowAssigner;
 
@@ -160,50 +165,57 @@ pub fn process_usage() -> (f64, u64) {
     (secs(u.ru_utime) + secs(u.ru_stime), u.ru_maxrss as u64 * 1024)
 }
 
-/// Checkpoints taken during a run: every `every` events, a full engine
-/// snapshot into `dir` (flush of the window cache to the backend, RocksDB
-/// checkpoint, watermarks), removed again.
-#[derive(Debug, Clone, Copy)]
-pub struct Checkpoints<'a> {
-    pub every: usize,
-    pub dir: &'a Path,
-}
-
-fn drive<B: StateBackend>(
-    engine: &mut Engine<B>,
-    input: &GeneratedInput,
-    checkpoints: Option<Checkpoints<'_>>,
-) -> Result<(u64, u64)> {
-    let mut out = Vec::with_capacity(1024);
+/// Drives the input through a one-task [`Harness`] as the runner drives a
+/// task: stage 1 reads `commit_every` records, the task checkpoints
+/// (watermark record, commit; with the state snapshot every
+/// `checkpoint_every` records), stage 2 reads what the commit made visible.
+/// Returns (results, late records).
+fn drive(h: &mut Harness, events: usize, commit_every: usize, checkpoint_every: usize) -> Result<(u64, u64)> {
     let (mut results, mut late) = (0u64, 0u64);
-    for i in 0..input.ends.len() {
-        if let Some(c) = checkpoints
-            && i > 0
-            && i % c.every.max(1) == 0
-        {
-            engine.snapshot(c.dir)?;
-            std::fs::remove_dir_all(c.dir)?;
+    let commit_every = commit_every.max(1);
+    let mut read = 0;
+    let mut next_state = checkpoint_every;
+    while read < events {
+        let n = h.poll_source(0, commit_every, 0).map_err(harness_err)?;
+        if n == 0 {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "the benchmark input ended after {read} of {events} records"
+            )));
         }
-        let rec = SourceRecord {
-            partition: 0,
-            offset: i as i64,
-            key: None,
-            value: input.record(i),
-        };
-        engine.process(rec, 0, &mut out)?;
-        for o in out.drain(..) {
-            match o {
-                Output::Result { .. } => results += 1,
-                Output::Late { .. } => late += 1,
-                Output::DeadLetter { reason, .. } => {
+        read += n;
+        let state = checkpoint_every > 0 && read >= next_state;
+        if state {
+            next_state += checkpoint_every;
+        }
+        h.checkpoint(0, 0, state).map_err(harness_err)?;
+        h.poll_keyed(0, usize::MAX).map_err(harness_err)?;
+        for e in h.take_committed() {
+            match e.out {
+                Out::Result { .. } => results += 1,
+                Out::Late { .. } => late += 1,
+                Out::DeadLetter { reason, .. } => {
                     return Err(RuntimeError::InvalidArgument(format!(
                         "benchmark record dead-lettered: {reason}"
                     )));
                 }
+                Out::Keyed { .. } | Out::Watermark { .. } => {}
             }
         }
     }
+    // The results of the last commit's records are in the open transaction.
+    h.checkpoint(0, 0, false).map_err(harness_err)?;
+    for e in h.take_committed() {
+        match e.out {
+            Out::Result { .. } => results += 1,
+            Out::Late { .. } => late += 1,
+            _ => {}
+        }
+    }
     Ok((results, late))
+}
+
+fn harness_err(e: anyhow::Error) -> RuntimeError {
+    RuntimeError::Dataflow(format!("{e:#}"))
 }
 
 /// State settings of a run.
@@ -216,56 +228,67 @@ pub struct StateConfig<'a> {
     /// `cache_bytes`.
     pub cache_entries: usize,
     pub cache_bytes: usize,
-    /// RocksDB: take a checkpoint every this many events (the cache is
-    /// written to RocksDB then, as in the pipeline); 0 writes it whenever
-    /// windows fire instead.
+    /// RocksDB: the checkpoints take the state snapshot (the cache written
+    /// to RocksDB, a RocksDB checkpoint, as in the pipeline) every this many
+    /// events; 0 writes the cache whenever windows fire instead, and no
+    /// checkpoint takes the state.
     pub checkpoint_every: usize,
+    /// The task checkpoints (watermark record to the keyed partition,
+    /// commit) every this many events.
+    pub commit_every: usize,
 }
 
-/// Generates the input, then runs the job over it once, single-threaded.
+/// Generates the input, then runs the job over it once, single-threaded,
+/// through one task of the [`Harness`] (what the runner runs, without
+/// Kafka).
 pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'_>) -> Result<BenchResult> {
     let input = generate(gen_cfg);
+    let (events, input_bytes) = (input.ends.len(), input.bytes.len() + input.ends.len() * 8);
     let plan = Arc::new(Plan::build(&job(window, gen_cfg.out_of_order_ms))?);
-    let (cpu0, _) = process_usage();
-    // Each arm measures before its engine (and state) is dropped: teardown
-    // is not part of the throughput.
-    let (results, late, cpu1, rss) = match state.backend {
-        BenchBackend::Memory => {
-            let mut engine = Engine::new(plan, &[0], 1, MemoryBackend::new(), 0);
-            let (results, late) = drive(&mut engine, &input, None)?;
-            let (cpu1, rss) = process_usage();
-            (results, late, cpu1, rss)
-        }
+    let source = Log::from_values(input.bytes, input.ends).map_err(harness_err)?;
+    std::fs::create_dir_all(state.db_dir)?;
+    let (backends, options): (Box<dyn Backends>, StateOptions) = match state.backend {
+        BenchBackend::Memory => (Box::new(MemoryBackends), StateOptions::default()),
         BenchBackend::Rocksdb => {
             let opts = RocksOptions {
                 block_cache_bytes: state.block_cache_bytes,
                 write_buffer_bytes: 16 << 20,
             };
-            std::fs::create_dir_all(state.db_dir)?;
-            let db = RocksBackend::open(&state.db_dir.join("db"), &opts)?;
-            let engine = Engine::new(plan, &[0], 1, db, 0).with_flush_on_fire(state.checkpoint_every == 0);
             // An explicit entry bound wins over the memory bound.
-            let mut engine = if state.cache_entries > 0 {
-                engine.with_cache_capacity(Some(state.cache_entries))
+            let entries = if state.cache_entries > 0 {
+                state.cache_entries
             } else {
-                engine.with_cache_bytes(state.cache_bytes)
+                WindowOperator::entries_for_bytes(&plan.window, state.cache_bytes)
             };
-            let snapshots = state.db_dir.join("checkpoint");
-            let checkpoints = (state.checkpoint_every > 0).then_some(Checkpoints {
-                every: state.checkpoint_every,
-                dir: &snapshots,
-            });
-            let (results, late) = drive(&mut engine, &input, checkpoints)?;
-            let (cpu1, rss) = process_usage();
-            (results, late, cpu1, rss)
+            let options = StateOptions {
+                cache_capacity: Some(entries),
+                flush_on_fire: state.checkpoint_every == 0,
+            };
+            (
+                Box::new(RocksBackends::new(&state.db_dir.join("db"), opts)),
+                options,
+            )
         }
     };
+    let config = HarnessConfig {
+        tasks: 1,
+        guarantee: ProcessingGuarantee::ExactlyOnce,
+        state: options,
+        dir: state.db_dir.join("checkpoints"),
+    };
+    let mut h = Harness::new(plan, config, backends, 0).map_err(harness_err)?;
+    *h.source_mut(0).map_err(harness_err)? = source;
+    let (cpu0, _) = process_usage();
+    let (results, late) = drive(&mut h, events, state.commit_every, state.checkpoint_every)?;
+    // Measured before the harness (and state) is dropped: teardown is not
+    // part of the throughput.
+    let (cpu1, rss) = process_usage();
     Ok(BenchResult {
-        events: input.ends.len(),
+        events,
         cpu_seconds: cpu1 - cpu0,
         results,
         late,
         peak_rss_bytes: rss,
-        input_bytes: input.bytes.len() + input.ends.len() * 8,
+        input_bytes,
     })
 }

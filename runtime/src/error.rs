@@ -31,9 +31,10 @@ pub enum RuntimeError {
     #[error("kafka: {0}")]
     Kafka(String),
 
-    /// A metric could not be registered or encoded.
-    #[error("metrics: {0}")]
-    Metrics(String),
+    /// A task of the dataflow, or the in-memory harness driving tasks,
+    /// failed (the message carries the context).
+    #[error("dataflow: {0}")]
+    Dataflow(String),
 
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -73,11 +73,16 @@ struct BenchArgs {
     /// (an estimate from the in-memory layout, converted to entries).
     #[arg(long, default_value_t = 256 << 20)]
     cache_bytes: usize,
-    /// RocksDB runs: take a checkpoint (cache written to RocksDB, RocksDB
-    /// checkpoint, as the pipeline does every interval) every this many
-    /// events; 0 writes the cache to RocksDB whenever windows fire instead.
+    /// RocksDB runs: the checkpoint takes the state snapshot (cache written
+    /// to RocksDB, RocksDB checkpoint, as the pipeline does every interval)
+    /// every this many events; 0 writes the cache to RocksDB whenever windows
+    /// fire instead.
     #[arg(long, default_value_t = 0)]
     checkpoint_every_events: usize,
+    /// The task checkpoints (watermark record to the keyed partition, the
+    /// transaction committed, stage 2 reads it) every this many events.
+    #[arg(long, default_value_t = 10_000)]
+    commit_every_events: usize,
     /// Where RocksDB databases are created (one fresh directory per run).
     #[arg(long)]
     db_dir: Option<PathBuf>,
@@ -193,6 +198,7 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
                 cache_entries: args.cache_entries,
                 cache_bytes: args.cache_bytes,
                 checkpoint_every: args.checkpoint_every_events,
+                commit_every: args.commit_every_events,
             },
         );
         let db_bytes = dir_size(&db_dir.join("db"));
@@ -207,7 +213,7 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
     let exe = std::env::current_exe()?;
     println!(
         "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={} cache-bytes={} \
-         checkpoint-every={} events",
+         checkpoint-every={} events commit-every={} events",
         args.events,
         args.events_per_ms,
         args.out_of_order_ms,
@@ -215,7 +221,8 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
         args.block_cache_bytes,
         args.cache_entries,
         args.cache_bytes,
-        args.checkpoint_every_events
+        args.checkpoint_every_events,
+        args.commit_every_events
     );
     println!(
         "| window | keys | backend | events/s per core (median) | min | max | peak RSS MiB | input MiB | RocksDB dir MiB | results | late |"
@@ -242,7 +249,8 @@ fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
                         .arg(format!(
                             "--checkpoint-every-events={}",
                             args.checkpoint_every_events
-                        ));
+                        ))
+                        .arg(format!("--commit-every-events={}", args.commit_every_events));
                     if let Some(d) = &args.db_dir {
                         cmd.arg("--db-dir").arg(d);
                     }
@@ -293,14 +301,15 @@ fn value_name<T: clap::ValueEnum>(v: T) -> String {
         .unwrap_or_default()
 }
 
+/// Bytes of the files under `dir`, recursively (the harness opens each
+/// task's database in a directory of its own under it).
 fn dir_size(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+                .map(|(path, m)| if m.is_dir() { dir_size(&path) } else { m.len() })
                 .sum()
         })
         .unwrap_or(0)

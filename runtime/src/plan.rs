@@ -9,10 +9,10 @@ use std::sync::Arc;
 use crate::aggregate::AggregateFunction;
 use crate::codec::output::RESERVED_FIELDS;
 use crate::codec::{FieldPaths, JsonDecoder};
+use crate::dataflow::keying::KeyingPlan;
+use crate::dataflow::window_operator::{EmitMode, WindowSpec};
 use crate::error::{Result, RuntimeError};
 use crate::expr::Expr;
-use crate::operator::keying::KeyingPlan;
-use crate::operator::window_operator::{EmitMode, WindowSpec};
 use crate::time::TimeFormat;
 use crate::window::WindowAssigner;
 

@@ -1,17 +1,25 @@
-//! Engine unit tests through the public API: lateness boundaries, session
-//! merges, idle partitions, restore, purge, numeric edge cases, dead letters.
+//! Dataflow tests through the public API, on the tasks the pods run
+//! connected by the in-memory harness (`dataflow::harness`): lateness
+//! boundaries, session merges, idle partitions, restore, purge, numeric edge
+//! cases, dead letters, the window cache.
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use serde_json::{Value, json};
+use streamops_crds::job::ProcessingGuarantee;
 use streamops_runtime::aggregate::AggregateFunction;
-use streamops_runtime::operator::Firing;
-use streamops_runtime::operator::window_operator::EmitMode;
+use streamops_runtime::dataflow::Firing;
+use streamops_runtime::dataflow::harness::{
+    Backends, Emitted, Harness, HarnessConfig, MemoryBackends, RocksBackends, Stage,
+};
+use streamops_runtime::dataflow::task::{Out, StateOptions};
+use streamops_runtime::dataflow::window_operator::EmitMode;
 use streamops_runtime::plan::{AggregationDef, JobDefinition, Plan};
-use streamops_runtime::state::{MemoryBackend, RocksBackend, RocksOptions, StateBackend};
+use streamops_runtime::state::{MemoryBackend, RocksOptions, StateBackend};
 use streamops_runtime::time::TimeFormat;
 use streamops_runtime::window::WindowAssigner;
-use streamops_runtime::{Engine, Output, SourceRecord};
 
 fn def(window: WindowAssigner, lateness: i64, ooo: i64) -> JobDefinition {
     JobDefinition {
@@ -40,41 +48,99 @@ fn def(window: WindowAssigner, lateness: i64, ooo: i64) -> JobDefinition {
     }
 }
 
-fn engine(d: &JobDefinition, sources: &[u32]) -> Engine<MemoryBackend> {
-    Engine::new(
-        Arc::new(Plan::build(d).unwrap()),
-        sources,
-        1,
-        MemoryBackend::new(),
-        0,
-    )
+/// The dataflow's tasks (`tasks` of them, one per source partition) in
+/// the in-memory harness, exactly once, in-memory state.
+struct Job {
+    h: Harness,
+    _dir: tempfile::TempDir,
 }
 
-fn send<B: StateBackend>(e: &mut Engine<B>, partition: u32, value: Value) -> Vec<Output> {
-    let mut out = Vec::new();
+impl std::ops::Deref for Job {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
+    }
+}
+
+impl std::ops::DerefMut for Job {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.h
+    }
+}
+
+fn job_with(d: &JobDefinition, tasks: u32, state: StateOptions, backends: Box<dyn Backends>) -> Job {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HarnessConfig {
+        tasks,
+        guarantee: ProcessingGuarantee::ExactlyOnce,
+        state,
+        dir: dir.path().to_path_buf(),
+    };
+    let h = Harness::new(Arc::new(Plan::build(d).unwrap()), config, backends, 0).unwrap();
+    Job { h, _dir: dir }
+}
+
+fn engine(d: &JobDefinition, tasks: u32) -> Job {
+    job_with(d, tasks, StateOptions::default(), Box::new(MemoryBackends))
+}
+
+fn poll_keyed(h: &mut Harness) {
+    for t in 0..h.task_count() {
+        h.poll_keyed(t, usize::MAX).unwrap();
+    }
+}
+
+/// Processing time `now_ms` passes: every task checkpoints (its watermark
+/// goes to every keyed partition), the keyed partitions are read, and a
+/// second checkpoint commits what they produced; returns the committed
+/// outputs.
+fn tick(h: &mut Harness, now_ms: i64) -> Vec<Emitted> {
+    h.checkpoint_all(now_ms, false).unwrap();
+    poll_keyed(h);
+    h.checkpoint_all(now_ms, false).unwrap();
+    h.take_committed()
+}
+
+/// One record into source partition `partition` at processing time
+/// `now_ms`, through both stages (a checkpoint right after it, so its
+/// watermark is the one of every record so far); the committed outputs.
+fn send_raw(h: &mut Harness, partition: u32, key: Option<&[u8]>, value: &[u8], now_ms: i64) -> Vec<Emitted> {
+    h.append(partition, key, value).unwrap();
+    assert_eq!(h.poll_source(partition, 1, now_ms).unwrap(), 1);
+    tick(h, now_ms)
+}
+
+fn send_at(h: &mut Harness, partition: u32, value: Value, now_ms: i64) -> Vec<Out> {
     let bytes = serde_json::to_vec(&value).unwrap();
-    e.process(
-        SourceRecord {
-            partition,
-            offset: 0,
-            key: None,
-            value: &bytes,
-        },
-        0,
-        &mut out,
-    )
-    .unwrap();
-    out
+    send_raw(h, partition, None, &bytes, now_ms)
+        .into_iter()
+        .map(|e| e.out)
+        .collect()
+}
+
+fn send(h: &mut Harness, partition: u32, value: Value) -> Vec<Out> {
+    send_at(h, partition, value, 0)
+}
+
+fn firing(v: &Value) -> Firing {
+    match v["firing"].as_str() {
+        Some("early") => Firing::Early,
+        Some("onTime") => Firing::OnTime,
+        Some("late") => Firing::Late,
+        other => panic!("firing {other:?} in {v}"),
+    }
 }
 
 /// Results as (firing, windowStart, windowEnd, n, total).
-fn results(out: &[Output]) -> Vec<(Firing, i64, i64, Value, Value)> {
+fn results(out: &[Out]) -> Vec<(Firing, i64, i64, Value, Value)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Result { firing, value, .. } => {
+            Out::Result { value, is_final, .. } => {
                 let v: Value = serde_json::from_slice(value).unwrap();
+                assert_eq!(firing(&v).is_final(), *is_final, "{v}");
+                assert_eq!(v["final"], json!(is_final));
                 Some((
-                    *firing,
+                    firing(&v),
                     v["windowStart"].as_i64().unwrap(),
                     v["windowEnd"].as_i64().unwrap(),
                     v["n"].clone(),
@@ -93,7 +159,7 @@ fn ev(t: i64) -> Value {
 #[test]
 fn lateness_boundaries() {
     let d = def(WindowAssigner::tumbling(10).unwrap(), 5, 0);
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
     assert!(results(&send(&mut e, 0, ev(0))).is_empty());
     // W = 9 = end - 1: not fired yet.
     assert!(results(&send(&mut e, 0, ev(9))).is_empty());
@@ -116,26 +182,27 @@ fn lateness_boundaries() {
     // W = 15 = end + lateness: purged, the record goes to the late output.
     assert!(results(&send(&mut e, 0, ev(15))).is_empty());
     let out = send(&mut e, 0, ev(9));
-    assert!(matches!(out.as_slice(), [Output::Late { .. }]), "{out:?}");
+    assert!(matches!(out.as_slice(), [Out::Late { .. }]), "{out:?}");
     assert_eq!(e.operator_stats().late_records, 1);
+    assert_eq!(e.task(0).unwrap().counters.late, 1);
 }
 
 #[test]
 fn lateness_zero_drops_at_end() {
     let d = def(WindowAssigner::tumbling(10).unwrap(), 0, 0);
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
     send(&mut e, 0, ev(3));
     assert_eq!(
         results(&send(&mut e, 0, ev(10))),
         vec![(Firing::OnTime, 0, 10, json!(1), json!(1))]
     );
-    assert!(matches!(send(&mut e, 0, ev(9)).as_slice(), [Output::Late { .. }]));
+    assert!(matches!(send(&mut e, 0, ev(9)).as_slice(), [Out::Late { .. }]));
 }
 
 #[test]
 fn session_bridging_record_merges_states() {
     let d = def(WindowAssigner::session(10).unwrap(), 0, 100);
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
     send(&mut e, 0, ev(0));
     send(&mut e, 0, ev(18));
     assert_eq!(e.open_entries(), 2);
@@ -149,7 +216,7 @@ fn session_bridging_record_merges_states() {
 #[test]
 fn session_touching_at_gap_merges() {
     let d = def(WindowAssigner::session(10).unwrap(), 0, 100);
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
     send(&mut e, 0, ev(0));
     send(&mut e, 0, ev(10));
     send(&mut e, 0, ev(21));
@@ -166,45 +233,68 @@ fn session_touching_at_gap_merges() {
 #[test]
 fn idle_partition_stalls_without_idle_handling() {
     let d = def(WindowAssigner::tumbling(10).unwrap(), 0, 0);
-    let mut e = engine(&d, &[0, 1]);
+    let mut e = engine(&d, 2);
     send(&mut e, 0, ev(1));
     assert!(results(&send(&mut e, 0, ev(100))).is_empty());
-    let mut out = Vec::new();
-    e.on_processing_time(1_000_000, &mut out).unwrap();
-    assert!(out.is_empty());
+    assert!(tick(&mut e, 1_000_000).is_empty());
+    assert_eq!(e.task(0).unwrap().watermark(), i64::MIN);
+    // Partition 1's first record: the watermark is the minimum of both.
+    let out = send_at(&mut e, 1, ev(50), 1_000_000);
+    assert_eq!(results(&out), vec![(Firing::OnTime, 0, 10, json!(1), json!(1))]);
+    assert_eq!(e.task(0).unwrap().watermark(), 50);
 }
 
 #[test]
 fn idle_partition_is_skipped_with_idle_handling() {
     let mut d = def(WindowAssigner::tumbling(10).unwrap(), 0, 0);
     d.idle_timeout_ms = Some(1_000);
-    let mut e = engine(&d, &[0, 1]);
+    let mut e = engine(&d, 2);
     send(&mut e, 0, ev(1));
-    let mut out = Vec::new();
-    let bytes = serde_json::to_vec(&ev(100)).unwrap();
     // Partition 0 is active at processing time 900; partition 1 never was.
-    e.process(
-        SourceRecord {
-            partition: 0,
-            offset: 1,
-            key: None,
-            value: &bytes,
-        },
-        900,
-        &mut out,
-    )
-    .unwrap();
-    assert!(out.is_empty());
-    e.on_processing_time(999, &mut out).unwrap();
-    assert!(out.is_empty());
-    e.on_processing_time(1_000, &mut out).unwrap();
+    assert!(send_at(&mut e, 0, ev(100), 900).is_empty());
+    assert!(tick(&mut e, 999).is_empty());
+    let out: Vec<Out> = tick(&mut e, 1_000).into_iter().map(|e| e.out).collect();
     assert_eq!(results(&out), vec![(Firing::OnTime, 0, 10, json!(1), json!(1))]);
+    assert_eq!(e.task(1).unwrap().watermark(), 100);
+    // Partition 0 goes on alone.
+    let out = send_at(&mut e, 0, ev(200), 1_005);
+    assert_eq!(
+        results(&out),
+        vec![(Firing::OnTime, 100, 110, json!(1), json!(1))]
+    );
+    // Partition 1 wakes up with old data: the watermark does not go back,
+    // and the record is late.
+    let out = send_at(&mut e, 1, ev(10), 1_006);
+    assert!(matches!(out.as_slice(), [Out::Late { .. }]), "{out:?}");
+    for t in 0..2 {
+        assert_eq!(e.task(t).unwrap().watermark(), 200);
+    }
+}
+
+/// A restored task keeps its keyed partition's watermark and what it knows
+/// of every upstream: nothing fires again, nothing stalls.
+#[test]
+fn watermarks_survive_a_restart() {
+    let d = def(WindowAssigner::tumbling(10).unwrap(), 0, 0);
+    let mut e = engine(&d, 2);
+    send(&mut e, 0, ev(7));
+    send(&mut e, 1, ev(9));
+    e.checkpoint_all(0, true).unwrap();
+    e.restart_all(0).unwrap();
+    for t in 0..2 {
+        assert_eq!(e.task(t).unwrap().watermark(), 7);
+    }
+    // Partition 1 alone moves the watermark to 12 (partition 0's is 7):
+    // nothing fires; partition 0 to 15: [0, 10) fires once.
+    assert!(results(&send(&mut e, 1, ev(12))).is_empty());
+    let out = send(&mut e, 0, ev(15));
+    assert_eq!(results(&out), vec![(Firing::OnTime, 0, 10, json!(2), json!(2))]);
 }
 
 #[test]
 fn numeric_edge_cases() {
     let d = def(WindowAssigner::tumbling(10).unwrap(), 0, 0);
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
     send(&mut e, 0, json!({"user": "a", "ts": 1, "amount": i64::MAX}));
     send(&mut e, 0, json!({"user": "a", "ts": 2, "amount": 1}));
     // Missing and null amounts are skipped by sum but counted by count.
@@ -220,7 +310,7 @@ fn numeric_edge_cases() {
     assert!(
         matches!(
             &out[..],
-            [Output::DeadLetter {
+            [Out::DeadLetter {
                 kind: "invalid_aggregate_input",
                 ..
             }]
@@ -233,9 +323,9 @@ fn numeric_edge_cases() {
 fn dead_letter_reasons() {
     let mut d = def(WindowAssigner::tumbling(10).unwrap(), 0, 0);
     d.filter = Some("record.amount / record.divisor >= record.divisor".into());
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
     let mut kinds = Vec::new();
-    for raw in [
+    for (offset, raw) in [
         &b"{not json"[..],
         br#"{"user":"a","amount":5,"divisor":1}"#,
         br#"{"user":"a","ts":"yesterday","amount":5,"divisor":1}"#,
@@ -244,33 +334,21 @@ fn dead_letter_reasons() {
         br#"{"user":{"x":1},"ts":1,"amount":5,"divisor":1}"#,
         br#"{"user":"a","ts":1,"amount":1,"divisor":2}"#,
         br#"{"user":"a","ts":1,"amount":5,"divisor":1}"#,
-    ] {
-        let mut out = Vec::new();
-        e.process(
-            SourceRecord {
-                partition: 0,
-                offset: 7,
-                key: Some(&b"k"[..]),
-                value: raw,
-            },
-            0,
-            &mut out,
-        )
-        .unwrap();
-        for o in out {
-            if let Output::DeadLetter {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for o in send_raw(&mut e, 0, Some(&b"k"[..]), raw, 0) {
+            if let Out::DeadLetter {
                 kind,
                 reason,
-                offset,
                 key,
                 value,
-                ..
-            } = o
+            } = o.out
             {
-                assert_eq!(
-                    (offset, key.as_deref(), value.as_slice()),
-                    (7, Some(&b"k"[..]), raw)
-                );
+                // Traced to the source record: the runner's headers.
+                assert_eq!((o.task, o.stage, o.offset), (0, Stage::Source, offset as i64));
+                assert_eq!((key.as_deref(), value.as_slice()), (Some(&b"k"[..]), raw));
                 kinds.push((kind, reason));
             }
         }
@@ -288,10 +366,11 @@ fn dead_letter_reasons() {
         ]
     );
     assert!(kinds[3].1.starts_with("spec.pipeline.filter: "), "{}", kinds[3].1);
-    let c = e.counters();
-    assert_eq!(c.records_in, 8);
+    let c = &e.task(0).unwrap().counters;
+    assert_eq!(c.source_records, 8);
     assert_eq!(c.filtered, 1);
-    assert_eq!(c.dead_lettered.values().sum::<u64>(), 6);
+    assert_eq!(c.dead_lettered, 6);
+    assert_eq!(c.keyed_records, 1);
     assert_eq!(e.operator_stats().accepted, 1);
 }
 
@@ -304,7 +383,7 @@ fn cel_key_and_rfc3339_time() {
     ];
     d.event_time_field = "record.at".into();
     d.time_format = TimeFormat::Rfc3339;
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
     send(
         &mut e,
         0,
@@ -315,7 +394,7 @@ fn cel_key_and_rfc3339_time() {
         0,
         json!({"user": "a", "region": {"id": 7}, "at": "1970-01-01T01:00:01+01:00", "amount": 2}),
     );
-    let Output::Result { key, .. } = &out[0] else {
+    let Out::Result { key, .. } = &out[0] else {
         panic!("{out:?}")
     };
     assert_eq!(
@@ -344,50 +423,55 @@ fn random_events(n: usize, seed: u64) -> Vec<(u32, Value)> {
         .collect()
 }
 
+/// Each output with the task that committed it.
+fn outputs(emitted: &[Emitted]) -> Vec<(u32, &Out)> {
+    emitted.iter().map(|e| (e.task, &e.out)).collect()
+}
+
+/// Feeds `events` (appended first) through `h` from event `from` on, a
+/// checkpoint of every task after each (with the state after event
+/// `crash`, where every task then crashes: the work after the checkpoint
+/// is lost, the tasks restored from it read on); then the closing
+/// checkpoints. The committed outputs.
+fn feed(h: &mut Harness, events: &[(u32, Value)], crash: Option<usize>) -> Vec<Emitted> {
+    for (p, v) in events {
+        h.append(*p, None, &serde_json::to_vec(v).unwrap()).unwrap();
+    }
+    for (i, (p, _)) in events.iter().enumerate() {
+        assert_eq!(h.poll_source(*p, 1, 0).unwrap(), 1);
+        h.checkpoint_all(0, crash == Some(i)).unwrap();
+        if crash == Some(i) {
+            // The keyed records just committed change the state after the
+            // snapshot; stage 1 reads on; all of it lost.
+            poll_keyed(h);
+            for t in 0..h.task_count() {
+                h.poll_source(t, usize::MAX, 0).unwrap();
+            }
+            poll_keyed(h);
+            h.restart_all(0).unwrap();
+        }
+        poll_keyed(h);
+    }
+    tick(h, 0)
+}
+
 /// Snapshot/restore equals an uninterrupted run, which equals an unbounded
 /// in-memory run (so a bounded cache spilling to the backend changes nothing).
-fn restore_equals_uninterrupted<B: StateBackend>(cache: Option<usize>, mut make: impl FnMut(&str) -> B) {
+fn restore_equals_uninterrupted(cache: Option<usize>, mut make: impl FnMut(&str) -> Box<dyn Backends>) {
     for window in [
         WindowAssigner::tumbling(50).unwrap(),
         WindowAssigner::sliding(60, 20).unwrap(),
         WindowAssigner::session(15).unwrap(),
     ] {
         let d = def(window, 30, 20);
-        let plan = Arc::new(Plan::build(&d).unwrap());
         let events = random_events(600, 0x5eed);
-        let run = |e: &mut Engine<B>, evs: &[(u32, Value)], out: &mut Vec<Output>| {
-            for (p, v) in evs {
-                let bytes = serde_json::to_vec(v).unwrap();
-                e.process(
-                    SourceRecord {
-                        partition: *p,
-                        offset: 0,
-                        key: None,
-                        value: &bytes,
-                    },
-                    0,
-                    out,
-                )
-                .unwrap();
-            }
+        let state = StateOptions {
+            cache_capacity: cache,
+            flush_on_fire: true,
         };
-        let mut reference = Vec::new();
-        let mut e = Engine::new(plan.clone(), &[0, 1, 2], 3, MemoryBackend::new(), 0);
-        for (p, v) in &events {
-            let bytes = serde_json::to_vec(v).unwrap();
-            let rec = SourceRecord {
-                partition: *p,
-                offset: 0,
-                key: None,
-                value: &bytes,
-            };
-            e.process(rec, 0, &mut reference).unwrap();
-        }
-        let mut whole = Vec::new();
-        let mut e = Engine::new(plan.clone(), &[0, 1, 2], 3, make("a"), 0)
-            .with_flush_on_fire(true)
-            .with_cache_capacity(cache);
-        run(&mut e, &events, &mut whole);
+        let reference = feed(&mut engine(&d, 3), &events, None);
+        let mut e = job_with(&d, 3, state, make("a"));
+        let whole = feed(&mut e, &events, None);
         assert!(whole.len() > 50);
         assert_eq!(whole, reference, "{window:?}");
         if cache.is_some() {
@@ -396,97 +480,58 @@ fn restore_equals_uninterrupted<B: StateBackend>(cache: Option<usize>, mut make:
                 "{window:?}: nothing spilled"
             );
         }
-
-        let dir = tempfile::tempdir().unwrap();
-        let mut split = Vec::new();
-        let mut e = Engine::new(plan.clone(), &[0, 1, 2], 3, make("b"), 0)
-            .with_flush_on_fire(true)
-            .with_cache_capacity(cache);
-        run(&mut e, &events[..317], &mut split);
-        e.snapshot(&dir.path().join("cp")).unwrap();
-        run(&mut e, &events[317..], &mut Vec::new());
-        drop(e);
-        let cp = dir.path().join("cp");
-        let mut r = Engine::restore_with_cache(plan, &cp, &[0, 1, 2], 3, cache, make("c"), 0)
-            .unwrap()
-            .with_flush_on_fire(true);
-        run(&mut r, &events[317..], &mut split);
-        assert_eq!(split, whole, "{window:?}");
+        let split = feed(&mut job_with(&d, 3, state, make("b")), &events, Some(317));
+        // Offsets in the keyed partitions differ: a restored task sends its
+        // watermark again.
+        assert_eq!(outputs(&split), outputs(&whole), "{window:?}");
     }
 }
 
 #[test]
 fn restore_equals_uninterrupted_memory() {
-    restore_equals_uninterrupted(None, |_| MemoryBackend::new());
-    restore_equals_uninterrupted(Some(7), |_| MemoryBackend::new());
+    restore_equals_uninterrupted(None, |_| Box::new(MemoryBackends));
+    restore_equals_uninterrupted(Some(7), |_| Box::new(MemoryBackends));
 }
 
 #[test]
 fn restore_equals_uninterrupted_rocksdb() {
     for cache in [None, Some(7)] {
-        rocksdb_restore_equals_uninterrupted(cache);
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_path_buf();
+        restore_equals_uninterrupted(cache, move |name| {
+            let path = base.join(format!(
+                "{name}-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            Box::new(RocksBackends::new(&path, RocksOptions::default()))
+        });
     }
 }
 
-fn rocksdb_restore_equals_uninterrupted(cache: Option<usize>) {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().to_path_buf();
-    restore_equals_uninterrupted(cache, move |name| {
-        let path = base.join(format!(
-            "{name}-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        RocksBackend::open(&path, &RocksOptions::default()).unwrap()
-    });
-}
-
-fn purge_returns_state_to_zero<B: StateBackend>(backend: B, cache: Option<usize>) {
+fn purge_returns_state_to_zero(backends: Box<dyn Backends>, cache: Option<usize>) {
     let d = def(WindowAssigner::sliding(40, 10).unwrap(), 25, 5);
-    let mut e = Engine::new(Arc::new(Plan::build(&d).unwrap()), &[0, 1, 2], 2, backend, 0)
-        .with_flush_on_fire(true)
-        .with_cache_capacity(cache);
-    let mut out = Vec::new();
-    for (p, v) in random_events(500, 99) {
-        let bytes = serde_json::to_vec(&v).unwrap();
-        e.process(
-            SourceRecord {
-                partition: p,
-                offset: 0,
-                key: None,
-                value: &bytes,
-            },
-            0,
-            &mut out,
-        )
-        .unwrap();
-    }
+    let state = StateOptions {
+        cache_capacity: cache,
+        flush_on_fire: true,
+    };
+    let mut e = job_with(&d, 3, state, backends);
+    feed(&mut e, &random_events(500, 99), None);
     assert!(e.open_entries() > 0);
     // Far-future events on every partition close and purge everything.
-    for p in 0..3 {
-        let bytes = serde_json::to_vec(&json!({"user": "x", "ts": 1_000_000_000, "amount": 0})).unwrap();
-        e.process(
-            SourceRecord {
-                partition: p,
-                offset: 0,
-                key: None,
-                value: &bytes,
-            },
-            0,
-            &mut out,
-        )
-        .unwrap();
-    }
+    let far: Vec<(u32, Value)> = (0..3)
+        .map(|p| (p, json!({"user": "x", "ts": 1_000_000_000, "amount": 0})))
+        .collect();
+    feed(&mut e, &far, None);
     // Only the far-future window(s) of key "x" remain.
     assert_eq!(e.open_entries(), 4);
-    let dir = tempfile::tempdir().unwrap();
-    e.snapshot(&dir.path().join("cp")).unwrap();
+    e.checkpoint_all(0, true).unwrap();
     let mut window_keys = 0;
-    for ns in 0..2 {
-        e.backend()
-            .range(ns, b"w", Some(&b"x"[..]), &mut |_, _| {
+    for t in e.tasks() {
+        t.backend()
+            .range(t.id(), b"w", Some(&b"x"[..]), &mut |_, _| {
                 window_keys += 1;
                 Ok(())
             })
@@ -497,16 +542,16 @@ fn purge_returns_state_to_zero<B: StateBackend>(backend: B, cache: Option<usize>
 
 #[test]
 fn state_purge_memory() {
-    purge_returns_state_to_zero(MemoryBackend::new(), None);
-    purge_returns_state_to_zero(MemoryBackend::new(), Some(3));
+    purge_returns_state_to_zero(Box::new(MemoryBackends), None);
+    purge_returns_state_to_zero(Box::new(MemoryBackends), Some(3));
 }
 
 #[test]
 fn state_purge_rocksdb() {
     for (i, cache) in [None, Some(3)].into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
-        let db = RocksBackend::open(&dir.path().join(format!("db{i}")), &RocksOptions::default());
-        purge_returns_state_to_zero(db.unwrap(), cache);
+        let backends = RocksBackends::new(&dir.path().join(format!("db{i}")), RocksOptions::default());
+        purge_returns_state_to_zero(Box::new(backends), cache);
     }
 }
 
@@ -518,16 +563,21 @@ fn top_k_ranks_values_per_window() {
         function: AggregateFunction::TopK { k: 2 },
         field: Some("record.page".into()),
     }];
-    let mut e = engine(&d, &[0]);
+    let mut e = engine(&d, 1);
+    let mut out = Vec::new();
     for page in ["/b", "/a", "/c", "/b", "/a", "/d"] {
-        send(&mut e, 0, json!({"user": "u", "ts": 1, "page": page}));
+        out.extend(send(&mut e, 0, json!({"user": "u", "ts": 1, "page": page})));
     }
-    send(&mut e, 0, json!({"user": "u", "ts": 2, "page": {"nested": 1}}));
-    let out = send(&mut e, 0, json!({"user": "u", "ts": 25}));
+    out.extend(send(
+        &mut e,
+        0,
+        json!({"user": "u", "ts": 2, "page": {"nested": 1}}),
+    ));
+    out.extend(send(&mut e, 0, json!({"user": "u", "ts": 25})));
     let values: Vec<Value> = out
         .iter()
         .filter_map(|o| match o {
-            Output::Result { value, .. } => Some(serde_json::from_slice(value).unwrap()),
+            Out::Result { value, .. } => Some(serde_json::from_slice(value).unwrap()),
             _ => None,
         })
         .collect();
@@ -536,8 +586,14 @@ fn top_k_ranks_values_per_window() {
         values[0]["pages"],
         json!([{"value": "/a", "count": 2}, {"value": "/b", "count": 2}])
     );
-    let dead = e.counters().dead_lettered.get("invalid_aggregate_input");
-    assert_eq!(dead, Some(&1));
+    let dead: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Out::DeadLetter { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead, ["invalid_aggregate_input"]);
 }
 
 #[test]
@@ -558,13 +614,13 @@ fn compile_errors_name_spec_fields() {
 /// A backend that records which group keys were read back with `get`.
 struct CountingBackend {
     inner: MemoryBackend,
-    gets: std::cell::RefCell<Vec<Vec<u8>>>,
+    gets: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl StateBackend for CountingBackend {
     fn get(&self, ns: u32, key: &[u8]) -> streamops_runtime::error::Result<Option<Vec<u8>>> {
         if let Some((_, group_key)) = streamops_runtime::state::parse_window_key(key) {
-            self.gets.borrow_mut().push(group_key.to_vec());
+            self.gets.lock().unwrap().push(group_key.to_vec());
         }
         self.inner.get(ns, key)
     }
@@ -596,30 +652,30 @@ impl StateBackend for CountingBackend {
     }
 }
 
-fn run_with_cache<B: StateBackend>(
-    plan: &Arc<Plan>,
+fn run_with_cache(
+    d: &JobDefinition,
     events: &[(u32, Value)],
     cache: Option<usize>,
-    backend: B,
-) -> (Vec<Output>, usize) {
-    let mut e = Engine::new(plan.clone(), &[0, 1, 2], 2, backend, 0)
-        .with_flush_on_fire(true)
-        .with_cache_capacity(cache);
-    let mut out = Vec::new();
+    backends: Box<dyn Backends>,
+) -> (Vec<Emitted>, usize) {
+    let state = StateOptions {
+        cache_capacity: cache,
+        flush_on_fire: true,
+    };
+    let mut e = job_with(d, 3, state, backends);
     for (p, v) in events {
-        let bytes = serde_json::to_vec(v).unwrap();
-        let rec = SourceRecord {
-            partition: *p,
-            offset: 0,
-            key: None,
-            value: &bytes,
-        };
-        e.process(rec, 0, &mut out).unwrap();
+        e.append(*p, None, &serde_json::to_vec(v).unwrap()).unwrap();
+    }
+    for (p, _) in events {
+        e.poll_source(*p, 1, 0).unwrap();
+        e.checkpoint_all(0, false).unwrap();
+        poll_keyed(&mut e);
         if let Some(cap) = cache {
-            // The bound is per window operator (two keyed partitions).
-            assert!(e.cached_entries() <= 2 * cap);
+            // The bound is per task (three keyed partitions).
+            assert!(e.cached_entries() <= 3 * cap);
         }
     }
+    let out = tick(&mut e, 0);
     (out, e.open_entries())
 }
 
@@ -635,17 +691,16 @@ fn cache_capacity_one_equals_unbounded() {
     ] {
         for lateness in [0, 30] {
             let d = def(window, lateness, 20);
-            let plan = Arc::new(Plan::build(&d).unwrap());
             let events = random_events(400, 0xcafe);
-            let reference = run_with_cache(&plan, &events, None, MemoryBackend::new());
+            let reference = run_with_cache(&d, &events, None, Box::new(MemoryBackends));
             assert!(reference.0.len() > 50);
             for cache in [1, 2, 5] {
-                let bounded = run_with_cache(&plan, &events, Some(cache), MemoryBackend::new());
+                let bounded = run_with_cache(&d, &events, Some(cache), Box::new(MemoryBackends));
                 assert_eq!(bounded, reference, "{window:?} lateness {lateness} cache {cache}");
             }
             let dir = tempfile::tempdir().unwrap();
-            let db = RocksBackend::open(&dir.path().join("db"), &RocksOptions::default()).unwrap();
-            let rocks = run_with_cache(&plan, &events, Some(1), db);
+            let rocks = RocksBackends::new(&dir.path().join("db"), RocksOptions::default());
+            let rocks = run_with_cache(&d, &events, Some(1), Box::new(rocks));
             assert_eq!(rocks, reference, "{window:?} lateness {lateness} (rocksdb)");
         }
     }
@@ -662,12 +717,19 @@ fn eviction_keeps_recently_updated_keys() {
         WindowAssigner::session(1_000).unwrap(),
     ] {
         let d = def(window, 0, 0);
-        let backend = CountingBackend {
-            inner: MemoryBackend::new(),
-            gets: Default::default(),
+        let gets: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let shared = gets.clone();
+        let backends = move |_task: u32| -> anyhow::Result<Box<dyn StateBackend + Send>> {
+            Ok(Box::new(CountingBackend {
+                inner: MemoryBackend::new(),
+                gets: shared.clone(),
+            }))
         };
-        let mut e = Engine::new(Arc::new(Plan::build(&d).unwrap()), &[0], 1, backend, 0)
-            .with_cache_capacity(Some(20));
+        let state = StateOptions {
+            cache_capacity: Some(20),
+            flush_on_fire: false,
+        };
+        let mut e = job_with(&d, 1, state, Box::new(backends));
         for i in 0..400i64 {
             let user = if i % 2 == 0 {
                 "hot".to_string()
@@ -681,22 +743,23 @@ fn eviction_keeps_recently_updated_keys() {
             e.open_entries() > e.cached_entries(),
             "{window:?}: nothing evicted"
         );
-        let gets = e.backend().gets.borrow();
-        assert!(
-            gets.iter().any(|k| k.starts_with(b"[\"cold")),
-            "{window:?}: cold keys not read back"
-        );
-        assert!(
-            !gets.iter().any(|k| k.as_slice() == b"[\"hot\"]"),
-            "{window:?}: the hot key was evicted"
-        );
-        drop(gets);
+        {
+            let gets = gets.lock().unwrap();
+            assert!(
+                gets.iter().any(|k| k.starts_with(b"[\"cold")),
+                "{window:?}: cold keys not read back"
+            );
+            assert!(
+                !gets.iter().any(|k| k.as_slice() == b"[\"hot\"]"),
+                "{window:?}: the hot key was evicted"
+            );
+        }
         // The hot key's totals are complete.
         let out = send(&mut e, 0, json!({"user": "x", "ts": 100_000, "amount": 0}));
         let hot: i64 = out
             .iter()
             .filter_map(|o| match o {
-                Output::Result { value, .. } => {
+                Out::Result { value, .. } => {
                     let v: Value = serde_json::from_slice(value).unwrap();
                     (v["key"] == json!(["hot"]) && v["windowStart"].as_i64() <= Some(100))
                         .then(|| v["n"].as_i64().unwrap())

@@ -1,11 +1,20 @@
-//! Property tests: the engine against an independent brute-force model.
+//! Property tests: the dataflow as the pods run it (tasks connected through
+//! the in-memory repartition log of `dataflow::harness`, exactly as the
+//! runner connects them through Kafka) against an independent brute-force
+//! model.
 //!
-//! The model shares no code with the engine. It keeps the full list of
+//! The model shares no code with the runtime. It keeps the full list of
 //! accepted events and the watermark history, and recomputes every window's
 //! membership and aggregates from scratch at every step:
-//! - watermark = min over source partitions of (max event time - outOfOrderness),
-//!   no watermark until every partition has data; records are judged against
-//!   the watermark before they advance it;
+//! - a source partition's watermark is (max event time - outOfOrderness) of
+//!   its records so far, sent at each checkpoint of its task (if it has
+//!   data); the watermark is the min over every partition's last sent one,
+//!   none until every partition sent one;
+//! - exactly once, a task's records reach the windows when its checkpoint
+//!   commits them, in order, before its watermark; at least once, as soon
+//!   as stage 1 wrote them. Records are judged against the watermark before
+//!   they advance it (with a checkpoint after every record: the watermark
+//!   of all records so far);
 //! - fixed windows: a record joins every window `[s, s+size)` (s a multiple of
 //!   slide) containing it whose `end + lateness > W`; none -> late;
 //! - sessions: the active (not purged) events of a key, sorted, split where
@@ -20,13 +29,14 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use streamops_crds::job::ProcessingGuarantee;
 use streamops_runtime::aggregate::AggregateFunction;
-use streamops_runtime::operator::window_operator::EmitMode;
+use streamops_runtime::dataflow::harness::{Emitted, Harness, HarnessConfig, MemoryBackends};
+use streamops_runtime::dataflow::task::{Out, StateOptions};
+use streamops_runtime::dataflow::window_operator::EmitMode;
 use streamops_runtime::plan::{AggregationDef, JobDefinition, Plan};
-use streamops_runtime::state::MemoryBackend;
 use streamops_runtime::time::TimeFormat;
 use streamops_runtime::window::WindowAssigner;
-use streamops_runtime::{Engine, Output, SourceRecord};
 
 #[derive(Debug, Clone)]
 struct Event {
@@ -62,12 +72,23 @@ struct Case {
     lateness: i64,
     ooo: i64,
     emit: EmitMode,
-    source_partitions: u32,
-    keyed_partitions: u32,
-    /// Bound of the engine's in-memory cache (`None`: unbounded); small
-    /// bounds force entries through the backend.
+    /// Tasks = source partitions = keyed partitions.
+    tasks: u32,
+    guarantee: ProcessingGuarantee,
+    /// Every task checkpoints after every `every`-th record (1: after each).
+    every: usize,
+    /// Bound of each task's in-memory window cache (`None`: unbounded);
+    /// small bounds force entries through the backend.
     cache: Option<usize>,
     events: Vec<Event>,
+}
+
+impl Case {
+    /// Whether every task checkpoints after the first `k` records (`cuts`:
+    /// further checkpoints, where the crash tests crash).
+    fn checkpoint_after(&self, k: usize, cuts: &BTreeSet<usize>) -> bool {
+        (k > 0 && k.is_multiple_of(self.every)) || cuts.contains(&k)
+    }
 }
 
 fn definition(c: &Case) -> JobDefinition {
@@ -143,23 +164,16 @@ struct Model {
     late: usize,
 }
 
-fn run_model(c: &Case) -> Model {
+fn run_model(c: &Case, cuts: &BTreeSet<usize>) -> Model {
+    let exactly_once = c.guarantee == ProcessingGuarantee::ExactlyOnce;
+    // Largest event time per partition, and the watermark each last sent.
     let mut max_t: BTreeMap<u32, i64> = BTreeMap::new();
-    let watermark = |max_t: &BTreeMap<u32, i64>| -> i64 {
-        if (0..c.source_partitions).all(|p| max_t.contains_key(&p)) {
-            max_t.values().map(|m| m - c.ooo).min().unwrap_or(i64::MIN)
-        } else {
-            i64::MIN
-        }
-    };
+    let mut sent: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut w = i64::MIN;
+    // Exactly once: each task's records not yet committed.
+    let mut pending: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
     let mut emissions = Emissions::new();
     let mut late = 0;
-    let mut emit = |key: u8, s: i64, e: i64, firing: &str, evs: &[&Event]| {
-        emissions
-            .entry((format!("k{key}"), s, e))
-            .or_default()
-            .push((firing.to_string(), model_aggregates(evs)));
-    };
     // Fixed windows: contents per (key, start, end).
     let mut contents: BTreeMap<(u8, i64, i64), Vec<Event>> = BTreeMap::new();
     // Sessions: active events per key.
@@ -182,90 +196,133 @@ fn run_model(c: &Case) -> Model {
         out
     }
 
-    for ev in &c.events {
-        let w0 = watermark(&max_t);
-        match c.kind {
-            Kind::Fixed { size, slide } => {
-                let mut windows = Vec::new();
-                let lo = (ev.t - size).div_euclid(slide) - 1;
-                let hi = ev.t.div_euclid(slide) + 1;
-                for m in lo..=hi {
-                    let s = m * slide;
-                    if s <= ev.t && ev.t < s + size {
-                        windows.push((s, s + size));
-                    }
-                }
-                let mut accepted = false;
-                for (s, e) in &windows {
-                    if e + c.lateness <= w0 {
-                        continue;
-                    }
-                    accepted = true;
-                    let list = contents.entry((ev.key, *s, *e)).or_default();
-                    list.push(ev.clone());
-                    let refs: Vec<&Event> = list.iter().collect();
-                    if *e <= w0 {
-                        emit(ev.key, *s, *e, "late", &refs);
-                    } else if c.emit == EmitMode::OnUpdate {
-                        emit(ev.key, *s, *e, "early", &refs);
-                    }
-                }
-                if !accepted && !windows.is_empty() {
-                    late += 1;
+    fn emit(emissions: &mut Emissions, key: u8, s: i64, e: i64, firing: &str, evs: &[&Event]) {
+        emissions
+            .entry((format!("k{key}"), s, e))
+            .or_default()
+            .push((firing.to_string(), model_aggregates(evs)));
+    }
+
+    // A record reaches the windows, judged against the watermark `w0`.
+    let deliver = |ev: &Event,
+                   w0: i64,
+                   emissions: &mut Emissions,
+                   late: &mut usize,
+                   contents: &mut BTreeMap<(u8, i64, i64), Vec<Event>>,
+                   active: &mut BTreeMap<u8, Vec<Event>>| match c.kind {
+        Kind::Fixed { size, slide } => {
+            let mut windows = Vec::new();
+            let lo = (ev.t - size).div_euclid(slide) - 1;
+            let hi = ev.t.div_euclid(slide) + 1;
+            for m in lo..=hi {
+                let s = m * slide;
+                if s <= ev.t && ev.t < s + size {
+                    windows.push((s, s + size));
                 }
             }
-            Kind::Session { gap } => {
-                let mut candidate = active.get(&ev.key).cloned().unwrap_or_default();
-                candidate.push(ev.clone());
-                let new_index = candidate.len() - 1;
-                let groups = sessions(&candidate, gap);
-                let (s, e, members) = groups.into_iter().find(|g| g.2.contains(&new_index)).unwrap();
+            let mut accepted = false;
+            for (s, e) in &windows {
                 if e + c.lateness <= w0 {
-                    late += 1;
-                } else {
-                    let refs: Vec<&Event> = members.iter().map(|i| &candidate[*i]).collect();
-                    if e <= w0 {
-                        emit(ev.key, s, e, "late", &refs);
-                    } else if c.emit == EmitMode::OnUpdate {
-                        emit(ev.key, s, e, "early", &refs);
-                    }
-                    active.insert(ev.key, candidate);
+                    continue;
+                }
+                accepted = true;
+                let list = contents.entry((ev.key, *s, *e)).or_default();
+                list.push(ev.clone());
+                let refs: Vec<&Event> = list.iter().collect();
+                if *e <= w0 {
+                    emit(emissions, ev.key, *s, *e, "late", &refs);
+                } else if c.emit == EmitMode::OnUpdate {
+                    emit(emissions, ev.key, *s, *e, "early", &refs);
+                }
+            }
+            if !accepted && !windows.is_empty() {
+                *late += 1;
+            }
+        }
+        Kind::Session { gap } => {
+            let mut candidate = active.get(&ev.key).cloned().unwrap_or_default();
+            candidate.push(ev.clone());
+            let new_index = candidate.len() - 1;
+            let groups = sessions(&candidate, gap);
+            let (s, e, members) = groups.into_iter().find(|g| g.2.contains(&new_index)).unwrap();
+            if e + c.lateness <= w0 {
+                *late += 1;
+            } else {
+                let refs: Vec<&Event> = members.iter().map(|i| &candidate[*i]).collect();
+                if e <= w0 {
+                    emit(emissions, ev.key, s, e, "late", &refs);
+                } else if c.emit == EmitMode::OnUpdate {
+                    emit(emissions, ev.key, s, e, "early", &refs);
+                }
+                active.insert(ev.key, candidate);
+            }
+        }
+    };
+
+    // The watermark advances from `w0` to `w1`: windows with `w0 < end <= w1` fire.
+    let advance = |w0: i64,
+                   w1: i64,
+                   emissions: &mut Emissions,
+                   contents: &BTreeMap<(u8, i64, i64), Vec<Event>>,
+                   active: &mut BTreeMap<u8, Vec<Event>>| match c.kind {
+        Kind::Fixed { .. } => {
+            for ((k, s, e), list) in contents {
+                if w0 < *e && *e <= w1 {
+                    let refs: Vec<&Event> = list.iter().collect();
+                    emit(emissions, *k, *s, *e, "onTime", &refs);
                 }
             }
         }
-        let m = max_t.entry(ev.partition).or_insert(ev.t);
-        *m = (*m).max(ev.t);
-        let w1 = watermark(&max_t);
-        if w1 > w0 {
-            match c.kind {
-                Kind::Fixed { .. } => {
-                    for ((k, s, e), list) in &contents {
-                        if w0 < *e && *e <= w1 {
-                            let refs: Vec<&Event> = list.iter().collect();
-                            emit(*k, *s, *e, "onTime", &refs);
-                        }
+        Kind::Session { gap } => {
+            for (k, evs) in active.iter_mut() {
+                let groups = sessions(evs, gap);
+                let mut retired = BTreeSet::new();
+                for (s, e, members) in &groups {
+                    if w0 < *e && *e <= w1 {
+                        let refs: Vec<&Event> = members.iter().map(|i| &evs[*i]).collect();
+                        emit(emissions, *k, *s, *e, "onTime", &refs);
+                    }
+                    if e + c.lateness <= w1 {
+                        retired.extend(members.iter().copied());
                     }
                 }
-                Kind::Session { gap } => {
-                    for (k, evs) in active.iter_mut() {
-                        let groups = sessions(evs, gap);
-                        let mut retired = BTreeSet::new();
-                        for (s, e, members) in &groups {
-                            if w0 < *e && *e <= w1 {
-                                let refs: Vec<&Event> = members.iter().map(|i| &evs[*i]).collect();
-                                emit(*k, *s, *e, "onTime", &refs);
-                            }
-                            if e + c.lateness <= w1 {
-                                retired.extend(members.iter().copied());
-                            }
-                        }
-                        let kept: Vec<Event> = evs
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| !retired.contains(i))
-                            .map(|(_, e)| e.clone())
-                            .collect();
-                        *evs = kept;
+                let kept: Vec<Event> = evs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !retired.contains(i))
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                *evs = kept;
+            }
+        }
+    };
+
+    let n = c.events.len();
+    // After the first k records; k = n + 1 is the closing checkpoint.
+    for k in 0..=n + 1 {
+        if (1..=n).contains(&k) {
+            let ev = &c.events[k - 1];
+            let m = max_t.entry(ev.partition).or_insert(ev.t);
+            *m = (*m).max(ev.t);
+            if exactly_once {
+                pending.entry(ev.partition).or_default().push(ev.clone());
+            } else {
+                deliver(ev, w, &mut emissions, &mut late, &mut contents, &mut active);
+            }
+        }
+        if k == n + 1 || c.checkpoint_after(k, cuts) {
+            for t in 0..c.tasks {
+                for ev in pending.remove(&t).unwrap_or_default() {
+                    deliver(&ev, w, &mut emissions, &mut late, &mut contents, &mut active);
+                }
+                if let Some(m) = max_t.get(&t) {
+                    sent.insert(t, m - c.ooo);
+                }
+                if sent.len() == c.tasks as usize {
+                    let w1 = sent.values().copied().min().unwrap_or(i64::MIN);
+                    if w1 > w {
+                        advance(w, w1, &mut emissions, &contents, &mut active);
+                        w = w1;
                     }
                 }
             }
@@ -274,27 +331,20 @@ fn run_model(c: &Case) -> Model {
     Model { emissions, late }
 }
 
-struct EngineRun {
-    emissions: Emissions,
-    late: usize,
-    outputs: Vec<Output>,
-}
-
-fn collect(outputs: &[Output]) -> (Emissions, usize) {
+fn collect(outputs: &[Emitted]) -> (Emissions, usize) {
     let mut emissions = Emissions::new();
     let mut late = 0;
     for o in outputs {
-        match o {
-            Output::Result {
-                key, value, firing, ..
-            } => {
+        match &o.out {
+            Out::Result { key, value, is_final } => {
                 let v: Value = serde_json::from_slice(value).unwrap();
                 let k: Value = serde_json::from_slice(key).unwrap();
                 assert_eq!(k["key"], v["key"]);
                 assert_eq!(k["windowStart"], v["windowStart"]);
-                assert_eq!(v["final"], json!(firing.is_final()));
+                assert_eq!(v["final"], json!(is_final));
                 let mut aggs = v.as_object().unwrap().clone();
                 let firing = aggs.remove("firing").unwrap();
+                assert_eq!(*is_final, firing != "early", "{v}");
                 for f in ["key", "windowStart", "windowEnd", "final"] {
                     aggs.remove(f);
                 }
@@ -307,36 +357,98 @@ fn collect(outputs: &[Output]) -> (Emissions, usize) {
                     .or_default()
                     .push((firing.as_str().unwrap().to_string(), Value::Object(aggs)));
             }
-            Output::Late { .. } => late += 1,
-            Output::DeadLetter { reason, .. } => panic!("unexpected dead letter: {reason}"),
+            Out::Late { .. } => late += 1,
+            Out::DeadLetter { reason, .. } => panic!("unexpected dead letter: {reason}"),
+            o @ (Out::Keyed { .. } | Out::Watermark { .. }) => panic!("internal record in the output: {o:?}"),
         }
     }
     (emissions, late)
 }
 
-fn run_engine(c: &Case) -> EngineRun {
+fn harness(c: &Case, dir: &std::path::Path) -> Harness {
     let plan = Arc::new(Plan::build(&definition(c)).unwrap());
-    let partitions: Vec<u32> = (0..c.source_partitions).collect();
-    let mut engine = Engine::new(plan, &partitions, c.keyed_partitions, MemoryBackend::new(), 0)
-        .with_cache_capacity(c.cache);
-    let mut outputs = Vec::new();
-    for (i, ev) in c.events.iter().enumerate() {
-        let value = ev.json();
-        let rec = SourceRecord {
-            partition: ev.partition,
-            offset: i as i64,
-            key: None,
-            value: &value,
-        };
-        engine.process(rec, 0, &mut outputs).unwrap();
+    let config = HarnessConfig {
+        tasks: c.tasks,
+        guarantee: c.guarantee,
+        state: StateOptions {
+            cache_capacity: c.cache,
+            flush_on_fire: false,
+        },
+        dir: dir.to_path_buf(),
+    };
+    let mut h = Harness::new(plan, config, Box::new(MemoryBackends), 0).unwrap();
+    for ev in &c.events {
+        h.append(ev.partition, None, &ev.json()).unwrap();
     }
+    h
+}
+
+/// Each committed output with its task, in commit order (offsets in the
+/// keyed partitions differ after a restart: a restored task sends its
+/// watermark again).
+fn outputs(emitted: &[Emitted]) -> Vec<(u32, &Out)> {
+    emitted.iter().map(|e| (e.task, &e.out)).collect()
+}
+
+struct Run {
+    emissions: Emissions,
+    late: usize,
+    /// Committed outputs, in commit order.
+    outputs: Vec<Emitted>,
+}
+
+/// Runs the case's records through the harness: after the first `k`
+/// records, every task checkpoints when [`Case::checkpoint_after`] says so
+/// (with the state at `cuts`), then every keyed partition is read. At each
+/// `(k, lost)` of `crashes` (in order; `k` in `cuts`), every task then goes
+/// on with the next `lost` records and whatever its keyed partition shows,
+/// and crashes: restored from the checkpoint after record `k`, it reads on
+/// from there (its keyed partition first). A closing checkpoint commits everything.
+fn run_harness(c: &Case, cuts: &BTreeSet<usize>, crashes: &[(usize, usize)]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(c, dir.path());
+    let n = c.events.len();
+    let poll_keyed = |h: &mut Harness| {
+        for t in 0..c.tasks {
+            h.poll_keyed(t, usize::MAX).unwrap();
+        }
+    };
+    for k in 0..=n {
+        if k > 0 {
+            assert_eq!(h.poll_source(c.events[k - 1].partition, 1, 0).unwrap(), 1);
+        }
+        if c.checkpoint_after(k, cuts) {
+            h.checkpoint_all(0, cuts.contains(&k)).unwrap();
+        }
+        poll_keyed(&mut h);
+        for &(_, lost) in crashes.iter().filter(|(at, _)| *at == k) {
+            // Work after the checkpoint, lost in the crash.
+            for ev in &c.events[k..(k + lost).min(n)] {
+                h.poll_source(ev.partition, 1, 0).unwrap();
+            }
+            poll_keyed(&mut h);
+            h.restart_all(0).unwrap();
+            // The restored tasks read their keyed partitions again from the
+            // checkpoint on, before the next checkpoint as before the crash.
+            poll_keyed(&mut h);
+        }
+    }
+    h.checkpoint_all(0, false).unwrap();
+    poll_keyed(&mut h);
+    h.checkpoint_all(0, false).unwrap();
+    // Every record went through both stages once (a restored task counts
+    // from its restore on).
+    if crashes.is_empty() {
+        let stats = h.operator_stats();
+        assert_eq!(stats.accepted + stats.late_records + stats.unassigned, n as u64);
+        let keyed: u64 = h.tasks().map(|t| t.counters.keyed_records).sum();
+        let source: u64 = h.tasks().map(|t| t.counters.source_records).sum();
+        let dups: u64 = h.tasks().map(|t| t.counters.duplicates_dropped).sum();
+        assert_eq!((keyed, source, dups), (n as u64, n as u64, 0));
+    }
+    let outputs = h.take_committed();
     let (emissions, late) = collect(&outputs);
-    let stats = engine.operator_stats();
-    assert_eq!(
-        stats.accepted + stats.late_records + stats.unassigned,
-        c.events.len() as u64
-    );
-    EngineRun {
+    Run {
         emissions,
         late,
         outputs,
@@ -354,121 +466,107 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         0i64..30,
         0i64..25,
         prop_oneof![Just(EmitMode::OnWindowClose), Just(EmitMode::OnUpdate)],
-        1u32..4,
-        1u32..4,
+        1u32..5,
+        prop_oneof![
+            3 => Just(ProcessingGuarantee::ExactlyOnce),
+            1 => Just(ProcessingGuarantee::AtLeastOnce)
+        ],
+        prop_oneof![2 => Just(1usize), 1 => 2usize..12],
         prop::option::of(1usize..6),
         prop::collection::vec(
             (0u32..4, 0u8..4, -20i64..40, prop::option::of(-50i64..50), 0u8..5),
             0..120,
         ),
     )
-        .prop_map(|(kind, lateness, ooo, emit, sp, kp, cache, raw)| {
-            // A drifting clock with jitter: out of order, sometimes beyond ooo.
-            let mut clock = 0i64;
-            let events = raw
-                .into_iter()
-                .enumerate()
-                .map(|(i, (p, key, jitter, amount, page))| {
-                    if i.is_multiple_of(3) {
-                        clock += 7;
-                    }
-                    Event {
-                        partition: p % sp,
-                        key,
-                        t: clock + jitter - 10,
-                        amount,
-                        page,
-                    }
-                })
-                .collect();
-            Case {
-                kind,
-                lateness,
-                ooo,
-                emit,
-                source_partitions: sp,
-                keyed_partitions: kp,
-                cache,
-                events,
-            }
-        })
+        .prop_map(
+            |(kind, lateness, ooo, emit, tasks, guarantee, every, cache, raw)| {
+                // A drifting clock with jitter: out of order, sometimes beyond ooo.
+                let mut clock = 0i64;
+                let events = raw
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (p, key, jitter, amount, page))| {
+                        if i.is_multiple_of(3) {
+                            clock += 7;
+                        }
+                        Event {
+                            partition: p % tasks,
+                            key,
+                            t: clock + jitter - 10,
+                            amount,
+                            page,
+                        }
+                    })
+                    .collect();
+                Case {
+                    kind,
+                    lateness,
+                    ooo,
+                    emit,
+                    tasks,
+                    guarantee,
+                    every,
+                    cache,
+                    events,
+                }
+            },
+        )
+}
+
+/// The case exactly once (crashes lose what was not committed; at least
+/// once they would repeat outputs).
+fn exactly_once(mut c: Case) -> Case {
+    c.guarantee = ProcessingGuarantee::ExactlyOnce;
+    c
 }
 
 proptest! {
     #[test]
-    fn engine_matches_brute_force_model(c in case_strategy()) {
-        let model = run_model(&c);
-        let engine = run_engine(&c);
-        prop_assert_eq!(&engine.emissions, &model.emissions);
-        prop_assert_eq!(engine.late, model.late);
+    fn dataflow_matches_brute_force_model(c in case_strategy()) {
+        let none = BTreeSet::new();
+        let model = run_model(&c, &none);
+        let run = run_harness(&c, &none, &[]);
+        prop_assert_eq!(&run.emissions, &model.emissions);
+        prop_assert_eq!(run.late, model.late);
         // At most one on-time final per (key, window).
-        for seq in engine.emissions.values() {
+        for seq in run.emissions.values() {
             prop_assert!(seq.iter().filter(|(f, _)| f == "onTime").count() <= 1);
         }
     }
 
+    /// A crash after a checkpoint (with work done after it, lost) and the
+    /// restore change nothing: the committed outputs are the uninterrupted
+    /// run's, which match the model.
     #[test]
-    fn snapshot_restore_equals_uninterrupted_run(c in case_strategy(), cut in 0usize..120) {
-        let whole = run_engine(&c).outputs;
+    fn snapshot_restore_equals_uninterrupted_run(c in case_strategy().prop_map(exactly_once), cut in 0usize..120, lost in 0usize..120) {
         let cut = cut.min(c.events.len());
-        let plan = Arc::new(Plan::build(&definition(&c)).unwrap());
-        let partitions: Vec<u32> = (0..c.source_partitions).collect();
-        let mut engine = Engine::new(plan.clone(), &partitions, c.keyed_partitions, MemoryBackend::new(), 0)
-            .with_cache_capacity(c.cache);
-        let mut outputs = Vec::new();
-        let feed = |engine: &mut Engine<MemoryBackend>, range: std::ops::Range<usize>, outputs: &mut Vec<Output>| {
-            for i in range {
-                let value = c.events[i].json();
-                engine.process(SourceRecord { partition: c.events[i].partition, offset: i as i64, key: None, value: &value }, 0, outputs).unwrap();
-            }
-        };
-        feed(&mut engine, 0..cut, &mut outputs);
-        let dir = tempfile::tempdir().unwrap();
-        engine.snapshot(&dir.path().join("cp")).unwrap();
-        // Keep going on the old engine: must not affect the snapshot.
-        feed(&mut engine, cut..c.events.len(), &mut Vec::new());
-        drop(engine);
-        let mut restored = Engine::restore_with_cache(plan, &dir.path().join("cp"), &partitions, c.keyed_partitions, c.cache, MemoryBackend::new(), 0).unwrap();
-        feed(&mut restored, cut..c.events.len(), &mut outputs);
-        prop_assert_eq!(outputs, whole);
+        let cuts = BTreeSet::from([cut]);
+        let whole = run_harness(&c, &cuts, &[]);
+        let model = run_model(&c, &cuts);
+        prop_assert_eq!(&whole.emissions, &model.emissions);
+        prop_assert_eq!(whole.late, model.late);
+        let crashed = run_harness(&c, &cuts, &[(cut, lost)]);
+        prop_assert_eq!(outputs(&crashed.outputs), outputs(&whole.outputs));
     }
 
-    /// A chain of crashes, as the pipeline lives it: each engine is restored
-    /// from the previous one's snapshot, runs on (its output after the
-    /// snapshot is lost in the crash), snapshots again, crashes again.
+    /// A chain of crashes, as the pipeline lives it: each time every task
+    /// is restored from its last checkpoint, runs on (its work after the
+    /// checkpoint is lost in the crash), checkpoints again, crashes again.
     #[test]
     fn repeated_crash_and_restore_equals_uninterrupted_run(
-        c in case_strategy(),
-        mut cuts in prop::collection::vec((0usize..120, 0usize..40), 1..5),
+        c in case_strategy().prop_map(exactly_once),
+        mut crashes in prop::collection::vec((0usize..120, 0usize..40), 1..5),
     ) {
-        let whole = run_engine(&c).outputs;
         let n = c.events.len();
-        cuts.sort_unstable();
-        let plan = Arc::new(Plan::build(&definition(&c)).unwrap());
-        let partitions: Vec<u32> = (0..c.source_partitions).collect();
-        let feed = |engine: &mut Engine<MemoryBackend>, range: std::ops::Range<usize>, outputs: &mut Vec<Output>| {
-            for i in range {
-                let value = c.events[i].json();
-                engine.process(SourceRecord { partition: c.events[i].partition, offset: i as i64, key: None, value: &value }, 0, outputs).unwrap();
-            }
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let mut engine = Engine::new(plan.clone(), &partitions, c.keyed_partitions, MemoryBackend::new(), 0)
-            .with_cache_capacity(c.cache);
-        let mut outputs = Vec::new();
-        let mut at = 0;
-        for (round, &(cut, lost)) in cuts.iter().enumerate() {
-            let cut = cut.clamp(at, n);
-            feed(&mut engine, at..cut, &mut outputs);
-            let cp = dir.path().join(format!("cp-{round}"));
-            engine.snapshot(&cp).unwrap();
-            // Work done after the snapshot and lost in the crash.
-            feed(&mut engine, cut..(cut + lost).min(n), &mut Vec::new());
-            drop(engine);
-            engine = Engine::restore_with_cache(plan.clone(), &cp, &partitions, c.keyed_partitions, c.cache, MemoryBackend::new(), 0).unwrap();
-            at = cut;
+        for (cut, _) in &mut crashes {
+            *cut = (*cut).min(n);
         }
-        feed(&mut engine, at..n, &mut outputs);
-        prop_assert_eq!(outputs, whole);
+        crashes.sort_unstable();
+        let cuts: BTreeSet<usize> = crashes.iter().map(|(k, _)| *k).collect();
+        let whole = run_harness(&c, &cuts, &[]);
+        let model = run_model(&c, &cuts);
+        prop_assert_eq!(&whole.emissions, &model.emissions);
+        let crashed = run_harness(&c, &cuts, &crashes);
+        prop_assert_eq!(outputs(&crashed.outputs), outputs(&whole.outputs));
     }
 }

@@ -26,9 +26,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
+use streamops_runtime::dataflow::task::{Out, Task};
 use streamops_runtime::pipeline::job::RestoreFrom;
 use streamops_runtime::pipeline::store::{CheckpointStore, Target};
-use streamops_runtime::pipeline::task::{Out, Task};
 use streamops_runtime::state::rocks::{RocksBackend, RocksOptions};
 
 fn median(mut v: Vec<f64>) -> f64 {

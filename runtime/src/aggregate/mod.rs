@@ -2,7 +2,7 @@
 //!
 //! Numeric rules (the contract, also in the README of the crate):
 //! - An aggregation's input is extracted in stage 1 (see
-//!   [`crate::operator::keying`]): a missing field or JSON `null` is
+//!   [`crate::dataflow::keying`]): a missing field or JSON `null` is
 //!   [`AggInput::Absent`] and is skipped by every function (`count` with a
 //!   `field` counts only present values; `count` without a field counts
 //!   records). A non-numeric value (string, bool, object) for
@@ -110,7 +110,7 @@ pub enum AggInput {
     /// The 64-bit hash of a value's canonical JSON text (for `distinctCount`).
     Hash(u64),
     /// A value's canonical JSON text (for `topK`), as the byte range
-    /// `start..end` of [`crate::operator::KeyedRecord::values`].
+    /// `start..end` of [`crate::dataflow::KeyedRecord::values`].
     Text {
         start: u32,
         end: u32,

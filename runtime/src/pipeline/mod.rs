@@ -4,8 +4,8 @@
 //! - [`job`]: the job file the operator writes and the task assignment;
 //! - [`sources`]: which task reads which source partition;
 //! - [`offsets`]: source positions no longer in their partition;
-//! - [`task`]: stage 1 (keying) and stage 2 (windows) of one task, pure;
-//! - [`wire`]: records of the internal repartition and control topics;
+//! - [`wire`]: records of the internal control topic (the tasks and the
+//!   repartition topic's records are [`crate::dataflow`]'s);
 //! - [`store`]: checkpoints and savepoints in durable storage (`object_store`);
 //! - [`retention`]: which checkpoint objects a task may delete;
 //! - [`runner`]: the loop and the checkpoint protocol;
@@ -23,5 +23,4 @@ pub mod runner;
 pub mod shared;
 pub mod sources;
 pub mod store;
-pub mod task;
 pub mod wire;

@@ -3,8 +3,6 @@
 
 pub mod watermark;
 
-pub use watermark::{PartitionWatermarks, WatermarkTracker};
-
 /// Milliseconds since the Unix epoch (UTC). Negative values are valid.
 pub type EventTime = i64;
 

@@ -1,15 +1,22 @@
-//! The dataflow, as two stages that the Kafka layer can run on either side of
-//! a repartition topic (in-process tests connect them directly, see
-//! [`crate::engine`]):
+//! The dataflow: two stages on either side of a repartition topic, driven
+//! by one [`task::Task`] per source partition. The runner
+//! ([`crate::pipeline::runner`]) connects tasks through Kafka; the
+//! [`harness`] connects the same tasks through in-memory logs (tests, the
+//! benchmark).
 //!
 //! 1. [`keying::KeyingStage`]: decode, filter, event time, group key and
-//!    aggregation inputs of each source record -> [`KeyedRecord`].
-//! 2. [`window_operator::WindowOperator`]: one per partition of the keyed
-//!    stream ([`partitioner::partition_for`] routes by group key), windowing and
-//!    aggregation with its own state namespace and watermark.
+//!    aggregation inputs of each source record -> [`KeyedRecord`], written
+//!    to keyed partition [`partitioner::partition_for`] of the group key as a
+//!    [`repartition`] record.
+//! 2. [`window_operator::WindowOperator`]: one per keyed partition, windowing
+//!    and aggregation with its own state namespace and watermark (the
+//!    minimum over the upstream source partitions' watermark records).
 
+pub mod harness;
 pub mod keying;
 pub mod partitioner;
+pub mod repartition;
+pub mod task;
 pub mod window_operator;
 
 use crate::aggregate::AggInput;

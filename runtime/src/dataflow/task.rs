@@ -1,6 +1,8 @@
 //! One task = one source partition (stage 1) and the keyed partition with the
-//! same number (stage 2), with their state. Pure with respect to Kafka: the
-//! runner feeds records in and writes what comes out.
+//! same number (stage 2), with their state: the runtime's only driver of the
+//! dataflow. Pure with respect to Kafka: the runner
+//! ([`crate::pipeline::runner`]) feeds records in and writes what comes out,
+//! and so does the in-memory [`super::harness`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,13 +12,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::sources::{SourceRef, Sources};
-use super::wire::{self, DataRecord, UpstreamRef, WatermarkRecord, Wire};
+use super::keying::{KeyOutcome, KeyingStage};
+use super::partitioner::partition_for;
+use super::repartition::{self, UpstreamRef, WatermarkRecord, WireRef};
+use super::window_operator::{OperatorStats, WindowOperator};
+use super::{Disposition, KeyedRecord, WindowResult};
 use crate::codec::output::encode_result;
-use crate::operator::keying::{KeyOutcome, KeyingStage};
-use crate::operator::partitioner::partition_for;
-use crate::operator::window_operator::WindowOperator;
-use crate::operator::{Disposition, KeyedRecord, WindowResult};
+use crate::pipeline::sources::{SourceRef, Sources};
 use crate::plan::Plan;
 use crate::state::StateBackend;
 use crate::time::watermark::NO_WATERMARK;
@@ -64,6 +66,20 @@ pub struct TaskCounters {
     pub duplicates_dropped: u64,
 }
 
+/// How a task keeps its window state in memory. The default is what the
+/// runner runs: an unbounded write-back cache, written to the backend at
+/// checkpoints (and when the operator asks, [`WindowOperator::needs_flush`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateOptions {
+    /// At most this many (window, key) entries in memory, the rest only in
+    /// the backend ([`WindowOperator::with_cache_capacity`]); `None`:
+    /// unbounded.
+    pub cache_capacity: Option<usize>,
+    /// Write the cache to the backend whenever windows fire
+    /// ([`WindowOperator::with_flush_on_fire`]).
+    pub flush_on_fire: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Upstream {
@@ -102,7 +118,7 @@ pub struct TaskMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceRef>,
     /// What the keyed partition knows of each upstream source partition, by
-    /// [`super::sources::source_id`] (JSON object keys are decimal strings).
+    /// [`crate::pipeline::sources::source_id`] (JSON object keys are decimal strings).
     #[serde(default)]
     pub upstreams: BTreeMap<u64, Upstream>,
     /// Older runtimes' `upstreams`, by task index in the positional layout;
@@ -175,11 +191,14 @@ pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
 pub struct Task {
     pub meta: TaskMeta,
     sources: Arc<Sources>,
-    /// [`super::sources::source_id`] of the task's source partition.
+    /// [`crate::pipeline::sources::source_id`] of the task's source partition.
     own_id: u64,
     plan: Arc<Plan>,
     keying: KeyingStage,
+    /// Stage 1's output record (its buffers reused).
     keyed: KeyedRecord,
+    /// Stage 2's input record (its buffers reused).
+    keyed_in: KeyedRecord,
     op: WindowOperator,
     backend: Box<dyn StateBackend + Send>,
     results: Vec<WindowResult>,
@@ -218,6 +237,7 @@ impl Task {
             plan,
             meta,
             keyed: KeyedRecord::default(),
+            keyed_in: KeyedRecord::default(),
             backend,
             results: Vec::new(),
             last_active_ms: now_ms,
@@ -237,7 +257,7 @@ impl Task {
         backend: Box<dyn StateBackend + Send>,
         now_ms: i64,
     ) -> Result<Task> {
-        Self::restore_with(dir, sources, plan, backend, now_ms, true)
+        Self::restore_with(dir, sources, plan, backend, now_ms, true, StateOptions::default())
     }
 
     /// As [`Task::restore`], for a `backend` that already holds the
@@ -250,16 +270,27 @@ impl Task {
         backend: Box<dyn StateBackend + Send>,
         now_ms: i64,
     ) -> Result<Task> {
-        Self::restore_with(dir, sources, plan, backend, now_ms, false)
+        Self::restore_with(
+            dir,
+            sources,
+            plan,
+            backend,
+            now_ms,
+            false,
+            StateOptions::default(),
+        )
     }
 
-    fn restore_with(
+    /// [`Task::restore`] (`load_state`) or [`Task::restore_opened`]
+    /// (`!load_state`) with `options` applied while the window state loads.
+    pub fn restore_with(
         dir: &Path,
         sources: Arc<Sources>,
         plan: Arc<Plan>,
         mut backend: Box<dyn StateBackend + Send>,
         now_ms: i64,
         load_state: bool,
+        options: StateOptions,
     ) -> Result<Task> {
         let path = dir.join(META_FILE);
         let meta: TaskMeta = serde_json::from_slice(
@@ -283,13 +314,24 @@ impl Task {
                 .restore(&dir.join(STATE_DIR), &[meta.task])
                 .with_context(|| format!("restoring the state of task {}", meta.task))?;
         }
-        let op = WindowOperator::restore(meta.task, plan.window.clone(), None, &*backend)
-            .with_context(|| format!("restoring the window operator of task {}", meta.task))?;
+        let op = WindowOperator::restore(meta.task, plan.window.clone(), options.cache_capacity, &*backend)
+            .with_context(|| format!("restoring the window operator of task {}", meta.task))?
+            .with_flush_on_fire(options.flush_on_fire);
         let mut t = Task::new(meta.task, sources, plan, backend, now_ms);
         t.op = op;
         t.sent = None;
         t.meta = meta;
         Ok(t)
+    }
+
+    /// Applies `options` to the window state (of a task with empty state; a
+    /// restored task takes them in [`Task::restore_with`]).
+    pub fn with_state_options(mut self, options: StateOptions) -> Self {
+        self.op = self
+            .op
+            .with_cache_capacity(options.cache_capacity)
+            .with_flush_on_fire(options.flush_on_fire);
+        self
     }
 
     /// The largest record the task may send (key, value and headers); a
@@ -306,6 +348,22 @@ impl Task {
     /// Live (window, key) entries of the task's window state.
     pub fn open_entries(&self) -> usize {
         self.op.open_entries()
+    }
+
+    /// (window, key) entries of the task's window state held in memory.
+    pub fn cached_entries(&self) -> usize {
+        self.op.cached_entries()
+    }
+
+    /// What the window operator did with the keyed records so far:
+    /// `accepted + late_records + unassigned` is every keyed record applied.
+    pub fn operator_stats(&self) -> OperatorStats {
+        self.op.stats()
+    }
+
+    /// The task's state backend.
+    pub fn backend(&self) -> &dyn StateBackend {
+        &*self.backend
     }
 
     /// The keyed partition's watermark.
@@ -365,16 +423,16 @@ impl Task {
             }
             Ok(KeyOutcome::Keyed) => {
                 let partition = partition_for(&self.keyed.group_key, self.meta.task_count) as i32;
-                let rec = DataRecord {
-                    upstream: UpstreamRef::Source(self.own_id),
-                    source_offset: offset,
-                    keyed: std::mem::take(&mut self.keyed),
-                    source_key: key.map(<[u8]>::to_vec),
-                    source_value: value.to_vec(),
-                };
-                wire::encode_data(&rec, &mut self.buf);
+                repartition::encode_data_parts(
+                    UpstreamRef::Source(self.own_id),
+                    offset,
+                    &self.keyed,
+                    key,
+                    value,
+                    &mut self.buf,
+                );
                 let limit = self.max_record_bytes.saturating_sub(RECORD_OVERHEAD);
-                if rec.keyed.group_key.len() + self.buf.len() > limit {
+                if self.keyed.group_key.len() + self.buf.len() > limit {
                     // It would fail the transaction and every retry of it.
                     // Never moves the watermark: it is not processed.
                     self.counters.dead_lettered += 1;
@@ -394,22 +452,20 @@ impl Task {
                         reason: format!(
                             "the record ({size} bytes, {} bytes on its way to the keyed stage) exceeds the {} bytes \
                              a record may have; {how}",
-                            rec.keyed.group_key.len() + self.buf.len(),
+                            self.keyed.group_key.len() + self.buf.len(),
                             self.max_record_bytes
                         ),
                     });
-                    self.keyed = rec.keyed;
                     return;
                 }
-                let t = rec.keyed.event_time;
+                let t = self.keyed.event_time;
                 self.meta.source_max_event_time =
                     Some(self.meta.source_max_event_time.map_or(t, |m| m.max(t)));
                 out.push(Out::Keyed {
                     partition,
-                    key: rec.keyed.group_key.clone(),
+                    key: self.keyed.group_key.clone(),
                     value: self.buf.clone(),
                 });
-                self.keyed = rec.keyed;
             }
         }
     }
@@ -427,7 +483,7 @@ impl Task {
         }
         self.sent = Some((wm, idle));
         Some(Out::Watermark {
-            value: wire::encode_watermark(&WatermarkRecord {
+            value: repartition::encode_watermark(&WatermarkRecord {
                 upstream: UpstreamRef::Source(self.own_id),
                 watermark: wm,
                 idle,
@@ -438,16 +494,16 @@ impl Task {
     /// Stage 2: one record of the keyed partition.
     pub fn on_keyed(&mut self, offset: i64, value: &[u8], out: &mut Vec<Out>) -> Result<()> {
         self.meta.keyed_offset = Some(offset + 1);
-        let wire =
-            wire::decode(value).with_context(|| format!("keyed partition {} offset {offset}", self.id()))?;
+        let wire = repartition::decode_into(value, &mut self.keyed_in)
+            .with_context(|| format!("keyed partition {} offset {offset}", self.meta.task))?;
         match wire {
-            Wire::Watermark(w) => {
+            WireRef::Watermark(w) => {
                 let u = self.upstream(w.upstream)?;
                 u.watermark = u.watermark.max(w.watermark);
                 u.idle = w.idle;
                 self.advance(out)
             }
-            Wire::Data(d) => {
+            WireRef::Data(d) => {
                 let u = self.upstream(d.upstream)?;
                 if d.source_offset <= u.seen {
                     self.counters.duplicates_dropped += 1;
@@ -457,12 +513,14 @@ impl Task {
                 u.idle = false;
                 self.counters.keyed_records += 1;
                 self.results.clear();
-                let disposition = self.op.process(&d.keyed, &mut *self.backend, &mut self.results)?;
+                let disposition = self
+                    .op
+                    .process(&self.keyed_in, &mut *self.backend, &mut self.results)?;
                 if disposition == Disposition::Late {
                     self.counters.late += 1;
                     out.push(Out::Late {
-                        key: d.source_key,
-                        value: d.source_value,
+                        key: d.source_key.map(<[u8]>::to_vec),
+                        value: d.source_value.to_vec(),
                     });
                 }
                 self.emit(out);
@@ -547,6 +605,7 @@ mod tests {
     use streamops_crds::runtime_api::{JobTopics, SourceTopic};
 
     use super::*;
+    use crate::dataflow::repartition::{DataRecord, Wire};
     use crate::pipeline::sources::source_id;
     use crate::state::memory::MemoryBackend;
 
@@ -652,13 +711,13 @@ mod tests {
         let [Out::Keyed { value, .. }] = &out[..] else {
             panic!("one keyed record: {out:?}");
         };
-        let Ok(Wire::Data(mut rec)) = wire::decode(value) else {
+        let Ok(Wire::Data(mut rec)) = repartition::decode(value) else {
             panic!("a data record");
         };
         assert_eq!(rec.upstream, UpstreamRef::Source(source_id("a", 0)));
         let mut feed = |rec: &DataRecord, offset: i64| {
             let mut buf = Vec::new();
-            wire::encode_data(rec, &mut buf);
+            repartition::encode_data(rec, &mut buf);
             keyed.on_keyed(offset, &buf, &mut Vec::new()).unwrap();
         };
         // c-0 at source offset 100, then a-0 at offset 0 (a new partition):
@@ -677,7 +736,7 @@ mod tests {
         assert_eq!(keyed.counters.duplicates_dropped, 1);
         // The watermark follows the partitions read now; c-0's is ignored.
         let mut wm = |upstream, watermark, offset| {
-            let w = wire::encode_watermark(&WatermarkRecord {
+            let w = repartition::encode_watermark(&WatermarkRecord {
                 upstream,
                 watermark,
                 idle: false,

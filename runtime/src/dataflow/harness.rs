@@ -1,0 +1,665 @@
+//! The dataflow without Kafka: N [`Task`]s connected through in-memory logs
+//! the way the runner ([`crate::pipeline::runner`]) connects them through
+//! Kafka. The model and property tests and the benchmark run the pods' code
+//! path through it.
+//!
+//! What it keeps of the runner:
+//!
+//! - Task `t` reads source partition `t` (a [`Log`] the caller fills) with
+//!   stage 1 and keyed partition `t` of the repartition log with stage 2;
+//!   stage 1 of every task writes keyed records to the keyed partition of
+//!   their group key.
+//! - A checkpoint of a task (the runner's, in its order): stage 1's
+//!   watermark record to every keyed partition (only when it changed, as
+//!   [`Task::watermark_update`] decides), the task's snapshot, then the
+//!   commit.
+//! - Exactly once: everything a task writes (keyed records, watermark
+//!   records, results, late records, dead letters) is in its open
+//!   transaction and becomes visible at its checkpoint's commit, appended in
+//!   commit order; stage 2 reads only what is committed (read_committed).
+//!   At least once: everything is visible as soon as it is written.
+//! - A restart of a task aborts its open transaction and restores it from
+//!   its last checkpoint through the runner's restore code
+//!   ([`Task::restore_with`], RocksDB opened in place on a copy of the
+//!   snapshot as the runner opens the downloaded one); it then reads its
+//!   source and keyed partitions on from the snapshot's offsets. A task with
+//!   no checkpoint starts with empty state from the beginning of both.
+//!
+//! What it leaves out: checkpoint storage (`pipeline::store`: the snapshot
+//! stays in a local directory), markers in a control topic (the harness
+//! keeps each task's last checkpoint itself), Kafka's offsets of aborted
+//! records (aborted records never reach a log here, so offsets count
+//! committed records only) and the runner's scheduling (when to poll which
+//! partition and when to checkpoint is the caller's choice).
+//!
+//! A checkpoint may skip the state snapshot ([`Harness::checkpoint`] with
+//! `state = false`), which the runner never does: the dataflow's outputs
+//! are the same, but such a checkpoint cannot be restored, and restarting a
+//! task whose last checkpoint skipped it is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use streamops_crds::job::ProcessingGuarantee;
+
+use super::task::{Out, STATE_DIR, StateOptions, Task};
+use super::window_operator::OperatorStats;
+use crate::pipeline::sources::Sources;
+use crate::plan::Plan;
+use crate::state::StateBackend;
+use crate::state::memory::MemoryBackend;
+use crate::state::rocks::{RocksBackend, RocksOptions};
+
+/// Key of watermark records in the repartition log (the runner's).
+const WATERMARK_KEY: &[u8] = b"watermark";
+
+/// An append-only log of records (optional key, value): a source partition
+/// or a keyed partition. Records before the last restorable position of a
+/// keyed partition are dropped ([`Log::truncate_before`]); offsets stay.
+#[derive(Debug, Clone, Default)]
+pub struct Log {
+    /// Offset of the first record held.
+    base: u64,
+    /// Key and value bytes of the records held, back to back.
+    bytes: Vec<u8>,
+    /// End of each record in `bytes`.
+    ends: Vec<usize>,
+    /// Length of each record's key (`u32::MAX`: no key).
+    key_lens: Vec<u32>,
+}
+
+const NO_KEY: u32 = u32::MAX;
+
+impl Log {
+    pub fn new() -> Log {
+        Log::default()
+    }
+
+    /// A log of key-less records whose values lie back to back in `bytes`,
+    /// record `i` ending at `ends[i]` (the benchmark's input, not copied).
+    pub fn from_values(bytes: Vec<u8>, ends: Vec<usize>) -> Result<Log> {
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            if end < start || end > bytes.len() {
+                bail!("record {i} ends at {end}, outside {start}..={}", bytes.len());
+            }
+            start = end;
+        }
+        let key_lens = vec![NO_KEY; ends.len()];
+        Ok(Log {
+            base: 0,
+            bytes,
+            ends,
+            key_lens,
+        })
+    }
+
+    /// Appends a record; keys of `u32::MAX` bytes or more are refused.
+    pub fn push(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        let key_len = match key {
+            Some(k) => u32::try_from(k.len())
+                .ok()
+                .filter(|&n| n != NO_KEY)
+                .ok_or_else(|| anyhow!("a key of {} bytes is too large for the log", k.len()))?,
+            None => NO_KEY,
+        };
+        if let Some(k) = key {
+            self.bytes.extend_from_slice(k);
+        }
+        self.bytes.extend_from_slice(value);
+        self.ends.push(self.bytes.len());
+        self.key_lens.push(key_len);
+        Ok(())
+    }
+
+    /// The offset the next record gets.
+    pub fn end_offset(&self) -> u64 {
+        self.base + self.ends.len() as u64
+    }
+
+    /// The record at `offset` (`None`: past the end or dropped).
+    pub fn get(&self, offset: u64) -> Option<(Option<&[u8]>, &[u8])> {
+        let i = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let record = &self.bytes[start..end];
+        Some(match self.key_lens[i] {
+            NO_KEY => (None, record),
+            n => {
+                let (key, value) = record.split_at(n as usize);
+                (Some(key), value)
+            }
+        })
+    }
+
+    /// Drops the records before `offset` (no longer readable).
+    pub fn truncate_before(&mut self, offset: u64) {
+        let n = (offset.saturating_sub(self.base) as usize).min(self.ends.len());
+        if n == 0 {
+            return;
+        }
+        let cut = self.ends[n - 1];
+        self.bytes.drain(..cut);
+        self.ends.drain(..n);
+        for end in &mut self.ends {
+            *end -= cut;
+        }
+        self.key_lens.drain(..n);
+        self.base += n as u64;
+    }
+}
+
+/// Which stage of a task read the record that produced an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Stage 1, from the task's source partition.
+    Source,
+    /// Stage 2, from the task's keyed partition.
+    Keyed,
+}
+
+/// A result, late record or dead letter, with the task and the input
+/// record (stage and offset) it came from: the runner's dead letters carry
+/// the source coordinates in their headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emitted {
+    pub task: u32,
+    pub stage: Stage,
+    pub offset: i64,
+    pub out: Out,
+}
+
+/// Where the tasks' state lives.
+pub trait Backends {
+    /// A fresh, empty backend for task `task`.
+    fn open(&mut self, task: u32) -> Result<Box<dyn StateBackend + Send>>;
+
+    /// Task `task` restored from the snapshot directory `snapshot` (written
+    /// by [`Task::snapshot`]; not changed): by default loaded into a fresh
+    /// backend, as the runner restores the memory backend.
+    fn restore(
+        &mut self,
+        task: u32,
+        snapshot: &Path,
+        sources: Arc<Sources>,
+        plan: Arc<Plan>,
+        options: StateOptions,
+        now_ms: i64,
+    ) -> Result<Task> {
+        let backend = self.open(task)?;
+        Task::restore_with(snapshot, sources, plan, backend, now_ms, true, options)
+    }
+}
+
+/// Any `FnMut(task) -> backend` provides fresh backends; restores load the
+/// snapshot into a fresh one.
+impl<F> Backends for F
+where
+    F: FnMut(u32) -> Result<Box<dyn StateBackend + Send>>,
+{
+    fn open(&mut self, task: u32) -> Result<Box<dyn StateBackend + Send>> {
+        self(task)
+    }
+}
+
+/// In-memory state for every task.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryBackends;
+
+impl Backends for MemoryBackends {
+    fn open(&mut self, _task: u32) -> Result<Box<dyn StateBackend + Send>> {
+        Ok(Box::new(MemoryBackend::new()))
+    }
+}
+
+/// A RocksDB per task under `dir`, each open of a task in a directory of
+/// its own. A restore opens a copy of the snapshot in place, as the runner
+/// opens the snapshot it downloaded.
+#[derive(Debug, Clone)]
+pub struct RocksBackends {
+    dir: PathBuf,
+    options: RocksOptions,
+    opened: u64,
+}
+
+impl RocksBackends {
+    pub fn new(dir: &Path, options: RocksOptions) -> RocksBackends {
+        RocksBackends {
+            dir: dir.to_path_buf(),
+            options,
+            opened: 0,
+        }
+    }
+
+    fn next_path(&mut self, task: u32) -> PathBuf {
+        self.opened += 1;
+        self.dir.join(format!("task-{task}-{}", self.opened))
+    }
+}
+
+impl Backends for RocksBackends {
+    fn open(&mut self, task: u32) -> Result<Box<dyn StateBackend + Send>> {
+        let path = self.next_path(task);
+        let db = RocksBackend::open(&path, &self.options)
+            .with_context(|| format!("opening RocksDB for task {task} at {}", path.display()))?;
+        Ok(Box::new(db))
+    }
+
+    fn restore(
+        &mut self,
+        task: u32,
+        snapshot: &Path,
+        sources: Arc<Sources>,
+        plan: Arc<Plan>,
+        options: StateOptions,
+        now_ms: i64,
+    ) -> Result<Task> {
+        let path = self.next_path(task);
+        let download = path.with_extension("download");
+        copy_dir(snapshot, &download)?;
+        let db = RocksBackend::open_snapshot(&download.join(STATE_DIR), &path, &self.options)
+            .with_context(|| format!("opening the restored state of task {task} at {}", path.display()))?;
+        let restored = Task::restore_with(&download, sources, plan, Box::new(db), now_ms, false, options);
+        std::fs::remove_dir_all(&download).with_context(|| format!("removing {}", download.display()))?;
+        restored
+    }
+}
+
+/// Copies directory `from` to `to` (which must not exist), recursively.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", from.display()))?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {} to {}", entry.path().display(), target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// How the harness runs its tasks.
+#[derive(Debug, Clone)]
+pub struct HarnessConfig {
+    /// Tasks = source partitions = keyed partitions.
+    pub tasks: u32,
+    pub guarantee: ProcessingGuarantee,
+    pub state: StateOptions,
+    /// Where checkpoints keep their snapshots (`task-<t>/checkpoint-<id>`).
+    pub dir: PathBuf,
+}
+
+/// A task's last checkpoint: what a restart restores.
+#[derive(Debug, Clone)]
+struct Checkpointed {
+    id: u64,
+    /// The snapshot directory (`None`: the checkpoint skipped the state).
+    snapshot: Option<PathBuf>,
+}
+
+struct Slot {
+    task: Task,
+    /// Keyed and watermark records of the open transaction (exactly once):
+    /// (keyed partition, key, value).
+    open_keyed: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    /// Outputs of the open transaction (exactly once).
+    open_out: Vec<Emitted>,
+    last: Option<Checkpointed>,
+}
+
+/// N tasks and their logs; see the module documentation.
+pub struct Harness {
+    plan: Arc<Plan>,
+    sources: Arc<Sources>,
+    config: HarnessConfig,
+    backends: Box<dyn Backends>,
+    slots: Vec<Slot>,
+    source: Vec<Log>,
+    keyed: Vec<Log>,
+    committed: Vec<Emitted>,
+    scratch: Vec<Out>,
+}
+
+impl Harness {
+    /// `config.tasks` tasks with empty state reading one source topic's
+    /// partitions (`source`, positional layout), at wall-clock time `now_ms`.
+    pub fn new(
+        plan: Arc<Plan>,
+        config: HarnessConfig,
+        mut backends: Box<dyn Backends>,
+        now_ms: i64,
+    ) -> Result<Harness> {
+        let n = config.tasks;
+        if n == 0 || n > i32::MAX as u32 {
+            bail!("a job has 1..={} tasks, not {n}", i32::MAX);
+        }
+        let sources = Arc::new(Sources::positional("source", n as i32));
+        let slots = (0..n)
+            .map(|t| {
+                let backend = backends.open(t)?;
+                Ok(Slot {
+                    task: Task::new(t, sources.clone(), plan.clone(), backend, now_ms)
+                        .with_state_options(config.state),
+                    open_keyed: Vec::new(),
+                    open_out: Vec::new(),
+                    last: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Harness {
+            plan,
+            sources,
+            backends,
+            slots,
+            source: vec![Log::new(); n as usize],
+            keyed: vec![Log::new(); n as usize],
+            committed: Vec::new(),
+            scratch: Vec::new(),
+            config,
+        })
+    }
+
+    pub fn task_count(&self) -> u32 {
+        self.config.tasks
+    }
+
+    /// Task `t`.
+    pub fn task(&self, t: u32) -> Result<&Task> {
+        Ok(&self.slot(t)?.task)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.slots.iter().map(|s| &s.task)
+    }
+
+    fn slot(&self, t: u32) -> Result<&Slot> {
+        self.slots
+            .get(t as usize)
+            .ok_or_else(|| anyhow!("no task {t}: the harness has {}", self.slots.len()))
+    }
+
+    fn slot_mut(&mut self, t: u32) -> Result<&mut Slot> {
+        let n = self.slots.len();
+        self.slots
+            .get_mut(t as usize)
+            .ok_or_else(|| anyhow!("no task {t}: the harness has {n}"))
+    }
+
+    /// Source partition `t`, to append input to.
+    pub fn source_mut(&mut self, t: u32) -> Result<&mut Log> {
+        let n = self.source.len();
+        self.source
+            .get_mut(t as usize)
+            .ok_or_else(|| anyhow!("no source partition {t}: the harness has {n}"))
+    }
+
+    /// Appends a record to source partition `t`.
+    pub fn append(&mut self, t: u32, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        self.source_mut(t)?.push(key, value)
+    }
+
+    /// Stage 1 of task `t`: reads up to `max` records of its source
+    /// partition from its position on, at wall-clock time `now_ms`; returns
+    /// how many it read.
+    pub fn poll_source(&mut self, t: u32, max: usize, now_ms: i64) -> Result<usize> {
+        let exactly_once = self.exactly_once();
+        let slot = self
+            .slots
+            .get_mut(t as usize)
+            .ok_or_else(|| anyhow!("no task {t}"))?;
+        let log = &self.source[t as usize];
+        let from = position(slot.task.meta.source_offset, "source", t)?;
+        let mut read = 0;
+        while read < max {
+            let offset = from + read as u64;
+            let Some((key, value)) = log.get(offset) else {
+                break;
+            };
+            let offset = offset as i64;
+            slot.task.on_source(offset, key, value, now_ms, &mut self.scratch);
+            read += 1;
+            for out in self.scratch.drain(..) {
+                match out {
+                    Out::Keyed {
+                        partition,
+                        key,
+                        value,
+                    } => {
+                        let q = u32::try_from(partition)
+                            .ok()
+                            .filter(|&q| (q as usize) < self.keyed.len())
+                            .ok_or_else(|| anyhow!("task {t} wrote to keyed partition {partition}"))?;
+                        if exactly_once {
+                            slot.open_keyed.push((q, key, value));
+                        } else {
+                            self.keyed[q as usize].push(Some(&key), &value)?;
+                        }
+                    }
+                    Out::Watermark { .. } => {
+                        bail!("stage 1 of task {t} sent a watermark outside a checkpoint")
+                    }
+                    out => {
+                        let e = Emitted {
+                            task: t,
+                            stage: Stage::Source,
+                            offset,
+                            out,
+                        };
+                        if exactly_once {
+                            slot.open_out.push(e);
+                        } else {
+                            self.committed.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    /// Stage 2 of task `t`: reads up to `max` visible records of its keyed
+    /// partition from its position on; returns how many it read.
+    pub fn poll_keyed(&mut self, t: u32, max: usize) -> Result<usize> {
+        let exactly_once = self.exactly_once();
+        let slot = self
+            .slots
+            .get_mut(t as usize)
+            .ok_or_else(|| anyhow!("no task {t}"))?;
+        let log = &self.keyed[t as usize];
+        let from = position(slot.task.meta.keyed_offset, "keyed", t)?;
+        let mut read = 0;
+        while read < max {
+            let offset = from + read as u64;
+            let Some((_, value)) = log.get(offset) else {
+                if offset < log.base {
+                    bail!(
+                        "task {t} reads keyed offset {offset}, dropped (the log starts at {})",
+                        log.base
+                    );
+                }
+                break;
+            };
+            let offset = offset as i64;
+            slot.task.on_keyed(offset, value, &mut self.scratch)?;
+            read += 1;
+            for out in self.scratch.drain(..) {
+                if matches!(out, Out::Keyed { .. } | Out::Watermark { .. }) {
+                    bail!("stage 2 of task {t} wrote to the repartition log: {out:?}");
+                }
+                let e = Emitted {
+                    task: t,
+                    stage: Stage::Keyed,
+                    offset,
+                    out,
+                };
+                if exactly_once {
+                    slot.open_out.push(e);
+                } else {
+                    self.committed.push(e);
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    /// Every task reads everything it can, stage 1 then stage 2, without a
+    /// checkpoint (exactly once, stage 2 sees only committed records).
+    pub fn poll_all(&mut self, now_ms: i64) -> Result<()> {
+        for t in 0..self.config.tasks {
+            self.poll_source(t, usize::MAX, now_ms)?;
+        }
+        for t in 0..self.config.tasks {
+            self.poll_keyed(t, usize::MAX)?;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of task `t` at wall-clock time `now_ms`, as the runner
+    /// takes it: stage 1's watermark to every keyed partition, the snapshot
+    /// (skipped with `!state`: see the module documentation), the commit.
+    pub fn checkpoint(&mut self, t: u32, now_ms: i64, state: bool) -> Result<()> {
+        let exactly_once = self.exactly_once();
+        let n = self.config.tasks;
+        let dir = self.config.dir.join(format!("task-{t}"));
+        let slot = self
+            .slots
+            .get_mut(t as usize)
+            .ok_or_else(|| anyhow!("no task {t}"))?;
+        if let Some(w) = slot.task.watermark_update(now_ms) {
+            let Out::Watermark { value } = w else {
+                bail!("task {t}: a watermark update that is no watermark: {w:?}");
+            };
+            for q in 0..n {
+                if exactly_once {
+                    slot.open_keyed.push((q, WATERMARK_KEY.to_vec(), value.clone()));
+                } else {
+                    self.keyed[q as usize].push(Some(WATERMARK_KEY), &value)?;
+                }
+            }
+        }
+        let id = slot.task.meta.checkpoint_id + 1;
+        slot.task.meta.checkpoint_id = id;
+        let snapshot = if state {
+            let path = dir.join(format!("checkpoint-{id}"));
+            if path.exists() {
+                std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            slot.task
+                .snapshot(&path)
+                .with_context(|| format!("checkpoint {id} of task {t}"))?;
+            Some(path)
+        } else {
+            None
+        };
+        // Keyed records before the checkpoint's position are never read
+        // again (dropped before the commit appends, so nothing is moved).
+        let keyed = slot.task.meta.keyed_offset.unwrap_or(0).max(0) as u64;
+        self.keyed[t as usize].truncate_before(keyed);
+        // The commit: the open transaction becomes visible.
+        for (q, key, value) in slot.open_keyed.drain(..) {
+            self.keyed[q as usize].push(Some(&key), &value)?;
+        }
+        self.committed.append(&mut slot.open_out);
+        // Retention: only the last checkpoint is restored.
+        let previous = slot.last.replace(Checkpointed { id, snapshot });
+        if let Some(old) = previous.and_then(|c| c.snapshot) {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of every task, in task order (the runner's scheduled
+    /// checkpoint of a process owning all tasks).
+    pub fn checkpoint_all(&mut self, now_ms: i64, state: bool) -> Result<()> {
+        for t in 0..self.config.tasks {
+            self.checkpoint(t, now_ms, state)?;
+        }
+        Ok(())
+    }
+
+    /// Task `t` crashes and restarts at wall-clock time `now_ms`: its open
+    /// transaction is aborted and it is restored from its last checkpoint
+    /// (empty from the beginning without one).
+    pub fn restart(&mut self, t: u32, now_ms: i64) -> Result<()> {
+        let (sources, plan, options) = (self.sources.clone(), self.plan.clone(), self.config.state);
+        let last = self.slot(t)?.last.clone();
+        let task = match &last {
+            None => Task::new(t, sources, plan, self.backends.open(t)?, now_ms).with_state_options(options),
+            Some(Checkpointed { id, snapshot: None }) => bail!(
+                "task {t} cannot restart: its last checkpoint ({id}) skipped the state, and restoring an older one \
+                 would repeat committed output"
+            ),
+            Some(Checkpointed {
+                id,
+                snapshot: Some(dir),
+            }) => self
+                .backends
+                .restore(t, dir, sources, plan, options, now_ms)
+                .with_context(|| format!("restoring task {t} from checkpoint {id}"))?,
+        };
+        let slot = self.slot_mut(t)?;
+        slot.task = task;
+        slot.open_keyed.clear();
+        slot.open_out.clear();
+        Ok(())
+    }
+
+    /// Every task restarts (the process owning them all crashed).
+    pub fn restart_all(&mut self, now_ms: i64) -> Result<()> {
+        for t in 0..self.config.tasks {
+            self.restart(t, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Committed outputs so far, in commit order (exactly once) or as
+    /// written (at least once).
+    pub fn committed(&self) -> &[Emitted] {
+        &self.committed
+    }
+
+    /// Takes the committed outputs so far.
+    pub fn take_committed(&mut self) -> Vec<Emitted> {
+        std::mem::take(&mut self.committed)
+    }
+
+    /// Stats summed over every task's window operator.
+    pub fn operator_stats(&self) -> OperatorStats {
+        let mut s = OperatorStats::default();
+        for t in self.tasks() {
+            let o = t.operator_stats();
+            s.accepted += o.accepted;
+            s.late_records += o.late_records;
+            s.late_window_skips += o.late_window_skips;
+            s.unassigned += o.unassigned;
+            s.results_early += o.results_early;
+            s.results_on_time += o.results_on_time;
+            s.results_late += o.results_late;
+            s.windows_purged += o.windows_purged;
+        }
+        s
+    }
+
+    /// Live (window, key) entries over all tasks, in memory or spilled.
+    pub fn open_entries(&self) -> usize {
+        self.tasks().map(Task::open_entries).sum()
+    }
+
+    /// (window, key) entries held in memory over all tasks.
+    pub fn cached_entries(&self) -> usize {
+        self.tasks().map(Task::cached_entries).sum()
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.config.guarantee == ProcessingGuarantee::ExactlyOnce
+    }
+}
+
+/// A task's next offset to read (`None`: the partition's beginning).
+fn position(offset: Option<i64>, what: &str, t: u32) -> Result<u64> {
+    u64::try_from(offset.unwrap_or(0)).map_err(|_| anyhow!("task {t}: negative {what} offset {offset:?}"))
+}
