@@ -4,14 +4,18 @@
 //! [`codec`] are small I/O-free pieces; [`dataflow`] composes them into the
 //! two dataflow stages and the task that drives both (through Kafka in
 //! [`pipeline`], through in-memory logs in [`dataflow::harness`]); [`state`]
-//! hides storage behind [`state::StateBackend`].
+//! hides storage behind [`state::StateBackend`]. At the edges, [`checkpoint`]
+//! is the exactly-once protocol and its storage and [`kafka`] the broker
+//! clients; [`pipeline`] is the process: the loop, the admin API, the CLI.
 
 pub mod aggregate;
 pub mod bench;
+pub mod checkpoint;
 pub mod codec;
 pub mod dataflow;
 pub mod error;
 pub mod expr;
+pub mod kafka;
 pub mod pipeline;
 pub mod plan;
 pub mod state;

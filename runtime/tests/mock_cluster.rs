@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::json;
+use streamops_runtime::kafka::settings::KafkaSettings;
 use streamops_runtime::pipeline::job::{JobFile, JobTopics, RestoreFrom, SourceTopic};
-use streamops_runtime::pipeline::kafka::KafkaSettings;
 use streamops_runtime::pipeline::runner::{BackendKind, RunConfig, Runner};
 use streamops_runtime::pipeline::shared::{CrashPoints, Shared};
 

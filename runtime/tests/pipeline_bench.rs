@@ -26,9 +26,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
+use streamops_runtime::checkpoint::store::{CheckpointStore, Target};
 use streamops_runtime::dataflow::task::{Out, Task};
 use streamops_runtime::pipeline::job::RestoreFrom;
-use streamops_runtime::pipeline::store::{CheckpointStore, Target};
 use streamops_runtime::state::rocks::{RocksBackend, RocksOptions};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -359,7 +359,7 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
     let backend = RocksBackend::open(&work.path().join("db"), &RocksOptions::default()).unwrap();
     let mut task = Task::new(
         0,
-        std::sync::Arc::new(streamops_runtime::pipeline::sources::Sources::positional("in", 1)),
+        std::sync::Arc::new(streamops_runtime::dataflow::sources::Sources::positional("in", 1)),
         plan,
         Box::new(backend),
         0,
@@ -476,7 +476,7 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
     .unwrap();
     let mut task = Task::restore_opened(
         &restored,
-        std::sync::Arc::new(streamops_runtime::pipeline::sources::Sources::positional("in", 1)),
+        std::sync::Arc::new(streamops_runtime::dataflow::sources::Sources::positional("in", 1)),
         Arc::new(streamops_runtime::plan::compile(&spec.defaulted()).unwrap()),
         Box::new(db),
         0,
@@ -492,7 +492,7 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
     let fresh_db = RocksBackend::open(&work.path().join("db-rewrite"), &RocksOptions::default()).unwrap();
     let rewritten = Task::restore(
         &again,
-        std::sync::Arc::new(streamops_runtime::pipeline::sources::Sources::positional("in", 1)),
+        std::sync::Arc::new(streamops_runtime::dataflow::sources::Sources::positional("in", 1)),
         Arc::new(streamops_runtime::plan::compile(&spec.defaulted()).unwrap()),
         Box::new(fresh_db),
         0,

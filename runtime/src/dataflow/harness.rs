@@ -25,7 +25,7 @@
 //!   source and keyed partitions on from the snapshot's offsets. A task with
 //!   no checkpoint starts with empty state from the beginning of both.
 //!
-//! What it leaves out: checkpoint storage (`pipeline::store`: the snapshot
+//! What it leaves out: checkpoint storage (`checkpoint::store`: the snapshot
 //! stays in a local directory), markers in a control topic (the harness
 //! keeps each task's last checkpoint itself), Kafka's offsets of aborted
 //! records (aborted records never reach a log here, so offsets count
@@ -45,7 +45,7 @@ use streamops_crds::job::ProcessingGuarantee;
 
 use super::task::{Out, STATE_DIR, StateOptions, Task};
 use super::window_operator::OperatorStats;
-use crate::pipeline::sources::Sources;
+use crate::dataflow::sources::Sources;
 use crate::plan::Plan;
 use crate::state::StateBackend;
 use crate::state::memory::MemoryBackend;

@@ -16,6 +16,7 @@ pub mod harness;
 pub mod keying;
 pub mod partitioner;
 pub mod repartition;
+pub mod sources;
 pub mod task;
 pub mod window_operator;
 

@@ -5,7 +5,7 @@
 //! little endian, versioned by the first byte: versions 1 and 2 name the
 //! upstream by its task index (written by runtimes before source layouts;
 //! still read), 3 and 4 by its source partition's id
-//! ([`crate::pipeline::sources::source_id`]). The format is what travels
+//! ([`crate::dataflow::sources::source_id`]). The format is what travels
 //! through Kafka between tasks of different runtime versions: never change
 //! the bytes of an existing version.
 
@@ -22,7 +22,7 @@ const WATERMARK: u8 = 4;
 /// Where a repartition record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamRef {
-    /// A source partition ([`crate::pipeline::sources::source_id`]): what this
+    /// A source partition ([`crate::dataflow::sources::source_id`]): what this
     /// runtime writes.
     Source(u64),
     /// The index of the task that read it, in the positional layout (what

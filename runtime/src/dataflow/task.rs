@@ -18,7 +18,7 @@ use super::repartition::{self, UpstreamRef, WatermarkRecord, WireRef};
 use super::window_operator::{OperatorStats, WindowOperator};
 use super::{Disposition, KeyedRecord, WindowResult};
 use crate::codec::output::encode_result;
-use crate::pipeline::sources::{SourceRef, Sources};
+use crate::dataflow::sources::{SourceRef, Sources};
 use crate::plan::Plan;
 use crate::state::StateBackend;
 use crate::time::watermark::NO_WATERMARK;
@@ -118,7 +118,7 @@ pub struct TaskMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceRef>,
     /// What the keyed partition knows of each upstream source partition, by
-    /// [`crate::pipeline::sources::source_id`] (JSON object keys are decimal strings).
+    /// [`crate::dataflow::sources::source_id`] (JSON object keys are decimal strings).
     #[serde(default)]
     pub upstreams: BTreeMap<u64, Upstream>,
     /// Older runtimes' `upstreams`, by task index in the positional layout;
@@ -191,7 +191,7 @@ pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
 pub struct Task {
     pub meta: TaskMeta,
     sources: Arc<Sources>,
-    /// [`crate::pipeline::sources::source_id`] of the task's source partition.
+    /// [`crate::dataflow::sources::source_id`] of the task's source partition.
     own_id: u64,
     plan: Arc<Plan>,
     keying: KeyingStage,
@@ -606,7 +606,7 @@ mod tests {
 
     use super::*;
     use crate::dataflow::repartition::{DataRecord, Wire};
-    use crate::pipeline::sources::source_id;
+    use crate::dataflow::sources::source_id;
     use crate::state::memory::MemoryBackend;
 
     fn sources(list: &[(&str, i32)]) -> Arc<Sources> {

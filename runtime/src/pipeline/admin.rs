@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::shared::{Command, RunState, Shared};
-use super::store::DeletionOutcome;
+use crate::checkpoint::store::DeletionOutcome;
 use streamops_crds::runtime_api::SavepointDeletion;
 
 /// How long `DELETE /v1/savepoints/{id}` waits for the processing loop

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, anyhow};
 use tracing::{error, info};
 
 use super::job::{JobExt, JobFile, assigned_tasks, ordinal_from_pod_name, parse_tasks};
-use super::kafka::{KafkaArgs, KafkaSettings};
 use super::runner::{BackendKind, RunConfig, Runner};
 use super::shared::{CrashPoints, RunState, Shared};
+use crate::kafka::settings::{KafkaArgs, KafkaSettings};
 
 #[derive(clap::Args)]
 pub struct RunArgs {

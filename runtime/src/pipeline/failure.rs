@@ -7,35 +7,12 @@
 //! and marks what it finds without one (a flush that ran out of time, a
 //! failed delivery report) with [`KafkaCondition`].
 
-use std::fmt;
 use std::path::Path;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use streamops_crds::runtime_api::termination;
 
-/// A Kafka failure seen as a code rather than a [`KafkaError`].
-#[derive(Debug)]
-pub struct KafkaCondition {
-    pub code: RDKafkaErrorCode,
-    pub what: String,
-}
-
-impl KafkaCondition {
-    pub fn new(code: RDKafkaErrorCode, what: impl Into<String>) -> Self {
-        Self {
-            code,
-            what: what.into(),
-        }
-    }
-}
-
-impl fmt::Display for KafkaCondition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.what)
-    }
-}
-
-impl std::error::Error for KafkaCondition {}
+pub use crate::kafka::KafkaCondition;
 
 /// The termination reason of an error: the first Kafka code in its chain
 /// decides; an error with none is [`termination::FAILED`].
@@ -112,6 +89,7 @@ pub fn write_termination_log(path: &Path, error: &anyhow::Error) {
 mod tests {
     use super::*;
     use anyhow::Context;
+    use std::fmt;
 
     #[test]
     fn the_kafka_error_in_the_chain_decides_the_reason() {

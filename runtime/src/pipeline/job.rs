@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::sources::Sources;
+use crate::dataflow::sources::Sources;
 pub use streamops_crds::job::RestoreMode;
 pub use streamops_crds::runtime_api::{
     JobConfig as JobFile, JobTopics, RestoreConfig as RestoreFrom, SourceTopic,

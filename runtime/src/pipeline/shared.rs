@@ -11,7 +11,7 @@ use prometheus::{
 };
 use serde::Serialize;
 
-use super::store::DeletionOutcome;
+use crate::checkpoint::store::DeletionOutcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum RunState {
@@ -431,6 +431,24 @@ pub const CRASH_POINTS: [&str; 6] = [
     "after-commit",
     "during-restore",
 ];
+
+impl crate::checkpoint::protocol::Steps for CrashPoints {
+    /// Dies at a step whose crash point fires (`in-commit`: a few
+    /// milliseconds into the commit); `slow-upload` sleeps before an upload.
+    fn at(&mut self, step: crate::checkpoint::protocol::Step) -> anyhow::Result<()> {
+        use crate::checkpoint::protocol::Step;
+        match step {
+            Step::Upload => self.slow_upload(),
+            Step::Uploaded => self.hit("after-upload"),
+            Step::InTransaction => self.hit("in-transaction"),
+            Step::BeforeCommit => self.hit("before-commit"),
+            Step::Commit => self.arm("in-commit"),
+            Step::Committed => self.hit("after-commit"),
+            Step::Restoring => self.hit("during-restore"),
+        }
+        Ok(())
+    }
+}
 
 impl CrashPoints {
     pub fn none() -> Self {

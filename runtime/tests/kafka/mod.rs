@@ -21,8 +21,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
+use streamops_runtime::checkpoint::marker::{CHECKPOINT_HEADER, Marker};
 use streamops_runtime::pipeline::job::{JobFile, JobTopics, RestoreFrom, SourceTopic};
-use streamops_runtime::pipeline::wire::{CHECKPOINT_HEADER, Marker};
 
 /// Event time of the record that closes every window: after all data, and
 /// in the wall clock's past (a later one would be a dead letter under the

@@ -181,8 +181,8 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::store::FileEntry;
-    use crate::pipeline::wire::MarkerKind;
+    use crate::checkpoint::marker::MarkerKind;
+    use crate::checkpoint::store::FileEntry;
 
     const ME: Owner<'static> = Owner {
         job_uid: "job-a",

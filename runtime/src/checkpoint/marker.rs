@@ -55,7 +55,7 @@ pub struct Marker {
     /// The task's source partition when the marker was written (absent in
     /// markers of older runtimes: the positional one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<super::sources::SourceRef>,
+    pub source: Option<crate::dataflow::sources::SourceRef>,
     /// Next offset to read from the task's source partition.
     pub source_offset: i64,
     /// Next offset to read from the task's keyed partition.

@@ -28,9 +28,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use super::admin::valid_savepoint_id;
+use super::marker::MarkerKind;
 use super::retention;
-use super::wire::MarkerKind;
+use streamops_crds::runtime_api::valid_savepoint_id;
 
 /// One file of a snapshot directory and where it is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,16 +131,22 @@ impl CheckpointStore {
         } else {
             open_remote(&url)?
         };
-        Ok(CheckpointStore {
+        Ok(Self::over(store, &url, rt))
+    }
+
+    /// A store over `store`, reported as `url` (tests: an in-memory
+    /// `object_store` shared by the processes of one test).
+    pub fn over(store: Arc<dyn ObjectStore>, url: &str, rt: Handle) -> Self {
+        CheckpointStore {
             store,
-            url,
+            url: url.trim_end_matches('/').to_string(),
             rt,
             uploaded: HashSet::new(),
             job_uid: None,
             restored: HashMap::new(),
             last_uploaded_bytes: 0,
             progress: None,
-        })
+        }
     }
 
     /// Remembers the SST files of `manifest` (a checkpoint task `task` was

@@ -1,0 +1,444 @@
+//! The checkpoint protocol of one task (DESIGN.md), written once against
+//! two interfaces: a [`TaskLog`] (the task's transactional view of Kafka,
+//! [`crate::kafka::producer::KafkaTaskLog`] in the pods, an in-memory
+//! transaction log in the tests below) and a [`CheckpointStore`].
+//!
+//! A checkpoint of task `t` with id `id`:
+//!
+//! 1. stage 1's watermark joins the outputs (held, or written at once at
+//!    least once);
+//! 2. the task's state is snapshotted and uploaded with its manifest: the
+//!    checkpoint's state is durable before anything of it is visible, and no
+//!    transaction is open meanwhile;
+//! 3. exactly once: a transaction begins and the outputs held since the last
+//!    checkpoint are written into it;
+//! 4. every output is acknowledged (at least once: written as they came;
+//!    their acknowledgement is what lets the marker cover them);
+//! 5. the marker naming the manifest and the input offsets is written;
+//! 6. commit (at least once: the marker's acknowledgement is the commit).
+//!
+//! A restore of task `t`: fence every predecessor (aborting its open
+//! transaction), read the last committed marker, decide where the state
+//! comes from ([`restore_source`]: never silently empty), download it and
+//! open the task at the marker's offsets.
+//!
+//! A crash between any two steps leaves either the previous checkpoint's
+//! marker as the last committed one (and none of this checkpoint's outputs
+//! visible) or this one's with all of them: the tests below crash at every
+//! [`Step`] and compare with a run that never crashed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use streamops_crds::job::RestoreMode;
+use tracing::info;
+
+use super::marker::{self, CHECKPOINT_HEADER, Marker};
+use super::outputs::{self, Destinations, Held, Outbox};
+use super::store::{CheckpointStore, Manifest, Target};
+use crate::dataflow::sources::SourceRef;
+use crate::dataflow::task::{Out, Task};
+
+/// One record for a [`TaskLog`].
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    /// `None`: the log partitions by key.
+    pub partition: Option<i32>,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+/// Records the log acknowledged, per topic and partition.
+pub type Delivered = BTreeMap<String, BTreeMap<i32, u64>>;
+
+/// What the protocol needs of the log one task writes to.
+pub trait TaskLog {
+    /// Fences every earlier writer of this task (any version, any
+    /// parallelism) and resolves what it left open: its open transaction is
+    /// aborted, so the task's control partition can be read to its end.
+    fn fence(&mut self) -> Result<()>;
+    /// The task's last committed marker of job `job_uid` (read_committed;
+    /// markers of another job with the same topics do not count).
+    fn last_marker(&mut self, job_uid: &str) -> Result<Option<Marker>>;
+    /// Begins a transaction (exactly once only).
+    fn begin(&mut self) -> Result<()>;
+    /// Writes one record (in the open transaction, if one is open).
+    fn send(&mut self, record: &Record<'_>) -> Result<()>;
+    /// Waits until everything sent is acknowledged; an error if anything
+    /// failed. Returns what was acknowledged since the last call.
+    fn flush(&mut self) -> Result<Delivered>;
+    /// Commits the open transaction.
+    fn commit(&mut self) -> Result<()>;
+}
+
+/// The points between the protocol's steps, where the tests (and the
+/// runtime's crash points) may stop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Before the state is uploaded.
+    Upload,
+    /// The state and manifest are durable; nothing is in a transaction.
+    Uploaded,
+    /// The held outputs are in the open transaction.
+    InTransaction,
+    /// The marker is written; the transaction is not committed.
+    BeforeCommit,
+    /// Committing.
+    Commit,
+    /// Committed.
+    Committed,
+    /// The state is downloaded; the task is not open yet.
+    Restoring,
+}
+
+impl Step {
+    pub const ALL: [Step; 7] = [
+        Step::Upload,
+        Step::Uploaded,
+        Step::InTransaction,
+        Step::BeforeCommit,
+        Step::Commit,
+        Step::Committed,
+        Step::Restoring,
+    ];
+}
+
+/// Called at every [`Step`]: an error stops the protocol there, as a crash
+/// would (what was written stays written, nothing else happens).
+pub trait Steps {
+    fn at(&mut self, step: Step) -> Result<()>;
+}
+
+/// No interruptions.
+pub struct Uninterrupted;
+
+impl Steps for Uninterrupted {
+    fn at(&mut self, _: Step) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What every checkpoint of a process shares.
+pub struct Context<'a> {
+    pub job_uid: &'a str,
+    pub generation: i64,
+    /// Random per process start (in every record's header and manifest).
+    pub instance: &'a str,
+    pub to: Destinations<'a>,
+    /// Outputs go into one transaction per checkpoint (exactly once); else
+    /// they are written as they come (at least once).
+    pub transactional: bool,
+}
+
+/// One checkpoint (or savepoint) of one task.
+pub struct Request<'a> {
+    pub id: u64,
+    pub savepoint: Option<&'a str>,
+    pub now_ms: i64,
+    /// A scratch directory for the snapshot (removed afterwards).
+    pub scratch: &'a Path,
+    /// Instance id of the task's state backend (names its SSTs in storage).
+    pub db: &'a str,
+    /// The task's source partition (origin of stage 1's dead letters).
+    pub source: (&'a str, i32),
+}
+
+/// A committed checkpoint.
+#[derive(Debug)]
+pub struct Committed {
+    pub manifest_path: String,
+    pub manifest: Manifest,
+    pub marker: Marker,
+}
+
+/// The log, the store and the step hook of one task's protocol run.
+pub struct Io<'a, L: ?Sized> {
+    pub log: &'a mut L,
+    pub store: &'a mut CheckpointStore,
+    pub steps: &'a mut dyn Steps,
+}
+
+/// Where an output goes: held for the checkpoint's transaction (exactly
+/// once) or written at once under the open checkpoint's header.
+pub fn output<L: TaskLog + ?Sized>(
+    cx: &Context<'_>,
+    log: &mut L,
+    outbox: &mut Outbox,
+    header: &str,
+    out: Out,
+    keyed: bool,
+    origin: outputs::Origin<'_>,
+) -> Result<()> {
+    if cx.transactional {
+        outbox.hold(Held::Out {
+            out,
+            keyed,
+            offset: origin.2,
+        });
+        Ok(())
+    } else {
+        outputs::write(log, &cx.to, header, out, origin)
+    }
+}
+
+/// Runs the protocol's checkpoint of `task` (module docs, steps 1-6).
+pub fn checkpoint<L: TaskLog + ?Sized>(
+    cx: &Context<'_>,
+    task: &mut Task,
+    outbox: &mut Outbox,
+    io: Io<'_, L>,
+    req: &Request<'_>,
+) -> Result<Committed> {
+    let t = task.id();
+    let id = req.id;
+    let header = marker::header_value(t, id, cx.instance);
+    // (1) Stage 1's progress goes to every keyed partition with the outputs.
+    if let Some(Out::Watermark { value }) = task.watermark_update(req.now_ms) {
+        if cx.transactional {
+            outbox.hold(Held::Watermark { value });
+        } else {
+            outputs::broadcast_watermark(io.log, &cx.to, &value, &header)?;
+        }
+    }
+    // (2) State and manifest durable; no transaction is open.
+    task.meta.checkpoint_id = id;
+    let _ = std::fs::remove_dir_all(req.scratch);
+    task.snapshot(req.scratch)?;
+    let target = match req.savepoint {
+        Some(sp) => Target::Savepoint {
+            id: sp,
+            checkpoint_id: id,
+            instance: cx.instance,
+        },
+        None => Target::Checkpoint {
+            id,
+            instance: cx.instance,
+            db: req.db,
+        },
+    };
+    io.steps.at(Step::Upload)?;
+    let written = io.store.write(t, req.scratch, target, req.now_ms);
+    let _ = std::fs::remove_dir_all(req.scratch);
+    let (manifest_path, manifest) = written?;
+    io.steps.at(Step::Uploaded)?;
+    // (3) The transaction and the held outputs, in their order.
+    if cx.transactional {
+        io.log.begin()?;
+        for h in outbox.take() {
+            match h {
+                Held::Out { out, keyed, offset } => {
+                    let origin = if keyed {
+                        (cx.to.topics.repartition.as_str(), t as i32, offset)
+                    } else {
+                        (req.source.0, req.source.1, offset)
+                    };
+                    outputs::write(io.log, &cx.to, &header, out, origin)?;
+                }
+                Held::Watermark { value } => outputs::broadcast_watermark(io.log, &cx.to, &value, &header)?,
+            }
+        }
+        io.steps.at(Step::InTransaction)?;
+    }
+    // (4) Every output acknowledged: the marker carries what the log
+    // acknowledged of them (its audit trail).
+    let delivered = io
+        .log
+        .flush()
+        .with_context(|| format!("task {t}: outputs of checkpoint {id}; not committing it"))?;
+    // (5) The marker: the manifest and the offsets to read on from.
+    let marker = Marker {
+        job_uid: cx.job_uid.to_string(),
+        task: t,
+        checkpoint_id: id,
+        instance: cx.instance.to_string(),
+        kind: manifest.kind,
+        savepoint_id: req.savepoint.map(str::to_string),
+        generation: cx.generation,
+        manifest: manifest_path.clone(),
+        source: task.meta.source.clone(),
+        source_offset: task.meta.source_offset.unwrap_or(0),
+        keyed_offset: task.meta.keyed_offset.unwrap_or(0),
+        time_ms: req.now_ms,
+        delivered,
+    };
+    let key = format!("task-{t}");
+    io.log.send(&Record {
+        topic: &cx.to.topics.control,
+        partition: Some(t as i32),
+        key: Some(key.as_bytes()),
+        value: &serde_json::to_vec(&marker)?,
+        headers: &[(CHECKPOINT_HEADER, header.as_bytes())],
+    })?;
+    io.steps.at(Step::BeforeCommit)?;
+    // (6) Commit (at least once: the marker acknowledged is the commit).
+    io.steps.at(Step::Commit)?;
+    io.log
+        .flush()
+        .with_context(|| format!("task {t}: the marker of checkpoint {id}; not committing it"))?;
+    if cx.transactional {
+        io.log
+            .commit()
+            .with_context(|| format!("committing checkpoint {id}"))?;
+    }
+    io.steps.at(Step::Committed)?;
+    Ok(Committed {
+        manifest_path,
+        manifest,
+        marker,
+    })
+}
+
+/// Where a task's state comes from (DESIGN.md: never silently empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreSource {
+    /// A committed checkpoint's manifest.
+    Checkpoint(String),
+    /// A savepoint's manifest for this task.
+    Savepoint(String),
+    /// Empty state; `offsets` (source, keyed) to read on from, if any were
+    /// committed (stateless upgrade), else the job's start position. The
+    /// source offset is absent when the marker's was another partition's
+    /// (a replaced source topic).
+    Empty { offsets: Option<(Option<i64>, i64)> },
+}
+
+/// Decides a task's [`RestoreSource`]. A marker of the running generation
+/// always wins: the version already committed on its own, and restoring
+/// anything older would duplicate its output.
+pub fn restore_source(
+    marker: Option<&Marker>,
+    generation: i64,
+    mode: RestoreMode,
+    savepoint_manifest: Option<String>,
+    allow_empty: bool,
+    task: u32,
+    source: &SourceRef,
+) -> Result<RestoreSource> {
+    if let Some(m) = marker.filter(|m| m.generation == generation) {
+        return Ok(RestoreSource::Checkpoint(m.manifest.clone()));
+    }
+    match mode {
+        RestoreMode::Savepoint => savepoint_manifest
+            .map(RestoreSource::Savepoint)
+            .ok_or_else(|| anyhow!("task {task}: restore mode savepoint, but no savepoint is named")),
+        RestoreMode::LastState => match marker {
+            Some(m) => Ok(RestoreSource::Checkpoint(m.manifest.clone())),
+            None if allow_empty => Ok(RestoreSource::Empty { offsets: None }),
+            None => bail!(
+                "task {task}: no committed checkpoint and no savepoint to restore; refusing to start from empty \
+                 state (set spec.restore.allowEmptyState: true to start empty)"
+            ),
+        },
+        RestoreMode::Empty => Ok(RestoreSource::Empty {
+            offsets: marker.map(|m| {
+                let ours = m.source.as_ref().is_none_or(|s| s == source);
+                (ours.then_some(m.source_offset), m.keyed_offset)
+            }),
+        }),
+    }
+}
+
+/// How a task is to be restored.
+pub struct RestoreRequest<'a> {
+    pub mode: RestoreMode,
+    /// Location of the savepoint the job file names, if any.
+    pub savepoint: Option<&'a str>,
+    pub allow_empty: bool,
+    /// The task's source partition now.
+    pub source: &'a SourceRef,
+    /// A scratch directory for the download (removed afterwards).
+    pub scratch: &'a Path,
+}
+
+/// A restored task, positioned where its state left off (offsets absent
+/// when it starts empty at the job's start position).
+pub struct Restored {
+    pub task: Task,
+    pub from: RestoreSource,
+    pub manifest: Option<Manifest>,
+}
+
+/// Opens a task: empty (`None`) or from a downloaded snapshot directory.
+pub type Open<'a> = dyn FnMut(Option<&Path>) -> Result<Task> + 'a;
+
+/// Runs the protocol's restore of task `t` (module docs).
+pub fn restore<L: TaskLog + ?Sized>(
+    cx: &Context<'_>,
+    t: u32,
+    io: Io<'_, L>,
+    req: &RestoreRequest<'_>,
+    open: &mut Open<'_>,
+) -> Result<Restored> {
+    io.log.fence()?;
+    let last = io.log.last_marker(cx.job_uid)?;
+    let savepoint = match req.savepoint {
+        Some(location) => Some(io.store.savepoint_manifest(location, t)?),
+        None => None,
+    };
+    let from = restore_source(
+        last.as_ref(),
+        cx.generation,
+        req.mode,
+        savepoint,
+        req.allow_empty,
+        t,
+        req.source,
+    )?;
+    match &from {
+        RestoreSource::Empty { offsets } => {
+            info!(
+                task = t,
+                ?offsets,
+                "starting with empty state (the spec allows it)"
+            );
+            let mut task = open(None)?;
+            if let Some((source, keyed)) = offsets {
+                task.meta.source_offset = *source;
+                task.meta.keyed_offset = Some(*keyed);
+            }
+            Ok(Restored {
+                task,
+                from,
+                manifest: None,
+            })
+        }
+        RestoreSource::Checkpoint(m) | RestoreSource::Savepoint(m) => {
+            let manifest = io.store.read_manifest(m).with_context(|| {
+                format!("task {t}: the state named by {from:?} cannot be read; refusing to start without it")
+            })?;
+            let _ = std::fs::remove_dir_all(req.scratch);
+            io.store.download(&manifest, req.scratch)?;
+            io.steps.at(Step::Restoring)?;
+            let task = open(Some(req.scratch));
+            let _ = std::fs::remove_dir_all(req.scratch);
+            let task = task?;
+            if let RestoreSource::Checkpoint(_) = &from {
+                // Its files stay in storage while a kept manifest names
+                // them; a savepoint's may be deleted, so they are not
+                // referenced.
+                io.store.adopt(t, &manifest);
+            }
+            info!(
+                task = t,
+                from = ?from,
+                checkpoint = manifest.checkpoint_id,
+                entries = task.open_entries(),
+                watermark = task.watermark(),
+                keyed_offset = ?task.meta.keyed_offset,
+                "restored"
+            );
+            Ok(Restored {
+                task,
+                from,
+                manifest: Some(manifest),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;
