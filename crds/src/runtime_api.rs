@@ -215,7 +215,10 @@ pub struct RuntimeStatus {
     pub generation: i64,
     #[serde(default)]
     pub tasks: Vec<i32>,
-    /// Last committed checkpoint id; absent before the first commit.
+    /// Last committed checkpoint id per task (JSON keys: task numbers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checkpoints: BTreeMap<i32, i64>,
+    /// The newest of `checkpoints`; absent before the first commit.
     #[serde(default)]
     pub checkpoint_id: Option<i64>,
     #[serde(default)]
@@ -228,6 +231,9 @@ pub struct RuntimeStatus {
     /// process started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offset_resets: Vec<OffsetReset>,
+    /// Why the runtime stopped, while `state` is `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One source position that was no longer in its topic, and where the
@@ -284,9 +290,11 @@ pub fn savepoint_id_in<'a>(storage: &str, location: &'a str) -> Option<&'a str> 
 
 /// `POST /v1/savepoints` body.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct SavepointRequest {
     pub id: String,
     /// Stop processing once the savepoint's transaction committed.
+    #[serde(default)]
     pub stop: bool,
 }
 
@@ -296,6 +304,9 @@ pub struct SavepointRequest {
 pub struct SavepointStatus {
     pub id: String,
     pub state: SavepointState,
+    /// The request stops processing once the savepoint committed.
+    #[serde(default)]
+    pub stop: bool,
     #[serde(default)]
     pub location: Option<String>,
     #[serde(default)]

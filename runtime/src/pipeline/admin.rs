@@ -31,28 +31,19 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, TextEncoder};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::shared::{Command, RunState, Shared};
+use super::shared::{Command, RuntimeState, Shared};
 use crate::checkpoint::store::DeletionOutcome;
-use streamops_crds::runtime_api::SavepointDeletion;
+use streamops_crds::runtime_api::{SavepointDeletion, SavepointRequest};
 
 /// How long `DELETE /v1/savepoints/{id}` waits for the processing loop
 /// (which may be in the middle of a checkpoint) before answering 202:
 /// within the operator's call timeout (3 s by default), so that it learns
 /// the outcome whenever the loop is free.
 pub const DELETION_WAIT: Duration = Duration::from_secs(2);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SavepointRequest {
-    id: String,
-    #[serde(default)]
-    stop: bool,
-}
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -114,7 +105,7 @@ async fn handle(
         }
         (&Method::GET, "/readyz") => {
             let st = shared.status().state;
-            return if st == RunState::Running {
+            return if st == RuntimeState::Running {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{st:?}\n"))

@@ -10,7 +10,7 @@ use tracing::{error, info};
 
 use super::job::{JobExt, JobFile, assigned_tasks, ordinal_from_pod_name, parse_tasks};
 use super::runner::{BackendKind, RunConfig, Runner};
-use super::shared::{CrashPoints, RunState, Shared};
+use super::shared::{CrashPoints, RuntimeState, Shared};
 use crate::kafka::settings::{KafkaArgs, KafkaSettings};
 
 #[derive(clap::Args)]
@@ -153,7 +153,7 @@ fn run_job(args: RunArgs) -> Result<()> {
         .map_err(|_| anyhow!("the pipeline thread panicked"))?;
     if let Err(e) = &result {
         shared.update_status(|s| {
-            s.state = RunState::Failed;
+            s.state = RuntimeState::Failed;
             s.error = Some(format!("{e:#}"));
         });
     }

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::job::{JobExt, JobFile};
 use super::offsets::{self, Decision};
-use super::shared::{CrashPoints, MAX_OFFSET_RESETS, RunState, SavepointState, Shared};
+use super::shared::{CrashPoints, MAX_OFFSET_RESETS, RuntimeState, SavepointState, Shared};
 use crate::checkpoint::marker;
 use crate::checkpoint::outputs::{Destinations, Outbox};
 use crate::checkpoint::protocol::{self, Context, Io, Request, RestoreRequest, RestoreSource};
@@ -326,7 +326,7 @@ impl Runner {
             output_buffer_bytes,
             job,
         };
-        runner.shared.update_status(|s| s.state = RunState::Restoring);
+        runner.shared.update_status(|s| s.state = RuntimeState::Restoring);
         for t in tasks {
             let slot = runner
                 .open_task(t)
@@ -338,7 +338,7 @@ impl Runner {
         for slot in runner.slots.values_mut() {
             slot.begin();
         }
-        runner.shared.update_status(|s| s.state = RunState::Running);
+        runner.shared.update_status(|s| s.state = RuntimeState::Running);
         Ok(runner)
     }
 
@@ -414,7 +414,7 @@ impl Runner {
             _ => Vec::new(),
         };
         self.shared.update_status(|s| {
-            s.checkpoints.insert(t, task.meta.checkpoint_id);
+            s.checkpoints.insert(t as i32, task.meta.checkpoint_id as i64);
         });
         Ok(Slot {
             task,
@@ -626,11 +626,11 @@ impl Runner {
                     sp.state = SavepointState::Completed;
                     sp.location = Some(location);
                     sp.offsets = offsets;
-                    sp.checkpoint_id = checkpoint;
+                    sp.checkpoint_id = checkpoint.map(|c| c as i64);
                 });
                 if stop {
                     self.stopped = true;
-                    self.shared.update_status(|s| s.state = RunState::Stopped);
+                    self.shared.update_status(|s| s.state = RuntimeState::Stopped);
                     info!(savepoint = %id, "stopped with savepoint; nothing uncommitted remains");
                 }
                 Ok(())
@@ -641,7 +641,7 @@ impl Runner {
                         s.begin();
                     }
                     self.stopped = false;
-                    self.shared.update_status(|s| s.state = RunState::Running);
+                    self.shared.update_status(|s| s.state = RuntimeState::Running);
                     info!("resumed after a stop");
                 }
                 Ok(())
@@ -820,7 +820,7 @@ impl Runner {
         let max = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
         let now = now_ms();
         self.shared.update_status(|s| {
-            s.checkpoint_id = max;
+            s.checkpoint_id = max.map(|c| c as i64);
             s.last_commit_ms = Some(now);
         });
     }
@@ -912,7 +912,7 @@ impl Runner {
             "committed"
         );
         self.shared.update_status(|s| {
-            s.checkpoints.insert(t, id);
+            s.checkpoints.insert(t as i32, id as i64);
         });
         if !stop {
             slot.begin();

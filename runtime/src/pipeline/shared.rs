@@ -9,62 +9,13 @@ use std::time::Instant;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use serde::Serialize;
 
 use crate::checkpoint::store::DeletionOutcome;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum RunState {
-    Starting,
-    Restoring,
-    Running,
-    Stopped,
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusView {
-    pub state: RunState,
-    pub generation: i64,
-    pub tasks: Vec<u32>,
-    /// Last committed checkpoint id per task.
-    pub checkpoints: BTreeMap<u32, u64>,
-    /// Smallest of `checkpoints` (what the operator compares against a savepoint).
-    pub checkpoint_id: Option<u64>,
-    pub last_commit_ms: Option<i64>,
-    /// Records not yet read from this pod's source partitions (high
-    /// watermark - position), refreshed every few seconds.
-    pub lag: Option<i64>,
-    /// Source positions reset by `spec.source.onOffsetOutOfRange` (the last
-    /// [`MAX_OFFSET_RESETS`]).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub offset_resets: Vec<streamops_crds::runtime_api::OffsetReset>,
-    pub error: Option<String>,
-}
+pub use streamops_crds::runtime_api::{RuntimeState, RuntimeStatus, SavepointState, SavepointStatus};
 
 /// Offset resets the status keeps (older ones are in the log and the metric).
 pub const MAX_OFFSET_RESETS: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum SavepointState {
-    InProgress,
-    Completed,
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SavepointView {
-    pub id: String,
-    pub state: SavepointState,
-    pub stop: bool,
-    pub location: Option<String>,
-    pub checkpoint_id: Option<u64>,
-    /// Next offset per source partition (`topic-partition`).
-    pub offsets: BTreeMap<String, i64>,
-    pub error: Option<String>,
-}
 
 /// Work the admin API hands to the processing loop, which owns the
 /// storage and the tasks.
@@ -235,8 +186,8 @@ impl Metrics {
 }
 
 pub struct Shared {
-    pub status: Mutex<StatusView>,
-    pub savepoints: Mutex<BTreeMap<String, SavepointView>>,
+    pub status: Mutex<RuntimeStatus>,
+    pub savepoints: Mutex<BTreeMap<String, SavepointStatus>>,
     pub commands: Mutex<VecDeque<Command>>,
     pub shutdown: AtomicBool,
     pub metrics: Metrics,
@@ -302,10 +253,10 @@ pub fn stalled_for(now_ms: u64, last_plus_one: u64, limit_ms: u64) -> Option<u64
 impl Shared {
     pub fn new(generation: i64, tasks: Vec<u32>) -> prometheus::Result<Shared> {
         Ok(Shared {
-            status: Mutex::new(StatusView {
-                state: RunState::Starting,
+            status: Mutex::new(RuntimeStatus {
+                state: RuntimeState::Starting,
                 generation,
-                tasks,
+                tasks: tasks.into_iter().map(|t| t as i32).collect(),
                 checkpoints: BTreeMap::new(),
                 checkpoint_id: None,
                 last_commit_ms: None,
@@ -321,11 +272,11 @@ impl Shared {
         })
     }
 
-    pub fn status(&self) -> StatusView {
+    pub fn status(&self) -> RuntimeStatus {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn update_status(&self, f: impl FnOnce(&mut StatusView)) {
+    pub fn update_status(&self, f: impl FnOnce(&mut RuntimeStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
@@ -343,7 +294,7 @@ impl Shared {
             .pop_front()
     }
 
-    pub fn savepoint(&self, id: &str) -> Option<SavepointView> {
+    pub fn savepoint(&self, id: &str) -> Option<SavepointStatus> {
         self.savepoints
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -359,7 +310,7 @@ impl Shared {
         }
         map.insert(
             id.to_string(),
-            SavepointView {
+            SavepointStatus {
                 id: id.to_string(),
                 state: SavepointState::InProgress,
                 stop,
@@ -397,7 +348,7 @@ impl Shared {
             .remove(id);
     }
 
-    pub fn update_savepoint(&self, id: &str, f: impl FnOnce(&mut SavepointView)) {
+    pub fn update_savepoint(&self, id: &str, f: impl FnOnce(&mut SavepointStatus)) {
         if let Some(sp) = self
             .savepoints
             .lock()

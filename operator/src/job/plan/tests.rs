@@ -168,10 +168,12 @@ impl World {
                             state: p.state,
                             generation: p.generation,
                             tasks: vec![],
+                            checkpoints: Default::default(),
                             checkpoint_id: Some(p.checkpoint),
                             last_commit_ms: None,
                             lag: Some(p.checkpoint % 7),
                             offset_resets: Vec::new(),
+                            error: None,
                         })
                     };
                     (p.name.clone(), answer)
@@ -271,6 +273,7 @@ impl World {
                         SavepointStatus {
                             id: id.clone(),
                             state,
+                            stop: false,
                             location: Some(location(id)),
                             checkpoint_id: Some(pod.checkpoint),
                             offsets: [(format!("clicks-{}", &name[4..]), 100)].into(),
@@ -954,10 +957,12 @@ fn rollback_uses_the_savepoint_when_nothing_newer_was_committed() {
                 state: RuntimeState::Restoring,
                 generation: 2,
                 tasks: vec![],
+                checkpoints: Default::default(),
                 checkpoint_id: Some(sp_checkpoint),
                 last_commit_ms: None,
                 lag: None,
                 offset_resets: Vec::new(),
+                error: None,
             }),
         );
     }
@@ -999,10 +1004,12 @@ fn a_pod_without_a_checkpoint_id_does_not_prove_that_nothing_was_committed() {
                 state: RuntimeState::Running,
                 generation: 2,
                 tasks: vec![],
+                checkpoints: Default::default(),
                 checkpoint_id: None,
                 last_commit_ms: None,
                 lag: None,
                 offset_resets: Vec::new(),
+                error: None,
             }),
         );
     }
