@@ -1,6 +1,5 @@
 //! `streamops-runtime`: the runtime binary (thin shell over the library).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +7,6 @@ use clap::{Parser, Subcommand};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use streamops_runtime::RuntimeError;
-use streamops_runtime::bench::{self, BenchBackend, BenchWindow, GeneratorConfig};
 
 #[derive(Parser)]
 #[command(
@@ -34,63 +32,9 @@ enum Command {
     /// Block until SIGTERM or SIGINT, then exit 0.
     Idle,
     /// Run the built-in benchmark (build with --release).
-    Bench(BenchArgs),
+    Bench(Box<streamops_runtime::bench::driver::BenchArgs>),
     /// Run a job: the tasks given (or this pod's share), exactly once, until SIGTERM.
     Run(Box<streamops_runtime::pipeline::cli::RunArgs>),
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Windows to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchWindow::Tumbling, BenchWindow::Sliding, BenchWindow::Session])]
-    window: Vec<BenchWindow>,
-    /// State backends to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchBackend::Rocksdb, BenchBackend::Memory])]
-    backend: Vec<BenchBackend>,
-    /// Key cardinalities to run.
-    #[arg(long, value_delimiter = ',', default_values_t = [1_000u64, 100_000, 1_000_000])]
-    keys: Vec<u64>,
-    /// Events per run.
-    #[arg(long, default_value_t = 2_000_000)]
-    events: usize,
-    /// Event-time rate: events per millisecond.
-    #[arg(long, default_value_t = 100)]
-    events_per_ms: u64,
-    /// Maximum out-of-orderness of generated events (also the watermark bound).
-    #[arg(long, default_value_t = 500)]
-    out_of_order_ms: i64,
-    /// Runs per configuration; the median is reported with min and max.
-    #[arg(long, default_value_t = 1)]
-    runs: usize,
-    /// RocksDB block cache size in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    block_cache_bytes: usize,
-    /// RocksDB runs: (window, key) entries kept in memory, the rest is
-    /// evicted to RocksDB; 0 derives the bound from --cache-bytes.
-    #[arg(long, default_value_t = 0)]
-    cache_entries: usize,
-    /// RocksDB runs without --cache-entries: memory for the window cache
-    /// (an estimate from the in-memory layout, converted to entries).
-    #[arg(long, default_value_t = 256 << 20)]
-    cache_bytes: usize,
-    /// RocksDB runs: the checkpoint takes the state snapshot (cache written
-    /// to RocksDB, RocksDB checkpoint, as the pipeline does every interval)
-    /// every this many events; 0 writes the cache to RocksDB whenever windows
-    /// fire instead.
-    #[arg(long, default_value_t = 0)]
-    checkpoint_every_events: usize,
-    /// The task checkpoints (watermark record to the keyed partition, the
-    /// transaction committed, stage 2 reads it) every this many events.
-    #[arg(long, default_value_t = 10_000)]
-    commit_every_events: usize,
-    /// Where RocksDB databases are created (one fresh directory per run).
-    #[arg(long)]
-    db_dir: Option<PathBuf>,
-    /// Internal: run exactly one configuration in this process and print one
-    /// machine-readable line (the driver spawns one process per run so peak
-    /// RSS is per configuration).
-    #[arg(long, hide = true)]
-    single: bool,
 }
 
 fn main() -> ExitCode {
@@ -101,7 +45,7 @@ fn main() -> ExitCode {
             timeout,
         } => check_broker(&bootstrap_servers, timeout),
         Command::Idle => idle(),
-        Command::Bench(args) => run_bench(args),
+        Command::Bench(args) => streamops_runtime::bench::driver::run(*args),
         Command::Run(args) => {
             init_tracing();
             return match streamops_runtime::pipeline::cli::run(*args) {
@@ -168,149 +112,4 @@ fn idle() -> Result<(), RuntimeError> {
         }
     })?;
     Ok(())
-}
-
-fn run_bench(args: BenchArgs) -> Result<(), RuntimeError> {
-    if args.single {
-        let (Some(window), Some(backend), Some(keys)) =
-            (args.window.first(), args.backend.first(), args.keys.first())
-        else {
-            return Err(RuntimeError::InvalidArgument(
-                "--single needs one window, backend and keys".into(),
-            ));
-        };
-        let base = args.db_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let db_dir = base.join(format!("streamops-bench-{}", std::process::id()));
-        let cfg = GeneratorConfig {
-            events: args.events,
-            keys: *keys,
-            events_per_ms: args.events_per_ms,
-            out_of_order_ms: args.out_of_order_ms,
-            seed: 42,
-        };
-        let r = bench::run(
-            *window,
-            &cfg,
-            &bench::StateConfig {
-                backend: *backend,
-                db_dir: &db_dir,
-                block_cache_bytes: args.block_cache_bytes,
-                cache_entries: args.cache_entries,
-                cache_bytes: args.cache_bytes,
-                checkpoint_every: args.checkpoint_every_events,
-                commit_every: args.commit_every_events,
-            },
-        );
-        let db_bytes = dir_size(&db_dir.join("db"));
-        let _ = std::fs::remove_dir_all(&db_dir);
-        let r = r?;
-        println!(
-            "{} {} {} {} {} {} {}",
-            r.events, r.cpu_seconds, r.results, r.late, r.peak_rss_bytes, r.input_bytes, db_bytes
-        );
-        return Ok(());
-    }
-    let exe = std::env::current_exe()?;
-    println!(
-        "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={} cache-bytes={} \
-         checkpoint-every={} events commit-every={} events",
-        args.events,
-        args.events_per_ms,
-        args.out_of_order_ms,
-        args.runs,
-        args.block_cache_bytes,
-        args.cache_entries,
-        args.cache_bytes,
-        args.checkpoint_every_events,
-        args.commit_every_events
-    );
-    println!(
-        "| window | keys | backend | events/s per core (median) | min | max | peak RSS MiB | input MiB | RocksDB dir MiB | results | late |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for window in &args.window {
-        for keys in &args.keys {
-            for backend in &args.backend {
-                let mut rates = Vec::new();
-                let mut last = Vec::new();
-                for _ in 0..args.runs.max(1) {
-                    let mut cmd = std::process::Command::new(&exe);
-                    cmd.arg("bench")
-                        .arg("--single")
-                        .arg(format!("--window={}", value_name(*window)))
-                        .arg(format!("--backend={}", value_name(*backend)))
-                        .arg(format!("--keys={keys}"))
-                        .arg(format!("--events={}", args.events))
-                        .arg(format!("--events-per-ms={}", args.events_per_ms))
-                        .arg(format!("--out-of-order-ms={}", args.out_of_order_ms))
-                        .arg(format!("--block-cache-bytes={}", args.block_cache_bytes))
-                        .arg(format!("--cache-entries={}", args.cache_entries))
-                        .arg(format!("--cache-bytes={}", args.cache_bytes))
-                        .arg(format!(
-                            "--checkpoint-every-events={}",
-                            args.checkpoint_every_events
-                        ))
-                        .arg(format!("--commit-every-events={}", args.commit_every_events));
-                    if let Some(d) = &args.db_dir {
-                        cmd.arg("--db-dir").arg(d);
-                    }
-                    let out = cmd.output()?;
-                    if !out.status.success() {
-                        return Err(RuntimeError::InvalidArgument(format!(
-                            "benchmark run failed: {}",
-                            String::from_utf8_lossy(&out.stderr)
-                        )));
-                    }
-                    let fields: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-                        .split_whitespace()
-                        .filter_map(|f| f.parse().ok())
-                        .collect();
-                    if fields.len() != 7 {
-                        return Err(RuntimeError::InvalidArgument(
-                            "unexpected benchmark output".into(),
-                        ));
-                    }
-                    rates.push(fields[0] / fields[1].max(1e-9));
-                    last = fields;
-                }
-                rates.sort_by(f64::total_cmp);
-                let mib = |b: f64| b / (1024.0 * 1024.0);
-                println!(
-                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} |",
-                    value_name(*window),
-                    keys,
-                    value_name(*backend),
-                    rates[rates.len() / 2],
-                    rates[0],
-                    rates[rates.len() - 1],
-                    mib(last[4]),
-                    mib(last[5]),
-                    mib(last[6]),
-                    last[2],
-                    last[3],
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-fn value_name<T: clap::ValueEnum>(v: T) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
-}
-
-/// Bytes of the files under `dir`, recursively (the harness opens each
-/// task's database in a directory of its own under it).
-fn dir_size(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
-                .map(|(path, m)| if m.is_dir() { dir_size(&path) } else { m.len() })
-                .sum()
-        })
-        .unwrap_or(0)
 }

@@ -3,6 +3,8 @@
 //! task of the dataflow [`Harness`]: stage 1, the repartition record
 //! encoded and decoded, stage 2, as the pods run it (Kafka left out).
 
+pub mod driver;
+
 use std::path::Path;
 use std::sync::Arc;
 
