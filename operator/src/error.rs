@@ -1,8 +1,6 @@
 //! The operator's one error type. Variant names are the `reason` label of
 //! `streamops_reconcile_errors_total` and the condition reason in status.
 
-use crate::kafka::{AdminFailure, FailureKind};
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
@@ -56,16 +54,6 @@ impl Error {
             self,
             Self::Kube(_) | Self::Finalizer(_) | Self::KafkaUnavailable(_)
         )
-    }
-
-    pub fn from_admin(failure: AdminFailure) -> Self {
-        match failure.kind {
-            FailureKind::Unavailable => Self::KafkaUnavailable(failure.message),
-            FailureKind::Unsupported
-            | FailureKind::AlreadyExists
-            | FailureKind::UnknownTopic
-            | FailureKind::Rejected => Self::KafkaRejected(failure.message),
-        }
     }
 }
 

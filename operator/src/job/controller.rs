@@ -393,10 +393,7 @@ async fn transaction_limit(job: &StreamJob, ctx: &JobContext) -> Result<Option<H
         return Ok(None);
     }
     let admin = kafka_admin(job, ctx).await?;
-    let max = admin
-        .max_transaction_timeout_ms()
-        .await
-        .map_err(Error::from_admin)?;
+    let max = admin.max_transaction_timeout_ms().await.map_err(Error::from)?;
     Ok(transaction::fit_spec(&job.spec, max)
         .err()
         .map(|e| Health::stalled("TransactionLimitTooLow", format!("{}: {}", e.field, e.message))))
@@ -409,12 +406,12 @@ async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobT
     let partitions = topics.total_partitions();
     let compact: BTreeMap<String, String> = [("cleanup.policy".to_owned(), "compact".to_owned())].into();
     for (name, config) in [(&topics.repartition, BTreeMap::new()), (&topics.control, compact)] {
-        match admin.describe(name).await.map_err(Error::from_admin)? {
+        match admin.describe(name).await.map_err(Error::from)? {
             None => {
                 match admin.create(name, partitions, None, &config).await {
                     Ok(()) => {}
                     Err(f) if f.kind == FailureKind::AlreadyExists => {}
-                    Err(f) => return Err(Error::from_admin(f)),
+                    Err(f) => return Err(Error::from(f)),
                 }
                 info!(topic = %name, partitions, "created internal topic");
                 ctx.event(
@@ -435,7 +432,7 @@ async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobT
                              support CreatePartitions",
                             observed.partitions
                         )),
-                        _ => Error::from_admin(f),
+                        _ => Error::from(f),
                     })?;
             }
             Some(_) => {}
@@ -877,7 +874,7 @@ async fn cleanup(job: &StreamJob, ctx: &JobContext) -> Result<Action> {
         Err(e) => return Err(e),
     };
     for topic in [names.repartition_topic(), names.control_topic()] {
-        admin.delete(&topic).await.map_err(Error::from_admin)?;
+        admin.delete(&topic).await.map_err(Error::from)?;
         info!(%topic, "deleted internal topic");
     }
     Ok(Action::await_change())

@@ -24,15 +24,13 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{
     annotation_is,
     conflict::{Claim, winner_over},
-    plan::{
-        self, CleanupInput, CleanupPlan, DesiredTopic, ObservedTopic, RecordedTopic, TopicPlan, TopicUpdate,
-    },
+    plan::{self, CleanupInput, CleanupPlan, DesiredTopic, RecordedTopic, TopicPlan, TopicUpdate},
     status,
 };
 use crate::{
     context::Context,
     error::{Error, Result},
-    kafka::{FailureKind, KafkaAdmin},
+    kafka::{ConfigChange, FailureKind, KafkaAdmin, ObservedTopic},
 };
 
 /// Name of the controller in metrics and logs.
@@ -278,7 +276,7 @@ async fn sync_kafka(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) 
     let admin = admin_for(topic, ctx).await?;
     let desired = desired(topic);
     let recorded = recorded(topic);
-    let observed = admin.describe(&desired.name).await.map_err(Error::from_admin)?;
+    let observed = admin.describe(&desired.name).await.map_err(Error::from)?;
     let plan = plan::plan(&desired, &recorded, observed.as_ref());
     info!(topic = %desired.name, ?plan, "planned");
     match plan {
@@ -354,7 +352,7 @@ async fn create(
     {
         if failure.kind == FailureKind::Unavailable {
             // Outcome unknown; the intent stays and the next attempt looks again.
-            return Err(Error::from_admin(failure));
+            return Err(Error::from(failure));
         }
         if failure.kind == FailureKind::AlreadyExists && created_before {
             // Our own earlier create, not yet visible to the describe: the
@@ -410,7 +408,7 @@ async fn create(
     status.partitions = Some(partitions);
     status.replication_factor = replication_factor;
     status.config = config.clone();
-    match admin.describe(&desired.name).await.map_err(Error::from_admin)? {
+    match admin.describe(&desired.name).await.map_err(Error::from)? {
         Some(observed) => {
             status.partitions = Some(observed.partitions);
             status.replication_factor = Some(observed.replication_factor);
@@ -478,8 +476,8 @@ async fn apply_update(
             .config_changes
             .iter()
             .map(|c| match c {
-                plan::ConfigChange::Set { key, value } => format!("{key}={value}"),
-                plan::ConfigChange::Delete { key } => format!("-{key}"),
+                ConfigChange::Set { key, value } => format!("{key}={value}"),
+                ConfigChange::Delete { key } => format!("-{key}"),
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -582,7 +580,7 @@ async fn cleanup(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> 
         }
         CleanupPlan::DeleteTopic { name } => {
             let result = match admin_for(topic, ctx).await {
-                Ok(admin) => admin.delete(&name).await.map_err(Error::from_admin),
+                Ok(admin) => admin.delete(&name).await.map_err(Error::from),
                 Err(e) => Err(e),
             };
             match result {
