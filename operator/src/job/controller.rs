@@ -450,8 +450,8 @@ async fn random_token() -> Result<String> {
             .map(|()| bytes)
     })
     .await
-    .map_err(|e| Error::Credentials(format!("admin token task failed: {e}")))?
-    .map_err(|e| Error::Credentials(format!("cannot read /dev/urandom for the admin token: {e}")))?;
+    .map_err(|e| Error::AdminToken(format!("admin token task failed: {e}")))?
+    .map_err(|e| Error::AdminToken(format!("cannot read /dev/urandom: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -477,7 +477,7 @@ async fn admin_token(
         return Ok(None);
     }
     let token = random_token().await?;
-    let secret = resources::admin_secret(job, names, &token).map_err(Error::KafkaClientConfig)?;
+    let secret = resources::admin_secret(job, names, &token)?;
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(Some(token)),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(secrets
@@ -631,7 +631,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             };
         }
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
-        let svc = resources::service(job, &names).map_err(Error::KafkaClientConfig)?;
+        let svc = resources::service(job, &names)?;
         server_side_apply(&services, &names.service(), &svc).await?;
         if ctx.config.network_policy {
             let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
@@ -640,7 +640,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
                 operator_pods: &ctx.config.operator_pod_labels.0,
                 metrics_namespaces: &ctx.config.runtime_metrics_namespaces.0,
             };
-            let policy = resources::network_policy(job, &names, &access).map_err(Error::KafkaClientConfig)?;
+            let policy = resources::network_policy(job, &names, &access)?;
             server_side_apply(&policies, &names.network_policy(), &policy).await?;
         }
     }
@@ -735,7 +735,7 @@ async fn deploy(
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let storage = resources::job_storage(&d.spec, &ctx.config.checkpoint_storage, names);
-    let cm = resources::config_map(job, names, d, &storage).map_err(Error::KafkaClientConfig)?;
+    let cm = resources::config_map(job, names, d, &storage)?;
     server_side_apply(&config_maps, &names.config_map(), &cm).await?;
     // The pods run the deployment's spec (the last stable one, the one being
     // rolled out, or the one rolled back to), not necessarily the job's
@@ -751,7 +751,7 @@ async fn deploy(
         kafka: &setup.kafka,
         storage: &setup.storage,
     };
-    let sts = resources::statefulset(&deployed, &inputs, d).map_err(Error::KafkaClientConfig)?;
+    let sts = resources::statefulset(&deployed, &inputs, d)?;
     server_side_apply(&sets, &names.statefulset(), &sts).await
 }
 

@@ -131,4 +131,26 @@ mod tests {
             FailureKind::AlreadyExists
         );
     }
+
+    #[test]
+    fn admin_failures_keep_their_reasons() {
+        let failure = |kind| AdminFailure {
+            kind,
+            code: None,
+            message: "m".into(),
+        };
+        assert_eq!(
+            Error::from(failure(FailureKind::Unavailable)).reason(),
+            "KafkaUnavailable"
+        );
+        assert!(Error::from(failure(FailureKind::Unavailable)).is_transient());
+        for kind in [
+            FailureKind::Unsupported,
+            FailureKind::AlreadyExists,
+            FailureKind::UnknownTopic,
+            FailureKind::Rejected,
+        ] {
+            assert_eq!(Error::from(failure(kind)).reason(), "KafkaRejected");
+        }
+    }
 }
