@@ -5,14 +5,13 @@
 //! a second status write of those the pods confirmed).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     future::Future,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
-use futures::StreamExt;
 use k8s_openapi::{
     ByteString,
     api::{
@@ -28,8 +27,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
-        finalizer::{self, Event as FinalizerEvent},
+        events::EventType,
         reflector::ObjectRef,
         watcher,
     },
@@ -42,7 +40,7 @@ use streamops_crds::{
     topic::annotation as topic_annotation,
     transaction,
 };
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     JOB_LABEL, JobNames, REVISION_ANNOTATION,
@@ -50,14 +48,17 @@ use super::{
     annotation_is,
     plan::{self, AdminCall, Deployment, Observed, Outcome, PodView, Step},
     resources::{self, AdminAccess, KafkaAccess, PodInputs},
-    status,
 };
 use crate::{
     config::OperatorConfig,
-    context::backoff,
     error::{Error, Result},
-    kafka::{FailureKind, KafkaAdmin, KafkaClients},
+    kafka::{FailureKind, KafkaAdmin},
     metrics::Metrics,
+    reconcile::{
+        self, Reconciler,
+        context::Shared,
+        status::{self, FIELD_MANAGER, report},
+    },
 };
 
 /// Name of the controller in metrics and logs.
@@ -67,13 +68,8 @@ pub const FINALIZER: &str = "streamops.io/job";
 
 /// What every StreamJob reconcile shares.
 pub struct JobContext {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Metrics,
-    pub kafka: KafkaClients,
-    pub config: OperatorConfig,
+    pub shared: Shared,
     pub admin: Arc<dyn RuntimeAdmin>,
-    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl JobContext {
@@ -83,50 +79,37 @@ impl JobContext {
         metrics: Metrics,
         admin: Arc<dyn RuntimeAdmin>,
     ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: "streamops-operator".into(),
-            instance: config.identity.clone(),
-        };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            kafka: KafkaClients::new(&config),
-            client,
-            metrics,
-            config,
+            shared: Shared::new(client, config, metrics),
             admin,
-            failures: Mutex::new(HashMap::new()),
         })
     }
 
-    fn next_backoff(&self, uid: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(uid.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
-        backoff(self.config.retry_base, self.config.retry_max, *n)
-    }
-
-    fn reset_backoff(&self, uid: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
-    }
-
     async fn event(&self, job: &StreamJob, warning: bool, reason: &str, note: String) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".to_owned(),
-            secondary: None,
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
-        if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
-            warn!(error = %e, reason, "cannot publish event");
-        }
+        self.shared.event(job, type_, reason, "Reconcile", note).await;
+    }
+}
+
+impl Reconciler for JobContext {
+    type Object = StreamJob;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const FINALIZER: &'static str = FINALIZER;
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    async fn apply(&self, job: &StreamJob, api: &Api<StreamJob>) -> Result<Action> {
+        apply(job, api, self).await
+    }
+
+    async fn cleanup(&self, job: &StreamJob, _api: &Api<StreamJob>) -> Result<Action> {
+        cleanup(job, self).await
     }
 }
 
@@ -155,7 +138,7 @@ pub async fn run(
     let store = controller.store();
     let admin = Arc::new(HttpAdmin::new(config.runtime_admin_timeout));
     let ctx = JobContext::new(client, config, metrics, admin);
-    controller
+    let controller = controller
         .owns(sets, watcher::Config::default().labels(JOB_LABEL))
         // A StreamTopic becoming Ready (or changing partitions) wakes the
         // jobs that reference it: one GitOps sync of topics and job converges.
@@ -168,15 +151,8 @@ pub async fn run(
                 .filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && references(j, &name))
                 .map(|j| ObjectRef::from_obj(&*j))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "reconcile loop");
-            }
-        })
-        .await;
+        });
+    reconcile::run(controller, ctx, shutdown).await;
 }
 
 /// Whether the job names StreamTopic `topic` anywhere.
@@ -186,69 +162,6 @@ fn references(job: &StreamJob, topic: &str) -> bool {
         || s.sink.topic == topic
         || s.late_events.as_ref().is_some_and(|t| t.topic == topic)
         || s.dead_letter.as_ref().is_some_and(|t| t.topic == topic)
-}
-
-pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<JobContext>) -> Result<Action> {
-    let span = info_span!(
-        "reconcile",
-        controller = CONTROLLER,
-        namespace = job.namespace().unwrap_or_default(),
-        name = job.name_any(),
-        generation = job.metadata.generation.unwrap_or_default(),
-    );
-    async move {
-        let started = Instant::now();
-        let ns = job.namespace().unwrap_or_default();
-        let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
-        let result = finalizer::finalizer(&api, FINALIZER, job.clone(), |event| async {
-            match event {
-                FinalizerEvent::Apply(j) => apply(&j, &api, &ctx).await,
-                FinalizerEvent::Cleanup(j) => cleanup(&j, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
-            other => Error::Finalizer(Box::new(other)),
-        });
-        ctx.metrics
-            .reconciled(CONTROLLER, result.is_ok(), started.elapsed());
-        match &result {
-            Ok(_) => ctx.reset_backoff(&job.uid().unwrap_or_default()),
-            Err(e) => ctx.metrics.error(CONTROLLER, e.reason()),
-        }
-        result
-    }
-    .instrument(span)
-    .await
-}
-
-pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<JobContext>) -> Action {
-    let delay = ctx.next_backoff(&job.uid().unwrap_or_default());
-    warn!(namespace = job.namespace().unwrap_or_default(), name = job.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
-/// Records `health` (and `new_status`) when anything changed; emits an
-/// event when the Ready reason changed. Returns the status as recorded.
-async fn report(
-    job: &StreamJob,
-    api: &Api<StreamJob>,
-    ctx: &JobContext,
-    new_status: streamops_crds::StreamJobStatus,
-    health: &Health,
-) -> Result<streamops_crds::StreamJobStatus> {
-    let changed_reason = status::previous_reason(job) != Some(health.reason());
-    let new_status = status::with_health(job, new_status, health);
-    if job.status.as_ref() != Some(&new_status) {
-        status::apply(api, job, &new_status).await?;
-    }
-    if changed_reason {
-        let warning = matches!(health, Health::Stalled { .. });
-        ctx.event(job, warning, health.reason(), health.message().to_owned())
-            .await;
-    }
-    Ok(new_status)
 }
 
 /// What the pods need from outside the spec: image, Kafka access, storage.
@@ -378,11 +291,7 @@ async fn resolve_topics(
 
 async fn kafka_admin(job: &StreamJob, ctx: &JobContext) -> Result<KafkaAdmin> {
     let ns = job.namespace().unwrap_or_default();
-    let settings = ctx
-        .kafka
-        .settings(&ctx.client, &ns, job.spec.cluster.as_ref())
-        .await?;
-    ctx.kafka.admin(&settings)
+    ctx.shared.kafka_admin(&ns, job.spec.cluster.as_ref()).await
 }
 
 /// `Stalled` when the broker's `transaction.max.timeout.ms` is below what an
@@ -463,7 +372,7 @@ async fn admin_token(
     ctx: &JobContext,
     create: bool,
 ) -> Result<Option<String>> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
     let read = |s: &Secret| {
         s.data
             .as_ref()
@@ -495,7 +404,7 @@ where
 {
     api.patch(
         name,
-        &PatchParams::apply(status::FIELD_MANAGER).force(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(object),
     )
     .await?;
@@ -508,7 +417,7 @@ struct ObservedPods {
 }
 
 async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -> Result<ObservedPods> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
     let list = pods
         .list(&ListParams::default().labels(&format!("{JOB_LABEL}={}", names.job)))
         .await?;
@@ -580,29 +489,29 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             "Paused",
             "annotation streamops.io/paused=\"true\": nothing is created, changed or stopped; remove it to resume",
         );
-        report(job, api, ctx, current, &health).await?;
+        report(job, api, &ctx.shared, current, &health).await?;
         return Ok(Action::await_change());
     }
-    let setup = match setup(job, &ctx.config) {
+    let setup = match setup(job, &ctx.shared.config) {
         Ok(s) => s,
         Err(health) => {
-            report(job, api, ctx, current, &health).await?;
-            return Ok(Action::requeue(ctx.config.resync_interval));
+            report(job, api, &ctx.shared, current, &health).await?;
+            return Ok(Action::requeue(ctx.shared.config.resync_interval));
         }
     };
-    let topics = resolve_topics(&job.spec, &names, &ctx.client).await?;
+    let topics = resolve_topics(&job.spec, &names, &ctx.shared.client).await?;
     // A rollback (or the steady state while a change is refused) runs the
     // last stable spec: it needs that spec's topics when they differ.
     let stable_topics = match current.last_stable_spec.as_ref() {
         Some(stable) if plan::topic_refs(stable) != plan::topic_refs(&job.spec) => {
-            Some(resolve_topics(stable, &names, &ctx.client).await?)
+            Some(resolve_topics(stable, &names, &ctx.shared.client).await?)
         }
         _ => None,
     };
     let storage_refusal = resources::storage_refusal(
         &job.spec,
-        &ctx.config.checkpoint_storage,
-        ctx.config.allow_custom_checkpoint_storage,
+        &ctx.shared.config.checkpoint_storage,
+        ctx.shared.config.allow_custom_checkpoint_storage,
         &names,
     );
     let valid = job.spec.validation_message().is_none() && storage_refusal.is_none();
@@ -612,8 +521,8 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             Ok(None) => ensure_internal_topics(job, ctx, t).await,
             Ok(Some(refused)) => {
                 // Nothing is created or changed: a running version keeps running.
-                report(job, api, ctx, current, &refused).await?;
-                return Ok(Action::requeue(ctx.config.resync_interval));
+                report(job, api, &ctx.shared, current, &refused).await?;
+                return Ok(Action::requeue(ctx.shared.config.resync_interval));
             }
             Err(e) => Err(e),
         };
@@ -623,22 +532,22 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             } else {
                 Health::stalled(e.reason(), e.to_string())
             };
-            report(job, api, ctx, current, &health).await?;
+            report(job, api, &ctx.shared, current, &health).await?;
             return if e.is_transient() {
                 Err(e)
             } else {
-                Ok(Action::requeue(ctx.config.resync_interval))
+                Ok(Action::requeue(ctx.shared.config.resync_interval))
             };
         }
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
+        let services: Api<Service> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
         let svc = resources::service(job, &names)?;
         server_side_apply(&services, &names.service(), &svc).await?;
-        if ctx.config.network_policy {
-            let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
+        if ctx.shared.config.network_policy {
+            let policies: Api<NetworkPolicy> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
             let access = AdminAccess {
-                operator_namespace: &ctx.config.lease_namespace,
-                operator_pods: &ctx.config.operator_pod_labels.0,
-                metrics_namespaces: &ctx.config.runtime_metrics_namespaces.0,
+                operator_namespace: &ctx.shared.config.lease_namespace,
+                operator_pods: &ctx.shared.config.operator_pod_labels.0,
+                metrics_namespaces: &ctx.shared.config.runtime_metrics_namespaces.0,
             };
             let policy = resources::network_policy(job, &names, &access)?;
             server_side_apply(&policies, &names.network_policy(), &policy).await?;
@@ -646,7 +555,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
     }
     // Where the running version's pods keep their checkpoints and savepoints.
     let running_spec = current.last_stable_spec.as_ref().unwrap_or(&job.spec);
-    let storage = resources::job_storage(running_spec, &ctx.config.checkpoint_storage, &names);
+    let storage = resources::job_storage(running_spec, &ctx.shared.config.checkpoint_storage, &names);
     let token = admin_token(job, &names, ctx, startable).await?;
     let pods = observe_pods(&names, ctx, token.as_deref()).await?;
 
@@ -701,7 +610,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
     info!(phase = ?step.status.phase, reason = step.health.reason(), call = ?step.call, "decided");
 
     // 1. The write-ahead log.
-    let recorded = report(job, api, ctx, step.status.clone(), &step.health).await?;
+    let recorded = report(job, api, &ctx.shared, step.status.clone(), &step.health).await?;
     // 2. The object graph.
     if let Some(d) = &step.deployment {
         deploy(job, &names, &setup, d, ctx).await?;
@@ -721,7 +630,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         }
         ctx.event(job, t.warning, t.reason, t.message.clone()).await;
     }
-    count(&step, &ctx.metrics);
+    count(&step, &ctx.shared.metrics);
     Ok(Action::requeue(step.requeue.max(Duration::from_millis(200))))
 }
 
@@ -732,9 +641,9 @@ async fn deploy(
     d: &Deployment,
     ctx: &JobContext,
 ) -> Result<()> {
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let storage = resources::job_storage(&d.spec, &ctx.config.checkpoint_storage, names);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    let storage = resources::job_storage(&d.spec, &ctx.shared.config.checkpoint_storage, names);
     let cm = resources::config_map(job, names, d, &storage)?;
     server_side_apply(&config_maps, &names.config_map(), &cm).await?;
     // The pods run the deployment's spec (the last stable one, the one being
@@ -743,7 +652,7 @@ async fn deploy(
     // from it too, as job.json does.
     let mut deployed = job.clone();
     deployed.spec = d.spec.clone();
-    let own = setup(&deployed, &ctx.config).ok();
+    let own = setup(&deployed, &ctx.shared.config).ok();
     let setup = own.as_ref().unwrap_or(current);
     let inputs = PodInputs {
         names,
@@ -821,7 +730,7 @@ async fn delete_savepoints(
                 ),
                 Err(e) => {
                     warn!(pod = %ep.pod, savepoint = %sp.id, error = %e, "savepoint deletion failed; retried");
-                    ctx.metrics.job_operation("savepoint_delete", "failed");
+                    ctx.shared.metrics.job_operation("savepoint_delete", "failed");
                     break;
                 }
             }
@@ -837,7 +746,7 @@ async fn delete_savepoints(
             .count();
         if named > 0 && confirmed == named {
             info!(savepoint = %sp.id, location = %sp.location, "deleted savepoint from storage");
-            ctx.metrics.job_operation("savepoint_delete", "succeeded");
+            ctx.shared.metrics.job_operation("savepoint_delete", "succeeded");
             deleted.push(sp.location.clone());
         }
     }
