@@ -6,6 +6,8 @@
 //! This module imports nothing from the crate: the modules that fail
 //! convert into it (a Kafka admin failure in `kafka::failure`).
 
+use streamops_crds::Health;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A call to the Kubernetes API failed.
@@ -78,6 +80,16 @@ impl Error {
             self,
             Self::Kube(_) | Self::Finalizer(_) | Self::KafkaUnavailable(_)
         )
+    }
+
+    /// The health of a resource this error stopped: `Reconciling` when
+    /// transient, else `Stalled`; the reason is [`Error::reason`].
+    pub fn health(&self) -> Health {
+        if self.is_transient() {
+            Health::reconciling(self.reason(), self.to_string())
+        } else {
+            Health::stalled(self.reason(), self.to_string())
+        }
     }
 }
 

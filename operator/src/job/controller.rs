@@ -1,8 +1,12 @@
-//! The StreamJob controller shell: observe (the job's latest status, its
-//! StreamTopics, its pods and what their admin API says), ask
-//! [`plan::decide`], then act in write-ahead order: status first, then the
-//! object graph, then the one admin call (and, for savepoint deletions,
-//! a second status write of those the pods confirmed).
+//! The StreamJob controller: observe (the job's latest status, its
+//! StreamTopics, its admin Secret, its pods and what their admin API says),
+//! ask [`plan::decide`], then do what the step says: its prerequisites
+//! (internal topics, Service, NetworkPolicy, admin Secret: idempotent, and
+//! a failure leaves the status untouched, as before the plan decided them),
+//! then in write-ahead order the status, the object graph and the one admin
+//! call (and, for savepoint deletions, a second status write of those the
+//! pods confirmed). The finalizer, metrics, backoff and status writing are
+//! the shell's ([`crate::reconcile`]).
 
 use std::{
     collections::BTreeMap,
@@ -33,7 +37,7 @@ use kube::{
     },
 };
 use streamops_crds::{
-    Health, StreamJob, StreamTopic, Validation,
+    Health, StreamJob, StreamJobStatus, StreamTopic, Validation,
     common::is_ready,
     job::{JobPhase, annotation},
     runtime_api::{JobTopics, SavepointRequest, SourceTopic, env},
@@ -46,7 +50,7 @@ use super::{
     JOB_LABEL, JobNames, REVISION_ANNOTATION,
     admin::{AdminError, HttpAdmin, PodEndpoint, RuntimeAdmin},
     annotation_is,
-    plan::{self, AdminCall, Deployment, Observed, Outcome, PodView, Step},
+    plan::{self, AdminCall, Deployment, InternalTopic, Observed, Outcome, PodView, Prerequisites, Step},
     resources::{self, AdminAccess, KafkaAccess, PodInputs},
 };
 use crate::{
@@ -308,16 +312,23 @@ async fn transaction_limit(job: &StreamJob, ctx: &JobContext) -> Result<Option<H
         .map(|e| Health::stalled("TransactionLimitTooLow", format!("{}: {}", e.field, e.message))))
 }
 
-/// Creates the repartition and control topics with P partitions (growing
-/// them when P grew).
-async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobTopics) -> Result<()> {
+/// Creates each internal topic the plan asks for when it is missing, and
+/// grows it when it has fewer partitions than asked (P grew).
+async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &[InternalTopic]) -> Result<()> {
+    if topics.is_empty() {
+        return Ok(());
+    }
     let admin = kafka_admin(job, ctx).await?;
-    let partitions = topics.total_partitions();
-    let compact: BTreeMap<String, String> = [("cleanup.policy".to_owned(), "compact".to_owned())].into();
-    for (name, config) in [(&topics.repartition, BTreeMap::new()), (&topics.control, compact)] {
+    for InternalTopic {
+        name,
+        partitions,
+        config,
+    } in topics
+    {
+        let partitions = *partitions;
         match admin.describe(name).await.map_err(Error::from)? {
             None => {
-                match admin.create(name, partitions, None, &config).await {
+                match admin.create(name, partitions, None, config).await {
                     Ok(()) => {}
                     Err(f) if f.kind == FailureKind::AlreadyExists => {}
                     Err(f) => return Err(Error::from(f)),
@@ -350,6 +361,26 @@ async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobT
     Ok(())
 }
 
+/// Applies the Service and the NetworkPolicy when the plan asks for them.
+async fn serve(job: &StreamJob, names: &JobNames, wanted: &Prerequisites, ctx: &JobContext) -> Result<()> {
+    let config = &ctx.shared.config;
+    if wanted.service {
+        let services: Api<Service> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+        server_side_apply(&services, &names.service(), &resources::service(job, names)?).await?;
+    }
+    if wanted.network_policy {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+        let access = AdminAccess {
+            operator_namespace: &config.lease_namespace,
+            operator_pods: &config.operator_pod_labels.0,
+            metrics_namespaces: &config.runtime_metrics_namespaces.0,
+        };
+        let policy = resources::network_policy(job, names, &access)?;
+        server_side_apply(&policies, &names.network_policy(), &policy).await?;
+    }
+    Ok(())
+}
+
 async fn random_token() -> Result<String> {
     let bytes = tokio::task::spawn_blocking(|| {
         use std::io::Read;
@@ -364,36 +395,27 @@ async fn random_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The admin token, creating `<job>-admin` once when `create` (never
-/// updated, never logged).
-async fn admin_token(
-    job: &StreamJob,
-    names: &JobNames,
-    ctx: &JobContext,
-    create: bool,
-) -> Result<Option<String>> {
+/// The `<job>-admin` Secret's token: `None` when there is no Secret,
+/// `Some(None)` when it holds no readable token. Never logged.
+async fn admin_token(names: &JobNames, ctx: &JobContext) -> Result<Option<Option<String>>> {
     let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
-    let read = |s: &Secret| {
+    let secret = secrets.get_opt(&names.admin_secret()).await?;
+    Ok(secret.map(|s| {
         s.data
             .as_ref()
             .and_then(|d| d.get(env::ADMIN_TOKEN_KEY))
             .and_then(|ByteString(b)| String::from_utf8(b.clone()).ok())
-    };
-    if let Some(secret) = secrets.get_opt(&names.admin_secret()).await? {
-        return Ok(read(&secret));
-    }
-    if !create {
-        return Ok(None);
-    }
-    let token = random_token().await?;
-    let secret = resources::admin_secret(job, names, &token)?;
+    }))
+}
+
+/// Creates `<job>-admin` with a new token (never updated: one created
+/// meanwhile wins).
+async fn create_admin_secret(job: &StreamJob, names: &JobNames, ctx: &JobContext) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    let secret = resources::admin_secret(job, names, &random_token().await?)?;
     match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(Some(token)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(secrets
-            .get_opt(&names.admin_secret())
-            .await?
-            .as_ref()
-            .and_then(read)),
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -475,6 +497,24 @@ async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -
     Ok(ObservedPods { views, endpoints })
 }
 
+/// Records what stopped a reconcile before its step was recorded, as the
+/// health over the `current` status: `Reconciling` and retried with backoff
+/// when waiting can fix it, else `Stalled` until the next resync.
+async fn failed(
+    job: &StreamJob,
+    api: &Api<StreamJob>,
+    ctx: &JobContext,
+    current: StreamJobStatus,
+    e: Error,
+) -> Result<Action> {
+    report(job, api, &ctx.shared, current, &e.health()).await?;
+    if e.is_transient() {
+        Err(e)
+    } else {
+        Ok(Action::requeue(ctx.shared.config.resync_interval))
+    }
+}
+
 async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Result<Action> {
     // The write-ahead log is read from the apiserver, never from a cache
     // that may lag behind the last write.
@@ -515,49 +555,22 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         &names,
     );
     let valid = job.spec.validation_message().is_none() && storage_refusal.is_none();
-    let startable = valid && topics.is_ok();
-    if valid && let Ok(t) = &topics {
-        let checked = match transaction_limit(job, ctx).await {
-            Ok(None) => ensure_internal_topics(job, ctx, t).await,
+    if valid && topics.is_ok() {
+        match transaction_limit(job, ctx).await {
+            Ok(None) => {}
             Ok(Some(refused)) => {
                 // Nothing is created or changed: a running version keeps running.
                 report(job, api, &ctx.shared, current, &refused).await?;
                 return Ok(Action::requeue(ctx.shared.config.resync_interval));
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = checked {
-            let health = if e.is_transient() {
-                Health::reconciling(e.reason(), e.to_string())
-            } else {
-                Health::stalled(e.reason(), e.to_string())
-            };
-            report(job, api, &ctx.shared, current, &health).await?;
-            return if e.is_transient() {
-                Err(e)
-            } else {
-                Ok(Action::requeue(ctx.shared.config.resync_interval))
-            };
-        }
-        let services: Api<Service> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
-        let svc = resources::service(job, &names)?;
-        server_side_apply(&services, &names.service(), &svc).await?;
-        if ctx.shared.config.network_policy {
-            let policies: Api<NetworkPolicy> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
-            let access = AdminAccess {
-                operator_namespace: &ctx.shared.config.lease_namespace,
-                operator_pods: &ctx.shared.config.operator_pod_labels.0,
-                metrics_namespaces: &ctx.shared.config.runtime_metrics_namespaces.0,
-            };
-            let policy = resources::network_policy(job, &names, &access)?;
-            server_side_apply(&policies, &names.network_policy(), &policy).await?;
+            Err(e) => return failed(job, api, ctx, current, e).await,
         }
     }
     // Where the running version's pods keep their checkpoints and savepoints.
     let running_spec = current.last_stable_spec.as_ref().unwrap_or(&job.spec);
     let storage = resources::job_storage(running_spec, &ctx.shared.config.checkpoint_storage, &names);
-    let token = admin_token(job, &names, ctx, startable).await?;
-    let pods = observe_pods(&names, ctx, token.as_deref()).await?;
+    let token = admin_token(&names, ctx).await?;
+    let pods = observe_pods(&names, ctx, token.as_ref().and_then(Option::as_deref)).await?;
 
     let intent = current.upgrade.clone();
     let savepointing = current.phase == Some(JobPhase::Savepointing);
@@ -604,11 +617,23 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             &names.job,
             job.uid().as_deref().unwrap_or_default(),
         ),
+        admin_secret: token.is_some(),
+        network_policy: ctx.shared.config.network_policy,
         now: Timestamp::now(),
     };
     let step = plan::decide(&observed);
     info!(phase = ?step.status.phase, reason = step.health.reason(), call = ?step.call, "decided");
 
+    // 0. What the step needs to exist; a failure leaves the log as it was
+    // (nothing was started that could not run).
+    let wanted = &step.prerequisites;
+    if let Err(e) = ensure_internal_topics(job, ctx, &wanted.internal_topics).await {
+        return failed(job, api, ctx, observed.status, e).await;
+    }
+    serve(job, &names, wanted, ctx).await?;
+    if wanted.admin_secret {
+        create_admin_secret(job, &names, ctx).await?;
+    }
     // 1. The write-ahead log.
     let recorded = report(job, api, &ctx.shared, step.status.clone(), &step.health).await?;
     // 2. The object graph.
@@ -769,20 +794,25 @@ fn count(step: &Step, metrics: &Metrics) {
     }
 }
 
-/// Deletes the internal topics (the pods, ConfigMap, Service, NetworkPolicy
-/// and Secret go by owner reference).
+/// Deletes the internal topics [`plan::cleanup`] names (the pods,
+/// ConfigMap, Service, NetworkPolicy and Secret go by owner reference).
 async fn cleanup(job: &StreamJob, ctx: &JobContext) -> Result<Action> {
-    if annotation_is(job, topic_annotation::SKIP_KAFKA_DELETION, "true") {
+    let names = JobNames::of(job);
+    let doomed = plan::cleanup(
+        names.repartition_topic(),
+        names.control_topic(),
+        annotation_is(job, topic_annotation::SKIP_KAFKA_DELETION, "true"),
+    );
+    if doomed.is_empty() {
         return Ok(Action::await_change());
     }
-    let names = JobNames::of(job);
     let admin = match kafka_admin(job, ctx).await {
         Ok(a) => a,
         // No cluster configured: nothing was ever created.
         Err(Error::NoKafkaCluster) => return Ok(Action::await_change()),
         Err(e) => return Err(e),
     };
-    for topic in [names.repartition_topic(), names.control_topic()] {
+    for topic in doomed {
         admin.delete(&topic).await.map_err(Error::from)?;
         info!(%topic, "deleted internal topic");
     }

@@ -222,12 +222,7 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
     // The failed step may have recorded an intent (ownership before
     // CreateTopics): build on the latest status, never on the stale one.
     let latest = api.get_status(&topic.name_any()).await?;
-    let health = if error.is_transient() {
-        Health::reconciling(error.reason(), error.to_string())
-    } else {
-        Health::stalled(error.reason(), error.to_string())
-    };
-    report(&latest, api, &ctx.shared, base_status(&latest), &health).await?;
+    report(&latest, api, &ctx.shared, base_status(&latest), &error.health()).await?;
     if error.is_transient() {
         Err(error)
     } else {
