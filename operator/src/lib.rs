@@ -1,20 +1,30 @@
 //! The streamops operator: controllers that make Kafka and the cluster match
 //! StreamTopic and StreamJob resources.
 //!
-//! Layout: `topic/` (plan = pure decisions, controller = observe/act shell),
-//! `job/` (plan = the upgrade state machine, resources = the object graph,
-//! admin = the runtime pods' admin API, controller = the shell),
-//! `kafka/` (client settings, admin calls), `leader` (Lease election),
-//! `http` + `metrics` (observability), `context` (what reconciles share).
+//! Layout: `reconcile/` (the shell both controllers run in: shared
+//! context, finalizer + metrics wrapper, error policy with backoff, status
+//! writer over one conditions trait), `topic/` (plan = pure decisions,
+//! controller = observe/act), `job/` (plan = the upgrade state machine,
+//! resources = the object graph, admin = the runtime pods' admin API,
+//! controller = observe/act), `kafka/` (client settings, admin calls and
+//! their failure classification), `leader` (Lease election), `http` +
+//! `metrics` (observability), `error` (the crate's one error type).
+//!
+//! Dependencies point one way, from the controllers down: `topic/` and
+//! `job/` use `reconcile/`, `kafka/`, `error`, `config` and `metrics`;
+//! `reconcile/` uses `kafka/`, `error`, `config` and `metrics`; `kafka/`
+//! uses only `error` and `config` (never a controller); `error` uses
+//! nothing in the crate. Inside `kafka/`, `admin` uses `incremental`, and
+//! both use `failure` and `topic` (the data the calls speak).
 
 pub mod config;
-pub mod context;
 pub mod error;
 pub mod http;
 pub mod job;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
+pub mod reconcile;
 pub mod telemetry;
 pub mod topic;
 

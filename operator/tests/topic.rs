@@ -11,7 +11,7 @@ use common::*;
 use kube::ResourceExt;
 use serde_json::json;
 use streamops_crds::{KafkaClusterSpec, topic::TopicOwnership};
-use streamops_operator::{config::TopicNamePolicy, topic::plan::ConfigChange};
+use streamops_operator::{config::TopicNamePolicy, kafka::ConfigChange};
 
 /// Kafka's default `retention.ms` (7 days), which DescribeConfigs reports
 /// for a topic that does not set it.
@@ -609,7 +609,7 @@ async fn an_internal_topic_cannot_be_adopted_changed_or_deleted() {
     assert_eq!(t.status.unwrap().ownership, None, "not adopted");
     h.wait_event("grab", "TopicNotAllowed").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let untouched = |o: &streamops_operator::topic::plan::ObservedTopic| {
+    let untouched = |o: &streamops_operator::kafka::ObservedTopic| {
         o.partitions == 2
             && o.config.get("cleanup.policy").map(String::as_str) == Some("compact")
             && o.config.get("retention.ms").map(String::as_str) == Some(KAFKA_DEFAULT_RETENTION_MS)

@@ -46,8 +46,8 @@ use kube::{
 };
 use streamops_crds::{StreamTopic, topic::DeletionPolicy};
 use streamops_operator::{
-    OperatorConfig, config::DEFAULT_RECONCILE_CONCURRENCY, context::Context, kafka::KafkaAdmin,
-    metrics::Metrics, topic::controller,
+    OperatorConfig, config::DEFAULT_RECONCILE_CONCURRENCY, kafka::KafkaAdmin, metrics::Metrics,
+    topic::controller::Context,
 };
 
 const PARTITIONS: i32 = 3;
@@ -370,7 +370,7 @@ async fn unchanged_reconciles(
     // Warm-up (admin client creation, connections), not timed.
     for name in picked.iter().take(3) {
         let t = api.get(name).await.expect("get");
-        controller::reconcile(Arc::new(t), ctx.clone())
+        streamops_operator::reconcile::reconcile(Arc::new(t), ctx.clone())
             .await
             .expect("warm-up reconcile");
     }
@@ -384,7 +384,7 @@ async fn unchanged_reconciles(
         let rv = before.resource_version();
         let topic = before.spec.topic_name.clone().expect("topicName set");
         let started = Instant::now();
-        controller::reconcile(Arc::new(before), ctx.clone())
+        streamops_operator::reconcile::reconcile(Arc::new(before), ctx.clone())
             .await
             .unwrap_or_else(|e| panic!("reconcile of unchanged {name}: {e}"));
         reconcile.push(started.elapsed().as_secs_f64());

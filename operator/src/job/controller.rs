@@ -1,18 +1,21 @@
-//! The StreamJob controller shell: observe (the job's latest status, its
-//! StreamTopics, its pods and what their admin API says), ask
-//! [`plan::decide`], then act in write-ahead order: status first, then the
-//! object graph, then the one admin call (and, for savepoint deletions,
-//! a second status write of those the pods confirmed).
+//! The StreamJob controller: observe (the job's latest status, its
+//! StreamTopics, its admin Secret, its pods and what their admin API says),
+//! ask [`plan::decide`], then do what the step says: its prerequisites
+//! (internal topics, Service, NetworkPolicy, admin Secret: idempotent, and
+//! a failure leaves the status untouched, as before the plan decided them),
+//! then in write-ahead order the status, the object graph and the one admin
+//! call (and, for savepoint deletions, a second status write of those the
+//! pods confirmed). The finalizer, metrics, backoff and status writing are
+//! the shell's ([`crate::reconcile`]).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     future::Future,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
-use futures::StreamExt;
 use k8s_openapi::{
     ByteString,
     api::{
@@ -28,36 +31,38 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
-        finalizer::{self, Event as FinalizerEvent},
+        events::EventType,
         reflector::ObjectRef,
         watcher,
     },
 };
 use streamops_crds::{
-    Health, StreamJob, StreamTopic, Validation,
+    Health, StreamJob, StreamJobStatus, StreamTopic, Validation,
     common::is_ready,
     job::{JobPhase, annotation},
     runtime_api::{JobTopics, SavepointRequest, SourceTopic, env},
     topic::annotation as topic_annotation,
     transaction,
 };
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     JOB_LABEL, JobNames, REVISION_ANNOTATION,
     admin::{AdminError, HttpAdmin, PodEndpoint, RuntimeAdmin},
     annotation_is,
-    plan::{self, AdminCall, Deployment, Observed, Outcome, PodView, Step},
+    plan::{self, AdminCall, Deployment, InternalTopic, Observed, Outcome, PodView, Prerequisites, Step},
     resources::{self, AdminAccess, KafkaAccess, PodInputs},
-    status,
 };
 use crate::{
     config::OperatorConfig,
-    context::backoff,
     error::{Error, Result},
-    kafka::{FailureKind, KafkaAdmin, KafkaClients},
+    kafka::{FailureKind, KafkaAdmin},
     metrics::Metrics,
+    reconcile::{
+        self, Reconciler,
+        context::Shared,
+        status::{self, FIELD_MANAGER, report},
+    },
 };
 
 /// Name of the controller in metrics and logs.
@@ -67,13 +72,8 @@ pub const FINALIZER: &str = "streamops.io/job";
 
 /// What every StreamJob reconcile shares.
 pub struct JobContext {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub metrics: Metrics,
-    pub kafka: KafkaClients,
-    pub config: OperatorConfig,
+    pub shared: Shared,
     pub admin: Arc<dyn RuntimeAdmin>,
-    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl JobContext {
@@ -83,50 +83,37 @@ impl JobContext {
         metrics: Metrics,
         admin: Arc<dyn RuntimeAdmin>,
     ) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: "streamops-operator".into(),
-            instance: config.identity.clone(),
-        };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            kafka: KafkaClients::new(&config),
-            client,
-            metrics,
-            config,
+            shared: Shared::new(client, config, metrics),
             admin,
-            failures: Mutex::new(HashMap::new()),
         })
     }
 
-    fn next_backoff(&self, uid: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(uid.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
-        backoff(self.config.retry_base, self.config.retry_max, *n)
-    }
-
-    fn reset_backoff(&self, uid: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
-    }
-
     async fn event(&self, job: &StreamJob, warning: bool, reason: &str, note: String) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".to_owned(),
-            secondary: None,
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
-        if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
-            warn!(error = %e, reason, "cannot publish event");
-        }
+        self.shared.event(job, type_, reason, "Reconcile", note).await;
+    }
+}
+
+impl Reconciler for JobContext {
+    type Object = StreamJob;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const FINALIZER: &'static str = FINALIZER;
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    async fn apply(&self, job: &StreamJob, api: &Api<StreamJob>) -> Result<Action> {
+        apply(job, api, self).await
+    }
+
+    async fn cleanup(&self, job: &StreamJob, _api: &Api<StreamJob>) -> Result<Action> {
+        cleanup(job, self).await
     }
 }
 
@@ -155,7 +142,7 @@ pub async fn run(
     let store = controller.store();
     let admin = Arc::new(HttpAdmin::new(config.runtime_admin_timeout));
     let ctx = JobContext::new(client, config, metrics, admin);
-    controller
+    let controller = controller
         .owns(sets, watcher::Config::default().labels(JOB_LABEL))
         // A StreamTopic becoming Ready (or changing partitions) wakes the
         // jobs that reference it: one GitOps sync of topics and job converges.
@@ -168,15 +155,8 @@ pub async fn run(
                 .filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && references(j, &name))
                 .map(|j| ObjectRef::from_obj(&*j))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "reconcile loop");
-            }
-        })
-        .await;
+        });
+    reconcile::run(controller, ctx, shutdown).await;
 }
 
 /// Whether the job names StreamTopic `topic` anywhere.
@@ -186,69 +166,6 @@ fn references(job: &StreamJob, topic: &str) -> bool {
         || s.sink.topic == topic
         || s.late_events.as_ref().is_some_and(|t| t.topic == topic)
         || s.dead_letter.as_ref().is_some_and(|t| t.topic == topic)
-}
-
-pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<JobContext>) -> Result<Action> {
-    let span = info_span!(
-        "reconcile",
-        controller = CONTROLLER,
-        namespace = job.namespace().unwrap_or_default(),
-        name = job.name_any(),
-        generation = job.metadata.generation.unwrap_or_default(),
-    );
-    async move {
-        let started = Instant::now();
-        let ns = job.namespace().unwrap_or_default();
-        let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
-        let result = finalizer::finalizer(&api, FINALIZER, job.clone(), |event| async {
-            match event {
-                FinalizerEvent::Apply(j) => apply(&j, &api, &ctx).await,
-                FinalizerEvent::Cleanup(j) => cleanup(&j, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
-            other => Error::Finalizer(Box::new(other)),
-        });
-        ctx.metrics
-            .reconciled(CONTROLLER, result.is_ok(), started.elapsed());
-        match &result {
-            Ok(_) => ctx.reset_backoff(&job.uid().unwrap_or_default()),
-            Err(e) => ctx.metrics.error(CONTROLLER, e.reason()),
-        }
-        result
-    }
-    .instrument(span)
-    .await
-}
-
-pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<JobContext>) -> Action {
-    let delay = ctx.next_backoff(&job.uid().unwrap_or_default());
-    warn!(namespace = job.namespace().unwrap_or_default(), name = job.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
-/// Records `health` (and `new_status`) when anything changed; emits an
-/// event when the Ready reason changed. Returns the status as recorded.
-async fn report(
-    job: &StreamJob,
-    api: &Api<StreamJob>,
-    ctx: &JobContext,
-    new_status: streamops_crds::StreamJobStatus,
-    health: &Health,
-) -> Result<streamops_crds::StreamJobStatus> {
-    let changed_reason = status::previous_reason(job) != Some(health.reason());
-    let new_status = status::with_health(job, new_status, health);
-    if job.status.as_ref() != Some(&new_status) {
-        status::apply(api, job, &new_status).await?;
-    }
-    if changed_reason {
-        let warning = matches!(health, Health::Stalled { .. });
-        ctx.event(job, warning, health.reason(), health.message().to_owned())
-            .await;
-    }
-    Ok(new_status)
 }
 
 /// What the pods need from outside the spec: image, Kafka access, storage.
@@ -378,11 +295,7 @@ async fn resolve_topics(
 
 async fn kafka_admin(job: &StreamJob, ctx: &JobContext) -> Result<KafkaAdmin> {
     let ns = job.namespace().unwrap_or_default();
-    let settings = ctx
-        .kafka
-        .settings(&ctx.client, &ns, job.spec.cluster.as_ref())
-        .await?;
-    ctx.kafka.admin(&settings)
+    ctx.shared.kafka_admin(&ns, job.spec.cluster.as_ref()).await
 }
 
 /// `Stalled` when the broker's `transaction.max.timeout.ms` is below what an
@@ -393,28 +306,32 @@ async fn transaction_limit(job: &StreamJob, ctx: &JobContext) -> Result<Option<H
         return Ok(None);
     }
     let admin = kafka_admin(job, ctx).await?;
-    let max = admin
-        .max_transaction_timeout_ms()
-        .await
-        .map_err(Error::from_admin)?;
+    let max = admin.max_transaction_timeout_ms().await.map_err(Error::from)?;
     Ok(transaction::fit_spec(&job.spec, max)
         .err()
         .map(|e| Health::stalled("TransactionLimitTooLow", format!("{}: {}", e.field, e.message))))
 }
 
-/// Creates the repartition and control topics with P partitions (growing
-/// them when P grew).
-async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobTopics) -> Result<()> {
+/// Creates each internal topic the plan asks for when it is missing, and
+/// grows it when it has fewer partitions than asked (P grew).
+async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &[InternalTopic]) -> Result<()> {
+    if topics.is_empty() {
+        return Ok(());
+    }
     let admin = kafka_admin(job, ctx).await?;
-    let partitions = topics.total_partitions();
-    let compact: BTreeMap<String, String> = [("cleanup.policy".to_owned(), "compact".to_owned())].into();
-    for (name, config) in [(&topics.repartition, BTreeMap::new()), (&topics.control, compact)] {
-        match admin.describe(name).await.map_err(Error::from_admin)? {
+    for InternalTopic {
+        name,
+        partitions,
+        config,
+    } in topics
+    {
+        let partitions = *partitions;
+        match admin.describe(name).await.map_err(Error::from)? {
             None => {
-                match admin.create(name, partitions, None, &config).await {
+                match admin.create(name, partitions, None, config).await {
                     Ok(()) => {}
                     Err(f) if f.kind == FailureKind::AlreadyExists => {}
-                    Err(f) => return Err(Error::from_admin(f)),
+                    Err(f) => return Err(Error::from(f)),
                 }
                 info!(topic = %name, partitions, "created internal topic");
                 ctx.event(
@@ -435,11 +352,31 @@ async fn ensure_internal_topics(job: &StreamJob, ctx: &JobContext, topics: &JobT
                              support CreatePartitions",
                             observed.partitions
                         )),
-                        _ => Error::from_admin(f),
+                        _ => Error::from(f),
                     })?;
             }
             Some(_) => {}
         }
+    }
+    Ok(())
+}
+
+/// Applies the Service and the NetworkPolicy when the plan asks for them.
+async fn serve(job: &StreamJob, names: &JobNames, wanted: &Prerequisites, ctx: &JobContext) -> Result<()> {
+    let config = &ctx.shared.config;
+    if wanted.service {
+        let services: Api<Service> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+        server_side_apply(&services, &names.service(), &resources::service(job, names)?).await?;
+    }
+    if wanted.network_policy {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+        let access = AdminAccess {
+            operator_namespace: &config.lease_namespace,
+            operator_pods: &config.operator_pod_labels.0,
+            metrics_namespaces: &config.runtime_metrics_namespaces.0,
+        };
+        let policy = resources::network_policy(job, names, &access)?;
+        server_side_apply(&policies, &names.network_policy(), &policy).await?;
     }
     Ok(())
 }
@@ -453,41 +390,32 @@ async fn random_token() -> Result<String> {
             .map(|()| bytes)
     })
     .await
-    .map_err(|e| Error::Credentials(format!("admin token task failed: {e}")))?
-    .map_err(|e| Error::Credentials(format!("cannot read /dev/urandom for the admin token: {e}")))?;
+    .map_err(|e| Error::AdminToken(format!("admin token task failed: {e}")))?
+    .map_err(|e| Error::AdminToken(format!("cannot read /dev/urandom: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The admin token, creating `<job>-admin` once when `create` (never
-/// updated, never logged).
-async fn admin_token(
-    job: &StreamJob,
-    names: &JobNames,
-    ctx: &JobContext,
-    create: bool,
-) -> Result<Option<String>> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let read = |s: &Secret| {
+/// The `<job>-admin` Secret's token: `None` when there is no Secret,
+/// `Some(None)` when it holds no readable token. Never logged.
+async fn admin_token(names: &JobNames, ctx: &JobContext) -> Result<Option<Option<String>>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    let secret = secrets.get_opt(&names.admin_secret()).await?;
+    Ok(secret.map(|s| {
         s.data
             .as_ref()
             .and_then(|d| d.get(env::ADMIN_TOKEN_KEY))
             .and_then(|ByteString(b)| String::from_utf8(b.clone()).ok())
-    };
-    if let Some(secret) = secrets.get_opt(&names.admin_secret()).await? {
-        return Ok(read(&secret));
-    }
-    if !create {
-        return Ok(None);
-    }
-    let token = random_token().await?;
-    let secret = resources::admin_secret(job, names, &token).map_err(Error::KafkaClientConfig)?;
+    }))
+}
+
+/// Creates `<job>-admin` with a new token (never updated: one created
+/// meanwhile wins).
+async fn create_admin_secret(job: &StreamJob, names: &JobNames, ctx: &JobContext) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    let secret = resources::admin_secret(job, names, &random_token().await?)?;
     match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(Some(token)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(secrets
-            .get_opt(&names.admin_secret())
-            .await?
-            .as_ref()
-            .and_then(read)),
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -498,7 +426,7 @@ where
 {
     api.patch(
         name,
-        &PatchParams::apply(status::FIELD_MANAGER).force(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(object),
     )
     .await?;
@@ -511,7 +439,7 @@ struct ObservedPods {
 }
 
 async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -> Result<ObservedPods> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
     let list = pods
         .list(&ListParams::default().labels(&format!("{JOB_LABEL}={}", names.job)))
         .await?;
@@ -569,6 +497,24 @@ async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -
     Ok(ObservedPods { views, endpoints })
 }
 
+/// Records what stopped a reconcile before its step was recorded, as the
+/// health over the `current` status: `Reconciling` and retried with backoff
+/// when waiting can fix it, else `Stalled` until the next resync.
+async fn failed(
+    job: &StreamJob,
+    api: &Api<StreamJob>,
+    ctx: &JobContext,
+    current: StreamJobStatus,
+    e: Error,
+) -> Result<Action> {
+    report(job, api, &ctx.shared, current, &e.health()).await?;
+    if e.is_transient() {
+        Err(e)
+    } else {
+        Ok(Action::requeue(ctx.shared.config.resync_interval))
+    }
+}
+
 async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Result<Action> {
     // The write-ahead log is read from the apiserver, never from a cache
     // that may lag behind the last write.
@@ -583,75 +529,48 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             "Paused",
             "annotation streamops.io/paused=\"true\": nothing is created, changed or stopped; remove it to resume",
         );
-        report(job, api, ctx, current, &health).await?;
+        report(job, api, &ctx.shared, current, &health).await?;
         return Ok(Action::await_change());
     }
-    let setup = match setup(job, &ctx.config) {
+    let setup = match setup(job, &ctx.shared.config) {
         Ok(s) => s,
         Err(health) => {
-            report(job, api, ctx, current, &health).await?;
-            return Ok(Action::requeue(ctx.config.resync_interval));
+            report(job, api, &ctx.shared, current, &health).await?;
+            return Ok(Action::requeue(ctx.shared.config.resync_interval));
         }
     };
-    let topics = resolve_topics(&job.spec, &names, &ctx.client).await?;
+    let topics = resolve_topics(&job.spec, &names, &ctx.shared.client).await?;
     // A rollback (or the steady state while a change is refused) runs the
     // last stable spec: it needs that spec's topics when they differ.
     let stable_topics = match current.last_stable_spec.as_ref() {
         Some(stable) if plan::topic_refs(stable) != plan::topic_refs(&job.spec) => {
-            Some(resolve_topics(stable, &names, &ctx.client).await?)
+            Some(resolve_topics(stable, &names, &ctx.shared.client).await?)
         }
         _ => None,
     };
     let storage_refusal = resources::storage_refusal(
         &job.spec,
-        &ctx.config.checkpoint_storage,
-        ctx.config.allow_custom_checkpoint_storage,
+        &ctx.shared.config.checkpoint_storage,
+        ctx.shared.config.allow_custom_checkpoint_storage,
         &names,
     );
     let valid = job.spec.validation_message().is_none() && storage_refusal.is_none();
-    let startable = valid && topics.is_ok();
-    if valid && let Ok(t) = &topics {
-        let checked = match transaction_limit(job, ctx).await {
-            Ok(None) => ensure_internal_topics(job, ctx, t).await,
+    if valid && topics.is_ok() {
+        match transaction_limit(job, ctx).await {
+            Ok(None) => {}
             Ok(Some(refused)) => {
                 // Nothing is created or changed: a running version keeps running.
-                report(job, api, ctx, current, &refused).await?;
-                return Ok(Action::requeue(ctx.config.resync_interval));
+                report(job, api, &ctx.shared, current, &refused).await?;
+                return Ok(Action::requeue(ctx.shared.config.resync_interval));
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = checked {
-            let health = if e.is_transient() {
-                Health::reconciling(e.reason(), e.to_string())
-            } else {
-                Health::stalled(e.reason(), e.to_string())
-            };
-            report(job, api, ctx, current, &health).await?;
-            return if e.is_transient() {
-                Err(e)
-            } else {
-                Ok(Action::requeue(ctx.config.resync_interval))
-            };
-        }
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &names.namespace);
-        let svc = resources::service(job, &names).map_err(Error::KafkaClientConfig)?;
-        server_side_apply(&services, &names.service(), &svc).await?;
-        if ctx.config.network_policy {
-            let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
-            let access = AdminAccess {
-                operator_namespace: &ctx.config.lease_namespace,
-                operator_pods: &ctx.config.operator_pod_labels.0,
-                metrics_namespaces: &ctx.config.runtime_metrics_namespaces.0,
-            };
-            let policy = resources::network_policy(job, &names, &access).map_err(Error::KafkaClientConfig)?;
-            server_side_apply(&policies, &names.network_policy(), &policy).await?;
+            Err(e) => return failed(job, api, ctx, current, e).await,
         }
     }
     // Where the running version's pods keep their checkpoints and savepoints.
     let running_spec = current.last_stable_spec.as_ref().unwrap_or(&job.spec);
-    let storage = resources::job_storage(running_spec, &ctx.config.checkpoint_storage, &names);
-    let token = admin_token(job, &names, ctx, startable).await?;
-    let pods = observe_pods(&names, ctx, token.as_deref()).await?;
+    let storage = resources::job_storage(running_spec, &ctx.shared.config.checkpoint_storage, &names);
+    let token = admin_token(&names, ctx).await?;
+    let pods = observe_pods(&names, ctx, token.as_ref().and_then(Option::as_deref)).await?;
 
     let intent = current.upgrade.clone();
     let savepointing = current.phase == Some(JobPhase::Savepointing);
@@ -698,13 +617,25 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
             &names.job,
             job.uid().as_deref().unwrap_or_default(),
         ),
+        admin_secret: token.is_some(),
+        network_policy: ctx.shared.config.network_policy,
         now: Timestamp::now(),
     };
     let step = plan::decide(&observed);
     info!(phase = ?step.status.phase, reason = step.health.reason(), call = ?step.call, "decided");
 
+    // 0. What the step needs to exist; a failure leaves the log as it was
+    // (nothing was started that could not run).
+    let wanted = &step.prerequisites;
+    if let Err(e) = ensure_internal_topics(job, ctx, &wanted.internal_topics).await {
+        return failed(job, api, ctx, observed.status, e).await;
+    }
+    serve(job, &names, wanted, ctx).await?;
+    if wanted.admin_secret {
+        create_admin_secret(job, &names, ctx).await?;
+    }
     // 1. The write-ahead log.
-    let recorded = report(job, api, ctx, step.status.clone(), &step.health).await?;
+    let recorded = report(job, api, &ctx.shared, step.status.clone(), &step.health).await?;
     // 2. The object graph.
     if let Some(d) = &step.deployment {
         deploy(job, &names, &setup, d, ctx).await?;
@@ -724,7 +655,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         }
         ctx.event(job, t.warning, t.reason, t.message.clone()).await;
     }
-    count(&step, &ctx.metrics);
+    count(&step, &ctx.shared.metrics);
     Ok(Action::requeue(step.requeue.max(Duration::from_millis(200))))
 }
 
@@ -735,10 +666,10 @@ async fn deploy(
     d: &Deployment,
     ctx: &JobContext,
 ) -> Result<()> {
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let storage = resources::job_storage(&d.spec, &ctx.config.checkpoint_storage, names);
-    let cm = resources::config_map(job, names, d, &storage).map_err(Error::KafkaClientConfig)?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    let storage = resources::job_storage(&d.spec, &ctx.shared.config.checkpoint_storage, names);
+    let cm = resources::config_map(job, names, d, &storage)?;
     server_side_apply(&config_maps, &names.config_map(), &cm).await?;
     // The pods run the deployment's spec (the last stable one, the one being
     // rolled out, or the one rolled back to), not necessarily the job's
@@ -746,7 +677,7 @@ async fn deploy(
     // from it too, as job.json does.
     let mut deployed = job.clone();
     deployed.spec = d.spec.clone();
-    let own = setup(&deployed, &ctx.config).ok();
+    let own = setup(&deployed, &ctx.shared.config).ok();
     let setup = own.as_ref().unwrap_or(current);
     let inputs = PodInputs {
         names,
@@ -754,7 +685,7 @@ async fn deploy(
         kafka: &setup.kafka,
         storage: &setup.storage,
     };
-    let sts = resources::statefulset(&deployed, &inputs, d).map_err(Error::KafkaClientConfig)?;
+    let sts = resources::statefulset(&deployed, &inputs, d)?;
     server_side_apply(&sets, &names.statefulset(), &sts).await
 }
 
@@ -824,7 +755,7 @@ async fn delete_savepoints(
                 ),
                 Err(e) => {
                     warn!(pod = %ep.pod, savepoint = %sp.id, error = %e, "savepoint deletion failed; retried");
-                    ctx.metrics.job_operation("savepoint_delete", "failed");
+                    ctx.shared.metrics.job_operation("savepoint_delete", "failed");
                     break;
                 }
             }
@@ -840,7 +771,7 @@ async fn delete_savepoints(
             .count();
         if named > 0 && confirmed == named {
             info!(savepoint = %sp.id, location = %sp.location, "deleted savepoint from storage");
-            ctx.metrics.job_operation("savepoint_delete", "succeeded");
+            ctx.shared.metrics.job_operation("savepoint_delete", "succeeded");
             deleted.push(sp.location.clone());
         }
     }
@@ -863,21 +794,26 @@ fn count(step: &Step, metrics: &Metrics) {
     }
 }
 
-/// Deletes the internal topics (the pods, ConfigMap, Service, NetworkPolicy
-/// and Secret go by owner reference).
+/// Deletes the internal topics [`plan::cleanup`] names (the pods,
+/// ConfigMap, Service, NetworkPolicy and Secret go by owner reference).
 async fn cleanup(job: &StreamJob, ctx: &JobContext) -> Result<Action> {
-    if annotation_is(job, topic_annotation::SKIP_KAFKA_DELETION, "true") {
+    let names = JobNames::of(job);
+    let doomed = plan::cleanup(
+        names.repartition_topic(),
+        names.control_topic(),
+        annotation_is(job, topic_annotation::SKIP_KAFKA_DELETION, "true"),
+    );
+    if doomed.is_empty() {
         return Ok(Action::await_change());
     }
-    let names = JobNames::of(job);
     let admin = match kafka_admin(job, ctx).await {
         Ok(a) => a,
         // No cluster configured: nothing was ever created.
         Err(Error::NoKafkaCluster) => return Ok(Action::await_change()),
         Err(e) => return Err(e),
     };
-    for topic in [names.repartition_topic(), names.control_topic()] {
-        admin.delete(&topic).await.map_err(Error::from_admin)?;
+    for topic in doomed {
+        admin.delete(&topic).await.map_err(Error::from)?;
         info!(%topic, "deleted internal topic");
     }
     Ok(Action::await_change())

@@ -1,14 +1,14 @@
 //! The StreamJob controller: `plan` decides (a pure state machine over spec,
 //! status and what the pods say), `resources` builds the object graph,
-//! `admin` talks to the runtime pods, `controller` observes and acts, and
-//! `status` writes kstatus. Status is the write-ahead log: every step is
+//! `admin` talks to the runtime pods, `controller` observes and acts (its
+//! status goes through `crate::reconcile::status`). Status is the
+//! write-ahead log: every step is
 //! recorded before it is acted on, so a restart at any moment resumes.
 
 pub mod admin;
 pub mod controller;
 pub mod plan;
 pub mod resources;
-pub mod status;
 
 use kube::ResourceExt;
 use streamops_crds::StreamJob;

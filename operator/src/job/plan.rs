@@ -1,7 +1,9 @@
 //! The StreamJob state machine: one pure function, [`decide`], from what the
 //! controller observed (spec, status, pods, the runtime's admin answers, the
-//! clock) to the next [`Step`]: the status to persist *before* acting, the
-//! kstatus health, the object graph to apply and at most one admin call.
+//! clock) to the next [`Step`]: what must exist first ([`Prerequisites`]:
+//! the internal topics, the Service, the admin Secret), the status to
+//! persist *before* acting, the kstatus health, the object graph to apply
+//! and at most one admin call.
 //!
 //! Status is the write-ahead log. An operation in flight is an
 //! [`UpgradeIntent`] in `status.upgrade` plus `status.phase`:
@@ -113,6 +115,10 @@ pub struct Observed {
     /// The Kafka id prefixes this job may get ([`Step::status`]'s
     /// `kafkaIdPrefix` once recorded).
     pub ids: KafkaIds,
+    /// The `<job>-admin` Secret exists.
+    pub admin_secret: bool,
+    /// The operator puts a NetworkPolicy in front of the runtime pods.
+    pub network_policy: bool,
     pub now: Timestamp,
 }
 
@@ -149,6 +155,32 @@ fn id_prefix(o: &Observed) -> String {
         }
         None => o.ids.legacy.clone(),
     }
+}
+
+/// A Kafka topic the job itself owns (no StreamTopic names it): it must
+/// exist with at least `partitions` partitions and `config` at creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InternalTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub config: BTreeMap<String, String>,
+}
+
+/// What must exist before anything of the step is recorded or deployed: the
+/// job's internal topics with P partitions, its Service (and NetworkPolicy)
+/// and its admin Secret. Each is idempotent and needs no record (its name
+/// is fixed by the job's), and a failure leaves the status as it was, so a
+/// Kafka outage does not start an intent whose pods could not run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prerequisites {
+    /// Created when missing, grown when P grew (never shrunk).
+    pub internal_topics: Vec<InternalTopic>,
+    /// Apply the headless Service the pods' names resolve through.
+    pub service: bool,
+    /// Apply the NetworkPolicy in front of the pods.
+    pub network_policy: bool,
+    /// Create the `<job>-admin` Secret with a new token (it does not exist).
+    pub admin_secret: bool,
 }
 
 /// What the StatefulSet and ConfigMap should say now.
@@ -221,10 +253,11 @@ pub enum Outcome {
     RollbackFailed,
 }
 
-/// The decision: persist `status` (with `health`), then apply `deployment`,
-/// then make `call`; look again after `requeue`.
+/// The decision: ensure `prerequisites`, persist `status` (with `health`),
+/// then apply `deployment`, then make `call`; look again after `requeue`.
 #[derive(Clone, Debug)]
 pub struct Step {
+    pub prerequisites: Prerequisites,
     pub status: StreamJobStatus,
     pub health: Health,
     pub deployment: Option<Deployment>,
@@ -237,6 +270,7 @@ pub struct Step {
 impl Step {
     fn new(status: StreamJobStatus, health: Health) -> Self {
         Self {
+            prerequisites: Prerequisites::default(),
             status,
             health,
             deployment: None,
@@ -665,7 +699,51 @@ pub fn decide(o: &Observed) -> Step {
     if let Some(d) = &mut step.deployment {
         d.kafka_id_prefix = step.status.kafka_id_prefix.clone().unwrap_or(prefix);
     }
+    step.prerequisites = prerequisites(o);
     step
+}
+
+/// What a job whose spec may start needs, whatever its state: the
+/// repartition topic and the (compacted) control topic with P partitions
+/// for the spec's topics, the Service, the NetworkPolicy when the operator
+/// puts one, and the admin Secret when it does not exist yet. A refused
+/// spec or unresolved topics need nothing new: what runs keeps what it has.
+pub fn prerequisites(o: &Observed) -> Prerequisites {
+    let Ok(topics) = &o.topics else {
+        return Prerequisites::default();
+    };
+    if refused_spec(o).is_some() {
+        return Prerequisites::default();
+    }
+    let partitions = topics.total_partitions();
+    let compact: BTreeMap<String, String> = [("cleanup.policy".to_owned(), "compact".to_owned())].into();
+    Prerequisites {
+        internal_topics: vec![
+            InternalTopic {
+                name: topics.repartition.clone(),
+                partitions,
+                config: BTreeMap::new(),
+            },
+            InternalTopic {
+                name: topics.control.clone(),
+                partitions,
+                config: compact,
+            },
+        ],
+        service: true,
+        network_policy: o.network_policy,
+        admin_secret: !o.admin_secret,
+    }
+}
+
+/// The internal topics deleting the job deletes (its objects in the cluster
+/// go by owner reference), unless it is annotated to leave Kafka alone. A
+/// job being deleted is never given to [`decide`]: nothing is created for it.
+pub fn cleanup(repartition: String, control: String, skip_kafka_deletion: bool) -> Vec<String> {
+    if skip_kafka_deletion {
+        return Vec::new();
+    }
+    vec![repartition, control]
 }
 
 fn steady(o: &Observed) -> Step {

@@ -24,6 +24,7 @@ use streamops_crds::{
 };
 
 use super::{JOB_LABEL, JobNames, REVISION_ANNOTATION, plan::Deployment};
+use crate::error::{Error, Result};
 
 /// UID and GID the runtime runs as (distroless `nonroot`).
 pub const RUNTIME_UID: i64 = 65532;
@@ -208,24 +209,19 @@ pub fn job_config(job: &StreamJob, names: &JobNames, d: &Deployment, storage: &s
     }
 }
 
-pub fn config_map(
-    job: &StreamJob,
-    names: &JobNames,
-    d: &Deployment,
-    storage: &str,
-) -> Result<ConfigMap, String> {
+pub fn config_map(job: &StreamJob, names: &JobNames, d: &Deployment, storage: &str) -> Result<ConfigMap> {
     let text = serde_json::to_string_pretty(&job_config(job, names, d, storage))
-        .map_err(|e| format!("cannot render job.json: {e}"))?;
+        .map_err(|e| Error::Serialization(format!("job.json: {e}")))?;
     let value = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(&names.config_map(), names, &owner(job)),
         "data": {env::JOB_FILE_KEY: text},
     });
-    serde_json::from_value(value).map_err(|e| format!("ConfigMap: {e}"))
+    serde_json::from_value(value).map_err(|e| Error::Serialization(format!("ConfigMap: {e}")))
 }
 
-pub fn service(job: &StreamJob, names: &JobNames) -> Result<Service, String> {
+pub fn service(job: &StreamJob, names: &JobNames) -> Result<Service> {
     let value = json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -239,7 +235,7 @@ pub fn service(job: &StreamJob, names: &JobNames) -> Result<Service, String> {
             "ports": [{"name": "admin", "port": env::ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}],
         },
     });
-    serde_json::from_value(value).map_err(|e| format!("Service: {e}"))
+    serde_json::from_value(value).map_err(|e| Error::Serialization(format!("Service: {e}")))
 }
 
 /// The label every namespace carries with its own name (Kubernetes 1.21+).
@@ -262,11 +258,7 @@ pub struct AdminAccess<'a> {
 /// by default the operator's namespace). Ingress only: the pods' egress
 /// (Kafka, DNS, checkpoint storage) stays open. The kubelet's probes come
 /// from the node, which a NetworkPolicy does not block.
-pub fn network_policy(
-    job: &StreamJob,
-    names: &JobNames,
-    access: &AdminAccess<'_>,
-) -> Result<NetworkPolicy, String> {
+pub fn network_policy(job: &StreamJob, names: &JobNames, access: &AdminAccess<'_>) -> Result<NetworkPolicy> {
     let operator_namespace: BTreeMap<&str, &str> = [(NAMESPACE_NAME_LABEL, access.operator_namespace)].into();
     let metrics_namespaces = if access.metrics_namespaces.is_empty() {
         json!(operator_namespace)
@@ -298,11 +290,11 @@ pub fn network_policy(
             ],
         },
     });
-    serde_json::from_value(value).map_err(|e| format!("NetworkPolicy: {e}"))
+    serde_json::from_value(value).map_err(|e| Error::Serialization(format!("NetworkPolicy: {e}")))
 }
 
 /// The admin Secret with a fresh `token` (created once, never updated).
-pub fn admin_secret(job: &StreamJob, names: &JobNames, token: &str) -> Result<Secret, String> {
+pub fn admin_secret(job: &StreamJob, names: &JobNames, token: &str) -> Result<Secret> {
     let value = json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -310,7 +302,7 @@ pub fn admin_secret(job: &StreamJob, names: &JobNames, token: &str) -> Result<Se
         "type": "Opaque",
         "stringData": {env::ADMIN_TOKEN_KEY: token},
     });
-    serde_json::from_value(value).map_err(|e| format!("Secret: {e}"))
+    serde_json::from_value(value).map_err(|e| Error::Serialization(format!("Secret: {e}")))
 }
 
 /// The local path of a `file://` storage URL.
@@ -323,12 +315,14 @@ pub fn file_storage_path(storage: &str) -> Option<&str> {
 /// The StatefulSet for `deployment`: `Parallel`, `OnDelete`, the hardened
 /// runtime container, `spec.resources` and `spec.podTemplate` merged in, then
 /// the operator's security settings and labels enforced again on top.
-pub fn statefulset(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Result<StatefulSet, String> {
+pub fn statefulset(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Result<StatefulSet> {
     let names = inputs.names;
     let mut template = pod_template(job, inputs, d)?;
     if let Some(overrides) = &job.spec.pod_template {
         if !overrides.is_object() {
-            return Err("spec.podTemplate must be an object (a pod template: metadata, spec)".into());
+            return Err(Error::InvalidPodTemplate(
+                "spec.podTemplate must be an object (a pod template: metadata, spec)".into(),
+            ));
         }
         merge(&mut template, overrides);
         enforce(&mut template, inputs, d);
@@ -347,8 +341,11 @@ pub fn statefulset(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> R
             "template": template,
         },
     });
-    serde_json::from_value(value)
-        .map_err(|e| format!("spec.podTemplate does not make a valid pod template: {e}"))
+    serde_json::from_value(value).map_err(|e| {
+        Error::InvalidPodTemplate(format!(
+            "spec.podTemplate does not make a valid pod template: {e}"
+        ))
+    })
 }
 
 fn security_context() -> Value {
@@ -373,7 +370,7 @@ fn pod_security_context() -> Value {
     })
 }
 
-fn pod_template(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Result<Value, String> {
+fn pod_template(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Result<Value> {
     let names = inputs.names;
     let mut env_vars = vec![
         json!({"name": env::JOB_FILE, "value": format!("{}/{}", env::JOB_DIR, env::JOB_FILE_KEY)}),
@@ -404,7 +401,9 @@ fn pod_template(job: &StreamJob, inputs: &PodInputs<'_>, d: &Deployment) -> Resu
         mounts.push(json!({"name": volume, "mountPath": format!("{}/{purpose}", env::KAFKA_CREDENTIALS_DIR), "readOnly": true}));
     }
     let resources = match &job.spec.resources {
-        Some(r) => serde_json::to_value(r).map_err(|e| format!("spec.resources: {e}"))?,
+        Some(r) => {
+            serde_json::to_value(r).map_err(|e| Error::InvalidPodTemplate(format!("spec.resources: {e}")))?
+        }
         None => json!({}),
     };
     Ok(json!({

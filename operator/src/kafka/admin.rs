@@ -22,94 +22,13 @@ use std::{
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication},
     client::DefaultClientContext,
-    error::KafkaError,
     types::RDKafkaErrorCode,
 };
 
-use crate::topic::plan::{ConfigChange, ObservedTopic};
-
-/// What kind of failure a Kafka call ended in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Broker down, timeouts, leader moves: retry with backoff.
-    Unavailable,
-    /// The broker does not implement the request.
-    Unsupported,
-    /// The topic already exists (CreateTopics).
-    AlreadyExists,
-    /// The topic does not exist.
-    UnknownTopic,
-    /// The broker refused the request (invalid config, replication factor, ...).
-    Rejected,
-}
-
-/// A failed admin call: its kind, the error code and the broker's message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminFailure {
-    pub kind: FailureKind,
-    pub code: Option<RDKafkaErrorCode>,
-    pub message: String,
-}
-
-impl AdminFailure {
-    pub fn from_code(code: RDKafkaErrorCode, message: String) -> Self {
-        use RDKafkaErrorCode as C;
-        let kind = match code {
-            C::BrokerTransportFailure
-            | C::AllBrokersDown
-            | C::OperationTimedOut
-            | C::MessageTimedOut
-            | C::TimedOutQueue
-            | C::RequestTimedOut
-            | C::BrokerNotAvailable
-            | C::LeaderNotAvailable
-            | C::ReplicaNotAvailable
-            | C::NotController
-            | C::NetworkException
-            | C::Resolve
-            | C::CoordinatorNotAvailable
-            | C::BrokerDestroy
-            | C::DestroyBroker => FailureKind::Unavailable,
-            C::UnsupportedFeature | C::UnsupportedVersion => FailureKind::Unsupported,
-            C::TopicAlreadyExists => FailureKind::AlreadyExists,
-            C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownTopicId => FailureKind::UnknownTopic,
-            _ => FailureKind::Rejected,
-        };
-        let message = if message.is_empty() {
-            code.to_string()
-        } else {
-            message
-        };
-        Self {
-            kind,
-            code: Some(code),
-            message,
-        }
-    }
-
-    pub fn rejected(code: Option<RDKafkaErrorCode>, message: String) -> Self {
-        Self {
-            kind: FailureKind::Rejected,
-            code,
-            message,
-        }
-    }
-
-    fn from_kafka(op: &str, e: &KafkaError) -> Self {
-        let code = match e {
-            KafkaError::AdminOp(code) | KafkaError::MetadataFetch(code) => Some(*code),
-            other => other.rdkafka_error_code(),
-        };
-        match code {
-            Some(code) => Self::from_code(code, format!("{op}: {e}")),
-            None => Self {
-                kind: FailureKind::Unavailable,
-                code: None,
-                message: format!("{op}: {e}"),
-            },
-        }
-    }
-}
+use super::{
+    failure::{AdminFailure, FailureKind},
+    topic::{ConfigChange, ObservedTopic},
+};
 
 /// Partitions and replication factor of every topic the broker reported
 /// without an error.
@@ -442,30 +361,5 @@ mod tests {
         assert_eq!(c.await.unwrap(), Err("down"));
         // After the failure, a new caller fetches again.
         assert_eq!(call(Ok("d")).await.unwrap(), Ok("d"));
-    }
-
-    #[test]
-    fn failures_are_classified() {
-        let kind = |e: KafkaError| AdminFailure::from_kafka("op", &e).kind;
-        // What librdkafka answers when the broker lacks CreatePartitions.
-        assert_eq!(
-            kind(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature)),
-            FailureKind::Unsupported
-        );
-        assert_eq!(
-            kind(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown)),
-            FailureKind::Unavailable
-        );
-        assert_eq!(
-            kind(KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut)),
-            FailureKind::Unavailable
-        );
-        let f = AdminFailure::from_code(RDKafkaErrorCode::InvalidReplicationFactor, String::new());
-        assert_eq!(f.kind, FailureKind::Rejected);
-        assert!(!f.message.is_empty());
-        assert_eq!(
-            AdminFailure::from_code(RDKafkaErrorCode::TopicAlreadyExists, "x".into()).kind,
-            FailureKind::AlreadyExists
-        );
     }
 }

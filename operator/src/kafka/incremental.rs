@@ -14,8 +14,7 @@ use std::{
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka_sys as sys;
 
-use super::admin::AdminFailure;
-use crate::topic::plan::ConfigChange;
+use super::{failure::AdminFailure, topic::ConfigChange};
 
 /// Frees what librdkafka allocated, on every path.
 struct Owned {

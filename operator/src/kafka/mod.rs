@@ -10,7 +10,9 @@
 
 pub mod admin;
 pub mod cache;
+pub mod failure;
 mod incremental;
+pub mod topic;
 
 use std::{
     collections::BTreeMap,
@@ -28,8 +30,10 @@ use streamops_crds::{
 };
 
 use crate::{config::OperatorConfig, error::Error};
-pub use admin::{AdminFailure, FailureKind, KafkaAdmin};
+pub use admin::KafkaAdmin;
 use cache::BoundedCache;
+pub use failure::{AdminFailure, FailureKind};
+pub use topic::{ConfigChange, ObservedTopic};
 
 /// Admin clients kept at once. Each is a librdkafka client with its own
 /// threads and broker connections, and every distinct credential set (a

@@ -2,37 +2,40 @@
 //! act, and record the outcome in status (the write-ahead log: ownership is
 //! written before a topic is created, so a restart at any moment resumes).
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc};
 
-use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
     runtime::{
         Controller,
         controller::{self, Action},
         events::EventType,
-        finalizer::{self, Event as FinalizerEvent},
+        reflector::Store,
         watcher,
     },
 };
 use streamops_crds::{
     Health, StreamTopic, StreamTopicStatus, Validation,
+    tenancy::TopicPolicy,
     topic::{TopicOwnership, annotation},
 };
-use tracing::{Instrument, info, info_span, warn};
+use tracing::info;
 
 use super::{
     annotation_is,
     conflict::{Claim, winner_over},
-    plan::{
-        self, CleanupInput, CleanupPlan, DesiredTopic, ObservedTopic, RecordedTopic, TopicPlan, TopicUpdate,
-    },
-    status,
+    plan::{self, CleanupInput, CleanupPlan, DesiredTopic, RecordedTopic, TopicPlan, TopicUpdate},
 };
 use crate::{
-    context::Context,
+    config::OperatorConfig,
     error::{Error, Result},
-    kafka::{FailureKind, KafkaAdmin},
+    kafka::{ConfigChange, FailureKind, KafkaAdmin, ObservedTopic},
+    metrics::Metrics,
+    reconcile::{
+        self, Reconciler,
+        context::Shared,
+        status::{self, report},
+    },
 };
 
 /// Name of the controller in metrics and logs.
@@ -40,11 +43,57 @@ pub const CONTROLLER: &str = "streamtopic";
 /// Held while the operator may still have to delete the Kafka topic.
 pub const FINALIZER: &str = "streamops.io/topic";
 
+/// What every StreamTopic reconcile shares.
+pub struct Context {
+    pub shared: Shared,
+    /// Every StreamTopic the controller watches (conflict detection).
+    pub topics: Store<StreamTopic>,
+    /// Which Kafka topics each namespace may manage (`config.topic_policy()`).
+    pub topic_policy: TopicPolicy,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        config: OperatorConfig,
+        metrics: Metrics,
+        topics: Store<StreamTopic>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            topic_policy: config.topic_policy(),
+            shared: Shared::new(client, config, metrics),
+            topics,
+        })
+    }
+}
+
+impl Reconciler for Context {
+    type Object = StreamTopic;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const FINALIZER: &'static str = FINALIZER;
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    async fn apply(&self, topic: &StreamTopic, api: &Api<StreamTopic>) -> Result<Action> {
+        apply(topic, api, self).await
+    }
+
+    async fn cleanup(&self, topic: &StreamTopic, api: &Api<StreamTopic>) -> Result<Action> {
+        cleanup(topic, api, self).await
+    }
+
+    fn reconciled(&self) {
+        update_managed_gauge(self);
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: kube::Client,
-    config: crate::OperatorConfig,
-    metrics: crate::metrics::Metrics,
+    config: OperatorConfig,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<StreamTopic> = match &config.watch_namespace {
@@ -54,59 +103,7 @@ pub async fn run(
     let controller = Controller::new(api, watcher::Config::default().any_semantic())
         .with_config(controller::Config::default().concurrency(config.reconcile_concurrency));
     let ctx = Context::new(client, config, metrics, controller.store());
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile loop");
-            }
-        })
-        .await;
-}
-
-/// One reconciliation, timed and counted.
-pub async fn reconcile(topic: Arc<StreamTopic>, ctx: Arc<Context>) -> Result<Action> {
-    let span = info_span!(
-        "reconcile",
-        controller = CONTROLLER,
-        namespace = topic.namespace().unwrap_or_default(),
-        name = topic.name_any(),
-        generation = topic.metadata.generation.unwrap_or_default(),
-    );
-    async move {
-        let started = Instant::now();
-        let ns = topic.namespace().unwrap_or_default();
-        let api: Api<StreamTopic> = Api::namespaced(ctx.client.clone(), &ns);
-        let result = finalizer::finalizer(&api, FINALIZER, topic.clone(), |event| async {
-            match event {
-                FinalizerEvent::Apply(t) => apply(&t, &api, &ctx).await,
-                FinalizerEvent::Cleanup(t) => cleanup(&t, &api, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
-            other => Error::Finalizer(Box::new(other)),
-        });
-        ctx.metrics
-            .reconciled(CONTROLLER, result.is_ok(), started.elapsed());
-        match &result {
-            Ok(_) => ctx.reset_backoff(&topic.uid().unwrap_or_default()),
-            Err(e) => ctx.metrics.error(CONTROLLER, e.reason()),
-        }
-        update_managed_gauge(&ctx);
-        result
-    }
-    .instrument(span)
-    .await
-}
-
-/// Transient failures are retried with exponential backoff per object.
-pub fn error_policy(topic: Arc<StreamTopic>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.next_backoff(&topic.uid().unwrap_or_default());
-    warn!(namespace = topic.namespace().unwrap_or_default(), name = topic.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    reconcile::run(controller, ctx, shutdown).await;
 }
 
 fn update_managed_gauge(ctx: &Context) {
@@ -121,7 +118,7 @@ fn update_managed_gauge(ctx: &Context) {
             None => {}
         }
     }
-    ctx.metrics.set_topics_managed(created, adopted);
+    ctx.shared.metrics.set_topics_managed(created, adopted);
 }
 
 fn recorded(topic: &StreamTopic) -> RecordedTopic {
@@ -144,36 +141,12 @@ fn desired(topic: &StreamTopic) -> DesiredTopic {
     }
 }
 
-/// Records `health` with `status`; emits an event when the reason changed
-/// (so a resync that finds the same refusal does not repeat it).
-async fn report(
-    topic: &StreamTopic,
-    api: &Api<StreamTopic>,
-    ctx: &Context,
-    status: StreamTopicStatus,
-    health: Health,
-) -> Result<()> {
-    let changed = status::previous_reason(topic) != Some(health.reason());
-    let new_status = status::with_health(topic, status, &health);
-    status::apply(api, topic, &new_status).await?;
-    if changed {
-        let (type_, action) = match &health {
-            Health::Stalled { .. } => (EventType::Warning, "Refuse"),
-            Health::Reconciling { .. } => (EventType::Normal, "Reconcile"),
-            Health::Ready { .. } => (EventType::Normal, "Reconcile"),
-        };
-        ctx.event(topic, type_, health.reason(), action, health.message().to_owned())
-            .await;
-    }
-    Ok(())
-}
-
 fn base_status(topic: &StreamTopic) -> StreamTopicStatus {
     topic.status.clone().unwrap_or_default()
 }
 
 async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Result<Action> {
-    let resync = Action::requeue(ctx.config.resync_interval);
+    let resync = Action::requeue(ctx.shared.config.resync_interval);
     // First of all: a topic this namespace may not manage is not touched,
     // not even described, and the resource is not Ready, so no StreamJob
     // reads or writes it through this resource (also when unmanaged).
@@ -183,9 +156,9 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
         report(
             topic,
             api,
-            ctx,
+            &ctx.shared,
             base_status(topic),
-            Health::stalled(refusal.reason(), refusal.message()),
+            &Health::stalled(refusal.reason(), refusal.message()),
         )
         .await?;
         return Ok(Action::await_change());
@@ -195,7 +168,7 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
             "Unmanaged",
             "annotation streamops.io/managed=\"false\": the operator does not touch this topic",
         );
-        report(topic, api, ctx, base_status(topic), health).await?;
+        report(topic, api, &ctx.shared, base_status(topic), &health).await?;
         return Ok(Action::await_change());
     }
     if annotation_is(topic, annotation::PAUSED, "true") {
@@ -203,16 +176,16 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
             "Paused",
             "annotation streamops.io/paused=\"true\": reconciliation is suspended; remove it to resume",
         );
-        report(topic, api, ctx, base_status(topic), health).await?;
+        report(topic, api, &ctx.shared, base_status(topic), &health).await?;
         return Ok(Action::await_change());
     }
     if let Some(message) = topic.spec.validation_message() {
         report(
             topic,
             api,
-            ctx,
+            &ctx.shared,
             base_status(topic),
-            Health::stalled("InvalidSpec", message),
+            &Health::stalled("InvalidSpec", message),
         )
         .await?;
         return Ok(Action::await_change());
@@ -233,9 +206,9 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
             report(
                 topic,
                 api,
-                ctx,
+                &ctx.shared,
                 base_status(topic),
-                Health::stalled("Conflict", message),
+                &Health::stalled("Conflict", message),
             )
             .await?;
             return Ok(resync);
@@ -249,27 +222,18 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
     // The failed step may have recorded an intent (ownership before
     // CreateTopics): build on the latest status, never on the stale one.
     let latest = api.get_status(&topic.name_any()).await?;
-    let health = if error.is_transient() {
-        Health::reconciling(error.reason(), error.to_string())
-    } else {
-        Health::stalled(error.reason(), error.to_string())
-    };
-    report(&latest, api, ctx, base_status(&latest), health).await?;
+    report(&latest, api, &ctx.shared, base_status(&latest), &error.health()).await?;
     if error.is_transient() {
         Err(error)
     } else {
-        ctx.metrics.error(CONTROLLER, error.reason());
+        ctx.shared.metrics.error(CONTROLLER, error.reason());
         Ok(resync)
     }
 }
 
 async fn admin_for(topic: &StreamTopic, ctx: &Context) -> Result<KafkaAdmin> {
     let ns = topic.namespace().unwrap_or_default();
-    let settings = ctx
-        .kafka
-        .settings(&ctx.client, &ns, topic.spec.cluster.as_ref())
-        .await?;
-    ctx.kafka.admin(&settings)
+    ctx.shared.kafka_admin(&ns, topic.spec.cluster.as_ref()).await
 }
 
 /// Observe -> plan -> act. Errors that a user must fix come back as `Err`
@@ -278,7 +242,7 @@ async fn sync_kafka(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) 
     let admin = admin_for(topic, ctx).await?;
     let desired = desired(topic);
     let recorded = recorded(topic);
-    let observed = admin.describe(&desired.name).await.map_err(Error::from_admin)?;
+    let observed = admin.describe(&desired.name).await.map_err(Error::from)?;
     let plan = plan::plan(&desired, &recorded, observed.as_ref());
     info!(topic = %desired.name, ?plan, "planned");
     match plan {
@@ -293,12 +257,12 @@ async fn sync_kafka(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) 
             report(
                 topic,
                 api,
-                ctx,
+                &ctx.shared,
                 status,
-                Health::stalled(refusal.reason(), refusal.message()),
+                &Health::stalled(refusal.reason(), refusal.message()),
             )
             .await?;
-            Ok(Action::requeue(ctx.config.resync_interval))
+            Ok(Action::requeue(ctx.shared.config.resync_interval))
         }
         TopicPlan::Create {
             partitions,
@@ -354,7 +318,7 @@ async fn create(
     {
         if failure.kind == FailureKind::Unavailable {
             // Outcome unknown; the intent stays and the next attempt looks again.
-            return Err(Error::from_admin(failure));
+            return Err(Error::from(failure));
         }
         if failure.kind == FailureKind::AlreadyExists && created_before {
             // Our own earlier create, not yet visible to the describe: the
@@ -388,38 +352,46 @@ async fn create(
             status: Some(intent),
             ..topic.clone()
         };
-        report(&refreshed, api, ctx, cleared, Health::stalled(reason, message)).await?;
-        return Ok(Action::requeue(ctx.config.resync_interval));
+        report(
+            &refreshed,
+            api,
+            &ctx.shared,
+            cleared,
+            &Health::stalled(reason, message),
+        )
+        .await?;
+        return Ok(Action::requeue(ctx.shared.config.resync_interval));
     }
     info!(topic = %desired.name, partitions, "created Kafka topic");
     let refreshed = StreamTopic {
         status: Some(intent),
         ..topic.clone()
     };
-    ctx.event(
-        topic,
-        EventType::Normal,
-        "Created",
-        "CreateTopic",
-        format!(
-            "created Kafka topic {:?} with {partitions} partitions",
-            desired.name
-        ),
-    )
-    .await;
+    ctx.shared
+        .event(
+            topic,
+            EventType::Normal,
+            "Created",
+            "CreateTopic",
+            format!(
+                "created Kafka topic {:?} with {partitions} partitions",
+                desired.name
+            ),
+        )
+        .await;
     status.partitions = Some(partitions);
     status.replication_factor = replication_factor;
     status.config = config.clone();
-    match admin.describe(&desired.name).await.map_err(Error::from_admin)? {
+    match admin.describe(&desired.name).await.map_err(Error::from)? {
         Some(observed) => {
             status.partitions = Some(observed.partitions);
             status.replication_factor = Some(observed.replication_factor);
-            report(&refreshed, api, ctx, status, ready(desired, &observed)).await?;
-            Ok(Action::requeue(ctx.config.resync_interval))
+            report(&refreshed, api, &ctx.shared, status, &ready(desired, &observed)).await?;
+            Ok(Action::requeue(ctx.shared.config.resync_interval))
         }
         None => {
             // Metadata not propagated yet: look again shortly.
-            report(&refreshed, api, ctx, status, creating).await?;
+            report(&refreshed, api, &ctx.shared, status, &creating).await?;
             Ok(Action::requeue(std::time::Duration::from_secs(1)))
         }
     }
@@ -463,14 +435,15 @@ async fn apply_update(
         );
         let intent = status::with_health(topic, status.clone(), &adopting);
         status::apply(api, topic, &intent).await?;
-        ctx.event(
-            topic,
-            EventType::Normal,
-            "Adopted",
-            "AdoptTopic",
-            format!("adopted existing Kafka topic {:?}", desired.name),
-        )
-        .await;
+        ctx.shared
+            .event(
+                topic,
+                EventType::Normal,
+                "Adopted",
+                "AdoptTopic",
+                format!("adopted existing Kafka topic {:?}", desired.name),
+            )
+            .await;
     }
 
     if !update.config_changes.is_empty() {
@@ -478,8 +451,8 @@ async fn apply_update(
             .config_changes
             .iter()
             .map(|c| match c {
-                plan::ConfigChange::Set { key, value } => format!("{key}={value}"),
-                plan::ConfigChange::Delete { key } => format!("-{key}"),
+                ConfigChange::Set { key, value } => format!("{key}={value}"),
+                ConfigChange::Delete { key } => format!("-{key}"),
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -497,14 +470,15 @@ async fn apply_update(
             });
         }
         info!(topic = %desired.name, changes = %summary, "updated topic config");
-        ctx.event(
-            topic,
-            EventType::Normal,
-            "ConfigUpdated",
-            "AlterConfigs",
-            format!("Kafka topic {:?}: {summary}", desired.name),
-        )
-        .await;
+        ctx.shared
+            .event(
+                topic,
+                EventType::Normal,
+                "ConfigUpdated",
+                "AlterConfigs",
+                format!("Kafka topic {:?}: {summary}", desired.name),
+            )
+            .await;
     }
     status.config = desired.config.clone();
     status.managed_config_keys = update.managed_config_keys.clone();
@@ -512,17 +486,18 @@ async fn apply_update(
     if let Some(total) = update.grow_partitions_to {
         match admin.grow_partitions(&desired.name, total).await {
             Ok(()) => {
-                ctx.event(
-                    topic,
-                    EventType::Normal,
-                    "PartitionsIncreased",
-                    "CreatePartitions",
-                    format!(
-                        "Kafka topic {:?}: {} -> {total} partitions",
-                        desired.name, observed.partitions
-                    ),
-                )
-                .await;
+                ctx.shared
+                    .event(
+                        topic,
+                        EventType::Normal,
+                        "PartitionsIncreased",
+                        "CreatePartitions",
+                        format!(
+                            "Kafka topic {:?}: {} -> {total} partitions",
+                            desired.name, observed.partitions
+                        ),
+                    )
+                    .await;
                 observed.partitions = total;
                 status.partitions = Some(total);
             }
@@ -540,21 +515,21 @@ async fn apply_update(
                         failure.message
                     )),
                 };
-                ctx.metrics.error(CONTROLLER, error.reason());
+                ctx.shared.metrics.error(CONTROLLER, error.reason());
                 report(
                     topic,
                     api,
-                    ctx,
+                    &ctx.shared,
                     status,
-                    Health::stalled(error.reason(), error.to_string()),
+                    &Health::stalled(error.reason(), error.to_string()),
                 )
                 .await?;
-                return Ok(Action::requeue(ctx.config.resync_interval));
+                return Ok(Action::requeue(ctx.shared.config.resync_interval));
             }
         }
     }
-    report(topic, api, ctx, status, ready(desired, &observed)).await?;
-    Ok(Action::requeue(ctx.config.resync_interval))
+    report(topic, api, &ctx.shared, status, &ready(desired, &observed)).await?;
+    Ok(Action::requeue(ctx.shared.config.resync_interval))
 }
 
 async fn cleanup(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Result<Action> {
@@ -570,32 +545,34 @@ async fn cleanup(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> 
     match plan::cleanup(&input) {
         CleanupPlan::Keep { reason } => {
             let name = input.recorded.name.unwrap_or_else(|| topic.kafka_topic_name());
-            ctx.event(
-                topic,
-                EventType::Normal,
-                "TopicKept",
-                "DeleteResource",
-                format!("resource deleted; Kafka topic {name:?} left in place ({reason})"),
-            )
-            .await;
+            ctx.shared
+                .event(
+                    topic,
+                    EventType::Normal,
+                    "TopicKept",
+                    "DeleteResource",
+                    format!("resource deleted; Kafka topic {name:?} left in place ({reason})"),
+                )
+                .await;
             Ok(Action::await_change())
         }
         CleanupPlan::DeleteTopic { name } => {
             let result = match admin_for(topic, ctx).await {
-                Ok(admin) => admin.delete(&name).await.map_err(Error::from_admin),
+                Ok(admin) => admin.delete(&name).await.map_err(Error::from),
                 Err(e) => Err(e),
             };
             match result {
                 Ok(()) => {
                     info!(topic = %name, "deleted Kafka topic");
-                    ctx.event(
-                        topic,
-                        EventType::Normal,
-                        "Deleted",
-                        "DeleteTopic",
-                        format!("deleted Kafka topic {name:?} (deletionPolicy: Delete)"),
-                    )
-                    .await;
+                    ctx.shared
+                        .event(
+                            topic,
+                            EventType::Normal,
+                            "Deleted",
+                            "DeleteTopic",
+                            format!("deleted Kafka topic {name:?} (deletionPolicy: Delete)"),
+                        )
+                        .await;
                     Ok(Action::await_change())
                 }
                 Err(e) => {
@@ -611,7 +588,7 @@ async fn cleanup(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> 
                     } else {
                         Health::stalled("DeletionBlocked", message)
                     };
-                    report(topic, api, ctx, base_status(topic), health).await?;
+                    report(topic, api, &ctx.shared, base_status(topic), &health).await?;
                     Err(e)
                 }
             }

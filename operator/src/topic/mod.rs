@@ -1,10 +1,9 @@
 //! The StreamTopic controller: `plan` decides, `controller` observes and acts,
-//! `conflict` settles two resources naming one topic, `status` writes kstatus.
+//! `conflict` settles two resources naming one topic.
 
 pub mod conflict;
 pub mod controller;
 pub mod plan;
-pub mod status;
 
 use kube::ResourceExt;
 use streamops_crds::{KafkaClusterSpec, StreamTopic};

@@ -9,6 +9,8 @@ use streamops_crds::{
     topic::{DeletionPolicy, TopicOwnership},
 };
 
+use crate::kafka::{ConfigChange, ObservedTopic};
+
 /// What the resource asks for, after defaulting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredTopic {
@@ -30,24 +32,6 @@ pub struct RecordedTopic {
     pub name: Option<String>,
     pub ownership: Option<TopicOwnership>,
     pub managed_config_keys: BTreeSet<String>,
-}
-
-/// The topic as Kafka describes it. `config` holds what DescribeConfigs
-/// returned: every key on a full Kafka broker, only the explicitly set ones
-/// on brokers that omit defaults. The plan never relies on a key's absence
-/// meaning "default" nor on its presence meaning "set by someone".
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObservedTopic {
-    pub partitions: i32,
-    pub replication_factor: i32,
-    pub config: BTreeMap<String, String>,
-}
-
-/// One incremental config operation (IncrementalAlterConfigs SET / DELETE).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ConfigChange {
-    Set { key: String, value: String },
-    Delete { key: String },
 }
 
 /// Changes to an existing topic the operator owns. Empty means in sync.

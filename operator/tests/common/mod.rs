@@ -21,7 +21,10 @@ use kube::{
 use rdkafka::ClientConfig;
 use serde_json::json;
 use streamops_crds::{StreamTopic, StreamTopicSpec};
-use streamops_operator::{OperatorConfig, kafka::KafkaAdmin, topic::plan::ObservedTopic};
+use streamops_operator::{
+    OperatorConfig,
+    kafka::{KafkaAdmin, ObservedTopic},
+};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 #[allow(unused_imports)] // not every test binary including this module skips

@@ -99,6 +99,14 @@ struct World {
     /// Savepoint ids deleted from storage, in order (once each: a second
     /// delete of the same id finds nothing).
     deleted: Vec<String>,
+    /// The internal topics in Kafka: name -> (partitions, config at creation).
+    internal_topics: BTreeMap<String, (i32, BTreeMap<String, String>)>,
+    /// The Service, the NetworkPolicy and the admin Secret exist.
+    service: bool,
+    network_policy: bool,
+    admin_secret: bool,
+    /// The operator is set to put a NetworkPolicy in front of the pods.
+    network_policy_enabled: bool,
 }
 
 impl World {
@@ -124,6 +132,11 @@ impl World {
             checkpoint_counter: 10,
             stored: std::collections::BTreeSet::new(),
             deleted: Vec::new(),
+            internal_topics: BTreeMap::new(),
+            service: false,
+            network_policy: false,
+            admin_secret: false,
+            network_policy_enabled: false,
         }
     }
 
@@ -195,6 +208,8 @@ impl World {
             },
             storage: STORAGE.into(),
             ids: KafkaIds::of("ns", "clicks", "uid-1"),
+            admin_secret: self.admin_secret,
+            network_policy: self.network_policy_enabled,
             now: self.now,
         }
     }
@@ -221,7 +236,35 @@ impl World {
     }
 
     fn act(&mut self, step: &Step) {
+        // What a Kafka cluster and an apiserver do with the prerequisites.
+        let wanted = &step.prerequisites;
+        for t in &wanted.internal_topics {
+            let existing = self
+                .internal_topics
+                .entry(t.name.clone())
+                .or_insert((t.partitions, t.config.clone()));
+            existing.0 = existing.0.max(t.partitions);
+        }
+        self.service |= wanted.service;
+        self.network_policy |= wanted.network_policy;
+        self.admin_secret |= wanted.admin_secret;
         if let Some(d) = &step.deployment {
+            // Pods only ever start with everything they need in place.
+            if d.replicas > 0 {
+                let need = d.topics.total_partitions();
+                for name in [&d.topics.repartition, &d.topics.control] {
+                    let has = self.internal_topics.get(name).map(|(p, _)| *p);
+                    assert!(
+                        has >= Some(need),
+                        "{name} has {has:?} partitions, the pods need {need}"
+                    );
+                }
+                assert!(
+                    self.service && self.admin_secret,
+                    "pods without their Service or Secret"
+                );
+                assert_eq!(self.network_policy, self.network_policy_enabled);
+            }
             self.deployment = Some(d.clone());
             let replicas = usize::try_from(d.replicas).unwrap();
             self.pods.truncate(replicas);
@@ -2136,4 +2179,92 @@ fn a_pod_that_exited_for_want_of_kafka_makes_the_job_not_ready_with_that_reason(
         p.last_failure = Some("KafkaUnavailable: init_transactions for task 0: timed out".into());
     }
     assert_eq!(decide(&o).health.reason(), "Running");
+}
+
+#[test]
+fn internal_topics_service_and_secret_are_requested_before_any_pod_exists() {
+    let mut w = World::new(4);
+    let first = tick(&mut w);
+    assert!(first.deployment.is_none() && w.pods.is_empty());
+    let wanted = &first.prerequisites;
+    let compact: BTreeMap<String, String> = [("cleanup.policy".to_owned(), "compact".to_owned())].into();
+    assert_eq!(
+        wanted.internal_topics,
+        vec![
+            InternalTopic {
+                name: "streamops.ns.job.repartition".into(),
+                partitions: 4,
+                config: BTreeMap::new(),
+            },
+            InternalTopic {
+                name: "streamops.ns.job.checkpoints".into(),
+                partitions: 4,
+                config: compact,
+            },
+        ]
+    );
+    assert!(wanted.service && wanted.admin_secret && !wanted.network_policy);
+    // The Secret is created once; the rest is asked for on every step
+    // (idempotent), also once the job runs.
+    let second = tick(&mut w);
+    assert!(!second.prerequisites.admin_secret);
+    until(&mut w, "Running", |w| w.running(1));
+    let steady = tick(&mut w).prerequisites;
+    assert_eq!(steady.internal_topics.len(), 2);
+    assert!(steady.service && !steady.admin_secret);
+}
+
+#[test]
+fn partition_growth_grows_the_internal_topics_before_the_rescale() {
+    let mut w = running_world(4);
+    w.topics = Ok(topics(6));
+    let step = tick(&mut w);
+    assert!(
+        step.prerequisites
+            .internal_topics
+            .iter()
+            .all(|t| t.partitions == 6)
+    );
+    until(&mut w, "rescaled to 6", |w| w.pods.len() == 6 && w.running(1));
+    assert!(w.internal_topics.values().all(|(p, _)| *p == 6));
+}
+
+#[test]
+fn a_spec_that_may_not_start_requests_nothing_new() {
+    let nothing = Prerequisites::default();
+    let mut w = World::new(4);
+    w.topics = Err("StreamTopic \"clicks\" not found".into());
+    assert_eq!(tick(&mut w).prerequisites, nothing);
+    let mut w = World::new(4);
+    w.spec.sink.topic = "clicks".into();
+    assert_eq!(tick(&mut w).prerequisites, nothing);
+    let mut w = World::new(4);
+    w.storage_refusal = Some("spec.checkpoint.storage: outside this job's own storage".into());
+    assert_eq!(tick(&mut w).prerequisites, nothing);
+    assert!(w.internal_topics.is_empty() && !w.service && !w.admin_secret);
+    // A running job whose new spec is refused keeps what it has.
+    let mut w = running_world(4);
+    w.storage_refusal = Some("spec.checkpoint.storage: outside this job's own storage".into());
+    let step = tick(&mut w);
+    assert_eq!(step.prerequisites, nothing);
+    assert!(step.deployment.is_some_and(|d| d.replicas == 4));
+}
+
+#[test]
+fn the_network_policy_is_requested_only_when_the_operator_puts_one() {
+    let mut w = World::new(2);
+    w.network_policy_enabled = true;
+    assert!(tick(&mut w).prerequisites.network_policy);
+    until(&mut w, "Running", |w| w.running(1));
+    assert!(w.network_policy);
+}
+
+#[test]
+fn deleting_a_job_deletes_its_internal_topics_unless_told_not_to() {
+    let (repartition, control) = ("r".to_owned(), "c".to_owned());
+    assert_eq!(
+        cleanup(repartition.clone(), control.clone(), false),
+        vec![repartition.clone(), control.clone()]
+    );
+    assert!(cleanup(repartition, control, true).is_empty());
 }

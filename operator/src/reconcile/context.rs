@@ -1,61 +1,51 @@
-//! What every reconcile shares.
+//! What every reconcile of either controller shares.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use kube::{
-    Client,
-    runtime::{
-        events::{Event, EventType, Recorder, Reporter},
-        reflector::Store,
-    },
+    Client, Resource,
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
-use streamops_crds::{StreamTopic, tenancy::TopicPolicy};
+use streamops_crds::KafkaClusterSpec;
 use tracing::warn;
 
-use crate::{config::OperatorConfig, kafka::KafkaClients, metrics::Metrics};
+use crate::{
+    config::OperatorConfig,
+    error::Result,
+    kafka::{KafkaAdmin, KafkaClients},
+    metrics::Metrics,
+};
 
-pub struct Context {
+/// The part of a controller's context both controllers have: the clients,
+/// the event recorder, the metrics, the settings and the failure counts the
+/// backoff grows with.
+pub struct Shared {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub kafka: KafkaClients,
     pub config: OperatorConfig,
-    /// Every StreamTopic the controller watches (conflict detection).
-    pub topics: Store<StreamTopic>,
-    /// Which Kafka topics each namespace may manage (`config.topic_policy()`).
-    pub topic_policy: TopicPolicy,
-    /// Consecutive transient failures per object uid (exponential backoff).
+    /// Consecutive failed reconciles per object uid (exponential backoff).
     failures: Mutex<HashMap<String, u32>>,
 }
 
-impl Context {
-    pub fn new(
-        client: Client,
-        config: OperatorConfig,
-        metrics: Metrics,
-        topics: Store<StreamTopic>,
-    ) -> Arc<Self> {
+impl Shared {
+    pub fn new(client: Client, config: OperatorConfig, metrics: Metrics) -> Self {
         let reporter = Reporter {
             controller: "streamops-operator".into(),
             instance: config.identity.clone(),
         };
-        Arc::new(Self {
+        Self {
             recorder: Recorder::new(client.clone(), reporter),
             kafka: KafkaClients::new(&config),
-            topic_policy: config.topic_policy(),
             client,
             metrics,
             config,
-            topics,
             failures: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
-    /// The delay before retrying `uid` after one more transient failure:
+    /// The delay before retrying `uid` after one more failure:
     /// `retry_base * 2^(n-1)`, capped at `retry_max`.
     pub fn next_backoff(&self, uid: &str) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,16 +61,15 @@ impl Context {
             .remove(uid);
     }
 
-    /// Publishes an event about `topic`; a failure is logged, never fatal.
-    pub async fn event(
+    /// Publishes an event about `object`; a failure is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
-        topic: &StreamTopic,
+        object: &K,
         type_: EventType,
         reason: &str,
         action: &str,
         note: String,
     ) {
-        use kube::Resource;
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -88,9 +77,20 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &topic.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             warn!(error = %e, reason, "cannot publish event");
         }
+    }
+
+    /// The admin client for a resource in `namespace` naming `cluster` (or
+    /// the operator's default cluster).
+    pub async fn kafka_admin(
+        &self,
+        namespace: &str,
+        cluster: Option<&KafkaClusterSpec>,
+    ) -> Result<KafkaAdmin> {
+        let settings = self.kafka.settings(&self.client, namespace, cluster).await?;
+        self.kafka.admin(&settings)
     }
 }
 
