@@ -51,8 +51,8 @@ fn main() -> ExitCode {
             return match streamops_runtime::pipeline::cli::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "runtime failed");
-                    eprintln!("error: {e:#}");
+                    tracing::error!(error = %e.to_string(), "runtime failed");
+                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             };

@@ -719,7 +719,7 @@ fn eviction_keeps_recently_updated_keys() {
         let d = def(window, 0, 0);
         let gets: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let shared = gets.clone();
-        let backends = move |_task: u32| -> anyhow::Result<Box<dyn StateBackend + Send>> {
+        let backends = move |_task: u32| -> streamops_runtime::Result<Box<dyn StateBackend + Send>> {
             Ok(Box::new(CountingBackend {
                 inner: MemoryBackend::new(),
                 gets: shared.clone(),

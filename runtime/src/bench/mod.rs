@@ -178,7 +178,7 @@ fn drive(h: &mut Harness, events: usize, commit_every: usize, checkpoint_every: 
     let mut read = 0;
     let mut next_state = checkpoint_every;
     while read < events {
-        let n = h.poll_source(0, commit_every, 0).map_err(harness_err)?;
+        let n = h.poll_source(0, commit_every, 0)?;
         if n == 0 {
             return Err(RuntimeError::InvalidArgument(format!(
                 "the benchmark input ended after {read} of {events} records"
@@ -189,8 +189,8 @@ fn drive(h: &mut Harness, events: usize, commit_every: usize, checkpoint_every: 
         if state {
             next_state += checkpoint_every;
         }
-        h.checkpoint(0, 0, state).map_err(harness_err)?;
-        h.poll_keyed(0, usize::MAX).map_err(harness_err)?;
+        h.checkpoint(0, 0, state)?;
+        h.poll_keyed(0, usize::MAX)?;
         for e in h.take_committed() {
             match e.out {
                 Out::Result { .. } => results += 1,
@@ -205,7 +205,7 @@ fn drive(h: &mut Harness, events: usize, commit_every: usize, checkpoint_every: 
         }
     }
     // The results of the last commit's records are in the open transaction.
-    h.checkpoint(0, 0, false).map_err(harness_err)?;
+    h.checkpoint(0, 0, false)?;
     for e in h.take_committed() {
         match e.out {
             Out::Result { .. } => results += 1,
@@ -214,10 +214,6 @@ fn drive(h: &mut Harness, events: usize, commit_every: usize, checkpoint_every: 
         }
     }
     Ok((results, late))
-}
-
-fn harness_err(e: anyhow::Error) -> RuntimeError {
-    RuntimeError::Dataflow(format!("{e:#}"))
 }
 
 /// State settings of a run.
@@ -247,7 +243,7 @@ pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'
     let input = generate(gen_cfg);
     let (events, input_bytes) = (input.ends.len(), input.bytes.len() + input.ends.len() * 8);
     let plan = Arc::new(Plan::build(&job(window, gen_cfg.out_of_order_ms))?);
-    let source = Log::from_values(input.bytes, input.ends).map_err(harness_err)?;
+    let source = Log::from_values(input.bytes, input.ends)?;
     std::fs::create_dir_all(state.db_dir)?;
     let (backends, options): (Box<dyn Backends>, StateOptions) = match state.backend {
         BenchBackend::Memory => (Box::new(MemoryBackends), StateOptions::default()),
@@ -278,8 +274,8 @@ pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'
         state: options,
         dir: state.db_dir.join("checkpoints"),
     };
-    let mut h = Harness::new(plan, config, backends, 0).map_err(harness_err)?;
-    *h.source_mut(0).map_err(harness_err)? = source;
+    let mut h = Harness::new(plan, config, backends, 0)?;
+    *h.source_mut(0)? = source;
     let (cpu0, _) = process_usage();
     let (results, late) = drive(&mut h, events, state.commit_every, state.checkpoint_every)?;
     // Measured before the harness (and state) is dropped: teardown is not

@@ -6,11 +6,11 @@
 //! stable offset); fencing a transactional id bumps its epoch and aborts its
 //! open transaction, and a writer of an older epoch is refused.
 
+use crate::error::Result;
+use crate::error::RuntimeError;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-
-use anyhow::{Result, anyhow, bail};
 
 use super::marker::Marker;
 use super::protocol::{Delivered, Record, TaskLog};
@@ -56,7 +56,7 @@ impl Broker {
         self.partitions
             .get_mut(topic)
             .and_then(|ps| ps.get_mut(usize::try_from(p).ok()?))
-            .ok_or_else(|| anyhow!("no partition {topic}-{p}"))
+            .ok_or_else(|| RuntimeError::Kafka(format!("no partition {topic}-{p}")))
     }
 
     /// Committed records of `topic`-`p` from offset `from` up to the last
@@ -125,11 +125,10 @@ impl FakeLog {
     fn check_epoch(&self) -> Result<()> {
         let current = self.broker.borrow().epochs.get(&self.id).copied();
         if self.transactional && self.epoch != current {
-            bail!(
+            return Err(RuntimeError::Kafka(format!(
                 "ProducerFenced: {} epoch {:?} is older than {current:?}",
-                self.id,
-                self.epoch
-            );
+                self.id, self.epoch
+            )));
         }
         Ok(())
     }
@@ -163,7 +162,7 @@ impl TaskLog for FakeLog {
     fn begin(&mut self) -> Result<()> {
         self.check_epoch()?;
         if self.open.is_some() {
-            bail!("a transaction is already open");
+            return Err(RuntimeError::Kafka("a transaction is already open".into()));
         }
         let mut b = self.broker.borrow_mut();
         b.next_txn += 1;
@@ -174,7 +173,11 @@ impl TaskLog for FakeLog {
     fn send(&mut self, r: &Record<'_>) -> Result<()> {
         self.check_epoch()?;
         let txn = match (self.transactional, self.open) {
-            (true, None) => bail!("a transactional producer writes only in a transaction"),
+            (true, None) => {
+                return Err(RuntimeError::Kafka(
+                    "a transactional producer writes only in a transaction".into(),
+                ));
+            }
             (true, Some(n)) => Some((self.id.clone(), n)),
             (false, _) => None,
         };
@@ -216,7 +219,7 @@ impl TaskLog for FakeLog {
         let n = self
             .open
             .take()
-            .ok_or_else(|| anyhow!("no transaction to commit"))?;
+            .ok_or_else(|| RuntimeError::Kafka("no transaction to commit".into()))?;
         let mut b = self.broker.borrow_mut();
         for e in b.partitions.values_mut().flatten().flatten() {
             if e.txn.as_ref().is_some_and(|(i, t)| *i == self.id && *t == n) {

@@ -98,7 +98,7 @@ pub fn write<L: TaskLog + ?Sized>(
     header: &str,
     out: Out,
     origin: Origin<'_>,
-) -> anyhow::Result<()> {
+) -> crate::error::Result<()> {
     let m = to.records_out;
     let checkpoint = [(CHECKPOINT_HEADER, header.as_bytes())];
     match out {
@@ -184,7 +184,7 @@ pub fn broadcast_watermark<L: TaskLog + ?Sized>(
     to: &Destinations<'_>,
     value: &[u8],
     header: &str,
-) -> anyhow::Result<()> {
+) -> crate::error::Result<()> {
     let checkpoint = [(CHECKPOINT_HEADER, header.as_bytes())];
     for q in 0..to.keyed_partitions as i32 {
         log.send(&Record {

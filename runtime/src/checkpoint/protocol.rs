@@ -27,10 +27,11 @@
 //! visible) or this one's with all of them: the tests below crash at every
 //! [`Step`] and compare with a run that never crashed.
 
+use crate::error::RuntimeError;
+use crate::error::{Context as _, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use streamops_crds::job::RestoreMode;
 use tracing::info;
 
@@ -321,16 +322,18 @@ pub fn restore_source(
         return Ok(RestoreSource::Checkpoint(m.manifest.clone()));
     }
     match mode {
-        RestoreMode::Savepoint => savepoint_manifest
-            .map(RestoreSource::Savepoint)
-            .ok_or_else(|| anyhow!("task {task}: restore mode savepoint, but no savepoint is named")),
+        RestoreMode::Savepoint => savepoint_manifest.map(RestoreSource::Savepoint).ok_or_else(|| {
+            RuntimeError::Protocol(format!(
+                "task {task}: restore mode savepoint, but no savepoint is named"
+            ))
+        }),
         RestoreMode::LastState => match marker {
             Some(m) => Ok(RestoreSource::Checkpoint(m.manifest.clone())),
             None if allow_empty => Ok(RestoreSource::Empty { offsets: None }),
-            None => bail!(
+            None => Err(RuntimeError::Protocol(format!(
                 "task {task}: no committed checkpoint and no savepoint to restore; refusing to start from empty \
                  state (set spec.restore.allowEmptyState: true to start empty)"
-            ),
+            ))),
         },
         RestoreMode::Empty => Ok(RestoreSource::Empty {
             offsets: marker.map(|m| {

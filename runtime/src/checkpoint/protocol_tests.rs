@@ -102,10 +102,10 @@ struct CrashAt {
 }
 
 impl Steps for CrashAt {
-    fn at(&mut self, step: Step) -> anyhow::Result<()> {
+    fn at(&mut self, step: Step) -> crate::error::Result<()> {
         if self.step == Some(step) {
             self.step = None;
-            anyhow::bail!("crash at {step:?}");
+            return Err(RuntimeError::Protocol(format!("crash at {step:?}")));
         }
         Ok(())
     }
@@ -177,7 +177,7 @@ impl World {
     }
 
     /// Starts task `t` in a new process: fence, last marker, state.
-    fn start(&mut self, t: u32, steps: &mut dyn Steps) -> anyhow::Result<Proc> {
+    fn start(&mut self, t: u32, steps: &mut dyn Steps) -> crate::error::Result<Proc> {
         self.starts += 1;
         let instance = format!("p{}", self.starts);
         let mut log = FakeLog::new(
@@ -240,7 +240,7 @@ impl World {
 
     /// Up to `n` source records, then every committed keyed record, into
     /// task `p`; returns how many records it read.
-    fn feed(&self, p: &mut Proc, n: usize) -> anyhow::Result<usize> {
+    fn feed(&self, p: &mut Proc, n: usize) -> crate::error::Result<usize> {
         let t = p.task.id();
         let cx = self.context(&p.instance);
         let header = marker::header_value(t, p.next_id, &p.instance);
@@ -286,7 +286,7 @@ impl World {
         Ok(read)
     }
 
-    fn checkpoint(&self, p: &mut Proc, steps: &mut dyn Steps) -> anyhow::Result<Committed> {
+    fn checkpoint(&self, p: &mut Proc, steps: &mut dyn Steps) -> crate::error::Result<Committed> {
         let t = p.task.id();
         let scratch = self.scratch.path().join(format!("snapshot-{}-{t}", p.instance));
         let db = format!("{}-{t}", p.instance);

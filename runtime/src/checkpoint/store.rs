@@ -17,11 +17,12 @@
 //! savepoints only when the operator asks (`DELETE /v1/savepoints/{id}`,
 //! [`CheckpointStore::delete_savepoint_unless_restored`]).
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -121,7 +122,9 @@ impl CheckpointStore {
         let url = url.trim_end_matches('/').to_string();
         let store: Arc<dyn ObjectStore> = if let Some(dir) = url.strip_prefix("file://") {
             if !dir.starts_with('/') {
-                bail!("checkpoint storage {url:?}: file:// needs an absolute path (file:///dir)");
+                return Err(RuntimeError::Storage(format!(
+                    "{url:?}: file:// needs an absolute path (file:///dir)"
+                )));
             }
             std::fs::create_dir_all(dir).with_context(|| format!("creating checkpoint directory {dir}"))?;
             Arc::new(
@@ -193,10 +196,10 @@ impl CheckpointStore {
             .strip_prefix(&self.url)
             .and_then(|r| r.strip_prefix('/'))
             .ok_or_else(|| {
-                anyhow!(
+                RuntimeError::Storage(format!(
                     "savepoint {location:?} is not under this job's checkpoint storage {:?}",
                     self.url
-                )
+                ))
             })?;
         Ok(format!("{rel}/task-{task}/manifest.json"))
     }
@@ -338,7 +341,10 @@ impl CheckpointStore {
     pub fn download(&self, manifest: &Manifest, dir: &Path) -> Result<()> {
         for f in &manifest.files {
             if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
-                bail!("manifest lists an unsafe path {:?}", f.path);
+                return Err(RuntimeError::Storage(format!(
+                    "manifest lists an unsafe path {:?}",
+                    f.path
+                )));
             }
             let dest = dir.join(&f.path);
             if let Some(parent) = dest.parent() {
@@ -346,13 +352,13 @@ impl CheckpointStore {
             }
             let bytes = self.get(&f.object)?;
             if bytes.len() as u64 != f.size {
-                bail!(
+                return Err(RuntimeError::Storage(format!(
                     "{}/{}: size {} differs from the manifest's {}",
                     self.url,
                     f.object,
                     bytes.len(),
                     f.size
-                );
+                )));
             }
             std::fs::write(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
         }
@@ -409,7 +415,9 @@ impl CheckpointStore {
     /// meanwhile) is success. With `file://` the emptied directories go too.
     pub fn delete_savepoint(&self, id: &str) -> Result<usize> {
         if !valid_savepoint_id(id) {
-            bail!("savepoint id {id:?} is not a safe path segment");
+            return Err(RuntimeError::Storage(format!(
+                "savepoint id {id:?} is not a safe path segment"
+            )));
         }
         let prefix = format!("savepoints/{id}");
         let inside = format!("{prefix}/");
@@ -446,7 +454,7 @@ impl CheckpointStore {
         }
         match self.delete_savepoint(id) {
             Ok(n) => DeletionOutcome::Deleted(n),
-            Err(e) => DeletionOutcome::Failed(format!("{e:#}")),
+            Err(e) => DeletionOutcome::Failed(e.to_string()),
         }
     }
 }
@@ -480,15 +488,17 @@ fn open_remote(url: &str) -> Result<Arc<dyn ObjectStore>> {
             .unwrap_or_default();
         return Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)));
     }
-    bail!("checkpoint storage {url:?}: supported schemes are file:// and s3://")
+    return Err(RuntimeError::Storage(format!(
+        "{url:?}: supported schemes are file:// and s3://"
+    )));
 }
 
 #[cfg(not(feature = "s3"))]
 fn open_remote(url: &str) -> Result<Arc<dyn ObjectStore>> {
-    bail!(
-        "checkpoint storage {url:?}: this build supports file:// only (build streamops-runtime with \
+    Err(RuntimeError::Storage(format!(
+        "{url:?}: this build supports file:// only (build streamops-runtime with \
          --features s3 for s3://)"
-    )
+    )))
 }
 
 /// Files under `dir`, recursively, as (relative `/` path, absolute path), sorted.
@@ -504,7 +514,9 @@ fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             } else {
                 let rel = path
                     .strip_prefix(dir)
-                    .map_err(|_| anyhow!("{} escapes {}", path.display(), dir.display()))?
+                    .map_err(|_| {
+                        RuntimeError::Storage(format!("{} escapes {}", path.display(), dir.display()))
+                    })?
                     .to_string_lossy()
                     .replace('\\', "/");
                 out.push((rel, path));

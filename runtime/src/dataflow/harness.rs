@@ -37,10 +37,11 @@
 //! are the same, but such a checkpoint cannot be restored, and restarting a
 //! task whose last checkpoint skipped it is refused.
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
 use streamops_crds::job::ProcessingGuarantee;
 
 use super::task::{Out, STATE_DIR, StateOptions, Task};
@@ -82,7 +83,10 @@ impl Log {
         let mut start = 0;
         for (i, &end) in ends.iter().enumerate() {
             if end < start || end > bytes.len() {
-                bail!("record {i} ends at {end}, outside {start}..={}", bytes.len());
+                return Err(RuntimeError::Dataflow(format!(
+                    "record {i} ends at {end}, outside {start}..={}",
+                    bytes.len()
+                )));
             }
             start = end;
         }
@@ -101,7 +105,9 @@ impl Log {
             Some(k) => u32::try_from(k.len())
                 .ok()
                 .filter(|&n| n != NO_KEY)
-                .ok_or_else(|| anyhow!("a key of {} bytes is too large for the log", k.len()))?,
+                .ok_or_else(|| {
+                    RuntimeError::Dataflow(format!("a key of {} bytes is too large for the log", k.len()))
+                })?,
             None => NO_KEY,
         };
         if let Some(k) = key {
@@ -335,7 +341,10 @@ impl Harness {
     ) -> Result<Harness> {
         let n = config.tasks;
         if n == 0 || n > i32::MAX as u32 {
-            bail!("a job has 1..={} tasks, not {n}", i32::MAX);
+            return Err(RuntimeError::Dataflow(format!(
+                "a job has 1..={} tasks, not {n}",
+                i32::MAX
+            )));
         }
         let sources = Arc::new(Sources::positional("source", n as i32));
         let slots = (0..n)
@@ -377,16 +386,16 @@ impl Harness {
     }
 
     fn slot(&self, t: u32) -> Result<&Slot> {
-        self.slots
-            .get(t as usize)
-            .ok_or_else(|| anyhow!("no task {t}: the harness has {}", self.slots.len()))
+        self.slots.get(t as usize).ok_or_else(|| {
+            RuntimeError::Dataflow(format!("no task {t}: the harness has {}", self.slots.len()))
+        })
     }
 
     fn slot_mut(&mut self, t: u32) -> Result<&mut Slot> {
         let n = self.slots.len();
         self.slots
             .get_mut(t as usize)
-            .ok_or_else(|| anyhow!("no task {t}: the harness has {n}"))
+            .ok_or_else(|| RuntimeError::Dataflow(format!("no task {t}: the harness has {n}")))
     }
 
     /// Source partition `t`, to append input to.
@@ -394,7 +403,7 @@ impl Harness {
         let n = self.source.len();
         self.source
             .get_mut(t as usize)
-            .ok_or_else(|| anyhow!("no source partition {t}: the harness has {n}"))
+            .ok_or_else(|| RuntimeError::Dataflow(format!("no source partition {t}: the harness has {n}")))
     }
 
     /// Appends a record to source partition `t`.
@@ -410,7 +419,7 @@ impl Harness {
         let slot = self
             .slots
             .get_mut(t as usize)
-            .ok_or_else(|| anyhow!("no task {t}"))?;
+            .ok_or_else(|| RuntimeError::Dataflow(format!("no task {t}")))?;
         let log = &self.source[t as usize];
         let from = position(slot.task.meta.source_offset, "source", t)?;
         let mut read = 0;
@@ -432,7 +441,11 @@ impl Harness {
                         let q = u32::try_from(partition)
                             .ok()
                             .filter(|&q| (q as usize) < self.keyed.len())
-                            .ok_or_else(|| anyhow!("task {t} wrote to keyed partition {partition}"))?;
+                            .ok_or_else(|| {
+                                RuntimeError::Dataflow(format!(
+                                    "task {t} wrote to keyed partition {partition}"
+                                ))
+                            })?;
                         if exactly_once {
                             slot.open_keyed.push((q, key, value));
                         } else {
@@ -440,7 +453,9 @@ impl Harness {
                         }
                     }
                     Out::Watermark { .. } => {
-                        bail!("stage 1 of task {t} sent a watermark outside a checkpoint")
+                        return Err(RuntimeError::Dataflow(format!(
+                            "stage 1 of task {t} sent a watermark outside a checkpoint"
+                        )));
                     }
                     out => {
                         let e = Emitted {
@@ -468,7 +483,7 @@ impl Harness {
         let slot = self
             .slots
             .get_mut(t as usize)
-            .ok_or_else(|| anyhow!("no task {t}"))?;
+            .ok_or_else(|| RuntimeError::Dataflow(format!("no task {t}")))?;
         let log = &self.keyed[t as usize];
         let from = position(slot.task.meta.keyed_offset, "keyed", t)?;
         let mut read = 0;
@@ -476,10 +491,10 @@ impl Harness {
             let offset = from + read as u64;
             let Some((_, value)) = log.get(offset) else {
                 if offset < log.base {
-                    bail!(
+                    return Err(RuntimeError::Dataflow(format!(
                         "task {t} reads keyed offset {offset}, dropped (the log starts at {})",
                         log.base
-                    );
+                    )));
                 }
                 break;
             };
@@ -488,7 +503,9 @@ impl Harness {
             read += 1;
             for out in self.scratch.drain(..) {
                 if matches!(out, Out::Keyed { .. } | Out::Watermark { .. }) {
-                    bail!("stage 2 of task {t} wrote to the repartition log: {out:?}");
+                    return Err(RuntimeError::Dataflow(format!(
+                        "stage 2 of task {t} wrote to the repartition log: {out:?}"
+                    )));
                 }
                 let e = Emitted {
                     task: t,
@@ -528,10 +545,12 @@ impl Harness {
         let slot = self
             .slots
             .get_mut(t as usize)
-            .ok_or_else(|| anyhow!("no task {t}"))?;
+            .ok_or_else(|| RuntimeError::Dataflow(format!("no task {t}")))?;
         if let Some(w) = slot.task.watermark_update(now_ms) {
             let Out::Watermark { value } = w else {
-                bail!("task {t}: a watermark update that is no watermark: {w:?}");
+                return Err(RuntimeError::Dataflow(format!(
+                    "task {t}: a watermark update that is no watermark: {w:?}"
+                )));
             };
             for q in 0..n {
                 if exactly_once {
@@ -589,10 +608,12 @@ impl Harness {
         let last = self.slot(t)?.last.clone();
         let task = match &last {
             None => Task::new(t, sources, plan, self.backends.open(t)?, now_ms).with_state_options(options),
-            Some(Checkpointed { id, snapshot: None }) => bail!(
-                "task {t} cannot restart: its last checkpoint ({id}) skipped the state, and restoring an older one \
+            Some(Checkpointed { id, snapshot: None }) => {
+                return Err(RuntimeError::Dataflow(format!(
+                    "task {t} cannot restart: its last checkpoint ({id}) skipped the state, and restoring an older one \
                  would repeat committed output"
-            ),
+                )));
+            }
             Some(Checkpointed {
                 id,
                 snapshot: Some(dir),
@@ -661,5 +682,6 @@ impl Harness {
 
 /// A task's next offset to read (`None`: the partition's beginning).
 fn position(offset: Option<i64>, what: &str, t: u32) -> Result<u64> {
-    u64::try_from(offset.unwrap_or(0)).map_err(|_| anyhow!("task {t}: negative {what} offset {offset:?}"))
+    u64::try_from(offset.unwrap_or(0))
+        .map_err(|_| RuntimeError::Dataflow(format!("task {t}: negative {what} offset {offset:?}")))
 }

@@ -9,10 +9,10 @@
 //! through Kafka between tasks of different runtime versions: never change
 //! the bytes of an existing version.
 
-use anyhow::{Result, bail};
-
 use super::KeyedRecord;
 use crate::aggregate::{AggInput, Number};
+use crate::error::Result;
+use crate::error::RuntimeError;
 
 const DATA_BY_TASK: u8 = 1;
 const WATERMARK_BY_TASK: u8 = 2;
@@ -158,7 +158,7 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.0.len() < n {
-            bail!("truncated internal record");
+            return Err(RuntimeError::Dataflow("truncated internal record".into()));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
@@ -230,7 +230,11 @@ pub fn decode_into<'a>(bytes: &'a [u8], keyed: &mut KeyedRecord) -> Result<WireR
     let upstream = match version {
         DATA | WATERMARK => UpstreamRef::Source(r.u64()?),
         DATA_BY_TASK | WATERMARK_BY_TASK => UpstreamRef::Task(r.u32()?),
-        v => bail!("unknown internal record version {v}"),
+        v => {
+            return Err(RuntimeError::Dataflow(format!(
+                "unknown internal record version {v}"
+            )));
+        }
     };
     match version {
         DATA | DATA_BY_TASK => {
@@ -252,7 +256,11 @@ pub fn decode_into<'a>(bytes: &'a [u8], keyed: &mut KeyedRecord) -> Result<WireR
                         start: r.u32()?,
                         end: r.u32()?,
                     },
-                    t => bail!("unknown input tag {t} in internal record"),
+                    t => {
+                        return Err(RuntimeError::Dataflow(format!(
+                            "unknown input tag {t} in internal record"
+                        )));
+                    }
                 });
             }
             keyed.values.clear();

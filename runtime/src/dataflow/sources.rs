@@ -9,9 +9,10 @@
 //! read it: records a replaced partition left in the repartition topic are
 //! never mistaken for the new partition's.
 
+use crate::error::Result;
+use crate::error::RuntimeError;
 use std::collections::HashMap;
 
-use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use streamops_crds::runtime_api::{JobTopics, SourceTopic};
 
@@ -52,8 +53,9 @@ impl Sources {
     /// From the job file: its layout, or the partitions in spec order.
     pub fn new(topics: &JobTopics) -> Result<Sources> {
         let tasks = topics.tasks().ok_or_else(|| {
-            anyhow!(
-                "job file: topics.layout does not assign every partition of topics.source to exactly one task"
+            RuntimeError::Job(
+                "topics.layout does not assign every partition of topics.source to exactly one task"
+                    .to_string(),
             )
         })?;
         Self::from_tasks(
@@ -89,7 +91,9 @@ impl Sources {
         let mut seen = HashMap::new();
         for (s, id) in by_task.iter().zip(&ids) {
             if let Some(other) = seen.insert(*id, s) {
-                bail!("source partitions {other} and {s} have the same id; rename one of the topics");
+                return Err(RuntimeError::Job(format!(
+                    "source partitions {other} and {s} have the same id; rename one of the topics"
+                )));
             }
         }
         let mut by_topic: HashMap<String, Vec<u32>> = HashMap::new();

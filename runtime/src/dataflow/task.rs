@@ -4,11 +4,12 @@
 //! ([`crate::pipeline::runner`]) feeds records in and writes what comes out,
 //! and so does the in-memory [`super::harness`].
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -150,12 +151,12 @@ pub const STATE_DIR: &str = "state";
 pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
     for (t, u) in std::mem::take(&mut meta.upstream).into_iter().enumerate() {
         let id = sources.id_of(t as u32).ok_or_else(|| {
-            anyhow!(
+            RuntimeError::Dataflow(format!(
                 "the snapshot of task {} knows {} upstream tasks, the job has {}",
                 meta.task,
                 t + 1,
                 sources.len()
-            )
+            ))
         })?;
         meta.upstreams.insert(id, u);
     }
@@ -167,12 +168,12 @@ pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
         Some(was) if was == now => {}
         Some(was) => {
             if let Some(other) = sources.task_of(&was.topic, was.partition) {
-                bail!(
+                return Err(RuntimeError::Dataflow(format!(
                     "the snapshot of task {} holds the position of {was}, which the job now reads at task {other}: \
                      the source layout of the job file is not the one the snapshot was taken with (was \
                      status.sourceLayout of the StreamJob lost?); refusing to read {now} from {was}'s offset",
                     meta.task
-                );
+                )));
             }
             info!(
                 task = meta.task,
@@ -299,14 +300,12 @@ impl Task {
         .with_context(|| format!("parsing {}", path.display()))?;
         let task_count = sources.len();
         if meta.task_count != task_count {
-            bail!(
+            return Err(RuntimeError::Dataflow(format!(
                 "the snapshot of task {} was taken with {} source partitions, the job now has {}: moving keyed \
                  state between a different number of partitions is not supported; restore with the same partition \
                  count or start from empty state (spec.restore.allowEmptyState)",
-                meta.task,
-                meta.task_count,
-                task_count
-            );
+                meta.task, meta.task_count, task_count
+            )));
         }
         let meta = relabel(meta, &sources)?;
         if load_state {
@@ -537,10 +536,10 @@ impl Task {
         let id = match from {
             UpstreamRef::Source(id) => id,
             UpstreamRef::Task(t) => self.sources.id_of(t).ok_or_else(|| {
-                anyhow!(
+                RuntimeError::Dataflow(format!(
                     "record from task {t} (written by an older runtime) but the job has {} tasks",
                     self.sources.len()
-                )
+                ))
             })?,
         };
         Ok(self.meta.upstreams.entry(id).or_default())

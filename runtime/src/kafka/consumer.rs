@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Result;
+use crate::error::Result;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::kerr;

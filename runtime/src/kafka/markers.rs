@@ -1,9 +1,10 @@
 //! Reading a task's last committed checkpoint marker from the job's control
 //! topic (partition = task).
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -73,11 +74,11 @@ pub fn last_committed(
     let mut foreign = 0usize;
     loop {
         if Instant::now() > deadline {
-            bail!(
+            return Err(RuntimeError::Protocol(format!(
                 "task {t}: could not read {topic}-{t} to its end (offset {high}) within {:?}: a transaction in it \
                  stays unresolved; refusing to guess which checkpoint is the last committed one",
                 timeout * 2
-            );
+            )));
         }
         match c.poll(Duration::from_millis(100)) {
             None | Some(Err(KafkaError::PartitionEOF(_))) => {
@@ -91,7 +92,7 @@ pub fn last_committed(
                     break;
                 }
             }
-            Some(Err(e)) => return Err(anyhow!("reading {topic}-{t}: {e}")),
+            Some(Err(e)) => return Err(kerr(format!("reading {topic}-{t}"))(e)),
             Some(Ok(m)) => {
                 let done = m.offset() + 1 >= high;
                 let fence = m
@@ -106,11 +107,11 @@ pub fn last_committed(
                 let marker: Marker = serde_json::from_slice(payload)
                     .with_context(|| format!("{topic}-{t} offset {}: not a checkpoint marker", m.offset()))?;
                 if marker.task != t {
-                    bail!(
+                    return Err(RuntimeError::Protocol(format!(
                         "{topic}-{t} offset {} holds a marker of task {}",
                         m.offset(),
                         marker.task
-                    );
+                    )));
                 }
                 if marker.job_uid == job_uid {
                     count += 1;

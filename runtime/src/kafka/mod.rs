@@ -19,38 +19,4 @@ pub mod producer;
 pub mod settings;
 pub mod transaction;
 
-use std::fmt;
-
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-
-/// A Kafka failure seen as a code rather than a [`KafkaError`] (a flush that
-/// ran out of time, a failed delivery report, a position out of range):
-/// [`crate::pipeline::failure::reason`] reads the code from the error chain.
-#[derive(Debug)]
-pub struct KafkaCondition {
-    pub code: RDKafkaErrorCode,
-    pub what: String,
-}
-
-impl KafkaCondition {
-    pub fn new(code: RDKafkaErrorCode, what: impl Into<String>) -> Self {
-        Self {
-            code,
-            what: what.into(),
-        }
-    }
-}
-
-impl fmt::Display for KafkaCondition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.what)
-    }
-}
-
-impl std::error::Error for KafkaCondition {}
-
-/// Context for a Kafka error that keeps it as the source, so that
-/// [`crate::pipeline::failure::reason`] can read its code.
-pub fn kerr(what: impl fmt::Display + Send + Sync + 'static) -> impl FnOnce(KafkaError) -> anyhow::Error {
-    move |e| anyhow::Error::new(e).context(what)
-}
+pub use crate::error::kafka as kerr;

@@ -3,19 +3,20 @@
 //! once, after fencing with a transactional one), with a ledger of the
 //! brokers' delivery reports.
 
+use crate::error::RuntimeError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use crate::error::Result;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::consumer::OffsetsClient;
+use super::kerr;
 use super::markers::{self, FENCE_KEY_PREFIX};
 use super::settings::KafkaSettings;
-use super::{KafkaCondition, kerr};
 use crate::checkpoint::marker::Marker;
 use crate::checkpoint::protocol::{Delivered, Record, TaskLog};
 
@@ -223,7 +224,7 @@ impl TaskLog for KafkaTaskLog {
                     rec = back;
                     self.producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(anyhow::Error::new(e).context(format!("producing to {}", r.topic))),
+                Err((e, _)) => return Err(kerr(format!("producing to {}", r.topic))(e)),
             }
         }
     }
@@ -238,25 +239,23 @@ impl TaskLog for KafkaTaskLog {
         let deadline = Instant::now() + timeout;
         while self.producer.in_flight_count() > 0 {
             if Instant::now() > deadline {
-                return Err(KafkaCondition::new(
+                return Err(RuntimeError::kafka_code(
                     RDKafkaErrorCode::MessageTimedOut,
                     format!(
                         "{} records not delivered within {timeout:?}",
                         self.producer.in_flight_count()
                     ),
-                )
-                .into());
+                ));
             }
             self.producer.poll(Duration::from_millis(1));
         }
         let d = self.producer.context().take();
         if d.failed > 0 {
             let (code, first) = d.first_failure.unwrap_or((RDKafkaErrorCode::Fail, String::new()));
-            return Err(KafkaCondition::new(
+            return Err(RuntimeError::kafka_code(
                 code,
                 format!("{} records failed delivery (first: {first})", d.failed),
-            )
-            .into());
+            ));
         }
         Ok(d.acked)
     }

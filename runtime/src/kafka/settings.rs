@@ -1,10 +1,11 @@
 //! Kafka client settings: bootstrap servers and security from the
 //! environment (credentials only from files mounted from Secrets).
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use rdkafka::ClientConfig;
 
 /// Connection settings shared by every client of the runtime.
@@ -65,7 +66,9 @@ impl KafkaSettings {
 
     pub fn from_args(a: &KafkaArgs) -> Result<Self> {
         if a.bootstrap.trim().is_empty() {
-            anyhow::bail!("no Kafka bootstrap servers (--bootstrap-servers or STREAMOPS_KAFKA_BOOTSTRAP)");
+            return Err(RuntimeError::InvalidArgument(
+                "no Kafka bootstrap servers (--bootstrap-servers or STREAMOPS_KAFKA_BOOTSTRAP)".into(),
+            ));
         }
         let mut s = Self::plaintext(&a.bootstrap);
         let ca = read(&a.tls_ca_file)?;

@@ -2,9 +2,10 @@
 //! operator checked before starting the job ([`transaction::fit_spec`]),
 //! against the broker's maximum as it is now.
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use streamops_crds::{StreamJobSpec, transaction};
@@ -27,13 +28,13 @@ pub fn timeout_for(
     timeout: Duration,
 ) -> Result<u64> {
     let max = broker_max_timeout(kafka, rt, timeout).unwrap_or_else(|e| {
-        warn!(error = %format!("{e:#}"), "cannot read the broker's transaction.max.timeout.ms; assuming Kafka's default");
+        warn!(error = %e.to_string(), "cannot read the broker's transaction.max.timeout.ms; assuming Kafka's default");
         transaction::KAFKA_DEFAULT_MAX_TIMEOUT_MS
     });
     match transaction::fit_spec(spec, max) {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Ok(FENCE_TRANSACTION_TIMEOUT_MS),
-        Err(e) => bail!("{}: {}", e.field, e.message),
+        Err(e) => Err(RuntimeError::compile(e.field, e.message)),
     }
 }
 
@@ -51,19 +52,21 @@ pub fn broker_max_timeout(kafka: &KafkaSettings, rt: &Handle, timeout: Duration)
     let broker = meta
         .brokers()
         .first()
-        .ok_or_else(|| anyhow!("no brokers in metadata"))?
+        .ok_or_else(|| RuntimeError::Kafka("no brokers in metadata".into()))?
         .id();
     let opts = AdminOptions::new().request_timeout(Some(timeout));
     let res = rt
         .block_on(admin.describe_configs([&ResourceSpecifier::Broker(broker)], &opts))
         .map_err(kerr("describing the broker config"))?;
     for r in res {
-        let r = r.map_err(|e| anyhow!("describing the broker config: {e:?}"))?;
+        let r = r.map_err(|e| RuntimeError::Kafka(format!("describing the broker config: {e:?}")))?;
         if let Some(v) = r.get("transaction.max.timeout.ms").and_then(|e| e.value.clone()) {
             return v
                 .parse()
                 .with_context(|| format!("broker transaction.max.timeout.ms {v:?}"));
         }
     }
-    bail!("the broker does not report transaction.max.timeout.ms")
+    Err(RuntimeError::Kafka(
+        "the broker does not report transaction.max.timeout.ms".into(),
+    ))
 }

@@ -1,11 +1,12 @@
 //! `streamops-runtime run`: the process a StreamJob pod runs.
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result, anyhow};
 use tracing::{error, info};
 
 use super::job::{JobExt, JobFile, assigned_tasks, ordinal_from_pod_name, parse_tasks};
@@ -73,21 +74,24 @@ fn run_job(args: RunArgs) -> Result<()> {
     let tasks = match (&args.tasks, &args.pod_name) {
         (Some(t), _) => parse_tasks(t)?,
         (None, Some(pod)) => {
-            let ordinal = ordinal_from_pod_name(pod)
-                .ok_or_else(|| anyhow!("POD_NAME {pod:?} does not end in -<ordinal>; pass --tasks"))?;
+            let ordinal = ordinal_from_pod_name(pod).ok_or_else(|| {
+                RuntimeError::InvalidArgument(format!(
+                    "POD_NAME {pod:?} does not end in -<ordinal>; pass --tasks"
+                ))
+            })?;
             assigned_tasks(job.task_count(), job.parallelism_u32(), ordinal)
         }
         (None, None) => {
-            return Err(anyhow!(
-                "no tasks: pass --tasks or run in a StatefulSet pod (POD_NAME)"
+            return Err(RuntimeError::InvalidArgument(
+                "no tasks: pass --tasks or run in a StatefulSet pod (POD_NAME)".to_string(),
             ));
         }
     };
     if let Some(t) = tasks.iter().find(|t| **t >= job.task_count()) {
-        return Err(anyhow!(
+        return Err(RuntimeError::InvalidArgument(format!(
             "task {t} does not exist: the job has {} source partitions",
             job.task_count()
-        ));
+        )));
     }
     let token = match &args.admin_token_file {
         Some(p) => Some(
@@ -104,7 +108,9 @@ fn run_job(args: RunArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(7, |d| d.as_nanos() as u64);
     let crash = match &args.crash_points {
-        Some(text) => CrashPoints::parse(text, seed ^ 0x9e37_79b9_7f4a_7c15).map_err(|e| anyhow!(e))?,
+        Some(text) => {
+            CrashPoints::parse(text, seed ^ 0x9e37_79b9_7f4a_7c15).map_err(RuntimeError::InvalidArgument)?
+        }
         None => CrashPoints::none(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -150,11 +156,11 @@ fn run_job(args: RunArgs) -> Result<()> {
         .spawn(move || Runner::start(cfg, pipeline_shared.clone(), handle).and_then(Runner::run))
         .context("starting the pipeline thread")?
         .join()
-        .map_err(|_| anyhow!("the pipeline thread panicked"))?;
+        .map_err(|_| RuntimeError::Dataflow("the pipeline thread panicked".into()))?;
     if let Err(e) = &result {
         shared.update_status(|s| {
             s.state = RuntimeState::Failed;
-            s.error = Some(format!("{e:#}"));
+            s.error = Some(e.to_string());
         });
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

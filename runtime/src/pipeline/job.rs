@@ -2,9 +2,9 @@
 //! ConfigMap; its types are shared with the operator in
 //! [`streamops_crds::runtime_api`]) and the runtime's share of the work.
 
+use crate::error::RuntimeError;
+use crate::error::{Context, Result};
 use std::path::Path;
-
-use anyhow::{Context, Result, bail};
 
 use crate::dataflow::sources::Sources;
 pub use streamops_crds::job::RestoreMode;
@@ -43,25 +43,26 @@ impl JobExt for JobFile {
 
     fn check(&self) -> Result<()> {
         if self.topics.source.is_empty() {
-            bail!("job file: topics.source is empty");
+            return Err(RuntimeError::Job("topics.source is empty".into()));
         }
         if let Some(s) = self.topics.source.iter().find(|s| s.partitions <= 0) {
-            bail!(
-                "job file: source topic {} has {} partitions",
-                s.topic,
-                s.partitions
-            );
+            return Err(RuntimeError::Job(format!(
+                "source topic {} has {} partitions",
+                s.topic, s.partitions
+            )));
         }
         if self.parallelism <= 0 || self.parallelism as u32 > self.task_count() {
-            bail!(
-                "job file: parallelism {} must be between 1 and the source partition count {}",
+            return Err(RuntimeError::Job(format!(
+                "parallelism {} must be between 1 and the source partition count {}",
                 self.parallelism,
                 self.task_count()
-            );
+            )));
         }
         self.sources()?;
         if self.restore_mode() == RestoreMode::Savepoint && self.restore.savepoint.is_none() {
-            bail!("job file: restore mode savepoint without restore.savepoint");
+            return Err(RuntimeError::Job(
+                "restore mode savepoint without restore.savepoint".into(),
+            ));
         }
         Ok(())
     }
@@ -122,7 +123,7 @@ pub fn parse_tasks(text: &str) -> Result<Vec<u32>> {
                     b.parse().with_context(|| format!("bad task range {part:?}"))?,
                 );
                 if a > b {
-                    bail!("bad task range {part:?}");
+                    return Err(RuntimeError::Job(format!("bad task range {part:?}")));
                 }
                 out.extend(a..=b);
             }

@@ -15,13 +15,14 @@
 //! ends the process: on restart the protocol's restore is the only
 //! recovery path.
 
+use crate::error::RuntimeError;
+use crate::error::{Context as _, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
@@ -41,7 +42,7 @@ use crate::dataflow::task::{Out, STATE_DIR, Task};
 use crate::kafka::consumer::{OffsetsClient, TaskConsumer, task_consumer};
 use crate::kafka::producer::{KafkaTaskLog, LogConfig};
 use crate::kafka::settings::KafkaSettings;
-use crate::kafka::{KafkaCondition, kerr, transaction};
+use crate::kafka::{kerr, transaction};
 use crate::plan::Plan;
 use crate::state::StateBackend;
 use crate::state::memory::MemoryBackend;
@@ -345,10 +346,11 @@ impl Runner {
     /// Restores task `t` by the protocol and resolves its read positions.
     fn open_task(&mut self, t: u32) -> Result<Slot> {
         let task_count = self.sources.len();
-        let own =
-            self.sources.source_of(t).cloned().ok_or_else(|| {
-                anyhow!("task {t} does not exist: the job has {task_count} source partitions")
-            })?;
+        let own = self.sources.source_of(t).cloned().ok_or_else(|| {
+            RuntimeError::Dataflow(format!(
+                "task {t} does not exist: the job has {task_count} source partitions"
+            ))
+        })?;
         let mut log = KafkaTaskLog::new(LogConfig {
             kafka: self.kafka.clone(),
             task: t,
@@ -386,7 +388,9 @@ impl Runner {
                 scratch: &scratch,
             },
             &mut |dir| {
-                let backend = backend.take().ok_or_else(|| anyhow!("task {t} opened twice"))?;
+                let backend = backend
+                    .take()
+                    .ok_or_else(|| RuntimeError::Dataflow(format!("task {t} opened twice")))?;
                 tasks.open(t, dir, backend)
             },
         )?;
@@ -453,14 +457,13 @@ impl Runner {
             if let Some(k) = keyed {
                 let (low, high) = self.offsets.watermarks(&self.job.topics.repartition, t as i32)?;
                 if let Decision::Fail(why) = offsets::decide(k, low, high, OffsetOutOfRange::Fail) {
-                    return Err(KafkaCondition::new(
+                    return Err(RuntimeError::kafka_code(
                         RDKafkaErrorCode::OffsetOutOfRange,
                         format!(
                             "task {t}: the job's repartition partition {}-{t}: {why}",
                             self.job.topics.repartition
                         ),
-                    )
-                    .into());
+                    ));
                 }
             }
             let Some(position) = position else { continue };
@@ -468,11 +471,10 @@ impl Runner {
             match offsets::decide(position, low, high, policy) {
                 Decision::InRange => {}
                 Decision::Fail(why) => {
-                    return Err(KafkaCondition::new(
+                    return Err(RuntimeError::kafka_code(
                         RDKafkaErrorCode::OffsetOutOfRange,
                         format!("task {t}: source partition {topic}-{partition}: {why}"),
-                    )
-                    .into());
+                    ));
                 }
                 Decision::Reset { to } => {
                     warn!(
@@ -615,7 +617,7 @@ impl Runner {
                 if let Err(e) = self.checkpoint_all(Some(&id), stop) {
                     self.shared.update_savepoint(&id, |sp| {
                         sp.state = SavepointState::Failed;
-                        sp.error = Some(format!("{e:#}"));
+                        sp.error = Some(e.to_string());
                     });
                     return Err(e);
                 }
@@ -831,7 +833,10 @@ impl Runner {
     fn checkpoint(&mut self, t: u32, savepoint: Option<&str>, stop: bool) -> Result<()> {
         let started = Instant::now();
         let cx = context(&self.job, &self.instance, &self.shared, self.guarantee);
-        let slot = self.slots.get_mut(&t).ok_or_else(|| anyhow!("no task {t}"))?;
+        let slot = self
+            .slots
+            .get_mut(&t)
+            .ok_or_else(|| RuntimeError::Dataflow(format!("no task {t}")))?;
         let scratch = self
             .tasks
             .state_dir
@@ -925,7 +930,7 @@ impl Runner {
             }
             let keep = slot.committed.clone();
             if let Err(e) = self.store.retain(t, &keep, &self.instance) {
-                warn!(task = t, error = %format!("{e:#}"), "checkpoint retention failed; will retry");
+                warn!(task = t, error = %e.to_string(), "checkpoint retention failed; will retry");
             }
         }
         Ok(())
@@ -952,12 +957,14 @@ fn on_message(
     let task = if keyed {
         partition as u32
     } else {
-        sources
-            .task_of(topic, partition)
-            .ok_or_else(|| anyhow!("record from unassigned partition {topic}-{partition}"))?
+        sources.task_of(topic, partition).ok_or_else(|| {
+            RuntimeError::Dataflow(format!("record from unassigned partition {topic}-{partition}"))
+        })?
     };
     let Some(slot) = slots.get_mut(&task) else {
-        bail!("record for task {task}, which this process does not own");
+        return Err(RuntimeError::Dataflow(format!(
+            "record for task {task}, which this process does not own"
+        )));
     };
     let stage = if keyed { "keyed" } else { "source" };
     shared.metrics.records_in.with_label_values(&[stage]).inc();

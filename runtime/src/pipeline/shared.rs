@@ -1,6 +1,7 @@
 //! State shared between the pipeline thread and the admin HTTP server, and
 //! the test-only crash points.
 
+use crate::error::Result;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -386,7 +387,7 @@ pub const CRASH_POINTS: [&str; 6] = [
 impl crate::checkpoint::protocol::Steps for CrashPoints {
     /// Dies at a step whose crash point fires (`in-commit`: a few
     /// milliseconds into the commit); `slow-upload` sleeps before an upload.
-    fn at(&mut self, step: crate::checkpoint::protocol::Step) -> anyhow::Result<()> {
+    fn at(&mut self, step: crate::checkpoint::protocol::Step) -> crate::error::Result<()> {
         use crate::checkpoint::protocol::Step;
         match step {
             Step::Upload => self.slow_upload(),
