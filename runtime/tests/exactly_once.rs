@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kafka::*;
+use streamops_runtime::pipeline::crash::CRASH_POINTS;
 use streamops_runtime::pipeline::job::RestoreFrom;
-use streamops_runtime::pipeline::shared::CRASH_POINTS;
 
 fn report(name: &str, v: &Verdict, faults: &[String]) {
     let results: usize = v.results.values().map(Vec::len).sum();

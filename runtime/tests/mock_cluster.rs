@@ -12,9 +12,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::json;
 use streamops_runtime::kafka::settings::KafkaSettings;
+use streamops_runtime::pipeline::crash::CrashPoints;
 use streamops_runtime::pipeline::job::{JobFile, JobTopics, RestoreFrom, SourceTopic};
 use streamops_runtime::pipeline::runner::{BackendKind, RunConfig, Runner};
-use streamops_runtime::pipeline::shared::{CrashPoints, Shared};
+use streamops_runtime::pipeline::shared::Shared;
 
 fn job(storage: &std::path::Path) -> JobFile {
     let spec = json!({

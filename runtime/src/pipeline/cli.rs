@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 
 use tracing::{error, info};
 
+use super::crash::CrashPoints;
 use super::job::{JobExt, JobFile, assigned_tasks, ordinal_from_pod_name, parse_tasks};
 use super::runner::{BackendKind, RunConfig, Runner};
-use super::shared::{CrashPoints, RuntimeState, Shared};
+use super::shared::{RuntimeState, Shared};
 use crate::kafka::settings::{KafkaArgs, KafkaSettings};
 
 #[derive(clap::Args)]

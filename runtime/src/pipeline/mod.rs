@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod crash;
 pub mod failure;
 pub mod job;
 pub mod offsets;

@@ -30,9 +30,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
+use super::crash::CrashPoints;
 use super::job::{JobExt, JobFile};
 use super::offsets::{self, Decision};
-use super::shared::{CrashPoints, MAX_OFFSET_RESETS, RuntimeState, SavepointState, Shared};
+use super::shared::{MAX_OFFSET_RESETS, RuntimeState, SavepointState, Shared};
 use crate::checkpoint::marker;
 use crate::checkpoint::outputs::{Destinations, Outbox};
 use crate::checkpoint::protocol::{self, Context, Io, Request, RestoreRequest, RestoreSource};
