@@ -17,7 +17,7 @@ pub mod error;
 pub mod expr;
 pub mod kafka;
 pub mod pipeline;
-pub mod plan;
+
 pub mod state;
 pub mod time;
 pub mod window;
@@ -25,5 +25,7 @@ pub mod window;
 /// An input partition number (of a source topic or of the keyed stream).
 pub type PartitionId = u32;
 
+/// The compiled job ([`dataflow::plan`]), at the crate root where callers look for it.
+pub use dataflow::plan;
+pub use dataflow::plan::{JobDefinition, Plan};
 pub use error::{Result, RuntimeError};
-pub use plan::{JobDefinition, Plan};

@@ -5,7 +5,7 @@
 //! <aggregation name>: <value>, ..., "final": bool, "firing": "early"|"onTime"|"late"}`.
 
 use super::json::write_json_string;
-use crate::dataflow::WindowResult;
+use crate::window::WindowResult;
 
 /// Field names of the value that aggregations may not use.
 pub const RESERVED_FIELDS: &[&str] = &["key", "windowStart", "windowEnd", "final", "firing"];
@@ -58,7 +58,7 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataflow::Firing;
+    use crate::window::Firing;
     use crate::window::Window;
     use serde_json::json;
 

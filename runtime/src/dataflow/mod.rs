@@ -15,6 +15,7 @@
 pub mod harness;
 pub mod keying;
 pub mod partitioner;
+pub mod plan;
 pub mod repartition;
 pub mod sources;
 pub mod task;
@@ -22,7 +23,9 @@ pub mod window_operator;
 
 use crate::aggregate::AggInput;
 use crate::time::EventTime;
-use crate::window::Window;
+/// A window's results are the window's ([`crate::window`]); re-exported
+/// here, where stage 2 makes them.
+pub use crate::window::{Firing, WindowResult};
 
 /// A record after stage 1: everything stage 2 needs, nothing more.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,43 +38,6 @@ pub struct KeyedRecord {
     pub inputs: Vec<AggInput>,
     /// Canonical JSON text of `topK` inputs ([`AggInput::Text`] ranges).
     pub values: Vec<u8>,
-}
-
-/// Why a result was emitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Firing {
-    /// `onUpdate` mode: the window changed and is still open (`final: false`).
-    Early,
-    /// The watermark passed the window end (`final: true`); exactly one per
-    /// (key, window) that received on-time data.
-    OnTime,
-    /// A record within `allowedLateness` updated a window whose end had
-    /// passed: a revised final result (`final: true`, `firing: "late"`).
-    Late,
-}
-
-impl Firing {
-    pub fn is_final(self) -> bool {
-        !matches!(self, Firing::Early)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Firing::Early => "early",
-            Firing::OnTime => "onTime",
-            Firing::Late => "late",
-        }
-    }
-}
-
-/// One aggregation result of one (key, window).
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowResult {
-    pub group_key: Vec<u8>,
-    pub window: Window,
-    pub firing: Firing,
-    /// One value per aggregation, in plan order.
-    pub aggregates: Vec<serde_json::Value>,
 }
 
 /// What stage 2 did with a record.

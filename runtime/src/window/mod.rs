@@ -95,6 +95,43 @@ fn positive(name: &str, v: i64) -> Result<(), String> {
     }
 }
 
+/// Why a result was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Firing {
+    /// `onUpdate` mode: the window changed and is still open (`final: false`).
+    Early,
+    /// The watermark passed the window end (`final: true`); exactly one per
+    /// (key, window) that received on-time data.
+    OnTime,
+    /// A record within `allowedLateness` updated a window whose end had
+    /// passed: a revised final result (`final: true`, `firing: "late"`).
+    Late,
+}
+
+impl Firing {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Firing::Early)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firing::Early => "early",
+            Firing::OnTime => "onTime",
+            Firing::Late => "late",
+        }
+    }
+}
+
+/// One aggregation result of one (key, window).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    pub group_key: Vec<u8>,
+    pub window: Window,
+    pub firing: Firing,
+    /// One value per aggregation, in plan order.
+    pub aggregates: Vec<serde_json::Value>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
