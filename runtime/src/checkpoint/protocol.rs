@@ -96,14 +96,14 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    /// The steps of a checkpoint, in order.
+    pub const CHECKPOINT: [Step; 6] = [
         Step::Upload,
         Step::Uploaded,
         Step::InTransaction,
         Step::BeforeCommit,
         Step::Commit,
         Step::Committed,
-        Step::Restoring,
     ];
 }
 

@@ -251,17 +251,13 @@ impl World {
         for offset in from..(from + n as i64).min(input.len() as i64) {
             p.task
                 .on_source(offset, None, &input[offset as usize], WALL_CLOCK, &mut out);
-            for o in out.drain(..) {
-                output(
-                    &cx,
-                    &mut p.log,
-                    &mut p.outbox,
-                    &header,
-                    o,
-                    false,
-                    ("in", t as i32, offset),
-                )?;
-            }
+            Self::emit(
+                &cx,
+                (&mut p.log, &mut p.outbox),
+                &header,
+                &mut out,
+                ("in", t as i32, offset),
+            )?;
             read += 1;
         }
         let keyed =
@@ -270,20 +266,31 @@ impl World {
                 .read_committed("rep", t as i32, p.task.meta.keyed_offset.unwrap_or(0));
         for (offset, e) in keyed {
             p.task.on_keyed(offset, &e.value, &mut out)?;
-            for o in out.drain(..) {
-                output(
-                    &cx,
-                    &mut p.log,
-                    &mut p.outbox,
-                    &header,
-                    o,
-                    true,
-                    ("rep", t as i32, offset),
-                )?;
-            }
+            Self::emit(
+                &cx,
+                (&mut p.log, &mut p.outbox),
+                &header,
+                &mut out,
+                ("rep", t as i32, offset),
+            )?;
             read += 1;
         }
         Ok(read)
+    }
+
+    /// Writes or holds what the task emitted for the record at `origin`.
+    fn emit(
+        cx: &Context<'_>,
+        (log, outbox): (&mut FakeLog, &mut Outbox),
+        header: &str,
+        out: &mut Vec<Out>,
+        origin: outputs::Origin<'_>,
+    ) -> crate::error::Result<()> {
+        let keyed = origin.0 == "rep";
+        for o in out.drain(..) {
+            output(cx, log, outbox, header, o, keyed, origin)?;
+        }
+        Ok(())
     }
 
     fn checkpoint(&self, p: &mut Proc, steps: &mut dyn Steps) -> crate::error::Result<Committed> {
@@ -405,14 +412,7 @@ impl World {
     }
 }
 
-const STEPS: [Step; 6] = [
-    Step::Upload,
-    Step::Uploaded,
-    Step::InTransaction,
-    Step::BeforeCommit,
-    Step::Commit,
-    Step::Committed,
-];
+const STEPS: [Step; 6] = Step::CHECKPOINT;
 
 #[test]
 fn a_crash_between_any_two_steps_loses_and_doubles_nothing() {
