@@ -215,7 +215,14 @@ async fn apply(topic: &StreamTopic, api: &Api<StreamTopic>, ctx: &Context) -> Re
         }
     }
 
-    let error = match sync_kafka(topic, api, ctx).await {
+    // Ownership and the operator's config keys live in the status this
+    // controller writes, and the watch cache may not have its last write yet
+    // (a reconcile queued behind our own status patch runs on the cached
+    // object): on a stale status, keys the operator just set on an adopted
+    // topic look like the topic's own settings and stop being managed. So the
+    // Kafka decision reads the latest object from the apiserver.
+    let current = api.get_status(&topic.name_any()).await?;
+    let error = match sync_kafka(&current, api, ctx).await {
         Ok(action) => return Ok(action),
         Err(e) => e,
     };
