@@ -71,9 +71,9 @@ job_running() {
 
 need_root "the demo (it runs a local Kubernetes node)"
 
-step "1/9 Installing prerequisites (Debian packages, Kubernetes 1.20 built from source, Apache Kafka's jars from Maven Central; cached under $CACHE)"
+step "1/9 Installing prerequisites (Debian packages, Kubernetes 1.20 built from source, Apache Kafka's jars from Maven Central, helm from the Go module proxy; cached under $CACHE)"
 "$HERE/cluster/install.sh"
-python3 -c 'import helm_sdkpy' 2>/dev/null || pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
+export STREAMOPS_HELM=$HELM
 python3 -c 'import kafka' 2>/dev/null || pip install -q "kafka-python==3.0.12"
 
 step "2/9 Starting the local single-node cluster and Apache Kafka (one KRaft broker)"

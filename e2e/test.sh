@@ -27,6 +27,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 export STREAMOPS_CACHE=${STREAMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamops}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
+# The helm binary install.sh builds (keyed by version, as in cluster/lib.sh).
+export STREAMOPS_HELM=${STREAMOPS_HELM:-$(source "$here/cluster/lib.sh" && echo "$HELM")}
 export CARGO_TERM_COLOR=never
 export CARGO_LOCKED=1
 # Tests that need the cluster or the broker skip without them under plain
@@ -78,7 +80,7 @@ prune_build_cache() {
 prune_build_cache
 
 # Debian packages first (the Rust build needs clang for RocksDB's bindgen).
-# The Kubernetes build (about 8 min cold) and Kafka's jars are needed from the api
+# The Kubernetes build (about 8 min cold), Kafka's jars and helm are needed from the api
 # stage on: they run in the background, niced, beside the lint and unit
 # stages, whose cargo builds leave a core idle in their serial phases
 # (linking, the last big crates). On a warm machine both are cache hits.
@@ -88,9 +90,9 @@ mkdir -p "$STREAMOPS_CACHE"
 # Its own process group (setsid), so that stopping it stops its builds too;
 # without CARGO_TARGET_DIR, so that `cargo install` builds in a temporary
 # directory instead of queueing on the workspace build's target directory.
-env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only kafka >"$install_log" 2>&1 &
+env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only kafka --only helm >"$install_log" 2>&1 &
 install_pid=$!
-echo "=== [install-builds] Kubernetes build and Apache Kafka jars in the background (pid $install_pid), log: $install_log"
+echo "=== [install-builds] Kubernetes build, Apache Kafka jars and helm in the background (pid $install_pid), log: $install_log"
 wait_install() {
   local rc=0
   wait "$install_pid" || rc=$?
@@ -159,9 +161,7 @@ if wants api; then
     STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap") STREAMOPS_BROKERS=3 \
       cargo test --workspace --locked --test broker_faults --test topic_brokers -- --ignored --test-threads=1 --nocapture
     "$here/cluster/cluster.sh" broker down
-    # The Helm chart with Helm's own engine (helm-sdkpy; no helm binary here).
-    python3 -c 'import helm_sdkpy' 2>/dev/null ||
-      pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
+    # The Helm chart with the helm command users type (built by install.sh).
     python3 "$here/chart/test_chart.py"
     # The same through kubectl, as a user would: CRDs, then the examples.
     local ns=kubectl-apply-$$
@@ -195,7 +195,6 @@ if wants jobs; then
     fi
     "$here/cluster/cluster.sh" broker up
     "$here/images/build.sh" --debug --import operator runtime
-    python3 -c 'import helm_sdkpy' 2>/dev/null || pip install -q --ignore-requires-python "helm-sdkpy==0.1.32"
     python3 -c 'import kafka' 2>/dev/null || pip install -q "kafka-python==3.0.12"
     STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap")
     # The broker's authenticated listeners: CA, tenant users (cluster.sh).

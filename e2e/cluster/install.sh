@@ -10,7 +10,7 @@ source "$HERE/lib.sh"
 
 usage() {
   cat <<EOF
-Usage: $0 [--only packages|kubernetes|kafka]... [--help]
+Usage: $0 [--only packages|kubernetes|kafka|helm]... [--help]
 
 Installs the local e2e cluster toolchain (needs root):
   packages    apt packages: ${APT_PACKAGES[*]}
@@ -20,8 +20,10 @@ Installs the local e2e cluster toolchain (needs root):
               -> $KBIN
   kafka       Apache Kafka $STREAMOPS_KAFKA_VERSION's broker jars from Maven Central
               (e2e/kafka/pom.xml, mvn dependency:copy-dependencies) -> $KAFKA_LIBS
+  helm        Helm's command $STREAMOPS_HELM_VERSION from the Go module proxy
+              (go install helm.sh/helm/v4/cmd/helm) -> $HELM
 
-Without --only, does all three. A second run finds the caches and does nothing.
+Without --only, does all four. A second run finds the caches and does nothing.
 
 Environment:
   STREAMOPS_CACHE   cache root (default \${XDG_CACHE_HOME:-\$HOME/.cache}/streamops)
@@ -39,9 +41,9 @@ while [[ $# -gt 0 ]]; do
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[[ ${#ONLY[@]} -gt 0 ]] || ONLY=(packages kubernetes kafka)
+[[ ${#ONLY[@]} -gt 0 ]] || ONLY=(packages kubernetes kafka helm)
 for o in "${ONLY[@]}"; do
-  case $o in packages|kubernetes|kafka) ;; *) die "unknown component for --only: $o" ;; esac
+  case $o in packages|kubernetes|kafka|helm) ;; *) die "unknown component for --only: $o" ;; esac
 done
 want() { local o; for o in "${ONLY[@]}"; do [[ $o == "$1" ]] && return 0; done; return 1; }
 
@@ -197,6 +199,37 @@ install_kafka() {
   log "Apache Kafka $STREAMOPS_KAFKA_VERSION: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $((SECONDS - t0)) s -> $KAFKA_LIBS"
 }
 
+# --- Helm ------------------------------------------------------------------
+
+# The helm binary users type, built by `go install` from the Go module proxy
+# with the machine's Go (first on PATH; the version stamped as Helm's release
+# build does, which `go install` alone leaves at "v4.3"), into a temporary
+# GOBIN, moved into place when it reports that version. Module and build caches under $GO_CACHE, so a version
+# bump rebuilds only what changed.
+install_helm() {
+  if [[ -x $HELM ]] && [[ $("$HELM" version --short 2>/dev/null) == "$STREAMOPS_HELM_VERSION"* ]]; then
+    log "helm $STREAMOPS_HELM_VERSION cached at $HELM"
+    return 0
+  fi
+  # Go 1.26 is first on PATH on these machines (/usr/local/go/bin); a shell
+  # that lost it still finds it there.
+  command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
+  command -v go >/dev/null || die "go not found (on PATH or in /usr/local/go/bin): helm is built with it"
+  local tmp=$HELM_DIR/bin.tmp logf=$CACHE/helm-$STREAMOPS_HELM_VERSION.build.log t0=$SECONDS
+  log "building helm $STREAMOPS_HELM_VERSION from the Go module proxy ($(go version | cut -d' ' -f3)), log: $logf"
+  rm -rf "$tmp"; mkdir -p "$tmp" "$GO_CACHE"
+  if ! GOBIN=$tmp GOMODCACHE=$GO_CACHE/mod GOCACHE=$GO_CACHE/build \
+      timeout "${STREAMOPS_GO_TIMEOUT:-1800}" nice -n "$NICE" \
+      go install -ldflags "-X helm.sh/helm/v4/internal/version.version=$STREAMOPS_HELM_VERSION" \
+      "helm.sh/helm/v4/cmd/helm@$STREAMOPS_HELM_VERSION" >"$logf" 2>&1; then
+    tail -15 "$logf" >&2
+    die "could not build helm $STREAMOPS_HELM_VERSION (see $logf)"
+  fi
+  [[ $("$tmp/helm" version --short) == "$STREAMOPS_HELM_VERSION"* ]] || die "the helm just built does not run or is not $STREAMOPS_HELM_VERSION"
+  rm -rf "$HELM_DIR/bin"; mv "$tmp" "$HELM_DIR/bin"
+  log "helm $("$HELM" version --short) in $((SECONDS - t0)) s -> $HELM"
+}
+
 mkdir -p "$CACHE"
 if want packages; then install_packages "${APT_PACKAGES[@]}"; fi
 if want kubernetes; then
@@ -207,4 +240,7 @@ if want kafka; then
   install_packages maven openjdk-17-jre-headless
   install_kafka
 fi
-log "done. kubernetes: $KBIN  kafka: $KAFKA_LIBS"
+if want helm; then
+  install_helm
+fi
+log "done. kubernetes: $KBIN  kafka: $KAFKA_LIBS  helm: $HELM"

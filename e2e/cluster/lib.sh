@@ -10,6 +10,8 @@
 # it is part of the cache key.
 : "${STREAMOPS_K8S_PATCH_TAG:=reflect2-1.0.2}"
 : "${STREAMOPS_KAFKA_VERSION:=4.4.0}"
+# Helm's command, built from the Go module proxy (`go install`).
+: "${STREAMOPS_HELM_VERSION:=v4.3.2}"
 
 CACHE=$STREAMOPS_CACHE
 STATE=$STREAMOPS_STATE
@@ -20,6 +22,11 @@ K8S_GO=${STREAMOPS_K8S_GO:-/usr/lib/go-1.19/bin}
 # Apache Kafka's jars, resolved from Maven Central by e2e/kafka/pom.xml.
 KAFKA_HOME=$CACHE/kafka-$STREAMOPS_KAFKA_VERSION
 KAFKA_LIBS=$KAFKA_HOME/libs
+# The helm binary users type, keyed by version; Go's module and build caches
+# for it live beside it under the cache root.
+HELM_DIR=$CACHE/helm-$STREAMOPS_HELM_VERSION
+HELM=$HELM_DIR/bin/helm
+GO_CACHE=$CACHE/go
 # Java for the broker (Kafka 4.x needs 17 or newer).
 : "${STREAMOPS_JAVA:=java}"
 

@@ -1,23 +1,19 @@
 #!/usr/bin/env python3
-"""Install or upgrade the streamops chart with Helm's own engine (helm-sdkpy;
-no helm binary exists on these machines). Idempotent: installs the release
-when it is missing, upgrades it otherwise.
+"""Install or upgrade the streamops chart with the `helm` command users type
+($STREAMOPS_HELM, else `helm` on PATH; e2e/cluster/install.sh --only helm
+builds it). Idempotent: `helm upgrade --install`.
 
 Usage: chart.py --kubeconfig FILE --namespace NS --bootstrap HOST:PORT [--tag dev]
 """
 import argparse
-import asyncio
+import json
 import os
+import subprocess
 import sys
-
-import helm_sdkpy as helm
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "charts", "streamops")
-
-
-def sync(result):
-    return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
 
 def main():
@@ -36,22 +32,18 @@ def main():
         "replicaCount": 1,
         "logging": {"level": "info", "format": "text"},
     }
-    cfg = helm.Configuration(namespace=a.namespace, kubeconfig=a.kubeconfig)
-    try:
-        sync(helm.Status(cfg).run(a.release))
-        exists = True
-    except helm.HelmError:
-        exists = False
-    if exists:
-        sync(helm.Upgrade(cfg).run(a.release, CHART, values=values, wait=False))
-        print(f"upgraded release {a.release} in namespace {a.namespace}")
-    else:
-        sync(helm.Install(cfg).run(a.release, CHART, values=values, create_namespace=True, wait=False))
-        print(f"installed release {a.release} in namespace {a.namespace}")
+    helm = os.environ.get("STREAMOPS_HELM", "helm")
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(values, f)
+        f.flush()
+        cmd = [helm, "upgrade", "--install", a.release, CHART, "--namespace", a.namespace, "--create-namespace",
+               "--kubeconfig", a.kubeconfig, "-f", f.name]
+        print("$ " + " ".join(cmd[:-2] + ["-f", "values.json"]))
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"helm: {out.stderr.strip() or out.stdout.strip()}")
+    print(out.stdout.strip().splitlines()[0] if out.stdout.strip() else f"release {a.release} in {a.namespace}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except helm.HelmError as e:
-        sys.exit(f"helm: {e}")
+    main()
