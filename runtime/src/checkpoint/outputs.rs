@@ -74,14 +74,6 @@ impl Outbox {
         self.bytes
     }
 
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
-    }
-
     /// Everything held, in order; the outbox is empty afterwards.
     pub fn take(&mut self) -> Vec<Held> {
         self.bytes = 0;

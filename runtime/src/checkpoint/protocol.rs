@@ -113,15 +113,6 @@ pub trait Steps {
     fn at(&mut self, step: Step) -> Result<()>;
 }
 
-/// No interruptions.
-pub struct Uninterrupted;
-
-impl Steps for Uninterrupted {
-    fn at(&mut self, _: Step) -> Result<()> {
-        Ok(())
-    }
-}
-
 /// What every checkpoint of a process shares.
 pub struct Context<'a> {
     pub job_uid: &'a str,

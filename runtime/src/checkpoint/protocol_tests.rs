@@ -96,6 +96,15 @@ fn dataset(per_partition: usize) -> Vec<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// No interruptions.
+struct Uninterrupted;
+
+impl Steps for Uninterrupted {
+    fn at(&mut self, _: Step) -> crate::error::Result<()> {
+        Ok(())
+    }
+}
+
 /// Crashes (an error) at `step` of the `nth` call's protocol run.
 struct CrashAt {
     step: Option<Step>,
