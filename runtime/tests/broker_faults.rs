@@ -171,7 +171,7 @@ fn exactly_once_through_broker_kill_and_rolling_restart() {
     let job = write_job(work.path(), &job(&topics, 1, 1, &storage, empty_ok()));
     let data = dataset(4, 5_000, 300);
     let (expected, malformed) = reference(&data);
-    let feeder = produce_slowly(topics.source.clone(), data, Duration::from_secs(60));
+    let feeder = produce_slowly(topics.source.clone(), data.clone(), Duration::from_secs(60));
     let mut run = Supervised::start(job, work.path().to_path_buf());
     run.run_for(Duration::from_secs(5));
 
@@ -188,6 +188,9 @@ fn exactly_once_through_broker_kill_and_rolling_restart() {
         run.run_for(Duration::from_secs(3));
     }
     feeder.join().unwrap();
+    // The faults above must not have changed the input (an idempotent
+    // feeder): every anomaly found later is the job's.
+    assert_input_exact(&topics.source, &data);
 
     // No quorum: two of three brokers down. Every checkpoint's marker needs
     // two in-sync replicas, so the runtime cannot commit: it must stop with

@@ -302,11 +302,16 @@ pub fn reference(data: &[Input]) -> (Expected, usize) {
 }
 
 pub fn produce(topic: &str, data: &[Input]) {
-    let p: BaseProducer = ClientConfig::new()
+    // Idempotent: the test's input must be exactly `data`. A plain producer
+    // that retries a batch whose leader died after appending it (a broker
+    // SIGKILL, a rolling restart) writes it twice; the job then counts both
+    // copies, correctly, and the verifier blamed the runtime for it.
+    let p: BaseProducer<FeedFailures> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("linger.ms", "5")
         .set("message.max.bytes", "4000000")
-        .create()
+        .set("enable.idempotence", "true")
+        .create_with_context(FeedFailures::default())
         .unwrap();
     for r in data {
         let mut rec = BaseRecord::<(), [u8]>::to(topic)
@@ -323,7 +328,56 @@ pub fn produce(topic: &str, data: &[Input]) {
         }
         p.poll(Duration::ZERO);
     }
-    p.flush(Duration::from_secs(30)).unwrap();
+    p.flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("feeding {topic}: {e}"));
+    let failed = p.context().0.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "feeding {topic}: records not delivered: {failed:?}"
+    );
+}
+
+/// Delivery failures of the test's feeder (none allowed).
+#[derive(Default)]
+struct FeedFailures(Mutex<Vec<String>>);
+
+impl rdkafka::ClientContext for FeedFailures {}
+
+impl rdkafka::producer::ProducerContext for FeedFailures {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            let mut f = self.0.lock().unwrap();
+            if f.len() < 10 {
+                f.push(format!("{}-{}: {e}", m.topic(), m.partition()));
+            }
+        }
+    }
+}
+
+/// Asserts that `topic` holds exactly `data` (per partition, in order): the
+/// input of a test whose brokers fail is checked before its output.
+pub fn assert_input_exact(topic: &str, data: &[Input]) {
+    let mut want: BTreeMap<i32, Vec<&[u8]>> = BTreeMap::new();
+    for r in data {
+        want.entry(r.partition).or_default().push(&r.value);
+    }
+    let mut got: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+    for r in read_all_isolated(topic, "read_uncommitted") {
+        got.entry(r.partition).or_default().push(r.value);
+    }
+    for (p, w) in &want {
+        let g = got.get(p).map(Vec::as_slice).unwrap_or_default();
+        let first_diff = w.iter().zip(g).position(|(a, b)| *a != b.as_slice());
+        assert!(
+            g.len() == w.len() && first_diff.is_none(),
+            "the test's input {topic}-{p} is not the dataset: {} records, want {} (first difference at {:?})",
+            g.len(),
+            w.len(),
+            first_diff
+        );
+    }
 }
 
 /// Produces `data` over about `spread`, in order per partition, on a thread.
