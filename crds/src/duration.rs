@@ -141,6 +141,8 @@ impl JsonSchema for DurationSpec {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            // Bounds the cost of the CEL rules that read durations.
+            "maxLength": 64,
         })
     }
 }

@@ -154,7 +154,7 @@ fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
     /// Names of StreamTopic resources in this namespace to read.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 253)))]
     pub topics: Vec<String>,
     /// Absent: `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,7 +255,7 @@ pub struct PipelineSpec {
     #[schemars(length(min = 1))]
     pub filter: Option<String>,
     /// CEL expressions over `record` whose values form the grouping key.
-    #[schemars(length(min = 1, max = 8))]
+    #[schemars(length(min = 1, max = 8), inner(length(max = 1024)))]
     pub key_by: Vec<String>,
     /// The event-time window each record is assigned to.
     pub window: WindowSpec,
@@ -300,7 +300,7 @@ pub enum WindowKind {
 #[serde(rename_all = "camelCase")]
 pub struct AggregationSpec {
     /// Output field name.
-    #[schemars(regex(pattern = AGGREGATION_NAME_PATTERN))]
+    #[schemars(regex(pattern = AGGREGATION_NAME_PATTERN), length(max = 63))]
     pub name: String,
     /// `count`, `sum`, `min`, `max`, `avg`, `distinctCount` or `topK` (needs `k`).
     pub function: AggregateFunction,
@@ -342,7 +342,7 @@ pub enum EmitMode {
 #[serde(rename_all = "camelCase")]
 pub struct SinkSpec {
     /// Name of a StreamTopic resource in this namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub topic: String,
     /// Absent: `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -361,7 +361,7 @@ pub struct CheckpointSpec {
     /// `file:///path`, `s3://bucket/prefix`, `gs://...`, `az://...`. Absent:
     /// the operator's configured default storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 2048))]
     pub storage: Option<String>,
     /// Savepoints kept in history (the newest is never removed); older ones
     /// are deleted from storage. Absent: 5.

@@ -11,6 +11,7 @@ pub mod job;
 pub mod layout;
 pub mod pod_template;
 pub mod reference;
+pub mod rules;
 pub mod runtime_api;
 pub mod schema;
 pub mod tenancy;

@@ -22,8 +22,10 @@ pub fn markdown(crds: &[CustomResourceDefinition]) -> String {
          Every field the apiserver accepts, generated from the CRD schemas in this \
          directory. Defaults are not in the schema (Argo CD would show them as drift); \
          each field's description says what applies when it is absent (\"Absent: ...\"). \
-         Rules the schema cannot express are checked by the operator and reported as \
-         `Stalled=True`, reason `InvalidSpec`, naming the field.\n",
+         Cross-field rules are CEL rules in the schema (Kubernetes 1.30+): `kubectl apply` \
+         refuses a spec that breaks one, with the field and the message listed under each \
+         kind's \"validation rules\". What CEL cannot express is checked by the operator and \
+         reported as `Stalled=True`, reason `InvalidSpec`, naming the field.\n",
     );
     for crd in crds {
         kind_section(&mut out, crd);
@@ -87,6 +89,64 @@ fn kind_section(out: &mut String, crd: &CustomResourceDefinition) {
                 );
             }
         }
+        rules_section(out, &names.kind, &schema);
+    }
+}
+
+/// Every `x-kubernetes-validations` rule of the schema: the field it
+/// reports, the rule (CEL; `oldSelf` rules are checked on updates only) and
+/// the message.
+fn rules_section(out: &mut String, kind: &str, schema: &Value) {
+    let mut found = Vec::new();
+    validations("", schema, &mut found);
+    if found.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "\n### {kind} validation rules\n\nChecked by the apiserver at admission (`kubectl apply`, \
+         `--dry-run=server`); the refusal reads `<field>: <reason>: <message>`.\n\n\
+         | Field | Rule (CEL) | Message |\n|---|---|---|\n"
+    );
+    for (at, rule) in found {
+        let field = rule.get("fieldPath").and_then(Value::as_str).unwrap_or("");
+        let field = format!("{at}{field}");
+        let message = rule
+            .get("messageExpression")
+            .and_then(Value::as_str)
+            .map(|e| format!("computed: `{e}`"))
+            .or_else(|| rule.get("message").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| `{}` | `{}` | {} |",
+            field.trim_start_matches('.'),
+            rule.get("rule")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .replace('|', "\\|"),
+            message.replace('|', "\\|")
+        );
+    }
+}
+
+/// The rules below `node` with the field path of the node they sit on.
+fn validations(path: &str, node: &Value, out: &mut Vec<(String, Value)>) {
+    if let Some(list) = node.get("x-kubernetes-validations").and_then(Value::as_array) {
+        out.extend(list.iter().map(|r| (path.to_string(), r.clone())));
+    }
+    if let Some(properties) = node.get("properties").and_then(Value::as_object) {
+        for (name, child) in properties {
+            let p = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            validations(&p, child, out);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        validations(&format!("{path}[]"), items, out);
     }
 }
 

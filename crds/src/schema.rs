@@ -4,7 +4,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::{StreamJob, StreamTopic};
+use crate::{StreamJob, StreamTopic, rules};
 
 /// File names under `crds/` for each CRD, in apply order.
 pub const CRD_FILES: [&str; 2] = ["streamtopics.streamops.io.yaml", "streamjobs.streamops.io.yaml"];
@@ -28,15 +28,37 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::S
 }
 
 fn portable(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let kind = crd.spec.names.kind.clone();
     let mut value = serde_json::to_value(&crd).unwrap_or(Value::Null);
     if let Some(versions) = value.pointer_mut("/spec/versions").and_then(Value::as_array_mut) {
         for version in versions {
             if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
                 rewrite_schema(schema);
+                add_rules(schema, &kind);
             }
         }
     }
     serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Puts every CEL rule of `kind` ([`crate::rules`]) on its schema node. A
+/// rule whose node does not exist is a bug the tests below catch (the rule
+/// would silently not apply).
+fn add_rules(schema: &mut Value, kind: &str) {
+    for rule in rules::rules_of(kind) {
+        let Some(node) = schema
+            .pointer_mut(&rules::schema_pointer(rule.at))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        if let Value::Array(list) = node
+            .entry("x-kubernetes-validations")
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            list.push(rule.to_schema());
+        }
+    }
 }
 
 /// Walks a JSON schema node: drops `default`, and `null` from `enum`.
@@ -117,13 +139,49 @@ mod tests {
     }
 
     #[test]
-    fn schemas_use_nothing_newer_than_kubernetes_1_20() {
-        // CEL rules (1.25+) and selectable fields (1.30+) would be refused or
-        // ignored by the oldest apiserver we support.
+    fn schemas_use_nothing_newer_than_kubernetes_1_30() {
+        // CEL rules with reason and fieldPath are GA from 1.29/1.30; selectable
+        // fields (1.32) and optionalOldSelf would be refused or ignored by
+        // the oldest apiserver we support.
         for crd in crds() {
             let v = serde_json::to_value(&crd).unwrap();
-            assert_eq!(keys_anywhere(&v, "x-kubernetes-validations"), 0);
             assert_eq!(keys_anywhere(&v, "selectableFields"), 0);
+            assert_eq!(keys_anywhere(&v, "optionalOldSelf"), 0);
+        }
+    }
+
+    #[test]
+    fn every_rule_sits_on_its_schema_node() {
+        for crd in crds() {
+            let kind = crd.spec.names.kind.clone();
+            let v = serde_json::to_value(&crd).unwrap();
+            let schema = v.pointer("/spec/versions/0/schema/openAPIV3Schema").unwrap();
+            let want = rules::rules_of(&kind);
+            assert!(!want.is_empty(), "{kind} has no rules");
+            for rule in &want {
+                let node = schema
+                    .pointer(&rules::schema_pointer(rule.at))
+                    .unwrap_or_else(|| panic!("{kind}: no schema node at {:?}", rule.at));
+                let list = node["x-kubernetes-validations"].as_array().unwrap();
+                assert!(list.contains(&rule.to_schema()), "{kind}: {rule:?}");
+                // A fieldPath must name a field of that node's schema.
+                if let Some(field) = rule.field {
+                    let path = format!("{}{field}", rule.at);
+                    assert!(
+                        schema
+                            .pointer(&rules::schema_pointer(path.trim_start_matches('.')))
+                            .is_some(),
+                        "{kind}: fieldPath {field} of {:?} names no field",
+                        rule.at
+                    );
+                }
+            }
+            assert_eq!(keys_anywhere(&v, "x-kubernetes-validations"), {
+                let mut nodes: Vec<&str> = want.iter().map(|r| r.at).collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                nodes.len()
+            });
         }
     }
 

@@ -70,7 +70,7 @@ pub struct StreamTopicSpec {
     /// Kafka topic name. Absent: `metadata.name`. Immutable once the topic
     /// exists (Kafka cannot rename topics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = TOPIC_NAME_PATTERN))]
+    #[schemars(regex(pattern = TOPIC_NAME_PATTERN), length(max = 249))]
     pub topic_name: Option<String>,
     /// Number of partitions; can only grow.
     #[schemars(range(min = 1, max = 100000))]
@@ -122,6 +122,7 @@ pub struct StreamTopicStatus {
     pub conditions: Vec<Condition>,
     /// The Kafka topic this resource manages (pinned once created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 249))]
     pub topic_name: Option<String>,
     /// Kafka's topic id, when the broker reports one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

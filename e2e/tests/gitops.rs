@@ -1,6 +1,7 @@
 //! User story: GitOps. A platform team keeps `examples/` (StreamTopics and
-//! StreamJobs) in Git and applies the whole directory, as Argo CD or a CI
-//! pipeline would, with `kubectl apply -f <dir>`. What they need:
+//! StreamJobs) in Git and applies the whole directory, as Argo CD (with
+//! `ServerSideApply=true`) or a CI pipeline would, with `kubectl apply
+//! --server-side -f <dir>`. What they need:
 //!
 //! 1. one apply converges: every StreamTopic and StreamJob becomes `Ready`,
 //!    and `kubectl wait --for=condition=Ready` (what Argo CD's and kstatus'
@@ -9,7 +10,10 @@
 //!    `kubectl diff` shows nothing, although the operator has written status
 //!    and applied its defaults (defaults live in code, never in the stored
 //!    object);
-//! 3. deleting the directory's objects removes the jobs' pods.
+//! 3. a bad edit is refused when it is applied, with the CRD's CEL message,
+//!    and the running object keeps its spec (it never merges and syncs to a
+//!    `Stalled` job);
+//! 4. deleting the directory's objects removes the jobs' pods.
 //!
 //! Needs the `jobs` stage's setup (a full node, images imported, the chart
 //! installed; see `e2e/test.sh`) and `STREAMOPS_KUBECONFIG`. The examples name
@@ -27,6 +31,8 @@ use streamops_e2e::cluster_test;
 use streamops_e2e::{collect_logs, kubectl, load_manifests, repo_root, yaml_files};
 
 const OPERATOR_NS: &str = "streamops-system";
+/// The field manager of the directory's owner (Argo CD uses its own name).
+const FIELD_MANAGER: &str = "--field-manager=gitops";
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/instance=streamops";
 
 fn say(t0: Instant, what: impl AsRef<str>) {
@@ -100,11 +106,11 @@ fn scenario(ns: &str, t0: Instant) -> anyhow::Result<()> {
          (e2e/test.sh starts one)"
     );
 
-    say(t0, format!("kubectl apply -f {dir}"));
-    let first = kubectl(&["apply", "-n", ns, "-f", dir])?;
+    say(t0, format!("kubectl apply --server-side -f {dir}"));
+    let first = kubectl(&["apply", "--server-side", FIELD_MANAGER, "-n", ns, "-f", dir])?;
     eprint!("{first}");
     ensure!(
-        first.lines().all(|l| l.ends_with(" created")),
+        first.lines().all(|l| l.ends_with(" serverside-applied")),
         "first apply: {first}"
     );
 
@@ -155,18 +161,30 @@ fn scenario(ns: &str, t0: Instant) -> anyhow::Result<()> {
         );
     }
 
-    say(t0, "apply again: every object unchanged");
-    let second = kubectl(&["apply", "-n", ns, "-f", dir])?;
+    say(t0, "apply again: no object's spec changes");
+    let generations = || {
+        kubectl(&[
+            "get",
+            "-n",
+            ns,
+            "streamtopics,streamjobs",
+            "-o",
+            "jsonpath={range .items[*]}{.kind}/{.metadata.name}@{.metadata.generation} {end}",
+        ])
+    };
+    let before = generations()?;
+    let second = kubectl(&["apply", "--server-side", FIELD_MANAGER, "-n", ns, "-f", dir])?;
     eprint!("{second}");
     ensure!(
-        second.lines().all(|l| l.ends_with(" unchanged")),
-        "the second apply changed something:\n{second}"
+        generations()? == before,
+        "the second apply changed a spec: {before} -> {}",
+        generations()?
     );
-    say(t0, "kubectl diff: nothing");
+    say(t0, "kubectl diff --server-side: nothing");
     let diff = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(streamops_e2e::kubeconfig_path())
-        .args(["diff", "-n", ns, "-f", dir])
+        .args(["diff", "--server-side", FIELD_MANAGER, "-n", ns, "-f", dir])
         .output()
         .context("kubectl diff")?;
     ensure!(
@@ -175,6 +193,35 @@ fn scenario(ns: &str, t0: Instant) -> anyhow::Result<()> {
         diff.status.code(),
         String::from_utf8_lossy(&diff.stdout),
         String::from_utf8_lossy(&diff.stderr)
+    );
+
+    say(
+        t0,
+        "a bad edit (a tumbling window with a gap) is refused at apply",
+    );
+    let edited_dir = std::env::temp_dir().join(format!("streamops-gitops-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&edited_dir)?;
+    let job = std::fs::read_to_string(examples.join("clickstream-job.yaml"))?;
+    let bad = job.replacen("      size: 10s\n", "      size: 10s\n      gap: 1m\n", 1);
+    ensure!(
+        bad != job,
+        "examples/clickstream-job.yaml no longer has 'size: 10s'"
+    );
+    let bad_file = edited_dir.join("clickstream-job.yaml");
+    std::fs::write(&bad_file, bad)?;
+    let bad_path = bad_file.to_str().context("temp path is not UTF-8")?;
+    let refused = kubectl(&["apply", "--server-side", FIELD_MANAGER, "-n", ns, "-f", bad_path]);
+    let _ = std::fs::remove_dir_all(&edited_dir);
+    let message = match refused {
+        Ok(out) => anyhow::bail!("the bad edit was applied: {out}"),
+        Err(e) => format!("{e:#}"),
+    };
+    let want = "spec.pipeline.window.gap: Forbidden: only a session window has a gap; remove gap or use type: session";
+    ensure!(message.contains(want), "the refusal lacks {want:?}: {message}");
+    ensure!(
+        generations()? == before,
+        "the refused edit changed a spec: {before} -> {}",
+        generations()?
     );
 
     // Clean up as a user would, and leave the broker as it was: the
