@@ -11,7 +11,8 @@
 #
 # Environment: STREAMOPS_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/streamops),
 # STREAMOPS_NICE (default 10), STREAMOPS_JOBS (go build -p, default nproc),
-# STREAMOPS_GO_TIMEOUT (seconds, default 1800).
+# STREAMOPS_GO_TIMEOUT (seconds, default 3600: about twice
+# helm's build, which install.sh gives 1800).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -47,7 +48,7 @@ log "building argocd-lua (Argo CD $STREAMOPS_ARGOCD_VERSION, source $hash) with 
 rm -rf "$tmp"; mkdir -p "$tmp" "$GO_CACHE"
 if ! (cd "$here" && GOTOOLCHAIN=$GO_TOOLCHAIN GOMODCACHE=$GO_CACHE/mod GOCACHE=$GO_CACHE/build \
     GOFLAGS="-p=$JOBS -mod=readonly -buildvcs=false" CGO_ENABLED=0 \
-    timeout "${STREAMOPS_GO_TIMEOUT:-1800}" nice -n "$NICE" \
+    timeout "${STREAMOPS_GO_TIMEOUT:-3600}" nice -n "$NICE" \
     "$GO" build -trimpath -ldflags "-s -w -X main.sourceHash=$hash" -o "$tmp/argocd-lua" . ) >"$logf" 2>&1; then
   tail -15 "$logf" >&2
   die "could not build argocd-lua (see $logf)"

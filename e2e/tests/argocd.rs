@@ -60,7 +60,9 @@ impl std::fmt::Display for Health {
 }
 
 fn non_empty_env(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 impl Argo {
@@ -150,7 +152,9 @@ impl Argo {
 
     /// The merge patch Argo CD's API server sends for the action.
     fn action_patch(&self, name: &str, obj: &Value) -> anyhow::Result<Value> {
-        Ok(serde_json::from_str(&self.run(&["action", name, "--merge-patch"], obj)?)?)
+        Ok(serde_json::from_str(
+            &self.run(&["action", name, "--merge-patch"], obj)?,
+        )?)
     }
 }
 
@@ -177,8 +181,8 @@ fn samples_get_the_lua54_outcomes_from_argo_cd() {
         return;
     };
     let path = repo_root().join("e2e/argocd/samples.json");
-    let samples: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("reading samples.json")).expect("samples.json");
+    let samples: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("reading samples.json"))
+        .expect("samples.json");
     let mut failures = Vec::new();
     let mut passed = 0;
     let mut check = |name: String, ok: bool, detail: String| {
@@ -255,9 +259,16 @@ fn samples_get_the_lua54_outcomes_from_argo_cd() {
         // Nothing but annotations changes (an action that rewrote the object
         // through Lua's number and table types would show up here).
         let (mut a, mut b) = (after.clone(), before.clone());
-        a["metadata"].as_object_mut().map(|m| m.remove("annotations"));
-        b["metadata"].as_object_mut().map(|m| m.remove("annotations"));
-        check(format!("{name} changes only annotations"), a == b, format!("{after}"));
+        for o in [&mut a, &mut b] {
+            if let Some(m) = o["metadata"].as_object_mut() {
+                m.remove("annotations");
+            }
+        }
+        check(
+            format!("{name} changes only annotations"),
+            a == b,
+            format!("{after}"),
+        );
     }
 
     // What Argo CD's API server sends for suspend and resume.
@@ -267,17 +278,33 @@ fn samples_get_the_lua54_outcomes_from_argo_cd() {
     let mut suspended = running.clone();
     suspended["metadata"]["annotations"]["streamops.io/suspend"] = json!("true");
     for (action, obj, want) in [
-        ("suspend", &running, json!({"metadata": {"annotations": {"streamops.io/suspend": "true"}}})),
-        ("resume", &suspended, json!({"metadata": {"annotations": {"streamops.io/suspend": null}}})),
+        (
+            "suspend",
+            &running,
+            json!({"metadata": {"annotations": {"streamops.io/suspend": "true"}}}),
+        ),
+        (
+            "resume",
+            &suspended,
+            json!({"metadata": {"annotations": {"streamops.io/suspend": null}}}),
+        ),
     ] {
         match argo.action_patch(action, obj) {
-            Ok(got) => check(format!("{action} merge patch"), got == want, format!("got {got}, want {want}")),
+            Ok(got) => check(
+                format!("{action} merge patch"),
+                got == want,
+                format!("got {got}, want {want}"),
+            ),
             Err(e) => check(format!("{action} merge patch"), false, format!("{e:#}")),
         }
     }
 
     eprintln!("{passed} passed, {} failed", failures.len());
-    assert!(failures.is_empty(), "Argo CD judges differently:\n  {}", failures.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "Argo CD judges differently:\n  {}",
+        failures.join("\n  ")
+    );
 }
 
 /// The harness is Argo CD v3.6.2's code, and fails loudly where Argo CD has
@@ -287,7 +314,10 @@ fn argo_cd_reports_kinds_and_actions_without_scripts() {
     let Some(argo) = Argo::find() else {
         return;
     };
-    let out = Command::new(&argo.bin).arg("version").output().expect("argocd-lua version");
+    let out = Command::new(&argo.bin)
+        .arg("version")
+        .output()
+        .expect("argocd-lua version");
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(
         version.contains(&format!("argo-cd/v3 {ARGOCD_VERSION} ")),
@@ -304,7 +334,10 @@ fn argo_cd_reports_kinds_and_actions_without_scripts() {
     for (what, result) in [
         ("health of a kind without a check", argo.run(&["health"], &other)),
         ("actions of StreamTopic", argo.run(&["actions"], &topic)),
-        ("an action StreamJob does not have", argo.run(&["action", "restart"], &job)),
+        (
+            "an action StreamJob does not have",
+            argo.run(&["action", "restart"], &job),
+        ),
     ] {
         match result {
             Ok(out) => panic!("{what}: argocd-lua succeeded with {out}"),
@@ -378,7 +411,10 @@ fn field<'a>(o: &'a DynamicObject, path: &[&str]) -> &'a Value {
 }
 
 fn phase(o: &DynamicObject) -> String {
-    field(o, &["status", "phase"]).as_str().unwrap_or_default().to_owned()
+    field(o, &["status", "phase"])
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn condition_true(o: &DynamicObject, type_: &str) -> bool {
@@ -438,7 +474,10 @@ async fn follow(
             .last()
             .is_none_or(|l| l.phase != now.phase || l.health.status != now.health.status)
         {
-            say(t0, format!("  {name}: phase {:?}, Argo CD: {}", now.phase, now.health));
+            say(
+                t0,
+                format!("  {name}: phase {:?}, Argo CD: {}", now.phase, now.health),
+            );
             seen.push(now);
         }
         ensure!(
@@ -472,12 +511,20 @@ async fn run_action(
     let o = api.get(name).await?;
     let patch = argo.action_patch(action, &live(&o)?)?;
     let only_annotations = patch.as_object().is_some_and(|p| p.keys().eq(["metadata"]))
-        && patch["metadata"].as_object().is_some_and(|m| m.keys().eq(["annotations"]));
-    ensure!(only_annotations, "action {action} patches more than annotations: {patch}");
+        && patch["metadata"]
+            .as_object()
+            .is_some_and(|m| m.keys().eq(["annotations"]));
+    ensure!(
+        only_annotations,
+        "action {action} patches more than annotations: {patch}"
+    );
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("patching {name} with {patch}"))?;
-    say(t0, format!("ran Argo CD action {action} on {name}: merge patch {patch}"));
+    say(
+        t0,
+        format!("ran Argo CD action {action} on {name}: merge patch {patch}"),
+    );
     Ok(patch)
 }
 
@@ -509,7 +556,9 @@ async fn real_job_health_and_actions_through_argo_cd() {
     };
     let t0 = Instant::now();
     let client = client().await.expect("cluster");
-    let ns = TestNamespace::create(&client, "e2e-argocd").await.expect("namespace");
+    let ns = TestNamespace::create(&client, "e2e-argocd")
+        .await
+        .expect("namespace");
     let name = ns.name.clone();
     say(t0, format!("namespace {name}"));
     match scenario(&argo, &client, &name, t0).await {
@@ -534,16 +583,33 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
         apply_ok(client, ns, &topic(ns, t, parts)?).await?;
     }
     for t in ["in", "out", "dead", "spare"] {
-        let (_, h, _) = follow(argo, &topics, t, "Ready", Duration::from_secs(90), false, t0, |o, _| {
-            current(o) && condition_true(o, "Ready")
-        })
+        let (_, h, _) = follow(
+            argo,
+            &topics,
+            t,
+            "Ready",
+            Duration::from_secs(90),
+            false,
+            t0,
+            |o, _| current(o) && condition_true(o, "Ready"),
+        )
         .await?;
-        ensure!(h.status == "Healthy", "StreamTopic {t} is Ready, Argo CD says {h}");
+        ensure!(
+            h.status == "Healthy",
+            "StreamTopic {t} is Ready, Argo CD says {h}"
+        );
     }
     apply_ok(client, ns, &topic(ns, "spare", 1)?).await?;
-    let (o, h, _) = follow(argo, &topics, "spare", "Stalled on 2 -> 1 partitions", Duration::from_secs(60), true, t0, |o, _| {
-        current(o) && condition_true(o, "Stalled")
-    })
+    let (o, h, _) = follow(
+        argo,
+        &topics,
+        "spare",
+        "Stalled on 2 -> 1 partitions",
+        Duration::from_secs(60),
+        true,
+        t0,
+        |o, _| current(o) && condition_true(o, "Stalled"),
+    )
     .await?;
     ensure!(
         h.status == "Degraded" && h.message.contains("PartitionDecrease"),
@@ -554,11 +620,28 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
     // --- the job: Healthy when Running ---------------------------------------------
     apply_ok(client, ns, &job("10s", false)?).await?;
     let jobs = api_for(client, &job("10s", false)?, ns).await?;
-    let (o, h, _) = follow(argo, &jobs, "clicks", "Running", Duration::from_secs(180), false, t0, |o, _| running(o)).await?;
+    let (o, h, _) = follow(
+        argo,
+        &jobs,
+        "clicks",
+        "Running",
+        Duration::from_secs(180),
+        false,
+        t0,
+        |o, _| running(o),
+    )
+    .await?;
     ensure!(h.status == "Healthy", "Running, Argo CD says {h}");
     let listed = argo.actions(&live(&o)?)?;
-    let want = BTreeMap::from([("resume".to_owned(), true), ("savepoint-now".to_owned(), false), ("suspend".to_owned(), false)]);
-    ensure!(listed == want, "actions of a running job: {listed:?}, want {want:?} (name -> disabled)");
+    let want = BTreeMap::from([
+        ("resume".to_owned(), true),
+        ("savepoint-now".to_owned(), false),
+        ("suspend".to_owned(), false),
+    ]);
+    ensure!(
+        listed == want,
+        "actions of a running job: {listed:?}, want {want:?} (name -> disabled)"
+    );
 
     // --- savepoint-now: a new savepoint in status, Healthy again -----------------
     let sp_before = field(&o, &["status", "lastSavepoint", "id"]).clone();
@@ -568,13 +651,22 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
         .context("savepoint-now set no savepoint-request annotation")?
         .to_owned();
     ensure!(is_utc_timestamp(&request), "savepoint-request {request:?}");
-    let (o, h, seen) = follow(argo, &jobs, "clicks", "a new savepoint, Running", Duration::from_secs(120), false, t0, |o, _| {
-        running(o)
-            && *field(o, &["status", "lastSavepoint", "id"]) != sp_before
-            && field(o, &["status", "handledSavepointRequest"])
-                .as_str()
-                .is_some_and(|r| r.contains(&request))
-    })
+    let (o, h, seen) = follow(
+        argo,
+        &jobs,
+        "clicks",
+        "a new savepoint, Running",
+        Duration::from_secs(120),
+        false,
+        t0,
+        |o, _| {
+            running(o)
+                && *field(o, &["status", "lastSavepoint", "id"]) != sp_before
+                && field(o, &["status", "handledSavepointRequest"])
+                    .as_str()
+                    .is_some_and(|r| r.contains(&request))
+        },
+    )
     .await?;
     ensure!(h.status == "Healthy", "after the savepoint, Argo CD says {h}");
     say(
@@ -594,15 +686,26 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
         first.status == "Progressing",
         "right after the spec change, Argo CD says {first}"
     );
-    let (o, h, seen) = follow(argo, &jobs, "clicks", "upgraded and Running", Duration::from_secs(240), false, t0, |o, _| {
-        o.metadata.generation.unwrap_or_default() > gen1
-            && running(o)
-            && field(o, &["status", "lastStableGeneration"]).as_i64() == o.metadata.generation
-    })
+    let (_, h, seen) = follow(
+        argo,
+        &jobs,
+        "clicks",
+        "upgraded and Running",
+        Duration::from_secs(240),
+        false,
+        t0,
+        |o, _| {
+            o.metadata.generation.unwrap_or_default() > gen1
+                && running(o)
+                && field(o, &["status", "lastStableGeneration"]).as_i64() == o.metadata.generation
+        },
+    )
     .await?;
     ensure!(h.status == "Healthy", "upgraded and Running, Argo CD says {h}");
     ensure!(
-        seen.iter().any(|s| matches!(s.phase.as_str(), "Savepointing" | "Upgrading") && s.health.status == "Progressing"),
+        seen.iter()
+            .any(|s| matches!(s.phase.as_str(), "Savepointing" | "Upgrading")
+                && s.health.status == "Progressing"),
         "never Progressing while Savepointing or Upgrading: {}",
         describe(&seen)
     );
@@ -610,9 +713,16 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
 
     // --- a change the operator refuses: Degraded, then reverted --------------------
     apply_ok(client, ns, &job("20s", true)?).await?;
-    let (o, h, _) = follow(argo, &jobs, "clicks", "Stalled on a window change", Duration::from_secs(60), true, t0, |o, _| {
-        current(o) && condition_true(o, "Stalled")
-    })
+    let (o, h, _) = follow(
+        argo,
+        &jobs,
+        "clicks",
+        "Stalled on a window change",
+        Duration::from_secs(60),
+        true,
+        t0,
+        |o, _| current(o) && condition_true(o, "Stalled"),
+    )
     .await?;
     ensure!(
         h.status == "Degraded" && h.message.contains("IncompatibleChange"),
@@ -620,27 +730,51 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
         field(&o, &["status", "conditions"])
     );
     apply_ok(client, ns, &job("10s", true)?).await?;
-    let (_, h, _) = follow(argo, &jobs, "clicks", "Running after the revert", Duration::from_secs(180), false, t0, |o, _| {
-        running(o) && !condition_true(o, "Stalled")
-    })
+    let (_, h, _) = follow(
+        argo,
+        &jobs,
+        "clicks",
+        "Running after the revert",
+        Duration::from_secs(180),
+        false,
+        t0,
+        |o, _| running(o) && !condition_true(o, "Stalled"),
+    )
     .await?;
     ensure!(h.status == "Healthy", "reverted and Running, Argo CD says {h}");
 
     // --- suspend: Suspended, pods gone ---------------------------------------------
     run_action(argo, &jobs, "clicks", "suspend", t0).await?;
-    let (o, h, seen) = follow(argo, &jobs, "clicks", "Suspended", Duration::from_secs(180), false, t0, |o, _| {
-        phase(o) == "Suspended" && current(o) && condition_true(o, "Ready")
-    })
+    let (o, h, seen) = follow(
+        argo,
+        &jobs,
+        "clicks",
+        "Suspended",
+        Duration::from_secs(180),
+        false,
+        t0,
+        |o, _| phase(o) == "Suspended" && current(o) && condition_true(o, "Ready"),
+    )
     .await?;
-    let sp = field(&o, &["status", "lastSavepoint", "id"]).as_str().unwrap_or("(none)").to_owned();
+    let sp = field(&o, &["status", "lastSavepoint", "id"])
+        .as_str()
+        .unwrap_or("(none)")
+        .to_owned();
     ensure!(
         h.status == "Suspended" && h.message.contains(&sp),
         "Suspended with savepoint {sp}, Argo CD says {h}"
     );
     say(t0, format!("suspend seen by Argo CD: {}", describe(&seen)));
     let listed = argo.actions(&live(&o)?)?;
-    let want = BTreeMap::from([("resume".to_owned(), false), ("savepoint-now".to_owned(), true), ("suspend".to_owned(), true)]);
-    ensure!(listed == want, "actions of a suspended job: {listed:?}, want {want:?} (name -> disabled)");
+    let want = BTreeMap::from([
+        ("resume".to_owned(), false),
+        ("savepoint-now".to_owned(), true),
+        ("suspend".to_owned(), true),
+    ]);
+    ensure!(
+        listed == want,
+        "actions of a suspended job: {listed:?}, want {want:?} (name -> disabled)"
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     while !job_pods(client, ns).await?.is_empty() {
         ensure!(Instant::now() < deadline, "pods still there 120s after Suspended");
@@ -650,10 +784,23 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
 
     // --- resume: Running and Healthy again ---------------------------------------------
     run_action(argo, &jobs, "clicks", "resume", t0).await?;
-    let (o, h, _) = follow(argo, &jobs, "clicks", "Running after resume", Duration::from_secs(180), false, t0, |o, _| running(o)).await?;
+    let (o, h, _) = follow(
+        argo,
+        &jobs,
+        "clicks",
+        "Running after resume",
+        Duration::from_secs(180),
+        false,
+        t0,
+        |o, _| running(o),
+    )
+    .await?;
     ensure!(h.status == "Healthy", "resumed and Running, Argo CD says {h}");
     ensure!(
-        o.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key("streamops.io/suspend")),
+        o.metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key("streamops.io/suspend")),
         "the suspend annotation is still there: {:?}",
         o.metadata.annotations
     );
@@ -665,7 +812,13 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
 
 fn describe(seen: &[Seen]) -> String {
     seen.iter()
-        .map(|s| format!("{}/{}", if s.phase.is_empty() { "-" } else { &s.phase }, s.health.status))
+        .map(|s| {
+            format!(
+                "{}/{}",
+                if s.phase.is_empty() { "-" } else { &s.phase },
+                s.health.status
+            )
+        })
         .collect::<Vec<_>>()
         .join(" > ")
 }
