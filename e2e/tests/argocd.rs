@@ -10,8 +10,8 @@
 //! - `samples_*`: the sample objects of `charts/streamops/argocd/tests/samples.lua`
 //!   (as JSON in `e2e/argocd/samples.json`) must get the outcomes `tests/run.lua`
 //!   asserts under lua5.4.
-//! - `real_job_*`: on the local node with the chart installed (the `jobs`
-//!   stage's setup), real StreamTopic and StreamJob objects read back from
+//! - `real_job_*` (`#[ignore]`d: written, not yet run on a cluster): on the
+//!   local node with the chart installed (the `jobs` stage's setup), real StreamTopic and StreamJob objects read back from
 //!   the apiserver: Healthy when Ready/Running, Progressing while an upgrade
 //!   is in flight, Degraded when the operator reports Stalled, Suspended after
 //!   the `suspend` action; each action's result is written to the live object
@@ -547,6 +547,9 @@ async fn job_pods(client: &Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
 /// refuses (Stalled), Suspended after `suspend` with its pods gone, and
 /// Running and Healthy after `resume`.
 #[tokio::test]
+#[ignore = "not yet run on a cluster: needs the jobs stage's setup (cluster.sh up, broker up, images \
+            imported, chart installed; STREAMOPS_KUBECONFIG, STREAMOPS_BOOTSTRAP) and the argocd-lua harness; \
+            run with --ignored"]
 async fn real_job_health_and_actions_through_argo_cd() {
     if !cluster_test(CLUSTER) {
         return;
