@@ -11,12 +11,13 @@
 //!   (as JSON in `e2e/argocd/samples.json`) must get the outcomes `tests/run.lua`
 //!   asserts under lua5.4.
 //! - `real_job_*` (`#[ignore]`d: written, not yet run on a cluster): on the
-//!   local node with the chart installed (the `jobs` stage's setup), real StreamTopic and StreamJob objects read back from
-//!   the apiserver: Healthy when Ready/Running, Progressing while an upgrade
-//!   is in flight, Degraded when the operator reports Stalled, Suspended after
-//!   the `suspend` action; each action's result is written to the live object
-//!   as Argo CD's API server writes it (a JSON merge patch from the live
-//!   object to the action's result) and the operator's effect is checked.
+//!   local node with the chart installed (the `jobs` stage's setup), real
+//!   StreamTopic and StreamJob objects read back from the apiserver: Healthy
+//!   when Ready/Running, Progressing while an upgrade is in flight, Degraded
+//!   when the operator reports Stalled, Suspended after the `suspend` action;
+//!   each action's result is written to the live object as Argo CD's API
+//!   server writes it (a JSON merge patch from the live object to the
+//!   action's result) and the operator's effect is checked.
 
 use std::{
     collections::BTreeMap,
