@@ -86,7 +86,7 @@ impl Argo {
         }
         let why = format!(
             "needs Argo CD's Lua harness, not found at {}: build it with e2e/argocd/build.sh \
-             (about 10 min on 2 cores with an empty Go build cache) or set STREAMOPS_ARGOCD_LUA",
+             (about 9 min of CPU with empty Go caches) or set STREAMOPS_ARGOCD_LUA",
             bin.display()
         );
         assert!(
@@ -308,8 +308,8 @@ fn samples_get_the_lua54_outcomes_from_argo_cd() {
     );
 }
 
-/// The harness is Argo CD v3.6.2's code, and fails loudly where Argo CD has
-/// nothing to run.
+/// The harness is Argo CD v3.6.2's code, Argo CD parses the argocd-cm keys,
+/// and the harness fails loudly where Argo CD has nothing to run.
 #[test]
 fn argo_cd_reports_kinds_and_actions_without_scripts() {
     let Some(argo) = Argo::find() else {
@@ -332,6 +332,26 @@ fn argo_cd_reports_kinds_and_actions_without_scripts() {
         "metadata": {"name": "x"}, "spec": {}});
     let topic = json!({"apiVersion": "streamops.io/v1alpha1", "kind": "StreamTopic",
         "metadata": {"name": "x"}, "spec": {}});
+    // The argocd-cm keys are parsed by Argo CD's settings code: a key it does
+    // not know is refused with its message.
+    let bad_cm = std::env::temp_dir().join(format!("argocd-cm-bad-{}.yaml", std::process::id()));
+    std::fs::write(
+        &bad_cm,
+        "data:\n  resource.customizations.healthcheck.streamops.io_StreamJob: |\n    return {}\n",
+    )
+    .expect("writing a bad argocd-cm");
+    let bad = Argo {
+        bin: argo.bin.clone(),
+        cm: bad_cm.clone(),
+    };
+    let refused = bad.run(&["health"], &job);
+    let _ = std::fs::remove_file(&bad_cm);
+    let e = refused.expect_err("Argo CD accepted resource.customizations.healthcheck");
+    assert!(
+        format!("{e:#}").contains("resource customization type healthcheck not supported"),
+        "{e:#}"
+    );
+    eprintln!("unknown argocd-cm key: {e:#}");
     for (what, result) in [
         ("health of a kind without a check", argo.run(&["health"], &other)),
         ("actions of StreamTopic", argo.run(&["actions"], &topic)),
