@@ -1,4 +1,7 @@
 -- Requests a savepoint: any new value of the annotation is a new request.
+-- Argo CD has no global `os`: its safe os library (time, date) is reachable
+-- only through require (argo-cd v3.6.2 util/lua/oslib_safe.go).
+local os = require("os")
 if obj.metadata.annotations == nil then
   obj.metadata.annotations = {}
 end

@@ -80,10 +80,18 @@ check("argocd-cm.yaml is up to date (run with --write)",
   committed ~= nil and committed:read("a") == snippet())
 if committed then committed:close() end
 
--- Each script runs in a fresh environment, as Argo CD runs it.
+-- Each script runs in a fresh environment, as Argo CD runs it: Lua's base
+-- and table libraries, no string library and no global `os`; Argo CD's safe
+-- os library (time, date) only through require("os") (argo-cd v3.6.2,
+-- util/lua). e2e/tests/argocd.rs runs these samples with Argo CD's own code.
+local safe_os = { time = os.time, date = os.date }
+local function require_(name)
+  if name == "os" then return safe_os end
+  error("module '" .. tostring(name) .. "' not found")
+end
 local function run(script, obj)
-  local env = { obj = obj, ipairs = ipairs, pairs = pairs, tostring = tostring, os = os,
-                string = string, table = table, type = type }
+  local env = { obj = obj, ipairs = ipairs, pairs = pairs, tostring = tostring,
+                table = table, type = type, require = require_ }
   local chunk = assert(load(script, "script", "t", env))
   return chunk()
 end
