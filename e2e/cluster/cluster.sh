@@ -371,7 +371,7 @@ import_pause() {
   python3 "$E2E/images/mkimage.py" --tag localhost/pause:local --out "$tar" \
     --file "$KBIN/pause:/pause" --entrypoint /pause --user 65535:65535 >/dev/null 2>&1 \
     || die "building the pause image failed (python3 $E2E/images/mkimage.py)"
-  ctr_ images import "$tar" >/dev/null || die "ctr images import $tar failed"
+  ctr_ images import "$tar" >/dev/null 2> >(grep -v "DEPRECATION: The support for cgroup v1" >&2) || die "ctr images import $tar failed"
   log "imported localhost/pause:local"
 }
 
