@@ -71,7 +71,7 @@ job_running() {
 
 need_root "the demo (it runs a local Kubernetes node)"
 
-step "1/9 Installing prerequisites (Debian packages, Kubernetes 1.20 built from source, Apache Kafka's jars from Maven Central, helm from the Go module proxy; cached under $CACHE)"
+step "1/9 Installing prerequisites (Debian packages, Kubernetes $K8S_VERSION, etcd and containerd built from Go modules, Apache Kafka's jars from Maven Central, helm from the Go module proxy; cached under $CACHE)"
 "$HERE/cluster/install.sh"
 export STREAMOPS_HELM=$HELM
 python3 -c 'import kafka' 2>/dev/null || pip install -q "kafka-python==3.0.12"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (README command 2, `make test`).
 #
-# Installs what it needs (Debian packages, Kubernetes binaries built from
-# Debian's source package, Apache Kafka's jars from Maven Central), caching builds outside the
-# checkout under $STREAMOPS_CACHE, then runs, in order:
+# Installs what it needs (Debian packages; Kubernetes, etcd and containerd
+# built from Go modules; Apache Kafka's jars from Maven Central; helm),
+# caching builds outside the checkout under $STREAMOPS_CACHE, then runs, in order:
 #   1. cargo fmt --check, cargo clippy -D warnings
 #   2. unit and property tests (no cluster, no broker)
 #   3. Argo CD health/action scripts (Lua table tests)
@@ -29,6 +29,10 @@ export STREAMOPS_CACHE=${STREAMOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stream
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$STREAMOPS_CACHE/target}
 # The helm binary install.sh builds (keyed by version, as in cluster/lib.sh).
 export STREAMOPS_HELM=${STREAMOPS_HELM:-$(source "$here/cluster/lib.sh" && echo "$HELM")}
+# kubectl: the one built with the cluster (the apiserver's version; the
+# machine's own may be several minor versions older), for every stage's
+# `kubectl` and the scripts that call it. Built in the background below.
+PATH=$(source "$here/cluster/lib.sh" && echo "$KBIN"):$PATH
 export CARGO_TERM_COLOR=never
 export CARGO_LOCKED=1
 # Tests that need the cluster or the broker skip without them under plain
@@ -80,7 +84,8 @@ prune_build_cache() {
 prune_build_cache
 
 # Debian packages first (the Rust build needs clang for RocksDB's bindgen).
-# The Kubernetes build (about 8 min cold), Kafka's jars and helm are needed from the api
+# The Kubernetes, etcd and containerd builds (about 25 min cold beside the
+# cargo builds; see e2e/README.md), Kafka's jars and helm are needed from the api
 # stage on: they run in the background, niced, beside the lint and unit
 # stages, whose cargo builds leave a core idle in their serial phases
 # (linking, the last big crates). On a warm machine both are cache hits.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A local single-node Kubernetes 1.20 (or just etcd + kube-apiserver) and
+# A local single-node Kubernetes (or just etcd + kube-apiserver) and
 # Apache Kafka in KRaft mode (one combined broker/controller, or three), from
-# what install.sh built and resolved.
+# what install.sh built and resolved: Kubernetes, etcd and containerd from Go
+# modules (versions in lib.sh), runc and the CNI plugins from Debian.
 # Needs root. See e2e/README.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -213,7 +214,7 @@ EOF
 start_etcd() {
   mkdir -p "$STATE/etcd"; chmod 700 "$STATE/etcd"
   local peer=$((STREAMOPS_ETCD_PORT + 1))
-  start etcd etcd --name streamops --data-dir "$STATE/etcd" \
+  start etcd "$ETCD_BIN/etcd" --name streamops --data-dir "$STATE/etcd" \
     --listen-client-urls "http://127.0.0.1:$STREAMOPS_ETCD_PORT" \
     --advertise-client-urls "http://127.0.0.1:$STREAMOPS_ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$peer" \
@@ -227,7 +228,7 @@ start_apiserver() { # MODE
   if [[ $1 == full ]]; then bind=0.0.0.0; adv=(--advertise-address="$STREAMOPS_NODE_IP"); fi
   start kube-apiserver "$KBIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$STREAMOPS_ETCD_PORT" \
-    --bind-address="$bind" --secure-port="$STREAMOPS_APISERVER_PORT" --insecure-port=0 "${adv[@]}" \
+    --bind-address="$bind" --secure-port="$STREAMOPS_APISERVER_PORT" "${adv[@]}" \
     --cert-dir="$PKI/apiserver-certs" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
@@ -261,39 +262,47 @@ ensure_bridge() {
 
 write_containerd_config() {
   mkdir -p "$CTRD_DIR/root" "$CTRD_DIR/state" "$STATE/cni/net.d" "$STATE/cni/ipam"
+  # containerd 2.x, config version 4: the CRI plugin is split into images
+  # and runtime; the socket addresses are server plugins.
   cat >"$CTRD_DIR/config.toml" <<EOF
-version = 2
+version = 4
 root = "$CTRD_DIR/root"
 state = "$CTRD_DIR/state"
 oom_score = 0
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
+imports = []
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.erofs", "io.containerd.snapshotter.v1.blockfile", "io.containerd.nri.v1.nri", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
 
-[grpc]
+[plugins."io.containerd.server.v1.grpc"]
   address = "$CTRD_SOCK"
 
-[ttrpc]
+[plugins."io.containerd.server.v1.ttrpc"]
   address = "$CTRD_SOCK.ttrpc"
 
-[metrics]
+[plugins."io.containerd.server.v1.metrics"]
   address = ""
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/pause:local"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "localhost/pause:local"
+
+[plugins."io.containerd.cri.v1.runtime"]
   # Without this every sandbox fails with "can't get final child's PID from pipe".
   restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
   enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$STATE/cni/net.d"
     max_conf_num = 1
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
 EOF
   cat >"$STATE/cni/net.d/10-$CNI_NET.conflist" <<EOF
 {
@@ -319,7 +328,42 @@ EOF
 EOF
 }
 
-ctr_() { ctr --address "$CTRD_SOCK" -n k8s.io "$@"; }
+# What the kubelet's flags used to say, as a KubeletConfiguration (most of
+# those flags are deprecated, --container-runtime and
+# --pod-infra-container-image are gone: the sandbox image is containerd's).
+# failCgroupV1: false -- these machines are cgroup v1, which kubelets since
+# 1.35 refuse by default. Authentication and authorization as the flags'
+# defaults were (a config file defaults to webhook both): the apiserver
+# reaches the kubelet (logs, exec) without a client certificate.
+write_kubelet_config() {
+  cat >"$STATE/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://$CTRD_SOCK
+runtimeRequestTimeout: 5m
+failSwapOn: false
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+evictionHard: {}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+clusterDomain: cluster.local
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+volumePluginDir: $STATE/kubelet/volume-plugins
+authentication:
+  anonymous:
+    enabled: true
+  webhook:
+    enabled: false
+authorization:
+  mode: AlwaysAllow
+EOF
+}
+
+ctr_() { "$CTR" --address "$CTRD_SOCK" -n k8s.io "$@"; }
 
 import_pause() {
   if ctr_ images ls -q 2>/dev/null | grep -qx 'localhost/pause:local'; then return 0; fi
@@ -327,7 +371,7 @@ import_pause() {
   python3 "$E2E/images/mkimage.py" --tag localhost/pause:local --out "$tar" \
     --file "$KBIN/pause:/pause" --entrypoint /pause --user 65535:65535 >/dev/null 2>&1 \
     || die "building the pause image failed (python3 $E2E/images/mkimage.py)"
-  ctr_ images import "$tar" >/dev/null || die "ctr images import $tar failed"
+  ctr_ images import "$tar" >/dev/null 2> >(grep -v "DEPRECATION: The support for cgroup v1" >&2) || die "ctr images import $tar failed"
   log "imported localhost/pause:local"
 }
 
@@ -351,7 +395,7 @@ prepare_checkpoint_dir() {
 check_binaries() {
   local b
   for b in "$@"; do [[ -x $KBIN/$b ]] || die "$KBIN/$b missing: run e2e/cluster/install.sh first"; done
-  command -v etcd >/dev/null || die "etcd missing: run e2e/cluster/install.sh first"
+  [[ -x $ETCD_BIN/etcd ]] || die "$ETCD_BIN/etcd missing: run e2e/cluster/install.sh first"
 }
 
 cmd_up() {
@@ -376,9 +420,12 @@ cmd_up() {
   fi
   if [[ $mode == full ]]; then
     check_binaries kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause
-    command -v containerd >/dev/null && command -v runc >/dev/null && [[ -x /usr/lib/cni/bridge ]] \
-      || die "containerd/runc/CNI plugins missing: run e2e/cluster/install.sh first"
-    [[ $(stat -fc %T /sys/fs/cgroup) != cgroup2fs ]] || log "note: cgroup v2 host; kubelet 1.20 with cgroupfs may misbehave"
+    local b
+    for b in "${CONTAINERD_BINARIES[@]}"; do
+      [[ -x $CONTAINERD_BIN/$b ]] || die "$CONTAINERD_BIN/$b missing: run e2e/cluster/install.sh first"
+    done
+    command -v runc >/dev/null && [[ -x /usr/lib/cni/bridge ]] \
+      || die "runc/CNI plugins missing: run e2e/cluster/install.sh first"
   else
     check_binaries kube-apiserver
   fi
@@ -407,33 +454,33 @@ cmd_up() {
     start kube-controller-manager "$KBIN/kube-controller-manager" \
       --kubeconfig="$STATE/controller-manager.kubeconfig" \
       --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
-      --leader-elect=false --controllers='*,-nodeipam' --port=0 \
+      --leader-elect=false --controllers='*,-nodeipam' \
       --bind-address=127.0.0.1 --secure-port=0 --v=1
-    start kube-scheduler "$KBIN/kube-scheduler" \
-      --kubeconfig="$STATE/scheduler.kubeconfig" --leader-elect=false \
-      --port=0 --bind-address=127.0.0.1 --secure-port=0 --v=1
+    # (--kubeconfig of the scheduler is deprecated in favour of its config file)
+    cat >"$STATE/scheduler.yaml" <<EOF
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $STATE/scheduler.kubeconfig
+leaderElection:
+  leaderElect: false
+EOF
+    start kube-scheduler "$KBIN/kube-scheduler" --config="$STATE/scheduler.yaml" \
+      --bind-address=127.0.0.1 --secure-port=0 --v=1
 
     write_containerd_config
-    start containerd containerd --config "$CTRD_DIR/config.toml"
-    wait_for containerd 30 ctr --address "$CTRD_SOCK" version
+    # PATH: containerd starts the shim it finds there (ours, not Debian's).
+    start containerd env PATH="$CONTAINERD_BIN:$PATH" "$CONTAINERD_BIN/containerd" --config "$CTRD_DIR/config.toml"
+    wait_for containerd 30 "$CTR" --address "$CTRD_SOCK" version
     import_pause
 
     prepare_checkpoint_dir
     mkdir -p "$STATE/kubelet"
-    start kubelet "$KBIN/kubelet" \
+    write_kubelet_config
+    start kubelet "$KBIN/kubelet" --config="$STATE/kubelet.yaml" \
       --kubeconfig="$STATE/kubelet.kubeconfig" \
       --hostname-override="$STREAMOPS_NODE_NAME" --node-ip="$STREAMOPS_NODE_IP" \
-      --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" \
-      --volume-plugin-dir="$STATE/kubelet/volume-plugins" \
-      --seccomp-profile-root="$STATE/kubelet/seccomp" \
-      --container-runtime=remote --container-runtime-endpoint="unix://$CTRD_SOCK" \
-      --runtime-request-timeout=5m \
-      --fail-swap-on=false --cgroup-driver=cgroupfs \
-      --pod-infra-container-image=localhost/pause:local \
-      --cgroups-per-qos=false --enforce-node-allocatable= --eviction-hard= \
-      --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
-      --cluster-domain=cluster.local --read-only-port=0 \
-      --healthz-bind-address=127.0.0.1 --v=1
+      --root-dir="$STATE/kubelet" --cert-dir="$STATE/kubelet/pki" --v=1
     start kube-proxy "$KBIN/kube-proxy" \
       --kubeconfig="$STATE/kube-proxy.kubeconfig" --proxy-mode=iptables \
       --hostname-override="$STREAMOPS_NODE_NAME" --cluster-cidr="$CLUSTER_CIDR" \
@@ -470,7 +517,7 @@ cmd_down() {
 
   # Pod sandboxes and containers: kill tasks, remember their network namespaces.
   local netns=() id ns
-  if [[ -S $CTRD_SOCK ]] && ctr --address "$CTRD_SOCK" version >/dev/null 2>&1; then
+  if [[ -S $CTRD_SOCK ]] && [[ -x $CTR ]] && "$CTR" --address "$CTRD_SOCK" version >/dev/null 2>&1; then
     for id in $(ctr_ containers ls -q 2>/dev/null); do
       ns=$(ctr_ containers info "$id" 2>/dev/null | python3 -c '
 import json, sys

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything the local e2e cluster needs: Debian packages, Kubernetes
-# binaries built from Debian's source package (patched), the pause binary and
-# Apache Kafka's jars from Maven Central. Idempotent; build results are cached
-# outside the checkout.
+# Installs everything the local e2e cluster needs: Debian packages;
+# Kubernetes, etcd and containerd built from Go modules (the Go module proxy),
+# the pause binary; Apache Kafka's jars from Maven Central; helm. Idempotent;
+# build results are cached outside the checkout, keyed by version.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
@@ -14,10 +14,12 @@ Usage: $0 [--only packages|kubernetes|kafka|helm]... [--help]
 
 Installs the local e2e cluster toolchain (needs root):
   packages    apt packages: ${APT_PACKAGES[*]}
-  kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-              kube-proxy, kubectl and pause, built from 'apt-get source kubernetes'
-              (v$STREAMOPS_K8S_VERSION) with vendored reflect2 replaced by Debian's 1.0.2
-              -> $KBIN
+  kubernetes  from the Go module proxy: kube-apiserver, kube-controller-manager,
+              kube-scheduler, kubelet, kube-proxy, kubectl $K8S_VERSION (e2e/k8s/go.mod)
+              and pause $PAUSE_VERSION (gcc, from that module's source) -> $KBIN;
+              etcd + etcdctl $ETCD_VERSION (e2e/etcd/go.mod) -> $ETCD_BIN;
+              containerd, containerd-shim-runc-v2, ctr $STREAMOPS_CONTAINERD_VERSION
+              (go install) -> $CONTAINERD_BIN
   kafka       Apache Kafka $STREAMOPS_KAFKA_VERSION's broker jars from Maven Central
               (e2e/kafka/pom.xml, mvn dependency:copy-dependencies) -> $KAFKA_LIBS
   helm        Helm's command $STREAMOPS_HELM_VERSION from the Go module proxy
@@ -30,6 +32,9 @@ Environment:
                     now: $CACHE
   STREAMOPS_NICE    niceness for the builds (default 10)
   STREAMOPS_JOBS    parallel jobs for the builds (default: nproc)
+  STREAMOPS_GO_TIMEOUT  limit per Go build command, seconds (default 3600; helm 1800)
+  STREAMOPS_CONTAINERD_VERSION  (default $STREAMOPS_CONTAINERD_VERSION; Kubernetes and etcd
+                    versions are those of e2e/k8s/go.mod and e2e/etcd/go.mod)
 EOF
 }
 
@@ -72,101 +77,132 @@ install_packages() {
     || die "apt-get install ${missing[*]} failed"
 }
 
-# --- Kubernetes ------------------------------------------------------------
+# --- Go builds: Kubernetes, etcd, containerd -----------------------------------
 
-k8s_cached() {
-  local b
-  for b in "${K8S_BINARIES[@]}"; do [[ -x $KBIN/$b ]] || return 1; done
+# Go 1.26 is first on PATH on these machines (/usr/local/go/bin); a shell
+# that lost it still finds it there.
+find_go() {
+  command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
+  command -v go >/dev/null || die "go not found (on PATH or in /usr/local/go/bin): $1 is built with it"
 }
 
-ensure_deb_src() {
-  # apt-get source needs a deb-src entry for bookworm.
-  if apt-get source --print-uris kubernetes >/dev/null 2>&1; then return 0; fi
-  need_root "adding a deb-src entry"
-  local f=/etc/apt/sources.list.d/streamops-bookworm-src.sources
-  log "adding deb-src entry $f"
-  cat >"$f" <<'EOS'
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+# go_build LOG CMD... : a Go command with the shared module and build caches
+# under $GO_CACHE (the same as helm's), static (CGO_ENABLED=0), at most $JOBS
+# packages at a time, niced and bounded in time; the last lines of LOG on failure.
+go_build() {
+  local logf=$1; shift
+  mkdir -p "$GO_CACHE"
+  printf '\n=== %s: %s\n' "$(date -Is)" "$*" >>"$logf"
+  if ! GOMODCACHE=$GO_CACHE/mod GOCACHE=$GO_CACHE/build GOFLAGS="-p=$JOBS" CGO_ENABLED=0 \
+      timeout "${STREAMOPS_GO_TIMEOUT:-3600}" nice -n "$NICE" "$@" >>"$logf" 2>&1; then
+    tail -20 "$logf" >&2
+    return 1
+  fi
+}
 
-Types: deb-src
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOS
-  APT_UPDATED=0
-  apt_update_once
-  apt-get source --print-uris kubernetes >/dev/null 2>&1 \
-    || die "apt-get source kubernetes still unavailable after adding $f"
+# reports DIR WANT BIN ARGS... : BIN in DIR runs and its output contains WANT
+reports() {
+  local dir=$1 want=$2 bin=$3; shift 3
+  [[ -x $dir/$bin ]] && "$dir/$bin" "$@" 2>&1 | grep -qF -- "$want"
+}
+
+# The Kubernetes binaries at $K8S_VERSION (what e2e/k8s/go.mod requires:
+# k8s.io/kubernetes plus its 33 staging modules replaced by their released
+# v0.x, and a `tool` block naming the six commands), built as the release
+# build does: static, -trimpath, stripped, version stamped. The pause binary
+# is compiled with gcc from build/pause/linux/pause.c of the same module.
+k8s_cached() {
+  local d=$1 b
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+    reports "$d" "Kubernetes $K8S_VERSION" "$b" --version || return 1
+  done
+  reports "$d" "Client Version: $K8S_VERSION" kubectl version --client || return 1
+  reports "$d" "pause.c v$PAUSE_VERSION" pause -v
 }
 
 build_kubernetes() {
-  if k8s_cached; then
-    log "kubernetes $STREAMOPS_K8S_VERSION ($STREAMOPS_K8S_PATCH_TAG) cached in $KBIN"
+  if k8s_cached "$KBIN"; then
+    log "kubernetes $K8S_VERSION cached in $KBIN"
     return 0
   fi
-  ensure_deb_src
-  local src=$K8S_DIR/src
-  rm -rf "$src"; mkdir -p "$src"
-  log "fetching Debian source of kubernetes into $src"
-  (cd "$src" && apt-get source -qq kubernetes >"$K8S_DIR/apt-source.log" 2>&1) \
-    || { tail -20 "$K8S_DIR/apt-source.log" >&2; die "apt-get source kubernetes failed"; }
-  local tree
-  tree=$(find "$src" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -1)
-  [[ -n $tree && -f $tree/Makefile ]] || die "no kubernetes source tree under $src"
-  # Debian versions it 1.20.5+really1.20.2: check the real upstream version
-  # (the tag recorded in the exported tree).
-  grep -q "tag: v$STREAMOPS_K8S_VERSION'" "$tree/hack/lib/version.sh" \
-    || die "source tree $tree is not Kubernetes v$STREAMOPS_K8S_VERSION"
-
-  # Required patch: vendored reflect2 1.0.1 breaks under Go >= 1.18 (the apiserver
-  # rejects custom resources with "metadata.name: Required value", then panics).
-  local r2=/usr/share/gocode/src/github.com/modern-go/reflect2
-  [[ -f $r2/reflect2.go ]] || die "$r2 missing: install golang-github-modern-go-reflect2-dev"
-  log "patching vendor/github.com/modern-go/reflect2 with Debian's copy ($r2)"
-  rm -rf "$tree/vendor/github.com/modern-go/reflect2"
-  cp -rL "$r2" "$tree/vendor/github.com/modern-go/reflect2"
-  rm -f "$tree/vendor/github.com/modern-go/reflect2/go.mod" "$tree/vendor/github.com/modern-go/reflect2/go.sum"
-  find "$tree/vendor/github.com/modern-go/reflect2" -name '*_test.go' -delete
-  rm -rf "$tree/vendor/github.com/modern-go/reflect2/tests"
-
-  log "building kubernetes (nice $NICE, $JOBS jobs; ~5-8 min cold on 2 cores), log: $K8S_DIR/build.log"
-  local t0=$SECONDS
-  (
-    cd "$tree"
-    # Kubernetes 1.20's build refuses Go toolchains newer than it knows
-    # (the machines put Go 1.26 first on PATH): use Debian's golang-go (1.19).
-    [[ -x $K8S_GO/go ]] || die "$K8S_GO/go missing: install Debian's golang-go (Go 1.19)"
-    export PATH=$K8S_GO:$PATH GOTOOLCHAIN=local
-    export GOPATH=$tree/.go GOFLAGS=-mod=vendor GO111MODULE=on
-    export GOMAXPROCS=$JOBS
-    mkdir -p .go/src/k8s.io
-    ln -sfn ../../.. .go/src/k8s.io/kubernetes
-    CGO_ENABLED=0 nice -n "$NICE" make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy cmd/kubectl"
-  ) >"$K8S_DIR/build.log" 2>&1 || { tail -40 "$K8S_DIR/build.log" >&2; die "kubernetes build failed (see $K8S_DIR/build.log)"; }
-
-  local out=$tree/_output/bin tmp=$K8S_DIR/bin.tmp
-  [[ -d $out ]] || out=$tree/_output/local/bin/linux/amd64
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  local b
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
-    [[ -x $out/$b ]] || die "build did not produce $out/$b"
-    cp "$out/$b" "$tmp/$b"
+  find_go "kubernetes"
+  local mod=$HERE/../k8s tmp=$K8S_DIR/bin.tmp logf=$CACHE/kubernetes-$K8S_VERSION.build.log t0=$SECONDS
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local ldf="-s -w" p c cmds=()
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldf+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  # The pause binary for the sandbox image.
-  local pv
-  pv=$(sed -n 's/^TAG *?\{0,1\}= *//p' "$tree/build/pause/Makefile" 2>/dev/null || true)
-  gcc -Os -static -DVERSION="${pv:-local}" -o "$tmp/pause" "$tree/build/pause/linux/pause.c" \
+  ldf+=" -X k8s.io/component-base/version.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+    cmds+=("k8s.io/kubernetes/cmd/$c")
+  done
+  log "building kubernetes $K8S_VERSION from the Go module proxy ($(go version | cut -d' ' -f3), e2e/k8s/go.mod; nice $NICE, $JOBS jobs; ~20 min cold on 2 cores), log: $logf"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$mod" && go_build "$logf" go build -trimpath -ldflags "$ldf" -o "$tmp/" "${cmds[@]}") \
+    || die "kubernetes $K8S_VERSION build failed (see $logf)"
+  # pause, from the module's source (the same file the official image compiles).
+  local src
+  src=$(cd "$mod" && GOMODCACHE=$GO_CACHE/mod GOFLAGS= go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+  [[ -f $src ]] || die "no $src in the module cache"
+  grep -q "^TAG ?= $PAUSE_VERSION\$" "${src%/linux/pause.c}/Makefile" \
+    || die "build/pause/Makefile of k8s.io/kubernetes@$K8S_VERSION is not pause $PAUSE_VERSION: update PAUSE_VERSION in lib.sh"
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-streamops" -o "$tmp/pause" "$src" \
     || die "building pause failed"
-  strip "$tmp/pause" 2>/dev/null || true
+  strip "$tmp/pause"
+  k8s_cached "$tmp" || die "the kubernetes binaries just built do not run or are not $K8S_VERSION"
   rm -rf "$KBIN"; mv "$tmp" "$KBIN"
-  # The tree is big (~1.5 GB with build output); keep only the binaries.
-  rm -rf "$src"
-  log "kubernetes built in $((SECONDS - t0)) s -> $KBIN"
+  log "kubernetes $K8S_VERSION built in $((SECONDS - t0)) s -> $KBIN"
+}
+
+# etcd at $ETCD_VERSION: `go install go.etcd.io/etcd/server/v3@...` refuses
+# (its go.mod has replace directives), so e2e/etcd/go.mod requires the server
+# and etcdctl and names both in a `tool` block.
+etcd_cached() {
+  reports "$1" "etcd Version: ${ETCD_VERSION#v}" etcd --version && reports "$1" "etcdctl version: ${ETCD_VERSION#v}" etcdctl version
+}
+
+build_etcd() {
+  if etcd_cached "$ETCD_BIN"; then
+    log "etcd $ETCD_VERSION cached in $ETCD_BIN"
+    return 0
+  fi
+  find_go "etcd"
+  local mod=$HERE/../etcd tmp=$ETCD_DIR/bin.tmp logf=$CACHE/etcd-$ETCD_VERSION.build.log t0=$SECONDS
+  log "building etcd $ETCD_VERSION from the Go module proxy (e2e/etcd/go.mod), log: $logf"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$mod" && go_build "$logf" go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3 \
+     && go_build "$logf" go build -trimpath -ldflags "-s -w" -o "$tmp/etcdctl" go.etcd.io/etcd/etcdctl/v3) \
+    || die "etcd $ETCD_VERSION build failed (see $logf)"
+  etcd_cached "$tmp" || die "the etcd just built does not run or is not $ETCD_VERSION"
+  rm -rf "$ETCD_BIN"; mv "$tmp" "$ETCD_BIN"
+  log "etcd $ETCD_VERSION built in $((SECONDS - t0)) s -> $ETCD_BIN"
+}
+
+# containerd, its runc shim and ctr at $STREAMOPS_CONTAINERD_VERSION: its
+# go.mod has no replace directives, so `go install MODULE/cmd/X@VERSION`
+# builds them (no_btrfs: no btrfs headers needed). runc is Debian's.
+containerd_cached() {
+  local v=$STREAMOPS_CONTAINERD_VERSION
+  reports "$1" "containerd/v2 $v" containerd --version && reports "$1" "containerd/v2 $v" ctr --version \
+    && reports "$1" "Version:  $v" containerd-shim-runc-v2 -v
+}
+
+build_containerd() {
+  local v=$STREAMOPS_CONTAINERD_VERSION
+  if containerd_cached "$CONTAINERD_BIN"; then
+    log "containerd $v cached in $CONTAINERD_BIN"
+    return 0
+  fi
+  find_go "containerd"
+  local tmp=$CONTAINERD_DIR/bin.tmp logf=$CACHE/containerd-$v.build.log t0=$SECONDS m=github.com/containerd/containerd/v2
+  log "building containerd $v from the Go module proxy (go install), log: $logf"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  GOBIN=$tmp go_build "$logf" go install -trimpath -tags no_btrfs -ldflags "-s -w -X $m/version.Version=$v" \
+    "$m/cmd/containerd@$v" "$m/cmd/containerd-shim-runc-v2@$v" "$m/cmd/ctr@$v" \
+    || die "containerd $v build failed (see $logf)"
+  containerd_cached "$tmp" || die "the containerd just built does not run or is not $v"
+  rm -rf "$CONTAINERD_BIN"; mv "$tmp" "$CONTAINERD_BIN"
+  log "containerd $v built in $((SECONDS - t0)) s -> $CONTAINERD_BIN"
 }
 
 # --- Apache Kafka ------------------------------------------------------------
@@ -211,10 +247,7 @@ install_helm() {
     log "helm $STREAMOPS_HELM_VERSION cached at $HELM"
     return 0
   fi
-  # Go 1.26 is first on PATH on these machines (/usr/local/go/bin); a shell
-  # that lost it still finds it there.
-  command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
-  command -v go >/dev/null || die "go not found (on PATH or in /usr/local/go/bin): helm is built with it"
+  find_go helm
   local tmp=$HELM_DIR/bin.tmp logf=$CACHE/helm-$STREAMOPS_HELM_VERSION.build.log t0=$SECONDS
   log "building helm $STREAMOPS_HELM_VERSION from the Go module proxy ($(go version | cut -d' ' -f3)), log: $logf"
   rm -rf "$tmp"; mkdir -p "$tmp" "$GO_CACHE"
@@ -233,7 +266,9 @@ install_helm() {
 mkdir -p "$CACHE"
 if want packages; then install_packages "${APT_PACKAGES[@]}"; fi
 if want kubernetes; then
-  install_packages golang-go rsync make gcc libc6-dev dpkg-dev golang-github-modern-go-reflect2-dev
+  install_packages gcc libc6-dev runc containernetworking-plugins
+  build_etcd
+  build_containerd
   build_kubernetes
 fi
 if want kafka; then
@@ -243,4 +278,4 @@ fi
 if want helm; then
   install_helm
 fi
-log "done. kubernetes: $KBIN  kafka: $KAFKA_LIBS  helm: $HELM"
+log "done. kubernetes: $KBIN  etcd: $ETCD_BIN  containerd: $CONTAINERD_BIN  kafka: $KAFKA_LIBS  helm: $HELM"

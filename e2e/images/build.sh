@@ -154,11 +154,11 @@ fi
 if ((IMPORT)); then
   need_root "importing images into containerd"
   sock=$STATE/containerd/containerd.sock
-  ctr --address "$sock" version >/dev/null 2>&1 \
+  "$CTR" --address "$sock" version >/dev/null 2>&1 \
     || die "the local node's containerd is not running ($sock): run e2e/cluster/cluster.sh up"
   for i in "${IMAGES[@]}"; do
     case $i in operator) f=streamops-operator ;; runtime) f=streamops-runtime ;; busybox) f=e2e-busybox ;; *) f=$i ;; esac
-    ctr --address "$sock" -n k8s.io images import "$OUT/$f.tar" >/dev/null || die "import of $OUT/$f.tar failed"
+    "$CTR" --address "$sock" -n k8s.io images import "$OUT/$f.tar" >/dev/null 2> >(grep -v "DEPRECATION: The support for cgroup v1" >&2) || die "import of $OUT/$f.tar failed"
     log "imported $OUT/$f.tar"
   done
 fi
