@@ -95,9 +95,9 @@ mkdir -p "$STREAMOPS_CACHE"
 # Its own process group (setsid), so that stopping it stops its builds too;
 # without CARGO_TARGET_DIR, so that `cargo install` builds in a temporary
 # directory instead of queueing on the workspace build's target directory.
-env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only kafka --only helm >"$install_log" 2>&1 &
+env -u CARGO_TARGET_DIR setsid "$here/cluster/install.sh" --only kubernetes --only kafka --only helm --only argocd >"$install_log" 2>&1 &
 install_pid=$!
-echo "=== [install-builds] Kubernetes build, Apache Kafka jars and helm in the background (pid $install_pid), log: $install_log"
+echo "=== [install-builds] Kubernetes build, Apache Kafka jars, helm and the Argo CD harness in the background (pid $install_pid), log: $install_log"
 wait_install() {
   local rc=0
   wait "$install_pid" || rc=$?
@@ -148,6 +148,9 @@ if wants api; then
     trap "'$here/cluster/cluster.sh' down || true" RETURN
     export STREAMOPS_KUBECONFIG=$state/kubeconfig
     cargo test --workspace --locked --test api
+    # The chart's Argo CD health checks and actions judged by Argo CD's own
+    # code (argocd-lua, built by install.sh) on the samples of run.lua.
+    cargo test --workspace --locked --test argocd
     # The operator's controllers against the real apiserver and a real broker.
     "$here/cluster/cluster.sh" broker up
     STREAMOPS_BOOTSTRAP=$(cat "$state/bootstrap")

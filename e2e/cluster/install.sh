@@ -10,7 +10,7 @@ source "$HERE/lib.sh"
 
 usage() {
   cat <<EOF
-Usage: $0 [--only packages|kubernetes|kafka|helm]... [--help]
+Usage: $0 [--only packages|kubernetes|kafka|helm|argocd]... [--help]
 
 Installs the local e2e cluster toolchain (needs root):
   packages    apt packages: ${APT_PACKAGES[*]}
@@ -24,8 +24,10 @@ Installs the local e2e cluster toolchain (needs root):
               (e2e/kafka/pom.xml, mvn dependency:copy-dependencies) -> $KAFKA_LIBS
   helm        Helm's command $STREAMOPS_HELM_VERSION from the Go module proxy
               (go install helm.sh/helm/v4/cmd/helm) -> $HELM
+  argocd      argocd-lua, the test harness that judges the chart's Argo CD health
+              checks and actions with Argo CD's own Go code (e2e/argocd/build.sh)
 
-Without --only, does all four. A second run finds the caches and does nothing.
+Without --only, does all five. A second run finds the caches and does nothing.
 
 Environment:
   STREAMOPS_CACHE   cache root (default \${XDG_CACHE_HOME:-\$HOME/.cache}/streamops)
@@ -46,9 +48,9 @@ while [[ $# -gt 0 ]]; do
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[[ ${#ONLY[@]} -gt 0 ]] || ONLY=(packages kubernetes kafka helm)
+[[ ${#ONLY[@]} -gt 0 ]] || ONLY=(packages kubernetes kafka helm argocd)
 for o in "${ONLY[@]}"; do
-  case $o in packages|kubernetes|kafka|helm) ;; *) die "unknown component for --only: $o" ;; esac
+  case $o in packages|kubernetes|kafka|helm|argocd) ;; *) die "unknown component for --only: $o" ;; esac
 done
 want() { local o; for o in "${ONLY[@]}"; do [[ $o == "$1" ]] && return 0; done; return 1; }
 
@@ -277,5 +279,10 @@ if want kafka; then
 fi
 if want helm; then
   install_helm
+fi
+if want argocd; then
+  find_go "argocd-lua"
+  STREAMOPS_CACHE=$CACHE STREAMOPS_NICE=$NICE STREAMOPS_JOBS=$JOBS "$HERE/../argocd/build.sh" \
+    || die "building argocd-lua failed"
 fi
 log "done. kubernetes: $KBIN  etcd: $ETCD_BIN  containerd: $CONTAINERD_BIN  kafka: $KAFKA_LIBS  helm: $HELM"
