@@ -410,12 +410,34 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     }
     let h = start().await;
     let (source, sink) = topics(&h, 2).await;
-    // Sink == source: refused by validate() (the schema cannot say it).
-    create_job(&h, "loop", job_spec("clicks", "clicks", None)).await;
+    // Sink == source: refused by the apiserver (a CEL rule of the CRD).
+    match jobs(&h)
+        .create(
+            &PostParams::default(),
+            &StreamJob::new("loop", job_spec("clicks", "clicks", None)),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(
+                s.message
+                    .contains("spec.sink.topic: Invalid value: the sink is also a source topic"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("a job whose sink is its source was not refused: {other:?}"),
+    }
+    // What CEL cannot say is the operator's to refuse (validate()): a pod
+    // template outside the allow-list is Stalled and creates nothing.
+    let mut widened = job_spec(&source, &sink, None);
+    widened.pod_template = Some(json!({"spec": {"hostNetwork": true}}));
+    create_job(&h, "loop", widened).await;
     let j = wait_job(&h, "loop", "Stalled", |j| job_condition(j, "Stalled").is_some()).await;
     let (reason, message) = job_condition(&j, "Stalled").unwrap();
     assert_eq!(reason, "InvalidSpec");
-    assert!(message.contains("spec.sink.topic"), "{message}");
+    assert!(message.contains("spec.podTemplate.spec.hostNetwork"), "{message}");
     assert!(not_ready(&j), "{:?}", j.status);
     h.wait_event("loop", "InvalidSpec").await;
     let sets: Api<StatefulSet> = Api::namespaced(h.client.clone(), &h.ns);
@@ -426,7 +448,7 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     assert!(secrets.get_opt("loop-admin").await.unwrap().is_none());
 
     // Fixing the spec converges.
-    patch_job(&h, "loop", json!({"spec": {"sink": {"topic": "out"}}})).await;
+    patch_job(&h, "loop", json!({"spec": {"podTemplate": null}})).await;
     wait_some(&sets, "loop").await;
     let j = wait_job(&h, "loop", "Deploying gen 2", |j| {
         job_condition(j, "Reconciling").is_some_and(|(r, _)| r == "Deploying")

@@ -172,6 +172,19 @@ impl Harness {
             .expect("patch StreamTopic");
     }
 
+    /// A merge patch the apiserver must refuse (a CEL rule of the CRD):
+    /// returns its message.
+    pub async fn patch_refused(&self, name: &str, patch: serde_json::Value) -> String {
+        match self
+            .api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 422 => s.message,
+            other => panic!("the apiserver did not refuse {patch}: {other:?}"),
+        }
+    }
+
     pub async fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
         self.patch(name, json!({"metadata": {"annotations": {key: value}}}))
             .await;
