@@ -31,7 +31,8 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 hash=$(cd "$here" && cat main.go go.mod go.sum | sha256sum | cut -c1-16)
 want="argo-cd/v3 $STREAMOPS_ARGOCD_VERSION .* source $hash\$"
-if [[ -x $BIN ]] && "$BIN" version 2>/dev/null | grep -q -- "$want"; then
+# The output is read whole (grep -q in a pipe can SIGPIPE the writer).
+if [[ -x $BIN ]] && grep -- "$want" >/dev/null <<<"$("$BIN" version 2>/dev/null)"; then
   log "argocd-lua (Argo CD $STREAMOPS_ARGOCD_VERSION, source $hash) cached at $BIN"
   exit 0
 fi
@@ -53,7 +54,7 @@ if ! (cd "$here" && GOTOOLCHAIN=$GO_TOOLCHAIN GOMODCACHE=$GO_CACHE/mod GOCACHE=$
   tail -15 "$logf" >&2
   die "could not build argocd-lua (see $logf)"
 fi
-"$tmp/argocd-lua" version | grep -q -- "$want" ||
+grep -- "$want" >/dev/null <<<"$("$tmp/argocd-lua" version)" ||
   die "the argocd-lua just built reports '$("$tmp/argocd-lua" version)', not Argo CD $STREAMOPS_ARGOCD_VERSION with source $hash (go.mod and STREAMOPS_ARGOCD_VERSION disagree?)"
 rm -rf "$DIR/bin"; mv "$tmp" "$DIR/bin"
 log "$("$BIN" version) in $((SECONDS - t0)) s -> $BIN"

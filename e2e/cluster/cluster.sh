@@ -255,7 +255,7 @@ ensure_bridge() {
     log "creating bridge $BRIDGE with $STREAMOPS_NODE_IP/$POD_PREFIX"
     ip link add "$BRIDGE" type bridge
   fi
-  ip -4 addr show dev "$BRIDGE" | grep -q "inet $STREAMOPS_NODE_IP/" \
+  ip -4 addr show dev "$BRIDGE" | grep "inet $STREAMOPS_NODE_IP/" >/dev/null \
     || ip addr add "$STREAMOPS_NODE_IP/$POD_PREFIX" dev "$BRIDGE"
   ip link set "$BRIDGE" up
 }
@@ -366,7 +366,7 @@ EOF
 ctr_() { "$CTR" --address "$CTRD_SOCK" -n k8s.io "$@"; }
 
 import_pause() {
-  if ctr_ images ls -q 2>/dev/null | grep -qx 'localhost/pause:local'; then return 0; fi
+  if ctr_ images ls -q 2>/dev/null | grep -x 'localhost/pause:local' >/dev/null; then return 0; fi
   local tar=$STATE/images/pause.tar
   python3 "$E2E/images/mkimage.py" --tag localhost/pause:local --out "$tar" \
     --file "$KBIN/pause:/pause" --entrypoint /pause --user 65535:65535 >/dev/null 2>&1 \

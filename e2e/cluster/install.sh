@@ -102,10 +102,15 @@ go_build() {
   fi
 }
 
-# reports DIR WANT BIN ARGS... : BIN in DIR runs and its output contains WANT
+# reports DIR WANT BIN ARGS... : BIN in DIR runs and its output contains WANT.
+# (Not `BIN | grep -q`: under pipefail, grep -q exits at its first match and
+# BIN, still writing, dies of SIGPIPE, which fails the pipeline now and then:
+# a cached etcd was rebuilt, and a fresh one refused, on one run in two.)
 reports() {
-  local dir=$1 want=$2 bin=$3; shift 3
-  [[ -x $dir/$bin ]] && "$dir/$bin" "$@" 2>&1 | grep -qF -- "$want"
+  local dir=$1 want=$2 bin=$3 out; shift 3
+  [[ -x $dir/$bin ]] || return 1
+  out=$("$dir/$bin" "$@" 2>&1) || return 1
+  [[ $out == *"$want"* ]]
 }
 
 # The Kubernetes binaries at $K8S_VERSION (what e2e/k8s/go.mod requires:
