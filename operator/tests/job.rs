@@ -431,7 +431,8 @@ async fn a_spec_that_does_not_compile_is_stalled_and_creates_nothing() {
     }
     // What CEL cannot say is the operator's to refuse (validate()): a pod
     // template outside the allow-list is Stalled and creates nothing.
-    let mut widened = job_spec(&source, &sink, None);
+    // (job specs name StreamTopic resources: "clicks" and "out", as topics() made them)
+    let mut widened = job_spec("clicks", "out", None);
     widened.pod_template = Some(json!({"spec": {"hostNetwork": true}}));
     create_job(&h, "loop", widened).await;
     let j = wait_job(&h, "loop", "Stalled", |j| job_condition(j, "Stalled").is_some()).await;
