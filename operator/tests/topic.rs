@@ -179,7 +179,12 @@ async fn refuses_what_kafka_cannot_do() {
     let topic = unique("refuse");
     h.create("t", spec(&topic, 3, &[("retention.ms", "1000")]), &[])
         .await;
-    h.wait("t", "Ready", is_ready).await;
+    // Ready, and the replication factor Kafka reports is in status (the
+    // reconcile after the creation writes it): the admission rules read it.
+    h.wait("t", "Ready with the topic's replication factor", |t| {
+        is_ready(t) && t.status.as_ref().and_then(|s| s.replication_factor).is_some()
+    })
+    .await;
 
     // What Kafka cannot do is refused at admission now that the topic exists
     // (CEL rules reading the status the operator wrote), and Kafka is left
