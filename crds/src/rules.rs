@@ -37,15 +37,6 @@ impl Reason {
             Self::Invalid => "FieldValueInvalid",
         }
     }
-
-    /// How the apiserver spells it in a message.
-    pub fn as_message(self) -> &'static str {
-        match self {
-            Self::Required => "Required value",
-            Self::Forbidden => "Forbidden",
-            Self::Invalid => "Invalid value",
-        }
-    }
 }
 
 /// One CEL rule of a CRD schema.
