@@ -219,6 +219,10 @@ if wants jobs; then
     # The GitOps user story: examples/ applied twice with kubectl (Ready via
     # kubectl wait, no drift), then deleted.
     cargo test --workspace --locked --test gitops -- --nocapture
+    # Argo CD's own code (argocd-lua) judging real objects of the operator:
+    # health through an upgrade, a refusal, suspend and resume; its actions'
+    # patches applied to the live job.
+    cargo test --workspace --locked --test argocd -- --ignored --nocapture
   }
   stage jobs jobs_tests
 fi

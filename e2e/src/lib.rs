@@ -197,6 +197,52 @@ pub async fn apply(
         .await)
 }
 
+/// [`apply`] that fails on a refusal, naming the object.
+pub async fn apply_ok(client: &Client, ns: &str, o: &DynamicObject) -> anyhow::Result<()> {
+    apply(client, ns, o)
+        .await?
+        .with_context(|| format!("applying {:?}", o.metadata.name))?;
+    Ok(())
+}
+
+/// An object from its JSON.
+pub fn obj(v: serde_json::Value) -> anyhow::Result<DynamicObject> {
+    Ok(serde_json::from_value(v)?)
+}
+
+/// A StreamTopic `name` for Kafka topic `kafka_name` (replication factor 1,
+/// deleted with the resource).
+pub fn stream_topic(name: &str, kafka_name: &str, partitions: i32) -> anyhow::Result<DynamicObject> {
+    obj(serde_json::json!({
+        "apiVersion": "streamops.io/v1alpha1", "kind": "StreamTopic",
+        "metadata": {"name": name},
+        "spec": {"topicName": kafka_name, "partitions": partitions, "replicationFactor": 1,
+                 "deletionPolicy": "Delete"}
+    }))
+}
+
+/// The value at `path` in `o` (Null when absent).
+pub fn field<'a>(o: &'a DynamicObject, path: &[&str]) -> &'a serde_json::Value {
+    let mut v = &o.data;
+    for p in path {
+        v = &v[*p];
+    }
+    v
+}
+
+/// `status.phase`, empty when not written yet.
+pub fn phase(o: &DynamicObject) -> String {
+    field(o, &["status", "phase"])
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Says what a test is doing or waiting for, with the time since `t0`.
+pub fn say(t0: std::time::Instant, what: impl std::fmt::Display) {
+    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
+}
+
 /// The kubeconfig of the test cluster (`STREAMOPS_KUBECONFIG`).
 pub fn kubeconfig_path() -> String {
     std::env::var("STREAMOPS_KUBECONFIG").unwrap_or_else(|_| "/tmp/streamops-cluster/kubeconfig".into())

@@ -10,7 +10,7 @@
 //! - `samples_*`: the sample objects of `charts/streamops/argocd/tests/samples.lua`
 //!   (as JSON in `e2e/argocd/samples.json`) must get the outcomes `tests/run.lua`
 //!   asserts under lua5.4.
-//! - `real_job_*` (`#[ignore]`d: written, not yet run on a cluster): on the
+//! - `real_job_*` (`#[ignore]`d; the jobs stage of `e2e/test.sh` runs it): on the
 //!   local node with the chart installed (the `jobs` stage's setup), real
 //!   StreamTopic and StreamJob objects read back from the apiserver: Healthy
 //!   when Ready/Running, Progressing while an upgrade is in flight, Degraded
@@ -34,7 +34,10 @@ use kube::{
     api::{DynamicObject, ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use streamops_e2e::{TestNamespace, api_for, apply, client, cluster_test, collect_logs, kubectl, repo_root};
+use streamops_e2e::{
+    TestNamespace, api_for, apply_ok, client, cluster_test, collect_logs, field, kubectl, obj, phase,
+    repo_root, say, stream_topic,
+};
 
 /// The Argo CD version e2e/argocd/build.sh builds (its cache directory's key).
 const ARGOCD_VERSION: &str = "v3.6.2";
@@ -374,28 +377,8 @@ const CLUSTER: &[&str] = &["STREAMOPS_KUBECONFIG", "STREAMOPS_BOOTSTRAP"];
 const OPERATOR_NS: &str = "streamops-system";
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/instance=streamops";
 
-fn say(t0: Instant, what: impl std::fmt::Display) {
-    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-fn obj(v: Value) -> anyhow::Result<DynamicObject> {
-    Ok(serde_json::from_value(v)?)
-}
-
-async fn apply_ok(client: &Client, ns: &str, o: &DynamicObject) -> anyhow::Result<()> {
-    apply(client, ns, o)
-        .await?
-        .with_context(|| format!("applying {:?}", o.metadata.name))?;
-    Ok(())
-}
-
 fn topic(ns: &str, name: &str, partitions: i32) -> anyhow::Result<DynamicObject> {
-    obj(json!({
-        "apiVersion": "streamops.io/v1alpha1", "kind": "StreamTopic",
-        "metadata": {"name": name},
-        "spec": {"topicName": format!("{ns}-{name}"), "partitions": partitions, "replicationFactor": 1,
-                 "deletionPolicy": "Delete"}
-    }))
+    stream_topic(name, &format!("{ns}-{name}"), partitions)
 }
 
 /// jobs.rs's clicks job: windows of `window`, and the `biggest` aggregation
@@ -421,21 +404,6 @@ fn job(window: &str, biggest: bool) -> anyhow::Result<DynamicObject> {
             "checkpoint": {"interval": "1s"}
         }
     }))
-}
-
-fn field<'a>(o: &'a DynamicObject, path: &[&str]) -> &'a Value {
-    let mut v = &o.data;
-    for p in path {
-        v = &v[*p];
-    }
-    v
-}
-
-fn phase(o: &DynamicObject) -> String {
-    field(o, &["status", "phase"])
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn condition_true(o: &DynamicObject, type_: &str) -> bool {
@@ -466,55 +434,87 @@ struct Seen {
     health: Health,
 }
 
-/// Polls `name` every 500 ms, asking Argo CD for its health each time, until
-/// `done(object, health)`; the last object and health, and every distinct
-/// (phase, health status) seen in order. Fails after `timeout`, and on
-/// Degraded unless `degraded_ok`.
-#[allow(clippy::too_many_arguments)]
-async fn follow(
-    argo: &Argo,
-    api: &Api<DynamicObject>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    degraded_ok: bool,
+/// Follows objects of one kind, asking Argo CD for their health on every poll.
+struct Watch<'a> {
+    argo: &'a Argo,
+    api: &'a Api<DynamicObject>,
     t0: Instant,
-    mut done: impl FnMut(&DynamicObject, &Health) -> bool,
-) -> anyhow::Result<(DynamicObject, Health, Vec<Seen>)> {
-    say(t0, format!("waiting (up to {timeout:?}) for {name}: {what}"));
-    let deadline = Instant::now() + timeout;
-    let mut seen: Vec<Seen> = Vec::new();
-    loop {
-        let o = api.get(name).await?;
-        let health = argo.health(&live(&o)?)?;
-        let now = Seen {
-            phase: phase(&o),
-            health: health.clone(),
-        };
-        if seen
-            .last()
-            .is_none_or(|l| l.phase != now.phase || l.health.status != now.health.status)
-        {
-            say(
-                t0,
-                format!("  {name}: phase {:?}, Argo CD: {}", now.phase, now.health),
+}
+
+impl Watch<'_> {
+    /// Polls `name` every 500 ms until `done(object)`, failing after `secs`
+    /// seconds or as soon as Argo CD says Degraded. Returns the last object,
+    /// its health and every distinct (phase, health status) seen in order.
+    async fn until(
+        &self,
+        name: &str,
+        what: &str,
+        secs: u64,
+        done: impl FnMut(&DynamicObject) -> bool,
+    ) -> anyhow::Result<(DynamicObject, Health, Vec<Seen>)> {
+        self.poll(name, what, secs, false, done).await
+    }
+
+    /// Polls `name` until the operator reports it Stalled at its current
+    /// generation (Argo CD may say Degraded on the way).
+    async fn until_stalled(
+        &self,
+        name: &str,
+        what: &str,
+        secs: u64,
+    ) -> anyhow::Result<(DynamicObject, Health)> {
+        let (o, h, _) = self
+            .poll(name, what, secs, true, |o| {
+                current(o) && condition_true(o, "Stalled")
+            })
+            .await?;
+        Ok((o, h))
+    }
+
+    async fn poll(
+        &self,
+        name: &str,
+        what: &str,
+        secs: u64,
+        degraded_ok: bool,
+        mut done: impl FnMut(&DynamicObject) -> bool,
+    ) -> anyhow::Result<(DynamicObject, Health, Vec<Seen>)> {
+        let timeout = Duration::from_secs(secs);
+        say(self.t0, format!("waiting (up to {timeout:?}) for {name}: {what}"));
+        let deadline = Instant::now() + timeout;
+        let mut seen: Vec<Seen> = Vec::new();
+        loop {
+            let o = self.api.get(name).await?;
+            let health = self.argo.health(&live(&o)?)?;
+            let now = Seen {
+                phase: phase(&o),
+                health: health.clone(),
+            };
+            if seen
+                .last()
+                .is_none_or(|l| l.phase != now.phase || l.health.status != now.health.status)
+            {
+                say(
+                    self.t0,
+                    format!("  {name}: phase {:?}, Argo CD: {}", now.phase, now.health),
+                );
+                seen.push(now);
+            }
+            ensure!(
+                degraded_ok || health.status != "Degraded",
+                "Argo CD says {name} is {health} while {what}; status {}",
+                field(&o, &["status"])
             );
-            seen.push(now);
+            if done(&o) {
+                return Ok((o, health, seen));
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{name}: not {what} after {timeout:?}; Argo CD says {health}; status {}",
+                field(&o, &["status"])
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        ensure!(
-            degraded_ok || health.status != "Degraded",
-            "Argo CD says {name} is {health} while {what}; status {}",
-            field(&o, &["status"])
-        );
-        if done(&o, &health) {
-            return Ok((o, health, seen));
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{name}: not {what} after {timeout:?}; Argo CD says {health}; status {}",
-            field(&o, &["status"])
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -561,16 +561,16 @@ async fn job_pods(client: &Client, ns: &str) -> anyhow::Result<Vec<Pod>> {
 }
 
 /// Topics and a job on the real operator, read back from the apiserver and
-/// judged by Argo CD: topics Healthy once Ready, and one Degraded once its
-/// partition decrease is refused; the job Healthy when Running, Healthy again
+/// judged by Argo CD: topics Healthy once Ready, and a second claim on one
+/// of their Kafka topics Degraded (Conflict); the job Healthy when Running, Healthy again
 /// after `savepoint-now` with a new savepoint in status, Progressing while an
 /// upgrade is in flight, Degraded on a state-incompatible change the operator
 /// refuses (Stalled), Suspended after `suspend` with its pods gone, and
 /// Running and Healthy after `resume`.
 #[tokio::test]
-#[ignore = "not yet run on a cluster: needs the jobs stage's setup (cluster.sh up, broker up, images \
-            imported, chart installed; STREAMOPS_KUBECONFIG, STREAMOPS_BOOTSTRAP) and the argocd-lua harness; \
-            run with --ignored"]
+#[ignore = "needs the jobs stage's setup (cluster.sh up, broker up, images imported, chart installed; \
+            STREAMOPS_KUBECONFIG, STREAMOPS_BOOTSTRAP) and the argocd-lua harness: e2e/test.sh runs it with \
+            --ignored"]
 async fn real_job_health_and_actions_through_argo_cd() {
     if !cluster_test(CLUSTER) {
         return;
@@ -603,58 +603,50 @@ async fn real_job_health_and_actions_through_argo_cd() {
 async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow::Result<()> {
     // --- StreamTopics: Healthy once Ready; Degraded when refused ------------------
     let topics = api_for(client, &topic(ns, "in", 2)?, ns).await?;
+    let topics_w = Watch {
+        argo,
+        api: &topics,
+        t0,
+    };
     for (t, parts) in [("in", 2), ("out", 2), ("dead", 1), ("spare", 2)] {
         apply_ok(client, ns, &topic(ns, t, parts)?).await?;
     }
     for t in ["in", "out", "dead", "spare"] {
-        let (_, h, _) = follow(
-            argo,
-            &topics,
-            t,
-            "Ready",
-            Duration::from_secs(90),
-            false,
-            t0,
-            |o, _| current(o) && condition_true(o, "Ready"),
-        )
-        .await?;
+        let (_, h, _) = topics_w
+            .until(t, "Ready", 90, |o| current(o) && condition_true(o, "Ready"))
+            .await?;
         ensure!(
             h.status == "Healthy",
             "StreamTopic {t} is Ready, Argo CD says {h}"
         );
     }
-    apply_ok(client, ns, &topic(ns, "spare", 1)?).await?;
-    let (o, h, _) = follow(
-        argo,
-        &topics,
-        "spare",
-        "Stalled on 2 -> 1 partitions",
-        Duration::from_secs(60),
-        true,
-        t0,
-        |o, _| current(o) && condition_true(o, "Stalled"),
+    // A second resource naming spare's Kafka topic: the operator refuses it
+    // (Stalled, Conflict). A partition decrease would be the other classic,
+    // but the CRD's CEL rules now refuse that at apply, before any status.
+    apply_ok(
+        client,
+        ns,
+        &stream_topic("spare-twin", &format!("{ns}-spare"), 2)?,
     )
     .await?;
+    let (o, h) = topics_w
+        .until_stalled(
+            "spare-twin",
+            "Stalled on a second claim on the same Kafka topic",
+            60,
+        )
+        .await?;
     ensure!(
-        h.status == "Degraded" && h.message.contains("PartitionDecrease"),
-        "StreamTopic spare is Stalled ({}), Argo CD says {h}",
+        h.status == "Degraded" && h.message.contains("already managed by StreamTopic"),
+        "StreamTopic spare-twin is Stalled ({}), Argo CD says {h}",
         field(&o, &["status", "conditions"])
     );
 
     // --- the job: Healthy when Running ---------------------------------------------
     apply_ok(client, ns, &job("10s", false)?).await?;
     let jobs = api_for(client, &job("10s", false)?, ns).await?;
-    let (o, h, _) = follow(
-        argo,
-        &jobs,
-        "clicks",
-        "Running",
-        Duration::from_secs(180),
-        false,
-        t0,
-        |o, _| running(o),
-    )
-    .await?;
+    let jobs_w = Watch { argo, api: &jobs, t0 };
+    let (o, h, _) = jobs_w.until("clicks", "Running", 180, running).await?;
     ensure!(h.status == "Healthy", "Running, Argo CD says {h}");
     let listed = argo.actions(&live(&o)?)?;
     let want = BTreeMap::from([
@@ -675,23 +667,15 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
         .context("savepoint-now set no savepoint-request annotation")?
         .to_owned();
     ensure!(is_utc_timestamp(&request), "savepoint-request {request:?}");
-    let (o, h, seen) = follow(
-        argo,
-        &jobs,
-        "clicks",
-        "a new savepoint, Running",
-        Duration::from_secs(120),
-        false,
-        t0,
-        |o, _| {
+    let (o, h, seen) = jobs_w
+        .until("clicks", "a new savepoint, Running", 120, |o| {
             running(o)
                 && *field(o, &["status", "lastSavepoint", "id"]) != sp_before
                 && field(o, &["status", "handledSavepointRequest"])
                     .as_str()
                     .is_some_and(|r| r.contains(&request))
-        },
-    )
-    .await?;
+        })
+        .await?;
     ensure!(h.status == "Healthy", "after the savepoint, Argo CD says {h}");
     say(
         t0,
@@ -710,21 +694,13 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
         first.status == "Progressing",
         "right after the spec change, Argo CD says {first}"
     );
-    let (_, h, seen) = follow(
-        argo,
-        &jobs,
-        "clicks",
-        "upgraded and Running",
-        Duration::from_secs(240),
-        false,
-        t0,
-        |o, _| {
+    let (_, h, seen) = jobs_w
+        .until("clicks", "upgraded and Running", 240, |o| {
             o.metadata.generation.unwrap_or_default() > gen1
                 && running(o)
                 && field(o, &["status", "lastStableGeneration"]).as_i64() == o.metadata.generation
-        },
-    )
-    .await?;
+        })
+        .await?;
     ensure!(h.status == "Healthy", "upgraded and Running, Argo CD says {h}");
     ensure!(
         seen.iter()
@@ -737,49 +713,29 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
 
     // --- a change the operator refuses: Degraded, then reverted --------------------
     apply_ok(client, ns, &job("20s", true)?).await?;
-    let (o, h, _) = follow(
-        argo,
-        &jobs,
-        "clicks",
-        "Stalled on a window change",
-        Duration::from_secs(60),
-        true,
-        t0,
-        |o, _| current(o) && condition_true(o, "Stalled"),
-    )
-    .await?;
+    let (o, h) = jobs_w
+        .until_stalled("clicks", "Stalled on a window change", 60)
+        .await?;
     ensure!(
         h.status == "Degraded" && h.message.contains("IncompatibleChange"),
         "Stalled ({}), Argo CD says {h}",
         field(&o, &["status", "conditions"])
     );
     apply_ok(client, ns, &job("10s", true)?).await?;
-    let (_, h, _) = follow(
-        argo,
-        &jobs,
-        "clicks",
-        "Running after the revert",
-        Duration::from_secs(180),
-        false,
-        t0,
-        |o, _| running(o) && !condition_true(o, "Stalled"),
-    )
-    .await?;
+    let (_, h, _) = jobs_w
+        .until("clicks", "Running after the revert", 180, |o| {
+            running(o) && !condition_true(o, "Stalled")
+        })
+        .await?;
     ensure!(h.status == "Healthy", "reverted and Running, Argo CD says {h}");
 
     // --- suspend: Suspended, pods gone ---------------------------------------------
     run_action(argo, &jobs, "clicks", "suspend", t0).await?;
-    let (o, h, seen) = follow(
-        argo,
-        &jobs,
-        "clicks",
-        "Suspended",
-        Duration::from_secs(180),
-        false,
-        t0,
-        |o, _| phase(o) == "Suspended" && current(o) && condition_true(o, "Ready"),
-    )
-    .await?;
+    let (o, h, seen) = jobs_w
+        .until("clicks", "Suspended", 180, |o| {
+            phase(o) == "Suspended" && current(o) && condition_true(o, "Ready")
+        })
+        .await?;
     let sp = field(&o, &["status", "lastSavepoint", "id"])
         .as_str()
         .unwrap_or("(none)")
@@ -808,17 +764,9 @@ async fn scenario(argo: &Argo, client: &Client, ns: &str, t0: Instant) -> anyhow
 
     // --- resume: Running and Healthy again ---------------------------------------------
     run_action(argo, &jobs, "clicks", "resume", t0).await?;
-    let (o, h, _) = follow(
-        argo,
-        &jobs,
-        "clicks",
-        "Running after resume",
-        Duration::from_secs(180),
-        false,
-        t0,
-        |o, _| running(o),
-    )
-    .await?;
+    let (o, h, _) = jobs_w
+        .until("clicks", "Running after resume", 180, running)
+        .await?;
     ensure!(h.status == "Healthy", "resumed and Running, Argo CD says {h}");
     ensure!(
         o.metadata

@@ -39,7 +39,10 @@ use kube::{
     api::{DynamicObject, ListParams},
 };
 use serde_json::{Value, json};
-use streamops_e2e::{TestNamespace, api_for, apply, client, cluster_test, collect_logs, kubectl, repo_root};
+use streamops_e2e::{
+    TestNamespace, api_for, apply_ok, client, cluster_test, collect_logs, field, kubectl, obj, phase,
+    repo_root, say, stream_topic,
+};
 
 /// Event time of the record that closes every window: after all data, and
 /// in the wall clock's past (a later one would be a dead letter under the
@@ -69,11 +72,6 @@ fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Says what the test is doing or waiting for, with the time since `t0`.
-fn say(t0: Instant, what: impl std::fmt::Display) {
-    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
 // --- Kafka through e2e/jobs/kafka_io.py ----------------------------------
@@ -371,26 +369,6 @@ async fn wait_first_results(sink: &str, control: &str) -> anyhow::Result<()> {
 
 // --- Kubernetes ------------------------------------------------------------
 
-fn obj(v: Value) -> anyhow::Result<DynamicObject> {
-    Ok(serde_json::from_value(v)?)
-}
-
-async fn apply_ok(client: &Client, ns: &str, o: &DynamicObject) -> anyhow::Result<()> {
-    apply(client, ns, o)
-        .await?
-        .with_context(|| format!("applying {:?}", o.metadata.name))?;
-    Ok(())
-}
-
-fn topic(name: &str, kafka_name: &str, partitions: i32) -> anyhow::Result<DynamicObject> {
-    obj(json!({
-        "apiVersion": "streamops.io/v1alpha1", "kind": "StreamTopic",
-        "metadata": {"name": name},
-        "spec": {"topicName": kafka_name, "partitions": partitions, "replicationFactor": 1,
-                 "deletionPolicy": "Delete"}
-    }))
-}
-
 /// The clicks job of these tests, with `extra` aggregations after clicks and spent.
 fn job(name: &str, extra: &[Value]) -> anyhow::Result<DynamicObject> {
     job_with(name, extra, json!({}))
@@ -429,21 +407,6 @@ fn biggest() -> Value {
 
 async fn job_api(client: &Client, ns: &str) -> anyhow::Result<Api<DynamicObject>> {
     api_for(client, &job("x", &[])?, ns).await
-}
-
-fn field<'a>(o: &'a DynamicObject, path: &[&str]) -> &'a Value {
-    let mut v = &o.data;
-    for p in path {
-        v = &v[*p];
-    }
-    v
-}
-
-fn phase(j: &DynamicObject) -> String {
-    field(j, &["status", "phase"])
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// What the operator says it is doing: the Reconciling (else Ready)
@@ -781,7 +744,7 @@ where
 /// StreamTopics in, out, dead (Kafka names prefixed with the namespace).
 async fn topics(client: &Client, ns: &str, partitions: i32) -> anyhow::Result<(String, String)> {
     for (name, parts) in [("in", partitions), ("out", partitions), ("dead", 1)] {
-        apply_ok(client, ns, &topic(name, &format!("{ns}-{name}"), parts)?).await?;
+        apply_ok(client, ns, &stream_topic(name, &format!("{ns}-{name}"), parts)?).await?;
     }
     Ok((format!("{ns}-in"), format!("{ns}-out")))
 }
@@ -1480,7 +1443,7 @@ async fn tenant(
     let (secret, cluster) = login.secret_and_cluster(auth, user)?;
     apply_ok(client, ns, &secret).await?;
     for (name, parts) in [("in", 2), ("out", 2), ("dead", 1)] {
-        let mut t = topic(name, &format!("{ns}.{name}"), parts)?;
+        let mut t = stream_topic(name, &format!("{ns}.{name}"), parts)?;
         t.data["spec"]["cluster"] = cluster.clone();
         apply_ok(client, ns, &t).await?;
     }
@@ -1566,7 +1529,7 @@ async fn tenants_reach_only_their_own_topics_and_ids_with_their_own_credentials(
             // Through the operator: B's StreamTopic for A's input, with B's
             // credentials and more partitions, is never Ready and grows nothing.
             let (_, cluster_b) = Login::Cert.secret_and_cluster(&auth, "tenant-b")?;
-            let mut steal = topic("steal", &format!("{ns_a}.in"), 4)?;
+            let mut steal = stream_topic("steal", &format!("{ns_a}.in"), 4)?;
             steal.data["spec"]["cluster"] = cluster_b;
             apply_ok(&client, &ns_b_name, &steal).await?;
             let topics_b = api_for(&client, &steal, &ns_b_name).await?;
