@@ -974,6 +974,84 @@ async fn crash_looping_version_is_rolled_back_with_exact_output() {
     .await;
 }
 
+/// A source StreamTopic grows 2 -> 3 partitions under a running job. Keyed
+/// state cannot move to another partition count yet, so the operator
+/// refuses before it stops anything: the job is `Stalled`
+/// (`SourcePartitionsChanged`, with a Warning event naming the counts), no
+/// savepoint is taken, the pods are the same pods, and the output of the
+/// partitions the job had stays exact.
+#[tokio::test]
+async fn a_grown_source_topic_is_refused_up_front_and_the_job_keeps_running() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    in_namespace("e2e-job-grown", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 2).await?;
+        let data = dataset(2, 0..400, 8, true);
+        let (expected, _) = reference(&data);
+        let (api, _) = deploy(&client, &ns, &job("clicks", &[])?, 2, t0).await?;
+        produce(&input, &data)?;
+        let control = control_topic(&ns, "clicks");
+        expect_exact(&sink, &control, &expected, None).await?;
+        let before = uids(&job_pods(&client, &ns, "clicks").await?);
+        say(t0, "growing the source topic 2 -> 3 partitions");
+        apply_ok(&client, &ns, &stream_topic("in", &input, 3)?).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let j = loop {
+            let j = api.get("clicks").await?;
+            let stalled = field(&j, &["status", "conditions"])
+                .as_array()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c["type"] == "Stalled" && c["status"] == "True")
+                })
+                .cloned();
+            if let Some(c) = stalled {
+                ensure!(
+                    c["reason"] == "SourcePartitionsChanged"
+                        && c["message"].as_str().is_some_and(|m| m.contains("2 -> 3")),
+                    "Stalled for another reason: {c}"
+                );
+                break j;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "not Stalled 60s after the growth: {}",
+                field(&j, &["status"])
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        ensure!(
+            field(&j, &["status", "sourcePartitions"]) == 2 && field(&j, &["status", "upgrade"]).is_null(),
+            "the running version's record changed: {}",
+            field(&j, &["status"])
+        );
+        wait_event(&client, &ns, "clicks", "SourcePartitionsChanged").await?;
+        say(
+            t0,
+            "Stalled (SourcePartitionsChanged); checking for 15s that nothing restarts",
+        );
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let pods = job_pods(&client, &ns, "clicks").await?;
+        ensure!(
+            uids(&pods) == before && pods.iter().all(pod_ready),
+            "the pods changed or are not Ready after the refusal"
+        );
+        let reasons = event_reasons(&client, &ns, "clicks").await?;
+        ensure!(
+            !reasons.iter().any(|r| r == "Savepointing" || r == "Rescaling"),
+            "the refusal stopped something: events {reasons:?}"
+        );
+        expect_exact(&sink, &control, &expected, None).await?;
+        say(
+            t0,
+            format!("grown source refused; {} windows still exact", expected.len()),
+        );
+        Ok(())
+    })
+    .await;
+}
+
 /// Rescale: 2 -> 4 pods via `spec.parallelism` on an 8-partition source:
 /// savepoint, four new pods restored from it (each task's state moves with
 /// its partition), exact output.

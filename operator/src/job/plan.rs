@@ -647,10 +647,27 @@ fn laid_out(o: &Observed, spec: &StreamJobSpec) -> Result<JobTopics, String> {
 }
 
 /// What runs in a steady state: the last stable spec, restoring (on a pod
-/// restart) from the last committed checkpoint.
+/// restart) from the last committed checkpoint, on the source partitions it
+/// runs with (`status.sourceLayout`): only an intent changes the partition
+/// count, so a topic that grew (or shrank) since is not handed to the pods
+/// here, where their restore would be refused.
 fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> {
     let spec = o.status.last_stable_spec.as_ref()?;
-    let topics = laid_out(o, spec).ok()?;
+    let mut topics = laid_out(o, spec).ok()?;
+    let running = layout_counts(&o.status.source_layout);
+    if topics
+        .source
+        .iter()
+        .any(|t| running.get(&t.topic).is_some_and(|n| *n != t.partitions))
+    {
+        for t in &mut topics.source {
+            if let Some(n) = running.get(&t.topic) {
+                t.partitions = *n;
+            }
+        }
+        let full = layout::assign(&o.status.source_layout, &topics.source);
+        topics.layout = layout::for_job_file(&full, &topics.source);
+    }
     let parallelism = o
         .status
         .parallelism
@@ -807,7 +824,13 @@ fn steady(o: &Observed) -> Step {
         let Some(restore) = restore_for(o, &compat, mode, true) else {
             return incompatible(o, &compat);
         };
-        let (restore_mode, from) = restore;
+        let (restore_mode, from) = match partitions_changed(o, &topics) {
+            None => restore,
+            Some(what) => match empty_instead(o, mode) {
+                Some(empty) => empty,
+                None => return partitions_refused(o, &topics, &what),
+            },
+        };
         let intent = new_intent(
             o,
             IntentKind::Resume,
@@ -885,6 +908,13 @@ fn steady(o: &Observed) -> Step {
     if needs_restart {
         let Some((restore_mode, _)) = restore_for(o, &change.compatibility, mode, false) else {
             return resume_stopped(o, incompatible(o, &change.compatibility));
+        };
+        let restore_mode = match partitions_changed(o, &topics) {
+            None => restore_mode,
+            Some(what) => match empty_instead(o, mode) {
+                Some((empty, _)) => empty,
+                None => return resume_stopped(o, partitions_refused(o, &topics, &what)),
+            },
         };
         let kind = if change.kind == ChangeKind::Upgrade {
             IntentKind::Upgrade
@@ -1121,6 +1151,82 @@ fn restore_for(
         (UpgradeMode::Savepoint, false, _) => Some((RestoreMode::Savepoint, None)),
         _ => Some((RestoreMode::LastState, None)),
     }
+}
+
+/// How the source partition count changed since the running version was
+/// deployed (`status.sourcePartitions`), per topic, when it did: e.g.
+/// `4 -> 6 (clicks: 4 -> 6)`. Keyed state lives in one keyed partition per
+/// source partition (`murmur2(key) % P`), and the runtime cannot move it to
+/// another P yet, so such a change is never rolled out with state
+/// ([`partitions_refused`]).
+fn partitions_changed(o: &Observed, topics: &JobTopics) -> Option<String> {
+    let running = o.status.source_partitions?;
+    let now = topics.total_partitions();
+    if running == now {
+        return None;
+    }
+    let before = layout_counts(&o.status.source_layout);
+    let mut topics_changed: Vec<String> = topics
+        .source
+        .iter()
+        .filter_map(|t| {
+            let was = before.get(&t.topic).copied().unwrap_or(0);
+            (was != t.partitions).then(|| format!("{}: {was} -> {}", t.topic, t.partitions))
+        })
+        .collect();
+    topics_changed.extend(
+        before
+            .iter()
+            .filter(|(name, _)| !topics.source.iter().any(|t| &t.topic == *name))
+            .map(|(name, was)| format!("{name}: {was} -> not read")),
+    );
+    Some(format!("{running} -> {now} ({})", topics_changed.join(", ")))
+}
+
+/// Source topic -> partitions read, from a layout.
+fn layout_counts(layout: &[layout::TaskRange]) -> BTreeMap<String, i32> {
+    let mut counts = BTreeMap::new();
+    for r in layout {
+        let n = counts.entry(r.topic.clone()).or_insert(0);
+        *n = (*n).max(r.partition + r.count);
+    }
+    counts
+}
+
+/// Where a restart at another partition count may start from instead of
+/// the state it cannot take: empty state, when the user allows it
+/// (`spec.restore.allowEmptyState`) or has no state to keep (`stateless`
+/// upgrades).
+fn empty_instead(o: &Observed, mode: UpgradeMode) -> Option<(RestoreMode, Option<String>)> {
+    (mode == UpgradeMode::Stateless || o.spec.allows_empty_state()).then_some((RestoreMode::Empty, None))
+}
+
+/// A source partition count the running state cannot follow: `Stalled`
+/// before anything is stopped, and the running version keeps running on
+/// the partitions it had (its job file is pinned to the running counts, so
+/// no pod restarts into a restore the runtime would refuse). A decrease is
+/// refused for good (a topic recreated with fewer partitions: its keyed
+/// state has nowhere to go); a growth is refused until keyed state can move.
+fn partitions_refused(o: &Observed, topics: &JobTopics, what: &str) -> Step {
+    let grew = o
+        .status
+        .source_partitions
+        .is_some_and(|r| topics.total_partitions() > r);
+    let why = if grew {
+        "moving keyed state to another partition count is not supported yet, so the new partitions are not read"
+    } else {
+        "a source topic lost partitions (deleted and recreated?), and the state of the partitions it lost has \
+         nowhere to go"
+    };
+    let message = format!(
+        "the source partitions changed {what}: {why}. Generation {} keeps running on the partitions it had; set \
+         spec.restore.allowEmptyState: true to restart at the new count with empty state (source offsets from \
+         source.startFrom), or restore the topic",
+        o.status.last_stable_generation.unwrap_or_default()
+    );
+    let health = Health::stalled("SourcePartitionsChanged", message);
+    let replicas = (o.status.phase == Some(JobPhase::Suspended)).then_some(0);
+    Step::new(o.status.clone(), health).deploy(steady_deployment(o, replicas))
 }
 
 fn incompatible(o: &Observed, compat: &Compatibility) -> Step {

@@ -1134,18 +1134,117 @@ fn rescale_on_spec_parallelism_and_on_partition_growth() {
     until(&mut w, "Running gen 3", |w| w.running(3));
     assert_eq!(w.pods.len(), 4);
     assert_eq!(w.deployment.as_ref().unwrap().parallelism, 4);
+}
 
-    // The source topic grows 8 -> 12 partitions (no spec change): savepoint,
-    // restore with the new partition count; parallelism stays capped at 4.
-    w.topics = Ok(topics(12));
-    tick(&mut w);
-    assert_eq!(w.status.upgrade.as_ref().unwrap().kind, Some(IntentKind::Rescale));
-    until(&mut w, "rescaled", |w| {
-        w.running(3) && w.status.source_partitions == Some(12)
+fn allow_empty_state(s: &mut StreamJobSpec) {
+    s.restore = Some(streamops_crds::job::RestoreSpec {
+        from_savepoint: None,
+        allow_empty_state: Some(true),
     });
-    assert_eq!(w.savepoint_calls(), 3);
-    assert_eq!(w.deployment.as_ref().unwrap().topics.total_partitions(), 12);
-    assert_eq!(w.pods.len(), 4);
+}
+
+/// A source topic grows 8 -> 12 partitions under a running job (no spec
+/// change). Keyed state cannot move to 12 keyed partitions yet, so: refused
+/// before any savepoint, the running version keeps its pods and its job
+/// file (pinned to 8 partitions: a pod restart restores what it had), and
+/// the status says why and what to do.
+#[test]
+fn partition_growth_is_refused_before_anything_stops_and_the_job_keeps_running() {
+    let mut w = running_world(8);
+    let before = w.deployment.clone().unwrap();
+    let pods: Vec<String> = w.pods.iter().map(|p| p.name.clone()).collect();
+    w.topics = Ok(topics(12));
+    for _ in 0..5 {
+        let step = tick(&mut w);
+        let d = step.deployment.expect("the running version stays deployed");
+        assert_eq!(d.topics.total_partitions(), 8, "pinned to the running count");
+        assert_eq!(d.revision, before.revision, "no pod restarts");
+    }
+    assert_eq!(w.stalled().as_deref(), Some("SourcePartitionsChanged"));
+    let message = &w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("8 -> 12 (clicks: 8 -> 12)") && message.contains("allowEmptyState"),
+        "{message}"
+    );
+    assert_eq!(w.savepoint_calls(), 0);
+    assert!(w.status.upgrade.is_none());
+    assert_eq!(w.status.source_partitions, Some(8));
+    assert_eq!(w.pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(), pods);
+    // A spec change meanwhile is refused the same way (it would restart).
+    w.change_spec(|s| s.parallelism = Some(2));
+    tick(&mut w);
+    assert_eq!(w.stalled().as_deref(), Some("SourcePartitionsChanged"));
+    assert_eq!(w.savepoint_calls(), 0);
+}
+
+/// A topic recreated with fewer partitions: refused, never restarted from
+/// empty state unless the user allows it.
+#[test]
+fn a_source_that_lost_partitions_is_refused() {
+    let mut w = running_world(4);
+    w.topics = Ok(topics(2));
+    tick(&mut w);
+    assert_eq!(w.stalled().as_deref(), Some("SourcePartitionsChanged"));
+    let message = &w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("4 -> 2") && message.contains("lost partitions"),
+        "{message}"
+    );
+    assert_eq!(w.savepoint_calls(), 0);
+    assert_eq!(w.deployment.as_ref().unwrap().topics.total_partitions(), 4);
+    // Suspended and resumed: still refused on resume.
+    w.spec.state = Some(JobState::Suspended);
+    w.generation += 1;
+    w.topics = Ok(topics(4));
+    until(&mut w, "suspended", |w| {
+        w.phase() == Some(JobPhase::Suspended) && w.pods.is_empty() && w.status.upgrade.is_none()
+    });
+    w.topics = Ok(topics(2));
+    w.change_spec(|s| s.state = None);
+    tick(&mut w);
+    assert_eq!(
+        w.stalled().as_deref(),
+        Some("SourcePartitionsChanged"),
+        "{:#?}",
+        w.status
+    );
+    assert_eq!(w.phase(), Some(JobPhase::Suspended));
+}
+
+/// With `allowEmptyState` the user chose empty state over a refusal: the
+/// old version still stops cleanly (savepoint), the new count starts empty.
+#[test]
+fn partition_growth_with_allow_empty_state_restarts_empty_at_the_new_count() {
+    let mut w = running_world(2);
+    w.change_spec(allow_empty_state);
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    w.topics = Ok(topics(3));
+    let mut restores = Vec::new();
+    for _ in 0..30 {
+        if let Some(d) = tick(&mut w).deployment
+            && d.topics.total_partitions() == 3
+        {
+            restores.push(d.restore.clone());
+        }
+        if w.running(2) && w.status.parallelism == Some(3) {
+            break;
+        }
+    }
+    assert!(w.running(2) && w.pods.len() == 3, "{:#?}", w.status);
+    assert_eq!(w.status.source_partitions, Some(3));
+    assert_eq!(restores[0].mode, Some(RestoreMode::Empty));
 }
 
 #[test]
@@ -1289,16 +1388,6 @@ fn a_rollback_after_a_source_change_reads_the_old_topics() {
             .is_none_or(|d| d.topics.source.iter().all(|s| s.topic != "c")),
         "a stable spec never runs on another spec's topics"
     );
-}
-
-#[test]
-fn partition_growth_without_a_cap_adds_pods() {
-    let mut w = running_world(2);
-    w.topics = Ok(topics(3));
-    until(&mut w, "rescaled", |w| {
-        w.running(1) && w.status.parallelism == Some(3)
-    });
-    assert_eq!(w.pods.len(), 3);
 }
 
 #[test]
@@ -2217,6 +2306,8 @@ fn internal_topics_service_and_secret_are_requested_before_any_pod_exists() {
 #[test]
 fn partition_growth_grows_the_internal_topics_before_the_rescale() {
     let mut w = running_world(4);
+    w.change_spec(allow_empty_state);
+    until(&mut w, "Running gen 2", |w| w.running(2));
     w.topics = Ok(topics(6));
     let step = tick(&mut w);
     assert!(
@@ -2225,7 +2316,7 @@ fn partition_growth_grows_the_internal_topics_before_the_rescale() {
             .iter()
             .all(|t| t.partitions == 6)
     );
-    until(&mut w, "rescaled to 6", |w| w.pods.len() == 6 && w.running(1));
+    until(&mut w, "rescaled to 6", |w| w.pods.len() == 6 && w.running(2));
     assert!(w.internal_topics.values().all(|(p, _)| *p == 6));
 }
 
