@@ -75,6 +75,7 @@ fn job_with(d: &JobDefinition, tasks: u32, state: StateOptions, backends: Box<dy
         guarantee: ProcessingGuarantee::ExactlyOnce,
         state,
         dir: dir.path().to_path_buf(),
+        key_groups: None,
     };
     let h = Harness::new(Arc::new(Plan::build(d).unwrap()), config, backends, 0).unwrap();
     Job { h, _dir: dir }

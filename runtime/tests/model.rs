@@ -80,6 +80,9 @@ struct Case {
     /// Bound of each task's in-memory window cache (`None`: unbounded);
     /// small bounds force entries through the backend.
     cache: Option<usize>,
+    /// The job's key groups (`None`: one per task); fewer or more than the
+    /// tasks, so partitions own zero, one or several groups.
+    key_groups: Option<u32>,
     events: Vec<Event>,
 }
 
@@ -375,6 +378,7 @@ fn harness(c: &Case, dir: &std::path::Path) -> Harness {
             flush_on_fire: false,
         },
         dir: dir.to_path_buf(),
+        key_groups: c.key_groups,
     };
     let mut h = Harness::new(plan, config, Box::new(MemoryBackends), 0).unwrap();
     for ev in &c.events {
@@ -473,13 +477,14 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         ],
         prop_oneof![2 => Just(1usize), 1 => 2usize..12],
         prop::option::of(1usize..6),
+        prop::option::of(1u32..9),
         prop::collection::vec(
             (0u32..4, 0u8..4, -20i64..40, prop::option::of(-50i64..50), 0u8..5),
             0..120,
         ),
     )
         .prop_map(
-            |(kind, lateness, ooo, emit, tasks, guarantee, every, cache, raw)| {
+            |(kind, lateness, ooo, emit, tasks, guarantee, every, cache, key_groups, raw)| {
                 // A drifting clock with jitter: out of order, sometimes beyond ooo.
                 let mut clock = 0i64;
                 let events = raw
@@ -507,6 +512,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     guarantee,
                     every,
                     cache,
+                    key_groups,
                     events,
                 }
             },

@@ -273,6 +273,7 @@ pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'
         guarantee: ProcessingGuarantee::ExactlyOnce,
         state: options,
         dir: state.db_dir.join("checkpoints"),
+        key_groups: None,
     };
     let mut h = Harness::new(plan, config, backends, 0)?;
     *h.source_mut(0)? = source;

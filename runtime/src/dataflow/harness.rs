@@ -297,6 +297,9 @@ pub struct HarnessConfig {
     pub state: StateOptions,
     /// Where checkpoints keep their snapshots (`task-<t>/checkpoint-<id>`).
     pub dir: PathBuf,
+    /// The job's key groups (`None`: one per task, as jobs deployed before
+    /// key groups).
+    pub key_groups: Option<u32>,
 }
 
 /// A task's last checkpoint: what a restart restores.
@@ -328,6 +331,8 @@ pub struct Harness {
     keyed: Vec<Log>,
     committed: Vec<Emitted>,
     scratch: Vec<Out>,
+    /// Drained savepoints taken so far.
+    savepoints: u32,
 }
 
 impl Harness {
@@ -346,7 +351,7 @@ impl Harness {
                 i32::MAX
             )));
         }
-        let sources = Arc::new(Sources::positional("source", n as i32));
+        let sources = Arc::new(Sources::positional("source", n as i32).with_key_groups(config.key_groups));
         let slots = (0..n)
             .map(|t| {
                 let backend = backends.open(t)?;
@@ -368,6 +373,7 @@ impl Harness {
             keyed: vec![Log::new(); n as usize],
             committed: Vec::new(),
             scratch: Vec::new(),
+            savepoints: 0,
             config,
         })
     }
@@ -637,6 +643,107 @@ impl Harness {
         Ok(())
     }
 
+    /// A drained savepoint of every task (exactly once), as a rescale takes
+    /// it: every task commits what stage 1 wrote (and its watermark), then
+    /// every keyed partition is read to its end, then every task takes its
+    /// snapshot, marked drained, and commits. Stage 1 reads nothing in
+    /// between. Returns each task's snapshot, copied under
+    /// `savepoint-<n>/task-<t>` (checkpoint retention does not touch it).
+    pub fn savepoint_drained(&mut self, now_ms: i64) -> Result<std::collections::BTreeMap<u32, PathBuf>> {
+        if !self.exactly_once() {
+            return Err(RuntimeError::Dataflow(
+                "a drained savepoint is taken exactly once".to_string(),
+            ));
+        }
+        self.checkpoint_all(now_ms, true)?;
+        for t in 0..self.config.tasks {
+            self.poll_keyed(t, usize::MAX)?;
+        }
+        for slot in &mut self.slots {
+            slot.task.meta.drained = true;
+        }
+        let taken = self.checkpoint_all(now_ms, true);
+        for slot in &mut self.slots {
+            slot.task.meta.drained = false;
+        }
+        taken?;
+        let dir = self.config.dir.join(format!("savepoint-{}", self.savepoints));
+        self.savepoints += 1;
+        let mut out = std::collections::BTreeMap::new();
+        for (t, slot) in self.slots.iter().enumerate() {
+            let t = t as u32;
+            let end = self.keyed[t as usize].end_offset();
+            if slot.task.meta.keyed_offset.unwrap_or(0).max(0) as u64 != end {
+                return Err(RuntimeError::Dataflow(format!(
+                    "task {t}: keyed partition not drained (position {:?}, end {end})",
+                    slot.task.meta.keyed_offset
+                )));
+            }
+            let Some(Checkpointed {
+                snapshot: Some(snapshot),
+                ..
+            }) = &slot.last
+            else {
+                return Err(RuntimeError::Dataflow(format!(
+                    "task {t}: no snapshot in the savepoint"
+                )));
+            };
+            let to = dir.join(format!("task-{t}"));
+            copy_dir(snapshot, &to)?;
+            out.insert(t, to);
+        }
+        Ok(out)
+    }
+
+    /// The job restarts at `tasks` tasks (source partitions; more than
+    /// before: a grown topic) from the drained savepoint `savepoint`, each
+    /// task taking its key groups from the old tasks that held them
+    /// ([`Task::restore_resharded`]). New source and keyed partitions start
+    /// empty; every task then checkpoints, so a restart restores the new
+    /// layout.
+    pub fn reshard(
+        &mut self,
+        tasks: u32,
+        savepoint: &std::collections::BTreeMap<u32, PathBuf>,
+        now_ms: i64,
+    ) -> Result<()> {
+        if tasks < self.config.tasks || tasks > i32::MAX as u32 {
+            return Err(RuntimeError::Dataflow(format!(
+                "source partitions only grow: {} -> {tasks}",
+                self.config.tasks
+            )));
+        }
+        let sources = Arc::new(
+            Sources::positional("source", tasks as i32).with_key_groups(Some(self.sources.key_groups())),
+        );
+        let mut slots = Vec::with_capacity(tasks as usize);
+        for t in 0..tasks {
+            let backend = self.backends.open(t)?;
+            let task = Task::restore_resharded(
+                t,
+                savepoint,
+                sources.clone(),
+                self.plan.clone(),
+                backend,
+                now_ms,
+                self.config.state,
+            )
+            .with_context(|| format!("re-sharding task {t}"))?;
+            slots.push(Slot {
+                task,
+                open_keyed: Vec::new(),
+                open_out: Vec::new(),
+                last: None,
+            });
+        }
+        self.slots = slots;
+        self.sources = sources;
+        self.config.tasks = tasks;
+        self.source.resize(tasks as usize, Log::new());
+        self.keyed.resize(tasks as usize, Log::new());
+        self.checkpoint_all(now_ms, true)
+    }
+
     /// Committed outputs so far, in commit order (exactly once) or as
     /// written (at least once).
     pub fn committed(&self) -> &[Emitted] {
@@ -652,15 +759,7 @@ impl Harness {
     pub fn operator_stats(&self) -> OperatorStats {
         let mut s = OperatorStats::default();
         for t in self.tasks() {
-            let o = t.operator_stats();
-            s.accepted += o.accepted;
-            s.late_records += o.late_records;
-            s.late_window_skips += o.late_window_skips;
-            s.unassigned += o.unassigned;
-            s.results_early += o.results_early;
-            s.results_on_time += o.results_on_time;
-            s.results_late += o.results_late;
-            s.windows_purged += o.windows_purged;
+            s += t.operator_stats();
         }
         s
     }

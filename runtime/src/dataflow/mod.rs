@@ -6,13 +6,16 @@
 //!
 //! 1. [`keying::KeyingStage`]: decode, filter, event time, group key and
 //!    aggregation inputs of each source record -> [`KeyedRecord`], written
-//!    to keyed partition [`partitioner::partition_for`] of the group key as a
-//!    [`repartition`] record.
-//! 2. [`window_operator::WindowOperator`]: one per keyed partition, windowing
-//!    and aggregation with its own state namespace and watermark (the
-//!    minimum over the upstream source partitions' watermark records).
+//!    to the keyed partition owning the group key's [`key_groups`] group as
+//!    a [`repartition`] record.
+//! 2. [`window_operator::WindowOperator`]: one per key group, windowing and
+//!    aggregation with the group's own state namespace; a keyed partition
+//!    drives the operators of its groups with one watermark (the minimum
+//!    over the upstream source partitions' watermark records).
 
+pub mod groups;
 pub mod harness;
+pub mod key_groups;
 pub mod keying;
 pub mod partitioner;
 pub mod plan;

@@ -47,6 +47,9 @@ pub struct Sources {
     ids: Vec<u64>,
     /// topic -> partition -> task.
     by_topic: HashMap<String, Vec<u32>>,
+    /// The job's key groups ([`super::key_groups`]); 0: one per task, the
+    /// layout of jobs deployed before key groups.
+    key_groups: u32,
 }
 
 impl Sources {
@@ -83,6 +86,7 @@ impl Sources {
             by_task: Vec::new(),
             ids: Vec::new(),
             by_topic: HashMap::new(),
+            key_groups: 0,
         })
     }
 
@@ -109,7 +113,28 @@ impl Sources {
             by_task,
             ids,
             by_topic,
+            key_groups: 0,
         })
+    }
+
+    /// The job has `groups` key groups (the job file's `keyGroups`; `None`:
+    /// one per task, as jobs deployed before key groups).
+    pub fn with_key_groups(mut self, groups: Option<u32>) -> Sources {
+        self.key_groups = groups.unwrap_or(0);
+        self
+    }
+
+    /// G, the job's number of key groups (at least one).
+    pub fn key_groups(&self) -> u32 {
+        match self.key_groups {
+            0 => self.len().max(1),
+            g => g,
+        }
+    }
+
+    /// The key groups task `t`'s keyed partition owns.
+    pub fn groups_of(&self, t: u32) -> std::ops::Range<u32> {
+        super::key_groups::range(t, self.key_groups(), self.len())
     }
 
     /// P, the number of tasks.

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use super::groups::GroupOperators;
+use super::key_groups;
 use super::keying::{KeyOutcome, KeyingStage};
-use super::partitioner::partition_for;
 use super::repartition::{self, UpstreamRef, WatermarkRecord, WireRef};
-use super::window_operator::{OperatorStats, WindowOperator};
+use super::window_operator::OperatorStats;
 use super::{Disposition, KeyedRecord, WindowResult};
 use crate::codec::output::encode_result;
 use crate::dataflow::sources::{SourceRef, Sources};
@@ -126,6 +127,23 @@ pub struct TaskMeta {
     /// converted on restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream: Vec<Upstream>,
+    /// The job's key groups ([`key_groups`]); absent in snapshots of jobs
+    /// deployed before key groups, which have one per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_groups: Option<u32>,
+    /// Taken drained: every keyed record the job's stage 1 wrote before its
+    /// own snapshot of this savepoint had been applied here, so no keyed
+    /// partition has records left for the groups it owned. Only such
+    /// snapshots restore at another partition count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+}
+
+impl TaskMeta {
+    /// The job's key groups as this snapshot records them.
+    pub fn groups(&self) -> u32 {
+        self.key_groups.unwrap_or(self.task_count).max(1)
+    }
 }
 
 const META_FILE: &str = "task.json";
@@ -189,6 +207,21 @@ pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
     Ok(meta)
 }
 
+/// A snapshot restores only into a job with its number of key groups:
+/// they decide where every key's state is.
+fn same_key_groups(meta: &TaskMeta, sources: &Sources) -> Result<()> {
+    if meta.groups() != sources.key_groups() {
+        return Err(RuntimeError::Dataflow(format!(
+            "the snapshot of task {} was taken with {} key groups, the job file says {}: the number of key groups \
+             is fixed for the life of a job (status.keyGroups of the StreamJob)",
+            meta.task,
+            meta.groups(),
+            sources.key_groups()
+        )));
+    }
+    Ok(())
+}
+
 pub struct Task {
     pub meta: TaskMeta,
     sources: Arc<Sources>,
@@ -200,7 +233,8 @@ pub struct Task {
     keyed: KeyedRecord,
     /// Stage 2's input record (its buffers reused).
     keyed_in: KeyedRecord,
-    op: WindowOperator,
+    /// Stage 2: the window operators of the keyed partition's key groups.
+    op: GroupOperators,
     backend: Box<dyn StateBackend + Send>,
     results: Vec<WindowResult>,
     last_active_ms: i64,
@@ -229,12 +263,15 @@ impl Task {
             source: sources.source_of(task).cloned(),
             upstreams: BTreeMap::new(),
             upstream: Vec::new(),
+            key_groups: Some(sources.key_groups()),
+            drained: false,
         };
+        let op = GroupOperators::new(sources.groups_of(task), sources.key_groups(), plan.window.clone());
         Task {
             own_id: sources.id_of(task).unwrap_or_default(),
             sources,
             keying: KeyingStage::new(plan.keying.clone()),
-            op: WindowOperator::new(task, plan.window.clone()),
+            op,
             plan,
             meta,
             keyed: KeyedRecord::default(),
@@ -301,22 +338,148 @@ impl Task {
         let task_count = sources.len();
         if meta.task_count != task_count {
             return Err(RuntimeError::Dataflow(format!(
-                "the snapshot of task {} was taken with {} source partitions, the job now has {}: moving keyed \
-                 state between a different number of partitions is not supported; restore with the same partition \
-                 count or start from empty state (spec.restore.allowEmptyState)",
+                "the snapshot of task {} was taken with {} source partitions, the job now has {}: keyed state moves \
+                 to another partition count only by a re-sharding restore from a drained savepoint of every task \
+                 (Task::restore_resharded); restore with the same partition count or start from empty state \
+                 (spec.restore.allowEmptyState)",
                 meta.task, meta.task_count, task_count
             )));
         }
-        let meta = relabel(meta, &sources)?;
+        same_key_groups(&meta, &sources)?;
+        let mut meta = relabel(meta, &sources)?;
+        meta.key_groups = Some(sources.key_groups());
+        meta.drained = false;
+        let groups = sources.groups_of(meta.task);
         if load_state {
             backend
-                .restore(&dir.join(STATE_DIR), &[meta.task])
+                .restore(&dir.join(STATE_DIR), &groups.clone().collect::<Vec<_>>())
                 .with_context(|| format!("restoring the state of task {}", meta.task))?;
         }
-        let op = WindowOperator::restore(meta.task, plan.window.clone(), options.cache_capacity, &*backend)
-            .with_context(|| format!("restoring the window operator of task {}", meta.task))?
-            .with_flush_on_fire(options.flush_on_fire);
+        let op = GroupOperators::restore(
+            groups,
+            sources.key_groups(),
+            plan.window.clone(),
+            options.cache_capacity,
+            &*backend,
+        )
+        .with_context(|| format!("restoring the window operators of task {}", meta.task))?
+        .with_flush_on_fire(options.flush_on_fire);
         let mut t = Task::new(meta.task, sources, plan, backend, now_ms);
+        t.op = op;
+        t.sent = None;
+        t.meta = meta;
+        Ok(t)
+    }
+
+    /// Task `task` of a job whose partition count changed, restored from a
+    /// drained savepoint taken at the old count: `old` holds the snapshot
+    /// directory of every old task. The task takes its key groups from the
+    /// old tasks that held them (whole groups, each group's windows and
+    /// watermark with it), its stage-1 position from the old task that read
+    /// its source partition (none for a partition new to the job), and the
+    /// keyed partition's knowledge of each upstream merged over all old
+    /// tasks: the largest source offset applied anywhere (the savepoint was
+    /// drained, so nothing at or below it comes again) and the lowest
+    /// watermark (firing late is safe, early is not).
+    pub fn restore_resharded(
+        task: u32,
+        old: &BTreeMap<u32, std::path::PathBuf>,
+        sources: Arc<Sources>,
+        plan: Arc<Plan>,
+        mut backend: Box<dyn StateBackend + Send>,
+        now_ms: i64,
+        options: StateOptions,
+    ) -> Result<Task> {
+        let mut metas = BTreeMap::new();
+        for (&t, dir) in old {
+            let path = dir.join(META_FILE);
+            let meta: TaskMeta = serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("parsing {}", path.display()))?;
+            if meta.task != t {
+                return Err(RuntimeError::Dataflow(format!(
+                    "{} is the snapshot of task {}, not of task {t}",
+                    path.display(),
+                    meta.task
+                )));
+            }
+            same_key_groups(&meta, &sources)?;
+            if !meta.drained {
+                return Err(RuntimeError::Dataflow(format!(
+                    "the snapshot of task {t} was not taken drained: keyed records may be left in its keyed \
+                     partition for key groups that now belong to other tasks, so the job cannot restore from it at \
+                     another partition count; take a savepoint for the rescale (the operator drains it)"
+                )));
+            }
+            metas.insert(t, meta);
+        }
+        let old_count = old.len() as u32;
+        if let Some(m) = metas.values().find(|m| m.task_count != old_count) {
+            return Err(RuntimeError::Dataflow(format!(
+                "the snapshot of task {} was taken with {} tasks, but {old_count} snapshots were given",
+                m.task, m.task_count
+            )));
+        }
+        let groups = sources.key_groups();
+        let wanted = sources.groups_of(task);
+        for h in key_groups::holders(&wanted, groups, old_count) {
+            let held = key_groups::range(h, groups, old_count);
+            let take: Vec<u32> = (wanted.start.max(held.start)..wanted.end.min(held.end)).collect();
+            let dir = old.get(&h).ok_or_else(|| {
+                RuntimeError::Dataflow(format!("no snapshot of task {h}, which held key groups {held:?}"))
+            })?;
+            backend.restore(&dir.join(STATE_DIR), &take).with_context(|| {
+                format!("restoring key groups {take:?} of task {task} from task {h}'s snapshot")
+            })?;
+        }
+        // Stage 1 and the keyed partition's position: the old task with the
+        // same index (the source layout keeps each partition's task).
+        let mut meta = match metas.get(&task) {
+            Some(m) => relabel(m.clone(), &sources)?,
+            None => TaskMeta {
+                task,
+                task_count: sources.len(),
+                checkpoint_id: 0,
+                source_offset: None,
+                keyed_offset: None,
+                source_max_event_time: None,
+                source: sources.source_of(task).cloned(),
+                upstreams: BTreeMap::new(),
+                upstream: Vec::new(),
+                key_groups: None,
+                drained: false,
+            },
+        };
+        let mut upstreams: BTreeMap<u64, Upstream> = BTreeMap::new();
+        for m in metas.values() {
+            let m = relabel(m.clone(), &sources)?;
+            for (id, u) in m.upstreams {
+                upstreams
+                    .entry(id)
+                    .and_modify(|merged| {
+                        merged.seen = merged.seen.max(u.seen);
+                        merged.watermark = merged.watermark.min(u.watermark);
+                        merged.idle &= u.idle;
+                    })
+                    .or_insert(u);
+            }
+        }
+        meta.upstreams = upstreams;
+        meta.checkpoint_id = metas.values().map(|m| m.checkpoint_id).max().unwrap_or_default();
+        meta.task_count = sources.len();
+        meta.key_groups = Some(groups);
+        meta.drained = false;
+        let op = GroupOperators::restore(
+            wanted,
+            groups,
+            plan.window.clone(),
+            options.cache_capacity,
+            &*backend,
+        )
+        .with_context(|| format!("restoring the window operators of task {task}"))?
+        .with_flush_on_fire(options.flush_on_fire);
+        let mut t = Task::new(task, sources, plan, backend, now_ms);
         t.op = op;
         t.sent = None;
         t.meta = meta;
@@ -421,7 +584,11 @@ impl Task {
                 });
             }
             Ok(KeyOutcome::Keyed) => {
-                let partition = partition_for(&self.keyed.group_key, self.meta.task_count) as i32;
+                let partition = key_groups::partition_of(
+                    &self.keyed.group_key,
+                    self.sources.key_groups(),
+                    self.meta.task_count,
+                ) as i32;
                 repartition::encode_data_parts(
                     UpstreamRef::Source(self.own_id),
                     offset,
@@ -650,6 +817,8 @@ mod tests {
             source,
             upstreams: BTreeMap::new(),
             upstream: Vec::new(),
+            key_groups: None,
+            drained: false,
         }
     }
 
@@ -705,10 +874,23 @@ mod tests {
         let s = sources(&[("a", 1), ("b", 1)]);
         let mut keyed = Task::new(0, s.clone(), plan(), Box::new(MemoryBackend::new()), 0);
         let mut stage1 = Task::new(0, s, plan(), Box::new(MemoryBackend::new()), 0);
+        // A key of keyed partition 0 (the keyed stage refuses others).
         let mut out = Vec::new();
-        stage1.on_source(0, None, br#"{"k": "u", "ts": 1500}"#, 10_000, &mut out);
-        let [Out::Keyed { value, .. }] = &out[..] else {
-            panic!("one keyed record: {out:?}");
+        for user in ["u", "v", "w", "x", "y", "z"] {
+            out.clear();
+            let record = format!(r#"{{"k": "{user}", "ts": 1500}}"#);
+            stage1.on_source(0, None, record.as_bytes(), 10_000, &mut out);
+            if matches!(out[..], [Out::Keyed { partition: 0, .. }]) {
+                break;
+            }
+        }
+        let [
+            Out::Keyed {
+                value, partition: 0, ..
+            },
+        ] = &out[..]
+        else {
+            panic!("one keyed record for partition 0: {out:?}");
         };
         let Ok(Wire::Data(mut rec)) = repartition::decode(value) else {
             panic!("a data record");

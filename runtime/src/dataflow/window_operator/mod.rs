@@ -68,6 +68,19 @@ pub struct OperatorStats {
     pub windows_purged: u64,
 }
 
+impl std::ops::AddAssign for OperatorStats {
+    fn add_assign(&mut self, o: OperatorStats) {
+        self.accepted += o.accepted;
+        self.late_records += o.late_records;
+        self.late_window_skips += o.late_window_skips;
+        self.unassigned += o.unassigned;
+        self.results_early += o.results_early;
+        self.results_on_time += o.results_on_time;
+        self.results_late += o.results_late;
+        self.windows_purged += o.windows_purged;
+    }
+}
+
 /// One (window, key) entry, held by its key.
 #[derive(Debug)]
 struct Slot {
