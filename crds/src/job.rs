@@ -473,7 +473,7 @@ pub struct AutoscalerSpec {
     /// How long the lag must stay comfortably within `targetLag` (at most
     /// half of it, at every evaluation) before scaling down, and only when
     /// fewer pods would still cover the highest input rate seen meanwhile
-    /// with headroom. Absent: `10m`.
+    /// with headroom; never shorter than `stabilizationWindow`. Absent: `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<DurationSpec>,
     /// Recorded only, not acted on yet: meant to let the operator grow a
