@@ -26,6 +26,7 @@
 //! | sink, late-events, dead-letter topics, formats | compatible | outputs only |
 //! | `parallelism` | compatible | state is per input partition and moves with it |
 //! | image, resources, pod template, cluster, checkpoint settings | compatible | not part of state |
+//! | `autoscaler` | ignored | read by the operator only; never restarts pods |
 //!
 //! An incompatible change is refused (`Stalled`, before any savepoint) unless
 //! `spec.restore.allowEmptyState` is true, in which case the new version
@@ -108,6 +109,8 @@ pub fn runtime_view(spec: &StreamJobSpec) -> StreamJobSpec {
     view.restore = None;
     view.upgrade_mode = None;
     view.upgrade = None;
+    // Operator-side: read by the operator's autoscaler, never by the pods.
+    view.autoscaler = None;
     if let Some(cp) = view.checkpoint.as_mut() {
         cp.savepoints_to_keep = None;
         cp.savepoint_max_age = None;
@@ -203,6 +206,11 @@ mod tests {
                     savepoints_to_keep: Some(9),
                     savepoint_max_age: None,
                 })
+            },
+            |s| {
+                s.autoscaler = Some(
+                    serde_json::from_value(serde_json::json!({"mode": "apply", "targetLag": "30s"})).unwrap(),
+                )
             },
         ] {
             assert_eq!(change(edit).kind, ChangeKind::Ignore);

@@ -105,6 +105,11 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub parallelism: Option<i32>,
+    /// Lag-driven parallelism: bounds, the event-time lag to keep, and how
+    /// patient to be before scaling. Absent: off. The operator does not feed
+    /// it observations or act on it yet; see the README.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerSpec>,
     /// Checkpoint interval, state storage and savepoint retention. Absent: every field's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSpec>,
@@ -420,6 +425,66 @@ pub struct UpgradeSpec {
     pub rollback: Option<bool>,
 }
 
+/// What the autoscaler may do with the parallelism it works out.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AutoscalerMode {
+    /// Nothing is evaluated and `status.autoscaler` is not written.
+    #[default]
+    Off,
+    /// Decisions are written to `status.autoscaler` and never acted on:
+    /// see what it would do before letting it.
+    Recommend,
+    /// The recommendation is meant to become the job's parallelism (not
+    /// carried out by the operator yet).
+    Apply,
+}
+
+/// Bounds and patience of the lag-driven autoscaler. Its decisions are a
+/// pure function of the observed event-time lag and record rates (see the
+/// operator's `job::autoscaler`); every timer it needs lives in
+/// `status.autoscaler`, so an operator restart forgets nothing.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerSpec {
+    /// `off`, `recommend` (write `status.autoscaler` only) or `apply`.
+    /// Required, so that writing the block never turns scaling on by itself.
+    pub mode: AutoscalerMode,
+    /// Fewest runtime pods to recommend (clipped to the source partition
+    /// count). Absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_parallelism: Option<i32>,
+    /// Most runtime pods to recommend; at least `minParallelism`. Always
+    /// clipped to the source partition count (a pod without a partition
+    /// has nothing to read). Absent: the source partition count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_parallelism: Option<i32>,
+    /// The event-time lag that is acceptable (how far, in event time, the
+    /// slowest task may be behind the newest record), at least `1s`.
+    /// Required: there is no lag every workload can live with.
+    pub target_lag: DurationSpec,
+    /// How long the lag must stay above `targetLag`, at every evaluation,
+    /// before scaling up; after any change it is counted afresh (the
+    /// rescale itself makes the lag jump). Absent: `2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stabilization_window: Option<DurationSpec>,
+    /// How long the lag must stay comfortably within `targetLag` (at most
+    /// half of it, at every evaluation) before scaling down, and only when
+    /// fewer pods would still cover the highest input rate seen meanwhile
+    /// with headroom; never shorter than `stabilizationWindow`. Absent: `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<DurationSpec>,
+    /// Recorded only, not acted on yet: meant to let the operator grow a
+    /// source StreamTopic it manages when the job is at the partition count
+    /// and still behind (`status.autoscaler.reason: AtPartitionLimit`).
+    /// Absent: `false` (partitions cannot be removed again, and growing
+    /// them moves keys between partitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grow_source_partitions: Option<bool>,
+}
+
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum JobState {
@@ -617,6 +682,56 @@ pub struct StreamJobStatus {
     /// Event `SourceOffsetReset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_offset_reset: Option<crate::runtime_api::OffsetReset>,
+    /// The autoscaler's last decision and the timers it keeps between
+    /// evaluations (`spec.autoscaler` in `recommend` or `apply` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// What the autoscaler recommends and why, plus its memory: it reads
+/// nothing else from one evaluation to the next, so an operator restart
+/// resumes every timer where it was. Written only when something in it
+/// changes (no per-evaluation timestamp), so a steady job causes no status
+/// writes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// The parallelism the autoscaler wants, within `minParallelism` and
+    /// `maxParallelism` clipped to the source partition count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_parallelism: Option<i32>,
+    /// Why, in one word: e.g. `ScaleUp`, `ScaleDown`, `LagAboveTarget`,
+    /// `WithinTarget`, `AtPartitionLimit`, `MetricsUnavailable`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub reason: String,
+    /// The numbers behind the reason, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+    /// When `recommendedParallelism` last changed; the cool-down counts
+    /// from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision_time: Option<Time>,
+    /// Since when every evaluation saw the lag above `targetLag` (absent:
+    /// the last one did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind_since: Option<Time>,
+    /// Since when every evaluation saw the lag at most half of `targetLag`
+    /// (absent: the last one did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within_since: Option<Time>,
+    /// The highest input rate (records/s, rounded up) seen since
+    /// `withinSince`: what a scale-down must still cover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub peak_input_rate: Option<i64>,
+    /// Records/s one pod processed (rounded down) the last time the job was
+    /// behind, when it processes as fast as it can; raised whenever the pods
+    /// are seen doing more. What scale-downs are sized with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub pod_capacity: Option<i64>,
 }
 
 /// Defaults, applied in code and documented here and in the README.
@@ -626,6 +741,11 @@ pub mod defaults {
     pub const SAVEPOINT_TIMEOUT_MS: u64 = 60_000;
     pub const HEALTH_TIMEOUT_MS: u64 = 120_000;
     pub const MAX_FUTURE_SKEW_MS: u64 = 3_600_000;
+    pub const AUTOSCALER_MIN_PARALLELISM: i32 = 1;
+    pub const AUTOSCALER_STABILIZATION_WINDOW_MS: u64 = 120_000;
+    pub const AUTOSCALER_SCALE_DOWN_DELAY_MS: u64 = 600_000;
+    /// The smallest `targetLag`: lag is observed in whole seconds.
+    pub const AUTOSCALER_MIN_TARGET_LAG_MS: u64 = 1_000;
 }
 
 impl StreamJobSpec {
@@ -685,6 +805,18 @@ impl StreamJobSpec {
             allow_empty_state: None,
         });
         restore.allow_empty_state.get_or_insert(false);
+        // Absent stays absent (off): filling in a block here would change
+        // every existing job's defaulted spec.
+        if let Some(a) = s.autoscaler.as_mut() {
+            a.min_parallelism
+                .get_or_insert(defaults::AUTOSCALER_MIN_PARALLELISM);
+            a.stabilization_window.get_or_insert_with(|| {
+                DurationSpec::from_millis(defaults::AUTOSCALER_STABILIZATION_WINDOW_MS)
+            });
+            a.scale_down_delay
+                .get_or_insert_with(|| DurationSpec::from_millis(defaults::AUTOSCALER_SCALE_DOWN_DELAY_MS));
+            a.grow_source_partitions.get_or_insert(false);
+        }
         s
     }
 
@@ -774,6 +906,51 @@ impl WindowSpec {
     }
 }
 
+impl AutoscalerSpec {
+    /// `minParallelism`, defaulted.
+    pub fn min_parallelism(&self) -> i32 {
+        self.min_parallelism
+            .unwrap_or(defaults::AUTOSCALER_MIN_PARALLELISM)
+    }
+
+    /// `stabilizationWindow` in milliseconds, defaulted.
+    pub fn stabilization_window_ms(&self) -> u64 {
+        self.stabilization_window.as_ref().map_or(
+            defaults::AUTOSCALER_STABILIZATION_WINDOW_MS,
+            DurationSpec::as_millis,
+        )
+    }
+
+    /// `scaleDownDelay` in milliseconds, defaulted.
+    pub fn scale_down_delay_ms(&self) -> u64 {
+        self.scale_down_delay
+            .as_ref()
+            .map_or(defaults::AUTOSCALER_SCALE_DOWN_DELAY_MS, DurationSpec::as_millis)
+    }
+
+    /// The same checks as the CEL rules on `spec.autoscaler`.
+    fn validate_into(&self, errors: &mut Vec<FieldError>) {
+        const F: &str = "spec.autoscaler";
+        if let Some(max) = self.max_parallelism
+            && self.min_parallelism() > max
+        {
+            errors.push(FieldError::new(
+                format!("{F}.minParallelism"),
+                format!(
+                    "{} is above maxParallelism {max}; make minParallelism at most maxParallelism",
+                    self.min_parallelism()
+                ),
+            ));
+        }
+        if self.target_lag.as_millis() < defaults::AUTOSCALER_MIN_TARGET_LAG_MS {
+            errors.push(FieldError::new(
+                format!("{F}.targetLag"),
+                "must be at least 1s (lag is observed in whole seconds)",
+            ));
+        }
+    }
+}
+
 impl WindowKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -858,6 +1035,10 @@ impl Validation for StreamJobSpec {
 
         if let Some(template) = &self.pod_template {
             crate::pod_template::validate(template, &mut errors);
+        }
+
+        if let Some(a) = &self.autoscaler {
+            a.validate_into(&mut errors);
         }
 
         if let Some(cp) = &self.checkpoint {
@@ -1021,6 +1202,50 @@ pub(crate) mod tests {
                 "spec.deadLetter.topic"
             ]
         );
+    }
+
+    #[test]
+    fn autoscaler_absent_stays_absent_and_present_is_defaulted() {
+        assert_eq!(example().defaulted().autoscaler, None);
+        let mut s = example();
+        s.autoscaler = Some(
+            serde_json::from_value(serde_json::json!({"mode": "recommend", "targetLag": "30s"})).unwrap(),
+        );
+        let a = s.defaulted().autoscaler.unwrap();
+        assert_eq!(a.min_parallelism, Some(1));
+        assert_eq!(a.stabilization_window.as_ref().unwrap().as_millis(), 120_000);
+        assert_eq!(a.scale_down_delay.as_ref().unwrap().as_millis(), 600_000);
+        assert_eq!(a.grow_source_partitions, Some(false));
+        // The accessors give the same defaults on the raw spec.
+        let raw = s.autoscaler.as_ref().unwrap();
+        assert_eq!(
+            (
+                raw.min_parallelism(),
+                raw.stabilization_window_ms(),
+                raw.scale_down_delay_ms()
+            ),
+            (1, 120_000, 600_000)
+        );
+        assert_eq!(s.validate(), vec![]);
+    }
+
+    #[test]
+    fn autoscaler_bounds_and_target_are_checked() {
+        let mut s = example();
+        s.autoscaler = Some(
+            serde_json::from_value(serde_json::json!({
+                "mode": "apply", "minParallelism": 4, "maxParallelism": 2, "targetLag": "999ms"
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            fields(&s),
+            vec!["spec.autoscaler.minParallelism", "spec.autoscaler.targetLag"]
+        );
+        let a = s.autoscaler.as_mut().unwrap();
+        a.max_parallelism = Some(4);
+        a.target_lag = "1s".parse().unwrap();
+        assert_eq!(fields(&s), Vec::<String>::new(), "the boundaries are accepted");
     }
 
     #[test]

@@ -303,6 +303,22 @@ pub fn rules() -> Vec<CelRule> {
             Reason::Invalid,
             "already the late-events topic; give dead letters their own topic",
         ),
+        // The autoscaler's bounds and target.
+        CelRule::new(
+            job,
+            "spec.autoscaler",
+            "!has(self.minParallelism) || !has(self.maxParallelism) || self.minParallelism <= self.maxParallelism",
+        )
+        .field(
+            ".minParallelism",
+            Reason::Invalid,
+            "is above maxParallelism; make minParallelism at most maxParallelism",
+        ),
+        CelRule::new(job, "spec.autoscaler", at_least("targetLag", "1s")).field(
+            ".targetLag",
+            Reason::Invalid,
+            "must be at least 1s (lag is observed in whole seconds)",
+        ),
         // Checkpoints.
         CelRule::new(job, "spec.checkpoint", at_least("interval", "100ms")).field(
             ".interval",

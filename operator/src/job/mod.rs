@@ -6,6 +6,7 @@
 //! recorded before it is acted on, so a restart at any moment resumes.
 
 pub mod admin;
+pub mod autoscaler;
 pub mod controller;
 pub mod plan;
 pub mod resources;
