@@ -60,13 +60,15 @@ pub fn partition_of(group_key: &[u8], groups: u32, partitions: u32) -> u32 {
     owner(group_of(group_key, groups), groups, partitions)
 }
 
-/// The partitions (of `partitions`) whose groups overlap `wanted`: the
-/// snapshots a task owning `wanted` restores from.
-pub fn holders(wanted: &Range<u32>, groups: u32, partitions: u32) -> Range<u32> {
+/// The partitions (of `partitions`) whose groups overlap `wanted`, in
+/// order: the snapshots a task owning `wanted` restores from.
+pub fn holders(wanted: &Range<u32>, groups: u32, partitions: u32) -> Vec<u32> {
     if wanted.is_empty() {
-        return 0..0;
+        return Vec::new();
     }
-    owner(wanted.start, groups, partitions)..owner(wanted.end - 1, groups, partitions) + 1
+    (owner(wanted.start, groups, partitions)..owner(wanted.end - 1, groups, partitions) + 1)
+        .filter(|&h| !range(h, groups, partitions).is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -93,8 +95,13 @@ mod tests {
         assert_eq!(ranges[1], 22..43);
         assert_eq!(ranges[5], 107..128);
         // 4 -> 6: partition 1 of 6 (22..43) was held by partitions 0 and 1 of 4.
-        assert_eq!(holders(&ranges[1], 128, 4), 0..2);
-        assert_eq!(holders(&(0..0), 128, 4), 0..0);
+        assert_eq!(holders(&ranges[1], 128, 4), [0, 1]);
+        assert!(holders(&(0..0), 128, 4).is_empty());
+        // More partitions than groups: partitions owning nothing hold nothing.
+        assert_eq!(
+            holders(&(0..12), 12, 23),
+            (0..12).map(|g| owner(g, 12, 23)).collect::<Vec<_>>()
+        );
     }
 
     proptest! {
@@ -122,7 +129,7 @@ mod tests {
             let wanted = range(k, groups, new);
             let expected: std::collections::BTreeSet<u32> =
                 wanted.clone().map(|g| owner(g, groups, old)).collect();
-            let got: std::collections::BTreeSet<u32> = holders(&wanted, groups, old).collect();
+            let got: std::collections::BTreeSet<u32> = holders(&wanted, groups, old).into_iter().collect();
             prop_assert_eq!(got, expected);
         }
 
