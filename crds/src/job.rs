@@ -644,6 +644,12 @@ pub struct StreamJobStatus {
     /// keeps its ids so that its producers keep fencing their predecessors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_id_prefix: Option<String>,
+    /// The job's number of key groups (keyed state lives in groups, which
+    /// move whole when the source partition count changes), fixed at the
+    /// first deployment. Absent for jobs first deployed by an operator older
+    /// than key groups: they keep one group per source partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_groups: Option<u32>,
     /// The newest savepoint taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,

@@ -107,6 +107,25 @@ pub struct JobConfig {
     /// ids so that a new producer fences the old ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_id_prefix: Option<String>,
+    /// The job's number of key groups, fixed for its life (keyed state lives
+    /// in groups, which move whole between keyed partitions); absent: one
+    /// per task, the layout of jobs deployed before key groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_groups: Option<u32>,
+}
+
+/// The largest number of key groups a job may have.
+pub const MAX_KEY_GROUPS: u32 = 32_768;
+
+/// The key groups of a new job with `tasks` tasks (source partitions): at
+/// least 128, and room to grow to 1.5 times its size before groups get
+/// coarse; a power of two (as Flink's default maximum parallelism).
+pub fn default_key_groups(tasks: u32) -> u32 {
+    let wanted = tasks.saturating_add(tasks / 2).max(128);
+    wanted
+        .checked_next_power_of_two()
+        .unwrap_or(MAX_KEY_GROUPS)
+        .min(MAX_KEY_GROUPS)
 }
 
 impl JobConfig {

@@ -52,8 +52,9 @@ fn job(storage: &std::path::Path) -> JobFile {
             allow_empty_state: true,
             mode: None,
         },
-        // A file of an older operator: the legacy ids.
+        // A file of an older operator: the legacy ids, one key group per task.
         kafka_id_prefix: None,
+        key_groups: None,
     }
 }
 

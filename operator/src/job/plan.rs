@@ -146,11 +146,18 @@ impl KafkaIds {
 /// deployed, or began to: an intent or a stable spec without a recorded
 /// prefix) the legacy one, because a producer with another transactional id
 /// would not fence its predecessors.
+/// Whether nothing was ever started for the job (no intent, no stable
+/// version, no layout): what is fixed at the first deployment is fixed now.
+fn is_new(o: &Observed) -> bool {
+    let s = &o.status;
+    s.upgrade.is_none() && s.last_stable_spec.is_none() && s.source_layout.is_empty()
+}
+
 fn id_prefix(o: &Observed) -> String {
     let s = &o.status;
     match &s.kafka_id_prefix {
         Some(p) => p.clone(),
-        None if s.upgrade.is_none() && s.last_stable_spec.is_none() && s.source_layout.is_empty() => {
+        None if is_new(o) => {
             o.ids.current.clone()
         }
         None => o.ids.legacy.clone(),
@@ -199,6 +206,9 @@ pub struct Deployment {
     pub revision: String,
     /// Of the job's Kafka ids ([`decide`] sets it).
     pub kafka_id_prefix: String,
+    /// The job's key groups (`status.keyGroups`; `None`: one per task, jobs
+    /// first deployed before key groups). Filled in by [`decide`].
+    pub key_groups: Option<u32>,
 }
 
 /// The one admin call a step makes (on the pods named).
@@ -613,6 +623,7 @@ fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Opt
         },
         topics,
         kafka_id_prefix: String::new(),
+        key_groups: None,
     })
 }
 
@@ -686,6 +697,7 @@ fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> 
         },
         topics,
         kafka_id_prefix: String::new(),
+        key_groups: None,
     })
 }
 
@@ -713,8 +725,19 @@ pub fn decide(o: &Observed) -> Step {
     if step.status.kafka_id_prefix.is_none() && (step.status.upgrade.is_some() || step.deployment.is_some()) {
         step.status.kafka_id_prefix = Some(prefix.clone());
     }
+    // Key groups likewise, for jobs that start now: a job an older operator
+    // deployed keeps one group per task (its snapshots are laid out so).
+    if step.status.key_groups.is_none()
+        && is_new(o)
+        && (step.status.upgrade.is_some() || step.deployment.is_some())
+        && let Ok(topics) = &o.topics
+    {
+        let tasks = u32::try_from(topics.total_partitions()).unwrap_or(0).max(1);
+        step.status.key_groups = Some(runtime_api::default_key_groups(tasks));
+    }
     if let Some(d) = &mut step.deployment {
         d.kafka_id_prefix = step.status.kafka_id_prefix.clone().unwrap_or(prefix);
+        d.key_groups = step.status.key_groups;
     }
     step.prerequisites = prerequisites(o);
     step

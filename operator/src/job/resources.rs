@@ -206,6 +206,7 @@ pub fn job_config(job: &StreamJob, names: &JobNames, d: &Deployment, storage: &s
         topics: d.topics.clone(),
         restore: d.restore.clone(),
         kafka_id_prefix: Some(d.kafka_id_prefix.clone()).filter(|p| !p.is_empty()),
+        key_groups: d.key_groups,
     }
 }
 
@@ -586,6 +587,7 @@ mod tests {
             },
             revision: "abc".into(),
             kafka_id_prefix: "streamops.ns.clicks-per-user.uid-1".into(),
+            key_groups: Some(128),
         }
     }
 

@@ -20,20 +20,7 @@ use std::ops::Range;
 
 use super::partitioner::murmur2;
 
-/// The largest number of key groups a job may have (group ids are state
-/// namespaces and fit in a `u32`; the bound keeps per-task bookkeeping small).
-pub const MAX_KEY_GROUPS: u32 = 32_768;
-
-/// The default for a new job with `tasks` tasks: at least 128, and room to
-/// grow to 1.5 times its size before groups get coarse (a power of two, as
-/// Flink's default maximum parallelism).
-pub fn default_key_groups(tasks: u32) -> u32 {
-    let wanted = tasks.saturating_add(tasks / 2).max(128);
-    wanted
-        .checked_next_power_of_two()
-        .unwrap_or(MAX_KEY_GROUPS)
-        .min(MAX_KEY_GROUPS)
-}
+pub use streamops_crds::runtime_api::{MAX_KEY_GROUPS, default_key_groups};
 
 /// The group of `group_key` among `groups` (which must be > 0).
 pub fn group_of(group_key: &[u8], groups: u32) -> u32 {

@@ -58,6 +58,15 @@ impl JobExt for JobFile {
                 self.task_count()
             )));
         }
+        if let Some(g) = self
+            .key_groups
+            .filter(|g| !(1..=streamops_crds::runtime_api::MAX_KEY_GROUPS).contains(g))
+        {
+            return Err(RuntimeError::Job(format!(
+                "keyGroups {g} must be between 1 and {}",
+                streamops_crds::runtime_api::MAX_KEY_GROUPS
+            )));
+        }
         self.sources()?;
         if self.restore_mode() == RestoreMode::Savepoint && self.restore.savepoint.is_none() {
             return Err(RuntimeError::Job(
@@ -80,7 +89,7 @@ impl JobExt for JobFile {
     }
 
     fn sources(&self) -> Result<Sources> {
-        Sources::new(&self.topics)
+        Sources::new(&self.topics).map(|s| s.with_key_groups(self.key_groups))
     }
 
     fn transactional_id(&self, task: u32) -> String {

@@ -186,6 +186,9 @@ pub fn job(
             "test",
             &topics.source,
         )),
+        // What the operator gives a job it deploys now: several key groups
+        // per task, so the exactly-once proofs cover stage 2 split by group.
+        key_groups: Some(streamops_crds::runtime_api::default_key_groups(topics.partitions)),
     }
 }
 

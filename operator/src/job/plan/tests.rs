@@ -576,6 +576,36 @@ fn kafka_ids_are_fixed_at_the_first_intent_and_older_jobs_keep_theirs() {
     assert_eq!(old.status.kafka_id_prefix.as_deref(), Some("streamops-uid-1"));
 }
 
+/// A job that starts now gets key groups (the runtime's default for its
+/// partition count), fixed with the first intent and passed to every job
+/// file after; a job an older operator deployed keeps one group per task
+/// (none recorded), because its snapshots are laid out that way.
+#[test]
+fn key_groups_are_fixed_at_the_first_intent_and_older_jobs_keep_one_per_task() {
+    let mut w = World::new(6);
+    w.topics = Err("StreamTopic clicks is not Ready".into());
+    tick(&mut w);
+    assert_eq!(w.status.key_groups, None, "nothing started, nothing fixed");
+    w.topics = Ok(topics(6));
+    tick(&mut w);
+    assert_eq!(w.status.key_groups, Some(128));
+    until(&mut w, "Running", |w| w.running(1));
+    assert_eq!(w.deployment.as_ref().unwrap().key_groups, Some(128));
+    // Another spec version, same groups.
+    w.change_spec(|s| s.parallelism = Some(2));
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    assert_eq!(w.deployment.as_ref().unwrap().key_groups, Some(128));
+    assert_eq!(w.status.key_groups, Some(128));
+
+    let mut old = running_world(2);
+    old.status.key_groups = None;
+    assert_eq!(tick(&mut old).deployment.unwrap().key_groups, None);
+    old.change_spec(|s| s.parallelism = Some(1));
+    until(&mut old, "the change rolled out", |w| w.running(2));
+    assert_eq!(old.deployment.as_ref().unwrap().key_groups, None);
+    assert_eq!(old.status.key_groups, None);
+}
+
 #[test]
 fn first_deployment_restores_spec_savepoint() {
     let mut w = World::new(2);
