@@ -157,9 +157,7 @@ fn id_prefix(o: &Observed) -> String {
     let s = &o.status;
     match &s.kafka_id_prefix {
         Some(p) => p.clone(),
-        None if is_new(o) => {
-            o.ids.current.clone()
-        }
+        None if is_new(o) => o.ids.current.clone(),
         None => o.ids.legacy.clone(),
     }
 }

@@ -140,6 +140,23 @@ pub struct TaskMeta {
 }
 
 impl TaskMeta {
+    /// A task that has read nothing, of the job reading `sources`.
+    fn fresh(task: u32, sources: &Sources) -> TaskMeta {
+        TaskMeta {
+            task,
+            task_count: sources.len(),
+            checkpoint_id: 0,
+            source_offset: None,
+            keyed_offset: None,
+            source_max_event_time: None,
+            source: sources.source_of(task).cloned(),
+            upstreams: BTreeMap::new(),
+            upstream: Vec::new(),
+            key_groups: Some(sources.key_groups()),
+            drained: false,
+        }
+    }
+
     /// The job's key groups as this snapshot records them.
     pub fn groups(&self) -> u32 {
         self.key_groups.unwrap_or(self.task_count).max(1)
@@ -253,19 +270,7 @@ impl Task {
         backend: Box<dyn StateBackend + Send>,
         now_ms: i64,
     ) -> Task {
-        let meta = TaskMeta {
-            task,
-            task_count: sources.len(),
-            checkpoint_id: 0,
-            source_offset: None,
-            keyed_offset: None,
-            source_max_event_time: None,
-            source: sources.source_of(task).cloned(),
-            upstreams: BTreeMap::new(),
-            upstream: Vec::new(),
-            key_groups: Some(sources.key_groups()),
-            drained: false,
-        };
+        let meta = TaskMeta::fresh(task, &sources);
         let op = GroupOperators::new(sources.groups_of(task), sources.key_groups(), plan.window.clone());
         Task {
             own_id: sources.id_of(task).unwrap_or_default(),
@@ -437,19 +442,7 @@ impl Task {
         // same index (the source layout keeps each partition's task).
         let mut meta = match metas.get(&task) {
             Some(m) => relabel(m.clone(), &sources)?,
-            None => TaskMeta {
-                task,
-                task_count: sources.len(),
-                checkpoint_id: 0,
-                source_offset: None,
-                keyed_offset: None,
-                source_max_event_time: None,
-                source: sources.source_of(task).cloned(),
-                upstreams: BTreeMap::new(),
-                upstream: Vec::new(),
-                key_groups: None,
-                drained: false,
-            },
+            None => TaskMeta::fresh(task, &sources),
         };
         let mut upstreams: BTreeMap<u64, Upstream> = BTreeMap::new();
         for m in metas.values() {

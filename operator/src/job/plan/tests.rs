@@ -405,6 +405,15 @@ impl World {
             .map(|c| c.reason.clone())
     }
 
+    fn stalled_message(&self) -> String {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    }
+
     fn running(&self, generation: i64) -> bool {
         self.phase() == Some(JobPhase::Running)
             && self.status.upgrade.is_none()
@@ -1191,13 +1200,7 @@ fn partition_growth_is_refused_before_anything_stops_and_the_job_keeps_running()
         assert_eq!(d.revision, before.revision, "no pod restarts");
     }
     assert_eq!(w.stalled().as_deref(), Some("SourcePartitionsChanged"));
-    let message = &w
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap()
-        .message;
+    let message = w.stalled_message();
     assert!(
         message.contains("8 -> 12 (clicks: 8 -> 12)") && message.contains("allowEmptyState"),
         "{message}"
@@ -1221,13 +1224,7 @@ fn a_source_that_lost_partitions_is_refused() {
     w.topics = Ok(topics(2));
     tick(&mut w);
     assert_eq!(w.stalled().as_deref(), Some("SourcePartitionsChanged"));
-    let message = &w
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap()
-        .message;
+    let message = w.stalled_message();
     assert!(
         message.contains("4 -> 2") && message.contains("lost partitions"),
         "{message}"
