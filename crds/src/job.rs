@@ -649,7 +649,7 @@ pub struct StreamJobStatus {
     /// first deployment. Absent for jobs first deployed by an operator older
     /// than key groups: they keep one group per source partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_groups: Option<u32>,
+    pub key_groups: Option<i32>,
     /// The newest savepoint taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,

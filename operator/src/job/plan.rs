@@ -731,11 +731,11 @@ pub fn decide(o: &Observed) -> Step {
         && let Ok(topics) = &o.topics
     {
         let tasks = u32::try_from(topics.total_partitions()).unwrap_or(0).max(1);
-        step.status.key_groups = Some(runtime_api::default_key_groups(tasks));
+        step.status.key_groups = i32::try_from(runtime_api::default_key_groups(tasks)).ok();
     }
     if let Some(d) = &mut step.deployment {
         d.kafka_id_prefix = step.status.kafka_id_prefix.clone().unwrap_or(prefix);
-        d.key_groups = step.status.key_groups;
+        d.key_groups = step.status.key_groups.and_then(|g| u32::try_from(g).ok());
     }
     step.prerequisites = prerequisites(o);
     step
