@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// transaction committed, stage 2 reads it) every this many events.
     #[arg(long, default_value_t = 10_000)]
     pub commit_every_events: usize,
+    /// The job's key groups (0: one per task, the layout of jobs deployed
+    /// before key groups; a job deployed now with one task has 128).
+    #[arg(long, default_value_t = 0)]
+    pub key_groups: u32,
     /// Where RocksDB databases are created (one fresh directory per run).
     #[arg(long)]
     pub db_dir: Option<PathBuf>,
@@ -93,6 +97,7 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
                 cache_bytes: args.cache_bytes,
                 checkpoint_every: args.checkpoint_every_events,
                 commit_every: args.commit_every_events,
+                key_groups: Some(args.key_groups).filter(|g| *g > 0),
             },
         );
         let db_bytes = dir_size(&db_dir.join("db"));
@@ -107,7 +112,7 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
     let exe = std::env::current_exe()?;
     println!(
         "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={} cache-bytes={} \
-         checkpoint-every={} events commit-every={} events",
+         checkpoint-every={} events commit-every={} events key-groups={}",
         args.events,
         args.events_per_ms,
         args.out_of_order_ms,
@@ -116,7 +121,8 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
         args.cache_entries,
         args.cache_bytes,
         args.checkpoint_every_events,
-        args.commit_every_events
+        args.commit_every_events,
+        args.key_groups
     );
     println!(
         "| window | keys | backend | events/s per core (median) | min | max | peak RSS MiB | input MiB | RocksDB dir MiB | results | late |"
@@ -144,7 +150,8 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
                             "--checkpoint-every-events={}",
                             args.checkpoint_every_events
                         ))
-                        .arg(format!("--commit-every-events={}", args.commit_every_events));
+                        .arg(format!("--commit-every-events={}", args.commit_every_events))
+                        .arg(format!("--key-groups={}", args.key_groups));
                     if let Some(d) = &args.db_dir {
                         cmd.arg("--db-dir").arg(d);
                     }

@@ -234,6 +234,8 @@ pub struct StateConfig<'a> {
     /// The task checkpoints (watermark record to the keyed partition,
     /// commit) every this many events.
     pub commit_every: usize,
+    /// The job's key groups (`None`: one per task).
+    pub key_groups: Option<u32>,
 }
 
 /// Generates the input, then runs the job over it once, single-threaded,
@@ -273,7 +275,7 @@ pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'
         guarantee: ProcessingGuarantee::ExactlyOnce,
         state: options,
         dir: state.db_dir.join("checkpoints"),
-        key_groups: None,
+        key_groups: state.key_groups,
     };
     let mut h = Harness::new(plan, config, backends, 0)?;
     *h.source_mut(0)? = source;
