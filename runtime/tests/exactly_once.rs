@@ -220,7 +220,11 @@ fn savepoint_restores_at_other_parallelism() {
             for (user, start) in expected.keys().filter(|k| !v.results.contains_key(*k)) {
                 let key = serde_json::to_vec(&serde_json::json!([user])).unwrap();
                 *by_task
-                    .entry(streamops_runtime::dataflow::partitioner::partition_for(&key, 8))
+                    .entry(streamops_runtime::dataflow::key_groups::partition_of(
+                        &key,
+                        streamops_crds::runtime_api::default_key_groups(8),
+                        8,
+                    ))
                     .or_default() += 1;
                 *by_window.entry(*start).or_default() += 1;
             }

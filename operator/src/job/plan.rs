@@ -141,11 +141,6 @@ impl KafkaIds {
     }
 }
 
-/// The prefix the job's ids have: the recorded one; else, for a job that
-/// never started anything, the current scheme; else (a job an older operator
-/// deployed, or began to: an intent or a stable spec without a recorded
-/// prefix) the legacy one, because a producer with another transactional id
-/// would not fence its predecessors.
 /// Whether nothing was ever started for the job (no intent, no stable
 /// version, no layout): what is fixed at the first deployment is fixed now.
 fn is_new(o: &Observed) -> bool {
@@ -153,6 +148,11 @@ fn is_new(o: &Observed) -> bool {
     s.upgrade.is_none() && s.last_stable_spec.is_none() && s.source_layout.is_empty()
 }
 
+/// The prefix the job's ids have: the recorded one; else, for a job that
+/// never started anything, the current scheme; else (a job an older operator
+/// deployed, or began to: an intent or a stable spec without a recorded
+/// prefix) the legacy one, because a producer with another transactional id
+/// would not fence its predecessors.
 fn id_prefix(o: &Observed) -> String {
     let s = &o.status;
     match &s.kafka_id_prefix {
@@ -664,16 +664,16 @@ fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> 
     let spec = o.status.last_stable_spec.as_ref()?;
     let mut topics = laid_out(o, spec).ok()?;
     let running = layout_counts(&o.status.source_layout);
-    if topics
-        .source
-        .iter()
-        .any(|t| running.get(&t.topic).is_some_and(|n| *n != t.partitions))
-    {
-        for t in &mut topics.source {
-            if let Some(n) = running.get(&t.topic) {
-                t.partitions = *n;
-            }
+    let mut pinned = false;
+    for t in &mut topics.source {
+        if let Some(&n) = running.get(&t.topic)
+            && n != t.partitions
+        {
+            t.partitions = n;
+            pinned = true;
         }
+    }
+    if pinned {
         let full = layout::assign(&o.status.source_layout, &topics.source);
         topics.layout = layout::for_job_file(&full, &topics.source);
     }
@@ -845,12 +845,9 @@ fn steady(o: &Observed) -> Step {
         let Some(restore) = restore_for(o, &compat, mode, true) else {
             return incompatible(o, &compat);
         };
-        let (restore_mode, from) = match partitions_changed(o, &topics) {
-            None => restore,
-            Some(what) => match empty_instead(o, mode) {
-                Some(empty) => empty,
-                None => return partitions_refused(o, &topics, &what),
-            },
+        let (restore_mode, from) = match at_partition_count(o, &topics, mode, restore) {
+            Ok(restore) => restore,
+            Err(refused) => return *refused,
         };
         let intent = new_intent(
             o,
@@ -930,12 +927,9 @@ fn steady(o: &Observed) -> Step {
         let Some((restore_mode, _)) = restore_for(o, &change.compatibility, mode, false) else {
             return resume_stopped(o, incompatible(o, &change.compatibility));
         };
-        let restore_mode = match partitions_changed(o, &topics) {
-            None => restore_mode,
-            Some(what) => match empty_instead(o, mode) {
-                Some((empty, _)) => empty,
-                None => return resume_stopped(o, partitions_refused(o, &topics, &what)),
-            },
+        let restore_mode = match at_partition_count(o, &topics, mode, (restore_mode, None)) {
+            Ok((restore_mode, _)) => restore_mode,
+            Err(refused) => return resume_stopped(o, *refused),
         };
         let kind = if change.kind == ChangeKind::Upgrade {
             IntentKind::Upgrade
@@ -1214,12 +1208,25 @@ fn layout_counts(layout: &[layout::TaskRange]) -> BTreeMap<String, i32> {
     counts
 }
 
-/// Where a restart at another partition count may start from instead of
-/// the state it cannot take: empty state, when the user allows it
-/// (`spec.restore.allowEmptyState`) or has no state to keep (`stateless`
-/// upgrades).
-fn empty_instead(o: &Observed, mode: UpgradeMode) -> Option<(RestoreMode, Option<String>)> {
-    (mode == UpgradeMode::Stateless || o.spec.allows_empty_state()).then_some((RestoreMode::Empty, None))
+/// Where a restart on `topics` starts from: `restore` while the source
+/// partition count is the running one; at another count, empty state when
+/// the user allows it (`spec.restore.allowEmptyState`) or has no state to
+/// keep (`stateless` upgrades), else the refusal ([`partitions_refused`];
+/// boxed: a step is large, and this is the rare path).
+fn at_partition_count(
+    o: &Observed,
+    topics: &JobTopics,
+    mode: UpgradeMode,
+    restore: (RestoreMode, Option<String>),
+) -> Result<(RestoreMode, Option<String>), Box<Step>> {
+    let Some(what) = partitions_changed(o, topics) else {
+        return Ok(restore);
+    };
+    if mode == UpgradeMode::Stateless || o.spec.allows_empty_state() {
+        Ok((RestoreMode::Empty, None))
+    } else {
+        Err(Box::new(partitions_refused(o, topics, &what)))
+    }
 }
 
 /// A source partition count the running state cannot follow: `Stalled`

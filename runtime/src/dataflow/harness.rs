@@ -320,6 +320,18 @@ struct Slot {
     last: Option<Checkpointed>,
 }
 
+impl Slot {
+    /// `task` with nothing open and no checkpoint yet.
+    fn new(task: Task) -> Slot {
+        Slot {
+            task,
+            open_keyed: Vec::new(),
+            open_out: Vec::new(),
+            last: None,
+        }
+    }
+}
+
 /// N tasks and their logs; see the module documentation.
 pub struct Harness {
     plan: Arc<Plan>,
@@ -355,13 +367,10 @@ impl Harness {
         let slots = (0..n)
             .map(|t| {
                 let backend = backends.open(t)?;
-                Ok(Slot {
-                    task: Task::new(t, sources.clone(), plan.clone(), backend, now_ms)
+                Ok(Slot::new(
+                    Task::new(t, sources.clone(), plan.clone(), backend, now_ms)
                         .with_state_options(config.state),
-                    open_keyed: Vec::new(),
-                    open_out: Vec::new(),
-                    last: None,
-                })
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Harness {
@@ -729,12 +738,7 @@ impl Harness {
                 self.config.state,
             )
             .with_context(|| format!("re-sharding task {t}"))?;
-            slots.push(Slot {
-                task,
-                open_keyed: Vec::new(),
-                open_out: Vec::new(),
-                last: None,
-            });
+            slots.push(Slot::new(task));
         }
         self.slots = slots;
         self.sources = sources;

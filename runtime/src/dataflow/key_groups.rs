@@ -18,13 +18,14 @@
 
 use std::ops::Range;
 
-use super::partitioner::murmur2;
+use super::partitioner::partition_for;
 
 pub use streamops_crds::runtime_api::{MAX_KEY_GROUPS, default_key_groups};
 
-/// The group of `group_key` among `groups` (which must be > 0).
+/// The group of `group_key` among `groups` (which must be > 0): Kafka's
+/// default partitioner over the groups.
 pub fn group_of(group_key: &[u8], groups: u32) -> u32 {
-    ((murmur2(group_key) & 0x7fff_ffff) as u32) % groups.max(1)
+    partition_for(group_key, groups)
 }
 
 /// The keyed partition (of `partitions`) that owns `group` (of `groups`).
@@ -62,7 +63,6 @@ pub fn holders(wanted: &Range<u32>, groups: u32, partitions: u32) -> Vec<u32> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::partitioner::partition_for;
     use super::*;
 
     #[test]

@@ -224,6 +224,13 @@ pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
     Ok(meta)
 }
 
+/// The task's own state (`task.json`) of the snapshot at `dir`.
+fn read_meta(dir: &Path) -> Result<TaskMeta> {
+    let path = dir.join(META_FILE);
+    serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
 /// A snapshot restores only into a job with its number of key groups:
 /// they decide where every key's state is.
 fn same_key_groups(meta: &TaskMeta, sources: &Sources) -> Result<()> {
@@ -335,11 +342,7 @@ impl Task {
         load_state: bool,
         options: StateOptions,
     ) -> Result<Task> {
-        let path = dir.join(META_FILE);
-        let meta: TaskMeta = serde_json::from_slice(
-            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-        )
-        .with_context(|| format!("parsing {}", path.display()))?;
+        let meta = read_meta(dir)?;
         let task_count = sources.len();
         if meta.task_count != task_count {
             return Err(RuntimeError::Dataflow(format!(
@@ -354,14 +357,27 @@ impl Task {
         let mut meta = relabel(meta, &sources)?;
         meta.key_groups = Some(sources.key_groups());
         meta.drained = false;
-        let groups = sources.groups_of(meta.task);
         if load_state {
+            let groups: Vec<u32> = sources.groups_of(meta.task).collect();
             backend
-                .restore(&dir.join(STATE_DIR), &groups.clone().collect::<Vec<_>>())
+                .restore(&dir.join(STATE_DIR), &groups)
                 .with_context(|| format!("restoring the state of task {}", meta.task))?;
         }
+        Self::with_restored(meta, sources, plan, backend, now_ms, options)
+    }
+
+    /// The task `meta` describes, its window state read from `backend`
+    /// (which holds its key groups).
+    fn with_restored(
+        meta: TaskMeta,
+        sources: Arc<Sources>,
+        plan: Arc<Plan>,
+        backend: Box<dyn StateBackend + Send>,
+        now_ms: i64,
+        options: StateOptions,
+    ) -> Result<Task> {
         let op = GroupOperators::restore(
-            groups,
+            sources.groups_of(meta.task),
             sources.key_groups(),
             plan.window.clone(),
             options.cache_capacity,
@@ -397,15 +413,11 @@ impl Task {
     ) -> Result<Task> {
         let mut metas = BTreeMap::new();
         for (&t, dir) in old {
-            let path = dir.join(META_FILE);
-            let meta: TaskMeta = serde_json::from_slice(
-                &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-            )
-            .with_context(|| format!("parsing {}", path.display()))?;
+            let meta = read_meta(dir)?;
             if meta.task != t {
                 return Err(RuntimeError::Dataflow(format!(
                     "{} is the snapshot of task {}, not of task {t}",
-                    path.display(),
+                    dir.display(),
                     meta.task
                 )));
             }
@@ -463,20 +475,7 @@ impl Task {
         meta.task_count = sources.len();
         meta.key_groups = Some(groups);
         meta.drained = false;
-        let op = GroupOperators::restore(
-            wanted,
-            groups,
-            plan.window.clone(),
-            options.cache_capacity,
-            &*backend,
-        )
-        .with_context(|| format!("restoring the window operators of task {task}"))?
-        .with_flush_on_fire(options.flush_on_fire);
-        let mut t = Task::new(task, sources, plan, backend, now_ms);
-        t.op = op;
-        t.sent = None;
-        t.meta = meta;
-        Ok(t)
+        Self::with_restored(meta, sources, plan, backend, now_ms, options)
     }
 
     /// Applies `options` to the window state (of a task with empty state; a
