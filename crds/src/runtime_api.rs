@@ -315,6 +315,13 @@ pub struct SavepointRequest {
     /// Stop processing once the savepoint's transaction committed.
     #[serde(default)]
     pub stop: bool,
+    /// Take it drained (for a restore at another source partition count):
+    /// stage 1 of every task of every pod stops and sends a barrier to every
+    /// keyed partition, and each task's snapshot waits until its keyed
+    /// partition applied every upstream's barrier. Every pod of the job
+    /// must be asked; none completes before all of them stopped stage 1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 /// `GET /v1/savepoints/{id}`.
@@ -335,6 +342,9 @@ pub struct SavepointStatus {
     pub offsets: BTreeMap<String, i64>,
     #[serde(default)]
     pub error: Option<String>,
+    /// Taken drained, as asked (runtimes that cannot drain never say so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// `DELETE /v1/savepoints/{id}`: every object under `<storage>/savepoints/<id>/`

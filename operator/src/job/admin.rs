@@ -329,6 +329,7 @@ mod tests {
                 &SavepointRequest {
                     id: "sp-1".into(),
                     stop: true,
+                    drain: false,
                 },
             )
             .await

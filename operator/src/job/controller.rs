@@ -701,10 +701,16 @@ async fn call(step: &Step, endpoints: &[PodEndpoint], ctx: &JobContext) -> Vec<S
         AdminCall::DeleteSavepoints { savepoints, pods } => {
             return delete_savepoints(savepoints, &on(pods), pods.len(), ctx).await;
         }
-        AdminCall::Savepoint { id, stop, pods } => {
+        AdminCall::Savepoint {
+            id,
+            stop,
+            drain,
+            pods,
+        } => {
             let request = SavepointRequest {
                 id: id.clone(),
                 stop: *stop,
+                drain: *drain,
             };
             for ep in on(pods) {
                 // Idempotent per id: a lost answer is retried next reconcile.

@@ -216,6 +216,8 @@ pub enum AdminCall {
     Savepoint {
         id: String,
         stop: bool,
+        /// Drained: the intent changes the source partition count.
+        drain: bool,
         pods: Vec<String>,
     },
     Resume {
@@ -596,7 +598,12 @@ fn kind_of(intent: &UpgradeIntent) -> IntentKind {
 
 /// What the pods of `intent` run.
 fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Option<Deployment> {
-    let topics = laid_out(o, &intent.spec).ok()?;
+    let mut topics = laid_out(o, &intent.spec).ok()?;
+    if intent.source_partitions.is_some() && intent.source_partitions == o.status.source_partitions {
+        // An intent at the running count (a resume, or a change that is
+        // not the rescale): a topic that grew since waits for that rescale.
+        pin_running_counts(o, &mut topics);
+    }
     let parallelism = intent
         .parallelism
         .unwrap_or_else(|| target_parallelism(&intent.spec, topics.total_partitions()));
@@ -623,6 +630,25 @@ fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Opt
         kafka_id_prefix: String::new(),
         key_groups: None,
     })
+}
+
+/// Sets each source topic's partition count to the one the job runs with
+/// (`status.sourceLayout`), with the layout for those counts.
+fn pin_running_counts(o: &Observed, topics: &mut JobTopics) {
+    let running = layout_counts(&o.status.source_layout);
+    let mut pinned = false;
+    for t in &mut topics.source {
+        if let Some(&n) = running.get(&t.topic)
+            && n != t.partitions
+        {
+            t.partitions = n;
+            pinned = true;
+        }
+    }
+    if pinned {
+        let full = layout::assign(&o.status.source_layout, &topics.source);
+        topics.layout = layout::for_job_file(&full, &topics.source);
+    }
 }
 
 /// The StreamTopics a spec references: what decides which resolved topics
@@ -663,20 +689,7 @@ fn laid_out(o: &Observed, spec: &StreamJobSpec) -> Result<JobTopics, String> {
 fn steady_deployment(o: &Observed, replicas: Option<i32>) -> Option<Deployment> {
     let spec = o.status.last_stable_spec.as_ref()?;
     let mut topics = laid_out(o, spec).ok()?;
-    let running = layout_counts(&o.status.source_layout);
-    let mut pinned = false;
-    for t in &mut topics.source {
-        if let Some(&n) = running.get(&t.topic)
-            && n != t.partitions
-        {
-            t.partitions = n;
-            pinned = true;
-        }
-    }
-    if pinned {
-        let full = layout::assign(&o.status.source_layout, &topics.source);
-        topics.layout = layout::for_job_file(&full, &topics.source);
-    }
+    pin_running_counts(o, &mut topics);
     let parallelism = o
         .status
         .parallelism
@@ -848,6 +861,15 @@ fn steady(o: &Observed) -> Step {
         let (restore_mode, from) = match at_partition_count(o, &topics, mode, restore) {
             Ok(restore) => restore,
             Err(refused) => return *refused,
+        };
+        // Sources that grew while suspended: the job resumes on the
+        // partitions it had (its savepoint was not drained), and the running
+        // version then moves to the new count with a drained savepoint.
+        let (m, p) = match status.source_partitions {
+            Some(was) if was != p && restore_mode != RestoreMode::Empty => {
+                (target_parallelism(&o.spec, was), was)
+            }
+            _ => (m, p),
         };
         let intent = new_intent(
             o,
@@ -1209,9 +1231,11 @@ fn layout_counts(layout: &[layout::TaskRange]) -> BTreeMap<String, i32> {
 }
 
 /// Where a restart on `topics` starts from: `restore` while the source
-/// partition count is the running one; at another count, empty state when
-/// the user allows it (`spec.restore.allowEmptyState`) or has no state to
-/// keep (`stateless` upgrades), else the refusal ([`partitions_refused`];
+/// partition count is the running one, or when the sources only grew and
+/// the version stops with a savepoint (taken drained: the new version
+/// re-shards its keyed state, [`drains`]); at another count, empty state
+/// when the user allows it (`spec.restore.allowEmptyState`) or has no state
+/// to keep (`stateless` upgrades), else the refusal ([`partitions_refused`];
 /// boxed: a step is large, and this is the rare path).
 fn at_partition_count(
     o: &Observed,
@@ -1222,6 +1246,9 @@ fn at_partition_count(
     let Some(what) = partitions_changed(o, topics) else {
         return Ok(restore);
     };
+    if mode == UpgradeMode::Savepoint && sources_grew(o, topics) {
+        return Ok(restore);
+    }
     if mode == UpgradeMode::Stateless || o.spec.allows_empty_state() {
         Ok((RestoreMode::Empty, None))
     } else {
@@ -1229,27 +1256,57 @@ fn at_partition_count(
     }
 }
 
+/// Every source topic the job runs with is still read, none with fewer
+/// partitions, and the total grew: keyed state can follow (re-sharded from
+/// a drained savepoint).
+fn sources_grew(o: &Observed, topics: &JobTopics) -> bool {
+    let before = layout_counts(&o.status.source_layout);
+    o.status
+        .source_partitions
+        .is_some_and(|r| topics.total_partitions() > r)
+        && before.iter().all(|(name, &was)| {
+            topics
+                .source
+                .iter()
+                .any(|t| &t.topic == name && t.partitions >= was)
+        })
+}
+
+/// Whether the savepoint of `intent` must be taken drained: it moves the
+/// job to another source partition count, where the new version re-shards
+/// the keyed state of the savepoint.
+fn drains(o: &Observed, intent: &UpgradeIntent) -> bool {
+    intent.source_partitions.is_some()
+        && o.status.source_partitions.is_some()
+        && intent.source_partitions != o.status.source_partitions
+}
+
 /// A source partition count the running state cannot follow: `Stalled`
 /// before anything is stopped, and the running version keeps running on
 /// the partitions it had (its job file is pinned to the running counts, so
 /// no pod restarts into a restore the runtime would refuse). A decrease is
 /// refused for good (a topic recreated with fewer partitions: its keyed
-/// state has nowhere to go); a growth is refused until keyed state can move.
+/// state has nowhere to go); a growth is refused when the version does not
+/// stop with a savepoint (`upgradeMode: last-state`): only a drained
+/// savepoint lets keyed state move.
 fn partitions_refused(o: &Observed, topics: &JobTopics, what: &str) -> Step {
-    let grew = o
-        .status
-        .source_partitions
-        .is_some_and(|r| topics.total_partitions() > r);
+    let grew = sources_grew(o, topics);
     let why = if grew {
-        "moving keyed state to another partition count is not supported yet, so the new partitions are not read"
+        "moving keyed state to more partitions needs a drained savepoint, and spec.upgradeMode is not savepoint, \
+         so the new partitions are not read"
     } else {
         "a source topic lost partitions (deleted and recreated?), and the state of the partitions it lost has \
          nowhere to go"
     };
+    let fix = if grew {
+        "set spec.upgradeMode: savepoint to move the state, or spec.restore.allowEmptyState: true to restart at the \
+         new count with empty state (source offsets from source.startFrom)"
+    } else {
+        "set spec.restore.allowEmptyState: true to restart at the new count with empty state (source offsets from \
+         source.startFrom), or restore the topic"
+    };
     let message = format!(
-        "the source partitions changed {what}: {why}. Generation {} keeps running on the partitions it had; set \
-         spec.restore.allowEmptyState: true to restart at the new count with empty state (source offsets from \
-         source.startFrom), or restore the topic",
+        "the source partitions changed {what}: {why}. Generation {} keeps running on the partitions it had; {fix}",
         o.status.last_stable_generation.unwrap_or_default()
     );
     let health = Health::stalled("SourcePartitionsChanged", message);
@@ -1345,6 +1402,7 @@ enum PodSavepoint {
 fn savepointing(o: &Observed, intent: UpgradeIntent) -> Step {
     let kind = kind_of(&intent);
     let stop = kind != IntentKind::Savepoint;
+    let drain = drains(o, &intent);
     let timeouts = timeouts(&intent.spec);
     let expected = usize::try_from(o.status.parallelism.unwrap_or(0)).unwrap_or(0);
     let pods = live_pods(o);
@@ -1422,6 +1480,7 @@ fn savepointing(o: &Observed, intent: UpgradeIntent) -> Step {
         AdminCall::Savepoint {
             id: intent.savepoint_id.clone(),
             stop,
+            drain,
             pods: to_trigger,
         }
     };
@@ -1433,6 +1492,15 @@ fn savepointing(o: &Observed, intent: UpgradeIntent) -> Step {
 
 fn savepoint_completed(o: &Observed, mut intent: UpgradeIntent, parts: &[&SavepointStatus]) -> Step {
     let kind = kind_of(&intent);
+    if drains(o, &intent) && parts.iter().any(|s| !s.drained) {
+        return savepoint_failed(
+            o,
+            intent,
+            "the pods did not take it drained (runtime pods older than the operator?), and the new source partition \
+             count needs a drained savepoint"
+                .to_owned(),
+        );
+    }
     let location = parts.iter().find_map(|s| s.location.clone()).unwrap_or_default();
     let mut offsets = BTreeMap::new();
     for part in parts {

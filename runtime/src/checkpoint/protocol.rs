@@ -20,7 +20,10 @@
 //! A restore of task `t`: fence every predecessor (aborting its open
 //! transaction), read the last committed marker, decide where the state
 //! comes from ([`restore_source`]: never silently empty), download it and
-//! open the task at the marker's offsets.
+//! open the task at the marker's offsets. A savepoint taken at another task
+//! count (a grown source topic) is re-sharded: the task downloads the
+//! snapshots of the old tasks that held its key groups and the task
+//! metadata of every old task ([`Opening::Resharded`]).
 //!
 //! A crash between any two steps leaves either the previous checkpoint's
 //! marker as the last committed one (and none of this checkpoint's outputs
@@ -30,7 +33,8 @@
 use crate::error::RuntimeError;
 use crate::error::{Context as _, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use streamops_crds::job::RestoreMode;
 use tracing::info;
@@ -38,8 +42,9 @@ use tracing::info;
 use super::marker::{self, CHECKPOINT_HEADER, Marker};
 use super::outputs::{self, Destinations, Held, Outbox};
 use super::store::{CheckpointStore, Manifest, Target};
+use crate::dataflow::key_groups;
 use crate::dataflow::sources::SourceRef;
-use crate::dataflow::task::{Out, Task};
+use crate::dataflow::task::{self as dataflow_task, Out, Task};
 
 /// One record for a [`TaskLog`].
 #[derive(Debug, Clone, Copy)]
@@ -345,6 +350,18 @@ pub struct RestoreRequest<'a> {
     pub source: &'a SourceRef,
     /// A scratch directory for the download (removed afterwards).
     pub scratch: &'a Path,
+    /// The job's task count now, its key groups and the task's own: a
+    /// savepoint taken at another task count is re-sharded.
+    pub shape: Shape,
+}
+
+/// The job's task count and key groups, and the key groups of the task
+/// being restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub tasks: u32,
+    pub key_groups: u32,
+    pub groups: Range<u32>,
 }
 
 /// A restored task, positioned where its state left off (offsets absent
@@ -353,10 +370,28 @@ pub struct Restored {
     pub task: Task,
     pub from: RestoreSource,
     pub manifest: Option<Manifest>,
+    /// Restored from the last committed checkpoint of this very generation
+    /// (a restart of the same version), not from another version's.
+    pub same_generation: bool,
+    /// Re-sharded from a savepoint taken at this many tasks.
+    pub resharded_from: Option<u32>,
 }
 
-/// Opens a task: empty (`None`) or from a downloaded snapshot directory.
-pub type Open<'a> = dyn FnMut(Option<&Path>) -> Result<Task> + 'a;
+/// What a task is opened from.
+pub enum Opening<'a> {
+    /// Empty state.
+    Empty,
+    /// The snapshot downloaded to this directory.
+    Snapshot(&'a Path),
+    /// The snapshots of a drained savepoint taken at another task count,
+    /// per old task: complete for the old tasks holding this task's key
+    /// groups, only their task metadata for the others
+    /// ([`Task::restore_resharded`]).
+    Resharded(&'a BTreeMap<u32, PathBuf>),
+}
+
+/// Opens a task.
+pub type Open<'a> = dyn FnMut(Opening<'_>) -> Result<Task> + 'a;
 
 /// Runs the protocol's restore of task `t` (module docs).
 pub fn restore<L: TaskLog + ?Sized>(
@@ -372,6 +407,7 @@ pub fn restore<L: TaskLog + ?Sized>(
         Some(location) => Some(io.store.savepoint_manifest(location, t)?),
         None => None,
     };
+    let same_generation = last.as_ref().is_some_and(|m| m.generation == cx.generation);
     let from = restore_source(
         last.as_ref(),
         cx.generation,
@@ -381,6 +417,22 @@ pub fn restore<L: TaskLog + ?Sized>(
         t,
         req.source,
     )?;
+    let resharded = match (&from, req.savepoint) {
+        (RestoreSource::Savepoint(_), Some(location)) => {
+            savepoint_tasks(io.store, location, req)?.map(|old| (location, old))
+        }
+        _ => None,
+    };
+    if let Some((location, old)) = resharded {
+        let task = restore_resharded(t, io, req, location, old, open)?;
+        return Ok(Restored {
+            task,
+            from,
+            manifest: None,
+            same_generation: false,
+            resharded_from: Some(old),
+        });
+    }
     match &from {
         RestoreSource::Empty { offsets } => {
             info!(
@@ -388,7 +440,7 @@ pub fn restore<L: TaskLog + ?Sized>(
                 ?offsets,
                 "starting with empty state (the spec allows it)"
             );
-            let mut task = open(None)?;
+            let mut task = open(Opening::Empty)?;
             if let Some((source, keyed)) = offsets {
                 task.meta.source_offset = *source;
                 task.meta.keyed_offset = Some(*keyed);
@@ -397,6 +449,8 @@ pub fn restore<L: TaskLog + ?Sized>(
                 task,
                 from,
                 manifest: None,
+                same_generation: false,
+                resharded_from: None,
             })
         }
         RestoreSource::Checkpoint(m) | RestoreSource::Savepoint(m) => {
@@ -406,7 +460,7 @@ pub fn restore<L: TaskLog + ?Sized>(
             let _ = std::fs::remove_dir_all(req.scratch);
             io.store.download(&manifest, req.scratch)?;
             io.steps.at(Step::Restoring)?;
-            let task = open(Some(req.scratch));
+            let task = open(Opening::Snapshot(req.scratch));
             let _ = std::fs::remove_dir_all(req.scratch);
             let task = task?;
             if let RestoreSource::Checkpoint(_) = &from {
@@ -426,11 +480,80 @@ pub fn restore<L: TaskLog + ?Sized>(
             );
             Ok(Restored {
                 task,
+                same_generation: same_generation && matches!(from, RestoreSource::Checkpoint(_)),
                 from,
                 manifest: Some(manifest),
+                resharded_from: None,
             })
         }
     }
+}
+
+/// The task count the savepoint at `location` was taken at, if it is not
+/// the job's now (read from its task 0's metadata).
+fn savepoint_tasks(store: &CheckpointStore, location: &str, req: &RestoreRequest<'_>) -> Result<Option<u32>> {
+    let manifest = store
+        .read_manifest(&store.savepoint_manifest(location, 0)?)
+        .with_context(|| format!("reading savepoint {location}"))?;
+    let dir = req.scratch.join("meta-0");
+    let _ = std::fs::remove_dir_all(&dir);
+    store.download_only(&manifest, &dir, |path| path == dataflow_task::META_FILE)?;
+    let meta = dataflow_task::read_meta(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let old = meta?.task_count;
+    Ok((old != req.shape.tasks).then_some(old))
+}
+
+/// Task `t` re-sharded from the savepoint at `location`, taken at `old`
+/// tasks: the old tasks holding its key groups are downloaded whole, the
+/// others' metadata only.
+fn restore_resharded<L: TaskLog + ?Sized>(
+    t: u32,
+    io: Io<'_, L>,
+    req: &RestoreRequest<'_>,
+    location: &str,
+    old: u32,
+    open: &mut Open<'_>,
+) -> Result<Task> {
+    let shape = &req.shape;
+    let holders = key_groups::holders(&shape.groups, shape.key_groups, old);
+    let _ = std::fs::remove_dir_all(req.scratch);
+    let mut dirs = BTreeMap::new();
+    let mut bytes = 0;
+    for h in 0..old {
+        let manifest = io
+            .store
+            .read_manifest(&io.store.savepoint_manifest(location, h)?)
+            .with_context(|| {
+                format!("task {t}: re-sharding from savepoint {location} (taken at {old} tasks) needs old task {h}")
+            })?;
+        let dir = req.scratch.join(format!("task-{h}"));
+        if holders.contains(&h) {
+            bytes += manifest.total_bytes();
+            io.store.download(&manifest, &dir)?;
+        } else {
+            io.store
+                .download_only(&manifest, &dir, |path| path == dataflow_task::META_FILE)?;
+        }
+        dirs.insert(h, dir);
+    }
+    io.steps.at(Step::Restoring)?;
+    let task = open(Opening::Resharded(&dirs));
+    let _ = std::fs::remove_dir_all(req.scratch);
+    let task = task?;
+    info!(
+        task = t,
+        savepoint = location,
+        from_tasks = old,
+        to_tasks = shape.tasks,
+        key_groups = ?shape.groups,
+        ?holders,
+        bytes,
+        entries = task.open_entries(),
+        keyed_offset = ?task.meta.keyed_offset,
+        "re-sharded"
+    );
+    Ok(task)
 }
 
 #[cfg(test)]

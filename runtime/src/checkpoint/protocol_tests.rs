@@ -215,21 +215,35 @@ impl World {
                 allow_empty: true,
                 source: &source,
                 scratch: &scratch,
+                shape: Shape {
+                    tasks: sources.len(),
+                    key_groups: sources.key_groups(),
+                    groups: sources.groups_of(t),
+                },
             },
-            &mut |dir| match dir {
-                None => Ok(Task::new(
+            &mut |opening| match opening {
+                Opening::Empty => Ok(Task::new(
                     t,
                     sources.clone(),
                     plan.clone(),
                     Box::new(MemoryBackend::new()),
                     WALL_CLOCK,
                 )),
-                Some(dir) => Task::restore(
+                Opening::Snapshot(dir) => Task::restore(
                     dir,
                     sources.clone(),
                     plan.clone(),
                     Box::new(MemoryBackend::new()),
                     WALL_CLOCK,
+                ),
+                Opening::Resharded(old) => Task::restore_resharded(
+                    t,
+                    old,
+                    sources.clone(),
+                    plan.clone(),
+                    Box::new(MemoryBackend::new()),
+                    WALL_CLOCK,
+                    Default::default(),
                 ),
             },
         )?;

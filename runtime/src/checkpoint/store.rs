@@ -339,7 +339,19 @@ impl CheckpointStore {
 
     /// Downloads every file of `manifest` into `dir` (created).
     pub fn download(&self, manifest: &Manifest, dir: &Path) -> Result<()> {
-        for f in &manifest.files {
+        self.download_only(manifest, dir, |_| true)
+    }
+
+    /// Downloads the files of `manifest` whose path `wanted` accepts into
+    /// `dir` (created).
+    pub fn download_only(
+        &self,
+        manifest: &Manifest,
+        dir: &Path,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for f in manifest.files.iter().filter(|f| wanted(&f.path)) {
             if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
                 return Err(RuntimeError::Storage(format!(
                     "manifest lists an unsafe path {:?}",

@@ -653,10 +653,10 @@ impl Harness {
     }
 
     /// A drained savepoint of every task (exactly once), as a rescale takes
-    /// it: every task commits what stage 1 wrote (and its watermark), then
-    /// every keyed partition is read to its end, then every task takes its
-    /// snapshot, marked drained, and commits. Stage 1 reads nothing in
-    /// between. Returns each task's snapshot, copied under
+    /// it: every task stops stage 1 and commits what it wrote, then sends
+    /// its barrier to every keyed partition; every keyed partition is read
+    /// until it applied every upstream's barrier, then every task takes its
+    /// snapshot, marked drained, and commits. Returns each task's snapshot, copied under
     /// `savepoint-<n>/task-<t>` (checkpoint retention does not touch it).
     pub fn savepoint_drained(&mut self, now_ms: i64) -> Result<std::collections::BTreeMap<u32, PathBuf>> {
         if !self.exactly_once() {
@@ -664,9 +664,26 @@ impl Harness {
                 "a drained savepoint is taken exactly once".to_string(),
             ));
         }
+        // As the pods drain: stage 1 stops and commits, then its barrier
+        // goes to every keyed partition, and each keyed partition is read
+        // until it applied every upstream's barrier.
+        let id = format!("drain-{}", self.savepoints);
+        for slot in &mut self.slots {
+            slot.task.begin_drain(&id);
+        }
+        self.checkpoint_all(now_ms, true)?;
+        for slot in &mut self.slots {
+            slot.task.drain_committed();
+        }
         self.checkpoint_all(now_ms, true)?;
         for t in 0..self.config.tasks {
             self.poll_keyed(t, usize::MAX)?;
+            let task = &self.slots[t as usize].task;
+            if !task.drained_for(&id) {
+                return Err(RuntimeError::Dataflow(format!(
+                    "task {t}: keyed partition read to its end without every upstream's barrier of {id}"
+                )));
+            }
         }
         for slot in &mut self.slots {
             slot.task.meta.drained = true;
@@ -674,6 +691,7 @@ impl Harness {
         let taken = self.checkpoint_all(now_ms, true);
         for slot in &mut self.slots {
             slot.task.meta.drained = false;
+            slot.task.end_drain();
         }
         taken?;
         let dir = self.config.dir.join(format!("savepoint-{}", self.savepoints));

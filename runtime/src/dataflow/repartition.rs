@@ -5,7 +5,10 @@
 //! little endian, versioned by the first byte: versions 1 and 2 name the
 //! upstream by its task index (written by runtimes before source layouts;
 //! still read), 3 and 4 by its source partition's id
-//! ([`crate::dataflow::sources::source_id`]). The format is what travels
+//! ([`crate::dataflow::sources::source_id`]); version 5 is a watermark
+//! record that is also a drain barrier (the upstream's stage 1 stopped for
+//! a drained savepoint, and everything it wrote before is in front of it).
+//! The format is what travels
 //! through Kafka between tasks of different runtime versions: never change
 //! the bytes of an existing version.
 
@@ -18,6 +21,7 @@ const DATA_BY_TASK: u8 = 1;
 const WATERMARK_BY_TASK: u8 = 2;
 const DATA: u8 = 3;
 const WATERMARK: u8 = 4;
+const BARRIER: u8 = 5;
 
 /// Where a repartition record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,8 @@ pub struct WatermarkRecord {
 pub enum Wire {
     Data(DataRecord),
     Watermark(WatermarkRecord),
+    /// A watermark that is also the barrier of drain `id`.
+    Barrier(WatermarkRecord, String),
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -153,6 +159,19 @@ pub fn encode_watermark(w: &WatermarkRecord) -> Vec<u8> {
     out
 }
 
+/// A watermark record that is also the barrier of drain `id`, from source
+/// partition `source` ([`crate::dataflow::sources::source_id`]): the
+/// upstream wrote everything before it and writes nothing more while the
+/// drain lasts. (Only runtimes that name upstreams by source drain.)
+pub fn encode_barrier(source: u64, watermark: i64, idle: bool, id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(22 + id.len());
+    put_upstream(&mut out, UpstreamRef::Source(source), BARRIER, BARRIER);
+    out.extend_from_slice(&watermark.to_le_bytes());
+    out.push(u8::from(idle));
+    put_bytes(&mut out, id.as_bytes());
+    out
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -194,6 +213,8 @@ impl<'a> Reader<'a> {
 pub enum WireRef<'a> {
     Data(DataRef<'a>),
     Watermark(WatermarkRecord),
+    /// A watermark that is also the barrier of the drain with this id.
+    Barrier(WatermarkRecord, &'a str),
 }
 
 /// A data record of [`decode_into`]: the keyed part is in the caller's
@@ -219,6 +240,7 @@ pub fn decode(bytes: &[u8]) -> Result<Wire> {
             source_value: d.source_value.to_vec(),
         }),
         WireRef::Watermark(w) => Wire::Watermark(w),
+        WireRef::Barrier(w, id) => Wire::Barrier(w, id.to_owned()),
     })
 }
 
@@ -228,7 +250,7 @@ pub fn decode_into<'a>(bytes: &'a [u8], keyed: &mut KeyedRecord) -> Result<WireR
     let mut r = Reader(bytes);
     let version = r.u8()?;
     let upstream = match version {
-        DATA | WATERMARK => UpstreamRef::Source(r.u64()?),
+        DATA | WATERMARK | BARRIER => UpstreamRef::Source(r.u64()?),
         DATA_BY_TASK | WATERMARK_BY_TASK => UpstreamRef::Task(r.u32()?),
         v => {
             return Err(RuntimeError::Dataflow(format!(
@@ -277,11 +299,19 @@ pub fn decode_into<'a>(bytes: &'a [u8], keyed: &mut KeyedRecord) -> Result<WireR
                 source_value,
             }))
         }
-        _ => Ok(WireRef::Watermark(WatermarkRecord {
-            upstream,
-            watermark: r.i64()?,
-            idle: r.u8()? != 0,
-        })),
+        _ => {
+            let w = WatermarkRecord {
+                upstream,
+                watermark: r.i64()?,
+                idle: r.u8()? != 0,
+            };
+            if version != BARRIER {
+                return Ok(WireRef::Watermark(w));
+            }
+            let id = std::str::from_utf8(r.bytes()?)
+                .map_err(|_| RuntimeError::Dataflow("a drain barrier's id is not UTF-8".into()))?;
+            Ok(WireRef::Barrier(w, id))
+        }
     }
 }
 
@@ -368,6 +398,25 @@ mod tests {
             assert_eq!(decode(&encode_watermark(&w)).unwrap(), Wire::Watermark(w));
         }
         assert!(decode(&[9]).is_err());
+    }
+
+    #[test]
+    fn barriers_round_trip() {
+        let w = WatermarkRecord {
+            upstream: UpstreamRef::Source(0x0102_0304_0506_0708),
+            watermark: 1_000,
+            idle: false,
+        };
+        let bytes = encode_barrier(0x0102_0304_0506_0708, 1_000, false, "sp-3-17");
+        // Version 5: a version-4 watermark followed by the drain's id.
+        assert_eq!(
+            bytes,
+            hex("050807060504030201e803000000000000000700000073702d332d3137")
+        );
+        assert_eq!(decode(&bytes).unwrap(), Wire::Barrier(w, "sp-3-17".into()));
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut} must fail");
+        }
     }
 
     fn hex(s: &str) -> Vec<u8> {

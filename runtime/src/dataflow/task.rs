@@ -137,7 +137,30 @@ pub struct TaskMeta {
     /// snapshots restore at another partition count.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// Stage 1 stopped for the drain (a drained savepoint) with this id: the
+    /// task reads no more of its source partition until the drain ends, and
+    /// once this is committed its barrier goes to every keyed partition
+    /// ([`Task::begin_drain`]). A task restored with it stays stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
+    /// The drain barriers the keyed partition has applied, per drain id
+    /// (the newest few drains).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub barriers: Vec<Barriers>,
 }
+
+/// The upstreams whose barrier of drain `id` a keyed partition applied:
+/// everything they wrote before their stage 1 stopped is applied here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Barriers {
+    pub id: String,
+    pub from: std::collections::BTreeSet<u64>,
+}
+
+/// How many drains' barriers a task remembers (an aborted drain's barriers
+/// may still arrive after a newer drain's).
+const BARRIER_DRAINS: usize = 4;
 
 impl TaskMeta {
     /// A task that has read nothing, of the job reading `sources`.
@@ -154,6 +177,8 @@ impl TaskMeta {
             upstream: Vec::new(),
             key_groups: Some(sources.key_groups()),
             drained: false,
+            drain: None,
+            barriers: Vec::new(),
         }
     }
 
@@ -163,7 +188,8 @@ impl TaskMeta {
     }
 }
 
-const META_FILE: &str = "task.json";
+/// The task's own state in a snapshot directory.
+pub const META_FILE: &str = "task.json";
 /// Dead-letter kind of a record whose event time is too far in the future.
 pub const FUTURE_EVENT_TIME: &str = "future_event_time";
 /// Dead-letter kind of a record too large to pass through the repartition
@@ -225,7 +251,7 @@ pub fn relabel(mut meta: TaskMeta, sources: &Sources) -> Result<TaskMeta> {
 }
 
 /// The task's own state (`task.json`) of the snapshot at `dir`.
-fn read_meta(dir: &Path) -> Result<TaskMeta> {
+pub fn read_meta(dir: &Path) -> Result<TaskMeta> {
     let path = dir.join(META_FILE);
     serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
         .with_context(|| format!("parsing {}", path.display()))
@@ -263,6 +289,12 @@ pub struct Task {
     results: Vec<WindowResult>,
     last_active_ms: i64,
     sent: Option<(i64, bool)>,
+    /// The drain recorded in `meta.drain` is committed: the next watermark
+    /// update is the task's barrier ([`Task::drain_committed`]).
+    barrier_due: bool,
+    /// While this task drains: an upstream wrote data after its barrier
+    /// (it resumed; the drain cannot complete).
+    drain_broken: Option<u64>,
     buf: Vec<u8>,
     max_record_bytes: usize,
     pub counters: TaskCounters,
@@ -292,6 +324,8 @@ impl Task {
             results: Vec::new(),
             last_active_ms: now_ms,
             sent: None,
+            barrier_due: false,
+            drain_broken: None,
             buf: Vec::new(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             counters: TaskCounters::default(),
@@ -388,6 +422,9 @@ impl Task {
         let mut t = Task::new(meta.task, sources, plan, backend, now_ms);
         t.op = op;
         t.sent = None;
+        // A drain recorded in a committed snapshot: its barrier may not have
+        // been written (or committed) yet; sending it again is harmless.
+        t.barrier_due = meta.drain.is_some();
         t.meta = meta;
         Ok(t)
     }
@@ -475,6 +512,8 @@ impl Task {
         meta.task_count = sources.len();
         meta.key_groups = Some(groups);
         meta.drained = false;
+        meta.drain = None;
+        meta.barriers.clear();
         Self::with_restored(meta, sources, plan, backend, now_ms, options)
     }
 
@@ -542,6 +581,10 @@ impl Task {
         now_ms: i64,
         out: &mut Vec<Out>,
     ) {
+        if self.meta.drain.is_some() {
+            // Stopped for a drain: not consumed (read again once it ends).
+            return;
+        }
         self.meta.source_offset = Some(offset + 1);
         self.counters.source_records += 1;
         self.last_active_ms = now_ms;
@@ -628,14 +671,73 @@ impl Task {
         }
     }
 
+    /// Stops stage 1 for the drain `id` (a drained savepoint): the caller
+    /// stops reading the source partition and checkpoints, which records
+    /// the drain with everything stage 1 wrote; after that commit
+    /// ([`Task::drain_committed`]) the next checkpoint sends the task's
+    /// barrier to every keyed partition. Stage 1 stays stopped until
+    /// [`Task::end_drain`], across restarts too: an upstream that wrote
+    /// after its barrier would leave keyed records behind a drained
+    /// keyed partition.
+    pub fn begin_drain(&mut self, id: &str) {
+        if self.meta.drain.as_deref() != Some(id) {
+            self.meta.drain = Some(id.to_owned());
+            self.barrier_due = false;
+            self.drain_broken = None;
+        }
+    }
+
+    /// The checkpoint recording the drain committed: the barrier is due.
+    pub fn drain_committed(&mut self) {
+        self.barrier_due = self.meta.drain.is_some();
+    }
+
+    /// Ends the drain (aborted, or the job resumes): stage 1 reads again.
+    pub fn end_drain(&mut self) {
+        self.meta.drain = None;
+        self.barrier_due = false;
+        self.drain_broken = None;
+    }
+
+    /// The drain stage 1 is stopped for.
+    pub fn draining(&self) -> Option<&str> {
+        self.meta.drain.as_deref()
+    }
+
+    /// The keyed partition applied the barrier of drain `id` from every
+    /// source partition of the job: no upstream has anything left for it.
+    pub fn drained_for(&self, id: &str) -> bool {
+        self.meta
+            .barriers
+            .iter()
+            .find(|b| b.id == id)
+            .is_some_and(|b| self.sources.ids().iter().all(|u| b.from.contains(u)))
+    }
+
+    /// While draining: the upstream (source id) that wrote data after its
+    /// barrier, if one did.
+    pub fn drain_broken(&self) -> Option<u64> {
+        self.drain_broken
+    }
+
     /// Stage 1: the watermark record to broadcast, if it changed since the
-    /// last one (called once per checkpoint, before the marker).
+    /// last one, or the drain barrier once due (called once per
+    /// checkpoint, before the marker).
     pub fn watermark_update(&mut self, now_ms: i64) -> Option<Out> {
         let idle = self
             .plan
             .idle_timeout_ms
             .is_some_and(|t| now_ms.saturating_sub(self.last_active_ms) >= t);
         let wm = self.source_watermark();
+        if self.barrier_due
+            && let Some(id) = &self.meta.drain
+        {
+            self.barrier_due = false;
+            self.sent = Some((wm, idle));
+            return Some(Out::Watermark {
+                value: repartition::encode_barrier(self.own_id, wm, idle, id),
+            });
+        }
         if self.sent == Some((wm, idle)) || (wm == NO_WATERMARK && !idle) {
             return None;
         }
@@ -661,7 +763,31 @@ impl Task {
                 u.idle = w.idle;
                 self.advance(out)
             }
+            WireRef::Barrier(w, id) => {
+                let from = self.upstream_id(w.upstream)?;
+                let u = self.meta.upstreams.entry(from).or_default();
+                u.watermark = u.watermark.max(w.watermark);
+                u.idle = w.idle;
+                let barriers = &mut self.meta.barriers;
+                match barriers.iter_mut().find(|b| b.id == id) {
+                    Some(b) => {
+                        b.from.insert(from);
+                    }
+                    None => {
+                        barriers.push(Barriers {
+                            id: id.to_owned(),
+                            from: [from].into(),
+                        });
+                        let n = barriers.len();
+                        barriers.drain(..n.saturating_sub(BARRIER_DRAINS));
+                    }
+                }
+                self.advance(out)
+            }
             WireRef::Data(d) => {
+                if !self.meta.barriers.is_empty() {
+                    self.check_after_barrier(d.upstream)?;
+                }
                 let u = self.upstream(d.upstream)?;
                 if d.source_offset <= u.seen {
                     self.counters.duplicates_dropped += 1;
@@ -692,16 +818,38 @@ impl Task {
     /// in the repartition topic by the version before) are kept apart from
     /// whichever partition took over its task.
     fn upstream(&mut self, from: UpstreamRef) -> Result<&mut Upstream> {
-        let id = match from {
-            UpstreamRef::Source(id) => id,
+        let id = self.upstream_id(from)?;
+        Ok(self.meta.upstreams.entry(id).or_default())
+    }
+
+    fn upstream_id(&self, from: UpstreamRef) -> Result<u64> {
+        match from {
+            UpstreamRef::Source(id) => Ok(id),
             UpstreamRef::Task(t) => self.sources.id_of(t).ok_or_else(|| {
                 RuntimeError::Dataflow(format!(
                     "record from task {t} (written by an older runtime) but the job has {} tasks",
                     self.sources.len()
                 ))
-            })?,
+            }),
+        }
+    }
+
+    /// While this task drains: data from an upstream after its barrier of
+    /// the same drain means that upstream resumed, so the drain is broken.
+    fn check_after_barrier(&mut self, from: UpstreamRef) -> Result<()> {
+        let Some(id) = self.meta.drain.as_deref() else {
+            return Ok(());
         };
-        Ok(self.meta.upstreams.entry(id).or_default())
+        let from = self.upstream_id(from)?;
+        if self
+            .meta
+            .barriers
+            .iter()
+            .any(|b| b.id == id && b.from.contains(&from))
+        {
+            self.drain_broken = Some(from);
+        }
+        Ok(())
     }
 
     /// The keyed partition's watermark follows the slowest source partition
@@ -811,6 +959,8 @@ mod tests {
             upstream: Vec::new(),
             key_groups: None,
             drained: false,
+            drain: None,
+            barriers: Vec::new(),
         }
     }
 
@@ -920,6 +1070,87 @@ mod tests {
         assert_eq!(wm(UpstreamRef::Source(source_id("c", 0)), 9_000, 4), NO_WATERMARK);
         assert_eq!(wm(UpstreamRef::Source(source_id("a", 0)), 5_000, 5), NO_WATERMARK);
         assert_eq!(wm(UpstreamRef::Source(source_id("b", 0)), 3_000, 6), 3_000);
+    }
+
+    #[test]
+    fn a_drain_stops_stage_1_and_its_barrier_follows_the_commit() {
+        let s = sources(&[("a", 2)]);
+        let mut up = [
+            Task::new(0, s.clone(), plan(), Box::new(MemoryBackend::new()), 0),
+            Task::new(1, s.clone(), plan(), Box::new(MemoryBackend::new()), 0),
+        ];
+        let mut keyed = Task::new(0, s.clone(), plan(), Box::new(MemoryBackend::new()), 0);
+        let mut out = Vec::new();
+        up[0].on_source(0, None, br#"{"k": "u", "ts": 1500}"#, 10_000, &mut out);
+        assert_eq!(up[0].meta.source_offset, Some(1));
+        up[0].begin_drain("sp-1");
+        // Stopped: a source record is not consumed (read again later).
+        out.clear();
+        up[0].on_source(1, None, br#"{"k": "v", "ts": 1600}"#, 10_000, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(up[0].meta.source_offset, Some(1));
+        // The checkpoint that records the drain carries no barrier: only
+        // once that is committed may the barrier go out.
+        let barrier = |t: &mut Task| match t.watermark_update(10_000) {
+            Some(Out::Watermark { value }) => match repartition::decode(&value).unwrap() {
+                Wire::Barrier(_, id) => Some((id, value)),
+                _ => None,
+            },
+            _ => None,
+        };
+        assert_eq!(barrier(&mut up[0]), None);
+        up[0].drain_committed();
+        let (id, b0) = barrier(&mut up[0]).expect("the barrier after the commit");
+        assert_eq!(id, "sp-1");
+        assert_eq!(barrier(&mut up[0]), None, "once");
+        // A restored task that was draining sends its barrier again.
+        let dir = tempfile::tempdir().unwrap();
+        up[0].snapshot(&dir.path().join("snap")).unwrap();
+        let mut again = Task::restore(
+            &dir.path().join("snap"),
+            s.clone(),
+            plan(),
+            Box::new(MemoryBackend::new()),
+            0,
+        )
+        .unwrap();
+        assert_eq!(again.draining(), Some("sp-1"));
+        assert_eq!(barrier(&mut again).map(|(id, _)| id), Some("sp-1".to_string()));
+        // The keyed partition is drained once every upstream's barrier of
+        // that drain arrived; another drain's barrier does not count.
+        keyed.begin_drain("sp-1");
+        keyed.on_keyed(0, &b0, &mut Vec::new()).unwrap();
+        assert!(!keyed.drained_for("sp-1"));
+        let other = repartition::encode_barrier(source_id("a", 1), 0, false, "sp-0");
+        keyed.on_keyed(1, &other, &mut Vec::new()).unwrap();
+        assert!(!keyed.drained_for("sp-1"));
+        up[1].begin_drain("sp-1");
+        up[1].drain_committed();
+        let (_, b1) = barrier(&mut up[1]).unwrap();
+        keyed.on_keyed(2, &b1, &mut Vec::new()).unwrap();
+        assert!(keyed.drained_for("sp-1"));
+        assert_eq!(keyed.drain_broken(), None);
+        // Data from an upstream after its barrier: it resumed, the drain
+        // is broken.
+        let data = DataRecord {
+            upstream: UpstreamRef::Source(source_id("a", 1)),
+            source_offset: 7,
+            keyed: KeyedRecord {
+                group_key: br#"["u"]"#.to_vec(),
+                event_time: 1_000,
+                inputs: Vec::new(),
+                values: Vec::new(),
+            },
+            source_key: None,
+            source_value: b"{}".to_vec(),
+        };
+        let mut buf = Vec::new();
+        repartition::encode_data(&data, &mut buf);
+        let _ = keyed.on_keyed(3, &buf, &mut Vec::new());
+        assert_eq!(keyed.drain_broken(), Some(source_id("a", 1)));
+        keyed.end_drain();
+        assert_eq!(keyed.drain_broken(), None);
+        assert_eq!(keyed.draining(), None);
     }
 
     #[test]

@@ -138,7 +138,7 @@ async fn handle(
                 Err(e) => {
                     return error(
                         StatusCode::BAD_REQUEST,
-                        &format!("expected {{\"id\",\"stop\"}}: {e}"),
+                        &format!("expected {{\"id\",\"stop\",\"drain\"}}: {e}"),
                     );
                 }
             };
@@ -148,7 +148,7 @@ async fn handle(
                     "savepoint id: 1-128 of [A-Za-z0-9._-], not starting with '.'",
                 );
             }
-            shared.request_savepoint(&r.id, r.stop);
+            shared.request_savepoint(&r.id, r.stop, r.drain);
             json(StatusCode::ACCEPTED, &serde_json::json!({ "id": r.id }))
         }
         (Method::GET, p) if p.starts_with("/v1/savepoints/") => {

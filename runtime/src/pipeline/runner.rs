@@ -18,7 +18,7 @@
 use crate::error::RuntimeError;
 use crate::error::{Context as _, Result};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -36,7 +36,9 @@ use super::offsets::{self, Decision};
 use super::shared::{MAX_OFFSET_RESETS, RuntimeState, SavepointState, Shared};
 use crate::checkpoint::marker;
 use crate::checkpoint::outputs::{Destinations, Outbox};
-use crate::checkpoint::protocol::{self, Context, Io, Request, RestoreRequest, RestoreSource};
+use crate::checkpoint::protocol::{
+    self, Context, Io, Opening, Request, RestoreRequest, RestoreSource, Shape,
+};
 use crate::checkpoint::store::CheckpointStore;
 use crate::dataflow::sources::Sources;
 use crate::dataflow::task::{Out, STATE_DIR, Task};
@@ -165,19 +167,35 @@ impl Tasks {
         self.state_dir.join(format!("task-{task}-{}", self.instance))
     }
 
-    /// Task `t` with empty state (`dir` none) or restored from the snapshot
-    /// downloaded to `dir`. RocksDB opens the snapshot in place (its SST
-    /// files keep their names, so the next checkpoint references what is
-    /// already stored); the memory backend loads it.
-    fn open(&self, t: u32, dir: Option<&Path>, backend: Box<dyn StateBackend + Send>) -> Result<Task> {
-        let Some(dir) = dir else {
-            return Ok(Task::new(
-                t,
-                self.sources.clone(),
-                self.plan.clone(),
-                backend,
-                now_ms(),
-            ));
+    /// Task `t` with empty state, restored from the snapshot downloaded to
+    /// a directory, or re-sharded from the snapshots of a savepoint taken at
+    /// another task count. RocksDB opens a snapshot in place (its SST files
+    /// keep their names, so the next checkpoint references what is already
+    /// stored); the memory backend loads it; re-sharding copies the task's
+    /// key groups into the fresh backend.
+    fn open(&self, t: u32, opening: Opening<'_>, backend: Box<dyn StateBackend + Send>) -> Result<Task> {
+        let dir = match opening {
+            Opening::Empty => {
+                return Ok(Task::new(
+                    t,
+                    self.sources.clone(),
+                    self.plan.clone(),
+                    backend,
+                    now_ms(),
+                ));
+            }
+            Opening::Resharded(old) => {
+                return Task::restore_resharded(
+                    t,
+                    old,
+                    self.sources.clone(),
+                    self.plan.clone(),
+                    backend,
+                    now_ms(),
+                    Default::default(),
+                );
+            }
+            Opening::Snapshot(dir) => dir,
         };
         match self.backend {
             BackendKind::Memory => {
@@ -219,8 +237,18 @@ pub struct Runner {
     txn_timeout_ms: u64,
     timeout: Duration,
     stopped: bool,
+    /// The drained savepoint in progress ([`Runner::begin_drain`]).
+    drain: Option<Drain>,
     out: Vec<Out>,
     output_buffer_bytes: usize,
+}
+
+/// A drained savepoint in progress: stage 1 of every task stopped and its
+/// barrier sent; the savepoint is taken once every task's keyed partition
+/// applied the barrier of every source partition of the job.
+struct Drain {
+    id: String,
+    stop: bool,
 }
 
 fn now_ms() -> i64 {
@@ -324,6 +352,7 @@ impl Runner {
             txn_timeout_ms,
             timeout: kafka_timeout,
             stopped: false,
+            drain: None,
             out: Vec::new(),
             output_buffer_bytes,
             job,
@@ -340,7 +369,23 @@ impl Runner {
         for slot in runner.slots.values_mut() {
             slot.begin();
         }
-        runner.shared.update_status(|s| s.state = RuntimeState::Running);
+        // Restarted in the middle of a drain: stage 1 stays stopped (its
+        // barrier is out) until the operator asks for that savepoint again
+        // or calls it off (resume).
+        let held = runner
+            .slots
+            .values()
+            .find_map(|s| s.task.draining())
+            .map(str::to_owned);
+        if let Some(id) = &held {
+            info!(drain = %id, "restored in the middle of a drain: stage 1 stays stopped until the savepoint is asked again or the job resumes");
+        }
+        let state = if held.is_some() {
+            RuntimeState::Stopped
+        } else {
+            RuntimeState::Running
+        };
+        runner.shared.update_status(|s| s.state = state);
         Ok(runner)
     }
 
@@ -387,12 +432,17 @@ impl Runner {
                 allow_empty: self.job.restore.allow_empty_state,
                 source: &own,
                 scratch: &scratch,
+                shape: Shape {
+                    tasks: task_count,
+                    key_groups: self.sources.key_groups(),
+                    groups: self.sources.groups_of(t),
+                },
             },
-            &mut |dir| {
+            &mut |opening| {
                 let backend = backend
                     .take()
                     .ok_or_else(|| RuntimeError::Dataflow(format!("task {t} opened twice")))?;
-                tasks.open(t, dir, backend)
+                tasks.open(t, opening, backend)
             },
         )?;
         self.shared
@@ -400,15 +450,24 @@ impl Runner {
             .restore_seconds
             .observe(started.elapsed().as_secs_f64());
         let mut task = restored.task;
+        // A drain survives only a restart of the same version (stage 1 stays
+        // stopped until the drain completes or is called off); a version
+        // restored from a savepoint or another version's checkpoint reads.
+        if !restored.same_generation {
+            task.end_drain();
+        }
         // Offsets never stay symbolic: resolve them now, so a checkpoint
-        // always names exact positions.
+        // always names exact positions. A partition new to a re-sharded job
+        // is read from its beginning whatever `startFrom` says: what was
+        // written to it since the topic grew belongs to the job.
         if task.meta.source_offset.is_none() {
             let (low, high) = self.offsets.watermarks(&own.topic, own.partition)?;
             let latest = matches!(
                 self.job.spec.source.start_from,
                 Some(streamops_crds::job::StartPosition::Latest)
             );
-            task.meta.source_offset = Some(if latest { high } else { low });
+            let from_end = latest && restored.resharded_from.is_none();
+            task.meta.source_offset = Some(if from_end { high } else { low });
         }
         if task.meta.keyed_offset.is_none() {
             let (low, _) = self.offsets.watermarks(&self.job.topics.repartition, t as i32)?;
@@ -523,8 +582,11 @@ impl Runner {
         for (t, s) in &self.slots {
             let so = s.task.meta.source_offset.unwrap_or(0);
             let ko = s.task.meta.keyed_offset.unwrap_or(0);
-            tpl.add_partition_offset(&s.source_topic, s.source_partition, Offset::Offset(so))
-                .map_err(kerr("building the assignment"))?;
+            // Stage 1 of a draining task reads nothing.
+            if s.task.draining().is_none() {
+                tpl.add_partition_offset(&s.source_topic, s.source_partition, Offset::Offset(so))
+                    .map_err(kerr("building the assignment"))?;
+            }
             tpl.add_partition_offset(&self.job.topics.repartition, *t as i32, Offset::Offset(ko))
                 .map_err(kerr("building the assignment"))?;
         }
@@ -591,6 +653,9 @@ impl Runner {
             for s in self.slots.values() {
                 s.log.poll();
             }
+            if self.drain.is_some() {
+                self.drain_progress()?;
+            }
             if Instant::now() >= next_checkpoint {
                 self.checkpoint_all(None, false)?;
                 next_checkpoint = Instant::now() + self.interval;
@@ -607,46 +672,40 @@ impl Runner {
 
     fn command(&mut self, cmd: super::shared::Command) -> Result<()> {
         match cmd {
-            super::shared::Command::Savepoint { id, stop } => {
+            super::shared::Command::Savepoint { id, stop, drain } => {
                 if self.stopped {
-                    self.shared.update_savepoint(&id, |sp| {
-                        sp.state = SavepointState::Failed;
-                        sp.error = Some("the runtime is stopped (an earlier stop-with-savepoint)".into());
-                    });
+                    self.savepoint_failed(
+                        &id,
+                        "the runtime is stopped (an earlier stop-with-savepoint)".into(),
+                    );
                     return Ok(());
                 }
-                if let Err(e) = self.checkpoint_all(Some(&id), stop) {
-                    self.shared.update_savepoint(&id, |sp| {
-                        sp.state = SavepointState::Failed;
-                        sp.error = Some(e.to_string());
-                    });
-                    return Err(e);
+                if drain {
+                    return self.begin_drain(id, stop);
                 }
-                let location = self.store.savepoint_location(&id);
-                let offsets = self.offsets();
-                let checkpoint = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
-                self.shared.update_savepoint(&id, |sp| {
-                    sp.state = SavepointState::Completed;
-                    sp.location = Some(location);
-                    sp.offsets = offsets;
-                    sp.checkpoint_id = checkpoint.map(|c| c as i64);
-                });
-                if stop {
-                    self.stopped = true;
-                    self.shared.update_status(|s| s.state = RuntimeState::Stopped);
-                    info!(savepoint = %id, "stopped with savepoint; nothing uncommitted remains");
-                }
-                Ok(())
+                let taken = self.checkpoint_all(Some(&id), stop);
+                self.savepoint_taken(&id, stop, false, taken)
             }
             super::shared::Command::Resume => {
+                let draining = self.slots.values().any(|s| s.task.draining().is_some());
+                if let Some(d) = self.drain.take() {
+                    self.savepoint_failed(&d.id, "called off by a resume before the drain completed".into());
+                }
+                if draining {
+                    for s in self.slots.values_mut() {
+                        s.task.end_drain();
+                    }
+                    self.assign()?;
+                    info!("drain called off: stage 1 reads again");
+                }
                 if self.stopped {
                     for s in self.slots.values_mut() {
                         s.begin();
                     }
                     self.stopped = false;
-                    self.shared.update_status(|s| s.state = RuntimeState::Running);
                     info!("resumed after a stop");
                 }
+                self.shared.update_status(|s| s.state = RuntimeState::Running);
                 Ok(())
             }
             super::shared::Command::DeleteSavepoint { id, done } => {
@@ -656,6 +715,126 @@ impl Runner {
                 Ok(())
             }
         }
+    }
+
+    fn savepoint_failed(&self, id: &str, why: String) {
+        warn!(savepoint = %id, %why, "savepoint failed");
+        self.shared.update_savepoint(id, |sp| {
+            sp.state = SavepointState::Failed;
+            sp.error = Some(why);
+        });
+    }
+
+    /// Records savepoint `id` as `taken` (the checkpoint of every task, or
+    /// its error, which also ends the process), and stops after it if asked.
+    fn savepoint_taken(&mut self, id: &str, stop: bool, drained: bool, taken: Result<()>) -> Result<()> {
+        if let Err(e) = taken {
+            self.savepoint_failed(id, e.to_string());
+            return Err(e);
+        }
+        let location = self.store.savepoint_location(id);
+        let offsets = self.offsets();
+        let checkpoint = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
+        self.shared.update_savepoint(id, |sp| {
+            sp.state = SavepointState::Completed;
+            sp.location = Some(location);
+            sp.offsets = offsets;
+            sp.checkpoint_id = checkpoint.map(|c| c as i64);
+            sp.drained = drained;
+        });
+        if stop {
+            self.stopped = true;
+            self.shared.update_status(|s| s.state = RuntimeState::Stopped);
+            info!(savepoint = %id, drained, "stopped with savepoint; nothing uncommitted remains");
+        }
+        Ok(())
+    }
+
+    /// Starts the drained savepoint `id`: stage 1 of every task stops
+    /// reading, a checkpoint records that with everything stage 1 wrote,
+    /// and once that is committed the next checkpoint sends each task's
+    /// barrier to every keyed partition. [`Runner::drain_progress`] takes
+    /// the savepoint when every keyed partition here has every barrier.
+    /// (The barrier follows the commit so that no restart can make a
+    /// source partition write after its barrier: a task restored from the
+    /// committed drain keeps stage 1 stopped.)
+    fn begin_drain(&mut self, id: String, stop: bool) -> Result<()> {
+        if let Some(d) = &self.drain {
+            if d.id != id {
+                self.savepoint_failed(&id, format!("drain {} is in progress", d.id));
+            }
+            return Ok(());
+        }
+        let recorded = self
+            .slots
+            .values()
+            .all(|s| s.task.draining() == Some(id.as_str()));
+        for s in self.slots.values_mut() {
+            s.task.begin_drain(&id);
+        }
+        self.assign()?;
+        info!(savepoint = %id, stop, "draining: stage 1 stopped");
+        if !recorded && let Err(e) = self.checkpoint_all(None, false) {
+            self.savepoint_failed(&id, e.to_string());
+            return Err(e);
+        }
+        for s in self.slots.values_mut() {
+            s.task.drain_committed();
+        }
+        if let Err(e) = self.checkpoint_all(None, false) {
+            self.savepoint_failed(&id, e.to_string());
+            return Err(e);
+        }
+        self.drain = Some(Drain { id, stop });
+        self.shared.update_status(|s| s.state = RuntimeState::Running);
+        Ok(())
+    }
+
+    /// The drain in progress: called off if an upstream wrote after its
+    /// barrier (it resumed); the savepoint, marked drained, once every
+    /// task's keyed partition applied every upstream's barrier.
+    fn drain_progress(&mut self) -> Result<()> {
+        let Some(d) = self.drain.take() else {
+            return Ok(());
+        };
+        if let Some((t, u)) = self
+            .slots
+            .iter()
+            .find_map(|(t, s)| s.task.drain_broken().map(|u| (*t, u)))
+        {
+            let from = (0..self.sources.len())
+                .find(|&t| self.sources.id_of(t) == Some(u))
+                .and_then(|t| self.sources.source_of(t))
+                .map_or_else(|| format!("source id {u}"), ToString::to_string);
+            for s in self.slots.values_mut() {
+                s.task.end_drain();
+            }
+            self.assign()?;
+            self.savepoint_failed(
+                &d.id,
+                format!("task {t}: {from} wrote after its drain barrier (its pod resumed), so the drain cannot complete"),
+            );
+            return Ok(());
+        }
+        if !self.slots.values().all(|s| s.task.drained_for(&d.id)) {
+            self.drain = Some(d);
+            return Ok(());
+        }
+        for s in self.slots.values_mut() {
+            s.task.meta.drained = true;
+        }
+        let taken = self.checkpoint_all(Some(&d.id), d.stop);
+        for s in self.slots.values_mut() {
+            s.task.meta.drained = false;
+        }
+        if !d.stop && taken.is_ok() {
+            for s in self.slots.values_mut() {
+                s.task.end_drain();
+            }
+            self.assign()?;
+        }
+        info!(savepoint = %d.id, "drained: every keyed partition applied every upstream's barrier");
+        self.savepoint_taken(&d.id, d.stop, true, taken)
     }
 
     /// Deletes savepoint `id` from storage unless this process was started

@@ -24,6 +24,8 @@ pub enum Command {
     Savepoint {
         id: String,
         stop: bool,
+        /// Drained ([`streamops_crds::runtime_api::SavepointRequest::drain`]).
+        drain: bool,
     },
     Resume,
     /// Delete savepoint `id` from storage; the outcome goes to `done`
@@ -303,7 +305,7 @@ impl Shared {
     }
 
     /// Registers a savepoint request; false if the id is already known.
-    pub fn request_savepoint(&self, id: &str, stop: bool) -> bool {
+    pub fn request_savepoint(&self, id: &str, stop: bool, drain: bool) -> bool {
         let mut map = self.savepoints.lock().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(id) {
             return false;
@@ -318,12 +320,14 @@ impl Shared {
                 checkpoint_id: None,
                 offsets: BTreeMap::new(),
                 error: None,
+                drained: false,
             },
         );
         drop(map);
         self.push(Command::Savepoint {
             id: id.to_string(),
             stop,
+            drain,
         });
         true
     }

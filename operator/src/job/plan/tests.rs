@@ -69,6 +69,8 @@ struct Behaviour {
     /// This many savepoint deletions (one pod, one savepoint each) fail
     /// before they work again.
     deletion_failures: usize,
+    /// The pods ignore a drain request (a runtime older than the operator).
+    cannot_drain: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -291,7 +293,12 @@ impl World {
         }
         match &step.call {
             AdminCall::None => {}
-            AdminCall::Savepoint { id, stop, pods } => {
+            AdminCall::Savepoint {
+                id,
+                stop,
+                drain,
+                pods,
+            } => {
                 for name in pods {
                     let Some(pod) = self.pods.iter_mut().find(|p| &p.name == name) else {
                         continue;
@@ -321,6 +328,7 @@ impl World {
                             checkpoint_id: Some(pod.checkpoint),
                             offsets: [(format!("clicks-{}", &name[4..]), 100)].into(),
                             error: failed.then(|| "disk full".to_owned()),
+                            drained: *drain && !self.behaviour.cannot_drain,
                         },
                     );
                 }
@@ -724,6 +732,7 @@ fn savepoint_upgrade_writes_intent_first_then_savepoints_then_rolls_out() {
         AdminCall::Savepoint {
             id: intent.savepoint_id.clone(),
             stop: true,
+            drain: false,
             pods: vec!["job-0".into(), "job-1".into(), "job-2".into(), "job-3".into()],
         }
     );
@@ -1183,15 +1192,84 @@ fn allow_empty_state(s: &mut StreamJobSpec) {
 }
 
 /// A source topic grows 8 -> 12 partitions under a running job (no spec
-/// change). Keyed state cannot move to 12 keyed partitions yet, so: refused
-/// before any savepoint, the running version keeps its pods and its job
-/// file (pinned to 8 partitions: a pod restart restores what it had), and
-/// the status says why and what to do.
+/// change): the running version stops with a drained savepoint (taken at
+/// 8, pods pinned to 8 until then), and the new count restores it,
+/// re-sharding the keyed state; the pods follow the new count.
 #[test]
-fn partition_growth_is_refused_before_anything_stops_and_the_job_keeps_running() {
+fn partition_growth_rescales_with_a_drained_savepoint() {
     let mut w = running_world(8);
     let before = w.deployment.clone().unwrap();
+    w.topics = Ok(topics(12));
+    let s1 = tick(&mut w);
+    assert_eq!(w.phase(), Some(JobPhase::Savepointing));
+    let intent = w.status.upgrade.clone().expect("a rescale intent");
+    assert_eq!(intent.kind, Some(IntentKind::Rescale));
+    assert_eq!(intent.source_partitions, Some(12));
+    let d = s1.deployment.unwrap();
+    assert_eq!(d.topics.total_partitions(), 8, "pinned until the savepoint");
+    assert_eq!(d.revision, before.revision);
+    let s2 = tick(&mut w);
+    assert!(
+        matches!(&s2.call, AdminCall::Savepoint { stop: true, drain: true, pods, .. } if pods.len() == 8),
+        "{:?}",
+        s2.call
+    );
+    let mut restores = Vec::new();
+    for _ in 0..30 {
+        if let Some(d) = tick(&mut w).deployment
+            && d.topics.total_partitions() == 12
+        {
+            restores.push(d.restore.clone());
+        }
+        if w.running(1) && w.status.source_partitions == Some(12) {
+            break;
+        }
+    }
+    assert!(w.running(1) && w.pods.len() == 12, "{:#?}", w.status);
+    assert_eq!(w.status.parallelism, Some(12));
+    assert_eq!(restores[0].mode, Some(RestoreMode::Savepoint));
+    assert_eq!(
+        restores[0].savepoint.as_deref(),
+        Some(w.status.last_savepoint.as_ref().unwrap().location.as_str())
+    );
+    assert!(w.events.contains(&"Rescaling") && w.events.contains(&"Rescaled"));
+    assert_eq!(w.savepoint_calls(), 1);
+}
+
+/// Pods that cannot drain (a runtime older than the operator answers a
+/// plain savepoint): the savepoint fails, the running version resumes on
+/// its partitions, and the reason says why.
+#[test]
+fn partition_growth_with_pods_that_cannot_drain_fails_before_the_rollout() {
+    let mut w = running_world(4);
+    w.behaviour.cannot_drain = true;
+    let revision = w.deployment.as_ref().unwrap().revision.clone();
+    w.topics = Ok(topics(6));
+    until(&mut w, "the savepoint failed", |w| {
+        w.stalled().as_deref() == Some("SavepointFailed")
+    });
+    assert!(
+        w.stalled_message().contains("did not take it drained"),
+        "{}",
+        w.stalled_message()
+    );
+    assert_eq!(w.deployment.as_ref().unwrap().revision, revision);
+    assert!(w.pods.iter().all(|p| p.state == RuntimeState::Running));
+    assert_eq!(w.status.source_partitions, Some(4));
+}
+
+/// Without a savepoint (`upgradeMode: last-state`) keyed state cannot
+/// move: growth is refused before anything stops, the running version
+/// keeps its pods and its job file (pinned to the running count), and the
+/// status says why and what to do.
+#[test]
+fn partition_growth_without_savepoints_is_refused_and_the_job_keeps_running() {
+    let mut w = running_world(8);
+    w.change_spec(|s| s.upgrade_mode = Some(UpgradeMode::LastState));
+    until(&mut w, "Running gen 2", |w| w.running(2));
+    let before = w.deployment.clone().unwrap();
     let pods: Vec<String> = w.pods.iter().map(|p| p.name.clone()).collect();
+    let calls = w.savepoint_calls();
     w.topics = Ok(topics(12));
     for _ in 0..5 {
         let step = tick(&mut w);
@@ -1202,10 +1280,10 @@ fn partition_growth_is_refused_before_anything_stops_and_the_job_keeps_running()
     assert_eq!(w.stalled().as_deref(), Some("SourcePartitionsChanged"));
     let message = w.stalled_message();
     assert!(
-        message.contains("8 -> 12 (clicks: 8 -> 12)") && message.contains("allowEmptyState"),
+        message.contains("8 -> 12 (clicks: 8 -> 12)") && message.contains("upgradeMode: savepoint"),
         "{message}"
     );
-    assert_eq!(w.savepoint_calls(), 0);
+    assert_eq!(w.savepoint_calls(), calls);
     assert!(w.status.upgrade.is_none());
     assert_eq!(w.status.source_partitions, Some(8));
     assert_eq!(w.pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(), pods);
@@ -1213,7 +1291,39 @@ fn partition_growth_is_refused_before_anything_stops_and_the_job_keeps_running()
     w.change_spec(|s| s.parallelism = Some(2));
     tick(&mut w);
     assert_eq!(w.stalled().as_deref(), Some("SourcePartitionsChanged"));
-    assert_eq!(w.savepoint_calls(), 0);
+    assert_eq!(w.savepoint_calls(), calls);
+}
+
+/// Sources that grew while the job was suspended: it resumes on the
+/// partitions it had (its suspend savepoint was not drained), then moves to
+/// the new count with a drained savepoint.
+#[test]
+fn growth_while_suspended_resumes_at_the_old_count_then_rescales() {
+    let mut w = running_world(4);
+    w.change_spec(|s| s.state = Some(JobState::Suspended));
+    until(&mut w, "suspended", |w| {
+        w.phase() == Some(JobPhase::Suspended) && w.pods.is_empty() && w.status.upgrade.is_none()
+    });
+    w.topics = Ok(topics(6));
+    w.change_spec(|s| s.state = None);
+    let mut counts = Vec::new();
+    for _ in 0..60 {
+        if let Some(d) = tick(&mut w).deployment
+            && d.replicas > 0
+        {
+            counts.push(d.topics.total_partitions());
+        }
+        if w.running(3) && w.status.source_partitions == Some(6) && w.pods.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!(w.status.source_partitions, Some(6), "{:#?}", w.status);
+    assert_eq!(counts.first(), Some(&4), "resumed at the old count first");
+    assert!(
+        w.calls
+            .iter()
+            .any(|c| matches!(c, AdminCall::Savepoint { drain: true, .. }))
+    );
 }
 
 /// A topic recreated with fewer partitions: refused, never restarted from
@@ -1250,12 +1360,15 @@ fn a_source_that_lost_partitions_is_refused() {
     assert_eq!(w.phase(), Some(JobPhase::Suspended));
 }
 
-/// With `allowEmptyState` the user chose empty state over a refusal: the
-/// old version still stops cleanly (savepoint), the new count starts empty.
+/// Without savepoints but with `allowEmptyState` the user chose empty
+/// state over a refusal: the new count starts empty.
 #[test]
 fn partition_growth_with_allow_empty_state_restarts_empty_at_the_new_count() {
     let mut w = running_world(2);
-    w.change_spec(allow_empty_state);
+    w.change_spec(|s| {
+        allow_empty_state(s);
+        s.upgrade_mode = Some(UpgradeMode::LastState);
+    });
     until(&mut w, "Running gen 2", |w| w.running(2));
     w.topics = Ok(topics(3));
     let mut restores = Vec::new();
