@@ -974,78 +974,92 @@ async fn crash_looping_version_is_rolled_back_with_exact_output() {
     .await;
 }
 
-/// A source StreamTopic grows 2 -> 3 partitions under a running job. Keyed
-/// state cannot move to another partition count yet, so the operator
-/// refuses before it stops anything: the job is `Stalled`
-/// (`SourcePartitionsChanged`, with a Warning event naming the counts), no
-/// savepoint is taken, the pods are the same pods, and the output of the
-/// partitions the job had stays exact.
+/// A source StreamTopic grows 4 -> 6 partitions under a running job: the
+/// operator stops it with a drained savepoint (every pod's stage 1 stops,
+/// every keyed partition applies every upstream's barrier), restores at the
+/// new count with the keyed state re-sharded by key group, and the pods
+/// follow the count. One of the new pods is killed (grace period 0) while
+/// the new version restores. Windows are open across the change (each
+/// partition's event time runs on), the new partitions carry records
+/// written after the growth, and the output must be exact.
 #[tokio::test]
-async fn a_grown_source_topic_is_refused_up_front_and_the_job_keeps_running() {
+async fn a_grown_source_topic_moves_the_state_to_the_new_partitions() {
     if !cluster_test(CLUSTER) {
         return;
     }
     in_namespace("e2e-job-grown", |client, ns, t0| async move {
-        let (input, sink) = topics(&client, &ns, 2).await?;
-        let data = dataset(2, 0..400, 8, true);
-        let (expected, _) = reference(&data);
-        let (api, _) = deploy(&client, &ns, &job("clicks", &[])?, 2, t0).await?;
-        produce(&input, &data)?;
+        let (input, sink) = topics(&client, &ns, 4).await?;
+        let first = dataset(4, 0..400, 16, false);
+        let second = dataset(6, 400..800, 16, true);
+        let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+        let (expected, _) = reference(&all);
+        let (api, _) = deploy(&client, &ns, &job("clicks", &[])?, 4, t0).await?;
+        produce(&input, &first)?;
         let control = control_topic(&ns, "clicks");
-        expect_exact(&sink, &control, &expected, None).await?;
-        let before = uids(&job_pods(&client, &ns, "clicks").await?);
-        say(t0, "growing the source topic 2 -> 3 partitions");
-        apply_ok(&client, &ns, &stream_topic("in", &input, 3)?).await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let j = loop {
+        wait_first_results(&sink, &control).await?;
+        say(t0, "growing the source topic 4 -> 6 partitions");
+        let grown = Instant::now();
+        apply_ok(&client, &ns, &stream_topic("in", &input, 6)?).await?;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let mut phases: Vec<String> = Vec::new();
+        let mut killed = false;
+        loop {
             let j = api.get("clicks").await?;
-            let stalled = field(&j, &["status", "conditions"])
-                .as_array()
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c["type"] == "Stalled" && c["status"] == "True")
-                })
-                .cloned();
-            if let Some(c) = stalled {
-                ensure!(
-                    c["reason"] == "SourcePartitionsChanged"
-                        && c["message"].as_str().is_some_and(|m| m.contains("2 -> 3")),
-                    "Stalled for another reason: {c}"
-                );
-                break j;
+            let ph = phase(&j);
+            if phases.last() != Some(&ph) {
+                phases.push(ph.clone());
+            }
+            // Once the new version's pods exist, kill one while it restores.
+            if !killed && ph == "Upgrading" {
+                let pods = job_pods(&client, &ns, "clicks").await?;
+                if pods.len() == 6 && !pods.iter().all(pod_ready) {
+                    kubectl(&[
+                        "-n",
+                        &ns,
+                        "delete",
+                        "pod",
+                        "clicks-5",
+                        "--grace-period=0",
+                        "--force",
+                        "--wait=false",
+                    ])?;
+                    say(t0, "killed pod clicks-5 while the new version restores");
+                    killed = true;
+                }
+            }
+            let done = ph == "Running"
+                && field(&j, &["status", "sourcePartitions"]) == 6
+                && field(&j, &["status", "observedGeneration"]) == field(&j, &["metadata", "generation"]);
+            if done {
+                break;
             }
             ensure!(
                 Instant::now() < deadline,
-                "not Stalled 60s after the growth: {}",
+                "not Running at 6 partitions 240s after the growth (phases {}): {}",
+                phases.join(">"),
                 field(&j, &["status"])
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        ensure!(
-            field(&j, &["status", "sourcePartitions"]) == 2 && field(&j, &["status", "upgrade"]).is_null(),
-            "the running version's record changed: {}",
-            field(&j, &["status"])
-        );
-        wait_event(&client, &ns, "clicks", "SourcePartitionsChanged").await?;
-        say(
-            t0,
-            "Stalled (SourcePartitionsChanged); checking for 15s that nothing restarts",
-        );
-        tokio::time::sleep(Duration::from_secs(15)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let took = grown.elapsed();
         let pods = job_pods(&client, &ns, "clicks").await?;
-        ensure!(
-            uids(&pods) == before && pods.iter().all(pod_ready),
-            "the pods changed or are not Ready after the refusal"
-        );
+        ensure!(pods.len() == 6, "{} pods after the growth", pods.len());
+        wait_event(&client, &ns, "clicks", "Rescaled").await?;
         let reasons = event_reasons(&client, &ns, "clicks").await?;
         ensure!(
-            !reasons.iter().any(|r| r == "Savepointing" || r == "Rescaling"),
-            "the refusal stopped something: events {reasons:?}"
+            !reasons.iter().any(|r| r == "SourcePartitionsChanged"),
+            "the growth was refused: events {reasons:?}"
         );
+        produce(&input, &second)?;
         expect_exact(&sink, &control, &expected, None).await?;
         say(
             t0,
-            format!("grown source refused; {} windows still exact", expected.len()),
+            format!(
+                "grown 4 -> 6 in {:.1}s (phases {}, a new pod killed while restoring: {killed}); {} windows exact",
+                took.as_secs_f64(),
+                phases.join(">"),
+                expected.len()
+            ),
         );
         Ok(())
     })

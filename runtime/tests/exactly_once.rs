@@ -802,3 +802,165 @@ fn an_upload_longer_than_the_transaction_timeout_aborts_nothing() {
     report("upload longer than the transaction timeout", &verdict, &f);
     assert!(f.is_empty(), "product faults: {f:?}\n{log}");
 }
+
+/// The source topic grows 4 -> 6 -> 12 partitions under a running job
+/// (uneven factors). Each growth is what the operator does: a drained
+/// stop-with-savepoint asked of every process, the source and the job's
+/// internal topics grown, and the next generation, one task per partition,
+/// restoring the savepoint with its keyed state re-sharded by key group.
+/// One process of each new generation is SIGKILLed in the middle of its
+/// restore and started again. Windows are open across every change (each
+/// partition's event time runs on), new partitions carry records written
+/// after the growth, and the verifier wants every result exactly once with
+/// the reference's values.
+#[test]
+#[ignore = "needs a Kafka broker: STREAMOPS_BOOTSTRAP (run by e2e/test.sh)"]
+fn grown_source_partitions_reshard_state_exactly_once() {
+    const PER: usize = 1_200;
+    let mut topics = Topics::create("grow", 4);
+    let key_groups = streamops_crds::runtime_api::default_key_groups(4);
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path().join("storage");
+    let data = dataset(12, PER, 300);
+    // Phase k feeds records (PER/3)*k .. (PER/3)*(k+1) of every partition
+    // the job reads by then (the last phase includes each one's flush).
+    let phase = |k: usize, partitions: i32| -> Vec<Input> {
+        let third = PER / 3;
+        let to = if k == 2 { PER + 1 } else { third * (k + 1) };
+        slice(&data, third * k, to)
+            .into_iter()
+            .filter(|r| r.partition < partitions)
+            .collect()
+    };
+    let mut produced = phase(0, 4);
+    produce(&topics.source, &produced);
+    let dir = |name: &str| {
+        let d = work.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let job_at = |topics: &Topics, generation: i64, restore: RestoreFrom| {
+        let mut j = job(topics, 3, generation, &storage, restore);
+        j.key_groups = Some(key_groups);
+        write_job(work.path(), &j)
+    };
+    let spread = |tasks: u32, procs: u32, p: u32| -> String {
+        (0..tasks)
+            .filter(|t| t % procs == p)
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let gen1 = job_at(&topics, 1, empty_ok());
+    let mut procs: Vec<Proc> = (0..2)
+        .map(|p| Proc::spawn(&gen1, &spread(4, 2, p), &dir(&format!("g1-{p}")), None))
+        .collect();
+    for p in &mut procs {
+        p.wait_running(Duration::from_secs(60));
+    }
+    let mut logs = Vec::new();
+    for (generation, from, to) in [(2i64, 4u32, 6u32), (3, 6, 12)] {
+        // The next phase of the partitions read now arrives while the
+        // drain happens: stage 1 stops mid-stream, with keyed records of
+        // other processes still on their way to each keyed partition.
+        let k = (generation - 1) as usize;
+        let (old, new): (Vec<Input>, Vec<Input>) = phase(k, to as i32)
+            .into_iter()
+            .partition(|r| r.partition < from as i32);
+        produced.extend(old.iter().cloned());
+        produced.extend(new.iter().cloned());
+        let feeding = produce_slowly(topics.source.clone(), old, Duration::from_secs(4));
+        std::thread::sleep(Duration::from_millis(1_500));
+        // The operator's rescale: a drained stop-with-savepoint of every
+        // process. The first is asked a second before the others, whose
+        // stage 1 meanwhile goes on writing to its keyed partitions: it
+        // must wait for their barriers.
+        let id = format!("grow-{from}-{to}");
+        for (i, p) in procs.iter().enumerate() {
+            p.request_savepoint(&id, true, true);
+            if i == 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        let mut location = None;
+        for p in &procs {
+            let sp = p.wait_savepoint(&id, Duration::from_secs(120));
+            assert_eq!(sp["state"], "Completed", "{sp}");
+            assert_eq!(sp["drained"], true, "{sp}");
+            location = sp["location"].as_str().map(str::to_string);
+        }
+        for p in &procs {
+            assert_eq!(p.status().unwrap()["state"], "Stopped");
+        }
+        logs.extend(
+            procs
+                .iter()
+                .map(|p| format!("--- gen{} runtime {}\n{}", generation - 1, p.tasks, p.log())),
+        );
+        drop(std::mem::take(&mut procs));
+        let n = to as usize;
+        grow_topics(&[
+            (&topics.source, n),
+            (&topics.repartition, n),
+            (&topics.control, n),
+        ]);
+        topics.partitions = to;
+        feeding.join().unwrap();
+        produce(&topics.source, &new);
+        let restore = RestoreFrom {
+            savepoint: location,
+            allow_empty_state: false,
+            mode: None,
+        };
+        let next = job_at(&topics, generation, restore);
+        procs = (0..3)
+            .map(|p| {
+                Proc::spawn(
+                    &next,
+                    &spread(to, 3, p),
+                    &dir(&format!("g{generation}-{p}")),
+                    None,
+                )
+            })
+            .collect();
+        // SIGKILL one process as soon as one of its tasks is re-sharded
+        // (its others are still restoring), then start it again.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !procs[1].log().contains("re-sharded") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(procs[1].log().contains("re-sharded"), "{}", procs[1].log());
+        procs[1].kill();
+        logs.push(format!(
+            "--- gen{generation} runtime {} (SIGKILLed)\n{}",
+            procs[1].tasks,
+            procs[1].log()
+        ));
+        procs[1] = Proc::spawn(
+            &next,
+            &spread(to, 3, 1),
+            &dir(&format!("g{generation}-1-again")),
+            None,
+        );
+        for p in &mut procs {
+            p.wait_running(Duration::from_secs(120));
+        }
+    }
+    let (expected, _) = reference(&produced);
+    let v = wait_complete(&topics, &expected, Duration::from_secs(300));
+    let f = faults(&expected, &v);
+    report("grow 4->6->12", &v, &f);
+    if !f.is_empty() {
+        for l in &logs {
+            eprintln!("{l}");
+        }
+        for p in &procs {
+            eprintln!("--- gen3 runtime {}\n{}", p.tasks, p.log());
+        }
+    }
+    assert!(f.is_empty(), "{} faults", f.len());
+    // The state moved: the last generation's tasks beyond the first
+    // layout's were restored from key groups of older tasks.
+    let last: String = procs.iter().map(Proc::log).collect();
+    assert!(last.contains("re-sharded"), "{last}");
+}

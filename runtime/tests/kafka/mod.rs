@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -90,6 +90,25 @@ pub fn create_topics(topics: &[TopicSpec<'_>]) {
         .unwrap();
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// Grows each topic to its partition count (as the operator grows a
+/// StreamTopic and the job's internal topics).
+pub fn grow_topics(topics: &[(&str, usize)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let grow: Vec<NewPartitions> = topics.iter().map(|(t, n)| NewPartitions::new(t, *n)).collect();
+    let res = rt()
+        .block_on(admin.create_partitions(
+            &grow,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("growing {t}: {e}"));
     }
 }
 
@@ -809,11 +828,22 @@ impl Proc {
 
     /// Triggers savepoint `id` and waits for its outcome.
     pub fn savepoint(&self, id: &str, stop: bool, timeout: Duration) -> Value {
-        let body = json!({"id": id, "stop": stop}).to_string();
+        self.request_savepoint(id, stop, false);
+        self.wait_savepoint(id, timeout)
+    }
+
+    /// Asks for savepoint `id` (drained: every process of the job must be
+    /// asked before any completes).
+    pub fn request_savepoint(&self, id: &str, stop: bool, drain: bool) {
+        let body = json!({"id": id, "stop": stop, "drain": drain}).to_string();
         let (code, text) = self
             .http("POST", "/v1/savepoints", Some(&body))
             .expect("admin API reachable");
         assert_eq!(code, 202, "savepoint request refused: {text}");
+    }
+
+    /// Waits for the outcome of savepoint `id`.
+    pub fn wait_savepoint(&self, id: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((200, body)) = self.http("GET", &format!("/v1/savepoints/{id}"), None) {
