@@ -1029,7 +1029,7 @@ async fn a_grown_source_topic_moves_the_state_to_the_new_partitions() {
             }
             let done = ph == "Running"
                 && field(&j, &["status", "sourcePartitions"]) == 6
-                && field(&j, &["status", "observedGeneration"]) == field(&j, &["metadata", "generation"]);
+                && field(&j, &["status", "observedGeneration"]) == j.metadata.generation.unwrap_or_default();
             if done {
                 break;
             }

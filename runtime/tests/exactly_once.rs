@@ -892,6 +892,21 @@ fn grown_source_partitions_reshard_state_exactly_once() {
         for p in &procs {
             assert_eq!(p.status().unwrap()["state"], "Stopped");
         }
+        // The drained savepoint is each task's last commit: a checkpoint
+        // after it is what the next generation would restore instead.
+        std::thread::sleep(Duration::from_millis(700));
+        let mut last = BTreeMap::new();
+        for m in marker_records(&topics.control) {
+            last.insert(m.task, m);
+        }
+        for t in 0..from {
+            let m = last.get(&t).expect("a marker per task");
+            assert_eq!(
+                m.savepoint_id.as_deref(),
+                Some(id.as_str()),
+                "task {t}'s last commit is not the drained savepoint: {m:?}"
+            );
+        }
         logs.extend(
             procs
                 .iter()

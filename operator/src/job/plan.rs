@@ -635,7 +635,7 @@ fn intent_deployment(o: &Observed, intent: &UpgradeIntent, replicas: i32) -> Opt
 /// Sets each source topic's partition count to the one the job runs with
 /// (`status.sourceLayout`), with the layout for those counts.
 fn pin_running_counts(o: &Observed, topics: &mut JobTopics) {
-    let running = layout_counts(&o.status.source_layout);
+    let running = running_counts(o);
     let mut pinned = false;
     for t in &mut topics.source {
         if let Some(&n) = running.get(&t.topic)
@@ -1202,7 +1202,7 @@ fn partitions_changed(o: &Observed, topics: &JobTopics) -> Option<String> {
     if running == now {
         return None;
     }
-    let before = layout_counts(&o.status.source_layout);
+    let before = running_counts(o);
     let mut topics_changed: Vec<String> = topics
         .source
         .iter()
@@ -1218,6 +1218,26 @@ fn partitions_changed(o: &Observed, topics: &JobTopics) -> Option<String> {
             .map(|(name, was)| format!("{name}: {was} -> not read")),
     );
     Some(format!("{running} -> {now} ({})", topics_changed.join(", ")))
+}
+
+/// Source topic -> partitions the running version reads: the first
+/// `status.sourcePartitions` tasks of `status.sourceLayout` (a rollout to a
+/// grown count records the grown layout before it is the running one).
+fn running_counts(o: &Observed) -> BTreeMap<String, i32> {
+    let Some(running) = o.status.source_partitions else {
+        return layout_counts(&o.status.source_layout);
+    };
+    let clipped: Vec<layout::TaskRange> = o
+        .status
+        .source_layout
+        .iter()
+        .filter(|r| r.task < running)
+        .map(|r| layout::TaskRange {
+            count: r.count.min(running - r.task),
+            ..r.clone()
+        })
+        .collect();
+    layout_counts(&clipped)
 }
 
 /// Source topic -> partitions read, from a layout.
@@ -1260,7 +1280,7 @@ fn at_partition_count(
 /// partitions, and the total grew: keyed state can follow (re-sharded from
 /// a drained savepoint).
 fn sources_grew(o: &Observed, topics: &JobTopics) -> bool {
-    let before = layout_counts(&o.status.source_layout);
+    let before = running_counts(o);
     o.status
         .source_partitions
         .is_some_and(|r| topics.total_partitions() > r)
@@ -1876,10 +1896,15 @@ fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progr
         .last_savepoint
         .as_ref()
         .filter(|sp| sp.id == intent.savepoint_id && intent.with_savepoint != Some(false));
+    // A rescale to another source partition count goes back to the count the
+    // stable version ran with, from the savepoint it stopped with: state the
+    // new count committed cannot move back (it was not drained).
+    let moved = drains(o, &intent);
     let restore = match committed_after(o, savepoint, &target) {
         // Nothing newer committed: the savepoint is exactly where the old
         // version stopped.
         Some(false) => savepoint.map(|sp| (RestoreMode::Savepoint, Some(sp.location.clone()))),
+        _ if moved => None,
         // Newer commits (or unknown): the last committed checkpoint is exact
         // for the outputs, but only if the old pipeline can read its state.
         _ if change::state_compatibility(&intent.spec.defaulted(), &stable.defaulted()).is_compatible()
@@ -1903,11 +1928,13 @@ fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progr
             .outcome(Outcome::UpgradeFailed)
             .wait(None);
     };
-    let m = target_parallelism(&stable, target.topics.total_partitions());
-    let old_m = o
-        .status
-        .parallelism
-        .map_or(m, |p| p.min(target.topics.total_partitions()).max(1));
+    let partitions = if moved {
+        o.status.source_partitions.unwrap_or(target.topics.total_partitions())
+    } else {
+        target.topics.total_partitions()
+    };
+    let m = target_parallelism(&stable, partitions);
+    let old_m = o.status.parallelism.map_or(m, |p| p.min(partitions).max(1));
     let rollback = UpgradeIntent {
         savepoint_id: intent.savepoint_id.clone(),
         target_generation: o.status.last_stable_generation.unwrap_or_default(),
@@ -1916,7 +1943,7 @@ fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progr
         kind: Some(IntentKind::Rollback),
         with_savepoint: Some(false),
         parallelism: Some(old_m),
-        source_partitions: Some(target.topics.total_partitions()),
+        source_partitions: Some(partitions),
         restore_from,
         restore_mode: Some(restore_mode),
         rollout_started: None,

@@ -315,6 +315,12 @@ pub fn restore_source(
     source: &SourceRef,
 ) -> Result<RestoreSource> {
     if let Some(m) = marker.filter(|m| m.generation == generation) {
+        // The last commit is the very savepoint this version is to restore
+        // (a rescale within one generation, e.g. a grown source topic): the
+        // savepoint it is, so a restore at another task count re-shards it.
+        if savepoint_manifest.as_deref() == Some(m.manifest.as_str()) {
+            return Ok(RestoreSource::Savepoint(m.manifest.clone()));
+        }
         return Ok(RestoreSource::Checkpoint(m.manifest.clone()));
     }
     match mode {

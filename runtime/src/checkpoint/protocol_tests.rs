@@ -595,6 +595,17 @@ fn restore_never_silently_starts_empty() {
             own
         );
     }
+    // Same generation whose last commit is the savepoint it is told to
+    // restore (a rescale within the generation): restored as the savepoint.
+    let at_savepoint = Marker {
+        manifest: sp.clone().unwrap(),
+        kind: MarkerKind::Savepoint,
+        ..marker(2)
+    };
+    assert_eq!(
+        restore_source(Some(&at_savepoint), 2, Savepoint, sp.clone(), false, 0, &a0).unwrap(),
+        RestoreSource::Savepoint(sp.clone().unwrap())
+    );
     // New generation with a savepoint: the savepoint.
     assert_eq!(
         restore_source(Some(&marker(1)), 2, Savepoint, sp.clone(), false, 0, &a0).unwrap(),

@@ -655,6 +655,12 @@ impl Runner {
             }
             if self.drain.is_some() {
                 self.drain_progress()?;
+                if self.stopped {
+                    // Stopped with the drained savepoint: it is the last
+                    // commit (a checkpoint after it would be what a restore
+                    // at the new count reads instead).
+                    continue;
+                }
             }
             if Instant::now() >= next_checkpoint {
                 self.checkpoint_all(None, false)?;

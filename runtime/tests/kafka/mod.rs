@@ -65,11 +65,18 @@ pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
 /// (user, window start) -> (clicks, spent).
 pub type Expected = BTreeMap<(String, i64), (i64, i64)>;
 
-pub fn create_topics(topics: &[TopicSpec<'_>]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// An admin client of the test broker and the options of its requests.
+fn admin() -> (AdminClient<DefaultClientContext>, AdminOptions) {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
         .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    (admin, options)
+}
+
+pub fn create_topics(topics: &[TopicSpec<'_>]) {
+    let (admin, options) = admin();
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, p, cfg)| {
@@ -82,12 +89,7 @@ pub fn create_topics(topics: &[TopicSpec<'_>]) {
             t
         })
         .collect();
-    let res = rt()
-        .block_on(admin.create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .unwrap();
+    let res = rt().block_on(admin.create_topics(&new, &options)).unwrap();
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
     }
@@ -96,17 +98,9 @@ pub fn create_topics(topics: &[TopicSpec<'_>]) {
 /// Grows each topic to its partition count (as the operator grows a
 /// StreamTopic and the job's internal topics).
 pub fn grow_topics(topics: &[(&str, usize)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
+    let (admin, options) = admin();
     let grow: Vec<NewPartitions> = topics.iter().map(|(t, n)| NewPartitions::new(t, *n)).collect();
-    let res = rt()
-        .block_on(admin.create_partitions(
-            &grow,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .unwrap();
+    let res = rt().block_on(admin.create_partitions(&grow, &options)).unwrap();
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("growing {t}: {e}"));
     }

@@ -71,6 +71,9 @@ struct Behaviour {
     deletion_failures: usize,
     /// The pods ignore a drain request (a runtime older than the operator).
     cannot_drain: bool,
+    /// Pods of a deployment reading this many source partitions run
+    /// `broken_image` (the new count's version is unhealthy).
+    broken_at_partitions: Option<i32>,
 }
 
 #[derive(Clone, Debug)]
@@ -283,7 +286,11 @@ impl World {
                     name: format!("job-{i}"),
                     revision: d.revision.clone(),
                     generation: d.generation,
-                    image: d.spec.image.clone(),
+                    image: if self.behaviour.broken_at_partitions == Some(d.topics.total_partitions()) {
+                        self.behaviour.broken_image.clone()
+                    } else {
+                        d.spec.image.clone()
+                    },
                     state: RuntimeState::Running,
                     checkpoint: restored.max(self.checkpoint_counter),
                     restarts: 0,
@@ -1234,6 +1241,63 @@ fn partition_growth_rescales_with_a_drained_savepoint() {
     );
     assert!(w.events.contains(&"Rescaling") && w.events.contains(&"Rescaled"));
     assert_eq!(w.savepoint_calls(), 1);
+}
+
+/// The new partition count's version is unhealthy. If nothing newer than
+/// the drained savepoint was committed, the job rolls back to the count it
+/// ran with, from that savepoint, pinned to the old partitions; if the new
+/// count may have committed, its state cannot move back (it was not
+/// drained): the rollback is refused as unsafe and says so.
+#[test]
+fn a_growth_whose_new_count_is_unhealthy_rolls_back_only_from_its_savepoint() {
+    let grown = |commits_after: bool| {
+        let mut w = running_world(4);
+        w.change_spec(|s| s.upgrade = health("20s"));
+        until(&mut w, "Running gen 2", |w| w.running(2));
+        w.behaviour.broken_image = Some("runtime:at-6".into());
+        w.behaviour.broken_at_partitions = Some(6);
+        w.topics = Ok(topics(6));
+        until(&mut w, "rollout started", |w| {
+            w.status.upgrade.as_ref().is_some_and(|i| i.rollout_started.is_some())
+        });
+        let sp = w.status.last_savepoint.as_ref().unwrap().checkpoint_id.unwrap();
+        let mut o = w.observe();
+        for p in &w.pods {
+            o.runtime.insert(
+                p.name.clone(),
+                Ok(RuntimeStatus {
+                    state: RuntimeState::Restoring,
+                    generation: 2,
+                    tasks: vec![],
+                    checkpoints: Default::default(),
+                    checkpoint_id: Some(if commits_after { sp + 1 } else { sp }),
+                    last_commit_ms: None,
+                    lag: None,
+                    offset_resets: Vec::new(),
+                    error: None,
+                }),
+            );
+        }
+        o.now = Timestamp::from_millisecond(o.now.as_millisecond() + 30_000).unwrap();
+        (w, decide(&o))
+    };
+    let (w, step) = grown(false);
+    let intent = step.status.upgrade.clone().expect("a rollback");
+    assert_eq!(intent.kind, Some(IntentKind::Rollback));
+    assert_eq!(intent.source_partitions, Some(4));
+    assert_eq!(intent.parallelism, Some(4));
+    assert_eq!(intent.restore_mode, Some(RestoreMode::Savepoint));
+    assert_eq!(
+        intent.restore_from.as_deref(),
+        Some(w.status.last_savepoint.as_ref().unwrap().location.as_str())
+    );
+    let mut o = w.observe();
+    o.status = step.status.clone();
+    let d = intent_deployment(&o, &intent, 4).unwrap();
+    assert_eq!(d.topics.total_partitions(), 4, "the rollback runs at the old count");
+    let (_, step) = grown(true);
+    assert_eq!(step.status.phase, Some(JobPhase::Failed));
+    assert!(step.events.iter().any(|e| e.reason == "RollbackUnsafe"), "{:?}", step.events);
 }
 
 /// Pods that cannot drain (a runtime older than the operator answers a
