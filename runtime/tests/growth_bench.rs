@@ -86,12 +86,7 @@ fn one_run(keys: usize) -> Run {
         p.wait_running(Duration::from_secs(60));
     }
     let deadline = Instant::now() + Duration::from_secs(900);
-    while old
-        .iter()
-        .map(|p| metric(p, "keyed_records_total"))
-        .sum::<u64>()
-        < keys as u64
-    {
+    while old.iter().map(|p| metric(p, "keyed_records_total")).sum::<u64>() < keys as u64 {
         assert!(Instant::now() < deadline, "gen1 did not apply {keys} records");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -109,7 +104,11 @@ fn one_run(keys: usize) -> Run {
     let drain = started.elapsed();
     drop(old);
     let started = Instant::now();
-    grow_topics(&[(&topics.source, 6), (&topics.repartition, 6), (&topics.control, 6)]);
+    grow_topics(&[
+        (&topics.source, 6),
+        (&topics.repartition, 6),
+        (&topics.control, 6),
+    ]);
     topics.partitions = 6;
     let gen2 = job_at(
         &topics,
@@ -137,7 +136,11 @@ fn one_run(keys: usize) -> Run {
                 .filter(|l| l.contains("re-sharded"))
                 .filter_map(|l| {
                     let at = l.find(" bytes=")? + " bytes=".len();
-                    l[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+                    l[at..]
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
                 })
                 .collect::<Vec<_>>()
         })
@@ -160,7 +163,11 @@ fn growth_time_and_state_moved() {
     let keys: Vec<usize> = std::env::var("STREAMOPS_BENCH_KEYS")
         .unwrap_or_else(|_| "100000".into())
         .split(',')
-        .map(|k| k.trim().parse().expect("STREAMOPS_BENCH_KEYS: comma-separated numbers"))
+        .map(|k| {
+            k.trim()
+                .parse()
+                .expect("STREAMOPS_BENCH_KEYS: comma-separated numbers")
+        })
         .collect();
     let runs: usize = std::env::var("STREAMOPS_BENCH_RUNS")
         .ok()

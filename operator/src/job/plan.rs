@@ -1929,7 +1929,9 @@ fn rollout_failed(o: &Observed, intent: UpgradeIntent, target: Deployment, progr
             .wait(None);
     };
     let partitions = if moved {
-        o.status.source_partitions.unwrap_or(target.topics.total_partitions())
+        o.status
+            .source_partitions
+            .unwrap_or(target.topics.total_partitions())
     } else {
         target.topics.total_partitions()
     };

@@ -1258,7 +1258,10 @@ fn a_growth_whose_new_count_is_unhealthy_rolls_back_only_from_its_savepoint() {
         w.behaviour.broken_at_partitions = Some(6);
         w.topics = Ok(topics(6));
         until(&mut w, "rollout started", |w| {
-            w.status.upgrade.as_ref().is_some_and(|i| i.rollout_started.is_some())
+            w.status
+                .upgrade
+                .as_ref()
+                .is_some_and(|i| i.rollout_started.is_some())
         });
         let sp = w.status.last_savepoint.as_ref().unwrap().checkpoint_id.unwrap();
         let mut o = w.observe();
@@ -1294,10 +1297,18 @@ fn a_growth_whose_new_count_is_unhealthy_rolls_back_only_from_its_savepoint() {
     let mut o = w.observe();
     o.status = step.status.clone();
     let d = intent_deployment(&o, &intent, 4).unwrap();
-    assert_eq!(d.topics.total_partitions(), 4, "the rollback runs at the old count");
+    assert_eq!(
+        d.topics.total_partitions(),
+        4,
+        "the rollback runs at the old count"
+    );
     let (_, step) = grown(true);
     assert_eq!(step.status.phase, Some(JobPhase::Failed));
-    assert!(step.events.iter().any(|e| e.reason == "RollbackUnsafe"), "{:?}", step.events);
+    assert!(
+        step.events.iter().any(|e| e.reason == "RollbackUnsafe"),
+        "{:?}",
+        step.events
+    );
 }
 
 /// Pods that cannot drain (a runtime older than the operator answers a
