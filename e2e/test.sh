@@ -16,8 +16,9 @@
 #      time, each checking the committed output against an independent
 #      reference (nothing lost, nothing twice): deploy; savepoint-then-upgrade;
 #      a crash-looping new version rolled back; rescale 2 -> 4 pods on 8
-#      partitions; the operator killed mid-upgrade; a grown source topic refused
-#      up front while the job keeps running. Prints UPGRADE_TIMING lines.
+#      partitions; the operator killed mid-upgrade; a source topic grown
+#      4 -> 6 -> 12 under a running job (drained savepoints, state re-sharded).
+#      Prints UPGRADE_TIMING lines.
 #      Then the GitOps story (e2e/tests/gitops.rs): examples/ applied twice with
 #      kubectl converges with no drift and deletes cleanly; then Argo CD's own
 #      code (e2e/tests/argocd.rs) judging real objects' health and actions.
