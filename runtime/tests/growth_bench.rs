@@ -13,7 +13,8 @@
 //! Per run: `keys` distinct keys, one record each, over 4 source
 //! partitions, all in one open 1-hour window (so every key's state is live
 //! and moves); two runtime processes run the job at 4 tasks until every
-//! record is applied. Then what the operator does on a growth, timed: a
+//! record is applied. First the baseline (below), then what the operator
+//! does on a growth, timed: a
 //! drained stop-with-savepoint asked of both processes (`drain`), the
 //! source and internal topics grown to 6 partitions, and three processes
 //! at 6 tasks restoring the savepoint with the state re-sharded until all
@@ -21,7 +22,9 @@
 //! restores downloaded (every new task reads the old tasks holding its key
 //! groups), `rate` that over the restore time. Scheduling pods is not in
 //! these figures (the cluster test `a_grown_source_topic_moves_the_state_
-//! to_the_new_partitions` covers the operator's part).
+//! to_the_new_partitions` covers the operator's part). The baseline, in the
+//! same run on the same state: a plain stop-with-savepoint and restore at
+//! the same count, which is what any upgrade costs.
 
 mod kafka;
 
@@ -43,6 +46,9 @@ fn metric(p: &Proc, name: &str) -> u64 {
 }
 
 struct Run {
+    /// The baseline: a plain stop-with-savepoint and restore at the same
+    /// count (4 tasks on two processes), same state, same run.
+    same_count: Duration,
     drain: Duration,
     restore: Duration,
     moved_bytes: u64,
@@ -90,6 +96,35 @@ fn one_run(keys: usize) -> Run {
         assert!(Instant::now() < deadline, "gen1 did not apply {keys} records");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Baseline: stop with a plain savepoint, restore at the same count.
+    let started = Instant::now();
+    let mut location = None;
+    for p in &old {
+        p.request_savepoint("same", true, false);
+    }
+    for p in &old {
+        let sp = p.wait_savepoint("same", Duration::from_secs(600));
+        assert_eq!(sp["state"], "Completed", "{sp}");
+        location = sp["location"].as_str().map(str::to_string);
+    }
+    drop(old);
+    let again = job_at(
+        &topics,
+        2,
+        RestoreFrom {
+            savepoint: location,
+            allow_empty_state: false,
+            mode: None,
+        },
+    );
+    let mut old: Vec<Proc> = [("0,2", "a2"), ("1,3", "b2")]
+        .iter()
+        .map(|(tasks, d)| Proc::spawn(&again, tasks, &dir(d), None))
+        .collect();
+    for p in &mut old {
+        p.wait_running(Duration::from_secs(600));
+    }
+    let same_count = started.elapsed();
     let started = Instant::now();
     for p in &old {
         p.request_savepoint("grow", true, true);
@@ -110,9 +145,9 @@ fn one_run(keys: usize) -> Run {
         (&topics.control, 6),
     ]);
     topics.partitions = 6;
-    let gen2 = job_at(
+    let gen3 = job_at(
         &topics,
-        2,
+        3,
         RestoreFrom {
             savepoint: location,
             allow_empty_state: false,
@@ -122,7 +157,7 @@ fn one_run(keys: usize) -> Run {
     let mut new: Vec<Proc> = ["0,3", "1,4", "2,5"]
         .iter()
         .enumerate()
-        .map(|(i, tasks)| Proc::spawn(&gen2, tasks, &dir(&format!("n{i}")), None))
+        .map(|(i, tasks)| Proc::spawn(&gen3, tasks, &dir(&format!("n{i}")), None))
         .collect();
     for p in &mut new {
         p.wait_running(Duration::from_secs(600));
@@ -131,7 +166,7 @@ fn one_run(keys: usize) -> Run {
     let moved_bytes = new
         .iter()
         .flat_map(|p| {
-            p.log()
+            plain(&p.log())
                 .lines()
                 .filter(|l| l.contains("re-sharded"))
                 .filter_map(|l| {
@@ -145,11 +180,31 @@ fn one_run(keys: usize) -> Run {
                 .collect::<Vec<_>>()
         })
         .sum();
+    assert!(moved_bytes > 0, "no re-sharded restore logged its bytes");
     Run {
+        same_count,
         drain,
         restore,
         moved_bytes,
     }
+}
+
+/// `text` without its terminal colour sequences (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn median_min_max(mut v: Vec<f64>) -> String {
@@ -173,17 +228,26 @@ fn growth_time_and_state_moved() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    println!("| keys | drain s | restore s | growth to processing s | state moved MiB | MiB/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| keys | same-count stop + restore s (baseline) | drain s | re-sharding restore s | growth to processing s | \
+         growth / baseline | state moved MiB | MiB/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for k in keys {
         let all: Vec<Run> = (0..runs).map(|_| one_run(k)).collect();
         let secs = |f: &dyn Fn(&Run) -> Duration| all.iter().map(|r| f(r).as_secs_f64()).collect::<Vec<_>>();
         let mib = |r: &Run| r.moved_bytes as f64 / (1 << 20) as f64;
         println!(
-            "| {k} | {} | {} | {} | {} | {} |",
+            "| {k} | {} | {} | {} | {} | {} | {} | {} |",
+            median_min_max(secs(&|r| r.same_count)),
             median_min_max(secs(&|r| r.drain)),
             median_min_max(secs(&|r| r.restore)),
             median_min_max(secs(&|r| r.drain + r.restore)),
+            median_min_max(
+                all.iter()
+                    .map(|r| (r.drain + r.restore).as_secs_f64() / r.same_count.as_secs_f64())
+                    .collect()
+            ),
             median_min_max(all.iter().map(mib).collect()),
             median_min_max(all.iter().map(|r| mib(r) / r.restore.as_secs_f64()).collect()),
         );
