@@ -151,6 +151,8 @@ def main():
         check("secrets: get and create only (no list/watch/update)", verbs.get(("", "secrets")) == {"get", "create"},
               str(verbs.get(("", "secrets"))))
         check("pods: list only (never deleted, never exec'd)", verbs.get(("", "pods")) == {"list"}, str(verbs.get(("", "pods"))))
+        check("resourcequotas: list only (the rescale check)", verbs.get(("", "resourcequotas")) == {"list"},
+              str(verbs.get(("", "resourcequotas"))))
         check("networkpolicies: create and patch only (server-side apply of each job's)",
               verbs.get(("networking.k8s.io", "networkpolicies")) == {"create", "patch"},
               str(verbs.get(("networking.k8s.io", "networkpolicies"))))
@@ -169,6 +171,8 @@ def main():
         ("patch", "statefulsets.apps", True),   # StreamJob pods: server-side apply
         ("create", "secrets", True),            # the <job>-admin token, once
         ("list", "pods", True),                 # readiness and pod IPs
+        ("list", "resourcequotas", True),       # a rescale must fit the quota
+        ("update", "resourcequotas", False),
         ("patch", "networkpolicies.networking.k8s.io", True),  # each job's, server-side apply
         ("get", "networkpolicies.networking.k8s.io", False),
         ("delete", "pods", False),              # pods go by scaling the StatefulSet

@@ -438,6 +438,21 @@ struct ObservedPods {
     endpoints: Vec<PodEndpoint>,
 }
 
+/// What the namespace's ResourceQuotas have left. Unreadable quotas (an
+/// apiserver error) count as none: the check is an early refusal, the
+/// quota admission itself still applies.
+async fn quota_room(names: &JobNames, ctx: &JobContext) -> Vec<super::quota::Room> {
+    let api: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list.items.iter().flat_map(super::quota::Room::from_quota).collect(),
+        Err(e) => {
+            warn!(error = %e, "reading the namespace's ResourceQuotas");
+            Vec::new()
+        }
+    }
+}
+
 async fn observe_pods(names: &JobNames, ctx: &JobContext, token: Option<&str>) -> Result<ObservedPods> {
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
     let list = pods
@@ -619,6 +634,7 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
         ),
         admin_secret: token.is_some(),
         network_policy: ctx.shared.config.network_policy,
+        quota: quota_room(&names, ctx).await,
         now: Timestamp::now(),
     };
     let step = plan::decide(&observed);

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod autoscaler;
 pub mod controller;
 pub mod plan;
+pub mod quota;
 pub mod resources;
 
 use kube::ResourceExt;

@@ -119,6 +119,9 @@ pub struct Observed {
     pub admin_secret: bool,
     /// The operator puts a NetworkPolicy in front of the runtime pods.
     pub network_policy: bool,
+    /// What the namespace's ResourceQuotas have left ([`super::quota`];
+    /// empty: none, or not readable).
+    pub quota: Vec<super::quota::Room>,
     pub now: Timestamp,
 }
 
@@ -871,6 +874,10 @@ fn steady(o: &Observed) -> Step {
             }
             _ => (m, p),
         };
+        if let Some(mut refused) = over_quota(o, &last_stable, 0, m) {
+            refused.deployment = steady_deployment(o, Some(0));
+            return refused;
+        }
         let intent = new_intent(
             o,
             IntentKind::Resume,
@@ -958,6 +965,9 @@ fn steady(o: &Observed) -> Step {
         } else {
             IntentKind::Rescale
         };
+        if let Some(refused) = over_quota(o, &last_stable, running_m, m) {
+            return resume_stopped(o, refused);
+        }
         let with_savepoint = mode == UpgradeMode::Savepoint;
         let intent = new_intent(o, kind, o.spec.clone(), with_savepoint, m, p, restore_mode, None);
         let what = match kind {
@@ -1332,6 +1342,24 @@ fn partitions_refused(o: &Observed, topics: &JobTopics, what: &str) -> Step {
     let health = Health::stalled("SourcePartitionsChanged", message);
     let replicas = (o.status.phase == Some(JobPhase::Suspended)).then_some(0);
     Step::new(o.status.clone(), health).deploy(steady_deployment(o, replicas))
+}
+
+/// A restart whose new pods (`m` of `o.spec`, replacing `running_m` of the
+/// running spec) the namespace's ResourceQuotas cannot admit: `Stalled`
+/// (`QuotaExceeded`) before anything stops, the running version keeps
+/// running ([`super::quota`]).
+fn over_quota(o: &Observed, running: &StreamJobSpec, running_m: i32, m: i32) -> Option<Step> {
+    let old = super::quota::per_pod(running.resources.as_ref());
+    let new = super::quota::per_pod(o.spec.resources.as_ref());
+    let why = super::quota::refusal(&o.quota, (running_m, &old), (m, &new))?;
+    let message = format!(
+        "{m} pods of generation {} (replacing {running_m}) do not fit the namespace's quota: {why}. Generation {} \
+         keeps running; raise the quota, or lower spec.parallelism or spec.resources",
+        o.generation,
+        o.status.last_stable_generation.unwrap_or_default()
+    );
+    let health = Health::stalled("QuotaExceeded", message);
+    Some(Step::new(o.status.clone(), health).deploy(steady_deployment(o, None)))
 }
 
 fn incompatible(o: &Observed, compat: &Compatibility) -> Step {

@@ -112,6 +112,8 @@ struct World {
     admin_secret: bool,
     /// The operator is set to put a NetworkPolicy in front of the pods.
     network_policy_enabled: bool,
+    /// What the namespace's ResourceQuotas have left.
+    quota: Vec<super::super::quota::Room>,
 }
 
 impl World {
@@ -142,6 +144,7 @@ impl World {
             network_policy: false,
             admin_secret: false,
             network_policy_enabled: false,
+            quota: Vec::new(),
         }
     }
 
@@ -215,6 +218,7 @@ impl World {
             ids: KafkaIds::of("ns", "clicks", "uid-1"),
             admin_secret: self.admin_secret,
             network_policy: self.network_policy_enabled,
+            quota: self.quota.clone(),
             now: self.now,
         }
     }
@@ -1309,6 +1313,35 @@ fn a_growth_whose_new_count_is_unhealthy_rolls_back_only_from_its_savepoint() {
         "{:?}",
         step.events
     );
+}
+
+/// A rescale the namespace's ResourceQuota cannot admit is refused before
+/// anything stops (the old pods would go, the new ones never come); once the
+/// quota has room, the growth goes ahead.
+#[test]
+fn a_rescale_over_the_namespace_quota_is_refused_before_anything_stops() {
+    use super::super::quota::Room;
+    let mut w = running_world(4);
+    let revision = w.deployment.as_ref().unwrap().revision.clone();
+    w.quota = vec![Room {
+        quota: "team".into(),
+        resource: "pods".into(),
+        left: 1_000,
+    }];
+    w.topics = Ok(topics(6));
+    for _ in 0..3 {
+        tick(&mut w);
+    }
+    assert_eq!(w.stalled().as_deref(), Some("QuotaExceeded"));
+    let message = w.stalled_message();
+    assert!(
+        message.contains("6 pods") && message.contains("ResourceQuota team has 1 pods left, 2 more needed"),
+        "{message}"
+    );
+    assert_eq!(w.savepoint_calls(), 0);
+    assert_eq!(w.deployment.as_ref().unwrap().revision, revision, "nothing restarted");
+    w.quota[0].left = 2_000;
+    until(&mut w, "rescaled to 6", |w| w.pods.len() == 6 && w.running(1));
 }
 
 /// Pods that cannot drain (a runtime older than the operator answers a
