@@ -1062,6 +1062,128 @@ async fn a_grown_source_topic_moves_the_state_to_the_new_partitions() {
     .await;
 }
 
+/// A rescale the namespace's ResourceQuota cannot admit (4 -> 6 pods with
+/// room for 5) is refused before anything stops: `Stalled`,
+/// `QuotaExceeded`, naming the quota; the same pods keep running. Once the
+/// quota has room, the growth goes ahead, state and all.
+#[tokio::test]
+async fn a_rescale_over_the_namespace_quota_is_refused_before_anything_stops() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    in_namespace("e2e-job-quota", |client, ns, t0| async move {
+        let quota = |pods: i64| {
+            obj(json!({
+                "apiVersion": "v1", "kind": "ResourceQuota",
+                "metadata": {"name": "team"},
+                "spec": {"hard": {"pods": pods.to_string()}}
+            }))
+        };
+        apply_ok(&client, &ns, &quota(5)?).await?;
+        let (input, sink) = topics(&client, &ns, 4).await?;
+        let first = dataset(4, 0..300, 16, false);
+        let second = dataset(6, 300..600, 16, true);
+        let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+        let (expected, _) = reference(&all);
+        let (api, _) = deploy(&client, &ns, &job("clicks", &[])?, 4, t0).await?;
+        produce(&input, &first)?;
+        let control = control_topic(&ns, "clicks");
+        wait_first_results(&sink, &control).await?;
+        let before = uids(&job_pods(&client, &ns, "clicks").await?);
+        // The quota controller counts the 4 pods before the check can.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !kubectl(&[
+            "-n",
+            &ns,
+            "get",
+            "resourcequota",
+            "team",
+            "-o",
+            "jsonpath={.status.used.pods}",
+        ])?
+        .contains('4')
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the quota never counted the job's 4 pods"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        say(
+            t0,
+            "growing the source topic 4 -> 6 partitions with room for 5 pods",
+        );
+        apply_ok(&client, &ns, &stream_topic("in", &input, 6)?).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = api.get("clicks").await?;
+            let stalled = field(&j, &["status", "conditions"])
+                .as_array()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c["type"] == "Stalled" && c["status"] == "True")
+                })
+                .cloned();
+            if let Some(c) = stalled {
+                ensure!(
+                    c["reason"] == "QuotaExceeded"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("ResourceQuota team has 1 pods left, 2 more needed")),
+                    "Stalled for another reason: {c}"
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "not Stalled 60s after the growth: {}",
+                field(&j, &["status"])
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let pods = job_pods(&client, &ns, "clicks").await?;
+        ensure!(
+            uids(&pods) == before && pods.iter().all(pod_ready),
+            "the refusal restarted pods"
+        );
+        let reasons = event_reasons(&client, &ns, "clicks").await?;
+        ensure!(
+            !reasons.iter().any(|r| r == "Savepointing" || r == "Rescaling"),
+            "the refusal stopped something: events {reasons:?}"
+        );
+        say(
+            t0,
+            "Stalled (QuotaExceeded), the same pods run; raising the quota to 6 pods",
+        );
+        apply_ok(&client, &ns, &quota(6)?).await?;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let j = api.get("clicks").await?;
+            if phase(&j) == "Running" && field(&j, &["status", "sourcePartitions"]) == 6 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "not Running at 6 partitions 240s after the quota was raised: {}",
+                field(&j, &["status"])
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        produce(&input, &second)?;
+        expect_exact(&sink, &control, &expected, None).await?;
+        say(
+            t0,
+            format!(
+                "refused over quota, then grown 4 -> 6; {} windows exact",
+                expected.len()
+            ),
+        );
+        Ok(())
+    })
+    .await;
+}
+
 /// Rescale: 2 -> 4 pods via `spec.parallelism` on an 8-partition source:
 /// savepoint, four new pods restored from it (each task's state moves with
 /// its partition), exact output.

@@ -445,7 +445,11 @@ async fn quota_room(names: &JobNames, ctx: &JobContext) -> Vec<super::quota::Roo
     let api: Api<k8s_openapi::api::core::v1::ResourceQuota> =
         Api::namespaced(ctx.shared.client.clone(), &names.namespace);
     match api.list(&ListParams::default()).await {
-        Ok(list) => list.items.iter().flat_map(super::quota::Room::from_quota).collect(),
+        Ok(list) => list
+            .items
+            .iter()
+            .flat_map(super::quota::Room::from_quota)
+            .collect(),
         Err(e) => {
             warn!(error = %e, "reading the namespace's ResourceQuotas");
             Vec::new()

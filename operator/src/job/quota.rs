@@ -78,7 +78,11 @@ pub fn milli(q: &Quantity) -> Option<i128> {
     }
     // The number in 10^-9 of a unit, exactly (fractions beyond that are
     // below any resource a quota counts).
-    let mut nanos: i128 = if int.is_empty() { 0 } else { int.parse::<i128>().ok()? } * 1_000_000_000;
+    let mut nanos: i128 = if int.is_empty() {
+        0
+    } else {
+        int.parse::<i128>().ok()?
+    } * 1_000_000_000;
     let digits: String = frac.chars().take(9).collect();
     if !digits.is_empty() {
         let f: i128 = digits.parse().ok()?;
@@ -116,7 +120,10 @@ pub fn per_pod(resources: Option<&ResourceRequirements>) -> BTreeMap<&'static st
     let mut d = BTreeMap::new();
     d.insert("pods", 1_000);
     d.insert("count/pods", 1_000);
-    for (resource, plain, limit) in [("cpu", "requests.cpu", "limits.cpu"), ("memory", "requests.memory", "limits.memory")] {
+    for (resource, plain, limit) in [
+        ("cpu", "requests.cpu", "limits.cpu"),
+        ("memory", "requests.memory", "limits.memory"),
+    ] {
         if let Some(r) = get(requests, resource).or_else(|| get(limits, resource)) {
             d.insert(plain, r);
             d.insert(resource, r);
@@ -136,7 +143,9 @@ pub fn refusal(
     (old, old_demand): (i32, &BTreeMap<&'static str, i128>),
     (new, new_demand): (i32, &BTreeMap<&'static str, i128>),
 ) -> Option<String> {
-    let total = |n: i32, d: &BTreeMap<&'static str, i128>, r: &str| i128::from(n.max(0)) * d.get(r).copied().unwrap_or(0);
+    let total = |n: i32, d: &BTreeMap<&'static str, i128>, r: &str| {
+        i128::from(n.max(0)) * d.get(r).copied().unwrap_or(0)
+    };
     let short: Vec<String> = rooms
         .iter()
         .filter_map(|room| {
@@ -258,7 +267,11 @@ mod tests {
         let bigger = per_pod(Some(&resources(&[("cpu", "500m")], &[("memory", "1Gi")])));
         assert_eq!(refusal(&rooms, (4, &d), (4, &bigger)), None);
         let biggest = per_pod(Some(&resources(&[("cpu", "500m")], &[("memory", "2Gi")])));
-        assert!(refusal(&rooms, (4, &d), (4, &biggest)).unwrap().contains("2048Mi limits.memory left, 6144Mi"));
+        assert!(
+            refusal(&rooms, (4, &d), (4, &biggest))
+                .unwrap()
+                .contains("2048Mi limits.memory left, 6144Mi")
+        );
     }
 
     #[test]

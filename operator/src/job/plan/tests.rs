@@ -1339,7 +1339,11 @@ fn a_rescale_over_the_namespace_quota_is_refused_before_anything_stops() {
         "{message}"
     );
     assert_eq!(w.savepoint_calls(), 0);
-    assert_eq!(w.deployment.as_ref().unwrap().revision, revision, "nothing restarted");
+    assert_eq!(
+        w.deployment.as_ref().unwrap().revision,
+        revision,
+        "nothing restarted"
+    );
     w.quota[0].left = 2_000;
     until(&mut w, "rescaled to 6", |w| w.pods.len() == 6 && w.running(1));
 }
