@@ -33,6 +33,14 @@ pub enum Held {
     /// What the task emitted for the record at `offset`, of the keyed stage
     /// (the repartition topic) or the source stage.
     Out { out: Out, keyed: bool, offset: i64 },
+    /// Stage 1's keyed record for keyed partition `partition`: its key is
+    /// `start..key_end` of the outbox's keyed bytes, its value `key_end..end`.
+    Keyed {
+        partition: i32,
+        start: usize,
+        key_end: usize,
+        end: usize,
+    },
     /// Stage 1's watermark, for every keyed partition.
     Watermark { value: Vec<u8> },
 }
@@ -51,6 +59,7 @@ impl Held {
                     } => key.as_ref().map_or(0, Vec::len) + value.len() + reason.len(),
                     Out::Watermark { value } => value.len(),
                 },
+                Held::Keyed { start, end, .. } => end - start,
                 Held::Watermark { value } => value.len(),
             }
     }
@@ -60,6 +69,8 @@ impl Held {
 #[derive(Default)]
 pub struct Outbox {
     held: Vec<Held>,
+    /// Key and value bytes of the held [`Held::Keyed`] records, back to back.
+    keyed: Vec<u8>,
     bytes: usize,
 }
 
@@ -69,15 +80,31 @@ impl Outbox {
         self.held.push(h);
     }
 
+    /// Holds stage 1's keyed record (copied into the outbox's buffer: no
+    /// allocation of its own).
+    pub fn hold_keyed(&mut self, partition: i32, key: &[u8], value: &[u8]) {
+        let start = self.keyed.len();
+        self.keyed.extend_from_slice(key);
+        let key_end = self.keyed.len();
+        self.keyed.extend_from_slice(value);
+        self.hold(Held::Keyed {
+            partition,
+            start,
+            key_end,
+            end: self.keyed.len(),
+        });
+    }
+
     /// Roughly what the held outputs cost in memory.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Everything held, in order; the outbox is empty afterwards.
-    pub fn take(&mut self) -> Vec<Held> {
+    /// Everything held, in order, and the keyed records' bytes
+    /// ([`Held::Keyed`]); the outbox is empty afterwards.
+    pub fn take(&mut self) -> (Vec<Held>, Vec<u8>) {
         self.bytes = 0;
-        std::mem::take(&mut self.held)
+        (std::mem::take(&mut self.held), std::mem::take(&mut self.keyed))
     }
 }
 
@@ -98,16 +125,7 @@ pub fn write<L: TaskLog + ?Sized>(
             partition,
             key,
             value,
-        } => {
-            m.with_label_values(&["keyed"]).inc();
-            log.send(&Record {
-                topic: &to.topics.repartition,
-                partition: Some(partition),
-                key: Some(&key),
-                value: &value,
-                headers: &checkpoint,
-            })
-        }
+        } => write_keyed(log, to, header, partition, &key, &value),
         Out::Watermark { .. } => Ok(()),
         Out::Result { key, value, .. } => {
             m.with_label_values(&["result"]).inc();
@@ -168,6 +186,26 @@ pub fn write<L: TaskLog + ?Sized>(
             }
         },
     }
+}
+
+/// Writes stage 1's keyed record for keyed partition `partition` to `log`
+/// with `header`.
+pub fn write_keyed<L: TaskLog + ?Sized>(
+    log: &mut L,
+    to: &Destinations<'_>,
+    header: &str,
+    partition: i32,
+    key: &[u8],
+    value: &[u8],
+) -> crate::error::Result<()> {
+    to.records_out.with_label_values(&["keyed"]).inc();
+    log.send(&Record {
+        topic: &to.topics.repartition,
+        partition: Some(partition),
+        key: Some(key),
+        value,
+        headers: &[(CHECKPOINT_HEADER, header.as_bytes())],
+    })
 }
 
 /// Stage 1's watermark to every keyed partition.

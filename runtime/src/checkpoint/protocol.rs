@@ -44,7 +44,7 @@ use super::outputs::{self, Destinations, Held, Outbox};
 use super::store::{CheckpointStore, Manifest, Target};
 use crate::dataflow::key_groups;
 use crate::dataflow::sources::SourceRef;
-use crate::dataflow::task::{self as dataflow_task, Out, Task};
+use crate::dataflow::task::{self as dataflow_task, Out, Outputs, Task};
 
 /// One record for a [`TaskLog`].
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +181,38 @@ pub fn output<L: TaskLog + ?Sized>(
     }
 }
 
+/// Stage 1's outputs of one source record ([`Task::on_source`]): a keyed
+/// record goes where [`output`] sends it, borrowed (copied into the
+/// outbox's buffer exactly once, written under `header` at once otherwise);
+/// the other outputs are collected in `rest`, for [`output`].
+pub struct Stage1Outputs<'a, 'c, L: ?Sized> {
+    pub cx: &'a Context<'c>,
+    pub log: &'a mut L,
+    pub outbox: &'a mut Outbox,
+    pub header: &'a str,
+    pub rest: &'a mut Vec<Out>,
+    /// The first keyed record the log refused.
+    pub error: Option<RuntimeError>,
+}
+
+impl<L: TaskLog + ?Sized> Outputs for Stage1Outputs<'_, '_, L> {
+    fn keyed(&mut self, partition: i32, key: &[u8], value: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.cx.transactional {
+            self.outbox.hold_keyed(partition, key, value);
+        } else {
+            self.error =
+                outputs::write_keyed(self.log, &self.cx.to, self.header, partition, key, value).err();
+        }
+    }
+
+    fn push(&mut self, out: Out) {
+        self.rest.push(out);
+    }
+}
+
 /// Runs the protocol's checkpoint of `task` (module docs, steps 1-6).
 pub fn checkpoint<L: TaskLog + ?Sized>(
     cx: &Context<'_>,
@@ -224,7 +256,8 @@ pub fn checkpoint<L: TaskLog + ?Sized>(
     // (3) The transaction and the held outputs, in their order.
     if cx.transactional {
         io.log.begin()?;
-        for h in outbox.take() {
+        let (held, keyed) = outbox.take();
+        for h in held {
             match h {
                 Held::Out { out, keyed, offset } => {
                     let origin = if keyed {
@@ -234,6 +267,19 @@ pub fn checkpoint<L: TaskLog + ?Sized>(
                     };
                     outputs::write(io.log, &cx.to, &header, out, origin)?;
                 }
+                Held::Keyed {
+                    partition,
+                    start,
+                    key_end,
+                    end,
+                } => outputs::write_keyed(
+                    io.log,
+                    &cx.to,
+                    &header,
+                    partition,
+                    &keyed[start..key_end],
+                    &keyed[key_end..end],
+                )?,
                 Held::Watermark { value } => outputs::broadcast_watermark(io.log, &cx.to, &value, &header)?,
             }
         }

@@ -272,8 +272,20 @@ impl World {
         let from = p.task.meta.source_offset.unwrap_or(0);
         let input = &self.input[t as usize];
         for offset in from..(from + n as i64).min(input.len() as i64) {
+            // As the runner: keyed records borrowed, the rest through `out`.
+            let mut to = Stage1Outputs {
+                cx: &cx,
+                log: &mut p.log,
+                outbox: &mut p.outbox,
+                header: &header,
+                rest: &mut out,
+                error: None,
+            };
             p.task
-                .on_source(offset, None, &input[offset as usize], WALL_CLOCK, &mut out);
+                .on_source(offset, None, &input[offset as usize], WALL_CLOCK, &mut to);
+            if let Some(e) = to.error {
+                return Err(e);
+            }
             Self::emit(
                 &cx,
                 (&mut p.log, &mut p.outbox),

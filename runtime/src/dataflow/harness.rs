@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 use streamops_crds::job::ProcessingGuarantee;
 
-use super::task::{Out, STATE_DIR, StateOptions, Task};
+use super::task::{Out, Outputs, STATE_DIR, StateOptions, Task};
 use super::window_operator::OperatorStats;
 use crate::dataflow::sources::Sources;
 use crate::plan::Plan;
@@ -153,6 +153,31 @@ impl Log {
         }
         self.key_lens.drain(..n);
         self.base += n as u64;
+    }
+
+    /// Appends every record of `other` (whose offsets are ignored), leaving
+    /// it empty with its buffers kept. Into a log holding no record the
+    /// buffers are swapped: nothing is copied.
+    pub fn append_from(&mut self, other: &mut Log) {
+        if self.ends.is_empty() {
+            std::mem::swap(&mut self.bytes, &mut other.bytes);
+            std::mem::swap(&mut self.ends, &mut other.ends);
+            std::mem::swap(&mut self.key_lens, &mut other.key_lens);
+        } else {
+            let shift = self.bytes.len();
+            self.bytes.extend_from_slice(&other.bytes);
+            self.ends.extend(other.ends.iter().map(|end| end + shift));
+            self.key_lens.extend_from_slice(&other.key_lens);
+        }
+        other.clear();
+    }
+
+    /// Drops every record held (offsets go on from the end).
+    fn clear(&mut self) {
+        self.base += self.ends.len() as u64;
+        self.bytes.clear();
+        self.ends.clear();
+        self.key_lens.clear();
     }
 }
 
@@ -312,12 +337,46 @@ struct Checkpointed {
 
 struct Slot {
     task: Task,
-    /// Keyed and watermark records of the open transaction (exactly once):
-    /// (keyed partition, key, value).
-    open_keyed: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    /// Keyed and watermark records of the open transaction (exactly once),
+    /// by keyed partition (as long as the harness has partitions, once the
+    /// task wrote).
+    open_keyed: Vec<Log>,
     /// Outputs of the open transaction (exactly once).
     open_out: Vec<Emitted>,
     last: Option<Checkpointed>,
+}
+
+/// Stage 1's outputs of one source record: keyed records straight into
+/// `logs` (the keyed partitions, or the open transaction's), the others to
+/// `other`.
+struct Stage1<'a> {
+    task: u32,
+    logs: &'a mut [Log],
+    other: &'a mut Vec<Out>,
+    /// The first keyed record that could not be written.
+    error: Option<RuntimeError>,
+}
+
+impl Outputs for Stage1<'_> {
+    fn keyed(&mut self, partition: i32, key: &[u8], value: &[u8]) {
+        if self.error.is_none() {
+            self.error = write_keyed(self.logs, self.task, partition, key, value).err();
+        }
+    }
+
+    fn push(&mut self, out: Out) {
+        self.other.push(out);
+    }
+}
+
+/// Appends task `task`'s keyed record to keyed partition `partition` of `logs`.
+fn write_keyed(logs: &mut [Log], task: u32, partition: i32, key: &[u8], value: &[u8]) -> Result<()> {
+    match usize::try_from(partition).ok().and_then(|q| logs.get_mut(q)) {
+        Some(log) => log.push(Some(key), value),
+        None => Err(RuntimeError::Dataflow(format!(
+            "task {task} wrote to keyed partition {partition}"
+        ))),
+    }
 }
 
 impl Slot {
@@ -437,6 +496,9 @@ impl Harness {
             .ok_or_else(|| RuntimeError::Dataflow(format!("no task {t}")))?;
         let log = &self.source[t as usize];
         let from = position(slot.task.meta.source_offset, "source", t)?;
+        if slot.open_keyed.len() < self.keyed.len() {
+            slot.open_keyed.resize(self.keyed.len(), Log::new());
+        }
         let mut read = 0;
         while read < max {
             let offset = from + read as u64;
@@ -444,7 +506,20 @@ impl Harness {
                 break;
             };
             let offset = offset as i64;
-            slot.task.on_source(offset, key, value, now_ms, &mut self.scratch);
+            let mut out = Stage1 {
+                task: t,
+                logs: if exactly_once {
+                    &mut slot.open_keyed[..]
+                } else {
+                    &mut self.keyed[..]
+                },
+                other: &mut self.scratch,
+                error: None,
+            };
+            slot.task.on_source(offset, key, value, now_ms, &mut out);
+            if let Some(e) = out.error {
+                return Err(e);
+            }
             read += 1;
             for out in self.scratch.drain(..) {
                 match out {
@@ -453,19 +528,12 @@ impl Harness {
                         key,
                         value,
                     } => {
-                        let q = u32::try_from(partition)
-                            .ok()
-                            .filter(|&q| (q as usize) < self.keyed.len())
-                            .ok_or_else(|| {
-                                RuntimeError::Dataflow(format!(
-                                    "task {t} wrote to keyed partition {partition}"
-                                ))
-                            })?;
-                        if exactly_once {
-                            slot.open_keyed.push((q, key, value));
+                        let logs = if exactly_once {
+                            &mut slot.open_keyed[..]
                         } else {
-                            self.keyed[q as usize].push(Some(&key), &value)?;
-                        }
+                            &mut self.keyed[..]
+                        };
+                        write_keyed(logs, t, partition, &key, &value)?;
                     }
                     Out::Watermark { .. } => {
                         return Err(RuntimeError::Dataflow(format!(
@@ -569,7 +637,10 @@ impl Harness {
             };
             for q in 0..n {
                 if exactly_once {
-                    slot.open_keyed.push((q, WATERMARK_KEY.to_vec(), value.clone()));
+                    if slot.open_keyed.len() < n as usize {
+                        slot.open_keyed.resize(n as usize, Log::new());
+                    }
+                    slot.open_keyed[q as usize].push(Some(WATERMARK_KEY), &value)?;
                 } else {
                     self.keyed[q as usize].push(Some(WATERMARK_KEY), &value)?;
                 }
@@ -594,8 +665,8 @@ impl Harness {
         let keyed = slot.task.meta.keyed_offset.unwrap_or(0).max(0) as u64;
         self.keyed[t as usize].truncate_before(keyed);
         // The commit: the open transaction becomes visible.
-        for (q, key, value) in slot.open_keyed.drain(..) {
-            self.keyed[q as usize].push(Some(&key), &value)?;
+        for (log, open) in self.keyed.iter_mut().zip(&mut slot.open_keyed) {
+            log.append_from(open);
         }
         self.committed.append(&mut slot.open_out);
         // Retention: only the last checkpoint is restored.
@@ -639,7 +710,7 @@ impl Harness {
         };
         let slot = self.slot_mut(t)?;
         slot.task = task;
-        slot.open_keyed.clear();
+        slot.open_keyed.iter_mut().for_each(Log::clear);
         slot.open_out.clear();
         Ok(())
     }

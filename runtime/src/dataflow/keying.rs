@@ -145,9 +145,13 @@ impl KeyingStage {
             None
         };
         let ctx = ctx.as_ref();
-        let expr_err = |field: &str| {
-            let field = field.to_string();
-            move |message: String| DeadLetterReason::Expression { field, message }
+        // Allocates only for a record that fails (`map_err`'s argument is
+        // built for every record).
+        let expr_err = |field: &'static str| {
+            move |message: String| DeadLetterReason::Expression {
+                field: field.to_string(),
+                message,
+            }
         };
 
         if let Some(filter) = &plan.filter {

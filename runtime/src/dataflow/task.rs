@@ -55,6 +55,34 @@ pub enum Out {
     },
 }
 
+/// Where stage 1 puts its outputs. A keyed record is handed over borrowed
+/// (the task reuses its buffers), so a caller that writes it on at once or
+/// copies it into a buffer of its own allocates nothing per record; a
+/// `Vec<Out>` takes it as an owned [`Out::Keyed`].
+pub trait Outputs {
+    /// A keyed record for keyed partition `partition` (its Kafka key and value).
+    fn keyed(&mut self, partition: i32, key: &[u8], value: &[u8]);
+    /// Any other output.
+    fn push(&mut self, out: Out);
+}
+
+impl Outputs for Vec<Out> {
+    fn keyed(&mut self, partition: i32, key: &[u8], value: &[u8]) {
+        Vec::push(
+            self,
+            Out::Keyed {
+                partition,
+                key: key.to_vec(),
+                value: value.to_vec(),
+            },
+        );
+    }
+
+    fn push(&mut self, out: Out) {
+        Vec::push(self, out);
+    }
+}
+
 /// Counters a task keeps for metrics and the fault tests' accounting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskCounters {
@@ -579,7 +607,7 @@ impl Task {
         key: Option<&[u8]>,
         value: &[u8],
         now_ms: i64,
-        out: &mut Vec<Out>,
+        out: &mut (impl Outputs + ?Sized),
     ) {
         if self.meta.drain.is_some() {
             // Stopped for a drain: not consumed (read again once it ends).
@@ -662,11 +690,7 @@ impl Task {
                 let t = self.keyed.event_time;
                 self.meta.source_max_event_time =
                     Some(self.meta.source_max_event_time.map_or(t, |m| m.max(t)));
-                out.push(Out::Keyed {
-                    partition,
-                    key: self.keyed.group_key.clone(),
-                    value: self.buf.clone(),
-                });
+                out.keyed(partition, &self.keyed.group_key, &self.buf);
             }
         }
     }

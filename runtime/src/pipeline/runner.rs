@@ -1155,6 +1155,11 @@ fn on_message(
     let stage = if keyed { "keyed" } else { "source" };
     shared.metrics.records_in.with_label_values(&[stage]).inc();
     out.clear();
+    let header = if cx.transactional {
+        String::new()
+    } else {
+        slot.header(instance)
+    };
     if keyed {
         let (dups, keyed_records) = (
             slot.task.counters.duplicates_dropped,
@@ -1173,7 +1178,20 @@ fn on_message(
             .with_label_values(&[&task.to_string()])
             .set(slot.task.watermark());
     } else {
-        slot.task.on_source(offset, key, value, now, out);
+        // Keyed records go out (or into the outbox) borrowed, the rest
+        // through `out`.
+        let mut to = protocol::Stage1Outputs {
+            cx,
+            log: &mut slot.log,
+            outbox: &mut slot.outbox,
+            header: &header,
+            rest: out,
+            error: None,
+        };
+        slot.task.on_source(offset, key, value, now, &mut to);
+        if let Some(e) = to.error {
+            return Err(e);
+        }
     }
     if cx.transactional
         && slot.fired_at.is_none()
@@ -1183,11 +1201,6 @@ fn on_message(
     {
         slot.fired_at = Some(Instant::now());
     }
-    let header = if cx.transactional {
-        String::new()
-    } else {
-        slot.header(instance)
-    };
     for o in out.drain(..) {
         protocol::output(
             cx,

@@ -123,8 +123,9 @@ impl KeyState {
 struct WindowInfo {
     /// Keys that created a slot for this window, in creation order. May hold
     /// stale ids (evicted or merged-away keys, ids reused by another key):
-    /// readers check the key's slots and drop duplicates.
-    members: Vec<KeyId>,
+    /// readers check the key's slots and drop duplicates. Inline for the
+    /// few keys of a session window: no allocation per session.
+    members: SmallVec<[KeyId; 4]>,
     /// Cached slots of this window.
     cached: usize,
     /// Entries of this window that live only in the backend. Zero means the
@@ -308,9 +309,14 @@ impl WindowOperator {
 
     /// The id of `key`'s state, created (empty) if the key has none.
     fn key_id(&mut self, key: &[u8]) -> KeyId {
-        if let Some(id) = self.index.find(&self.keys, key) {
-            return id;
+        match self.index.find(&self.keys, key) {
+            Some(id) => id,
+            None => self.new_key(key),
         }
+    }
+
+    /// The id of new, empty state for `key` (which has none).
+    fn new_key(&mut self, key: &[u8]) -> KeyId {
         let state = KeyState {
             key: key.into(),
             slots: SmallVec::with_capacity(self.slots_per_key),

@@ -22,11 +22,8 @@ impl WindowOperator {
         let mut merge_idx = std::mem::take(&mut self.merge_idx);
         merge_idx.clear();
         let mut merged = proto_window;
-        if let Some(Some(ks)) = self
-            .index
-            .find(&self.keys, key)
-            .and_then(|id| self.keys.get(id as usize))
-        {
+        let found = self.index.find(&self.keys, key);
+        if let Some(Some(ks)) = found.and_then(|id| self.keys.get(id as usize)) {
             for (i, s) in ks.slots.iter().enumerate() {
                 if session::touches(&s.window, &proto_window) {
                     merge_idx.push(i);
@@ -39,7 +36,10 @@ impl WindowOperator {
             self.merge_idx = merge_idx;
             return Ok(Disposition::Late);
         }
-        let id = self.key_id(key);
+        let id = match found {
+            Some(id) => id,
+            None => self.new_key(key),
+        };
         self.tick += 1;
         let result = self.add_session(id, key, merged, &merge_idx, rec, backend, out);
         self.merge_idx = merge_idx;
@@ -97,10 +97,15 @@ impl WindowOperator {
             // Remove merged sessions (highest index first keeps indices valid).
             for &i in merge_idx.iter().rev() {
                 let old = ks.slots.swap_remove(i);
-                let info = self.windows.get_mut(&old.window);
+                // One lookup of the old window: counts updated, and the
+                // window dropped below once nothing is left in it.
+                let mut info = match self.windows.entry(old.window) {
+                    std::collections::btree_map::Entry::Occupied(e) => Some(e),
+                    std::collections::btree_map::Entry::Vacant(_) => None,
+                };
                 let prev = if old.cached {
-                    if let Some(info) = info {
-                        info.cached -= 1;
+                    if let Some(info) = &mut info {
+                        info.get_mut().cached -= 1;
                     }
                     self.cached -= 1;
                     old.accs
@@ -114,7 +119,8 @@ impl WindowOperator {
                         key,
                         &mut loaded,
                     )?;
-                    if let Some(info) = info {
+                    if let Some(info) = &mut info {
+                        let info = info.get_mut();
                         info.spilled = info.spilled.saturating_sub(1);
                     }
                     self.spilled = self.spilled.saturating_sub(1);
@@ -132,12 +138,11 @@ impl WindowOperator {
                     // The first merged session's state is reused in place.
                     None => accs = Some(prev),
                 }
-                if self
-                    .windows
-                    .get(&old.window)
-                    .is_some_and(|info| info.cached == 0 && info.spilled == 0)
+                if let Some(info) = info
+                    && info.get().cached == 0
+                    && info.get().spilled == 0
                 {
-                    self.windows.remove(&old.window);
+                    info.remove();
                 }
             }
             let mut accs = match accs {
