@@ -536,6 +536,37 @@ async fn event_reasons(client: &Client, ns: &str, job: &str) -> anyhow::Result<V
 
 /// Waits until the operator has published a `reason` event for `job` (it
 /// publishes events after writing the status the test may have seen).
+/// Waits until job `clicks` runs its current generation on `partitions`
+/// source partitions; returns the phases it went through.
+async fn running_at(
+    api: &Api<DynamicObject>,
+    partitions: i32,
+    within: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + within;
+    let mut phases: Vec<String> = Vec::new();
+    loop {
+        let j = api.get("clicks").await?;
+        let ph = phase(&j);
+        if phases.last() != Some(&ph) {
+            phases.push(ph.clone());
+        }
+        if ph == "Running"
+            && field(&j, &["status", "sourcePartitions"]) == partitions
+            && field(&j, &["status", "observedGeneration"]) == j.metadata.generation.unwrap_or_default()
+        {
+            return Ok(phases);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not Running at {partitions} partitions within {within:?} (phases {}): {}",
+            phases.join(">"),
+            field(&j, &["status"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_event(client: &Client, ns: &str, job: &str, reason: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -1007,29 +1038,7 @@ async fn a_grown_source_topic_moves_the_state_to_the_new_partitions() {
             say(t0, format!("growing the source topic to {to} partitions"));
             let grown = Instant::now();
             apply_ok(&client, &ns, &stream_topic("in", &input, to)?).await?;
-            let deadline = Instant::now() + Duration::from_secs(240);
-            let mut phases: Vec<String> = Vec::new();
-            loop {
-                let j = api.get("clicks").await?;
-                let ph = phase(&j);
-                if phases.last() != Some(&ph) {
-                    phases.push(ph.clone());
-                }
-                if ph == "Running"
-                    && field(&j, &["status", "sourcePartitions"]) == to
-                    && field(&j, &["status", "observedGeneration"])
-                        == j.metadata.generation.unwrap_or_default()
-                {
-                    break;
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "not Running at {to} partitions 240s after the growth (phases {}): {}",
-                    phases.join(">"),
-                    field(&j, &["status"])
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let phases = running_at(&api, to, Duration::from_secs(240)).await?;
             let running = job_pods(&client, &ns, "clicks").await?;
             ensure!(
                 running.len() == pods && running.iter().all(pod_ready),
@@ -1157,19 +1166,7 @@ async fn a_rescale_over_the_namespace_quota_is_refused_before_anything_stops() {
             "Stalled (QuotaExceeded), the same pods run; raising the quota to 6 pods",
         );
         apply_ok(&client, &ns, &quota(6)?).await?;
-        let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            let j = api.get("clicks").await?;
-            if phase(&j) == "Running" && field(&j, &["status", "sourcePartitions"]) == 6 {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "not Running at 6 partitions 240s after the quota was raised: {}",
-                field(&j, &["status"])
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        running_at(&api, 6, Duration::from_secs(240)).await?;
         produce(&input, &second)?;
         expect_exact(&sink, &control, &expected, None).await?;
         say(

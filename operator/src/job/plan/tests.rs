@@ -1195,6 +1195,23 @@ fn rescale_on_spec_parallelism_and_on_partition_growth() {
     assert_eq!(w.deployment.as_ref().unwrap().parallelism, 4);
 }
 
+/// Ticks until `done` (at most 30 times), collecting the restore settings of
+/// every deployment at `partitions` source partitions.
+fn restores_at(w: &mut World, partitions: i32, done: impl Fn(&World) -> bool) -> Vec<RestoreConfig> {
+    let mut restores = Vec::new();
+    for _ in 0..30 {
+        if let Some(d) = tick(w).deployment
+            && d.topics.total_partitions() == partitions
+        {
+            restores.push(d.restore.clone());
+        }
+        if done(w) {
+            break;
+        }
+    }
+    restores
+}
+
 fn allow_empty_state(s: &mut StreamJobSpec) {
     s.restore = Some(streamops_crds::job::RestoreSpec {
         from_savepoint: None,
@@ -1225,17 +1242,9 @@ fn partition_growth_rescales_with_a_drained_savepoint() {
         "{:?}",
         s2.call
     );
-    let mut restores = Vec::new();
-    for _ in 0..30 {
-        if let Some(d) = tick(&mut w).deployment
-            && d.topics.total_partitions() == 12
-        {
-            restores.push(d.restore.clone());
-        }
-        if w.running(1) && w.status.source_partitions == Some(12) {
-            break;
-        }
-    }
+    let restores = restores_at(&mut w, 12, |w| {
+        w.running(1) && w.status.source_partitions == Some(12)
+    });
     assert!(w.running(1) && w.pods.len() == 12, "{:#?}", w.status);
     assert_eq!(w.status.parallelism, Some(12));
     assert_eq!(restores[0].mode, Some(RestoreMode::Savepoint));
@@ -1483,17 +1492,7 @@ fn partition_growth_with_allow_empty_state_restarts_empty_at_the_new_count() {
     });
     until(&mut w, "Running gen 2", |w| w.running(2));
     w.topics = Ok(topics(3));
-    let mut restores = Vec::new();
-    for _ in 0..30 {
-        if let Some(d) = tick(&mut w).deployment
-            && d.topics.total_partitions() == 3
-        {
-            restores.push(d.restore.clone());
-        }
-        if w.running(2) && w.status.parallelism == Some(3) {
-            break;
-        }
-    }
+    let restores = restores_at(&mut w, 3, |w| w.running(2) && w.status.parallelism == Some(3));
     assert!(w.running(2) && w.pods.len() == 3, "{:#?}", w.status);
     assert_eq!(w.status.source_partitions, Some(3));
     assert_eq!(restores[0].mode, Some(RestoreMode::Empty));
