@@ -492,6 +492,27 @@ fn tick(w: &mut World) -> Step {
     step
 }
 
+/// Every pod of `w` answers `/v1/status` for generation 2 in `state`, its
+/// last commit `checkpoint_id`.
+fn answer_all(o: &mut Observed, w: &World, state: RuntimeState, checkpoint_id: Option<i64>) {
+    for p in &w.pods {
+        o.runtime.insert(
+            p.name.clone(),
+            Ok(RuntimeStatus {
+                state,
+                generation: 2,
+                tasks: vec![],
+                checkpoints: Default::default(),
+                checkpoint_id,
+                last_commit_ms: None,
+                lag: None,
+                offset_resets: Vec::new(),
+                error: None,
+            }),
+        );
+    }
+}
+
 fn running_world(partitions: i32) -> World {
     let mut w = World::new(partitions);
     for _ in 0..20 {
@@ -1052,22 +1073,7 @@ fn rollback_uses_the_savepoint_when_nothing_newer_was_committed() {
     }
     w.behaviour.broken_commits = false;
     let mut o = w.observe();
-    for p in &w.pods {
-        o.runtime.insert(
-            p.name.clone(),
-            Ok(RuntimeStatus {
-                state: RuntimeState::Restoring,
-                generation: 2,
-                tasks: vec![],
-                checkpoints: Default::default(),
-                checkpoint_id: Some(sp_checkpoint),
-                last_commit_ms: None,
-                lag: None,
-                offset_resets: Vec::new(),
-                error: None,
-            }),
-        );
-    }
+    answer_all(&mut o, &w, RuntimeState::Restoring, Some(sp_checkpoint));
     o.now = Timestamp::from_millisecond(o.now.as_millisecond() + 30_000).unwrap();
     let step = decide(&o);
     let intent = step.status.upgrade.unwrap();
@@ -1099,22 +1105,7 @@ fn a_pod_without_a_checkpoint_id_does_not_prove_that_nothing_was_committed() {
             .is_some_and(|i| i.rollout_started.is_some())
     });
     let mut o = w.observe();
-    for p in &w.pods {
-        o.runtime.insert(
-            p.name.clone(),
-            Ok(RuntimeStatus {
-                state: RuntimeState::Running,
-                generation: 2,
-                tasks: vec![],
-                checkpoints: Default::default(),
-                checkpoint_id: None,
-                last_commit_ms: None,
-                lag: None,
-                offset_resets: Vec::new(),
-                error: None,
-            }),
-        );
-    }
+    answer_all(&mut o, &w, RuntimeState::Running, None);
     o.now = Timestamp::from_millisecond(o.now.as_millisecond() + 30_000).unwrap();
     let step = decide(&o);
     let intent = step.status.upgrade.unwrap();
@@ -1278,22 +1269,12 @@ fn a_growth_whose_new_count_is_unhealthy_rolls_back_only_from_its_savepoint() {
         });
         let sp = w.status.last_savepoint.as_ref().unwrap().checkpoint_id.unwrap();
         let mut o = w.observe();
-        for p in &w.pods {
-            o.runtime.insert(
-                p.name.clone(),
-                Ok(RuntimeStatus {
-                    state: RuntimeState::Restoring,
-                    generation: 2,
-                    tasks: vec![],
-                    checkpoints: Default::default(),
-                    checkpoint_id: Some(if commits_after { sp + 1 } else { sp }),
-                    last_commit_ms: None,
-                    lag: None,
-                    offset_resets: Vec::new(),
-                    error: None,
-                }),
-            );
-        }
+        answer_all(
+            &mut o,
+            &w,
+            RuntimeState::Restoring,
+            Some(if commits_after { sp + 1 } else { sp }),
+        );
         o.now = Timestamp::from_millisecond(o.now.as_millisecond() + 30_000).unwrap();
         (w, decide(&o))
     };
