@@ -106,8 +106,9 @@ pub struct StreamJobSpec {
     #[schemars(range(min = 1, max = 10000))]
     pub parallelism: Option<i32>,
     /// Lag-driven parallelism: bounds, the event-time lag to keep, and how
-    /// patient to be before scaling. Absent: off. The operator does not feed
-    /// it observations or act on it yet; see the README.
+    /// patient to be before scaling. Absent: off. In `apply` mode its
+    /// recommendation replaces `parallelism` (which is then only the count
+    /// before the first recommendation); see the README.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerSpec>,
     /// Checkpoint interval, state storage and savepoint retention. Absent: every field's default.
@@ -435,8 +436,8 @@ pub enum AutoscalerMode {
     /// Decisions are written to `status.autoscaler` and never acted on:
     /// see what it would do before letting it.
     Recommend,
-    /// The recommendation is meant to become the job's parallelism (not
-    /// carried out by the operator yet).
+    /// The recommendation becomes the job's pod count: a rescale with a
+    /// savepoint, as for a changed `parallelism` (the spec is not edited).
     Apply,
 }
 

@@ -246,6 +246,19 @@ pub struct RuntimeStatus {
     /// operator adds the pods' values up into `status.lag`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Event time (ms) the slowest of this pod's source partitions is
+    /// behind: for a partition with records not read yet, the wall clock
+    /// minus the newest event time read from it; 0 when every partition is
+    /// read to its end. What the autoscaler compares to `targetLag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time_lag_ms: Option<i64>,
+    /// Records/s arriving on this pod's source partitions (the growth of
+    /// their ends over the last ~30 s); absent until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_rate: Option<i64>,
+    /// Records/s this pod read from its source partitions over the same span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_rate: Option<i64>,
     /// Source positions reset by `spec.source.onOffsetOutOfRange` since the
     /// process started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

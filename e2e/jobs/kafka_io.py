@@ -4,7 +4,9 @@ pure-Python kafka-python client (no librdkafka build in the e2e crate).
 
   kafka_io.py produce --bootstrap B --topic T < records.jsonl
       each line {"partition": P, "value": "<utf-8 text>"}; sent in order,
-      acks=all, flushed before exit.
+      acks=all, flushed before exit. --rate N paces the sends at N records/s
+      (stdin is read as it goes); --stamp F sets the JSON value's field F to
+      the wall clock (ms) at the send: event time that is arrival time.
   kafka_io.py dump --bootstrap B --topic T
       everything committed in T (read_committed), one JSON line per record:
       {"partition", "offset", "key", "value", "headers": {name: value}};
@@ -35,11 +37,21 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 def produce(a):
     p = KafkaProducer(bootstrap_servers=a.bootstrap, acks="all", linger_ms=5)
     n = 0
+    start = time.monotonic()
     for line in sys.stdin:
         if not line.strip():
             continue
         r = json.loads(line)
-        p.send(a.topic, value=r["value"].encode(), partition=r["partition"])
+        if a.rate:
+            ahead = n / a.rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        value = r["value"]
+        if a.stamp:
+            v = json.loads(value)
+            v[a.stamp] = int(time.time() * 1000)
+            value = json.dumps(v)
+        p.send(a.topic, value=value.encode(), partition=r["partition"])
         n += 1
     p.flush(timeout=60)
     p.close()
@@ -174,6 +186,8 @@ def main():
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic")
     ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--rate", type=float)
+    ap.add_argument("--stamp")
     ap.add_argument("--principal")
     ap.add_argument("--prefix", action="append", default=[])
     ap.add_argument("--auth")

@@ -88,9 +88,20 @@ struct Input {
 }
 
 fn produce(topic: &str, data: &[Input]) -> anyhow::Result<()> {
+    produce_with(topic, data, &[])
+}
+
+/// [`produce`] at `rate` records/s, each record's `ts` set to the wall clock
+/// as it is sent (event time that is arrival time).
+fn produce_paced(topic: &str, data: &[Input], rate: u32) -> anyhow::Result<()> {
+    produce_with(topic, data, &["--rate", &rate.to_string(), "--stamp", "ts"])
+}
+
+fn produce_with(topic: &str, data: &[Input], options: &[&str]) -> anyhow::Result<()> {
     let mut child = Command::new("python3")
         .arg(kafka_io())
         .args(["produce", "--bootstrap", &bootstrap()?, "--topic", topic])
+        .args(options)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -1065,6 +1076,165 @@ async fn a_grown_source_topic_moves_the_state_to_the_new_partitions() {
         say(
             t0,
             format!("grown 4 -> 6 -> 12; {} windows exact", expected.len()),
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// `n` records spread over `partitions`, 16 users, `ts` 0 (for
+/// [`produce_paced`] to stamp).
+fn clicks(partitions: i32, n: usize) -> Vec<Input> {
+    (0..n)
+        .map(|i| Input {
+            partition: (i % partitions as usize) as i32,
+            value: json!({"user": format!("u{}", (i * 7) % 16), "ts": 0, "amount": i % 1000}).to_string(),
+        })
+        .collect()
+}
+
+/// The autoscaler in `apply` mode under a 10x burst, on the real operator,
+/// pods and broker. One pod (its CPU limited, so that 10x is more than it
+/// reads) on 4 partitions reads a steady 100 records/s within target; then
+/// 1,000 records/s for 100 s, event time stamped at the send. The operator
+/// must see the lag grow past `targetLag` for the stabilisation window, decide
+/// a scale-up, and take the job to more pods through a savepoint by itself
+/// (no spec change); the output is exact. Prints `AUTOSCALER_TIMING` with
+/// seconds from the start of the burst: `behind_s` (lag first above
+/// target), `decision_s` (the recommendation changed), `running_s` (Running
+/// on the new count).
+#[tokio::test]
+async fn a_burst_makes_the_autoscaler_add_pods_with_exact_output() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    const STEADY: u32 = 100;
+    in_namespace("e2e-job-autoscale", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 4).await?;
+        let job = job_with(
+            "clicks",
+            &[],
+            json!({
+                "parallelism": 1,
+                "resources": {"limits": {"cpu": "150m"}},
+                "autoscaler": {"mode": "apply", "maxParallelism": 4, "targetLag": "5s",
+                               "stabilizationWindow": "15s", "scaleDownDelay": "10m"}
+            }),
+        )?;
+        let (api, _) = deploy(&client, &ns, &job, 1, t0).await?;
+        let autoscaler = |j: &DynamicObject| field(j, &["status", "autoscaler"]);
+        produce_paced(&input, &clicks(4, 30 * STEADY as usize), STEADY)?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let j = api.get("clicks").await?;
+            let a = autoscaler(&j);
+            // At the minimum when comfortably within target, else within it.
+            if a["recommendedParallelism"] == 1
+                && (a["reason"] == "AtMinimum" || a["reason"] == "WithinTarget")
+            {
+                say(t0, format!("steady: {}", a["message"]));
+                break;
+            }
+            ensure!(Instant::now() < deadline, "steady input not within target: {a}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+
+        say(t0, format!("burst: {} records/s for 100s", 10 * STEADY));
+        let burst_ms = wall_ms();
+        let burst = Instant::now();
+        let producer = {
+            let input = input.clone();
+            std::thread::spawn(move || produce_paced(&input, &clicks(4, 1000 * STEADY as usize), 10 * STEADY))
+        };
+        let (mut behind_s, mut decision_s, mut running_s) = (None, None, None);
+        let since_burst = |time: &Value| {
+            time.as_str()
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .map(|t| (t.as_millisecond() - burst_ms) as f64 / 1000.0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(360);
+        let mut last = Value::Null;
+        while running_s.is_none() {
+            let j = api.get("clicks").await?;
+            let a = autoscaler(&j);
+            if behind_s.is_none() && a["behindSince"].is_string() {
+                behind_s = since_burst(&a["behindSince"]);
+            }
+            if decision_s.is_none() && a["recommendedParallelism"].as_i64().unwrap_or(1) > 1 {
+                decision_s = since_burst(&a["lastDecisionTime"]);
+                say(t0, format!("decision: {}", a["message"]));
+            }
+            if decision_s.is_some()
+                && phase(&j) == "Running"
+                && field(&j, &["status", "parallelism"]).as_i64().unwrap_or(1) > 1
+            {
+                running_s = Some(burst.elapsed().as_secs_f64());
+            }
+            if a != last {
+                say(
+                    t0,
+                    format!(
+                        "autoscaler: {} {} {}",
+                        a["reason"], a["recommendedParallelism"], a["message"]
+                    ),
+                );
+                last = a;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no scale-up within 360s of the burst: {}",
+                field(&j, &["status"])
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+        let j = api.get("clicks").await?;
+        let pods = field(&j, &["status", "parallelism"]).as_i64().unwrap_or_default();
+        println!(
+            "AUTOSCALER_TIMING behind_s={:.1} decision_s={:.1} running_s={:.1} pods={pods}",
+            behind_s.unwrap_or(f64::NAN),
+            decision_s.unwrap_or(f64::NAN),
+            running_s.unwrap_or(f64::NAN)
+        );
+        ensure!(
+            j.metadata.generation == Some(1),
+            "the autoscaler must not edit the spec"
+        );
+        let reasons = event_reasons(&client, &ns, "clicks").await?;
+        ensure!(
+            reasons.iter().any(|r| r == "AutoscalerRecommendation")
+                && reasons.iter().any(|r| r == "Rescaled"),
+            "events {reasons:?}"
+        );
+
+        // Close every window, then compare with what the broker holds.
+        let flush: Vec<Input> = (0..4)
+            .map(|p| Input {
+                partition: p,
+                value: json!({"user": "flush", "ts": wall_ms() + 30_000, "amount": 0}).to_string(),
+            })
+            .collect();
+        produce(&input, &flush)?;
+        let sent: Vec<Input> = dump(&input)?
+            .into_iter()
+            .map(|r| Input {
+                partition: 0,
+                value: r.value,
+            })
+            .collect();
+        let (expected, _) = reference(&sent);
+        let control = control_topic(&ns, "clicks");
+        expect_exact(&sink, &control, &expected, None).await?;
+        say(
+            t0,
+            format!(
+                "scaled 1 -> {pods} pods {:.0}s into the burst; {} windows of {} records exact",
+                running_s.unwrap_or_default(),
+                expected.len(),
+                sent.len()
+            ),
         );
         Ok(())
     })

@@ -4,8 +4,11 @@
 //! clock reads: the status is its only memory, so an operator restart (or a
 //! second replica taking over) resumes every timer where it was.
 //!
-//! Not wired yet: the controller neither feeds it observations nor carries
-//! out what it recommends. This module is the decision and its tests.
+//! The job plan ([`super::plan`]) evaluates it in the steady state, with
+//! every pod of the running version ready, from what the pods report in
+//! `/v1/status` ([`sample_of`]); in `apply` mode the recommendation is the
+//! pod count the plan rescales to (a savepoint and a restart, as for a
+//! changed `spec.parallelism`).
 //!
 //! # The rules
 //!
@@ -68,7 +71,10 @@
 //! difference (the record backlog could, once it is observed).
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use streamops_crds::job::{AutoscalerMode, AutoscalerSpec, AutoscalerStatus, defaults};
+use streamops_crds::{
+    job::{AutoscalerMode, AutoscalerSpec, AutoscalerStatus, defaults},
+    runtime_api::RuntimeStatus,
+};
 
 /// Spare capacity a scale-up sizes for beyond the input rate: at the
 /// current input the pods are at most ~83% busy after it.
@@ -114,6 +120,33 @@ pub struct Sample {
     pub input_rate: Option<f64>,
     /// Records/s the whole job processed; unknown or 0 right after a start.
     pub processing_rate: Option<f64>,
+}
+
+/// The sample from what each of the `parallelism` running pods answered
+/// (`None`: no answer): the slowest pod's event-time lag, the rates summed.
+/// A pod missing, or missing a figure, makes that figure unknown: a
+/// decision on part of the job would be a decision on a wrong total.
+pub fn sample_of<'a>(
+    parallelism: i32,
+    partitions: i32,
+    pods: impl IntoIterator<Item = Option<&'a RuntimeStatus>>,
+) -> Sample {
+    let pods: Vec<Option<&RuntimeStatus>> = pods.into_iter().collect();
+    let complete = usize::try_from(parallelism).is_ok_and(|n| n >= 1 && pods.len() == n);
+    let figure = |of: fn(&RuntimeStatus) -> Option<i64>| -> Option<Vec<f64>> {
+        if !complete {
+            return None;
+        }
+        pods.iter().map(|p| p.and_then(of).map(|v| v as f64)).collect()
+    };
+    Sample {
+        parallelism,
+        partitions,
+        lag_seconds: figure(|s| s.event_time_lag_ms)
+            .map(|lags| lags.into_iter().fold(0.0, f64::max) / 1000.0),
+        input_rate: figure(|s| s.input_rate).map(|r| r.into_iter().sum()),
+        processing_rate: figure(|s| s.processing_rate).map(|r| r.into_iter().sum()),
+    }
 }
 
 /// The next `status.autoscaler`. Deterministic; never panics.
@@ -816,6 +849,55 @@ mod tests {
             input_rate: Some(input),
             processing_rate: Some(processing),
         }
+    }
+
+    fn pod(lag_ms: Option<i64>, input: Option<i64>, processing: Option<i64>) -> RuntimeStatus {
+        RuntimeStatus {
+            state: streamops_crds::runtime_api::RuntimeState::Running,
+            generation: 1,
+            tasks: vec![],
+            checkpoints: Default::default(),
+            checkpoint_id: None,
+            last_commit_ms: None,
+            lag: None,
+            event_time_lag_ms: lag_ms,
+            input_rate: input,
+            processing_rate: processing,
+            offset_resets: vec![],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_sample_takes_the_slowest_pod_and_sums_the_rates_of_all_of_them() {
+        let a = pod(Some(1_500), Some(100), Some(90));
+        let b = pod(Some(42_000), Some(300), Some(10));
+        let s = sample_of(2, 8, [Some(&a), Some(&b)]);
+        assert_eq!(
+            s,
+            Sample {
+                parallelism: 2,
+                partitions: 8,
+                lag_seconds: Some(42.0),
+                input_rate: Some(400.0),
+                processing_rate: Some(100.0),
+            }
+        );
+        // A pod without an answer, or one pod fewer than running: unknown.
+        let s = sample_of(2, 8, [Some(&a), None]);
+        assert_eq!(
+            (s.lag_seconds, s.input_rate, s.processing_rate),
+            (None, None, None)
+        );
+        let s = sample_of(2, 8, [Some(&a)]);
+        assert_eq!((s.lag_seconds, s.input_rate), (None, None));
+        // One figure missing on one pod leaves the others.
+        let c = pod(Some(0), None, Some(5));
+        let s = sample_of(2, 8, [Some(&a), Some(&c)]);
+        assert_eq!(
+            (s.lag_seconds, s.input_rate, s.processing_rate),
+            (Some(1.5), None, Some(95.0))
+        );
     }
 
     #[test]

@@ -35,13 +35,18 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use streamops_crds::{
     Health, StreamJobSpec, StreamJobStatus, Validation,
     change::{self, ChangeKind, Compatibility},
-    job::{IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord, UpgradeIntent, UpgradeMode},
+    job::{
+        AutoscalerMode, AutoscalerStatus, IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord,
+        UpgradeIntent, UpgradeMode,
+    },
     layout,
     runtime_api::{
         self, JobTopics, OffsetReset, RestoreConfig, RuntimeState, RuntimeStatus, SavepointState,
         SavepointStatus, termination,
     },
 };
+
+use super::autoscaler;
 
 /// A new version counts as stable once every pod has been Ready this long
 /// without a restart (and its pods were requested at least this long ago);
@@ -382,6 +387,46 @@ pub fn rollout_deadline(
 pub fn target_parallelism(spec: &StreamJobSpec, partitions: i32) -> i32 {
     let p = partitions.max(1);
     spec.parallelism.map_or(p, |cap| cap.clamp(1, p))
+}
+
+/// The autoscaler's recommendation when it is to be acted on
+/// (`spec.autoscaler.mode: apply`), within `[1, P]`.
+fn applied_recommendation(o: &Observed, partitions: i32) -> Option<i32> {
+    let spec = o.spec.autoscaler.as_ref()?;
+    let recommended = o.status.autoscaler.as_ref()?.recommended_parallelism?;
+    (spec.mode == AutoscalerMode::Apply).then(|| recommended.clamp(1, partitions.max(1)))
+}
+
+/// Pods the running spec asks for: [`target_parallelism`], or in the
+/// autoscaler's `apply` mode its recommendation (`spec.parallelism` is then
+/// only the count before the first recommendation).
+pub fn desired_parallelism(o: &Observed, partitions: i32) -> i32 {
+    applied_recommendation(o, partitions).unwrap_or_else(|| target_parallelism(&o.spec, partitions))
+}
+
+/// `status.autoscaler` after this evaluation of the steady state: absent
+/// with no autoscaler or `mode: off`; unchanged unless every one of the
+/// `running` pods is ready (no evidence then, and a restart is not judged).
+fn autoscale(o: &Observed, running: i32, partitions: i32, healthy: bool) -> Option<AutoscalerStatus> {
+    let spec = o
+        .spec
+        .autoscaler
+        .as_ref()
+        .filter(|a| a.mode != AutoscalerMode::Off)?;
+    if !healthy {
+        return o.status.autoscaler.clone();
+    }
+    let answers = live_pods(o).into_iter().map(|p| match o.runtime.get(&p.name) {
+        Some(Ok(s)) => Some(s),
+        _ => None,
+    });
+    let sample = autoscaler::sample_of(running, partitions, answers);
+    Some(autoscaler::decide(
+        spec,
+        o.status.autoscaler.as_ref(),
+        &sample,
+        o.now,
+    ))
 }
 
 /// A stable hash of what the pods execute: the runtime view of the spec, M
@@ -816,7 +861,7 @@ fn steady(o: &Observed) -> Step {
         }
     };
     let p = topics.total_partitions();
-    let m = target_parallelism(&o.spec, p);
+    let m = desired_parallelism(o, p);
 
     if !deployed {
         if desired_suspended(o) {
@@ -972,7 +1017,16 @@ fn steady(o: &Observed) -> Step {
         let intent = new_intent(o, kind, o.spec.clone(), with_savepoint, m, p, restore_mode, None);
         let what = match kind {
             IntentKind::Rescale => {
-                format!("rescaling {running_m} -> {m} pods ({running_p} -> {p} partitions)")
+                let by = match applied_recommendation(o, p) {
+                    Some(r) if r == m && running_p == p => o
+                        .status
+                        .autoscaler
+                        .as_ref()
+                        .map(|a| format!(", autoscaler: {}", a.reason))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                format!("rescaling {running_m} -> {m} pods ({running_p} -> {p} partitions{by})")
             }
             _ => format!(
                 "upgrading generation {} -> {}",
@@ -1031,6 +1085,11 @@ fn steady(o: &Observed) -> Step {
     }
     status.phase = Some(JobPhase::Running);
     status.lag = lag(o);
+    let before = o
+        .status
+        .autoscaler
+        .as_ref()
+        .and_then(|a| a.recommended_parallelism);
     // A lowered savepointsToKeep, or savepoints aging past savepointMaxAge.
     let history = std::mem::take(&mut status.savepoint_history);
     prune_history(o, &mut status, history);
@@ -1040,6 +1099,20 @@ fn steady(o: &Observed) -> Step {
         .unwrap_or_default();
     let ready = ready_count(o, &revision);
     let want = usize::try_from(running_m).unwrap_or(0);
+    status.autoscaler = autoscale(o, running_m, p, ready >= want);
+    let recommended = status
+        .autoscaler
+        .as_ref()
+        .and_then(|a| a.recommended_parallelism.map(|r| (r, a)));
+    let recommendation = match recommended {
+        Some((r, a)) if before.is_some_and(|b| b != r) => Some(format!(
+            "{} -> {r} pods ({}): {}",
+            before.unwrap_or_default(),
+            a.reason,
+            a.message.as_deref().unwrap_or_default()
+        )),
+        _ => None,
+    };
     let health = if ready >= want {
         Health::ready(
             "Running",
@@ -1055,7 +1128,19 @@ fn steady(o: &Observed) -> Step {
     if let Some(newest) = resets.last() {
         status.last_offset_reset = Some(newest.clone());
     }
+    let acts = o
+        .spec
+        .autoscaler
+        .as_ref()
+        .is_some_and(|a| a.mode == AutoscalerMode::Apply);
     let mut step = resume_stopped(o, Step::new(status, health).deploy(deployment));
+    if let Some(message) = recommendation {
+        step = step.event(false, "AutoscalerRecommendation", message);
+        if acts {
+            // The rescale starts at the next evaluation, from this status.
+            step.requeue = Duration::from_secs(1);
+        }
+    }
     for r in resets {
         step = step.event(
             true,
@@ -2008,7 +2093,7 @@ fn redeploy_failed(o: &Observed, failed: &UpgradeIntent) -> Step {
         return Step::new(o.status.clone(), Health::reconciling("TopicNotReady", why)).wait(None);
     };
     let p = topics.total_partitions();
-    let m = target_parallelism(&o.spec, p);
+    let m = desired_parallelism(o, p);
     let compat = change::classify(&failed.spec, &o.spec).compatibility;
     let mode = upgrade_mode(&o.spec);
     let restore = if mode == UpgradeMode::Stateless {

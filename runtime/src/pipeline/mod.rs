@@ -3,6 +3,7 @@
 //!
 //! - [`job`]: the job file the operator writes and the task assignment;
 //! - [`offsets`]: source positions no longer in their partition;
+//! - [`load`]: the event-time lag and record rates the autoscaler reads;
 //! - [`runner`]: the loop: records in, tasks, checkpoints on schedule
 //!   ([`crate::checkpoint::protocol`]), commands from the admin API;
 //! - [`admin`]: the HTTP admin API; [`shared`]: what the two share;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod crash;
 pub mod failure;
 pub mod job;
+pub mod load;
 pub mod offsets;
 pub mod runner;
 pub mod shared;

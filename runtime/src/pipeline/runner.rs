@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::crash::CrashPoints;
 use super::job::{JobExt, JobFile};
+use super::load::{LoadTracker, PartitionLoad};
 use super::offsets::{self, Decision};
 use super::shared::{MAX_OFFSET_RESETS, RuntimeState, SavepointState, Shared};
 use crate::checkpoint::marker;
@@ -241,6 +242,8 @@ pub struct Runner {
     drain: Option<Drain>,
     out: Vec<Out>,
     output_buffer_bytes: usize,
+    /// The event-time lag and rates `/v1/status` reports.
+    load: LoadTracker,
 }
 
 /// A drained savepoint in progress: stage 1 of every task stopped and its
@@ -355,6 +358,7 @@ impl Runner {
             drain: None,
             out: Vec::new(),
             output_buffer_bytes,
+            load: LoadTracker::default(),
             job,
         };
         runner.shared.update_status(|s| s.state = RuntimeState::Restoring);
@@ -865,9 +869,11 @@ impl Runner {
     }
 
     /// Consumer lag per task and stage (metrics, `/v1/status`), from the
-    /// high watermarks in the consumer's last statistics (never a request).
-    fn update_lag(&self) {
+    /// high watermarks in the consumer's last statistics (never a request),
+    /// and the load the autoscaler reads ([`LoadTracker`]).
+    fn update_lag(&mut self) {
         let mut total = Some(0i64);
+        let mut load = Vec::with_capacity(self.slots.len());
         for (t, s) in &self.slots {
             let task = t.to_string();
             let parts = [
@@ -900,6 +906,11 @@ impl Runner {
                             .set(lag);
                         if stage == "source" {
                             total = total.map(|v| v + lag);
+                            load.push(PartitionLoad {
+                                end: Some(high),
+                                position: position.unwrap_or(0),
+                                newest_event_ms: s.task.meta.source_max_event_time,
+                            });
                         }
                     }
                     None => {
@@ -909,12 +920,23 @@ impl Runner {
                         );
                         if stage == "source" {
                             total = None;
+                            load.push(PartitionLoad {
+                                end: None,
+                                position: position.unwrap_or(0),
+                                newest_event_ms: s.task.meta.source_max_event_time,
+                            });
                         }
                     }
                 }
             }
         }
-        self.shared.update_status(|st| st.lag = total);
+        let report = self.load.observe(now_ms(), &load);
+        self.shared.update_status(|st| {
+            st.lag = total;
+            st.event_time_lag_ms = report.event_time_lag_ms;
+            st.input_rate = report.input_rate;
+            st.processing_rate = report.processing_rate;
+        });
     }
 
     fn offsets(&self) -> BTreeMap<String, i64> {

@@ -114,6 +114,9 @@ struct World {
     network_policy_enabled: bool,
     /// What the namespace's ResourceQuotas have left.
     quota: Vec<super::super::quota::Room>,
+    /// What every pod reports of its load: event-time lag (ms), input and
+    /// processing rates (records/s).
+    pod_load: Option<(i64, i64, i64)>,
 }
 
 impl World {
@@ -145,6 +148,7 @@ impl World {
             admin_secret: false,
             network_policy_enabled: false,
             quota: Vec::new(),
+            pod_load: None,
         }
     }
 
@@ -193,6 +197,9 @@ impl World {
                             checkpoint_id: Some(p.checkpoint),
                             last_commit_ms: None,
                             lag: Some(p.checkpoint % 7),
+                            event_time_lag_ms: self.pod_load.map(|l| l.0),
+                            input_rate: self.pod_load.map(|l| l.1),
+                            processing_rate: self.pod_load.map(|l| l.2),
                             offset_resets: Vec::new(),
                             error: None,
                         })
@@ -506,6 +513,9 @@ fn answer_all(o: &mut Observed, w: &World, state: RuntimeState, checkpoint_id: O
                 checkpoint_id,
                 last_commit_ms: None,
                 lag: None,
+                event_time_lag_ms: None,
+                input_rate: None,
+                processing_rate: None,
                 offset_resets: Vec::new(),
                 error: None,
             }),
@@ -1184,6 +1194,87 @@ fn rescale_on_spec_parallelism_and_on_partition_growth() {
     until(&mut w, "Running gen 3", |w| w.running(3));
     assert_eq!(w.pods.len(), 4);
     assert_eq!(w.deployment.as_ref().unwrap().parallelism, 4);
+}
+
+/// A job on 8 partitions starting on 2 pods, its autoscaler in `mode`
+/// (target lag 10 s, window 20 s), running.
+fn autoscaled_world(mode: &str) -> World {
+    let mut w = World::new(8);
+    w.spec.parallelism = Some(2);
+    w.spec.autoscaler = Some(
+        serde_json::from_value(serde_json::json!({
+            "mode": mode, "targetLag": "10s", "stabilizationWindow": "20s", "scaleDownDelay": "60s"
+        }))
+        .unwrap(),
+    );
+    until(&mut w, "running", |w| w.running(1));
+    assert_eq!(w.pods.len(), 2);
+    w
+}
+
+#[test]
+fn the_autoscaler_in_apply_mode_rescales_to_its_recommendation_with_a_savepoint() {
+    let mut w = autoscaled_world("apply");
+    // Within target: a recommendation of what runs, nothing restarts.
+    w.pod_load = Some((1_000, 500, 500));
+    for _ in 0..5 {
+        tick(&mut w);
+    }
+    let a = w.status.autoscaler.clone().unwrap();
+    assert_eq!(
+        (a.recommended_parallelism, a.reason.as_str()),
+        (Some(2), "WithinTarget")
+    );
+    assert_eq!(w.savepoint_calls(), 0);
+    // Each pod gets 3,000/s and does 1,000/s: 30 s behind, for the window.
+    w.pod_load = Some((30_000, 3_000, 1_000));
+    until(&mut w, "a scale-up", |w| {
+        w.status
+            .autoscaler
+            .as_ref()
+            .is_some_and(|a| a.reason == "ScaleUp")
+    });
+    let a = w.status.autoscaler.clone().unwrap();
+    // 6,000/s in, 4.2x that with the backlog to drain, at 1,000/s per pod:
+    // more than the partitions allow.
+    assert_eq!(a.recommended_parallelism, Some(8), "{a:?}");
+    assert!(w.events.contains(&"AutoscalerRecommendation"), "{:?}", w.events);
+    w.pod_load = None;
+    until(&mut w, "8 pods", |w| w.pods.len() == 8 && w.running(1));
+    assert_eq!(w.status.parallelism, Some(8));
+    assert_eq!(w.savepoint_calls(), 1, "a stop-with-savepoint, as any rescale");
+    assert_eq!(w.generation, 1, "the spec is not edited");
+    // Metrics gone with the old pods: the recommendation stands.
+    tick(&mut w);
+    let a = w.status.autoscaler.clone().unwrap();
+    assert_eq!(
+        (a.recommended_parallelism, a.reason.as_str()),
+        (Some(8), "MetricsUnavailable")
+    );
+    assert_eq!(w.pods.len(), 8);
+}
+
+#[test]
+fn the_autoscaler_in_recommend_mode_only_writes_its_status_and_off_writes_nothing() {
+    let mut w = autoscaled_world("recommend");
+    w.pod_load = Some((30_000, 3_000, 1_000));
+    until(&mut w, "a recommendation", |w| {
+        w.status
+            .autoscaler
+            .as_ref()
+            .and_then(|a| a.recommended_parallelism)
+            == Some(8)
+    });
+    for _ in 0..10 {
+        tick(&mut w);
+    }
+    assert_eq!(w.pods.len(), 2);
+    assert_eq!(w.status.parallelism, Some(2));
+    assert_eq!(w.savepoint_calls(), 0);
+    w.change_spec(|s| s.autoscaler.as_mut().unwrap().mode = AutoscalerMode::Off);
+    until(&mut w, "running gen 2", |w| w.running(2));
+    assert_eq!(w.status.autoscaler, None);
+    assert_eq!(w.savepoint_calls(), 0, "the autoscaler block restarts nothing");
 }
 
 /// Ticks until `done` (at most 30 times), collecting the restore settings of
