@@ -1095,8 +1095,8 @@ fn clicks(partitions: i32, n: usize) -> Vec<Input> {
 
 /// The autoscaler in `apply` mode under a 10x burst, on the real operator,
 /// pods and broker. One pod (its CPU limited, so that 10x is more than it
-/// reads) on 4 partitions reads a steady 100 records/s within target; then
-/// 1,000 records/s for 100 s, event time stamped at the send. The operator
+/// reads) on 4 partitions reads a steady 200 records/s within target; then
+/// 2,000 records/s for 100 s, event time stamped at the send. The operator
 /// must see the lag grow past `targetLag` for the stabilisation window, decide
 /// a scale-up, and take the job to more pods through a savepoint by itself
 /// (no spec change); the output is exact. Prints `AUTOSCALER_TIMING` with
@@ -1108,7 +1108,7 @@ async fn a_burst_makes_the_autoscaler_add_pods_with_exact_output() {
     if !cluster_test(CLUSTER) {
         return;
     }
-    const STEADY: u32 = 100;
+    const STEADY: u32 = 200;
     in_namespace("e2e-job-autoscale", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 4).await?;
         let job = job_with(
@@ -1116,13 +1116,13 @@ async fn a_burst_makes_the_autoscaler_add_pods_with_exact_output() {
             &[],
             json!({
                 "parallelism": 1,
-                "resources": {"limits": {"cpu": "150m"}},
+                "resources": {"limits": {"cpu": "50m"}},
                 "autoscaler": {"mode": "apply", "maxParallelism": 4, "targetLag": "5s",
                                "stabilizationWindow": "15s", "scaleDownDelay": "10m"}
             }),
         )?;
         let (api, _) = deploy(&client, &ns, &job, 1, t0).await?;
-        let autoscaler = |j: &DynamicObject| field(j, &["status", "autoscaler"]);
+        let autoscaler = |j: &DynamicObject| field(j, &["status", "autoscaler"]).clone();
         produce_paced(&input, &clicks(4, 30 * STEADY as usize), STEADY)?;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

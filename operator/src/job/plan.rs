@@ -52,6 +52,9 @@ use super::autoscaler;
 /// without a restart (and its pods were requested at least this long ago);
 /// at most a quarter of the health timeout.
 pub const STABLE_AFTER: Duration = Duration::from_secs(5);
+/// How often the autoscaler is evaluated while it is on (the pods refresh
+/// their figures every 5 s; nothing wakes the operator when they change).
+pub const AUTOSCALER_EVERY: Duration = Duration::from_secs(10);
 /// How soon to look again while only the runtime's admin API can tell what
 /// changed (`Savepointing`): nothing watches it.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -1133,7 +1136,12 @@ fn steady(o: &Observed) -> Step {
         .autoscaler
         .as_ref()
         .is_some_and(|a| a.mode == AutoscalerMode::Apply);
+    let evaluates = status.autoscaler.is_some();
     let mut step = resume_stopped(o, Step::new(status, health).deploy(deployment));
+    if evaluates {
+        // The pods' figures change every few seconds without any event.
+        step.requeue = step.requeue.min(AUTOSCALER_EVERY);
+    }
     if let Some(message) = recommendation {
         step = step.event(false, "AutoscalerRecommendation", message);
         if acts {
