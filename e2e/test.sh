@@ -17,8 +17,10 @@
 #      reference (nothing lost, nothing twice): deploy; savepoint-then-upgrade;
 #      a crash-looping new version rolled back; rescale 2 -> 4 pods on 8
 #      partitions; the operator killed mid-upgrade; a source topic grown
-#      4 -> 6 -> 12 under a running job (drained savepoints, state re-sharded).
-#      Prints UPGRADE_TIMING lines.
+#      4 -> 6 -> 12 under a running job (drained savepoints, state re-sharded);
+#      a rescale over the namespace's quota refused; a 10x burst that the
+#      autoscaler (apply mode) answers with more pods by itself.
+#      Prints UPGRADE_TIMING and AUTOSCALER_TIMING lines.
 #      Then the GitOps story (e2e/tests/gitops.rs): examples/ applied twice with
 #      kubectl converges with no drift and deletes cleanly; then Argo CD's own
 #      code (e2e/tests/argocd.rs) judging real objects' health and actions.
