@@ -268,6 +268,26 @@ pub struct RuntimeStatus {
     pub error: Option<String>,
 }
 
+impl RuntimeStatus {
+    /// A pod in `state` that has measured and committed nothing yet.
+    pub fn new(state: RuntimeState, generation: i64) -> Self {
+        Self {
+            state,
+            generation,
+            tasks: Vec::new(),
+            checkpoints: BTreeMap::new(),
+            checkpoint_id: None,
+            last_commit_ms: None,
+            lag: None,
+            event_time_lag_ms: None,
+            input_rate: None,
+            processing_rate: None,
+            offset_resets: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 /// One source position that was no longer in its topic, and where the
 /// runtime went on from.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

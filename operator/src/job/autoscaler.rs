@@ -853,18 +853,10 @@ mod tests {
 
     fn pod(lag_ms: Option<i64>, input: Option<i64>, processing: Option<i64>) -> RuntimeStatus {
         RuntimeStatus {
-            state: streamops_crds::runtime_api::RuntimeState::Running,
-            generation: 1,
-            tasks: vec![],
-            checkpoints: Default::default(),
-            checkpoint_id: None,
-            last_commit_ms: None,
-            lag: None,
             event_time_lag_ms: lag_ms,
             input_rate: input,
             processing_rate: processing,
-            offset_resets: vec![],
-            error: None,
+            ..RuntimeStatus::new(streamops_crds::runtime_api::RuntimeState::Running, 1)
         }
     }
 

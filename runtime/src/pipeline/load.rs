@@ -41,6 +41,9 @@ pub struct PartitionLoad {
 /// What the pod reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
+    /// Records not read yet, summed over the partitions; `None` while an
+    /// end is unknown.
+    pub records_behind: Option<i64>,
     pub event_time_lag_ms: Option<i64>,
     pub input_rate: Option<i64>,
     pub processing_rate: Option<i64>,
@@ -63,11 +66,16 @@ impl LoadTracker {
     /// Records a sample taken at `now_ms` and reports.
     pub fn observe(&mut self, now_ms: i64, parts: &[PartitionLoad]) -> LoadReport {
         let event_time_lag_ms = event_time_lag(now_ms, parts);
+        let records_behind = parts
+            .iter()
+            .map(|p| p.end.map(|end| (end - p.position).max(0)))
+            .sum();
         let ends: Option<i64> = parts.iter().map(|p| p.end).sum();
         let Some(ends) = ends else {
             // Evidence must be continuous: an unknown end breaks the span.
             self.samples.clear();
             return LoadReport {
+                records_behind,
                 event_time_lag_ms,
                 ..LoadReport::default()
             };
@@ -93,6 +101,7 @@ impl LoadTracker {
             (Some(f), Some(l)) if l.at_ms - f.at_ms >= MIN_RATE_SPAN_MS => (*f, *l),
             _ => {
                 return LoadReport {
+                    records_behind,
                     event_time_lag_ms,
                     ..LoadReport::default()
                 };
@@ -101,6 +110,7 @@ impl LoadTracker {
         let span_ms = last.at_ms - first.at_ms;
         let rate = |from: i64, to: i64| Some((to - from).max(0).saturating_mul(1000) / span_ms);
         LoadReport {
+            records_behind,
             event_time_lag_ms,
             input_rate: rate(first.ends, last.ends),
             processing_rate: rate(first.positions, last.positions),
@@ -153,6 +163,13 @@ mod tests {
         assert_eq!(event_time_lag(now, &[behind, unknown]), None);
         // Event times from the future are no negative lag.
         assert_eq!(event_time_lag(now, &[part(9, 1, Some(200_000))]), Some(0));
+        // The records behind, for `lag`: summed, unknown with any end unknown.
+        let mut t = LoadTracker::default();
+        assert_eq!(
+            t.observe(now, &[idle, behind, more_behind]).records_behind,
+            Some(40)
+        );
+        assert_eq!(t.observe(now, &[behind, unknown]).records_behind, None);
     }
 
     #[test]

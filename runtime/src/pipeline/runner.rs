@@ -872,7 +872,6 @@ impl Runner {
     /// high watermarks in the consumer's last statistics (never a request),
     /// and the load the autoscaler reads ([`LoadTracker`]).
     fn update_lag(&mut self) {
-        let mut total = Some(0i64);
         let mut load = Vec::with_capacity(self.slots.len());
         for (t, s) in &self.slots {
             let task = t.to_string();
@@ -896,43 +895,32 @@ impl Runner {
                 // (each waiting up to the Kafka timeout) blocked the
                 // processing loop for minutes and failed its liveness probe
                 // before the commit could report the outage.
-                match self.consumer.context().high(topic, partition) {
-                    Some(high) => {
-                        let lag = (high - position.unwrap_or(0)).max(0);
-                        self.shared
-                            .metrics
-                            .lag
-                            .with_label_values(&[stage, &task])
-                            .set(lag);
-                        if stage == "source" {
-                            total = total.map(|v| v + lag);
-                            load.push(PartitionLoad {
-                                end: Some(high),
-                                position: position.unwrap_or(0),
-                                newest_event_ms: s.task.meta.source_max_event_time,
-                            });
-                        }
-                    }
-                    None => {
-                        debug!(
-                            topic,
-                            partition, "lag unknown: no statistics for the partition yet"
-                        );
-                        if stage == "source" {
-                            total = None;
-                            load.push(PartitionLoad {
-                                end: None,
-                                position: position.unwrap_or(0),
-                                newest_event_ms: s.task.meta.source_max_event_time,
-                            });
-                        }
-                    }
+                let high = self.consumer.context().high(topic, partition);
+                let position = position.unwrap_or(0);
+                match high {
+                    Some(high) => self
+                        .shared
+                        .metrics
+                        .lag
+                        .with_label_values(&[stage, &task])
+                        .set((high - position).max(0)),
+                    None => debug!(
+                        topic,
+                        partition, "lag unknown: no statistics for the partition yet"
+                    ),
+                }
+                if stage == "source" {
+                    load.push(PartitionLoad {
+                        end: high,
+                        position,
+                        newest_event_ms: s.task.meta.source_max_event_time,
+                    });
                 }
             }
         }
         let report = self.load.observe(now_ms(), &load);
         self.shared.update_status(|st| {
-            st.lag = total;
+            st.lag = report.records_behind;
             st.event_time_lag_ms = report.event_time_lag_ms;
             st.input_rate = report.input_rate;
             st.processing_rate = report.processing_rate;

@@ -256,18 +256,8 @@ impl Shared {
     pub fn new(generation: i64, tasks: Vec<u32>) -> prometheus::Result<Shared> {
         Ok(Shared {
             status: Mutex::new(RuntimeStatus {
-                state: RuntimeState::Starting,
-                generation,
                 tasks: tasks.into_iter().map(|t| t as i32).collect(),
-                checkpoints: BTreeMap::new(),
-                checkpoint_id: None,
-                last_commit_ms: None,
-                lag: None,
-                event_time_lag_ms: None,
-                input_rate: None,
-                processing_rate: None,
-                offset_resets: Vec::new(),
-                error: None,
+                ..RuntimeStatus::new(RuntimeState::Starting, generation)
             }),
             savepoints: Mutex::new(BTreeMap::new()),
             commands: Mutex::new(VecDeque::new()),

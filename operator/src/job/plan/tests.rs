@@ -190,18 +190,12 @@ impl World {
                         Err("connection refused".to_owned())
                     } else {
                         Ok(RuntimeStatus {
-                            state: p.state,
-                            generation: p.generation,
-                            tasks: vec![],
-                            checkpoints: Default::default(),
                             checkpoint_id: Some(p.checkpoint),
-                            last_commit_ms: None,
                             lag: Some(p.checkpoint % 7),
                             event_time_lag_ms: self.pod_load.map(|l| l.0),
                             input_rate: self.pod_load.map(|l| l.1),
                             processing_rate: self.pod_load.map(|l| l.2),
-                            offset_resets: Vec::new(),
-                            error: None,
+                            ..RuntimeStatus::new(p.state, p.generation)
                         })
                     };
                     (p.name.clone(), answer)
@@ -506,18 +500,8 @@ fn answer_all(o: &mut Observed, w: &World, state: RuntimeState, checkpoint_id: O
         o.runtime.insert(
             p.name.clone(),
             Ok(RuntimeStatus {
-                state,
-                generation: 2,
-                tasks: vec![],
-                checkpoints: Default::default(),
                 checkpoint_id,
-                last_commit_ms: None,
-                lag: None,
-                event_time_lag_ms: None,
-                input_rate: None,
-                processing_rate: None,
-                offset_resets: Vec::new(),
-                error: None,
+                ..RuntimeStatus::new(state, 2)
             }),
         );
     }
