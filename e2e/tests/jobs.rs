@@ -1224,6 +1224,13 @@ async fn a_burst_makes_the_autoscaler_add_pods_with_exact_output() {
                 value: r.value,
             })
             .collect();
+        // The reference is what the broker holds; it must be all that was sent.
+        let produced = (30 + 1000) * STEADY as usize + flush.len();
+        ensure!(
+            sent.len() == produced,
+            "the input topic holds {} records, {produced} were produced",
+            sent.len()
+        );
         let (expected, _) = reference(&sent);
         let control = control_topic(&ns, "clicks");
         expect_exact(&sink, &control, &expected, None).await?;
