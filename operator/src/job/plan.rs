@@ -998,8 +998,10 @@ fn steady(o: &Observed) -> Step {
     let change = change::classify(&last_stable, &o.spec);
     let running_m = status.parallelism.unwrap_or(m);
     let running_p = status.source_partitions.unwrap_or(p);
-    let needs_restart =
-        matches!(change.kind, ChangeKind::Upgrade | ChangeKind::Rescale) || running_m != m || running_p != p;
+    // In `apply` mode the recommendation, not `spec.parallelism`, sets the
+    // pod count: a changed `spec.parallelism` alone restarts nothing.
+    let rescale = change.kind == ChangeKind::Rescale && applied_recommendation(o, p).is_none();
+    let needs_restart = change.kind == ChangeKind::Upgrade || rescale || running_m != m || running_p != p;
     if needs_restart {
         let Some((restore_mode, _)) = restore_for(o, &change.compatibility, mode, false) else {
             return resume_stopped(o, incompatible(o, &change.compatibility));

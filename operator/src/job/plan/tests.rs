@@ -1236,6 +1236,13 @@ fn the_autoscaler_in_apply_mode_rescales_to_its_recommendation_with_a_savepoint(
         (Some(8), "MetricsUnavailable")
     );
     assert_eq!(w.pods.len(), 8);
+    // spec.parallelism is only the count before the first recommendation:
+    // changing it now restarts nothing.
+    w.change_spec(|s| s.parallelism = Some(3));
+    until(&mut w, "running gen 2", |w| w.running(2));
+    assert_eq!(w.status.parallelism, Some(8));
+    assert_eq!(w.savepoint_calls(), 1, "no second savepoint");
+    assert_eq!(w.pods.len(), 8);
 }
 
 #[test]
