@@ -1444,12 +1444,12 @@ fn partitions_refused(o: &Observed, topics: &JobTopics, what: &str) -> Step {
 /// (`QuotaExceeded`) before anything stops, the running version keeps
 /// running ([`super::quota`]).
 fn over_quota(o: &Observed, running: &StreamJobSpec, running_m: i32, m: i32) -> Option<Step> {
-    let old = super::quota::per_pod(running.resources.as_ref());
-    let new = super::quota::per_pod(o.spec.resources.as_ref());
+    let old = super::quota::pod_demand(running);
+    let new = super::quota::pod_demand(&o.spec);
     let why = super::quota::refusal(&o.quota, (running_m, &old), (m, &new))?;
     let message = format!(
         "{m} pods of generation {} (replacing {running_m}) do not fit the namespace's quota: {why}. Generation {} \
-         keeps running; raise the quota, or lower spec.parallelism or spec.resources",
+         keeps running; raise the quota, or lower spec.parallelism, spec.resources or what spec.podTemplate asks for",
         o.generation,
         o.status.last_stable_generation.unwrap_or_default()
     );

@@ -6,12 +6,20 @@
 //!
 //! A rollout removes the old pods before it creates the new ones, so what
 //! must fit is the difference: `new pods x new per-pod demand - old pods x
-//! old per-pod demand`, against each quota's `hard - used`.
+//! old per-pod demand`, against each quota's `hard - used`. A pod's demand
+//! is what its containers ask for once `spec.podTemplate` is merged in
+//! ([`pod_demand`]): a sidecar's resources count, and a template that sets
+//! the runtime container's resources wins over `spec.resources`, as in the
+//! StatefulSet the operator writes.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceQuota, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::{Value, json};
+use streamops_crds::StreamJobSpec;
+
+use super::resources::{CONTAINER, merge};
 
 /// The quota resources a runtime pod counts against.
 const TRACKED: [&str; 8] = [
@@ -111,15 +119,82 @@ pub fn milli(q: &Quantity) -> Option<i128> {
     Some(if negative { -milli } else { milli })
 }
 
-/// What one runtime pod counts against a quota, per resource name, in
-/// thousandths (a request defaults to its limit, as Kubernetes does).
+/// What one runtime pod of `spec` counts against a quota, per resource
+/// name, in thousandths: the runtime container with `spec.resources`,
+/// `spec.podTemplate` merged over it as the StatefulSet is built
+/// (`resources::statefulset`), then summed over the containers as the
+/// quota admission does: the app containers and restartable (sidecar) init
+/// containers add up, and a one-off init container counts only when it
+/// asks for more than that (it runs alone, before them). A template that is
+/// not an object counts as absent (it is refused as `InvalidSpec` anyway).
+pub fn pod_demand(spec: &StreamJobSpec) -> BTreeMap<&'static str, i128> {
+    let resources = spec
+        .resources
+        .as_ref()
+        .and_then(|r| serde_json::to_value(r).ok())
+        .unwrap_or_else(|| json!({}));
+    let mut pod = json!({"spec": {"containers": [{"name": CONTAINER, "resources": resources}]}});
+    if let Some(template) = spec.pod_template.as_ref().filter(|t| t.is_object()) {
+        merge(&mut pod, template);
+    }
+    let demand = |c: &Value| {
+        let r: Option<ResourceRequirements> = c
+            .get("resources")
+            .and_then(|r| serde_json::from_value(r.clone()).ok());
+        container(r.as_ref())
+    };
+    let list = |field: &str| -> Vec<Value> {
+        pod["spec"][field]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut running = BTreeMap::new();
+    let mut one_off: BTreeMap<&'static str, i128> = BTreeMap::new();
+    for c in list("containers") {
+        add(&mut running, &demand(&c));
+    }
+    for c in list("initContainers") {
+        if c["restartPolicy"] == "Always" {
+            add(&mut running, &demand(&c));
+        } else {
+            for (r, v) in demand(&c) {
+                let m = one_off.entry(r).or_insert(0);
+                *m = (*m).max(v);
+            }
+        }
+    }
+    for (r, v) in one_off {
+        let m = running.entry(r).or_insert(0);
+        *m = (*m).max(v);
+    }
+    running.insert("pods", 1_000);
+    running.insert("count/pods", 1_000);
+    running
+}
+
+fn add(total: &mut BTreeMap<&'static str, i128>, more: &BTreeMap<&'static str, i128>) {
+    for (r, v) in more {
+        *total.entry(r).or_insert(0) += v;
+    }
+}
+
+/// What a pod of one container with `resources` counts against a quota,
+/// per resource name, in thousandths (a request defaults to its limit, as
+/// Kubernetes does).
 pub fn per_pod(resources: Option<&ResourceRequirements>) -> BTreeMap<&'static str, i128> {
+    let mut d = container(resources);
+    d.insert("pods", 1_000);
+    d.insert("count/pods", 1_000);
+    d
+}
+
+/// What one container with `resources` counts, in thousandths.
+fn container(resources: Option<&ResourceRequirements>) -> BTreeMap<&'static str, i128> {
     let get = |m: Option<&BTreeMap<String, Quantity>>, k: &str| m.and_then(|m| m.get(k)).and_then(milli);
     let limits = resources.and_then(|r| r.limits.as_ref());
     let requests = resources.and_then(|r| r.requests.as_ref());
     let mut d = BTreeMap::new();
-    d.insert("pods", 1_000);
-    d.insert("count/pods", 1_000);
     for (resource, plain, limit) in [
         ("cpu", "requests.cpu", "limits.cpu"),
         ("memory", "requests.memory", "limits.memory"),
@@ -272,6 +347,69 @@ mod tests {
                 .unwrap()
                 .contains("2048Mi limits.memory left, 6144Mi")
         );
+    }
+
+    fn spec_with(resources: Option<Value>, pod_template: Option<Value>) -> StreamJobSpec {
+        let mut spec: StreamJobSpec = serde_json::from_value(json!({
+            "source": {"topics": ["in"], "eventTime": {"field": "record.ts"}},
+            "pipeline": {"keyBy": ["record.u"], "window": {"type": "tumbling", "size": "10s"},
+                         "aggregations": [{"name": "n", "function": "count"}]},
+            "sink": {"topic": "out"},
+        }))
+        .unwrap();
+        spec.resources = resources.map(|r| serde_json::from_value(r).unwrap());
+        spec.pod_template = pod_template;
+        spec
+    }
+
+    #[test]
+    fn a_pods_demand_counts_what_the_pod_template_adds_or_overrides() {
+        let plain = pod_demand(&spec_with(
+            Some(json!({"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}})),
+            None,
+        ));
+        assert_eq!(
+            plain,
+            per_pod(Some(&resources(&[("cpu", "500m")], &[("memory", "1Gi")])))
+        );
+        // A sidecar adds up; the template's own resources for the runtime
+        // container win over spec.resources (merged by container name).
+        let template = json!({"spec": {
+            "containers": [
+                {"name": "runtime", "resources": {"requests": {"cpu": "2"}}},
+                {"name": "proxy", "image": "p", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+            ],
+            "initContainers": [
+                {"name": "warm", "image": "w", "resources": {"requests": {"cpu": "4"}}},
+                {"name": "log", "image": "l", "restartPolicy": "Always",
+                 "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}}},
+            ],
+        }});
+        let d = pod_demand(&spec_with(
+            Some(json!({"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}})),
+            Some(template),
+        ));
+        // Running: 2 + 0.25 + 0.1 = 2.35 CPU; the one-off init asks 4, more.
+        assert_eq!(d["requests.cpu"], 4_000);
+        assert_eq!(d["requests.memory"], ((1 << 30) + (64 << 20) + (32 << 20)) * 1_000);
+        assert_eq!(d["limits.memory"], ((1 << 30) + (32 << 20)) * 1_000);
+        assert_eq!(d["limits.cpu"], 100);
+        assert_eq!(d["pods"], 1_000);
+        // So a quota with 3 CPU left admits 1 more plain pod, no such pod.
+        let rooms = Room::from_quota(&quota("q", &[("requests.cpu", "3")], &[]));
+        assert_eq!(refusal(&rooms, (0, &plain), (1, &plain)), None);
+        assert!(
+            refusal(&rooms, (0, &plain), (1, &d))
+                .unwrap()
+                .contains("3 requests.cpu left, 4 more needed")
+        );
+        // A template without containers changes nothing.
+        let labels = json!({"metadata": {"labels": {"team": "a"}}});
+        let same = pod_demand(&spec_with(
+            Some(json!({"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}})),
+            Some(labels),
+        ));
+        assert_eq!(same, plain);
     }
 
     #[test]
