@@ -143,12 +143,7 @@ pub fn pod_demand(spec: &StreamJobSpec) -> BTreeMap<&'static str, i128> {
             .and_then(|r| serde_json::from_value(r.clone()).ok());
         container(r.as_ref())
     };
-    let list = |field: &str| -> Vec<Value> {
-        pod["spec"][field]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
+    let list = |field: &str| -> Vec<Value> { pod["spec"][field].as_array().cloned().unwrap_or_default() };
     let mut running = BTreeMap::new();
     let mut one_off: BTreeMap<&'static str, i128> = BTreeMap::new();
     for c in list("containers") {
@@ -391,7 +386,10 @@ mod tests {
         ));
         // Running: 2 + 0.25 + 0.1 = 2.35 CPU; the one-off init asks 4, more.
         assert_eq!(d["requests.cpu"], 4_000);
-        assert_eq!(d["requests.memory"], ((1 << 30) + (64 << 20) + (32 << 20)) * 1_000);
+        assert_eq!(
+            d["requests.memory"],
+            ((1 << 30) + (64 << 20) + (32 << 20)) * 1_000
+        );
         assert_eq!(d["limits.memory"], ((1 << 30) + (32 << 20)) * 1_000);
         assert_eq!(d["limits.cpu"], 100);
         assert_eq!(d["pods"], 1_000);
