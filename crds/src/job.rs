@@ -477,11 +477,19 @@ pub struct AutoscalerSpec {
     /// with headroom; never shorter than `stabilizationWindow`. Absent: `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<DurationSpec>,
-    /// Recorded only, not acted on yet: meant to let the operator grow a
-    /// source StreamTopic it manages when the job is at the partition count
-    /// and still behind (`status.autoscaler.reason: AtPartitionLimit`).
-    /// Absent: `false` (partitions cannot be removed again, and growing
-    /// them moves keys between partitions).
+    /// In `apply` mode, let the operator grow the job's source StreamTopics
+    /// when the job runs on every partition and is still behind
+    /// (`status.autoscaler.reason: AtPartitionLimit`): it sets their
+    /// `spec.partitions` (at most doubling them at a time, never above
+    /// `maxParallelism` nor the job's key groups, so set `maxParallelism`
+    /// above the partition count to allow it), records the edit in
+    /// `status.autoscaler.partitionGrowth`, an annotation on the topic and
+    /// Events, and the job re-shards onto the new count with its state.
+    /// Under Argo CD self-heal, ignore `/spec/partitions` of those topics
+    /// (or commit the new count), or the sync reverts it and the revert is
+    /// refused. Absent: `false` (partitions cannot be removed again, and
+    /// growing them moves keys between partitions for every producer and
+    /// consumer of the topic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grow_source_partitions: Option<bool>,
 }
@@ -739,6 +747,31 @@ pub struct AutoscalerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub pod_capacity: Option<i64>,
+    /// At `AtPartitionLimit`: the pods that would cover the input and drain
+    /// the backlog, more than the source partitions allow. What
+    /// `growSourcePartitions` grows the sources toward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub needed_parallelism: Option<i32>,
+    /// The growth of the source StreamTopics the autoscaler asked for
+    /// (`growSourcePartitions`), kept until the topics have grown (or it
+    /// gives up after a while): the record of an edit the operator made to
+    /// another object's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_growth: Option<PartitionGrowth>,
+}
+
+/// The autoscaler's growth of a job's source StreamTopics.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionGrowth {
+    /// StreamTopic name -> the `spec.partitions` asked for.
+    pub topics: BTreeMap<String, i32>,
+    /// Source partitions (all topics) before and after.
+    pub from: i32,
+    pub to: i32,
+    /// When it was asked for.
+    pub time: Time,
 }
 
 /// Defaults, applied in code and documented here and in the README.

@@ -29,6 +29,9 @@ pub mod annotation {
     /// `"true"`: on deletion, drop the finalizer without touching Kafka. The
     /// escape hatch for a resource whose Kafka cluster is gone for good.
     pub const SKIP_KAFKA_DELETION: &str = "streamops.io/skip-kafka-deletion";
+    /// Set by the operator, not users: the StreamJob whose autoscaler last
+    /// raised `spec.partitions` (`spec.autoscaler.growSourcePartitions`).
+    pub const PARTITIONS_GROWN_BY: &str = "streamops.io/partitions-grown-by";
 }
 
 /// A Kafka topic the operator creates, grows and keeps configured.

@@ -31,9 +31,9 @@
 //! recommendation is the smallest parallelism whose capacity covers that
 //! (capped at `hi`). If even `hi` does not, and the job is already at `hi`,
 //! the reason is `AtPartitionLimit` (or `AtMaxParallelism` when
-//! `maxParallelism` is the lower cap): where growing the source partitions
-//! (`growSourcePartitions`, not acted on yet) would hook in. If the current
-//! recommendation already covers it, `CatchingUp`.
+//! `maxParallelism` is the lower cap), with `neededParallelism`: where
+//! growing the source partitions ([`grow`], `growSourcePartitions`) takes
+//! over. If the current recommendation already covers it, `CatchingUp`.
 //!
 //! Scale down only when comfortable for `scaleDownDelay` and a lower
 //! parallelism still covers the *peak* input rate of that whole run with
@@ -72,7 +72,7 @@
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use streamops_crds::{
-    job::{AutoscalerMode, AutoscalerSpec, AutoscalerStatus, defaults},
+    job::{AutoscalerMode, AutoscalerSpec, AutoscalerStatus, PartitionGrowth, defaults},
     runtime_api::RuntimeStatus,
 };
 
@@ -104,6 +104,144 @@ pub mod reason {
     pub const WITHIN_TARGET: &str = "WithinTarget";
     pub const AT_MINIMUM: &str = "AtMinimum";
     pub const NO_SPARE_CAPACITY: &str = "NoSpareCapacity";
+    pub const GROWING_PARTITIONS: &str = "GrowingPartitions";
+    pub const GROWTH_TIMED_OUT: &str = "GrowthTimedOut";
+}
+
+/// How long a growth of the source partitions may take, from the edit of
+/// the StreamTopics to the topics reporting the new count, before the
+/// autoscaler gives up on it (a sync that reverted the edit, a topic the
+/// broker does not grow) and decides afresh.
+pub const GROWTH_TIMEOUT_MS: i64 = 300_000;
+
+/// The growth of the source StreamTopics `growSourcePartitions` asks for
+/// after this evaluation's `decided` status, given each source StreamTopic's
+/// name and partition count (in `spec.source.topics` order) and the job's
+/// key groups: `decided` with the growth recorded, or `None`.
+///
+/// Only in `apply` mode with the option on, at `AtPartitionLimit`; toward
+/// `neededParallelism`, at most doubling the partitions at once, never above
+/// `maxParallelism` nor the key groups (a pod beyond them would hold no key
+/// group). Each topic grows by the same factor, rounded up. The
+/// recommendation becomes the new count, so the pods move once, when the
+/// topics have grown (until then it is clipped to the partitions there
+/// are); the evidence restarts, as after any change.
+pub fn grow(
+    spec: &AutoscalerSpec,
+    decided: &AutoscalerStatus,
+    sources: &[(String, i32)],
+    key_groups: Option<i32>,
+    now: Timestamp,
+) -> Option<AutoscalerStatus> {
+    if spec.mode != AutoscalerMode::Apply
+        || spec.grow_source_partitions != Some(true)
+        || decided.reason != reason::AT_PARTITION_LIMIT
+        || decided.partition_growth.is_some()
+        || sources.iter().any(|(_, p)| *p < 1)
+    {
+        return None;
+    }
+    let from: i32 = sources.iter().map(|(_, p)| *p).sum();
+    let to = decided
+        .needed_parallelism?
+        .min(from.saturating_mul(2))
+        .min(spec.max_parallelism.unwrap_or(i32::MAX))
+        .min(key_groups.unwrap_or(i32::MAX));
+    if to <= from {
+        return None;
+    }
+    let topics: std::collections::BTreeMap<String, i32> = sources
+        .iter()
+        .map(|(name, p)| {
+            let grown = (i64::from(*p) * i64::from(to) + i64::from(from) - 1) / i64::from(from);
+            (name.clone(), i32::try_from(grown).unwrap_or(i32::MAX).max(*p))
+        })
+        .collect();
+    let total: i32 = topics.values().sum();
+    let list: Vec<String> = sources
+        .iter()
+        .map(|(name, p)| format!("{name} {p} -> {}", topics[name]))
+        .collect();
+    let mut grown = change(
+        to.min(total),
+        reason::GROWING_PARTITIONS,
+        format!(
+            "at the partition limit and still behind ({}); growing StreamTopic {} \
+             (spec.autoscaler.growSourcePartitions), then {to} pods",
+            decided.message.as_deref().unwrap_or_default(),
+            list.join(", ")
+        ),
+        now,
+        Memory {
+            pod_capacity: decided.pod_capacity,
+            ..Memory::default()
+        },
+    );
+    grown.partition_growth = Some(PartitionGrowth {
+        topics,
+        from,
+        to: total,
+        time: Time(now),
+    });
+    Some(grown)
+}
+
+/// Where a growth recorded in `status` stands, given the source
+/// StreamTopics' partition counts now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Growth {
+    /// None is pending.
+    None,
+    /// Every topic has its new count (or is no longer a source).
+    Done,
+    /// Not yet: the topics to (re-)ask, name -> partitions.
+    Waiting(std::collections::BTreeMap<String, i32>),
+    /// Not within [`GROWTH_TIMEOUT_MS`]: the status deciding afresh.
+    TimedOut(AutoscalerStatus),
+}
+
+/// [`Growth`] of `status`'s pending growth.
+pub fn growth_progress(status: &AutoscalerStatus, sources: &[(String, i32)], now: Timestamp) -> Growth {
+    let Some(g) = &status.partition_growth else {
+        return Growth::None;
+    };
+    let short: std::collections::BTreeMap<String, i32> = g
+        .topics
+        .iter()
+        .filter(|(name, want)| sources.iter().any(|(n, p)| n == *name && p < *want))
+        .map(|(n, p)| (n.clone(), *p))
+        .collect();
+    if short.is_empty() {
+        return Growth::Done;
+    }
+    if elapsed_ms(&g.time, now) < GROWTH_TIMEOUT_MS {
+        return Growth::Waiting(short);
+    }
+    let now_partitions: i32 = sources.iter().map(|(_, p)| *p).sum();
+    let mut gave_up = change(
+        g.from.min(now_partitions).max(1),
+        reason::GROWTH_TIMED_OUT,
+        format!(
+            "the source StreamTopics did not reach {} partitions within {}s (still short: {}); deciding afresh. \
+             Was the edit reverted (Argo CD self-heal), or refused?",
+            g.to,
+            GROWTH_TIMEOUT_MS / 1000,
+            short
+                .iter()
+                .map(|(n, p)| format!("{n} < {p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        now,
+        Memory {
+            pod_capacity: status.pod_capacity,
+            ..Memory::default()
+        },
+    );
+    gave_up.recommended_parallelism = status
+        .recommended_parallelism
+        .map(|r| r.min(now_partitions).max(1));
+    Growth::TimedOut(gave_up)
 }
 
 /// What the operator observes at one evaluation.
@@ -345,13 +483,23 @@ pub fn decide(
             ),
             Some(_) => (reason::CATCHING_UP, "the recommended pods suffice"),
         };
-        return hold(
+        let mut held = hold(
             &prev,
             Some(standing),
             why,
             format!("{numbers}: {sizing}; {detail}"),
             memory,
         );
+        if why == reason::AT_PARTITION_LIMIT {
+            // As many pods as partitions, each partition its own pod.
+            let uncapped = (needed_rate / capacity).ceil();
+            held.needed_parallelism = Some(if uncapped >= f64::from(i32::MAX) {
+                i32::MAX
+            } else {
+                (uncapped as i32).max(partitions + 1)
+            });
+        }
+        return held;
     }
 
     if comfortable {
@@ -426,6 +574,7 @@ fn hold(
         within_since: memory.within_since,
         peak_input_rate: memory.peak_input_rate,
         pod_capacity: memory.pod_capacity,
+        ..AutoscalerStatus::default()
     }
 }
 
@@ -440,6 +589,7 @@ fn change(recommended: i32, why: &str, message: String, now: Timestamp, memory: 
         within_since: None,
         peak_input_rate: None,
         pod_capacity: memory.pod_capacity,
+        ..AutoscalerStatus::default()
     }
 }
 
@@ -890,6 +1040,129 @@ mod tests {
             (s.lag_seconds, s.input_rate, s.processing_rate),
             (Some(1.5), None, Some(95.0))
         );
+    }
+
+    /// Behind at the partition limit for the whole window: 4 pods on 4
+    /// partitions at 500/s each, 3,000/s in, 60 s behind (target 30 s).
+    fn at_the_limit(spec: &AutoscalerSpec, partitions: i32) -> AutoscalerStatus {
+        let mut s = sample(partitions, 60.0, 3000.0, 500.0 * f64::from(partitions));
+        s.partitions = partitions;
+        let first = decide(spec, None, &s, at(0));
+        let s = decide(spec, Some(&first), &s, at(200));
+        assert_eq!(s.reason, reason::AT_PARTITION_LIMIT, "{s:?}");
+        s
+    }
+
+    #[test]
+    fn growth_asks_for_what_covers_the_need_within_every_cap() {
+        let growing = |extra: serde_json::Value| {
+            let mut json =
+                serde_json::json!({"mode": "apply", "targetLag": "30s", "growSourcePartitions": true});
+            json.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse_spec(json)
+        };
+        let spec = growing(serde_json::json!({}));
+        let limit = at_the_limit(&spec, 4);
+        // 3,000/s x (1 + 0.2 + 60/30) = 9,600/s at 500/s per pod: 20 pods.
+        assert_eq!(limit.needed_parallelism, Some(20));
+        let one = [("clicks".to_owned(), 4)];
+        let g = grow(&spec, &limit, &one, Some(128), at(200)).unwrap();
+        let growth = g.partition_growth.clone().unwrap();
+        // At most double at once.
+        assert_eq!((growth.from, growth.to, growth.topics["clicks"]), (4, 8, 8));
+        assert_eq!(
+            (g.recommended_parallelism, g.reason.as_str()),
+            (Some(8), reason::GROWING_PARTITIONS)
+        );
+        assert_eq!(g.last_decision_time, Some(Time(at(200))));
+        assert_eq!((g.behind_since.clone(), g.pod_capacity), (None, Some(500)));
+        assert!(g.message.as_deref().unwrap().contains("clicks 4 -> 8"), "{g:?}");
+        // maxParallelism and the key groups cap it; at the cap, nothing.
+        let capped = growing(serde_json::json!({"maxParallelism": 6}));
+        let g = grow(&capped, &at_the_limit(&capped, 4), &one, Some(128), at(200)).unwrap();
+        assert_eq!(g.partition_growth.unwrap().to, 6);
+        let g = grow(&spec, &limit, &one, Some(5), at(200)).unwrap();
+        assert_eq!(g.partition_growth.unwrap().to, 5);
+        assert_eq!(grow(&spec, &limit, &one, Some(4), at(200)), None);
+        let at_max = growing(serde_json::json!({"maxParallelism": 4}));
+        assert_eq!(
+            grow(&at_max, &at_the_limit(&at_max, 4), &one, None, at(200)),
+            None
+        );
+        // Two sources grow by the same factor, rounded up: 3 + 1 -> 6 + 2
+        // for 8, and 3 + 2 -> 5 + 3 for 7 (4.2 and 2.8: no topic falls
+        // short of its share).
+        let two = [("a".to_owned(), 3), ("b".to_owned(), 1)];
+        let g = grow(&spec, &limit, &two, None, at(200)).unwrap();
+        let topics = g.partition_growth.unwrap().topics;
+        assert_eq!((topics["a"], topics["b"]), (6, 2));
+        let seven = growing(serde_json::json!({"maxParallelism": 7}));
+        let uneven = [("a".to_owned(), 3), ("b".to_owned(), 2)];
+        let g = grow(&seven, &at_the_limit(&seven, 5), &uneven, None, at(200)).unwrap();
+        let growth = g.partition_growth.unwrap();
+        assert_eq!((growth.topics["a"], growth.topics["b"], growth.to), (5, 3, 8));
+        assert_eq!(g.recommended_parallelism, Some(7), "never above maxParallelism");
+        // Off unless apply mode and the option, and only at the limit.
+        let off = parse_spec(serde_json::json!({"mode": "apply", "targetLag": "30s"}));
+        assert_eq!(grow(&off, &at_the_limit(&off, 4), &one, None, at(200)), None);
+        let recommend = parse_spec(
+            serde_json::json!({"mode": "recommend", "targetLag": "30s", "growSourcePartitions": true}),
+        );
+        assert_eq!(
+            grow(&recommend, &at_the_limit(&recommend, 4), &one, None, at(200)),
+            None
+        );
+        let catching_up = AutoscalerStatus {
+            reason: reason::CATCHING_UP.into(),
+            ..limit.clone()
+        };
+        assert_eq!(grow(&spec, &catching_up, &one, None, at(200)), None);
+    }
+
+    #[test]
+    fn a_growth_holds_until_the_topics_reach_it_or_times_out() {
+        let spec = parse_spec(
+            serde_json::json!({"mode": "apply", "targetLag": "30s", "growSourcePartitions": true}),
+        );
+        let limit = at_the_limit(&spec, 4);
+        let asked = grow(&spec, &limit, &[("clicks".to_owned(), 4)], None, at(200)).unwrap();
+        assert_eq!(
+            growth_progress(&limit, &[("clicks".to_owned(), 4)], at(201)),
+            Growth::None
+        );
+        // Not there yet: ask again for what is short.
+        let waiting = growth_progress(&asked, &[("clicks".to_owned(), 4)], at(260));
+        assert_eq!(
+            waiting,
+            Growth::Waiting([("clicks".to_owned(), 8)].into_iter().collect())
+        );
+        // Grown (or grown further by someone else): done.
+        for p in [8, 12] {
+            assert_eq!(
+                growth_progress(&asked, &[("clicks".to_owned(), p)], at(260)),
+                Growth::Done
+            );
+        }
+        // A topic no longer among the sources does not hold it up.
+        assert_eq!(
+            growth_progress(&asked, &[("other".to_owned(), 1)], at(260)),
+            Growth::Done
+        );
+        // Five minutes without it: decide afresh from what runs.
+        let Growth::TimedOut(s) = growth_progress(&asked, &[("clicks".to_owned(), 6)], at(200 + 300)) else {
+            panic!("no time-out");
+        };
+        assert_eq!(
+            (
+                s.recommended_parallelism,
+                s.reason.as_str(),
+                s.partition_growth.clone()
+            ),
+            (Some(6), reason::GROWTH_TIMED_OUT, None)
+        );
+        assert!(s.message.unwrap().contains("clicks < 8"));
     }
 
     #[test]

@@ -660,6 +660,9 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
     if let Some(d) = &step.deployment {
         deploy(job, &names, &setup, d, ctx).await?;
     }
+    // The autoscaler's growth of the source topics, recorded in the status
+    // written above (so it is never an edit without its record).
+    grow_topics(&names, &step.grow_topics, ctx).await?;
     // 3. The admin call, and what it completed.
     let deleted = call(&step, &pods.endpoints, ctx).await;
     if !deleted.is_empty() {
@@ -677,6 +680,47 @@ async fn apply(job: &StreamJob, api: &Api<StreamJob>, ctx: &JobContext) -> Resul
     }
     count(&step, &ctx.shared.metrics);
     Ok(Action::requeue(step.requeue.max(Duration::from_millis(200))))
+}
+
+/// Raises `spec.partitions` of each source StreamTopic in `grow` that has
+/// fewer (never lowers it: a count already raised, by anyone, stays), marks
+/// the topic with [`topic_annotation::PARTITIONS_GROWN_BY`] and tells its
+/// watchers with an Event on the topic: the one write the operator makes to
+/// a spec, and only for `spec.autoscaler.growSourcePartitions`.
+async fn grow_topics(names: &JobNames, grow: &BTreeMap<String, i32>, ctx: &JobContext) -> Result<()> {
+    let api: Api<StreamTopic> = Api::namespaced(ctx.shared.client.clone(), &names.namespace);
+    for (name, &partitions) in grow {
+        let Some(topic) = api.get_opt(name).await? else {
+            continue;
+        };
+        let was = topic.spec.partitions;
+        if was >= partitions {
+            continue;
+        }
+        let by = format!("StreamJob {}", names.job);
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {topic_annotation::PARTITIONS_GROWN_BY: by}},
+            "spec": {"partitions": partitions},
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        info!(topic = %name, from = was, to = partitions, "grew a source StreamTopic (growSourcePartitions)");
+        ctx.shared
+            .event(
+                &topic,
+                EventType::Normal,
+                "PartitionsGrownByAutoscaler",
+                "Reconcile",
+                format!(
+                    "spec.partitions {was} -> {partitions}, set by the autoscaler of StreamJob {} \
+                     (spec.autoscaler.growSourcePartitions): commit the new count where this object is kept (Git), \
+                     or a sync will try to set it back, which is refused",
+                    names.job
+                ),
+            )
+            .await;
+    }
+    Ok(())
 }
 
 async fn deploy(

@@ -286,6 +286,10 @@ pub struct Step {
     pub events: Vec<Transition>,
     pub outcomes: Vec<Outcome>,
     pub requeue: Duration,
+    /// Source StreamTopics whose `spec.partitions` the autoscaler raises
+    /// (`growSourcePartitions`), name -> count; after the status write,
+    /// and only ever upward.
+    pub grow_topics: BTreeMap<String, i32>,
 }
 
 impl Step {
@@ -299,6 +303,7 @@ impl Step {
             events: Vec::new(),
             outcomes: Vec::new(),
             requeue: RESYNC,
+            grow_topics: BTreeMap::new(),
         }
     }
     /// What the StatefulSet and ConfigMap should say; records the source
@@ -407,29 +412,94 @@ pub fn desired_parallelism(o: &Observed, partitions: i32) -> i32 {
     applied_recommendation(o, partitions).unwrap_or_else(|| target_parallelism(&o.spec, partitions))
 }
 
+/// What one evaluation of the autoscaler decided.
+#[derive(Default)]
+struct Autoscaled {
+    /// The next `status.autoscaler`.
+    status: Option<AutoscalerStatus>,
+    /// Source StreamTopics to grow: name -> `spec.partitions`.
+    grow: BTreeMap<String, i32>,
+    /// A growth it gave up on (why).
+    gave_up: Option<String>,
+}
+
 /// `status.autoscaler` after this evaluation of the steady state: absent
 /// with no autoscaler or `mode: off`; unchanged unless every one of the
 /// `running` pods is ready (no evidence then, and a restart is not judged).
-fn autoscale(o: &Observed, running: i32, partitions: i32, healthy: bool) -> Option<AutoscalerStatus> {
-    let spec = o
+/// A growth of the sources in flight holds every decision until the
+/// topics have grown (asked again at each evaluation) or it times out.
+fn autoscale(o: &Observed, running: i32, topics: &JobTopics, healthy: bool) -> Autoscaled {
+    let Some(spec) = o
         .spec
         .autoscaler
         .as_ref()
-        .filter(|a| a.mode != AutoscalerMode::Off)?;
+        .filter(|a| a.mode != AutoscalerMode::Off)
+    else {
+        return Autoscaled::default();
+    };
     if !healthy {
-        return o.status.autoscaler.clone();
+        return Autoscaled {
+            status: o.status.autoscaler.clone(),
+            ..Autoscaled::default()
+        };
+    }
+    // Each source StreamTopic with its partitions (resolved in this order).
+    let sources: Vec<(String, i32)> = o
+        .spec
+        .source
+        .topics
+        .iter()
+        .cloned()
+        .zip(topics.source.iter().map(|t| t.partitions))
+        .collect();
+    let mut previous = o.status.autoscaler.clone();
+    if let Some(prev) = &previous {
+        match autoscaler::growth_progress(prev, &sources, o.now) {
+            autoscaler::Growth::None => {}
+            autoscaler::Growth::Done => {
+                previous = Some(AutoscalerStatus {
+                    partition_growth: None,
+                    ..prev.clone()
+                });
+            }
+            autoscaler::Growth::Waiting(grow) => {
+                return Autoscaled {
+                    status: previous,
+                    grow,
+                    gave_up: None,
+                };
+            }
+            autoscaler::Growth::TimedOut(status) => {
+                let why = status.message.clone();
+                return Autoscaled {
+                    status: Some(status),
+                    grow: BTreeMap::new(),
+                    gave_up: why,
+                };
+            }
+        }
     }
     let answers = live_pods(o).into_iter().map(|p| match o.runtime.get(&p.name) {
         Some(Ok(s)) => Some(s),
         _ => None,
     });
-    let sample = autoscaler::sample_of(running, partitions, answers);
-    Some(autoscaler::decide(
-        spec,
-        o.status.autoscaler.as_ref(),
-        &sample,
-        o.now,
-    ))
+    let sample = autoscaler::sample_of(running, topics.total_partitions(), answers);
+    let decided = autoscaler::decide(spec, previous.as_ref(), &sample, o.now);
+    match autoscaler::grow(spec, &decided, &sources, o.status.key_groups, o.now) {
+        Some(grown) => Autoscaled {
+            grow: grown
+                .partition_growth
+                .as_ref()
+                .map(|g| g.topics.clone())
+                .unwrap_or_default(),
+            status: Some(grown),
+            gave_up: None,
+        },
+        None => Autoscaled {
+            status: Some(decided),
+            ..Autoscaled::default()
+        },
+    }
 }
 
 /// A stable hash of what the pods execute: the runtime view of the spec, M
@@ -1104,7 +1174,8 @@ fn steady(o: &Observed) -> Step {
         .unwrap_or_default();
     let ready = ready_count(o, &revision);
     let want = usize::try_from(running_m).unwrap_or(0);
-    status.autoscaler = autoscale(o, running_m, p, ready >= want);
+    let autoscaled = autoscale(o, running_m, &topics, ready >= want);
+    status.autoscaler = autoscaled.status;
     let recommended = status
         .autoscaler
         .as_ref()
@@ -1144,13 +1215,25 @@ fn steady(o: &Observed) -> Step {
         // The pods' figures change every few seconds without any event.
         step.requeue = step.requeue.min(AUTOSCALER_EVERY);
     }
-    if let Some(message) = recommendation {
+    let growing = !autoscaled.grow.is_empty()
+        && o.status
+            .autoscaler
+            .as_ref()
+            .is_none_or(|a| a.partition_growth.is_none());
+    if growing && let Some(a) = &step.status.autoscaler {
+        let message = a.message.clone().unwrap_or_default();
+        step = step.event(false, "GrowingSourcePartitions", message);
+    } else if let Some(message) = recommendation {
         step = step.event(false, "AutoscalerRecommendation", message);
         if acts {
             // The rescale starts at the next evaluation, from this status.
             step.requeue = Duration::from_secs(1);
         }
     }
+    if let Some(why) = autoscaled.gave_up {
+        step = step.event(true, "PartitionGrowthTimedOut", why);
+    }
+    step.grow_topics = autoscaled.grow;
     for r in resets {
         step = step.event(
             true,

@@ -1246,6 +1246,88 @@ fn the_autoscaler_in_apply_mode_rescales_to_its_recommendation_with_a_savepoint(
 }
 
 #[test]
+fn grow_source_partitions_grows_the_topic_then_moves_the_pods_once() {
+    let mut w = World::new(2);
+    w.spec.autoscaler = Some(
+        serde_json::from_value(serde_json::json!({
+            "mode": "apply", "targetLag": "10s", "stabilizationWindow": "20s",
+            "maxParallelism": 8, "growSourcePartitions": true
+        }))
+        .unwrap(),
+    );
+    until(&mut w, "running", |w| w.running(1));
+    assert_eq!(w.pods.len(), 2);
+    // 2 pods on 2 partitions, each 30 s behind at 3,000/s in, 1,000/s done.
+    w.pod_load = Some((30_000, 3_000, 1_000));
+    let mut asked = BTreeMap::new();
+    for _ in 0..60 {
+        let step = tick(&mut w);
+        if !step.grow_topics.is_empty() {
+            asked = step.grow_topics.clone();
+            break;
+        }
+    }
+    assert_eq!(
+        asked,
+        BTreeMap::from([("clicks".to_owned(), 4)]),
+        "doubled at most"
+    );
+    let a = w.status.autoscaler.clone().unwrap();
+    assert_eq!(
+        (a.recommended_parallelism, a.reason.as_str()),
+        (Some(4), "GrowingPartitions")
+    );
+    assert_eq!(a.partition_growth.as_ref().map(|g| (g.from, g.to)), Some((2, 4)));
+    assert!(w.events.contains(&"GrowingSourcePartitions"), "{:?}", w.events);
+    // Until the topic has grown: asked again, nothing restarts.
+    for _ in 0..5 {
+        let step = tick(&mut w);
+        assert_eq!(step.grow_topics, asked);
+    }
+    assert_eq!((w.pods.len(), w.savepoint_calls()), (2, 0));
+    // The topic grows: one drained savepoint, 4 pods on 4 partitions.
+    w.topics = Ok(topics(4));
+    w.pod_load = None;
+    until(&mut w, "4 pods", |w| {
+        w.pods.len() == 4
+            && w.status.source_partitions == Some(4)
+            && w.status.phase == Some(JobPhase::Running)
+    });
+    assert_eq!(w.savepoint_calls(), 1);
+    assert_eq!(w.generation, 1, "the job's spec is not edited");
+    tick(&mut w);
+    let a = w.status.autoscaler.clone().unwrap();
+    assert_eq!(a.partition_growth, None, "done once the topic has grown");
+    assert_eq!(a.recommended_parallelism, Some(4));
+    // Still behind at 4: the next growth, to maxParallelism, never comes;
+    // after five minutes it is given up and decided afresh, on 4 pods.
+    w.pod_load = Some((30_000, 3_000, 1_000));
+    let mut second = BTreeMap::new();
+    for _ in 0..60 {
+        let step = tick(&mut w);
+        if !step.grow_topics.is_empty() {
+            second = step.grow_topics.clone();
+            break;
+        }
+    }
+    assert_eq!(second, BTreeMap::from([("clicks".to_owned(), 8)]));
+    for _ in 0..320 {
+        tick(&mut w);
+        if w.status
+            .autoscaler
+            .as_ref()
+            .is_some_and(|a| a.reason == "GrowthTimedOut")
+        {
+            break;
+        }
+    }
+    assert!(w.events.contains(&"PartitionGrowthTimedOut"), "{:?}", w.events);
+    let a = w.status.autoscaler.clone().unwrap();
+    assert_eq!((a.recommended_parallelism, a.partition_growth), (Some(4), None));
+    assert_eq!((w.pods.len(), w.savepoint_calls()), (4, 1));
+}
+
+#[test]
 fn the_autoscaler_in_recommend_mode_only_writes_its_status_and_off_writes_nothing() {
     let mut w = autoscaled_world("recommend");
     w.pod_load = Some((30_000, 3_000, 1_000));
