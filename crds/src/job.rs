@@ -548,6 +548,16 @@ pub struct SavepointRecord {
     /// what a rollback compares the new version's commits against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_id: Option<i64>,
+    /// How long it took, from the request to every pod's completion (ms):
+    /// with `stateBytes`, what the next savepoint is predicted from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub duration_ms: Option<i64>,
+    /// Bytes of state it copied, all pods summed (absent when a pod did
+    /// not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub state_bytes: Option<i64>,
 }
 
 /// The operator's write-ahead record of an upgrade in flight: written before

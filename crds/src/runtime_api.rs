@@ -240,6 +240,12 @@ pub struct RuntimeStatus {
     /// The newest of `checkpoints`; absent before the first commit.
     #[serde(default)]
     pub checkpoint_id: Option<i64>,
+    /// Bytes of state each task's last committed checkpoint (or savepoint)
+    /// references, shared files included: what a savepoint of the task
+    /// copies (JSON keys: task numbers). How the operator predicts the next
+    /// savepoint's duration.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checkpoint_bytes: BTreeMap<i32, i64>,
     #[serde(default)]
     pub last_commit_ms: Option<i64>,
     /// Records behind the end of this pod's source partitions, summed; the
@@ -277,6 +283,7 @@ impl RuntimeStatus {
             tasks: Vec::new(),
             checkpoints: BTreeMap::new(),
             checkpoint_id: None,
+            checkpoint_bytes: BTreeMap::new(),
             last_commit_ms: None,
             lag: None,
             event_time_lag_ms: None,
@@ -378,6 +385,10 @@ pub struct SavepointStatus {
     /// Taken drained, as asked (runtimes that cannot drain never say so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// Bytes of state it copied, this pod's tasks summed (absent from
+    /// runtimes that do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
 }
 
 /// `DELETE /v1/savepoints/{id}`: every object under `<storage>/savepoints/<id>/`

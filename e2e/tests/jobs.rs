@@ -1248,6 +1248,174 @@ async fn a_burst_makes_the_autoscaler_add_pods_with_exact_output() {
     .await;
 }
 
+/// `growSourcePartitions` on the real operator, pods and broker: one pod
+/// (limited to 20m CPU: at 50m one partition kept up with 3,000 records/s)
+/// on a source topic of one partition, 3,000 records/s
+/// for 60 s, event time stamped at the send. At the partition limit and
+/// still behind, the operator must raise the StreamTopic's
+/// `spec.partitions` 1 -> 2 (`maxParallelism: 2`), recording it in the
+/// job's status, an annotation and Events on both objects; the topic grows
+/// in Kafka, and the job re-shards onto 2 pods through one drained savepoint
+/// without its spec being edited. The output is exact. Prints
+/// `GROWTH_TIMING` with seconds from the start of the load: `asked_s` (the
+/// growth recorded), `running_s` (Running on 2 partitions).
+#[tokio::test]
+async fn at_its_partition_limit_the_autoscaler_grows_the_source_topic() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    const RATE: u32 = 3_000;
+    const SECONDS: usize = 60;
+    in_namespace("e2e-job-grow", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 1).await?;
+        let job = job_with(
+            "clicks",
+            &[],
+            json!({
+                "parallelism": 1,
+                "resources": {"limits": {"cpu": "20m"}},
+                "autoscaler": {"mode": "apply", "maxParallelism": 2, "targetLag": "5s",
+                               "stabilizationWindow": "15s", "scaleDownDelay": "10m",
+                               "growSourcePartitions": true}
+            }),
+        )?;
+        let (api, _) = deploy(&client, &ns, &job, 1, t0).await?;
+        let start_ms = wall_ms();
+        let start = Instant::now();
+        say(
+            t0,
+            format!("load: {RATE} records/s for {SECONDS}s on 1 partition"),
+        );
+        let producer = {
+            let input = input.clone();
+            std::thread::spawn(move || produce_paced(&input, &clicks(1, SECONDS * RATE as usize), RATE))
+        };
+        let topics_api = api_for(&client, &stream_topic("in", &input, 1)?, &ns).await?;
+        let (mut asked_s, mut running_s) = (None, None);
+        let mut last = Value::Null;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while running_s.is_none() {
+            let j = api.get("clicks").await?;
+            let a = field(&j, &["status", "autoscaler"]).clone();
+            if asked_s.is_none() && a["partitionGrowth"].is_object() {
+                let growth = &a["partitionGrowth"];
+                ensure!(
+                    growth["topics"] == json!({"in": 2}) && growth["from"] == 1 && growth["to"] == 2,
+                    "growth {growth}"
+                );
+                asked_s = growth["time"]
+                    .as_str()
+                    .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                    .map(|t| (t.as_millisecond() - start_ms) as f64 / 1000.0);
+            }
+            if asked_s.is_some()
+                && phase(&j) == "Running"
+                && field(&j, &["status", "sourcePartitions"]) == 2
+                && field(&j, &["status", "parallelism"]) == 2
+            {
+                running_s = Some(start.elapsed().as_secs_f64());
+            }
+            if a != last {
+                say(
+                    t0,
+                    format!(
+                        "autoscaler: {} {} {}",
+                        a["reason"], a["recommendedParallelism"], a["message"]
+                    ),
+                );
+                last = a;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no growth and re-shard within 300s: {}",
+                field(&j, &["status"])
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+        println!(
+            "GROWTH_TIMING asked_s={:.1} running_s={:.1}",
+            asked_s.unwrap_or(f64::NAN),
+            running_s.unwrap_or(f64::NAN)
+        );
+        let j = api.get("clicks").await?;
+        ensure!(
+            j.metadata.generation == Some(1),
+            "the job's spec must not be edited"
+        );
+        let topic = topics_api.get("in").await?;
+        ensure!(
+            field(&topic, &["spec", "partitions"]) == 2
+                && topic
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("streamops.io/partitions-grown-by"))
+                    == Some(&"StreamJob clicks".to_owned()),
+            "the StreamTopic says {:?} / {:?}",
+            field(&topic, &["spec"]),
+            topic.metadata.annotations
+        );
+        let job_events = event_reasons(&client, &ns, "clicks").await?;
+        let topic_events = event_reasons(&client, &ns, "in").await?;
+        ensure!(
+            job_events.iter().any(|r| r == "GrowingSourcePartitions")
+                && topic_events.iter().any(|r| r == "PartitionsGrownByAutoscaler"),
+            "events: job {job_events:?}, topic {topic_events:?}"
+        );
+
+        let flush: Vec<Input> = (0..2)
+            .map(|p| Input {
+                partition: p,
+                value: json!({"user": "flush", "ts": wall_ms() + 30_000, "amount": 0}).to_string(),
+            })
+            .collect();
+        produce(&input, &flush)?;
+        let sent: Vec<Input> = dump(&input)?
+            .into_iter()
+            .map(|r| Input {
+                partition: 0,
+                value: r.value,
+            })
+            .collect();
+        let produced = SECONDS * RATE as usize + flush.len();
+        ensure!(
+            sent.len() == produced,
+            "the input topic holds {} records, {produced} were produced",
+            sent.len()
+        );
+        let (expected, _) = reference(&sent);
+        // Partition 0 holds the whole backlog, for one pod of 20m CPU.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let lag = field(&api.get("clicks").await?, &["status", "lag"]).as_i64();
+            if lag == Some(0) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "still {lag:?} records behind after 300s"
+            );
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        say(t0, "caught up");
+        expect_exact(&sink, &control_topic(&ns, "clicks"), &expected, None).await?;
+        say(
+            t0,
+            format!(
+                "grew 1 -> 2 partitions and pods {:.0}s into the load; {} windows of {} records exact",
+                running_s.unwrap_or_default(),
+                expected.len(),
+                sent.len()
+            ),
+        );
+        Ok(())
+    })
+    .await;
+}
+
 /// A rescale the namespace's ResourceQuota cannot admit (4 -> 6 pods with
 /// room for 5) is refused before anything stops: `Stalled`,
 /// `QuotaExceeded`, naming the quota; the same pods keep running. Once the

@@ -177,6 +177,13 @@ fn savepoint_restores_at_other_parallelism() {
             let sp = p.savepoint("sp-1", true, Duration::from_secs(60));
             assert_eq!(sp["state"], "Completed", "{sp}");
             location = sp["location"].as_str().map(str::to_string);
+            // What the savepoint copied: each task's last commit, summed
+            // (the operator predicts the next savepoint's duration from it).
+            let status = p.status().unwrap();
+            let per_task = status["checkpointBytes"].as_object().cloned().unwrap_or_default();
+            assert_eq!(per_task.len(), 2, "{status}");
+            let sum: i64 = per_task.values().filter_map(Value::as_i64).sum();
+            assert!(sum > 0 && sp["bytes"].as_i64() == Some(sum), "{sp} vs {status}");
         }
         for p in &old {
             assert_eq!(p.status().unwrap()["state"], "Stopped");

@@ -1089,6 +1089,9 @@ fn steady(o: &Observed) -> Step {
             return resume_stopped(o, refused);
         }
         let with_savepoint = mode == UpgradeMode::Savepoint;
+        if with_savepoint && let Some(refused) = savepoint_too_slow(o) {
+            return resume_stopped(o, refused);
+        }
         let intent = new_intent(o, kind, o.spec.clone(), with_savepoint, m, p, restore_mode, None);
         let what = match kind {
             IntentKind::Rescale => {
@@ -1540,6 +1543,74 @@ fn over_quota(o: &Observed, running: &StreamJobSpec, running_m: i32, m: i32) -> 
     Some(Step::new(o.status.clone(), health).deploy(steady_deployment(o, None)))
 }
 
+/// The savepoint a restart would take, predicted from the newest recorded
+/// one: its duration, scaled up by how much the state has grown since (the
+/// pods' `checkpointBytes` now against its `stateBytes`; never scaled
+/// down, a savepoint has fixed costs). `None`: nothing recorded to go by.
+pub fn predicted_savepoint_ms(
+    history: &[SavepointRecord],
+    state_bytes_now: Option<i64>,
+) -> Option<(i64, &SavepointRecord)> {
+    let last = history
+        .iter()
+        .filter(|s| s.duration_ms.is_some())
+        .max_by_key(|s| s.time.0)?;
+    let took = last.duration_ms?.max(0);
+    let grown = match (state_bytes_now, last.state_bytes) {
+        (Some(now), Some(then)) if then > 0 && now > then => now as f64 / then as f64,
+        _ => 1.0,
+    };
+    Some(((took as f64 * grown).ceil() as i64, last))
+}
+
+/// A restart with a savepoint refused before anything stops
+/// (`SavepointTooSlow`) when the savepoint is predicted
+/// ([`predicted_savepoint_ms`]) to outlast `spec.upgrade.savepointTimeout`:
+/// otherwise the pods would stop, the savepoint time out and the running
+/// version resume, for nothing.
+fn savepoint_too_slow(o: &Observed) -> Option<Step> {
+    let limit = timeouts(&o.spec).savepoint;
+    let live = live_pods(o);
+    let now_bytes: Option<i64> = if live.is_empty() {
+        None
+    } else {
+        live.iter()
+            .map(|p| match o.runtime.get(&p.name) {
+                Some(Ok(s)) if !s.checkpoint_bytes.is_empty() => {
+                    Some(s.checkpoint_bytes.values().sum::<i64>())
+                }
+                _ => None,
+            })
+            .sum()
+    };
+    let (predicted, last) = predicted_savepoint_ms(&o.status.savepoint_history, now_bytes)?;
+    let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    if predicted <= limit_ms {
+        return None;
+    }
+    let mib = |b: i64| b as f64 / f64::from(1 << 20);
+    let growth = match (now_bytes, last.state_bytes) {
+        (Some(now), Some(then)) if now > then => format!(
+            " for {:.1} MiB of state; the state is {:.1} MiB now, so this one would take about {:.1} s",
+            mib(then),
+            mib(now),
+            predicted as f64 / 1000.0
+        ),
+        _ => String::new(),
+    };
+    let message = format!(
+        "the last savepoint ({}) took {:.1} s{growth}, over spec.upgrade.savepointTimeout ({}): the pods would stop \
+         and then resume for nothing. Generation {} keeps running; raise spec.upgrade.savepointTimeout, or use \
+         spec.upgrade.mode last-state",
+        last.id,
+        last.duration_ms.unwrap_or_default() as f64 / 1000.0,
+        secs(limit),
+        o.status.last_stable_generation.unwrap_or_default()
+    );
+    let health = Health::stalled("SavepointTooSlow", message);
+    Some(Step::new(o.status.clone(), health).deploy(steady_deployment(o, None)))
+}
+
 fn incompatible(o: &Observed, compat: &Compatibility) -> Step {
     let reasons = match compat {
         Compatibility::Incompatible(r) => r.join("; "),
@@ -1739,6 +1810,8 @@ fn savepoint_completed(o: &Observed, mut intent: UpgradeIntent, parts: &[&Savepo
         time: Time(o.now),
         generation: o.status.last_stable_generation,
         checkpoint_id: parts.iter().filter_map(|s| s.checkpoint_id).max(),
+        duration_ms: Some(millis_between(intent.started.0, o.now)),
+        state_bytes: parts.iter().map(|s| s.bytes).sum(),
     };
     let took = elapsed(&intent.started, o.now);
     let mut status = o.status.clone();

@@ -8,9 +8,10 @@
 //! must fit is the difference: `new pods x new per-pod demand - old pods x
 //! old per-pod demand`, against each quota's `hard - used`. A pod's demand
 //! is what its containers ask for once `spec.podTemplate` is merged in
-//! ([`pod_demand`]): a sidecar's resources count, and a template that sets
-//! the runtime container's resources wins over `spec.resources`, as in the
-//! StatefulSet the operator writes.
+//! ([`pod_demand`]): a template that sets the runtime container's resources
+//! wins over `spec.resources`, as in the StatefulSet the operator writes
+//! (other containers, which the template's allow-list refuses today, would
+//! count as the quota admission counts them).
 
 use std::collections::BTreeMap;
 

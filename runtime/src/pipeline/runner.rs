@@ -745,8 +745,16 @@ impl Runner {
         let location = self.store.savepoint_location(id);
         let offsets = self.offsets();
         let checkpoint = self.slots.values().map(|s| s.task.meta.checkpoint_id).max();
+        // Each task's last commit is this savepoint's.
+        let status = self.shared.status();
+        let bytes = self
+            .slots
+            .keys()
+            .filter_map(|t| status.checkpoint_bytes.get(&(*t as i32)))
+            .sum::<i64>();
         self.shared.update_savepoint(id, |sp| {
             sp.state = SavepointState::Completed;
+            sp.bytes = Some(bytes);
             sp.location = Some(location);
             sp.offsets = offsets;
             sp.checkpoint_id = checkpoint.map(|c| c as i64);
@@ -1112,8 +1120,10 @@ impl Runner {
             bytes = done.manifest.total_bytes(),
             "committed"
         );
+        let bytes = i64::try_from(done.manifest.total_bytes()).unwrap_or(i64::MAX);
         self.shared.update_status(|s| {
             s.checkpoints.insert(t as i32, id as i64);
+            s.checkpoint_bytes.insert(t as i32, bytes);
         });
         if !stop {
             slot.begin();

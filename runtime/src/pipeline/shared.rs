@@ -314,6 +314,7 @@ impl Shared {
                 offsets: BTreeMap::new(),
                 error: None,
                 drained: false,
+                bytes: None,
             },
         );
         drop(map);

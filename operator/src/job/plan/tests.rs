@@ -74,6 +74,8 @@ struct Behaviour {
     /// Pods of a deployment reading this many source partitions run
     /// `broken_image` (the new count's version is unhealthy).
     broken_at_partitions: Option<i32>,
+    /// Bytes of state each pod's checkpoints (and savepoints) hold.
+    state_bytes: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -195,6 +197,11 @@ impl World {
                             event_time_lag_ms: self.pod_load.map(|l| l.0),
                             input_rate: self.pod_load.map(|l| l.1),
                             processing_rate: self.pod_load.map(|l| l.2),
+                            checkpoint_bytes: self
+                                .behaviour
+                                .state_bytes
+                                .map(|b| [(0, b / 2), (1, b - b / 2)].into())
+                                .unwrap_or_default(),
                             ..RuntimeStatus::new(p.state, p.generation)
                         })
                     };
@@ -341,6 +348,7 @@ impl World {
                             offsets: [(format!("clicks-{}", &name[4..]), 100)].into(),
                             error: failed.then(|| "disk full".to_owned()),
                             drained: *drain && !self.behaviour.cannot_drain,
+                            bytes: self.behaviour.state_bytes,
                         },
                     );
                 }
@@ -1502,6 +1510,60 @@ fn a_rescale_over_the_namespace_quota_is_refused_before_anything_stops() {
     until(&mut w, "rescaled to 6", |w| w.pods.len() == 6 && w.running(1));
 }
 
+/// A restart whose savepoint would outlast `savepointTimeout`, predicted
+/// from the last savepoint's duration and how much the state grew since, is
+/// refused before anything stops; a longer timeout lets it go ahead.
+#[test]
+fn a_restart_whose_savepoint_would_time_out_is_refused_before_anything_stops() {
+    let mut w = running_world(4);
+    let mib = 1 << 20;
+    w.behaviour.state_bytes = Some(10 * mib);
+    w.spec.upgrade = Some(streamops_crds::job::UpgradeSpec {
+        savepoint_timeout: Some("30s".parse().unwrap()),
+        health_timeout: None,
+        rollback: None,
+    });
+    // No savepoint recorded yet: nothing to predict from, it goes ahead.
+    w.change_spec(|s| s.parallelism = Some(2));
+    until(&mut w, "2 pods", |w| w.pods.len() == 2 && w.running(2));
+    let first = w.status.savepoint_history[0].clone();
+    let took = first.duration_ms.unwrap();
+    assert!((1_000..=5_000).contains(&took), "{first:?}");
+    assert_eq!(first.state_bytes, Some(4 * 10 * mib), "the 4 old pods' bytes");
+    assert_eq!(w.savepoint_calls(), 1);
+    // The state grew 50x (2 pods of 1,000 MiB): 50x the duration, over 30 s.
+    w.behaviour.state_bytes = Some(1000 * mib);
+    let revision = w.deployment.as_ref().unwrap().revision.clone();
+    w.change_spec(|s| s.parallelism = Some(4));
+    for _ in 0..3 {
+        tick(&mut w);
+    }
+    assert_eq!(w.stalled().as_deref(), Some("SavepointTooSlow"));
+    let message = w.stalled_message();
+    assert!(
+        message.contains(&format!(
+            "took {:.1} s for 40.0 MiB of state; the state is 2000.0 MiB now",
+            took as f64 / 1000.0
+        )) && message.contains("savepointTimeout (30s)"),
+        "{message}"
+    );
+    assert_eq!(w.savepoint_calls(), 1, "nothing stopped");
+    assert_eq!(w.deployment.as_ref().unwrap().revision, revision);
+    assert!(w.pods.iter().all(|p| p.state == RuntimeState::Running));
+    // The state alone does not decide: grown 4x, it fits again...
+    let predicted = |w: &World, per_pod: i64| {
+        predicted_savepoint_ms(&w.status.savepoint_history, Some(2 * per_pod)).map(|(ms, _)| ms)
+    };
+    assert_eq!(predicted(&w, 80 * mib), Some(took * 4));
+    assert_eq!(predicted(&w, mib), Some(took), "never scaled down");
+    // ...and a longer timeout lets the rescale go ahead.
+    w.change_spec(|s| {
+        s.upgrade.as_mut().unwrap().savepoint_timeout = Some("1h".parse().unwrap());
+    });
+    until(&mut w, "4 pods", |w| w.pods.len() == 4 && w.running(4));
+    assert_eq!(w.savepoint_calls(), 2);
+}
+
 /// Pods that cannot drain (a runtime older than the operator answers a
 /// plain savepoint): the savepoint fails, the running version resumes on
 /// its partitions, and the reason says why.
@@ -1900,6 +1962,8 @@ fn savepoint_history_retention_by_count_and_age() {
         time: Time(Timestamp::from_second(s).unwrap()),
         generation: None,
         checkpoint_id: None,
+        duration_ms: None,
+        state_bytes: None,
     };
     let now = Timestamp::from_second(1000).unwrap();
     let history = vec![t(990), t(900), t(800), t(100)];
@@ -2039,6 +2103,8 @@ fn deletions_spare_what_a_restore_may_need_and_drop_what_is_not_the_jobs() {
         time: Time(w.now),
         generation: Some(1),
         checkpoint_id: Some(1),
+        duration_ms: None,
+        state_bytes: None,
     };
     o.status.savepoints_to_delete = vec![
         location("a"),
