@@ -182,7 +182,7 @@ fn savepoint_restores_at_other_parallelism() {
             let status = p.status().unwrap();
             let per_task = status["checkpointBytes"].as_object().cloned().unwrap_or_default();
             assert_eq!(per_task.len(), 2, "{status}");
-            let sum: i64 = per_task.values().filter_map(Value::as_i64).sum();
+            let sum: i64 = per_task.values().filter_map(serde_json::Value::as_i64).sum();
             assert!(sum > 0 && sp["bytes"].as_i64() == Some(sum), "{sp} vs {status}");
         }
         for p in &old {
