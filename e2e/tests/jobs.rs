@@ -1574,13 +1574,80 @@ async fn rescale_two_to_four_pods_with_exact_output() {
         );
         wait_event(&client, &ns, "clicks", "Rescaled").await?;
 
+        // The savepoint's duration and size are recorded; a rescale back
+        // whose savepoint would outlast a 1 ms savepointTimeout is refused
+        // before anything stops, and goes ahead with a sane timeout.
+        let record = field(&j, &["status", "savepointHistory"])[0].clone();
+        ensure!(
+            record["durationMs"].as_i64().is_some_and(|d| d > 0)
+                && record["stateBytes"].as_i64().is_some_and(|b| b > 0),
+            "savepoint record {record}"
+        );
+        let before = uids(&pods);
+        let hasty = job_with(
+            "clicks",
+            &[],
+            json!({"parallelism": 2, "upgrade": {"savepointTimeout": "1ms"}}),
+        )?;
+        apply_ok(&client, &ns, &hasty).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = api.get("clicks").await?;
+            let stalled = field(&j, &["status", "conditions"])
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Stalled" && c["status"] == "True")
+                .cloned();
+            if let Some(c) = stalled {
+                ensure!(
+                    c["reason"] == "SavepointTooSlow"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("savepointTimeout (1ms)")),
+                    "stalled for another reason: {c}"
+                );
+                say(t0, format!("refused: {}", c["message"]));
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no SavepointTooSlow within 60s: {}",
+                field(&j, &["status"])
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let still = job_pods(&client, &ns, "clicks").await?;
+        ensure!(
+            uids(&still) == before,
+            "the pods were touched by a refused rescale"
+        );
+        let j = api.get("clicks").await?;
+        let calm = job_with(
+            "clicks",
+            &[],
+            json!({"parallelism": 2, "upgrade": {"savepointTimeout": "2m"}}),
+        )?;
+        upgrade(
+            &client,
+            &ns,
+            &api,
+            &calm,
+            &j,
+            2,
+            Duration::from_secs(240),
+            t0,
+            |_| Ok(()),
+        )
+        .await?;
+
         produce(&input, &second)?;
         expect_exact(&sink, &control, &expected, None).await?;
         r.print_timing("rescale", &control);
         say(
             t0,
             format!(
-                "rescale: {} windows exact across 2 -> 4 pods (savepoint {})",
+                "rescale: {} windows exact across 2 -> 4 -> 2 pods (savepoint {})",
                 expected.len(),
                 r.savepoint
             ),

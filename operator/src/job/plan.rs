@@ -1604,7 +1604,7 @@ fn savepoint_too_slow(o: &Observed) -> Option<Step> {
          spec.upgrade.mode last-state",
         last.id,
         last.duration_ms.unwrap_or_default() as f64 / 1000.0,
-        secs(limit),
+        humantime::format_duration(limit),
         o.status.last_stable_generation.unwrap_or_default()
     );
     let health = Health::stalled("SavepointTooSlow", message);
