@@ -106,6 +106,7 @@ pub mod reason {
     pub const NO_SPARE_CAPACITY: &str = "NoSpareCapacity";
     pub const GROWING_PARTITIONS: &str = "GrowingPartitions";
     pub const GROWTH_TIMED_OUT: &str = "GrowthTimedOut";
+    pub const GROWTH_REFUSED: &str = "GrowthRefused";
 }
 
 /// How long a growth of the source partitions may take, from the edit of
@@ -165,12 +166,12 @@ pub fn grow(
     let mut grown = change(
         to.min(total),
         reason::GROWING_PARTITIONS,
-        format!(
+        capped(format!(
             "at the partition limit and still behind ({}); growing StreamTopic {} \
              (spec.autoscaler.growSourcePartitions), then {to} pods",
             decided.message.as_deref().unwrap_or_default(),
             list.join(", ")
-        ),
+        )),
         now,
         Memory {
             pod_capacity: decided.pod_capacity,
@@ -242,6 +243,20 @@ pub fn growth_progress(status: &AutoscalerStatus, sources: &[(String, i32)], now
         .recommended_parallelism
         .map(|r| r.min(now_partitions).max(1));
     Growth::TimedOut(gave_up)
+}
+
+/// `message` cut to what `status.autoscaler.message` holds (1,024 bytes).
+pub fn capped(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let mut end = MAX - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
 }
 
 /// What the operator observes at one evaluation.

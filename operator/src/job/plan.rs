@@ -486,6 +486,17 @@ fn autoscale(o: &Observed, running: i32, topics: &JobTopics, healthy: bool) -> A
     let sample = autoscaler::sample_of(running, topics.total_partitions(), answers);
     let decided = autoscaler::decide(spec, previous.as_ref(), &sample, o.now);
     match autoscaler::grow(spec, &decided, &sources, o.status.key_groups, o.now) {
+        Some(grown) if let Some(why) = growth_refusal(o, running, &grown) => Autoscaled {
+            status: Some(AutoscalerStatus {
+                reason: autoscaler::reason::GROWTH_REFUSED.to_owned(),
+                message: Some(autoscaler::capped(format!(
+                    "{}; not growing the source topics: {why}",
+                    decided.message.as_deref().unwrap_or_default()
+                ))),
+                ..decided
+            }),
+            ..Autoscaled::default()
+        },
         Some(grown) => Autoscaled {
             grow: grown
                 .partition_growth
@@ -500,6 +511,26 @@ fn autoscale(o: &Observed, running: i32, topics: &JobTopics, healthy: bool) -> A
             ..Autoscaled::default()
         },
     }
+}
+
+/// Why a growth of the sources to `grown`'s count must not start: what the
+/// restart it leads to would be refused for (the namespace's quota, a
+/// savepoint predicted to outlast its timeout, an upgrade mode that cannot
+/// re-shard), checked before the topics are touched, since partitions
+/// cannot be removed again.
+fn growth_refusal(o: &Observed, running: i32, grown: &AutoscalerStatus) -> Option<String> {
+    if upgrade_mode(&o.spec) != UpgradeMode::Savepoint {
+        return Some(format!(
+            "re-sharding onto new partitions needs spec.upgradeMode savepoint, not {}",
+            mode_name(upgrade_mode(&o.spec))
+        ));
+    }
+    let to = grown.recommended_parallelism.unwrap_or(running);
+    let demand = super::quota::pod_demand(&o.spec);
+    if let Some(why) = super::quota::refusal(&o.quota, (running, &demand), (to, &demand)) {
+        return Some(format!("{to} pods would not fit the namespace's quota: {why}"));
+    }
+    savepoint_refusal(o)
 }
 
 /// A stable hash of what the pods execute: the runtime view of the spec, M
@@ -1563,12 +1594,36 @@ pub fn predicted_savepoint_ms(
     Some(((took as f64 * grown).ceil() as i64, last))
 }
 
+/// `bytes` for people: `512 B`, `12.5 KiB`, `3.0 MiB`, `1.2 GiB`.
+fn human_bytes(bytes: i64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        ..1024 => format!("{bytes} B"),
+        ..1_048_576 => format!("{:.1} KiB", b / 1024.0),
+        ..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
+        _ => format!("{:.1} GiB", b / 1_073_741_824.0),
+    }
+}
+
 /// A restart with a savepoint refused before anything stops
 /// (`SavepointTooSlow`) when the savepoint is predicted
 /// ([`predicted_savepoint_ms`]) to outlast `spec.upgrade.savepointTimeout`:
 /// otherwise the pods would stop, the savepoint time out and the running
 /// version resume, for nothing.
 fn savepoint_too_slow(o: &Observed) -> Option<Step> {
+    let why = savepoint_refusal(o)?;
+    let message = format!(
+        "{why}: the pods would stop and then resume for nothing. Generation {} keeps running; raise \
+         spec.upgrade.savepointTimeout, or use spec.upgrade.mode last-state",
+        o.status.last_stable_generation.unwrap_or_default()
+    );
+    let health = Health::stalled("SavepointTooSlow", message);
+    Some(Step::new(o.status.clone(), health).deploy(steady_deployment(o, None)))
+}
+
+/// Why the savepoint a restart needs would outlast `savepointTimeout`
+/// ([`predicted_savepoint_ms`]); `None`: it fits, or nothing predicts it.
+fn savepoint_refusal(o: &Observed) -> Option<String> {
     let limit = timeouts(&o.spec).savepoint;
     let live = live_pods(o);
     let now_bytes: Option<i64> = if live.is_empty() {
@@ -1588,27 +1643,21 @@ fn savepoint_too_slow(o: &Observed) -> Option<Step> {
     if predicted <= limit_ms {
         return None;
     }
-    let mib = |b: i64| b as f64 / f64::from(1 << 20);
     let growth = match (now_bytes, last.state_bytes) {
         (Some(now), Some(then)) if now > then => format!(
-            " for {:.1} MiB of state; the state is {:.1} MiB now, so this one would take about {:.1} s",
-            mib(then),
-            mib(now),
+            " for {} of state; the state is {} now, so this one would take about {:.1} s",
+            human_bytes(then),
+            human_bytes(now),
             predicted as f64 / 1000.0
         ),
         _ => String::new(),
     };
-    let message = format!(
-        "the last savepoint ({}) took {:.1} s{growth}, over spec.upgrade.savepointTimeout ({}): the pods would stop \
-         and then resume for nothing. Generation {} keeps running; raise spec.upgrade.savepointTimeout, or use \
-         spec.upgrade.mode last-state",
+    Some(format!(
+        "the last savepoint ({}) took {:.1} s{growth}, over spec.upgrade.savepointTimeout ({})",
         last.id,
         last.duration_ms.unwrap_or_default() as f64 / 1000.0,
         humantime::format_duration(limit),
-        o.status.last_stable_generation.unwrap_or_default()
-    );
-    let health = Health::stalled("SavepointTooSlow", message);
-    Some(Step::new(o.status.clone(), health).deploy(steady_deployment(o, None)))
+    ))
 }
 
 fn incompatible(o: &Observed, compat: &Compatibility) -> Step {

@@ -1335,6 +1335,80 @@ fn grow_source_partitions_grows_the_topic_then_moves_the_pods_once() {
     assert_eq!((w.pods.len(), w.savepoint_calls()), (4, 1));
 }
 
+/// A growth whose restart would be refused is not started: the topics are
+/// not touched (partitions cannot be removed again).
+#[test]
+fn a_growth_the_restart_could_not_follow_leaves_the_topics_alone() {
+    use super::super::quota::Room;
+    let mut w = World::new(2);
+    w.spec.autoscaler = Some(
+        serde_json::from_value(serde_json::json!({
+            "mode": "apply", "targetLag": "10s", "stabilizationWindow": "20s",
+            "maxParallelism": 8, "growSourcePartitions": true
+        }))
+        .unwrap(),
+    );
+    until(&mut w, "running", |w| w.running(1));
+    // Room for one more pod; the growth would need two.
+    w.quota = vec![Room {
+        quota: "team".into(),
+        resource: "pods".into(),
+        left: 1_000,
+    }];
+    w.pod_load = Some((30_000, 3_000, 1_000));
+    until(&mut w, "a refused growth", |w| {
+        w.status
+            .autoscaler
+            .as_ref()
+            .is_some_and(|a| a.reason == "GrowthRefused")
+    });
+    let a = w.status.autoscaler.clone().unwrap();
+    assert!(
+        a.message
+            .as_deref()
+            .unwrap()
+            .contains("4 pods would not fit the namespace's quota"),
+        "{a:?}"
+    );
+    assert_eq!((a.partition_growth, a.recommended_parallelism), (None, Some(2)));
+    for _ in 0..30 {
+        assert!(tick(&mut w).grow_topics.is_empty());
+    }
+    // With room, it grows.
+    w.quota[0].left = 10_000;
+    let mut asked = BTreeMap::new();
+    for _ in 0..60 {
+        asked = tick(&mut w).grow_topics;
+        if !asked.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(asked, BTreeMap::from([("clicks".to_owned(), 4)]));
+    // A job that cannot re-shard (last-state) never grows its topics.
+    let mut w = World::new(2);
+    w.spec.upgrade_mode = Some(UpgradeMode::LastState);
+    w.spec.autoscaler = Some(
+        serde_json::from_value(serde_json::json!({
+            "mode": "apply", "targetLag": "10s", "stabilizationWindow": "20s",
+            "maxParallelism": 8, "growSourcePartitions": true
+        }))
+        .unwrap(),
+    );
+    until(&mut w, "running", |w| w.running(1));
+    w.pod_load = Some((30_000, 3_000, 1_000));
+    until(&mut w, "a refused growth", |w| {
+        w.status
+            .autoscaler
+            .as_ref()
+            .is_some_and(|a| a.reason == "GrowthRefused")
+    });
+    let message = w.status.autoscaler.clone().unwrap().message.unwrap();
+    assert!(
+        message.contains("needs spec.upgradeMode savepoint, not last-state"),
+        "{message}"
+    );
+}
+
 #[test]
 fn the_autoscaler_in_recommend_mode_only_writes_its_status_and_off_writes_nothing() {
     let mut w = autoscaled_world("recommend");
