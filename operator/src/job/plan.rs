@@ -1597,11 +1597,14 @@ pub fn predicted_savepoint_ms(
 /// `bytes` for people: `512 B`, `12.5 KiB`, `3.0 MiB`, `1.2 GiB`.
 fn human_bytes(bytes: i64) -> String {
     let b = bytes as f64;
-    match bytes {
-        ..1024 => format!("{bytes} B"),
-        ..1_048_576 => format!("{:.1} KiB", b / 1024.0),
-        ..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
-        _ => format!("{:.1} GiB", b / 1_073_741_824.0),
+    if bytes < 1 << 10 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if bytes < 1 << 30 {
+        format!("{:.1} MiB", b / 1_048_576.0)
+    } else {
+        format!("{:.1} GiB", b / 1_073_741_824.0)
     }
 }
 

@@ -1616,7 +1616,7 @@ fn a_restart_whose_savepoint_would_time_out_is_refused_before_anything_stops() {
     let message = w.stalled_message();
     assert!(
         message.contains(&format!(
-            "took {:.1} s for 40.0 MiB of state; the state is 2000.0 MiB now",
+            "took {:.1} s for 40.0 MiB of state; the state is 2.0 GiB now",
             took as f64 / 1000.0
         )) && message.contains("savepointTimeout (30s)"),
         "{message}"
