@@ -16,6 +16,7 @@ pub mod dataflow;
 pub mod error;
 pub mod expr;
 pub mod kafka;
+pub mod local;
 pub mod pipeline;
 
 pub mod state;

@@ -35,6 +35,10 @@ enum Command {
     Bench(Box<streamops_runtime::bench::driver::BenchArgs>),
     /// Run a job: the tasks given (or this pod's share), exactly once, until SIGTERM.
     Run(Box<streamops_runtime::pipeline::cli::RunArgs>),
+    /// Run a StreamJob YAML on a file of records (JSON lines) without Kafka
+    /// or a cluster, with the pods' engine; print its results, or compare
+    /// them with --expect (exit 1 and a diff when they differ, 2 on errors).
+    Test(Box<streamops_runtime::local::TestArgs>),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         } => check_broker(&bootstrap_servers, timeout),
         Command::Idle => idle(),
         Command::Bench(args) => streamops_runtime::bench::driver::run(*args),
+        Command::Test(args) => return test(&args),
         Command::Run(args) => {
             init_tracing();
             return match streamops_runtime::pipeline::cli::run(*args) {
@@ -62,6 +67,53 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `streamops-runtime test`: results on stdout (or the diff against
+/// --expect), a summary and every late record and dead letter on stderr.
+fn test(args: &streamops_runtime::local::TestArgs) -> ExitCode {
+    let outcome = match streamops_runtime::local::test_command(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let run = &outcome.run;
+    for d in &run.dead_letters {
+        eprintln!("dead letter: record {} ({}): {}", d.record + 1, d.kind, d.reason);
+    }
+    for l in &run.late {
+        eprintln!("late: {}", streamops_runtime::local::canonical(l));
+    }
+    eprintln!(
+        "{} records: {} results, {} late, {} dead letters",
+        outcome.records,
+        run.results.len(),
+        run.late.len(),
+        run.dead_letters.len()
+    );
+    match &outcome.diff {
+        None => {
+            for r in &run.results {
+                println!("{}", streamops_runtime::local::canonical(r));
+            }
+            ExitCode::SUCCESS
+        }
+        Some(diff) if diff.is_empty() => {
+            eprintln!("ok: the results are as expected");
+            ExitCode::SUCCESS
+        }
+        Some(diff) => {
+            println!(
+                "results differ from --expect: {} missing (-), {} unexpected (+)",
+                diff.missing.len(),
+                diff.unexpected.len()
+            );
+            print!("{diff}");
             ExitCode::FAILURE
         }
     }

@@ -450,6 +450,12 @@ impl Harness {
         self.config.tasks
     }
 
+    /// Task `t`'s source partition has ended ([`Task::end_input`]).
+    pub fn end_input(&mut self, t: u32) -> Result<()> {
+        self.slot_mut(t)?.task.end_input();
+        Ok(())
+    }
+
     /// Task `t`.
     pub fn task(&self, t: u32) -> Result<&Task> {
         Ok(&self.slot(t)?.task)

@@ -325,8 +325,15 @@ pub struct Task {
     drain_broken: Option<u64>,
     buf: Vec<u8>,
     max_record_bytes: usize,
+    /// The source has no more records ([`Task::end_input`]).
+    ended: bool,
     pub counters: TaskCounters,
 }
+
+/// The watermark of a source that has ended: beyond every window, so each
+/// fires, as Flink's final watermark at the end of a bounded input; far
+/// enough below `i64::MAX` for window and lateness arithmetic.
+pub const END_OF_INPUT: i64 = i64::MAX / 4;
 
 impl Task {
     /// A task with empty state (`task` must be one of `sources`' tasks).
@@ -351,6 +358,7 @@ impl Task {
             backend,
             results: Vec::new(),
             last_active_ms: now_ms,
+            ended: false,
             sent: None,
             barrier_due: false,
             drain_broken: None,
@@ -594,6 +602,9 @@ impl Task {
 
     /// The source partition's own watermark (`max event time - outOfOrderness`).
     pub fn source_watermark(&self) -> i64 {
+        if self.ended {
+            return END_OF_INPUT;
+        }
         self.meta
             .source_max_event_time
             .map_or(NO_WATERMARK, |m| m.saturating_sub(self.plan.out_of_orderness_ms))
@@ -693,6 +704,14 @@ impl Task {
                 out.keyed(partition, &self.keyed.group_key, &self.buf);
             }
         }
+    }
+
+    /// The source has ended (a bounded input: `streamops-runtime test`):
+    /// from the next watermark update on, stage 1 announces
+    /// [`END_OF_INPUT`], which closes every window downstream. Never used
+    /// on Kafka, whose partitions do not end.
+    pub fn end_input(&mut self) {
+        self.ended = true;
     }
 
     /// Stops stage 1 for the drain `id` (a drained savepoint): the caller

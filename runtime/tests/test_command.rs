@@ -1,0 +1,104 @@
+//! `streamops-runtime test` as users run it: the binary on the job files of
+//! `examples/` and the records and expected results in `examples/tests/`
+//! (hand-checked: see `examples/tests/README.md`), and a mismatch that must
+//! fail with a readable diff.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn test_command(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_streamops-runtime"))
+        .arg("test")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("running streamops-runtime test")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_clickstream_example_gives_its_expected_results() {
+    let out = test_command(&[
+        "examples/clickstream-job.yaml",
+        "--input",
+        "examples/tests/clicks-per-user.input.jsonl",
+        "--expect",
+        "examples/tests/clicks-per-user.expected.jsonl",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
+    assert!(
+        stderr.contains("14 records: 6 results, 1 late, 2 dead letters"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dead letter: record 6 (invalid_record)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dead letter: record 14 (missing_event_time)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected =
+        std::fs::read_to_string(repo().join("examples/tests/clicks-per-user.expected.jsonl")).unwrap();
+    // One result changed, one missing.
+    let mut lines: Vec<&str> = expected.lines().collect();
+    let changed = lines[0].replace("\"clicks\":2", "\"clicks\":9");
+    lines[0] = &changed;
+    lines.pop();
+    let wrong = dir.path().join("wrong.jsonl");
+    std::fs::write(&wrong, lines.join("\n")).unwrap();
+    let out = test_command(&[
+        "examples/clickstream-job.yaml",
+        "--input",
+        "examples/tests/clicks-per-user.input.jsonl",
+        "--expect",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("results differ from --expect: 1 missing (-), 2 unexpected (+)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("- {\"clicks\":9,"), "{stdout}");
+    assert!(
+        stdout.contains("+ {\"clicks\":2,\"final\":true,\"firing\":\"onTime\",\"key\":[\"ana\"]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"key\":[\"cho\"]"), "{stdout}");
+}
+
+#[test]
+fn errors_exit_2_and_name_the_problem() {
+    let out = test_command(&[
+        "examples/clickstream-topics.yaml",
+        "--input",
+        "examples/tests/clicks-per-user.input.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no StreamJob in the file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = test_command(&[
+        "examples/sliding-and-session.yaml",
+        "--input",
+        "examples/tests/clicks-per-user.input.jsonl",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--name"), "{}", text(&out.stderr));
+}
