@@ -20,6 +20,7 @@
 //! | aggregation removed | compatible | its accumulators are dropped |
 //! | aggregation's `function`, `field` or `k` changed | incompatible | the accumulator holds something else |
 //! | `pipeline.filter`, `allowedLateness`, `emit` | compatible | they act on records not yet seen |
+//! | `pipeline.steps`: a step added, removed, changed, reordered or renamed | compatible | steps hold no state; they act on records not yet seen |
 //! | `source.eventTime`, `source.watermark` | compatible | watermarks are kept per partition; new records use the new rule |
 //! | `source.topics` reordered, or one replaced by another with the same partition total | compatible | every partition keeps its task and offsets ([`crate::layout`]); a new topic starts at `startFrom`, a removed one stops being read |
 //! | `source.topics` changing the partition total | refused at restore | keyed state is sharded by the total (re-sharding is not built) |
@@ -214,6 +215,26 @@ mod tests {
             },
         ] {
             assert_eq!(change(edit).kind, ChangeKind::Ignore);
+        }
+    }
+
+    #[test]
+    fn steps_hold_no_state_so_any_change_to_them_is_a_compatible_upgrade() {
+        let steps =
+            |json: serde_json::Value| -> Vec<crate::job::StepSpec> { serde_json::from_value(json).unwrap() };
+        let one = steps(serde_json::json!([{"name": "paid", "filter": "record.amount > 0"}]));
+        let two = steps(serde_json::json!([
+            {"name": "shape", "map": {"user_id": "record.user_id", "ts": "record.ts"}},
+            {"name": "paid-again", "filter": "record.amount > 1"},
+        ]));
+        for (from, to) in [(vec![], one.clone()), (one.clone(), two.clone()), (two, vec![])] {
+            let mut old = base();
+            old.pipeline.steps = from;
+            let mut new = base();
+            new.pipeline.steps = to;
+            let c = classify(&old, &new);
+            assert_eq!(c.kind, ChangeKind::Upgrade);
+            assert!(c.compatibility.is_compatible(), "{c:?}");
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod change;
 pub mod common;
 pub mod duration;
+pub mod expr;
 pub mod job;
 pub mod layout;
 pub mod pod_template;

@@ -237,6 +237,27 @@ pub fn rules() -> Vec<CelRule> {
             Reason::Forbidden,
             "only topK takes k; remove it",
         ),
+        // Steps: unique names, each a filter or a map.
+        CelRule::new(
+            job,
+            "spec.pipeline.steps",
+            "self.all(a, self.exists_one(b, b.name == a.name))",
+        )
+        .field(
+            "",
+            Reason::Invalid,
+            "two steps have the same name, which dead letters and change verdicts identify them by; rename one",
+        ),
+        CelRule::new(job, "spec.pipeline.steps[]", "!has(self.filter) || !has(self.map)").field(
+            ".map",
+            Reason::Forbidden,
+            "a step is a filter or a map, not both; make it two steps",
+        ),
+        CelRule::new(job, "spec.pipeline.steps[]", "has(self.filter) || has(self.map)").field(
+            "",
+            Reason::Required,
+            "a step needs a filter (a CEL predicate over record) or a map (output field -> CEL expression)",
+        ),
         CelRule::new(job, "spec.pipeline.keyBy[]", "self.trim() != ''").field(
             "",
             Reason::Invalid,

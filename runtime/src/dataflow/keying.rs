@@ -15,6 +15,8 @@ pub struct KeyingPlan {
     pub decoder: Box<dyn RecordDecoder>,
     pub paths: FieldPaths,
     pub filter: Option<Expr>,
+    /// `spec.pipeline.steps`, run after `filter` ([`super::steps`]).
+    pub steps: super::steps::Steps,
     pub event_time: Expr,
     pub time_format: TimeFormat,
     pub key_by: Vec<Expr>,
@@ -103,6 +105,9 @@ pub struct KeyingStage {
     plan: Arc<KeyingPlan>,
     needs_cel: bool,
     scratch: Vec<u8>,
+    /// The record a `map` step made of the last one keyed, as JSON.
+    mapped: Vec<u8>,
+    has_mapped: bool,
 }
 
 impl KeyingStage {
@@ -112,7 +117,16 @@ impl KeyingStage {
             plan,
             needs_cel,
             scratch: Vec::new(),
+            mapped: Vec::new(),
+            has_mapped: false,
         }
+    }
+
+    /// After [`KeyingStage::key`] kept a record: the record a `map` step
+    /// made of it (what goes on to the keyed stage), or `None` when it is
+    /// the source record unchanged.
+    pub fn mapped(&self) -> Option<&[u8]> {
+        self.has_mapped.then_some(self.mapped.as_slice())
     }
 
     /// Fills `out` from the value bytes of one record. On success `out` holds
@@ -120,6 +134,27 @@ impl KeyingStage {
     /// meaningful.
     pub fn key(&mut self, value: &[u8], out: &mut KeyedRecord) -> Result<KeyOutcome, DeadLetterReason> {
         let plan = &*self.plan;
+        self.has_mapped = false;
+        let mut value = value;
+        if !plan.steps.is_empty() {
+            // With steps, `spec.pipeline.filter` is their first one.
+            let record = plan
+                .decoder
+                .to_cel(value)
+                .map_err(DeadLetterReason::InvalidRecord)?;
+            match plan.steps.run(record)? {
+                super::steps::StepOutcome::Filtered => return Ok(KeyOutcome::Filtered),
+                super::steps::StepOutcome::Kept(None) => {}
+                super::steps::StepOutcome::Kept(Some(json)) => {
+                    self.mapped.clear();
+                    serde_json::to_writer(&mut self.mapped, &json).map_err(|e| {
+                        DeadLetterReason::InvalidRecord(format!("writing the mapped record: {e}"))
+                    })?;
+                    self.has_mapped = true;
+                    value = &self.mapped;
+                }
+            }
+        }
         // Slots on the stack for the common case: no allocation per record.
         let n = plan.paths.slot_count();
         let mut inline: [Option<Scalar<'_>>; INLINE_SLOTS] = [const { None }; INLINE_SLOTS];

@@ -21,6 +21,7 @@ pub mod partitioner;
 pub mod plan;
 pub mod repartition;
 pub mod sources;
+pub mod steps;
 pub mod task;
 pub mod window_operator;
 

@@ -29,6 +29,8 @@ pub struct AggregationDef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobDefinition {
     pub filter: Option<String>,
+    /// `spec.pipeline.steps`, run after `filter`, before the key is read.
+    pub steps: Vec<super::steps::StepDef>,
     pub event_time_field: String,
     pub time_format: TimeFormat,
     pub out_of_orderness_ms: i64,
@@ -88,9 +90,12 @@ impl Plan {
             ));
         }
         let mut paths = FieldPaths::default();
+        // With steps, the filter runs as their first (on the source record).
+        let steps = super::steps::Steps::compile(def.filter.as_deref(), &def.steps)?;
         let filter = def
             .filter
             .as_deref()
+            .filter(|_| def.steps.is_empty())
             .map(|f| Expr::compile("spec.pipeline.filter", f, &mut paths))
             .transpose()?;
         let event_time = Expr::compile("spec.source.eventTime.field", &def.event_time_field, &mut paths)?;
@@ -130,6 +135,7 @@ impl Plan {
             decoder: Box::new(JsonDecoder),
             paths,
             filter,
+            steps,
             event_time,
             time_format: def.time_format,
             key_by,
@@ -243,6 +249,7 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
         .collect::<Result<Vec<_>>>()?;
     Ok(JobDefinition {
         filter: spec.pipeline.filter.clone(),
+        steps: super::steps::from_spec(&spec.pipeline.steps)?,
         event_time_field: spec.source.event_time.field.clone(),
         time_format: match spec.source.event_time.format.unwrap_or_default() {
             api::TimeFormat::EpochMillis => TimeFormat::EpochMillis,

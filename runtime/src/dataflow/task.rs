@@ -663,12 +663,13 @@ impl Task {
                     self.sources.key_groups(),
                     self.meta.task_count,
                 ) as i32;
+                // What a `map` step made of the record goes on, if one did.
                 repartition::encode_data_parts(
                     UpstreamRef::Source(self.own_id),
                     offset,
                     &self.keyed,
                     key,
-                    value,
+                    self.keying.mapped().unwrap_or(value),
                     &mut self.buf,
                 );
                 let limit = self.max_record_bytes.saturating_sub(RECORD_OVERHEAD);

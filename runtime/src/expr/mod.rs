@@ -81,52 +81,7 @@ fn from_cel(v: cel::Value) -> Result<Scalar<'static>, String> {
     })
 }
 
-/// `record.a.b` -> `["a", "b"]`; `a.b` -> `["a", "b"]`; `None` for anything
-/// that is not a dotted list of identifiers (or is just `record`).
-pub fn plain_path(source: &str) -> Option<Vec<String>> {
-    let segs: Vec<&str> = source.split('.').collect();
-    let ident = |s: &str| {
-        let mut chars = s.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if !segs.iter().all(|s| ident(s)) || CEL_RESERVED.contains(&segs[0]) {
-        return None;
-    }
-    let segs = if segs[0] == "record" {
-        &segs[1..]
-    } else {
-        &segs[..]
-    };
-    if segs.is_empty() {
-        return None;
-    }
-    Some(segs.iter().map(|s| s.to_string()).collect())
-}
-
-const CEL_RESERVED: &[&str] = &[
-    "true",
-    "false",
-    "null",
-    "in",
-    "as",
-    "break",
-    "const",
-    "continue",
-    "else",
-    "for",
-    "function",
-    "if",
-    "import",
-    "let",
-    "loop",
-    "package",
-    "namespace",
-    "return",
-    "var",
-    "void",
-    "while",
-];
+pub use streamops_crds::expr::plain_path;
 
 #[cfg(test)]
 mod tests {
