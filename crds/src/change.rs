@@ -21,6 +21,7 @@
 //! | aggregation's `function`, `field` or `k` changed | incompatible | the accumulator holds something else |
 //! | `pipeline.filter`, `allowedLateness`, `emit` | compatible | they act on records not yet seen |
 //! | `pipeline.steps`: a step added, removed, changed, reordered or renamed | compatible | steps hold no state; they act on records not yet seen |
+//! | `pipeline.resultSteps` (the same) | compatible | they act on results not yet emitted |
 //! | `source.eventTime`, `source.watermark` | compatible | watermarks are kept per partition; new records use the new rule |
 //! | `source.topics` reordered, or one replaced by another with the same partition total | compatible | every partition keeps its task and offsets ([`crate::layout`]); a new topic starts at `startFrom`, a removed one stops being read |
 //! | `source.topics` changing the partition total | refused at restore | keyed state is sharded by the total (re-sharding is not built) |

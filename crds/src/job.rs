@@ -273,6 +273,16 @@ pub struct PipelineSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub steps: Vec<StepSpec>,
+    /// Named steps run on each window result before it goes to the sink,
+    /// in order; `record` is the result (`key`, `windowStart`, `windowEnd`,
+    /// `final`, `firing` and one field per aggregation). A `filter` here is
+    /// SQL's HAVING (`record.failures >= 5`: alert only past a threshold);
+    /// a `map` reshapes the result (its `key` stays the record's Kafka key).
+    /// A result a step fails on goes to the dead-letter topic. Compatible
+    /// with any state: they run on results not yet emitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub result_steps: Vec<StepSpec>,
     /// CEL expressions over `record` whose values form the grouping key.
     #[schemars(length(min = 1, max = 8), inner(length(max = 1024)))]
     pub key_by: Vec<String>,
@@ -1050,6 +1060,50 @@ impl WindowKind {
     }
 }
 
+/// The checks of a list of steps at `list` (`spec.pipeline.steps`,
+/// `spec.pipeline.resultSteps`): unique names, a filter or a map, CEL that
+/// compiles and reads only `record`.
+fn validate_steps(list: &str, steps: &[StepSpec], errors: &mut Vec<FieldError>) {
+    let mut names = BTreeSet::new();
+    for (i, step) in steps.iter().enumerate() {
+        let f = format!("{list}[{i}]");
+        if !names.insert(step.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{f}.name"),
+                format!("duplicate step name {:?}", step.name),
+            ));
+        }
+        match (&step.filter, &step.map) {
+            (Some(filter), None) => crate::expr::check_cel(&format!("{f}.filter"), filter, errors),
+            (None, Some(map)) => {
+                if map.is_empty() {
+                    errors.push(FieldError::new(
+                        format!("{f}.map"),
+                        "a map step needs at least one field",
+                    ));
+                }
+                for (field, expr) in map {
+                    if field.is_empty() {
+                        errors.push(FieldError::new(format!("{f}.map"), "an output field has no name"));
+                    }
+                    crate::expr::check_cel(&format!("{f}.map.{field}"), expr, errors);
+                }
+            }
+            (Some(_), Some(_)) => errors.push(FieldError::new(
+                format!("{f}.map"),
+                format!(
+                    "step {:?} is a filter or a map, not both; make it two steps",
+                    step.name
+                ),
+            )),
+            (None, None) => errors.push(FieldError::new(
+                f.clone(),
+                format!("step {:?} needs a filter or a map", step.name),
+            )),
+        }
+    }
+}
+
 impl Validation for StreamJobSpec {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -1104,44 +1158,12 @@ impl Validation for StreamJobSpec {
         if let Some(filter) = &self.pipeline.filter {
             crate::expr::check("spec.pipeline.filter", filter, &mut errors);
         }
-        let mut step_names = BTreeSet::new();
-        for (i, step) in self.pipeline.steps.iter().enumerate() {
-            let f = format!("spec.pipeline.steps[{i}]");
-            if !step_names.insert(step.name.as_str()) {
-                errors.push(FieldError::new(
-                    format!("{f}.name"),
-                    format!("duplicate step name {:?}", step.name),
-                ));
-            }
-            match (&step.filter, &step.map) {
-                (Some(filter), None) => crate::expr::check_cel(&format!("{f}.filter"), filter, &mut errors),
-                (None, Some(map)) => {
-                    if map.is_empty() {
-                        errors.push(FieldError::new(
-                            format!("{f}.map"),
-                            "a map step needs at least one field",
-                        ));
-                    }
-                    for (field, expr) in map {
-                        if field.is_empty() {
-                            errors.push(FieldError::new(format!("{f}.map"), "an output field has no name"));
-                        }
-                        crate::expr::check_cel(&format!("{f}.map.{field}"), expr, &mut errors);
-                    }
-                }
-                (Some(_), Some(_)) => errors.push(FieldError::new(
-                    format!("{f}.map"),
-                    format!(
-                        "step {:?} is a filter or a map, not both; make it two steps",
-                        step.name
-                    ),
-                )),
-                (None, None) => errors.push(FieldError::new(
-                    f.clone(),
-                    format!("step {:?} needs a filter or a map", step.name),
-                )),
-            }
-        }
+        validate_steps("spec.pipeline.steps", &self.pipeline.steps, &mut errors);
+        validate_steps(
+            "spec.pipeline.resultSteps",
+            &self.pipeline.result_steps,
+            &mut errors,
+        );
 
         let sources: BTreeSet<&str> = self.source.topics.iter().map(String::as_str).collect();
         if sources.len() != self.source.topics.len() {

@@ -258,6 +258,27 @@ pub fn rules() -> Vec<CelRule> {
             Reason::Required,
             "a step needs a filter (a CEL predicate over record) or a map (output field -> CEL expression)",
         ),
+        // Result steps: the same.
+        CelRule::new(
+            job,
+            "spec.pipeline.resultSteps",
+            "self.all(a, self.exists_one(b, b.name == a.name))",
+        )
+        .field(
+            "",
+            Reason::Invalid,
+            "two steps have the same name, which dead letters and change verdicts identify them by; rename one",
+        ),
+        CelRule::new(job, "spec.pipeline.resultSteps[]", "!has(self.filter) || !has(self.map)").field(
+            ".map",
+            Reason::Forbidden,
+            "a step is a filter or a map, not both; make it two steps",
+        ),
+        CelRule::new(job, "spec.pipeline.resultSteps[]", "has(self.filter) || has(self.map)").field(
+            "",
+            Reason::Required,
+            "a step needs a filter (a CEL predicate over record) or a map (output field -> CEL expression)",
+        ),
         CelRule::new(job, "spec.pipeline.keyBy[]", "self.trim() != ''").field(
             "",
             Reason::Invalid,

@@ -25,6 +25,7 @@ fn def(window: WindowAssigner, lateness: i64, ooo: i64) -> JobDefinition {
     JobDefinition {
         filter: None,
         steps: Vec::new(),
+        result_steps: Vec::new(),
         event_time_field: "record.ts".into(),
         time_format: TimeFormat::EpochMillis,
         out_of_orderness_ms: ooo,

@@ -103,6 +103,7 @@ fn definition(c: &Case) -> JobDefinition {
     JobDefinition {
         filter: None,
         steps: Vec::new(),
+        result_steps: Vec::new(),
         event_time_field: "record.ts".into(),
         time_format: TimeFormat::EpochMillis,
         out_of_orderness_ms: c.ooo,

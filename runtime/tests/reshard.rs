@@ -67,6 +67,7 @@ fn definition(size: i64) -> JobDefinition {
     JobDefinition {
         filter: None,
         steps: Vec::new(),
+        result_steps: Vec::new(),
         event_time_field: "record.ts".into(),
         time_format: TimeFormat::EpochMillis,
         out_of_orderness_ms: OUT_OF_ORDERNESS,

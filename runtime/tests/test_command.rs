@@ -49,6 +49,31 @@ fn the_clickstream_example_gives_its_expected_results() {
 }
 
 #[test]
+fn the_failed_logins_example_alerts_past_its_threshold_only() {
+    let out = test_command(&[
+        "examples/failed-logins.yaml",
+        "--input",
+        "examples/tests/failed-logins.input.jsonl",
+        "--expect",
+        "examples/tests/failed-logins.expected.jsonl",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
+    assert!(
+        stderr.contains("28 records: 3 results, 0 late, 2 dead letters"),
+        "{stderr}"
+    );
+    // A step failing on a record names the step and its expression.
+    assert!(
+        stderr.contains(
+            "dead letter: record 10 (expression_error): spec.pipeline.steps[1] (normalise).map.user: expression \
+             `record.user.trim().lowerAscii()` failed"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_wrong_expectation_fails_with_a_diff() {
     let dir = tempfile::tempdir().unwrap();
     let expected =

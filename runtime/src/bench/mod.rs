@@ -128,6 +128,7 @@ pub fn job(window: BenchWindow, out_of_order_ms: i64) -> JobDefinition {
     JobDefinition {
         filter: None,
         steps: Vec::new(),
+        result_steps: Vec::new(),
         event_time_field: "record.ts".into(),
         time_format: TimeFormat::EpochMillis,
         out_of_orderness_ms: out_of_order_ms,

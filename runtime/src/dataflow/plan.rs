@@ -31,6 +31,8 @@ pub struct JobDefinition {
     pub filter: Option<String>,
     /// `spec.pipeline.steps`, run after `filter`, before the key is read.
     pub steps: Vec<super::steps::StepDef>,
+    /// `spec.pipeline.resultSteps`, run on each window result.
+    pub result_steps: Vec<super::steps::StepDef>,
     pub event_time_field: String,
     pub time_format: TimeFormat,
     pub out_of_orderness_ms: i64,
@@ -48,6 +50,8 @@ pub struct JobDefinition {
 /// A compiled job.
 pub struct Plan {
     pub keying: Arc<KeyingPlan>,
+    /// `spec.pipeline.resultSteps` ([`super::steps`]).
+    pub result_steps: super::steps::Steps,
     pub window: Arc<WindowSpec>,
     /// Aggregation names, in output order.
     pub names: Vec<String>,
@@ -91,7 +95,9 @@ impl Plan {
         }
         let mut paths = FieldPaths::default();
         // With steps, the filter runs as their first (on the source record).
-        let steps = super::steps::Steps::compile(def.filter.as_deref(), &def.steps)?;
+        let steps = super::steps::Steps::compile("spec.pipeline.steps", def.filter.as_deref(), &def.steps)?;
+        let result_steps =
+            super::steps::Steps::compile("spec.pipeline.resultSteps", None, &def.result_steps)?;
         let filter = def
             .filter
             .as_deref()
@@ -149,6 +155,7 @@ impl Plan {
         };
         Ok(Plan {
             keying: Arc::new(keying),
+            result_steps,
             window: Arc::new(window),
             names,
             out_of_orderness_ms: def.out_of_orderness_ms,
@@ -249,7 +256,8 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
         .collect::<Result<Vec<_>>>()?;
     Ok(JobDefinition {
         filter: spec.pipeline.filter.clone(),
-        steps: super::steps::from_spec(&spec.pipeline.steps)?,
+        steps: super::steps::from_spec("spec.pipeline.steps", &spec.pipeline.steps)?,
+        result_steps: super::steps::from_spec("spec.pipeline.resultSteps", &spec.pipeline.result_steps)?,
         event_time_field: spec.source.event_time.field.clone(),
         time_format: match spec.source.event_time.format.unwrap_or_default() {
             api::TimeFormat::EpochMillis => TimeFormat::EpochMillis,

@@ -32,7 +32,7 @@ pub enum StepKind {
 }
 
 /// The steps from a spec.
-pub fn from_spec(steps: &[streamops_crds::job::StepSpec]) -> Result<Vec<StepDef>> {
+pub fn from_spec(list: &str, steps: &[streamops_crds::job::StepSpec]) -> Result<Vec<StepDef>> {
     steps
         .iter()
         .enumerate()
@@ -42,7 +42,7 @@ pub fn from_spec(steps: &[streamops_crds::job::StepSpec]) -> Result<Vec<StepDef>
                 (None, Some(m)) => StepKind::Map(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
                 _ => {
                     return Err(RuntimeError::compile(
-                        format!("spec.pipeline.steps[{i}]"),
+                        format!("{list}[{i}]"),
                         "exactly one of filter and map",
                     ));
                 }
@@ -92,18 +92,19 @@ fn environment() -> Result<cel::Env> {
 
 /// What the steps made of a record.
 #[derive(Debug)]
-pub enum StepOutcome {
+pub enum StepOutcome<T = serde_json::Value> {
     /// A filter dropped it.
     Filtered,
     /// It goes on; `Some`: a map replaced it (the new record as JSON).
-    Kept(Option<serde_json::Value>),
+    Kept(Option<T>),
 }
 
 impl Steps {
-    /// Compiles `defs`, after `filter` (`spec.pipeline.filter`, the short
+    /// Compiles `defs`, the list at spec field `list`, after `filter`
+    /// (`spec.pipeline.filter`, the short
     /// form of a first filter step: a plain path there reads
     /// `record.<path>`); errors name the step's field.
-    pub fn compile(filter: Option<&str>, defs: &[StepDef]) -> Result<Steps> {
+    pub fn compile(list: &str, filter: Option<&str>, defs: &[StepDef]) -> Result<Steps> {
         let env = environment()?;
         let compile = |field: &str, source: &str| -> Result<cel::Program> {
             let program = env
@@ -134,7 +135,7 @@ impl Steps {
             });
         }
         for (i, d) in defs.iter().enumerate() {
-            let field = format!("spec.pipeline.steps[{i}]");
+            let field = format!("{list}[{i}]");
             let kind = match &d.kind {
                 StepKind::Filter(source) => {
                     CompiledKind::Filter(source.clone(), compile(&format!("{field}.filter"), source)?)
@@ -293,7 +294,7 @@ mod tests {
                 kind: k.clone(),
             })
             .collect();
-        Steps::compile(None, &defs).unwrap()
+        Steps::compile("spec.pipeline.steps", None, &defs).unwrap()
     }
 
     fn record(v: serde_json::Value) -> cel::Value {
@@ -386,6 +387,7 @@ mod tests {
     #[test]
     fn compile_errors_name_the_step_field() {
         let bad = Steps::compile(
+            "spec.pipeline.steps",
             None,
             &[StepDef {
                 name: "x".into(),
@@ -395,6 +397,7 @@ mod tests {
         let e = bad.err().unwrap().to_string();
         assert!(e.starts_with("spec.pipeline.steps[0].map.a:"), "{e}");
         let other = Steps::compile(
+            "spec.pipeline.steps",
             None,
             &[StepDef {
                 name: "x".into(),

@@ -15,8 +15,9 @@ use tracing::info;
 
 use super::groups::GroupOperators;
 use super::key_groups;
-use super::keying::{KeyOutcome, KeyingStage};
+use super::keying::{DeadLetterReason, KeyOutcome, KeyingStage};
 use super::repartition::{self, UpstreamRef, WatermarkRecord, WireRef};
+use super::steps::{StepOutcome, Steps};
 use super::window_operator::OperatorStats;
 use super::{Disposition, KeyedRecord, WindowResult};
 use crate::codec::output::encode_result;
@@ -92,6 +93,8 @@ pub struct TaskCounters {
     pub keyed_records: u64,
     pub late: u64,
     pub results: u64,
+    /// Results a `resultSteps` filter dropped.
+    pub results_filtered: u64,
     /// Keyed records already seen from their upstream (replays).
     pub duplicates_dropped: u64,
 }
@@ -928,6 +931,26 @@ impl Task {
         for r in self.results.drain(..) {
             let (mut key, mut value) = (Vec::new(), Vec::new());
             encode_result(&r, &self.plan.names, &mut key, &mut value);
+            if !self.plan.result_steps.is_empty() {
+                match result_steps(&self.plan.result_steps, &value) {
+                    Ok(StepOutcome::Filtered) => {
+                        self.counters.results_filtered += 1;
+                        continue;
+                    }
+                    Ok(StepOutcome::Kept(None)) => {}
+                    Ok(StepOutcome::Kept(Some(json))) => value = json,
+                    Err(reason) => {
+                        self.counters.dead_lettered += 1;
+                        out.push(Out::DeadLetter {
+                            key: Some(key),
+                            value,
+                            kind: reason.kind(),
+                            reason: reason.to_string(),
+                        });
+                        continue;
+                    }
+                }
+            }
             self.counters.results += 1;
             out.push(Out::Result {
                 key,
@@ -948,6 +971,25 @@ impl Task {
             .with_context(|| format!("writing {}", dir.join(META_FILE).display()))?;
         Ok(())
     }
+}
+
+/// A window result (its JSON) through `spec.pipeline.resultSteps`: what
+/// goes to the sink instead (`Kept(Some)`, as JSON bytes), nothing
+/// (`Filtered`), or why it is a dead letter.
+fn result_steps(steps: &Steps, value: &[u8]) -> std::result::Result<StepOutcome<Vec<u8>>, DeadLetterReason> {
+    let record = serde_json::from_slice::<serde_json::Value>(value)
+        .map_err(|e| e.to_string())
+        .and_then(|v| cel::to_value(v).map_err(|e| e.to_string()))
+        .map_err(|e| DeadLetterReason::InvalidRecord(format!("the window result as CEL: {e}")))?;
+    Ok(match steps.run(record)? {
+        StepOutcome::Filtered => StepOutcome::Filtered,
+        StepOutcome::Kept(None) => StepOutcome::Kept(None),
+        StepOutcome::Kept(Some(json)) => {
+            StepOutcome::Kept(Some(serde_json::to_vec(&json).map_err(|e| {
+                DeadLetterReason::InvalidRecord(format!("writing the result: {e}"))
+            })?))
+        }
+    })
 }
 
 #[cfg(test)]
