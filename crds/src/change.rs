@@ -99,6 +99,57 @@ pub fn classify(old: &StreamJobSpec, new: &StreamJobSpec) -> SpecChange {
     }
 }
 
+/// What changed in the named steps of `old` -> `new`, one line each, in
+/// the order of the new spec (then the removed ones): every step holds no
+/// state, so each line says it is compatible.
+pub fn step_changes(old: &StreamJobSpec, new: &StreamJobSpec) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (list, before, after) in [
+        ("spec.pipeline.steps", &old.pipeline.steps, &new.pipeline.steps),
+        (
+            "spec.pipeline.resultSteps",
+            &old.pipeline.result_steps,
+            &new.pipeline.result_steps,
+        ),
+    ] {
+        let old_names: Vec<&str> = before.iter().map(|s| s.name.as_str()).collect();
+        for step in after {
+            match before.iter().find(|s| s.name == step.name) {
+                None => lines.push(format!(
+                    "{list}: step {:?} added (stateless: compatible)",
+                    step.name
+                )),
+                Some(was) if was != step => lines.push(format!(
+                    "{list}: step {:?} changed (stateless: compatible)",
+                    step.name
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in &old_names {
+            if !after.iter().any(|s| s.name == *name) {
+                lines.push(format!("{list}: step {name:?} removed (stateless: compatible)"));
+            }
+        }
+        let kept_old: Vec<&str> = old_names
+            .iter()
+            .copied()
+            .filter(|n| after.iter().any(|s| s.name == *n))
+            .collect();
+        let kept_new: Vec<&str> = after
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| old_names.contains(n))
+            .collect();
+        if kept_old != kept_new {
+            lines.push(format!(
+                "{list}: steps reordered, now {kept_new:?} (stateless: compatible)"
+            ));
+        }
+    }
+    lines
+}
+
 /// The part of a (defaulted) spec that running pods execute: everything but
 /// parallelism, lifecycle requests and operator-side settings. The operator
 /// derives a pod template's revision from it, so an ignored change never
@@ -237,6 +288,38 @@ mod tests {
             assert_eq!(c.kind, ChangeKind::Upgrade);
             assert!(c.compatibility.is_compatible(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn step_changes_are_listed_one_by_one() {
+        let mut old = base();
+        old.pipeline.steps = serde_json::from_value(serde_json::json!([
+            {"name": "a", "filter": "record.x > 0"},
+            {"name": "b", "map": {"x": "record.x"}},
+            {"name": "c", "filter": "true"},
+        ]))
+        .unwrap();
+        let mut new = base();
+        new.pipeline.steps = serde_json::from_value(serde_json::json!([
+            {"name": "c", "filter": "true"},
+            {"name": "a", "filter": "record.x > 1"},
+            {"name": "d", "map": {"y": "record.x"}},
+        ]))
+        .unwrap();
+        new.pipeline.result_steps =
+            serde_json::from_value(serde_json::json!([{"name": "alert", "filter": "record.clicks > 5"}]))
+                .unwrap();
+        assert_eq!(
+            step_changes(&old, &new),
+            vec![
+                "spec.pipeline.steps: step \"a\" changed (stateless: compatible)",
+                "spec.pipeline.steps: step \"d\" added (stateless: compatible)",
+                "spec.pipeline.steps: step \"b\" removed (stateless: compatible)",
+                "spec.pipeline.steps: steps reordered, now [\"c\", \"a\"] (stateless: compatible)",
+                "spec.pipeline.resultSteps: step \"alert\" added (stateless: compatible)",
+            ]
+        );
+        assert!(step_changes(&old, &old).is_empty());
     }
 
     #[test]

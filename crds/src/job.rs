@@ -760,6 +760,12 @@ pub struct StreamJobStatus {
     /// evaluations (`spec.autoscaler` in `recommend` or `apply` mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerStatus>,
+    /// The verdict on the spec change that does not run yet (in flight,
+    /// refused, or waiting): what kind of change, whether the state carries
+    /// over, whether a savepoint is taken, and why, step by step. Absent
+    /// once the job runs its current generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_change: Option<PlannedChange>,
 }
 
 /// What the autoscaler recommends and why, plus its memory: it reads
@@ -818,6 +824,26 @@ pub struct AutoscalerStatus {
     /// another object's spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_growth: Option<PartitionGrowth>,
+}
+
+/// `status.plannedChange`: the operator's verdict on a spec change, written
+/// before anything stops.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedChange {
+    /// The `metadata.generation` it is about.
+    pub generation: i64,
+    /// `Upgrade`, `Rescale`, `Suspend` or `Resume`.
+    pub kind: String,
+    /// The running state carries over (false: the change is refused unless
+    /// `spec.restore.allowEmptyState`).
+    pub state_compatible: bool,
+    /// The pods stop with a savepoint first (`upgradeMode: savepoint`).
+    pub savepoint: bool,
+    /// What changed and what it means for the state, one line each
+    /// (incompatibilities first, then each step added, removed or changed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 /// The autoscaler's growth of a job's source StreamTopics.

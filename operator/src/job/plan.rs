@@ -36,8 +36,8 @@ use streamops_crds::{
     Health, StreamJobSpec, StreamJobStatus, Validation,
     change::{self, ChangeKind, Compatibility},
     job::{
-        AutoscalerMode, AutoscalerStatus, IntentKind, JobPhase, JobState, RestoreMode, SavepointRecord,
-        UpgradeIntent, UpgradeMode,
+        AutoscalerMode, AutoscalerStatus, IntentKind, JobPhase, JobState, PlannedChange, RestoreMode,
+        SavepointRecord, UpgradeIntent, UpgradeMode,
     },
     layout,
     runtime_api::{
@@ -902,8 +902,45 @@ pub fn decide(o: &Observed) -> Step {
         d.kafka_id_prefix = step.status.kafka_id_prefix.clone().unwrap_or(prefix);
         d.key_groups = step.status.key_groups.and_then(|g| u32::try_from(g).ok());
     }
+    step.status.planned_change = planned_change(o, &step.status);
     step.prerequisites = prerequisites(o);
     step
+}
+
+/// `status.plannedChange` after this step: the verdict on the change from
+/// what runs (`lastStableSpec`) to the current spec, as long as the current
+/// generation does not run; `None` once it does (or before the first
+/// deployment, which changes nothing that runs).
+fn planned_change(o: &Observed, after: &StreamJobStatus) -> Option<PlannedChange> {
+    if after.last_stable_generation == Some(o.generation) {
+        return None;
+    }
+    let running = after.last_stable_spec.as_ref()?;
+    let verdict = change::classify(running, &o.spec);
+    let kind = match verdict.kind {
+        ChangeKind::Upgrade => "Upgrade",
+        ChangeKind::Rescale => "Rescale",
+        ChangeKind::Suspend => "Suspend",
+        ChangeKind::Resume => "Resume",
+        ChangeKind::Ignore => return None,
+    };
+    let mut reasons = match &verdict.compatibility {
+        Compatibility::Compatible => Vec::new(),
+        Compatibility::Incompatible(why) => why.clone(),
+    };
+    reasons.extend(change::step_changes(&running.defaulted(), &o.spec.defaulted()));
+    let savepoint = upgrade_mode(&o.spec) == UpgradeMode::Savepoint
+        && matches!(
+            verdict.kind,
+            ChangeKind::Upgrade | ChangeKind::Rescale | ChangeKind::Suspend
+        );
+    Some(PlannedChange {
+        generation: o.generation,
+        kind: kind.to_owned(),
+        state_compatible: verdict.compatibility.is_compatible(),
+        savepoint,
+        reasons,
+    })
 }
 
 /// What a job whose spec may start needs, whatever its state: the

@@ -846,10 +846,51 @@ fn incompatible_change_is_stalled_before_any_savepoint() {
             .iter()
             .all(|p| p.generation == 1 && p.state == RuntimeState::Running)
     );
+    // The verdict is in status while the change waits.
+    let planned = w.status.planned_change.clone().unwrap();
+    assert_eq!(
+        (
+            planned.generation,
+            planned.kind.as_str(),
+            planned.state_compatible,
+            planned.savepoint
+        ),
+        (2, "Upgrade", false, true)
+    );
+    assert!(
+        planned.reasons[0].starts_with("spec.pipeline.keyBy changed"),
+        "{planned:?}"
+    );
     // Reverting the change makes the job Ready again without a restart.
     w.change_spec(|s| s.pipeline.key_by = vec!["record.user_id".into()]);
     tick(&mut w);
     assert!(w.running(3));
+    assert_eq!(w.status.planned_change, None);
+}
+
+#[test]
+fn a_step_change_is_published_as_a_compatible_upgrade_until_it_runs() {
+    let mut w = running_world(2);
+    w.change_spec(|s| {
+        s.pipeline.steps =
+            serde_json::from_value(json!([{"name": "paid", "filter": "record.amount > 0"}])).unwrap();
+    });
+    tick(&mut w);
+    assert_eq!(w.status.phase, Some(JobPhase::Savepointing));
+    let planned = w.status.planned_change.clone().unwrap();
+    assert_eq!(
+        planned,
+        PlannedChange {
+            generation: 2,
+            kind: "Upgrade".into(),
+            state_compatible: true,
+            savepoint: true,
+            reasons: vec!["spec.pipeline.steps: step \"paid\" added (stateless: compatible)".into()],
+        }
+    );
+    until(&mut w, "running gen 2", |w| w.running(2));
+    assert_eq!(w.status.planned_change, None);
+    assert_eq!(w.savepoint_calls(), 1);
 }
 
 #[test]
