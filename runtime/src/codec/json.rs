@@ -29,7 +29,41 @@ impl RecordDecoder for JsonDecoder {
 
     fn to_cel(&self, bytes: &[u8]) -> Result<cel::Value, String> {
         let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
-        cel::to_value(v).map_err(|e| format!("cannot convert record to CEL: {e}"))
+        Ok(json_to_cel(&v))
+    }
+}
+
+/// A JSON value as CEL sees a record: integers as `int` (only those above
+/// `i64::MAX` as `uint`), other numbers as `double`, objects as maps with
+/// string keys. (A plain serde conversion makes every non-negative integer
+/// a `uint`, and `record.count + 1` then fails: CEL does not mix `uint`
+/// and `int`.)
+pub fn json_to_cel(v: &serde_json::Value) -> cel::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => cel::Value::Null,
+        J::Bool(b) => cel::Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => cel::Value::String(std::sync::Arc::new(s.clone())),
+        J::Array(items) => cel::Value::List(std::sync::Arc::new(items.iter().map(json_to_cel).collect())),
+        J::Object(fields) => {
+            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = fields
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        cel::objects::Key::String(std::sync::Arc::new(k.clone())),
+                        json_to_cel(v),
+                    )
+                })
+                .collect();
+            cel::Value::Map(cel::objects::Map {
+                map: std::sync::Arc::new(map),
+            })
+        }
     }
 }
 

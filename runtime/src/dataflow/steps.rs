@@ -298,7 +298,7 @@ mod tests {
     }
 
     fn record(v: serde_json::Value) -> cel::Value {
-        cel::to_value(v).unwrap()
+        crate::codec::json::json_to_cel(&v)
     }
 
     fn map(fields: &[(&str, &str)]) -> StepKind {

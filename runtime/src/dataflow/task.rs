@@ -978,9 +978,8 @@ impl Task {
 /// (`Filtered`), or why it is a dead letter.
 fn result_steps(steps: &Steps, value: &[u8]) -> std::result::Result<StepOutcome<Vec<u8>>, DeadLetterReason> {
     let record = serde_json::from_slice::<serde_json::Value>(value)
-        .map_err(|e| e.to_string())
-        .and_then(|v| cel::to_value(v).map_err(|e| e.to_string()))
-        .map_err(|e| DeadLetterReason::InvalidRecord(format!("the window result as CEL: {e}")))?;
+        .map(|v| crate::codec::json::json_to_cel(&v))
+        .map_err(|e| DeadLetterReason::InvalidRecord(format!("the window result as JSON: {e}")))?;
     Ok(match steps.run(record)? {
         StepOutcome::Filtered => StepOutcome::Filtered,
         StepOutcome::Kept(None) => StepOutcome::Kept(None),
