@@ -833,6 +833,104 @@ async fn deploy_results_appear_exactly() {
     .await;
 }
 
+/// A job with named steps before the key and result steps after the
+/// window, on real pods and Apache Kafka, through a SIGKILL of every pod in
+/// the middle of its input: the output equals an independent reference that
+/// applies the same steps in plain Rust (odd amounts only, amounts tripled,
+/// windows of 2 clicks or more), exactly once; malformed records are dead
+/// letters, as without steps.
+#[tokio::test]
+async fn a_job_with_steps_is_exact_through_a_kill_of_its_pods() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    in_namespace("e2e-job-steps", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 4).await?;
+        let first = dataset(4, 0..600, 12, false);
+        let second = dataset(4, 600..1200, 12, true);
+        // The steps, in plain Rust: keep odd amounts (and the flush
+        // records), triple them; then only windows with 2 clicks or more.
+        let stepped: Vec<Input> = first
+            .iter()
+            .chain(&second)
+            .map(|r| match serde_json::from_str::<Value>(&r.value) {
+                Err(_) => r.clone(),
+                Ok(v) if v["user"] == "flush" => r.clone(),
+                Ok(v) if v["amount"].as_i64().unwrap_or_default() % 2 == 1 => Input {
+                    partition: r.partition,
+                    value: json!({"user": v["user"], "ts": v["ts"], "amount": v["amount"].as_i64().unwrap_or_default() * 3})
+                        .to_string(),
+                },
+                Ok(_) => Input {
+                    partition: r.partition,
+                    value: String::new(),
+                },
+            })
+            .filter(|r| !r.value.is_empty())
+            .collect();
+        let (mut expected, bad) = reference(&stepped);
+        expected.retain(|_, (clicks, _)| *clicks >= 2);
+        let job = job_with(
+            "clicks",
+            &[],
+            json!({"pipeline": {
+                "steps": [
+                    {"name": "odd-amounts", "filter": "record.amount % 2 == 1 || record.user == 'flush'"},
+                    {"name": "triple", "map": {"user": "record.user", "ts": "record.ts", "amount": "record.amount * 3"}},
+                ],
+                "keyBy": ["record.user"],
+                "window": {"type": "tumbling", "size": "10s"},
+                "aggregations": [
+                    {"name": "clicks", "function": "count"},
+                    {"name": "spent", "function": "sum", "field": "record.amount"},
+                ],
+                "resultSteps": [
+                    {"name": "busy", "filter": "record.clicks >= 2"},
+                    {"name": "shape", "map": {"key": "record.key", "windowStart": "record.windowStart",
+                                              "clicks": "record.clicks", "spent": "record.spent",
+                                              "big": "record.spent > 3000"}},
+                ],
+            }}),
+        )?;
+        deploy(&client, &ns, &job, 4, t0).await?;
+        produce(&input, &first)?;
+        let control = control_topic(&ns, "clicks");
+        wait_first_results(&sink, &control).await?;
+        kubectl(&[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            "-l",
+            "streamops.io/job=clicks",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])?;
+        say(t0, "killed every pod of the job mid-input; producing the second half");
+        produce(&input, &second)?;
+        expect_exact(&sink, &control, &expected, None).await?;
+        let marks = markers(&control)?;
+        let shaped = dump(&sink)?
+            .iter()
+            .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
+            .filter_map(|r| serde_json::from_str::<Value>(&r.value).ok())
+            .all(|v| v["big"].is_boolean() && v.get("windowEnd").is_none());
+        ensure!(shaped, "a committed result not reshaped by the result steps");
+        let dead = dump(&format!("{ns}-dead"))?
+            .iter()
+            .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
+            .count();
+        ensure!(dead == bad, "dead letters: {dead}, want {bad}");
+        say(
+            t0,
+            format!("steps: {} windows exact across a kill of every pod, {bad} dead letters", expected.len()),
+        );
+        Ok(())
+    })
+    .await;
+}
+
 /// Upgrade: half the data in, a spec change (one more aggregation) while the
 /// job runs, the other half in: savepoint, new pods restored from it, and the
 /// committed output equals the reference: nothing lost, nothing twice.

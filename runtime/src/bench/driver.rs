@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Where RocksDB databases are created (one fresh directory per run).
     #[arg(long)]
     pub db_dir: Option<PathBuf>,
+    /// The job runs two steps before the key: a filter that keeps every
+    /// record and a map of five fields (what `spec.pipeline.steps` cost).
+    #[arg(long)]
+    pub steps: bool,
     /// Internal: run exactly one configuration in this process and print one
     /// machine-readable line (the driver spawns one process per run so peak
     /// RSS is per configuration).
@@ -98,6 +102,7 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
                 checkpoint_every: args.checkpoint_every_events,
                 commit_every: args.commit_every_events,
                 key_groups: Some(args.key_groups).filter(|g| *g > 0),
+                steps: args.steps,
             },
         );
         let db_bytes = dir_size(&db_dir.join("db"));
@@ -112,7 +117,7 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
     let exe = std::env::current_exe()?;
     println!(
         "events/run={} events/ms={} out-of-order={}ms runs={} block-cache={}B cache-entries={} cache-bytes={} \
-         checkpoint-every={} events commit-every={} events key-groups={}",
+         checkpoint-every={} events commit-every={} events key-groups={} steps={}",
         args.events,
         args.events_per_ms,
         args.out_of_order_ms,
@@ -122,7 +127,8 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
         args.cache_bytes,
         args.checkpoint_every_events,
         args.commit_every_events,
-        args.key_groups
+        args.key_groups,
+        args.steps
     );
     println!(
         "| window | keys | backend | events/s per core (median) | min | max | peak RSS MiB | input MiB | RocksDB dir MiB | results | late |"
@@ -154,6 +160,9 @@ pub fn run(args: BenchArgs) -> Result<(), RuntimeError> {
                         .arg(format!("--key-groups={}", args.key_groups));
                     if let Some(d) = &args.db_dir {
                         cmd.arg("--db-dir").arg(d);
+                    }
+                    if args.steps {
+                        cmd.arg("--steps");
                     }
                     let out = cmd.output()?;
                     if !out.status.success() {

@@ -238,6 +238,35 @@ pub struct StateConfig<'a> {
     pub commit_every: usize,
     /// The job's key groups (`None`: one per task).
     pub key_groups: Option<u32>,
+    /// The job runs [`bench_steps`] before the key.
+    pub steps: bool,
+}
+
+/// Two steps that change no result: a filter every record passes and a map
+/// of five fields (four copied, one computed), which `--steps` measures.
+pub fn bench_steps() -> Vec<crate::dataflow::steps::StepDef> {
+    use crate::dataflow::steps::{StepDef, StepKind};
+    vec![
+        StepDef {
+            name: "valid".into(),
+            kind: StepKind::Filter("record.amount >= 0.0".into()),
+        },
+        StepDef {
+            name: "shape".into(),
+            kind: StepKind::Map(
+                [
+                    ("user_id", "record.user_id"),
+                    ("page", "record.page"),
+                    ("amount", "record.amount"),
+                    ("ts", "record.ts"),
+                    ("cents", "int(record.amount * 100.0)"),
+                ]
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect(),
+            ),
+        },
+    ]
 }
 
 /// Generates the input, then runs the job over it once, single-threaded,
@@ -246,7 +275,11 @@ pub struct StateConfig<'a> {
 pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'_>) -> Result<BenchResult> {
     let input = generate(gen_cfg);
     let (events, input_bytes) = (input.ends.len(), input.bytes.len() + input.ends.len() * 8);
-    let plan = Arc::new(Plan::build(&job(window, gen_cfg.out_of_order_ms))?);
+    let mut definition = job(window, gen_cfg.out_of_order_ms);
+    if state.steps {
+        definition.steps = bench_steps();
+    }
+    let plan = Arc::new(Plan::build(&definition)?);
     let source = Log::from_values(input.bytes, input.ends)?;
     std::fs::create_dir_all(state.db_dir)?;
     let (backends, options): (Box<dyn Backends>, StateOptions) = match state.backend {
