@@ -931,6 +931,104 @@ async fn a_job_with_steps_is_exact_through_a_kill_of_its_pods() {
     .await;
 }
 
+/// The short form stays valid and upgrades to the step form with its
+/// state: a job deployed with `pipeline.filter` gets the same filter as a
+/// named step plus a map, through a savepoint, with half the input before
+/// and half after; the output is exact (windows open across the upgrade
+/// keep their partial counts), and while the rollout runs
+/// `status.plannedChange` says what it is.
+#[tokio::test]
+async fn a_short_form_job_upgrades_to_steps_with_its_state() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    in_namespace("e2e-job-step-upgrade", |client, ns, t0| async move {
+        let (input, sink) = topics(&client, &ns, 4).await?;
+        let first = dataset(4, 0..600, 12, false);
+        let second = dataset(4, 600..1200, 12, true);
+        let all: Vec<Input> = first.iter().chain(&second).cloned().collect();
+        let (expected, _) = reference(&all);
+        let pipeline = |form: Value| {
+            let mut p = json!({
+                "keyBy": ["record.user"],
+                "window": {"type": "tumbling", "size": "10s"},
+                "aggregations": [
+                    {"name": "clicks", "function": "count"},
+                    {"name": "spent", "function": "sum", "field": "record.amount"},
+                ],
+            });
+            for (k, v) in form.as_object().into_iter().flatten() {
+                p[k] = v.clone();
+            }
+            json!({"pipeline": p})
+        };
+        let short = job_with("clicks", &[], pipeline(json!({"filter": "record.amount >= 0"})))?;
+        let (api, _) = deploy(&client, &ns, &short, 4, t0).await?;
+        produce(&input, &first)?;
+        let control = control_topic(&ns, "clicks");
+        wait_first_results(&sink, &control).await?;
+        let before = api.get("clicks").await?;
+        let stepped = job_with(
+            "clicks",
+            &[],
+            pipeline(json!({"steps": [
+                {"name": "non-negative", "filter": "record.amount >= 0"},
+                {"name": "shape", "map": {"user": "record.user", "ts": "record.ts", "amount": "record.amount"}},
+            ]})),
+        )?;
+        // What the operator publishes while the change rolls out.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<Value>));
+        let watcher = {
+            let (api, seen) = (api.clone(), seen.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(j) = api.get("clicks").await {
+                        let planned = field(&j, &["status", "plannedChange"]).clone();
+                        if planned.is_object()
+                            && let Ok(mut s) = seen.lock()
+                        {
+                            s.get_or_insert(planned);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let r = upgrade(&client, &ns, &api, &stepped, &before, 4, Duration::from_secs(240), t0, |_| Ok(())).await;
+        watcher.abort();
+        let r = r?;
+        let planned = seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone()
+            .context("status.plannedChange never seen during the rollout")?;
+        say(t0, format!("plannedChange: {planned}"));
+        let reasons = planned["reasons"].to_string();
+        ensure!(
+            planned["kind"] == "Upgrade"
+                && planned["stateCompatible"] == true
+                && planned["savepoint"] == true
+                && reasons.contains(r#"step \"non-negative\" added"#)
+                && reasons.contains(r#"step \"shape\" added"#),
+            "plannedChange {planned}"
+        );
+        let j = api.get("clicks").await?;
+        ensure!(
+            field(&j, &["status", "plannedChange"]).is_null(),
+            "plannedChange stays once the generation runs"
+        );
+        produce(&input, &second)?;
+        expect_exact(&sink, &control, &expected, None).await?;
+        r.print_timing("short-form-to-steps", &control);
+        say(
+            t0,
+            format!("short form -> steps: {} windows exact across the upgrade", expected.len()),
+        );
+        Ok(())
+    })
+    .await;
+}
+
 /// Upgrade: half the data in, a spec change (one more aggregation) while the
 /// job runs, the other half in: savepoint, new pods restored from it, and the
 /// committed output equals the reference: nothing lost, nothing twice.
@@ -1191,6 +1289,57 @@ fn clicks(partitions: i32, n: usize) -> Vec<Input> {
         .collect()
 }
 
+/// Prints `status.autoscaler` when it changed.
+fn tell_autoscaler(t0: Instant, last: &mut Value, a: Value) {
+    if a != *last {
+        say(
+            t0,
+            format!(
+                "autoscaler: {} {} {}",
+                a["reason"], a["recommendedParallelism"], a["message"]
+            ),
+        );
+        *last = a;
+    }
+}
+
+/// Closes every window (a flush record on each of `partitions`), then
+/// checks job `clicks`'s output exactly against a reference computed from
+/// what the input topic holds, which must be the `produced` records sent
+/// plus the flushes; returns (windows, records).
+async fn exact_against_the_input(
+    input: &str,
+    sink: &str,
+    ns: &str,
+    partitions: i32,
+    produced: usize,
+) -> anyhow::Result<(usize, usize)> {
+    let flush: Vec<Input> = (0..partitions)
+        .map(|p| Input {
+            partition: p,
+            value: json!({"user": "flush", "ts": wall_ms() + 30_000, "amount": 0}).to_string(),
+        })
+        .collect();
+    produce(input, &flush)?;
+    let sent: Vec<Input> = dump(input)?
+        .into_iter()
+        .map(|r| Input {
+            partition: 0,
+            value: r.value,
+        })
+        .collect();
+    // The reference is what the broker holds; it must be all that was sent.
+    let produced = produced + flush.len();
+    ensure!(
+        sent.len() == produced,
+        "the input topic holds {} records, {produced} were produced",
+        sent.len()
+    );
+    let (expected, _) = reference(&sent);
+    expect_exact(sink, &control_topic(ns, "clicks"), &expected, None).await?;
+    Ok((expected.len(), sent.len()))
+}
+
 /// The autoscaler in `apply` mode under a 10x burst, on the real operator,
 /// pods and broker. One pod (its CPU limited, so that 10x is more than it
 /// reads) on 4 partitions reads a steady 200 records/s within target; then
@@ -1268,16 +1417,7 @@ async fn a_burst_makes_the_autoscaler_add_pods_with_exact_output() {
             {
                 running_s = Some(burst.elapsed().as_secs_f64());
             }
-            if a != last {
-                say(
-                    t0,
-                    format!(
-                        "autoscaler: {} {} {}",
-                        a["reason"], a["recommendedParallelism"], a["message"]
-                    ),
-                );
-                last = a;
-            }
+            tell_autoscaler(t0, &mut last, a);
             ensure!(
                 Instant::now() < deadline,
                 "no scale-up within 360s of the burst: {}",
@@ -1307,38 +1447,13 @@ async fn a_burst_makes_the_autoscaler_add_pods_with_exact_output() {
             "events {reasons:?}"
         );
 
-        // Close every window, then compare with what the broker holds.
-        let flush: Vec<Input> = (0..4)
-            .map(|p| Input {
-                partition: p,
-                value: json!({"user": "flush", "ts": wall_ms() + 30_000, "amount": 0}).to_string(),
-            })
-            .collect();
-        produce(&input, &flush)?;
-        let sent: Vec<Input> = dump(&input)?
-            .into_iter()
-            .map(|r| Input {
-                partition: 0,
-                value: r.value,
-            })
-            .collect();
-        // The reference is what the broker holds; it must be all that was sent.
-        let produced = (30 + 1000) * STEADY as usize + flush.len();
-        ensure!(
-            sent.len() == produced,
-            "the input topic holds {} records, {produced} were produced",
-            sent.len()
-        );
-        let (expected, _) = reference(&sent);
-        let control = control_topic(&ns, "clicks");
-        expect_exact(&sink, &control, &expected, None).await?;
+        let (windows, records) =
+            exact_against_the_input(&input, &sink, &ns, 4, (30 + 1000) * STEADY as usize).await?;
         say(
             t0,
             format!(
-                "scaled 1 -> {pods} pods {:.0}s into the burst; {} windows of {} records exact",
+                "scaled 1 -> {pods} pods {:.0}s into the burst; {windows} windows of {records} records exact",
                 running_s.unwrap_or_default(),
-                expected.len(),
-                sent.len()
             ),
         );
         Ok(())
@@ -1413,16 +1528,7 @@ async fn at_its_partition_limit_the_autoscaler_grows_the_source_topic() {
             {
                 running_s = Some(start.elapsed().as_secs_f64());
             }
-            if a != last {
-                say(
-                    t0,
-                    format!(
-                        "autoscaler: {} {} {}",
-                        a["reason"], a["recommendedParallelism"], a["message"]
-                    ),
-                );
-                last = a;
-            }
+            tell_autoscaler(t0, &mut last, a);
             ensure!(
                 Instant::now() < deadline,
                 "no growth and re-shard within 300s: {}",
@@ -1464,27 +1570,6 @@ async fn at_its_partition_limit_the_autoscaler_grows_the_source_topic() {
             "events: job {job_events:?}, topic {topic_events:?}"
         );
 
-        let flush: Vec<Input> = (0..2)
-            .map(|p| Input {
-                partition: p,
-                value: json!({"user": "flush", "ts": wall_ms() + 30_000, "amount": 0}).to_string(),
-            })
-            .collect();
-        produce(&input, &flush)?;
-        let sent: Vec<Input> = dump(&input)?
-            .into_iter()
-            .map(|r| Input {
-                partition: 0,
-                value: r.value,
-            })
-            .collect();
-        let produced = SECONDS * RATE as usize + flush.len();
-        ensure!(
-            sent.len() == produced,
-            "the input topic holds {} records, {produced} were produced",
-            sent.len()
-        );
-        let (expected, _) = reference(&sent);
         // Partition 0 holds the whole backlog, for one pod of 20m CPU.
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
@@ -1492,21 +1577,16 @@ async fn at_its_partition_limit_the_autoscaler_grows_the_source_topic() {
             if lag == Some(0) {
                 break;
             }
-            ensure!(
-                Instant::now() < deadline,
-                "still {lag:?} records behind after 300s"
-            );
+            ensure!(Instant::now() < deadline, "still {lag:?} records behind after 300s");
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         say(t0, "caught up");
-        expect_exact(&sink, &control_topic(&ns, "clicks"), &expected, None).await?;
+        let (windows, records) = exact_against_the_input(&input, &sink, &ns, 2, SECONDS * RATE as usize).await?;
         say(
             t0,
             format!(
-                "grew 1 -> 2 partitions and pods {:.0}s into the load; {} windows of {} records exact",
+                "grew 1 -> 2 partitions and pods {:.0}s into the load; {windows} windows of {records} records exact",
                 running_s.unwrap_or_default(),
-                expected.len(),
-                sent.len()
             ),
         );
         Ok(())
