@@ -15,12 +15,16 @@
 #      runs real runtime pods on a full node against the broker, one test at a
 #      time, each checking the committed output against an independent
 #      reference (nothing lost, nothing twice): deploy; savepoint-then-upgrade;
-#      a crash-looping new version rolled back; rescale 2 -> 4 pods on 8
-#      partitions; the operator killed mid-upgrade; a source topic grown
-#      4 -> 6 -> 12 under a running job (drained savepoints, state re-sharded);
-#      a rescale over the namespace's quota refused; a 10x burst that the
-#      autoscaler (apply mode) answers with more pods by itself.
-#      Prints UPGRADE_TIMING and AUTOSCALER_TIMING lines.
+#      a crash-looping new version rolled back; rescale 2 -> 4 -> 2 pods on 8
+#      partitions (the way back first refused: its savepoint would outlast a
+#      1 ms savepointTimeout); the operator killed mid-upgrade; a source topic
+#      grown 4 -> 6 -> 12 under a running job (drained savepoints, state
+#      re-sharded); a rescale over the namespace's quota refused; a 10x burst
+#      that the autoscaler (apply mode) answers with more pods by itself; a
+#      1-partition source topic the autoscaler grows to 2 (growSourcePartitions);
+#      a job with steps and result steps through a kill of every pod; a
+#      short-form job upgraded to steps (status.plannedChange seen).
+#      Prints UPGRADE_TIMING, AUTOSCALER_TIMING and GROWTH_TIMING lines.
 #      Then the GitOps story (e2e/tests/gitops.rs): examples/ applied twice with
 #      kubectl converges with no drift and deletes cleanly; then Argo CD's own
 #      code (e2e/tests/argocd.rs) judging real objects' health and actions.
