@@ -122,6 +122,8 @@ fn produce_with(topic: &str, data: &[Input], options: &[&str]) -> anyhow::Result
 struct Record {
     value: String,
     checkpoint: Option<String>,
+    /// Every header, name -> text.
+    headers: Value,
 }
 
 fn dump(topic: &str) -> anyhow::Result<Vec<Record>> {
@@ -142,6 +144,7 @@ fn dump(topic: &str) -> anyhow::Result<Vec<Record>> {
             Ok(Record {
                 value: v["value"].as_str().unwrap_or_default().to_owned(),
                 checkpoint: v["headers"][HEADER].as_str().map(str::to_owned),
+                headers: v["headers"].clone(),
             })
         })
         .collect()
@@ -846,7 +849,13 @@ async fn a_job_with_steps_is_exact_through_a_kill_of_its_pods() {
     }
     in_namespace("e2e-job-steps", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 4).await?;
-        let first = dataset(4, 0..600, 12, false);
+        let mut first = dataset(4, 0..600, 12, false);
+        // A record each partition on which the first step fails (a string
+        // amount has no `%`): a dead letter naming the step.
+        first.extend((0..4).map(|p| Input {
+            partition: p,
+            value: json!({"user": "u1", "ts": 1_700_000_000_000i64, "amount": "seven"}).to_string(),
+        }));
         let second = dataset(4, 600..1200, 12, true);
         // The steps, in plain Rust: keep odd amounts (and the flush
         // records), triple them; then only windows with 2 clicks or more.
@@ -856,6 +865,10 @@ async fn a_job_with_steps_is_exact_through_a_kill_of_its_pods() {
             .map(|r| match serde_json::from_str::<Value>(&r.value) {
                 Err(_) => r.clone(),
                 Ok(v) if v["user"] == "flush" => r.clone(),
+                Ok(v) if v["amount"].is_string() => Input {
+                    partition: r.partition,
+                    value: String::new(),
+                },
                 Ok(v) if v["amount"].as_i64().unwrap_or_default() % 2 == 1 => Input {
                     partition: r.partition,
                     value: json!({"user": v["user"], "ts": v["ts"], "amount": v["amount"].as_i64().unwrap_or_default() * 3})
@@ -917,14 +930,30 @@ async fn a_job_with_steps_is_exact_through_a_kill_of_its_pods() {
             .filter_map(|r| serde_json::from_str::<Value>(&r.value).ok())
             .all(|v| v["big"].is_boolean() && v.get("windowEnd").is_none());
         ensure!(shaped, "a committed result not reshaped by the result steps");
-        let dead = dump(&format!("{ns}-dead"))?
-            .iter()
+        let dead: Vec<Record> = dump(&format!("{ns}-dead"))?
+            .into_iter()
             .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
+            .collect();
+        let by_step = dead
+            .iter()
+            .filter(|r| {
+                r.headers["streamops-step"] == "odd-amounts"
+                    && r.headers["streamops-expression"] == "record.amount % 2 == 1 || record.user == 'flush'"
+                    && r.headers["streamops-error-kind"] == "expression_error"
+            })
             .count();
-        ensure!(dead == bad, "dead letters: {dead}, want {bad}");
+        ensure!(
+            dead.len() == bad + 4 && by_step == 4,
+            "dead letters: {} ({by_step} naming the step), want {} ({bad} malformed + 4 the step failed on)",
+            dead.len(),
+            bad + 4
+        );
         say(
             t0,
-            format!("steps: {} windows exact across a kill of every pod, {bad} dead letters", expected.len()),
+            format!(
+                "steps: {} windows exact across a kill of every pod, {bad} malformed and {by_step} step failures dead-lettered",
+                expected.len()
+            ),
         );
         Ok(())
     })

@@ -347,6 +347,7 @@ fn dead_letter_reasons() {
                 reason,
                 key,
                 value,
+                ..
             } = o.out
             {
                 // Traced to the source record: the runner's headers.

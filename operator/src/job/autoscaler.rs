@@ -511,7 +511,7 @@ pub fn decide(
             held.needed_parallelism = Some(if uncapped >= f64::from(i32::MAX) {
                 i32::MAX
             } else {
-                (uncapped as i32).max(partitions + 1)
+                (uncapped as i32).max(partitions.saturating_add(1))
             });
         }
         return held;

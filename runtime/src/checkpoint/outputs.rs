@@ -158,13 +158,14 @@ pub fn write<L: TaskLog + ?Sized>(
             value,
             kind,
             reason,
+            step,
         } => match &to.topics.dead_letter {
             Some(topic) => {
                 m.with_label_values(&["dead_letter"]).inc();
                 let (src_topic, src_partition, src_offset) = origin;
                 let partition = src_partition.to_string();
                 let offset = src_offset.to_string();
-                let headers = [
+                let mut headers = vec![
                     (CHECKPOINT_HEADER, header.as_bytes()),
                     ("streamops-error-kind", kind.as_bytes()),
                     ("streamops-error", reason.as_bytes()),
@@ -172,6 +173,11 @@ pub fn write<L: TaskLog + ?Sized>(
                     ("streamops-source-partition", partition.as_bytes()),
                     ("streamops-source-offset", offset.as_bytes()),
                 ];
+                // A step that failed: its name and expression on their own.
+                if let Some((name, expression)) = &step {
+                    headers.push(("streamops-step", name.as_bytes()));
+                    headers.push(("streamops-expression", expression.as_bytes()));
+                }
                 log.send(&Record {
                     topic,
                     partition: None,
@@ -226,4 +232,79 @@ pub fn broadcast_watermark<L: TaskLog + ?Sized>(
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::fake_log::{Broker, FakeLog};
+    use prometheus::Opts;
+    use streamops_crds::runtime_api::SourceTopic;
+
+    #[test]
+    fn a_step_that_failed_has_its_name_and_expression_in_headers_of_their_own() {
+        let topics = JobTopics {
+            source: vec![SourceTopic {
+                topic: "in".into(),
+                partitions: 1,
+            }],
+            layout: Vec::new(),
+            sink: "out".into(),
+            late_events: None,
+            dead_letter: Some("dlq".into()),
+            repartition: "rep".into(),
+            control: "control".into(),
+        };
+        let records_out = IntCounterVec::new(Opts::new("records_out", "test"), &["kind"]).unwrap();
+        let to = Destinations {
+            topics: &topics,
+            keyed_partitions: 1,
+            records_out: &records_out,
+        };
+        let broker = Broker::with_topics(&[("dlq", 1), ("control", 1)]);
+        let mut log = FakeLog::new(&broker, "t0", false, "control", 0);
+        let letter = |step: Option<(String, String)>| Out::DeadLetter {
+            key: None,
+            value: b"{\"a\":1}".to_vec(),
+            kind: "expression_error",
+            reason:
+                "spec.pipeline.steps[0] (ratio).map.r: expression `record.a / record.b` failed: no such key"
+                    .into(),
+            step,
+        };
+        write(
+            &mut log,
+            &to,
+            "cp",
+            letter(Some(("ratio".into(), "record.a / record.b".into()))),
+            ("in", 0, 7),
+        )
+        .unwrap();
+        write(&mut log, &to, "cp", letter(None), ("in", 0, 8)).unwrap();
+        let written = broker.borrow().read_committed("dlq", 0, 0);
+        let header = |i: usize, name: &str| {
+            written[i]
+                .1
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(written.len(), 2);
+        assert_eq!(header(0, "streamops-step").as_deref(), Some("ratio"));
+        assert_eq!(
+            header(0, "streamops-expression").as_deref(),
+            Some("record.a / record.b")
+        );
+        assert_eq!(
+            header(0, "streamops-error-kind").as_deref(),
+            Some("expression_error")
+        );
+        assert_eq!(header(0, "streamops-source-offset").as_deref(), Some("7"));
+        assert_eq!(
+            header(1, "streamops-step"),
+            None,
+            "only a step's dead letter names one"
+        );
+    }
 }

@@ -53,6 +53,15 @@ pub enum DeadLetterReason {
     MissingKey {
         index: usize,
     },
+    /// A named step failed on the record: `field` is its spec path,
+    /// `expression` its CEL (empty when the value it made could not be
+    /// written), `error` what happened.
+    Step {
+        field: String,
+        step: String,
+        expression: String,
+        error: String,
+    },
     /// A non-numeric or non-finite value for a numeric aggregation.
     InvalidAggregateInput {
         aggregation: String,
@@ -61,12 +70,21 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    /// For a step that failed: (step name, expression), the dead letter's
+    /// `streamops-step` and `streamops-expression` headers.
+    pub fn step(&self) -> Option<(String, String)> {
+        match self {
+            DeadLetterReason::Step { step, expression, .. } => Some((step.clone(), expression.clone())),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             DeadLetterReason::InvalidRecord(_) => "invalid_record",
             DeadLetterReason::MissingEventTime => "missing_event_time",
             DeadLetterReason::InvalidEventTime(_) => "invalid_event_time",
-            DeadLetterReason::Expression { .. } => "expression_error",
+            DeadLetterReason::Expression { .. } | DeadLetterReason::Step { .. } => "expression_error",
             DeadLetterReason::MissingKey { .. } => "missing_key",
             DeadLetterReason::InvalidAggregateInput { .. } => "invalid_aggregate_input",
         }
@@ -80,6 +98,18 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::MissingEventTime => write!(f, "event time field is missing or null"),
             DeadLetterReason::InvalidEventTime(m) => write!(f, "invalid event time: {m}"),
             DeadLetterReason::Expression { field, message } => write!(f, "{field}: {message}"),
+            DeadLetterReason::Step {
+                field,
+                expression,
+                error,
+                ..
+            } if expression.is_empty() => write!(f, "{field}: {error}"),
+            DeadLetterReason::Step {
+                field,
+                expression,
+                error,
+                ..
+            } => write!(f, "{field}: expression `{expression}` failed: {error}"),
             DeadLetterReason::MissingKey { index } => {
                 write!(f, "spec.pipeline.keyBy[{index}]: field is missing")
             }

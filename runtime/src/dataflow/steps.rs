@@ -58,6 +58,8 @@ pub fn from_spec(list: &str, steps: &[streamops_crds::job::StepSpec]) -> Result<
 struct Compiled {
     /// `spec.pipeline.steps[i] (name)`: how errors name the step.
     at: String,
+    /// The step's name (`filter` for the short form's filter).
+    name: String,
     kind: CompiledKind,
 }
 
@@ -131,6 +133,7 @@ impl Steps {
             };
             steps.push(Compiled {
                 at: "spec.pipeline".into(),
+                name: "filter".into(),
                 kind: CompiledKind::Filter(source.to_owned(), compile("spec.pipeline.filter", &cel)?),
             });
         }
@@ -155,6 +158,7 @@ impl Steps {
             };
             steps.push(Compiled {
                 at: format!("{field} ({})", d.name),
+                name: d.name.clone(),
                 kind,
             });
         }
@@ -181,13 +185,13 @@ impl Steps {
                     Ok(cel::Value::Bool(false) | cel::Value::Null) => return Ok(StepOutcome::Filtered),
                     Ok(other) => {
                         return Err(failed(
-                            &step.at,
+                            step,
                             "filter",
                             source,
                             format!("expected a bool, got {:?}", other.type_of()),
                         ));
                     }
-                    Err(e) => return Err(failed(&step.at, "filter", source, e.to_string())),
+                    Err(e) => return Err(failed(step, "filter", source, e.to_string())),
                 },
                 CompiledKind::Map(fields) => {
                     let mut out: HashMap<cel::objects::Key, cel::Value> =
@@ -195,7 +199,7 @@ impl Steps {
                     for (name, source, program) in fields {
                         let v = program
                             .execute(&ctx)
-                            .map_err(|e| failed(&step.at, &format!("map.{name}"), source, e.to_string()))?;
+                            .map_err(|e| failed(step, &format!("map.{name}"), source, e.to_string()))?;
                         out.insert(cel::objects::Key::String(name.clone()), v);
                     }
                     record = cel::Value::Map(cel::objects::Map { map: Arc::new(out) });
@@ -208,27 +212,26 @@ impl Steps {
         }
         cel_to_json(&record)
             .map(|v| StepOutcome::Kept(Some(v)))
-            .map_err(|e| failed(self.last_map(), "map", "", e))
-    }
-
-    fn last_map(&self) -> &str {
-        self.steps
-            .iter()
-            .rev()
-            .find(|s| matches!(s.kind, CompiledKind::Map(_)))
-            .map_or("spec.pipeline.steps", |s| s.at.as_str())
+            .map_err(|e| {
+                match self
+                    .steps
+                    .iter()
+                    .rev()
+                    .find(|s| matches!(s.kind, CompiledKind::Map(_)))
+                {
+                    Some(last) => failed(last, "map", "", e),
+                    None => DeadLetterReason::InvalidRecord(e),
+                }
+            })
     }
 }
 
-fn failed(at: &str, part: &str, source: &str, error: String) -> DeadLetterReason {
-    let expression = if source.is_empty() {
-        String::new()
-    } else {
-        format!(" `{}`", source.trim())
-    };
-    DeadLetterReason::Expression {
-        field: format!("{at}.{part}"),
-        message: format!("expression{expression} failed: {error}"),
+fn failed(step: &Compiled, part: &str, source: &str, error: String) -> DeadLetterReason {
+    DeadLetterReason::Step {
+        field: format!("{}.{part}", step.at),
+        step: step.name.clone(),
+        expression: source.trim().to_owned(),
+        error,
     }
 }
 
@@ -368,6 +371,7 @@ mod tests {
             ),
             "{text}"
         );
+        assert_eq!(e.step(), Some(("ratio".into(), "record.a / record.b".into())));
         let Err(e) = s.run(record(json!({"a": 1}))) else {
             panic!("no error")
         };

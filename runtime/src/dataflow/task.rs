@@ -53,6 +53,9 @@ pub enum Out {
         value: Vec<u8>,
         kind: &'static str,
         reason: String,
+        /// A step that failed on it: (step name, expression), written as
+        /// headers of their own (`streamops-step`, `streamops-expression`).
+        step: Option<(String, String)>,
     },
 }
 
@@ -639,6 +642,7 @@ impl Task {
                     value: value.to_vec(),
                     kind: reason.kind(),
                     reason: reason.to_string(),
+                    step: reason.step(),
                 });
             }
             Ok(KeyOutcome::Keyed)
@@ -651,6 +655,7 @@ impl Task {
                     key: key.map(<[u8]>::to_vec),
                     value: value.to_vec(),
                     kind: FUTURE_EVENT_TIME,
+                    step: None,
                     reason: format!(
                         "event time {} is {} ms ahead of the wall clock, beyond \
                          spec.source.eventTime.maxFutureSkew ({} ms)",
@@ -693,6 +698,7 @@ impl Task {
                         key: key.filter(|_| copy).map(<[u8]>::to_vec),
                         value: if copy { value.to_vec() } else { Vec::new() },
                         kind: RECORD_TOO_LARGE,
+                        step: None,
                         reason: format!(
                             "the record ({size} bytes, {} bytes on its way to the keyed stage) exceeds the {} bytes \
                              a record may have; {how}",
@@ -946,6 +952,7 @@ impl Task {
                             value,
                             kind: reason.kind(),
                             reason: reason.to_string(),
+                            step: reason.step(),
                         });
                         continue;
                     }
@@ -1259,6 +1266,7 @@ mod tests {
                 value,
                 kind,
                 reason,
+                ..
             } = o
             else {
                 panic!("a dead letter: {o:?}");
