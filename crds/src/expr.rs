@@ -34,19 +34,22 @@ fn check_with(field: &str, source: &str, shorthand: bool, errors: &mut Vec<Field
             format!("does not compile as CEL: {}", one_line(&e.to_string())),
         )),
         Ok(program) => {
-            if let Some(var) = program
-                .references()
-                .variables()
-                .into_iter()
-                .find(|v| *v != "record")
-            {
-                errors.push(FieldError::new(
-                    field,
-                    format!("unknown variable `{var}`: fields are read as `record.<name>`"),
-                ));
+            if let Some(why) = foreign_variable(&program) {
+                errors.push(FieldError::new(field, why));
             }
         }
     }
+}
+
+/// Why `program` cannot run over a record: it reads a variable other than
+/// `record` (`None`: it reads none). The runtime compiles with the same
+/// check, so a spec the operator accepts compiles in the pods.
+pub fn foreign_variable(program: &cel::Program) -> Option<String> {
+    let refs = program.references();
+    let var = refs.variables().into_iter().find(|v| *v != "record")?;
+    Some(format!(
+        "unknown variable `{var}`: fields are read as `record.<name>`"
+    ))
 }
 
 fn one_line(text: &str) -> String {

@@ -61,7 +61,7 @@ pub fn run(spec: &StreamJobSpec, records: &[Vec<u8>], now_ms: i64, end_of_input:
     }
     let definition = definition_from_spec(spec)?;
     let plan = Arc::new(Plan::build(&definition)?);
-    let dir = scratch_dir()?;
+    let dir = tempfile::tempdir()?;
     let config = HarnessConfig {
         tasks: 1,
         guarantee: spec
@@ -70,7 +70,7 @@ pub fn run(spec: &StreamJobSpec, records: &[Vec<u8>], now_ms: i64, end_of_input:
             .and_then(|c| c.guarantee)
             .unwrap_or_default(),
         state: StateOptions::default(),
-        dir: dir.path.clone(),
+        dir: dir.path().to_path_buf(),
         key_groups: None,
     };
     let mut h = Harness::new(plan, config, Box::new(MemoryBackends), now_ms)?;
@@ -313,28 +313,6 @@ fn parse_now(text: &str) -> Result<i64> {
     crate::time::parse_rfc3339_ms(text).ok_or_else(|| {
         RuntimeError::InvalidArgument(format!("--now {text:?}: neither epoch ms nor RFC 3339"))
     })
-}
-
-/// A directory removed when dropped.
-struct Scratch {
-    path: std::path::PathBuf,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-fn scratch_dir() -> Result<Scratch> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let path = std::env::temp_dir().join(format!("streamops-test-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&path)
-        .map_err(|e| RuntimeError::Job(format!("cannot create {}: {e}", path.display())))?;
-    Ok(Scratch { path })
 }
 
 #[cfg(test)]

@@ -239,22 +239,10 @@ mod tests {
     use super::*;
     use crate::checkpoint::fake_log::{Broker, FakeLog};
     use prometheus::Opts;
-    use streamops_crds::runtime_api::SourceTopic;
 
     #[test]
     fn a_step_that_failed_has_its_name_and_expression_in_headers_of_their_own() {
-        let topics = JobTopics {
-            source: vec![SourceTopic {
-                topic: "in".into(),
-                partitions: 1,
-            }],
-            layout: Vec::new(),
-            sink: "out".into(),
-            late_events: None,
-            dead_letter: Some("dlq".into()),
-            repartition: "rep".into(),
-            control: "control".into(),
-        };
+        let topics = crate::checkpoint::protocol::tests::topics();
         let records_out = IntCounterVec::new(Opts::new("records_out", "test"), &["kind"]).unwrap();
         let to = Destinations {
             topics: &topics,

@@ -610,4 +610,4 @@ fn restore_resharded<L: TaskLog + ?Sized>(
 
 #[cfg(test)]
 #[path = "protocol_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -48,7 +48,7 @@ fn plan() -> Arc<Plan> {
     Arc::new(compile(&serde_json::from_value(spec).expect("valid spec")).expect("compiles"))
 }
 
-fn topics() -> JobTopics {
+pub(crate) fn topics() -> JobTopics {
     JobTopics {
         source: vec![SourceTopic {
             topic: "in".into(),

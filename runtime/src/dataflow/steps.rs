@@ -112,16 +112,8 @@ impl Steps {
             let program = env
                 .compile(source.trim())
                 .map_err(|e| RuntimeError::compile(field, e))?;
-            if let Some(var) = program
-                .references()
-                .variables()
-                .into_iter()
-                .find(|v| *v != "record")
-            {
-                return Err(RuntimeError::compile(
-                    field,
-                    format!("unknown variable `{var}`: fields are read as `record.<name>`"),
-                ));
+            if let Some(why) = streamops_crds::expr::foreign_variable(&program) {
+                return Err(RuntimeError::compile(field, why));
             }
             Ok(program)
         };

@@ -29,14 +29,8 @@ impl Expr {
             return Ok(Expr::Path(paths.add(&path)));
         }
         let program = cel::Program::compile(source).map_err(|e| RuntimeError::compile(field, e))?;
-        {
-            let refs = program.references();
-            if let Some(var) = refs.variables().into_iter().find(|v| *v != "record") {
-                return Err(RuntimeError::compile(
-                    field,
-                    format!("unknown variable `{var}`: fields are read as `record.<name>`"),
-                ));
-            }
+        if let Some(why) = streamops_crds::expr::foreign_variable(&program) {
+            return Err(RuntimeError::compile(field, why));
         }
         Ok(Expr::Cel(Box::new(program)))
     }
