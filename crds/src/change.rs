@@ -14,6 +14,8 @@
 //!
 //! | Change | Verdict | Why |
 //! |---|---|---|
+//! | a stateless pipeline (no `keyBy`, `window`, `aggregations`) gains a window, or a windowed one loses it | incompatible | the windows' state would be missing or dropped |
+//! | anything in a stateless pipeline (steps, `sink.key`) | compatible | its only state is the source offsets |
 //! | `pipeline.keyBy` | incompatible | state is keyed by the old key |
 //! | `pipeline.window` (type, size, slide, gap) | incompatible | open windows have the old bounds |
 //! | aggregation added | compatible | open windows start it empty |
@@ -174,6 +176,24 @@ pub fn runtime_view(spec: &StreamJobSpec) -> StreamJobSpec {
 /// Applies the matrix in the module documentation.
 pub fn state_compatibility(old: &StreamJobSpec, new: &StreamJobSpec) -> Compatibility {
     let mut reasons = Vec::new();
+    match (old.is_stateless(), new.is_stateless()) {
+        (true, true) => return Compatibility::Compatible,
+        (false, true) => {
+            return Compatibility::Incompatible(vec![
+                "the pipeline loses its window (keyBy, window and aggregations removed): the open windows' state \
+                 would be dropped and never emitted"
+                    .to_owned(),
+            ]);
+        }
+        (true, false) => {
+            return Compatibility::Incompatible(vec![
+                "the pipeline gains a window (keyBy, window and aggregations added): a stateless job's savepoint \
+                 holds no windows, so the first ones would miss the records read before"
+                    .to_owned(),
+            ]);
+        }
+        (false, false) => {}
+    }
     if old.pipeline.key_by != new.pipeline.key_by {
         reasons.push(format!(
             "spec.pipeline.keyBy changed ({:?} -> {:?}): state is keyed by the old key",
@@ -230,6 +250,39 @@ mod tests {
         let mut new = base();
         edit(&mut new);
         classify(&old, &new)
+    }
+
+    fn stateless() -> StreamJobSpec {
+        serde_json::from_value(serde_json::json!({
+            "source": {"topics": ["clicks"]},
+            "pipeline": {"steps": [{"name": "valid", "filter": "record.amount > 0"}]},
+            "sink": {"topic": "out"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pipeline_gaining_or_losing_its_window_is_incompatible_and_stateless_changes_are_not() {
+        let (etl, windowed) = (stateless(), base());
+        for (old, new, lost) in [(&etl, &windowed, "gains"), (&windowed, &etl, "loses")] {
+            let c = classify(old, new);
+            assert_eq!(c.kind, ChangeKind::Upgrade);
+            match c.compatibility {
+                Compatibility::Incompatible(r) => {
+                    assert_eq!(r.len(), 1, "{r:?}");
+                    assert!(r[0].starts_with(&format!("the pipeline {lost} ")), "{r:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut new = stateless();
+        new.pipeline.steps[0].filter = Some("record.amount >= 0".into());
+        new.sink.key = Some("record.user_id".into());
+        let c = classify(&etl, &new);
+        assert_eq!(
+            (c.kind, c.compatibility),
+            (ChangeKind::Upgrade, Compatibility::Compatible)
+        );
     }
 
     #[test]
@@ -355,7 +408,7 @@ mod tests {
     #[test]
     fn changing_key_window_or_an_aggregation_is_incompatible() {
         let key = change(|s| s.pipeline.key_by = vec!["record.page".into()]);
-        let window = change(|s| s.pipeline.window.kind = WindowKind::Session);
+        let window = change(|s| s.pipeline.window.as_mut().unwrap().kind = WindowKind::Session);
         let agg = change(|s| s.pipeline.aggregations[0].function = AggregateFunction::Max);
         for c in [&key, &window, &agg] {
             assert_eq!(c.kind, ChangeKind::Upgrade);

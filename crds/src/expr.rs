@@ -46,11 +46,18 @@ fn check_with(field: &str, source: &str, shorthand: bool, errors: &mut Vec<Field
 /// check, so a spec the operator accepts compiles in the pods.
 pub fn foreign_variable(program: &cel::Program) -> Option<String> {
     let refs = program.references();
-    let var = refs.variables().into_iter().find(|v| *v != "record")?;
+    let var = refs
+        .variables()
+        .into_iter()
+        .find(|v| *v != "record" && !EXTENSION_NAMESPACES.contains(v))?;
     Some(format!(
         "unknown variable `{var}`: fields are read as `record.<name>`"
     ))
 }
+
+/// What reads as a variable but names functions of the CEL extensions the
+/// runtime adds (`math.round(x)`, `base64.encode(b)`).
+const EXTENSION_NAMESPACES: &[&str] = &["math", "base64"];
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -117,6 +124,7 @@ mod tests {
     fn expressions_are_checked_like_the_runtime_compiles_them() {
         assert!(errors("f", "record.amount > 0 && record.page != '/healthz'", false).is_empty());
         assert!(errors("f", "user_id", true).is_empty(), "a plain path");
+        assert!(errors("f", "math.round(record.x) + size(base64.encode(b'a'))", false).is_empty());
         assert_eq!(
             errors("f", "user_id", false),
             vec!["f: unknown variable `user_id`: fields are read as `record.<name>`"]

@@ -95,11 +95,11 @@ pub struct StreamJobSpec {
     /// Where records later than `pipeline.allowedLateness` go. Absent: they are
     /// counted (`streamops_records_late_total`) and not written anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub late_events: Option<SinkSpec>,
+    pub late_events: Option<TopicOutputSpec>,
     /// Where records that cannot be decoded or evaluated go, with the reason in
     /// a header. Absent: they are counted and not written anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<SinkSpec>,
+    pub dead_letter: Option<TopicOutputSpec>,
     /// Most runtime pods to run. Absent: one per source partition. Never more
     /// than the source partition count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,9 +165,13 @@ pub struct SourceSpec {
     /// Absent: `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<RecordFormat>,
-    /// Where each record's event time comes from.
-    pub event_time: EventTimeSpec,
-    /// How event time progresses per partition. Absent: no out-of-orderness, no idle timeout.
+    /// Where each record's event time comes from. Required by a pipeline
+    /// with a window; a stateless pipeline (no `window`) reads no event time
+    /// and refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTimeSpec>,
+    /// How event time progresses per partition (windowed pipelines only).
+    /// Absent: no out-of-orderness, no idle timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkSpec>,
     /// Where to start when there is no checkpoint or savepoint. Absent: `earliest`.
@@ -284,15 +288,23 @@ pub struct PipelineSpec {
     #[schemars(length(max = 64))]
     pub result_steps: Vec<StepSpec>,
     /// CEL expressions over `record` whose values form the grouping key.
+    /// `keyBy`, `window` and `aggregations` come together or not at all:
+    /// without them the job is stateless (ETL): every record the steps keep
+    /// goes to the sink as it is (or as the last `map` made it), with no
+    /// keyed state and no repartitioning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1, max = 8), inner(length(max = 1024)))]
     pub key_by: Vec<String>,
-    /// The event-time window each record is assigned to.
-    pub window: WindowSpec,
+    /// The event-time window each record is assigned to. Absent: a
+    /// stateless job (see `keyBy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
     /// How long after a window closes late records still update it (and
     /// re-emit it). Later records go to `lateEvents`. Absent: `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_lateness: Option<DurationSpec>,
     /// Aggregates computed per (key, window), each written under its `name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1, max = 32))]
     pub aggregations: Vec<AggregationSpec>,
     /// Absent: `onWindowClose`.
@@ -396,6 +408,27 @@ pub enum EmitMode {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SinkSpec {
+    /// Name of a StreamTopic resource in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub topic: String,
+    /// Absent: `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<RecordFormat>,
+    /// `spec.sink` of a stateless job only: CEL expression over the record
+    /// written (after the steps) giving its Kafka key, which picks its
+    /// partition (Kafka's default partitioner). A string is written as its
+    /// bytes, `null` as no key, anything else as canonical JSON. A record
+    /// it fails on is a dead letter. Absent: the source record's key. A
+    /// window result's key is always its `keyBy` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub key: Option<String>,
+}
+
+/// A side output (late events, dead letters): a StreamTopic and a format.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicOutputSpec {
     /// Name of a StreamTopic resource in this namespace.
     #[schemars(length(min = 1, max = 253))]
     pub topic: String,
@@ -879,28 +912,33 @@ impl StreamJobSpec {
     pub fn defaulted(&self) -> StreamJobSpec {
         let mut s = self.clone();
         s.source.format.get_or_insert_default();
-        s.source.event_time.format.get_or_insert_default();
-        s.source
-            .event_time
-            .max_future_skew
-            .get_or_insert_with(|| DurationSpec::from_millis(defaults::MAX_FUTURE_SKEW_MS));
         s.source.start_from.get_or_insert_default();
         s.source.on_offset_out_of_range.get_or_insert_default();
-        let wm = s.source.watermark.get_or_insert(WatermarkSpec {
-            out_of_orderness: None,
-            idle_timeout: None,
-        });
-        wm.out_of_orderness
-            .get_or_insert_with(|| DurationSpec::from_millis(0));
-        s.pipeline
-            .allowed_lateness
-            .get_or_insert_with(|| DurationSpec::from_millis(0));
-        s.pipeline.emit.get_or_insert_default();
-        for sink in [Some(&mut s.sink), s.late_events.as_mut(), s.dead_letter.as_mut()]
+        // What only windows read is defaulted only for a windowed pipeline
+        // (a stateless job refuses it).
+        if s.pipeline.window.is_some() {
+            if let Some(et) = s.source.event_time.as_mut() {
+                et.format.get_or_insert_default();
+                et.max_future_skew
+                    .get_or_insert_with(|| DurationSpec::from_millis(defaults::MAX_FUTURE_SKEW_MS));
+            }
+            let wm = s.source.watermark.get_or_insert(WatermarkSpec {
+                out_of_orderness: None,
+                idle_timeout: None,
+            });
+            wm.out_of_orderness
+                .get_or_insert_with(|| DurationSpec::from_millis(0));
+            s.pipeline
+                .allowed_lateness
+                .get_or_insert_with(|| DurationSpec::from_millis(0));
+            s.pipeline.emit.get_or_insert_default();
+        }
+        s.sink.format.get_or_insert_default();
+        for out in [s.late_events.as_mut(), s.dead_letter.as_mut()]
             .into_iter()
             .flatten()
         {
-            sink.format.get_or_insert_default();
+            out.format.get_or_insert_default();
         }
         let cp = s.checkpoint.get_or_insert(CheckpointSpec {
             interval: None,
@@ -965,6 +1003,69 @@ impl StreamJobSpec {
         ]
         .into_iter()
         .flatten()
+    }
+}
+
+impl StreamJobSpec {
+    /// Whether the pipeline is stateless: no `keyBy`, `window` or
+    /// `aggregations` (an ETL job).
+    pub fn is_stateless(&self) -> bool {
+        self.pipeline.window.is_none()
+    }
+
+    /// `keyBy`, `window` and `aggregations` all or none; what only a
+    /// windowed pipeline reads is refused by a stateless one, and the other
+    /// way round.
+    fn validate_shape(&self, errors: &mut Vec<FieldError>) {
+        let p = &self.pipeline;
+        let windowed = p.window.is_some();
+        for (field, present) in [
+            ("spec.pipeline.keyBy", !p.key_by.is_empty()),
+            ("spec.pipeline.aggregations", !p.aggregations.is_empty()),
+        ] {
+            if present != windowed {
+                errors.push(FieldError::new(
+                    field,
+                    if windowed {
+                        "required with a window: keyBy, window and aggregations come together"
+                    } else {
+                        "keyBy, window and aggregations come together; add a window, or remove this for a \
+                         stateless job"
+                    },
+                ));
+            }
+        }
+        if windowed {
+            if self.source.event_time.is_none() {
+                errors.push(FieldError::new(
+                    "spec.source.eventTime",
+                    "required with a window: where each record's event time comes from",
+                ));
+            }
+            if self.sink.key.is_some() {
+                errors.push(FieldError::new(
+                    "spec.sink.key",
+                    "a window result's Kafka key is its keyBy key; remove sink.key (it is for stateless jobs)",
+                ));
+            }
+            return;
+        }
+        for (field, present) in [
+            ("spec.source.eventTime", self.source.event_time.is_some()),
+            ("spec.source.watermark", self.source.watermark.is_some()),
+            ("spec.pipeline.resultSteps", !p.result_steps.is_empty()),
+            ("spec.pipeline.allowedLateness", p.allowed_lateness.is_some()),
+            ("spec.pipeline.emit", p.emit.is_some()),
+            ("spec.lateEvents", self.late_events.is_some()),
+        ] {
+            if present {
+                errors.push(FieldError::new(
+                    field,
+                    "only used by a pipeline with a window; a stateless job (no keyBy, window or aggregations) \
+                     has none: remove it",
+                ));
+            }
+        }
     }
 }
 
@@ -1133,7 +1234,13 @@ fn validate_steps(list: &str, steps: &[StepSpec], errors: &mut Vec<FieldError>) 
 impl Validation for StreamJobSpec {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        self.pipeline.window.validate_into(&mut errors);
+        self.validate_shape(&mut errors);
+        if let Some(window) = &self.pipeline.window {
+            window.validate_into(&mut errors);
+        }
+        if let Some(key) = &self.sink.key {
+            crate::expr::check_cel("spec.sink.key", key, &mut errors);
+        }
 
         let mut names = BTreeSet::new();
         for (i, agg) in self.pipeline.aggregations.iter().enumerate() {
@@ -1291,12 +1398,12 @@ pub(crate) mod tests {
     #[test]
     fn sliding_slide_longer_than_size_is_refused() {
         let mut s = example();
-        s.pipeline.window = WindowSpec {
+        s.pipeline.window = Some(WindowSpec {
             kind: WindowKind::Sliding,
             size: Some("10s".parse().unwrap()),
             slide: Some("20s".parse().unwrap()),
             gap: None,
-        };
+        });
         assert_eq!(fields(&s), vec!["spec.pipeline.window.slide"]);
     }
 
@@ -1304,12 +1411,12 @@ pub(crate) mod tests {
     fn sliding_windows_per_record_are_bounded() {
         let sliding = |size: &str, slide: &str| {
             let mut s = example();
-            s.pipeline.window = WindowSpec {
+            s.pipeline.window = Some(WindowSpec {
                 kind: WindowKind::Sliding,
                 size: Some(size.parse().unwrap()),
                 slide: Some(slide.parse().unwrap()),
                 gap: None,
-            };
+            });
             fields(&s)
         };
         assert_eq!(
@@ -1325,12 +1432,12 @@ pub(crate) mod tests {
     #[test]
     fn window_fields_must_match_the_window_type() {
         let mut s = example();
-        s.pipeline.window = WindowSpec {
+        s.pipeline.window = Some(WindowSpec {
             kind: WindowKind::Session,
             size: Some("10s".parse().unwrap()),
             slide: None,
             gap: Some("0s".parse().unwrap()),
-        };
+        });
         assert_eq!(
             fields(&s),
             vec!["spec.pipeline.window.gap", "spec.pipeline.window.size"]
@@ -1402,7 +1509,7 @@ pub(crate) mod tests {
     fn sink_must_differ_from_source_and_other_outputs() {
         let mut s = example();
         s.sink.topic = "clicks".into();
-        s.dead_letter = Some(SinkSpec {
+        s.dead_letter = Some(TopicOutputSpec {
             topic: "clicks".into(),
             format: None,
         });

@@ -279,6 +279,58 @@ pub fn rules() -> Vec<CelRule> {
             Reason::Required,
             "a step needs a filter (a CEL predicate over record) or a map (output field -> CEL expression)",
         ),
+        // A windowed pipeline or a stateless one: keyBy, window and
+        // aggregations together, and what only windows read only with them.
+        CelRule::new(job, "spec.pipeline", "has(self.window) == has(self.keyBy)").field(
+            ".keyBy",
+            Reason::Invalid,
+            "keyBy, window and aggregations come together: all three for a windowed job, none for a stateless one",
+        ),
+        CelRule::new(job, "spec.pipeline", "has(self.window) == has(self.aggregations)").field(
+            ".aggregations",
+            Reason::Invalid,
+            "keyBy, window and aggregations come together: all three for a windowed job, none for a stateless one",
+        ),
+        CelRule::new(job, "spec.pipeline", "has(self.window) || !has(self.resultSteps)").field(
+            ".resultSteps",
+            Reason::Forbidden,
+            "resultSteps run on window results; a stateless job has none (put the steps in steps)",
+        ),
+        CelRule::new(job, "spec.pipeline", "has(self.window) || !has(self.allowedLateness)").field(
+            ".allowedLateness",
+            Reason::Forbidden,
+            "only used with a window; remove it from a stateless job",
+        ),
+        CelRule::new(job, "spec.pipeline", "has(self.window) || !has(self.emit)").field(
+            ".emit",
+            Reason::Forbidden,
+            "only used with a window; remove it from a stateless job",
+        ),
+        CelRule::new(job, "spec", "!has(self.pipeline.window) || has(self.source.eventTime)").field(
+            ".source.eventTime",
+            Reason::Required,
+            "a windowed job needs eventTime, where each record's event time comes from, e.g. field: record.ts",
+        ),
+        CelRule::new(job, "spec", "has(self.pipeline.window) || !has(self.source.eventTime)").field(
+            ".source.eventTime",
+            Reason::Forbidden,
+            "a stateless job (no window) reads no event time; remove eventTime",
+        ),
+        CelRule::new(job, "spec", "has(self.pipeline.window) || !has(self.source.watermark)").field(
+            ".source.watermark",
+            Reason::Forbidden,
+            "a stateless job (no window) has no watermark; remove it",
+        ),
+        CelRule::new(job, "spec", "has(self.pipeline.window) || !has(self.lateEvents)").field(
+            ".lateEvents",
+            Reason::Forbidden,
+            "a stateless job (no window) has no late events; remove lateEvents",
+        ),
+        CelRule::new(job, "spec", "!has(self.pipeline.window) || !has(self.sink.key)").field(
+            ".sink.key",
+            Reason::Forbidden,
+            "a window result's Kafka key is its keyBy key; sink.key is for stateless jobs",
+        ),
         CelRule::new(job, "spec.pipeline.keyBy[]", "self.trim() != ''").field(
             "",
             Reason::Invalid,

@@ -32,7 +32,7 @@ fn def(window: WindowAssigner, lateness: i64, ooo: i64) -> JobDefinition {
         idle_timeout_ms: None,
         max_future_skew_ms: i64::MAX,
         key_by: vec!["record.user".into()],
-        window,
+        window: Some(window),
         allowed_lateness_ms: lateness,
         aggregations: vec![
             AggregationDef {
@@ -47,6 +47,7 @@ fn def(window: WindowAssigner, lateness: i64, ooo: i64) -> JobDefinition {
             },
         ],
         emit: EmitMode::OnWindowClose,
+        sink_key: None,
     }
 }
 
@@ -402,7 +403,7 @@ fn cel_key_and_rfc3339_time() {
         panic!("{out:?}")
     };
     assert_eq!(
-        serde_json::from_slice::<Value>(key).unwrap(),
+        serde_json::from_slice::<Value>(key.as_deref().unwrap()).unwrap(),
         json!({"key": ["a/7", "a"], "windowStart": 0})
     );
 }

@@ -110,11 +110,11 @@ fn definition(c: &Case) -> JobDefinition {
         idle_timeout_ms: None,
         max_future_skew_ms: i64::MAX,
         key_by: vec!["record.user".into()],
-        window: match c.kind {
+        window: Some(match c.kind {
             Kind::Fixed { size, slide } if size == slide => WindowAssigner::tumbling(size).unwrap(),
             Kind::Fixed { size, slide } => WindowAssigner::sliding(size, slide).unwrap(),
             Kind::Session { gap } => WindowAssigner::session(gap).unwrap(),
-        },
+        }),
         allowed_lateness_ms: c.lateness,
         aggregations: vec![
             agg("n", AggregateFunction::Count, None),
@@ -127,6 +127,7 @@ fn definition(c: &Case) -> JobDefinition {
             agg("topPages", AggregateFunction::TopK { k: 2 }, Some("record.page")),
         ],
         emit: c.emit,
+        sink_key: None,
     }
 }
 
@@ -343,7 +344,7 @@ fn collect(outputs: &[Emitted]) -> (Emissions, usize) {
         match &o.out {
             Out::Result { key, value, is_final } => {
                 let v: Value = serde_json::from_slice(value).unwrap();
-                let k: Value = serde_json::from_slice(key).unwrap();
+                let k: Value = serde_json::from_slice(key.as_deref().unwrap()).unwrap();
                 assert_eq!(k["key"], v["key"]);
                 assert_eq!(k["windowStart"], v["windowStart"]);
                 assert_eq!(v["final"], json!(is_final));

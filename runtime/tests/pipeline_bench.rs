@@ -354,7 +354,8 @@ fn checkpoint_duration_and_size_with_a_million_keys() {
         },
     );
     let mut spec = j.spec.clone();
-    spec.pipeline.window.size = Some(streamops_crds::DurationSpec::from_millis(3_600_000));
+    spec.pipeline.window.as_mut().expect("a windowed job").size =
+        Some(streamops_crds::DurationSpec::from_millis(3_600_000));
     let plan = Arc::new(streamops_runtime::plan::compile(&spec.defaulted()).unwrap());
     let backend = RocksBackend::open(&work.path().join("db"), &RocksOptions::default()).unwrap();
     let mut task = Task::new(

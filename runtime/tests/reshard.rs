@@ -74,13 +74,14 @@ fn definition(size: i64) -> JobDefinition {
         idle_timeout_ms: None,
         max_future_skew_ms: i64::MAX,
         key_by: vec!["record.user".into()],
-        window: WindowAssigner::tumbling(size).unwrap(),
+        window: Some(WindowAssigner::tumbling(size).unwrap()),
         allowed_lateness_ms: 0,
         aggregations: vec![
             agg("n", AggregateFunction::Count, None),
             agg("total", AggregateFunction::Sum, Some("record.amount")),
         ],
         emit: EmitMode::OnWindowClose,
+        sink_key: None,
     }
 }
 

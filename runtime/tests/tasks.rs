@@ -127,7 +127,7 @@ impl Sim {
                 }
                 Out::Result { key, value, is_final } => {
                     assert!(is_final, "onWindowClose emits final results only");
-                    self.results[t].push((key, value));
+                    self.results[t].push((key.expect("a window result has a key"), value));
                 }
                 Out::Late { .. } => self.late += 1,
                 Out::DeadLetter { reason, .. } => panic!("dead letter: {reason}"),

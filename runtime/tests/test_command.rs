@@ -74,6 +74,31 @@ fn the_failed_logins_example_alerts_past_its_threshold_only() {
 }
 
 #[test]
+fn the_stateless_clean_orders_example_cleans_reshapes_and_dead_letters() {
+    let out = test_command(&[
+        "examples/clean-orders.yaml",
+        "--input",
+        "examples/tests/clean-orders.input.jsonl",
+        "--expect",
+        "examples/tests/clean-orders.expected.jsonl",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
+    assert!(
+        stderr.contains("10 records: 3 results, 0 late, 4 dead letters"),
+        "{stderr}"
+    );
+    for line in [
+        "dead letter: record 6 (invalid_record)",
+        "dead letter: record 7 (expression_error): spec.pipeline.steps[1] (normalise).map.customer",
+        "dead letter: record 8 (expression_error): spec.pipeline.steps[0] (complete).filter",
+        "dead letter: record 10 (expression_error): spec.pipeline.steps[1] (normalise).map.items",
+    ] {
+        assert!(stderr.contains(line), "{line}\n{stderr}");
+    }
+}
+
+#[test]
 fn a_wrong_expectation_fails_with_a_diff() {
     let dir = tempfile::tempdir().unwrap();
     let expected =

@@ -29,6 +29,9 @@ pub enum BenchWindow {
     Sliding,
     /// Session with a 5 s gap, count and sum(amount).
     Session,
+    /// No window: a stateless (ETL) job, every record to the sink (with
+    /// `--steps`: through the filter and the map of five fields).
+    Stateless,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,15 +118,16 @@ pub fn job(window: BenchWindow, out_of_order_ms: i64) -> JobDefinition {
         field: Some("record.amount".into()),
     };
     let (assigner, aggregations) = match window {
-        BenchWindow::Tumbling => (WindowAssigner::Tumbling { size: 10_000 }, vec![count]),
+        BenchWindow::Tumbling => (Some(WindowAssigner::Tumbling { size: 10_000 }), vec![count]),
         BenchWindow::Sliding => (
-            WindowAssigner::Sliding {
+            Some(WindowAssigner::Sliding {
                 size: 10_000,
                 slide: 2_000,
-            },
+            }),
             vec![count, sum],
         ),
-        BenchWindow::Session => (WindowAssigner::Session { gap: 5_000 }, vec![count, sum]),
+        BenchWindow::Session => (Some(WindowAssigner::Session { gap: 5_000 }), vec![count, sum]),
+        BenchWindow::Stateless => (None, Vec::new()),
     };
     JobDefinition {
         filter: None,
@@ -134,11 +138,16 @@ pub fn job(window: BenchWindow, out_of_order_ms: i64) -> JobDefinition {
         out_of_orderness_ms: out_of_order_ms,
         idle_timeout_ms: None,
         max_future_skew_ms: i64::MAX,
-        key_by: vec!["record.user_id".into()],
+        key_by: if assigner.is_some() {
+            vec!["record.user_id".into()]
+        } else {
+            Vec::new()
+        },
         window: assigner,
         allowed_lateness_ms: 0,
         aggregations,
         emit: EmitMode::OnWindowClose,
+        sink_key: None,
     }
 }
 
@@ -293,7 +302,9 @@ pub fn run(window: BenchWindow, gen_cfg: &GeneratorConfig, state: &StateConfig<'
             let entries = if state.cache_entries > 0 {
                 state.cache_entries
             } else {
-                WindowOperator::entries_for_bytes(&plan.window, state.cache_bytes)
+                plan.window
+                    .as_deref()
+                    .map_or(0, |w| WindowOperator::entries_for_bytes(w, state.cache_bytes))
             };
             let options = StateOptions {
                 cache_capacity: Some(entries),

@@ -41,6 +41,14 @@ pub enum Held {
         key_end: usize,
         end: usize,
     },
+    /// A stateless job's record for the sink, laid out as [`Held::Keyed`]
+    /// (`keyless`: written without a key).
+    Result {
+        start: usize,
+        key_end: usize,
+        end: usize,
+        keyless: bool,
+    },
     /// Stage 1's watermark, for every keyed partition.
     Watermark { value: Vec<u8> },
 }
@@ -52,14 +60,16 @@ impl Held {
         OVERHEAD
             + match self {
                 Held::Out { out, .. } => match out {
-                    Out::Keyed { key, value, .. } | Out::Result { key, value, .. } => key.len() + value.len(),
-                    Out::Late { key, value } => key.as_ref().map_or(0, Vec::len) + value.len(),
+                    Out::Keyed { key, value, .. } => key.len() + value.len(),
+                    Out::Late { key, value } | Out::Result { key, value, .. } => {
+                        key.as_ref().map_or(0, Vec::len) + value.len()
+                    }
                     Out::DeadLetter {
                         key, value, reason, ..
                     } => key.as_ref().map_or(0, Vec::len) + value.len() + reason.len(),
                     Out::Watermark { value } => value.len(),
                 },
-                Held::Keyed { start, end, .. } => end - start,
+                Held::Keyed { start, end, .. } | Held::Result { start, end, .. } => end - start,
                 Held::Watermark { value } => value.len(),
             }
     }
@@ -95,6 +105,21 @@ impl Outbox {
         });
     }
 
+    /// Holds a stateless job's record for the sink (copied as
+    /// [`Outbox::hold_keyed`] copies).
+    pub fn hold_result(&mut self, key: Option<&[u8]>, value: &[u8]) {
+        let start = self.keyed.len();
+        self.keyed.extend_from_slice(key.unwrap_or_default());
+        let key_end = self.keyed.len();
+        self.keyed.extend_from_slice(value);
+        self.hold(Held::Result {
+            start,
+            key_end,
+            end: self.keyed.len(),
+            keyless: key.is_none(),
+        });
+    }
+
     /// Roughly what the held outputs cost in memory.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -127,16 +152,7 @@ pub fn write<L: TaskLog + ?Sized>(
             value,
         } => write_keyed(log, to, header, partition, &key, &value),
         Out::Watermark { .. } => Ok(()),
-        Out::Result { key, value, .. } => {
-            m.with_label_values(&["result"]).inc();
-            log.send(&Record {
-                topic: &to.topics.sink,
-                partition: None,
-                key: Some(&key),
-                value: &value,
-                headers: &checkpoint,
-            })
-        }
+        Out::Result { key, value, .. } => write_result(log, to, header, key.as_deref(), &value),
         Out::Late { key, value } => match &to.topics.late_events {
             Some(topic) => {
                 m.with_label_values(&["late"]).inc();
@@ -209,6 +225,25 @@ pub fn write_keyed<L: TaskLog + ?Sized>(
         topic: &to.topics.repartition,
         partition: Some(partition),
         key: Some(key),
+        value,
+        headers: &[(CHECKPOINT_HEADER, header.as_bytes())],
+    })
+}
+
+/// A record for the sink (a window result, or a stateless job's record)
+/// with `header`.
+pub fn write_result<L: TaskLog + ?Sized>(
+    log: &mut L,
+    to: &Destinations<'_>,
+    header: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> crate::error::Result<()> {
+    to.records_out.with_label_values(&["result"]).inc();
+    log.send(&Record {
+        topic: &to.topics.sink,
+        partition: None,
+        key,
         value,
         headers: &[(CHECKPOINT_HEADER, header.as_bytes())],
     })

@@ -208,6 +208,17 @@ impl<L: TaskLog + ?Sized> Outputs for Stage1Outputs<'_, '_, L> {
         }
     }
 
+    fn result(&mut self, key: Option<&[u8]>, value: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.cx.transactional {
+            self.outbox.hold_result(key, value);
+        } else {
+            self.error = outputs::write_result(self.log, &self.cx.to, self.header, key, value).err();
+        }
+    }
+
     fn push(&mut self, out: Out) {
         self.rest.push(out);
     }
@@ -278,6 +289,18 @@ pub fn checkpoint<L: TaskLog + ?Sized>(
                     &header,
                     partition,
                     &keyed[start..key_end],
+                    &keyed[key_end..end],
+                )?,
+                Held::Result {
+                    start,
+                    key_end,
+                    end,
+                    keyless,
+                } => outputs::write_result(
+                    io.log,
+                    &cx.to,
+                    &header,
+                    (!keyless).then(|| &keyed[start..key_end]),
                     &keyed[key_end..end],
                 )?,
                 Held::Watermark { value } => outputs::broadcast_watermark(io.log, &cx.to, &value, &header)?,

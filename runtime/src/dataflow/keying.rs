@@ -17,11 +17,18 @@ pub struct KeyingPlan {
     pub filter: Option<Expr>,
     /// `spec.pipeline.steps`, run after `filter` ([`super::steps`]).
     pub steps: super::steps::Steps,
-    pub event_time: Expr,
+    /// `None`: a stateless job (no event time, key or aggregations; stage 1
+    /// passes records on to the sink).
+    pub event_time: Option<Expr>,
     pub time_format: TimeFormat,
     pub key_by: Vec<Expr>,
     /// `(spec name, function, input expression)`; `None` input only for `count`.
     pub aggregations: Vec<(String, AggregateFunction, Option<Expr>)>,
+    /// `spec.sink.key` of a stateless job.
+    pub sink_key: Option<Expr>,
+    /// The CEL environment of the job's expressions
+    /// ([`super::steps::environment`]).
+    pub env: Arc<cel::Env>,
 }
 
 impl KeyingPlan {
@@ -31,7 +38,8 @@ impl KeyingPlan {
         let mut exprs = self
             .filter
             .iter()
-            .chain(std::iter::once(&self.event_time))
+            .chain(self.event_time.iter())
+            .chain(self.sink_key.iter())
             .chain(self.key_by.iter())
             .chain(self.aggregations.iter().filter_map(|a| a.2.as_ref()));
         exprs.any(|e| !e.is_path())
@@ -53,6 +61,8 @@ pub enum DeadLetterReason {
     MissingKey {
         index: usize,
     },
+    /// `spec.sink.key` found no value, or an object or a list.
+    InvalidSinkKey(String),
     /// A named step failed on the record: `field` is its spec path,
     /// `expression` its CEL (empty when the value it made could not be
     /// written), `error` what happened.
@@ -85,7 +95,7 @@ impl DeadLetterReason {
             DeadLetterReason::MissingEventTime => "missing_event_time",
             DeadLetterReason::InvalidEventTime(_) => "invalid_event_time",
             DeadLetterReason::Expression { .. } | DeadLetterReason::Step { .. } => "expression_error",
-            DeadLetterReason::MissingKey { .. } => "missing_key",
+            DeadLetterReason::MissingKey { .. } | DeadLetterReason::InvalidSinkKey(_) => "missing_key",
             DeadLetterReason::InvalidAggregateInput { .. } => "invalid_aggregate_input",
         }
     }
@@ -113,6 +123,7 @@ impl fmt::Display for DeadLetterReason {
             DeadLetterReason::MissingKey { index } => {
                 write!(f, "spec.pipeline.keyBy[{index}]: field is missing")
             }
+            DeadLetterReason::InvalidSinkKey(m) => write!(f, "spec.sink.key: {m}"),
             DeadLetterReason::InvalidAggregateInput { aggregation, message } => {
                 write!(f, "aggregation {aggregation:?}: {message}")
             }
@@ -126,6 +137,20 @@ pub enum KeyOutcome {
     Keyed,
     /// The filter returned false.
     Filtered,
+    /// A stateless job kept the record: it goes to the sink (as the last
+    /// `map` made it, [`KeyingStage::mapped`]) with this key.
+    Passed(SinkKey),
+}
+
+/// The Kafka key of a record a stateless job writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKey {
+    /// The source record's key (no `spec.sink.key`).
+    Input,
+    /// `spec.sink.key` was null: no key.
+    Absent,
+    /// `spec.sink.key`'s value, in [`KeyedRecord::group_key`].
+    Computed,
 }
 
 const INLINE_SLOTS: usize = 8;
@@ -157,6 +182,37 @@ impl KeyingStage {
     /// the source record unchanged.
     pub fn mapped(&self) -> Option<&[u8]> {
         self.has_mapped.then_some(self.mapped.as_slice())
+    }
+
+    /// A stateless job's record: its Kafka key by `spec.sink.key` (into
+    /// `out.group_key`), or the source record's.
+    fn sink_key(
+        plan: &KeyingPlan,
+        slots: &[Option<Scalar<'_>>],
+        ctx: Option<&cel::Context>,
+        out: &mut KeyedRecord,
+    ) -> Result<KeyOutcome, DeadLetterReason> {
+        let Some(expr) = &plan.sink_key else {
+            return Ok(KeyOutcome::Passed(SinkKey::Input));
+        };
+        out.group_key.clear();
+        let key = match expr.eval(slots, ctx).map_err(DeadLetterReason::InvalidSinkKey)? {
+            None => return Err(DeadLetterReason::InvalidSinkKey("field is missing".into())),
+            Some(Scalar::Null) => SinkKey::Absent,
+            Some(Scalar::Str(s)) => {
+                out.group_key.extend_from_slice(s.as_bytes());
+                SinkKey::Computed
+            }
+            Some(v) => {
+                if !v.write_canonical(&mut out.group_key) {
+                    return Err(DeadLetterReason::InvalidSinkKey(
+                        "the key is an object or a list; pick a string or a number".into(),
+                    ));
+                }
+                SinkKey::Computed
+            }
+        };
+        Ok(KeyOutcome::Passed(key))
     }
 
     /// Fills `out` from the value bytes of one record. On success `out` holds
@@ -203,7 +259,7 @@ impl KeyingStage {
                 .decoder
                 .to_cel(value)
                 .map_err(DeadLetterReason::InvalidRecord)?;
-            let mut ctx = cel::Context::default();
+            let mut ctx = cel::Context::with_env(plan.env.clone());
             ctx.add_variable_from_value("record", record);
             Some(ctx)
         } else {
@@ -237,8 +293,10 @@ impl KeyingStage {
             }
         }
 
-        let ts = plan
-            .event_time
+        let Some(event_time_expr) = &plan.event_time else {
+            return Self::sink_key(plan, slots, ctx, out);
+        };
+        let ts = event_time_expr
             .eval(slots, ctx)
             .map_err(expr_err("spec.source.eventTime.field"))?;
         out.event_time = event_time(ts, plan.time_format)?;

@@ -33,6 +33,7 @@ pub struct JobDefinition {
     pub steps: Vec<super::steps::StepDef>,
     /// `spec.pipeline.resultSteps`, run on each window result.
     pub result_steps: Vec<super::steps::StepDef>,
+    /// Unused by a stateless job (`window: None`).
     pub event_time_field: String,
     pub time_format: TimeFormat,
     pub out_of_orderness_ms: i64,
@@ -41,10 +42,15 @@ pub struct JobDefinition {
     /// Event times further ahead of the wall clock are dead letters.
     pub max_future_skew_ms: i64,
     pub key_by: Vec<String>,
-    pub window: WindowAssigner,
+    /// `None`: a stateless job (no key, no window, no aggregations): stage 1
+    /// writes every record the steps keep to the sink.
+    pub window: Option<WindowAssigner>,
     pub allowed_lateness_ms: i64,
     pub aggregations: Vec<AggregationDef>,
     pub emit: EmitMode,
+    /// `spec.sink.key` of a stateless job: the Kafka key of each record
+    /// written (`None`: the source record's key).
+    pub sink_key: Option<String>,
 }
 
 /// A compiled job.
@@ -52,7 +58,9 @@ pub struct Plan {
     pub keying: Arc<KeyingPlan>,
     /// `spec.pipeline.resultSteps` ([`super::steps`]).
     pub result_steps: super::steps::Steps,
-    pub window: Arc<WindowSpec>,
+    /// `None`: a stateless job, whose stage 1 writes to the sink; there is
+    /// no stage 2.
+    pub window: Option<Arc<WindowSpec>>,
     /// Aggregation names, in output order.
     pub names: Vec<String>,
     pub out_of_orderness_ms: i64,
@@ -81,16 +89,29 @@ impl Plan {
                 "must not be negative",
             ));
         }
-        if def.key_by.is_empty() {
+        let windowed = def.window.is_some();
+        if def.key_by.is_empty() == windowed {
             return Err(RuntimeError::compile(
                 "spec.pipeline.keyBy",
-                "needs at least one expression",
+                "keyBy, window and aggregations come together (none: a stateless job)",
             ));
         }
-        if def.aggregations.is_empty() {
+        if def.aggregations.is_empty() == windowed {
             return Err(RuntimeError::compile(
                 "spec.pipeline.aggregations",
-                "needs at least one aggregation",
+                "keyBy, window and aggregations come together (none: a stateless job)",
+            ));
+        }
+        if windowed && def.sink_key.is_some() {
+            return Err(RuntimeError::compile(
+                "spec.sink.key",
+                "a window result's key is its keyBy key",
+            ));
+        }
+        if !windowed && !def.result_steps.is_empty() {
+            return Err(RuntimeError::compile(
+                "spec.pipeline.resultSteps",
+                "a stateless job has no window results",
             ));
         }
         let mut paths = FieldPaths::default();
@@ -104,7 +125,14 @@ impl Plan {
             .filter(|_| def.steps.is_empty())
             .map(|f| Expr::compile("spec.pipeline.filter", f, &mut paths))
             .transpose()?;
-        let event_time = Expr::compile("spec.source.eventTime.field", &def.event_time_field, &mut paths)?;
+        let event_time = windowed
+            .then(|| Expr::compile("spec.source.eventTime.field", &def.event_time_field, &mut paths))
+            .transpose()?;
+        let sink_key = def
+            .sink_key
+            .as_deref()
+            .map(|k| Expr::compile("spec.sink.key", k, &mut paths))
+            .transpose()?;
         let key_by = def
             .key_by
             .iter()
@@ -146,17 +174,21 @@ impl Plan {
             time_format: def.time_format,
             key_by,
             aggregations,
+            sink_key,
+            env: Arc::new(super::steps::environment()?),
         };
-        let window = WindowSpec {
-            assigner: def.window,
-            allowed_lateness_ms: def.allowed_lateness_ms,
-            emit: def.emit,
-            functions: def.aggregations.iter().map(|a| a.function).collect(),
-        };
+        let window = def.window.map(|assigner| {
+            Arc::new(WindowSpec {
+                assigner,
+                allowed_lateness_ms: def.allowed_lateness_ms,
+                emit: def.emit,
+                functions: def.aggregations.iter().map(|a| a.function).collect(),
+            })
+        });
         Ok(Plan {
             keying: Arc::new(keying),
             result_steps,
-            window: Arc::new(window),
+            window,
             names,
             out_of_orderness_ms: def.out_of_orderness_ms,
             max_future_skew_ms: def.max_future_skew_ms,
@@ -187,19 +219,37 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
             None => Err(RuntimeError::compile(field, "is required for this window type")),
         }
     };
-    let w = &spec.pipeline.window;
-    let window = match w.kind {
-        api::WindowKind::Tumbling => {
-            WindowAssigner::tumbling(required("spec.pipeline.window.size", &w.size)?)
-                .map_err(|e| RuntimeError::compile("spec.pipeline.window.size", e))?
+    let window = spec
+        .pipeline
+        .window
+        .as_ref()
+        .map(|w| -> Result<WindowAssigner> {
+            Ok(match w.kind {
+                api::WindowKind::Tumbling => {
+                    WindowAssigner::tumbling(required("spec.pipeline.window.size", &w.size)?)
+                        .map_err(|e| RuntimeError::compile("spec.pipeline.window.size", e))?
+                }
+                api::WindowKind::Sliding => WindowAssigner::sliding(
+                    required("spec.pipeline.window.size", &w.size)?,
+                    required("spec.pipeline.window.slide", &w.slide)?,
+                )
+                .map_err(|e| RuntimeError::compile("spec.pipeline.window", e))?,
+                api::WindowKind::Session => {
+                    WindowAssigner::session(required("spec.pipeline.window.gap", &w.gap)?)
+                        .map_err(|e| RuntimeError::compile("spec.pipeline.window.gap", e))?
+                }
+            })
+        })
+        .transpose()?;
+    let event_time = match (&spec.source.event_time, window.is_some()) {
+        (Some(et), _) => Some(et),
+        (None, true) => {
+            return Err(RuntimeError::compile(
+                "spec.source.eventTime",
+                "is required with a window",
+            ));
         }
-        api::WindowKind::Sliding => WindowAssigner::sliding(
-            required("spec.pipeline.window.size", &w.size)?,
-            required("spec.pipeline.window.slide", &w.slide)?,
-        )
-        .map_err(|e| RuntimeError::compile("spec.pipeline.window", e))?,
-        api::WindowKind::Session => WindowAssigner::session(required("spec.pipeline.window.gap", &w.gap)?)
-            .map_err(|e| RuntimeError::compile("spec.pipeline.window.gap", e))?,
+        (None, false) => None,
     };
     let watermark = spec.source.watermark.as_ref();
     let out_of_orderness_ms = match watermark.and_then(|w| w.out_of_orderness.as_ref()) {
@@ -210,7 +260,7 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
         .and_then(|w| w.idle_timeout.as_ref())
         .map(|d| ms("spec.source.watermark.idleTimeout", d))
         .transpose()?;
-    let max_future_skew_ms = match &spec.source.event_time.max_future_skew {
+    let max_future_skew_ms = match event_time.and_then(|e| e.max_future_skew.as_ref()) {
         Some(d) => ms("spec.source.eventTime.maxFutureSkew", d)?,
         None => api::defaults::MAX_FUTURE_SKEW_MS as i64,
     };
@@ -258,8 +308,8 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
         filter: spec.pipeline.filter.clone(),
         steps: super::steps::from_spec("spec.pipeline.steps", &spec.pipeline.steps)?,
         result_steps: super::steps::from_spec("spec.pipeline.resultSteps", &spec.pipeline.result_steps)?,
-        event_time_field: spec.source.event_time.field.clone(),
-        time_format: match spec.source.event_time.format.unwrap_or_default() {
+        event_time_field: event_time.map(|e| e.field.clone()).unwrap_or_default(),
+        time_format: match event_time.and_then(|e| e.format).unwrap_or_default() {
             api::TimeFormat::EpochMillis => TimeFormat::EpochMillis,
             api::TimeFormat::EpochSeconds => TimeFormat::EpochSeconds,
             api::TimeFormat::Rfc3339 => TimeFormat::Rfc3339,
@@ -275,6 +325,7 @@ pub fn definition_from_spec(spec: &streamops_crds::StreamJobSpec) -> Result<JobD
             api::EmitMode::OnWindowClose => EmitMode::OnWindowClose,
             api::EmitMode::OnUpdate => EmitMode::OnUpdate,
         },
+        sink_key: spec.sink.key.clone(),
     })
 }
 
@@ -311,10 +362,10 @@ mod tests {
         let d = definition_from_spec(&s).unwrap();
         assert_eq!(
             d.window,
-            WindowAssigner::Sliding {
+            Some(WindowAssigner::Sliding {
                 size: 10_000,
                 slide: 2_000
-            }
+            })
         );
         assert_eq!(
             (d.out_of_orderness_ms, d.allowed_lateness_ms, d.idle_timeout_ms),

@@ -77,8 +77,9 @@ pub struct Steps {
     env: Arc<cel::Env>,
 }
 
-/// The CEL environment steps run in ([`Steps`]).
-fn environment() -> Result<cel::Env> {
+/// The CEL environment every expression of a job runs in ([`Steps`], and
+/// the expressions of [`super::keying`]).
+pub(crate) fn environment() -> Result<cel::Env> {
     let mut env = cel::Env::stdlib();
     let add = |env: &mut cel::Env,
                ext: fn(&mut cel::Env) -> std::result::Result<(), cel::DeclarationError>| {

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::groups::GroupOperators;
 use super::key_groups;
-use super::keying::{DeadLetterReason, KeyOutcome, KeyingStage};
+use super::keying::{DeadLetterReason, KeyOutcome, KeyingStage, SinkKey};
 use super::repartition::{self, UpstreamRef, WatermarkRecord, WireRef};
 use super::steps::{StepOutcome, Steps};
 use super::window_operator::OperatorStats;
@@ -39,8 +39,10 @@ pub enum Out {
     Watermark {
         value: Vec<u8>,
     },
+    /// For the sink: a window result (keyed by its group key), or a record
+    /// of a stateless job (its key by `spec.sink.key` or the source's).
     Result {
-        key: Vec<u8>,
+        key: Option<Vec<u8>>,
         value: Vec<u8>,
         is_final: bool,
     },
@@ -66,6 +68,14 @@ pub enum Out {
 pub trait Outputs {
     /// A keyed record for keyed partition `partition` (its Kafka key and value).
     fn keyed(&mut self, partition: i32, key: &[u8], value: &[u8]);
+    /// A stateless job's record for the sink.
+    fn result(&mut self, key: Option<&[u8]>, value: &[u8]) {
+        self.push(Out::Result {
+            key: key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            is_final: true,
+        });
+    }
     /// Any other output.
     fn push(&mut self, out: Out);
 }
@@ -317,8 +327,9 @@ pub struct Task {
     keyed: KeyedRecord,
     /// Stage 2's input record (its buffers reused).
     keyed_in: KeyedRecord,
-    /// Stage 2: the window operators of the keyed partition's key groups.
-    op: GroupOperators,
+    /// Stage 2: the window operators of the keyed partition's key groups
+    /// (`None`: a stateless job, which has no stage 2).
+    op: Option<GroupOperators>,
     backend: Box<dyn StateBackend + Send>,
     results: Vec<WindowResult>,
     last_active_ms: i64,
@@ -351,7 +362,10 @@ impl Task {
         now_ms: i64,
     ) -> Task {
         let meta = TaskMeta::fresh(task, &sources);
-        let op = GroupOperators::new(sources.groups_of(task), sources.key_groups(), plan.window.clone());
+        let op = plan
+            .window
+            .clone()
+            .map(|w| GroupOperators::new(sources.groups_of(task), sources.key_groups(), w));
         Task {
             own_id: sources.id_of(task).unwrap_or_default(),
             sources,
@@ -452,15 +466,20 @@ impl Task {
         now_ms: i64,
         options: StateOptions,
     ) -> Result<Task> {
-        let op = GroupOperators::restore(
-            sources.groups_of(meta.task),
-            sources.key_groups(),
-            plan.window.clone(),
-            options.cache_capacity,
-            &*backend,
-        )
-        .with_context(|| format!("restoring the window operators of task {}", meta.task))?
-        .with_flush_on_fire(options.flush_on_fire);
+        let op = match plan.window.clone() {
+            Some(window) => Some(
+                GroupOperators::restore(
+                    sources.groups_of(meta.task),
+                    sources.key_groups(),
+                    window,
+                    options.cache_capacity,
+                    &*backend,
+                )
+                .with_context(|| format!("restoring the window operators of task {}", meta.task))?
+                .with_flush_on_fire(options.flush_on_fire),
+            ),
+            None => None,
+        };
         let mut t = Task::new(meta.task, sources, plan, backend, now_ms);
         t.op = op;
         t.sent = None;
@@ -562,10 +581,10 @@ impl Task {
     /// Applies `options` to the window state (of a task with empty state; a
     /// restored task takes them in [`Task::restore_with`]).
     pub fn with_state_options(mut self, options: StateOptions) -> Self {
-        self.op = self
-            .op
-            .with_cache_capacity(options.cache_capacity)
-            .with_flush_on_fire(options.flush_on_fire);
+        self.op = self.op.map(|op| {
+            op.with_cache_capacity(options.cache_capacity)
+                .with_flush_on_fire(options.flush_on_fire)
+        });
         self
     }
 
@@ -582,18 +601,18 @@ impl Task {
 
     /// Live (window, key) entries of the task's window state.
     pub fn open_entries(&self) -> usize {
-        self.op.open_entries()
+        self.op.as_ref().map_or(0, GroupOperators::open_entries)
     }
 
     /// (window, key) entries of the task's window state held in memory.
     pub fn cached_entries(&self) -> usize {
-        self.op.cached_entries()
+        self.op.as_ref().map_or(0, GroupOperators::cached_entries)
     }
 
     /// What the window operator did with the keyed records so far:
     /// `accepted + late_records + unassigned` is every keyed record applied.
     pub fn operator_stats(&self) -> OperatorStats {
-        self.op.stats()
+        self.op.as_ref().map(GroupOperators::stats).unwrap_or_default()
     }
 
     /// The task's state backend.
@@ -601,9 +620,9 @@ impl Task {
         &*self.backend
     }
 
-    /// The keyed partition's watermark.
+    /// The keyed partition's watermark (a stateless job has none).
     pub fn watermark(&self) -> i64 {
-        self.op.watermark()
+        self.op.as_ref().map_or(NO_WATERMARK, GroupOperators::watermark)
     }
 
     /// The source partition's own watermark (`max event time - outOfOrderness`).
@@ -635,6 +654,15 @@ impl Task {
         self.last_active_ms = now_ms;
         match self.keying.key(value, &mut self.keyed) {
             Ok(KeyOutcome::Filtered) => self.counters.filtered += 1,
+            Ok(KeyOutcome::Passed(sink_key)) => {
+                let key = match sink_key {
+                    SinkKey::Input => key,
+                    SinkKey::Absent => None,
+                    SinkKey::Computed => Some(self.keyed.group_key.as_slice()),
+                };
+                self.counters.results += 1;
+                out.result(key, self.keying.mapped().unwrap_or(value));
+            }
             Err(reason) => {
                 self.counters.dead_lettered += 1;
                 out.push(Out::DeadLetter {
@@ -850,9 +878,14 @@ impl Task {
                 u.idle = false;
                 self.counters.keyed_records += 1;
                 self.results.clear();
-                let disposition = self
-                    .op
-                    .process(&self.keyed_in, &mut *self.backend, &mut self.results)?;
+                let Some(op) = self.op.as_mut() else {
+                    return Err(RuntimeError::Dataflow(format!(
+                        "keyed partition {} offset {offset}: a data record, but the job is stateless (it writes \
+                         none); the repartition topic holds records of an older version",
+                        self.meta.task
+                    )));
+                };
+                let disposition = op.process(&self.keyed_in, &mut *self.backend, &mut self.results)?;
                 if disposition == Disposition::Late {
                     self.counters.late += 1;
                     out.push(Out::Late {
@@ -920,16 +953,18 @@ impl Task {
         let Some(wm) = active else {
             return Ok(()); // every upstream idle: hold
         };
-        if wm <= self.op.watermark() {
+        let Some(op) = self.op.as_mut() else {
+            return Ok(());
+        };
+        if wm <= op.watermark() {
             return Ok(());
         }
         self.results.clear();
-        self.op
-            .advance_watermark(wm, &mut *self.backend, &mut self.results)?;
-        self.emit(out);
-        if self.op.needs_flush() {
-            self.op.flush(&mut *self.backend)?;
+        op.advance_watermark(wm, &mut *self.backend, &mut self.results)?;
+        if op.needs_flush() {
+            op.flush(&mut *self.backend)?;
         }
+        self.emit(out);
         Ok(())
     }
 
@@ -960,7 +995,7 @@ impl Task {
             }
             self.counters.results += 1;
             out.push(Out::Result {
-                key,
+                key: Some(key),
                 value,
                 is_final: r.firing.is_final(),
             });
@@ -969,7 +1004,9 @@ impl Task {
 
     /// Writes the task's complete state to `dir` (created; must not exist).
     pub fn snapshot(&mut self, dir: &Path) -> Result<()> {
-        self.op.flush(&mut *self.backend)?;
+        if let Some(op) = self.op.as_mut() {
+            op.flush(&mut *self.backend)?;
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         self.backend
             .snapshot(&dir.join(STATE_DIR))
