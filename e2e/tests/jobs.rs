@@ -967,9 +967,10 @@ async fn a_job_with_steps_is_exact_through_a_kill_of_its_pods() {
 /// A stateless (ETL) job, no key, window or aggregations, keeps its promise
 /// through a kill of every pod mid-input: every order the steps keep is in
 /// the sink exactly once, as the map made it, keyed by `sink.key` (each
-/// customer in one partition); malformed records and records a step fails
-/// on are dead letters; and nothing but control records goes through the
-/// repartition topic.
+/// customer in one partition), and through a rescale from 2 to 4 pods
+/// after it; malformed records and records a step fails on are dead
+/// letters; and nothing but control records goes through the repartition
+/// topic.
 #[tokio::test]
 async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
     if !cluster_test(CLUSTER) {
@@ -997,12 +998,12 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
             }
             out
         };
-        let (first, second) = (orders(0..800), orders(800..1600));
+        let (first, second, third) = (orders(0..800), orders(800..1600), orders(1600..2000));
         // The steps in plain Rust: keep amounts not divisible by 3; id,
         // customer upper-cased, amount doubled.
         let mut expected: BTreeMap<String, Value> = BTreeMap::new();
         let (mut malformed, mut failing) = (0, 0);
-        for r in first.iter().chain(&second) {
+        for r in first.iter().chain(&second).chain(&third) {
             match serde_json::from_str::<Value>(&r.value) {
                 Err(_) => malformed += 1,
                 Ok(v) if v["amount"].is_string() => failing += 1,
@@ -1017,21 +1018,23 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
                 Ok(_) => {}
             }
         }
-        let job = job_with(
-            "clicks",
-            &[],
-            json!({
-                "source": {"topics": ["in"]},
-                "pipeline": {"steps": [
-                    {"name": "not-thirds", "filter": "record.amount % 3 != 0"},
-                    {"name": "shape", "map": {"id": "record.id", "customer": "record.customer.upperAscii()",
-                                              "amount": "record.amount * 2"}},
-                ]},
-                "sink": {"topic": "out", "key": "record.customer"},
-                "parallelism": 2,
-            }),
-        )?;
-        deploy(&client, &ns, &job, 2, t0).await?;
+        let etl = |parallelism: i64| {
+            job_with(
+                "clicks",
+                &[],
+                json!({
+                    "source": {"topics": ["in"]},
+                    "pipeline": {"steps": [
+                        {"name": "not-thirds", "filter": "record.amount % 3 != 0"},
+                        {"name": "shape", "map": {"id": "record.id", "customer": "record.customer.upperAscii()",
+                                                  "amount": "record.amount * 2"}},
+                    ]},
+                    "sink": {"topic": "out", "key": "record.customer"},
+                    "parallelism": parallelism,
+                }),
+            )
+        };
+        let (api, j) = deploy(&client, &ns, &etl(2)?, 2, t0).await?;
         produce(&input, &first)?;
         let control = control_topic(&ns, "clicks");
         // Committed sink records: id -> (key, partition, value), and every
@@ -1068,6 +1071,15 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
         ])?;
         say(t0, "killed every pod of the stateless job mid-input; producing the second half");
         produce(&input, &second)?;
+        // A rescale to 4 pods while the second half is read: its drained
+        // savepoint's barriers are the only records of the repartition
+        // topic.
+        upgrade(&client, &ns, &api, &etl(4)?, &j, 4, Duration::from_secs(240), t0, |_| Ok(())).await?;
+        ensure!(
+            job_pods(&client, &ns, "clicks").await?.len() == 4,
+            "not 4 pods after the rescale"
+        );
+        produce(&input, &third)?;
         let deadline = Instant::now() + Duration::from_secs(180);
         let (by_id, untagged) = loop {
             let (by_id, untagged) = committed(&markers(&control)?)?;
@@ -1124,8 +1136,9 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
         say(
             t0,
             format!(
-                "stateless: {} orders exactly once across a kill of every pod, keyed by customer; {malformed} malformed \
-                 and {failing} step failures dead-lettered; no record through the repartition topic",
+                "stateless: {} orders exactly once across a kill of every pod and a rescale 2 -> 4, keyed by \
+                 customer; {malformed} malformed and {failing} step failures dead-lettered; no record through the \
+                 repartition topic",
                 expected.len()
             ),
         );
