@@ -8,6 +8,9 @@ use std::fmt;
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+use cel::common::value::Val;
+
 use super::{FieldPaths, RecordDecoder, Scalar};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,44 +30,187 @@ impl RecordDecoder for JsonDecoder {
             .map_err(|e| format!("invalid JSON: {e}"))
     }
 
-    fn to_cel(&self, bytes: &[u8]) -> Result<cel::Value, String> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
-        Ok(json_to_cel(&v))
+    fn to_val<'v>(&self, bytes: &'v [u8]) -> Result<Box<dyn Val + 'v>, String> {
+        to_val(bytes)
     }
 }
 
-/// A JSON value as CEL sees a record: integers as `int` (only those above
-/// `i64::MAX` as `uint`), other numbers as `double`, objects as maps with
-/// string keys. (A plain serde conversion makes every non-negative integer
-/// a `uint`, and `record.count + 1` then fails: CEL does not mix `uint`
-/// and `int`.)
-pub fn json_to_cel(v: &serde_json::Value) -> cel::Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => cel::Value::Null,
-        J::Bool(b) => cel::Value::Bool(*b),
-        J::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => cel::Value::Int(i),
-            (None, Some(u)) => cel::Value::UInt(u),
-            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        J::String(s) => cel::Value::String(std::sync::Arc::new(s.clone())),
-        J::Array(items) => cel::Value::List(std::sync::Arc::new(items.iter().map(json_to_cel).collect())),
-        J::Object(fields) => {
-            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = fields
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        cel::objects::Key::String(std::sync::Arc::new(k.clone())),
-                        json_to_cel(v),
-                    )
-                })
-                .collect();
-            cel::Value::Map(cel::objects::Map {
-                map: std::sync::Arc::new(map),
-            })
-        }
+/// A JSON record as the CEL value a variable holds, decoded in one pass
+/// straight into CEL's own representation (no intermediate tree, strings
+/// without escapes borrowed from `bytes`): integers as `int` (only those
+/// above `i64::MAX` as `uint`), other numbers as `double`, objects as maps
+/// with string keys (the last of a repeated key wins). (A plain serde
+/// conversion makes every non-negative integer a `uint`, and
+/// `record.count + 1` then fails: CEL does not mix `uint` and `int`.)
+pub fn to_val(bytes: &[u8]) -> Result<Box<dyn Val + '_>, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = <JsonVal as serde::Deserialize>::deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| format!("invalid JSON: {e}"))?;
+    Ok(v.0)
+}
+
+struct JsonVal<'de>(Box<dyn Val + 'de>);
+
+impl<'de> serde::Deserialize<'de> for JsonVal<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValVisitor)
     }
+}
+
+struct ValVisitor;
+
+impl<'de> Visitor<'de> for ValVisitor {
+    type Value = JsonVal<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(JsonVal(Box::new(CelBool::from(b))))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(JsonVal(Box::new(CelInt::from(i))))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(JsonVal(match i64::try_from(u) {
+            Ok(i) => Box::new(CelInt::from(i)),
+            Err(_) => Box::new(CelUInt::from(u)),
+        }))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(JsonVal(Box::new(CelDouble::from(f))))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(JsonVal(Box::new(CelString::from(s))))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(JsonVal(Box::new(CelString::from(s.to_owned()))))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(JsonVal(Box::new(CelString::from(s))))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(JsonVal(Box::new(CelNull)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items: Vec<Box<dyn Val + 'de>> = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(JsonVal(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(JsonVal(Box::new(CelList::from(items))))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields: std::collections::HashMap<CelMapKey<'de>, Box<dyn Val + 'de>> =
+            std::collections::HashMap::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(JsonKey(k)) = map.next_key()? {
+            let JsonVal(v) = map.next_value()?;
+            fields.insert(CelMapKey::String(CelString::from(k)), v);
+        }
+        Ok(JsonVal(Box::new(CelMap::from(fields))))
+    }
+}
+
+/// An object key, borrowed unless it has escapes.
+struct JsonKey<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for JsonKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = JsonKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonKey(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(JsonKey(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(JsonKey(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Writes a CEL value as JSON: maps (keys as strings, sorted), lists,
+/// numbers, strings, booleans, null; timestamps as RFC 3339 strings,
+/// durations as seconds (`"1.5s"`, as protobuf's JSON mapping writes them).
+/// Not representable, hence errors: NaN and infinities, bytes (encode them
+/// first, e.g. `base64.encode(...)`), functions and other opaque values.
+pub fn write_cel_json(v: &cel::Value, out: &mut Vec<u8>) -> Result<(), String> {
+    use std::io::Write;
+    match v {
+        cel::Value::Null => out.extend_from_slice(b"null"),
+        cel::Value::Bool(true) => out.extend_from_slice(b"true"),
+        cel::Value::Bool(false) => out.extend_from_slice(b"false"),
+        // Writing to a Vec cannot fail.
+        cel::Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        cel::Value::UInt(u) => {
+            let _ = write!(out, "{u}");
+        }
+        cel::Value::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => {
+                let _ = serde_json::to_writer(&mut *out, &n);
+            }
+            None => return Err(format!("{f} cannot be written as JSON")),
+        },
+        cel::Value::String(s) => write_json_string(out, s),
+        cel::Value::List(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_cel_json(item, out)?;
+            }
+            out.push(b']');
+        }
+        cel::Value::Map(m) => {
+            let mut entries: Vec<(String, &cel::Value)> = m.map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_string(out, k);
+                out.push(b':');
+                write_cel_json(v, out)?;
+            }
+            out.push(b'}');
+        }
+        cel::Value::Timestamp(t) => write_json_string(out, &t.to_rfc3339()),
+        cel::Value::Duration(d) => {
+            let ms = d.num_milliseconds();
+            let text = if ms % 1000 == 0 {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{}s", ms as f64 / 1000.0)
+            };
+            write_json_string(out, &text);
+        }
+        cel::Value::Bytes(_) => {
+            return Err("bytes cannot be written as JSON: encode them, e.g. base64.encode(..)".into());
+        }
+        other => return Err(format!("a {:?} cannot be written as JSON", other.type_of())),
+    }
+    Ok(())
 }
 
 /// Appends `s` as a JSON string literal.

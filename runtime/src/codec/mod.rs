@@ -105,7 +105,8 @@ pub trait RecordDecoder: Send + Sync {
         slots: &mut [Option<Scalar<'a>>],
     ) -> Result<(), String>;
 
-    /// The whole record as a CEL value, for expressions that are not plain
-    /// field paths.
-    fn to_cel(&self, bytes: &[u8]) -> Result<cel::Value, String>;
+    /// The whole record as a CEL value bound as a variable is (strings
+    /// borrowed from `bytes` where they can be), for expressions that are
+    /// not plain field paths.
+    fn to_val<'v>(&self, bytes: &'v [u8]) -> Result<Box<dyn cel::common::value::Val + 'v>, String>;
 }

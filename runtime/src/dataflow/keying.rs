@@ -224,18 +224,10 @@ impl KeyingStage {
         let mut value = value;
         if !plan.steps.is_empty() {
             // With steps, `spec.pipeline.filter` is their first one.
-            let record = plan
-                .decoder
-                .to_cel(value)
-                .map_err(DeadLetterReason::InvalidRecord)?;
-            match plan.steps.run(record)? {
+            match plan.steps.run_json(value, &mut self.mapped)? {
                 super::steps::StepOutcome::Filtered => return Ok(KeyOutcome::Filtered),
-                super::steps::StepOutcome::Kept(None) => {}
-                super::steps::StepOutcome::Kept(Some(json)) => {
-                    self.mapped.clear();
-                    serde_json::to_writer(&mut self.mapped, &json).map_err(|e| {
-                        DeadLetterReason::InvalidRecord(format!("writing the mapped record: {e}"))
-                    })?;
+                super::steps::StepOutcome::Unchanged => {}
+                super::steps::StepOutcome::Mapped => {
                     self.has_mapped = true;
                     value = &self.mapped;
                 }
@@ -251,16 +243,17 @@ impl KeyingStage {
             heap.resize(n, None);
             &mut heap
         };
-        plan.decoder
-            .extract(value, &plan.paths, slots)
-            .map_err(DeadLetterReason::InvalidRecord)?;
-        let ctx = if self.needs_cel {
-            let record = plan
-                .decoder
-                .to_cel(value)
+        // Steps that ran parsed the record (or wrote it): with no field to
+        // read, a stateless job has nothing left to decode.
+        if n > 0 || plan.steps.is_empty() {
+            plan.decoder
+                .extract(value, &plan.paths, slots)
                 .map_err(DeadLetterReason::InvalidRecord)?;
+        }
+        let ctx = if self.needs_cel {
+            let record = plan.decoder.to_val(value).map_err(DeadLetterReason::InvalidRecord)?;
             let mut ctx = cel::Context::with_env(plan.env.clone());
-            ctx.add_variable_from_value("record", record);
+            ctx.add_variable_as_val("record", record);
             Some(ctx)
         } else {
             None

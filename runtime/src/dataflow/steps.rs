@@ -5,13 +5,18 @@
 //! record (a missing field, a wrong type, a division by zero) is a dead
 //! letter naming the step, its expression and the error; never a crash.
 //!
-//! The record travels between steps as a CEL value; after a `map` it is
-//! written back as JSON ([`cel_to_json`]), which is what the rest of stage
-//! 1 (event time, key, aggregation inputs) reads and what goes on to the
-//! keyed stage.
+//! The record is decoded once, straight into CEL's representation
+//! ([`crate::codec::json::to_val`]), and travels between steps as a CEL
+//! value; after a `map` it is written back as JSON
+//! ([`crate::codec::json::write_cel_json`]), which is what the rest of
+//! stage 1 (event time, key, aggregation inputs) reads, what goes on to the
+//! keyed stage, and what a stateless job writes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use cel::common::types::{CelMap, CelMapKey, CelString};
+use cel::common::value::Val;
 
 use crate::dataflow::keying::DeadLetterReason;
 use crate::error::{Result, RuntimeError};
@@ -94,12 +99,15 @@ pub(crate) fn environment() -> Result<cel::Env> {
 }
 
 /// What the steps made of a record.
-#[derive(Debug)]
-pub enum StepOutcome<T = serde_json::Value> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
     /// A filter dropped it.
     Filtered,
-    /// It goes on; `Some`: a map replaced it (the new record as JSON).
-    Kept(Option<T>),
+    /// It goes on as it was (no `map` ran).
+    Unchanged,
+    /// It goes on as the last `map` made it (written as JSON to the
+    /// caller's buffer).
+    Mapped,
 }
 
 impl Steps {
@@ -136,18 +144,24 @@ impl Steps {
                 StepKind::Filter(source) => {
                     CompiledKind::Filter(source.clone(), compile(&format!("{field}.filter"), source)?)
                 }
-                StepKind::Map(fields) => CompiledKind::Map(
-                    fields
-                        .iter()
-                        .map(|(name, source)| {
-                            Ok((
-                                Arc::new(name.clone()),
-                                source.clone(),
-                                compile(&format!("{field}.map.{name}"), source)?,
-                            ))
-                        })
-                        .collect::<Result<Vec<_>>>()?,
-                ),
+                StepKind::Map(fields) => {
+                    // Written in name order (canonical JSON); a name given
+                    // twice keeps its last expression.
+                    let by_name: std::collections::BTreeMap<&String, &String> =
+                        fields.iter().map(|(n, e)| (n, e)).collect();
+                    CompiledKind::Map(
+                        by_name
+                            .into_iter()
+                            .map(|(name, source)| {
+                                Ok((
+                                    Arc::new(name.clone()),
+                                    source.clone(),
+                                    compile(&format!("{field}.map.{name}"), source)?,
+                                ))
+                            })
+                            .collect::<Result<Vec<_>>>()?,
+                    )
+                }
             };
             steps.push(Compiled {
                 at: format!("{field} ({})", d.name),
@@ -165,13 +179,17 @@ impl Steps {
         self.steps.is_empty()
     }
 
-    /// Runs every step on `record` (the decoded source record).
-    pub fn run(&self, record: cel::Value) -> std::result::Result<StepOutcome, DeadLetterReason> {
+    /// Runs every step on the JSON record `value`. The record is decoded
+    /// once, straight into CEL's representation, and bound once; only a
+    /// `map` binds a new one. When a `map` ran, the record it made is
+    /// written to `out` as JSON (fields in name order) and the outcome is
+    /// [`StepOutcome::Mapped`]; `out` is cleared first.
+    pub fn run_json(&self, value: &[u8], out: &mut Vec<u8>) -> std::result::Result<StepOutcome, DeadLetterReason> {
+        let record = crate::codec::json::to_val(value).map_err(DeadLetterReason::InvalidRecord)?;
         let mut ctx = cel::Context::with_env(self.env.clone());
-        let mut record = record;
-        let mut mapped = false;
-        for step in &self.steps {
-            ctx.add_variable_from_value("record", record.clone());
+        ctx.add_variable_as_val("record", record);
+        let mut mapped: Option<(&Compiled, Vec<(&Arc<String>, cel::Value)>)> = None;
+        for (i, step) in self.steps.iter().enumerate() {
             match &step.kind {
                 CompiledKind::Filter(source, program) => match program.execute(&ctx) {
                     Ok(cel::Value::Bool(true)) => {}
@@ -187,35 +205,46 @@ impl Steps {
                     Err(e) => return Err(failed(step, "filter", source, e.to_string())),
                 },
                 CompiledKind::Map(fields) => {
-                    let mut out: HashMap<cel::objects::Key, cel::Value> =
-                        HashMap::with_capacity(fields.len());
+                    let mut values = Vec::with_capacity(fields.len());
                     for (name, source, program) in fields {
                         let v = program
                             .execute(&ctx)
                             .map_err(|e| failed(step, &format!("map.{name}"), source, e.to_string()))?;
-                        out.insert(cel::objects::Key::String(name.clone()), v);
+                        values.push((name, v));
                     }
-                    record = cel::Value::Map(cel::objects::Map { map: Arc::new(out) });
-                    mapped = true;
+                    // The next step reads the new record (the last map's
+                    // is only written out).
+                    if i + 1 < self.steps.len() {
+                        let mut record: HashMap<CelMapKey<'static>, Box<dyn Val>> =
+                            HashMap::with_capacity(values.len());
+                        for (name, v) in &values {
+                            let v: Box<dyn Val> = v
+                                .clone()
+                                .try_into()
+                                .map_err(|e: cel::ExecutionError| failed(step, &format!("map.{name}"), "", e.to_string()))?;
+                            record.insert(CelMapKey::String(CelString::from(name.as_str().to_owned())), v);
+                        }
+                        ctx.add_variable_as_val("record", Box::new(CelMap::from(record)));
+                    }
+                    mapped = Some((step, values));
                 }
             }
         }
-        if !mapped {
-            return Ok(StepOutcome::Kept(None));
+        let Some((step, values)) = mapped else {
+            return Ok(StepOutcome::Unchanged);
+        };
+        out.clear();
+        out.push(b'{');
+        for (i, (name, v)) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            crate::codec::json::write_json_string(out, name);
+            out.push(b':');
+            crate::codec::json::write_cel_json(v, out).map_err(|e| failed(step, &format!("map.{name}"), "", e))?;
         }
-        cel_to_json(&record)
-            .map(|v| StepOutcome::Kept(Some(v)))
-            .map_err(|e| {
-                match self
-                    .steps
-                    .iter()
-                    .rev()
-                    .find(|s| matches!(s.kind, CompiledKind::Map(_)))
-                {
-                    Some(last) => failed(last, "map", "", e),
-                    None => DeadLetterReason::InvalidRecord(e),
-                }
-            })
+        out.push(b'}');
+        Ok(StepOutcome::Mapped)
     }
 }
 
@@ -226,55 +255,6 @@ fn failed(step: &Compiled, part: &str, source: &str, error: String) -> DeadLette
         expression: source.trim().to_owned(),
         error,
     }
-}
-
-/// A CEL value as JSON: maps (keys as strings), lists, numbers, strings,
-/// booleans, null; timestamps as RFC 3339 strings, durations as seconds
-/// (`"1.5s"`, as protobuf's JSON mapping writes them). Not representable,
-/// hence errors: NaN and infinities, bytes (encode them first, e.g.
-/// `base64.encode(...)`), functions and other opaque values.
-pub fn cel_to_json(v: &cel::Value) -> std::result::Result<serde_json::Value, String> {
-    use serde_json::Value as J;
-    Ok(match v {
-        cel::Value::Null => J::Null,
-        cel::Value::Bool(b) => J::Bool(*b),
-        cel::Value::Int(i) => J::from(*i),
-        cel::Value::UInt(u) => J::from(*u),
-        cel::Value::Float(f) => match serde_json::Number::from_f64(*f) {
-            Some(n) => J::Number(n),
-            None => return Err(format!("{f} cannot be written as JSON")),
-        },
-        cel::Value::String(s) => J::String(s.as_str().to_owned()),
-        cel::Value::List(items) => J::Array(
-            items
-                .iter()
-                .map(cel_to_json)
-                .collect::<std::result::Result<_, _>>()?,
-        ),
-        cel::Value::Map(m) => {
-            let mut entries: Vec<(String, J)> = m
-                .map
-                .iter()
-                .map(|(k, v)| Ok((k.to_string(), cel_to_json(v)?)))
-                .collect::<std::result::Result<_, String>>()?;
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            J::Object(entries.into_iter().collect())
-        }
-        cel::Value::Timestamp(t) => J::String(t.to_rfc3339()),
-        cel::Value::Duration(d) => {
-            let ms = d.num_milliseconds();
-            let text = if ms % 1000 == 0 {
-                format!("{}s", ms / 1000)
-            } else {
-                format!("{}s", ms as f64 / 1000.0)
-            };
-            J::String(text)
-        }
-        cel::Value::Bytes(_) => {
-            return Err("bytes cannot be written as JSON: encode them, e.g. base64.encode(..)".into());
-        }
-        other => return Err(format!("a {:?} cannot be written as JSON", other.type_of())),
-    })
 }
 
 #[cfg(test)]
@@ -293,8 +273,15 @@ mod tests {
         Steps::compile("spec.pipeline.steps", None, &defs).unwrap()
     }
 
-    fn record(v: serde_json::Value) -> cel::Value {
-        crate::codec::json::json_to_cel(&v)
+    /// Runs `s` on `v`: `Ok(None)` filtered, `Ok(Some(None))` unchanged,
+    /// `Ok(Some(Some(json)))` mapped.
+    fn run(s: &Steps, v: serde_json::Value) -> std::result::Result<Option<Option<serde_json::Value>>, DeadLetterReason> {
+        let mut out = Vec::new();
+        Ok(match s.run_json(v.to_string().as_bytes(), &mut out)? {
+            StepOutcome::Filtered => None,
+            StepOutcome::Unchanged => Some(None),
+            StepOutcome::Mapped => Some(Some(serde_json::from_slice(&out).expect("the map's JSON"))),
+        })
     }
 
     fn map(fields: &[(&str, &str)]) -> StepKind {
@@ -317,34 +304,31 @@ mod tests {
             ),
             ("big", StepKind::Filter("record.cents >= 150".into())),
         ]);
-        let out = s
-            .run(record(
-                json!({"user": "ANA", "amount": 1.5, "page": "/x", "when": "2026-01-01T00:00:00Z"}),
-            ))
-            .unwrap();
-        let StepOutcome::Kept(Some(v)) = out else {
-            panic!("{out:?}")
-        };
+        let out = run(
+            &s,
+            json!({"user": "ANA", "amount": 1.5, "page": "/x", "when": "2026-01-01T00:00:00Z"}),
+        )
+        .unwrap();
+        let Some(Some(v)) = out else { panic!("{out:?}") };
         assert_eq!(
             v,
             json!({"user": "ana", "cents": 150, "tags": ["/x", "web"], "at": "2026-01-01T00:00:00+00:00",
                    "nested": {"a": {"b": null}}})
         );
-        let small = s.run(record(
+        let small = run(
+            &s,
             json!({"user": "b", "amount": 1.0, "page": "/", "when": "2026-01-01T00:00:00Z"}),
-        ));
-        assert!(matches!(small, Ok(StepOutcome::Filtered)));
-        let unpaid = s.run(record(json!({"user": "b", "amount": 0.0})));
-        assert!(
-            matches!(unpaid, Ok(StepOutcome::Filtered)),
-            "before the map fails"
         );
+        assert!(matches!(small, Ok(None)));
+        let unpaid = run(&s, json!({"user": "b", "amount": 0.0}));
+        assert!(matches!(unpaid, Ok(None)), "before the map fails");
         // Filters alone leave the record as it was.
         let only = steps(&[("paid", StepKind::Filter("record.amount > 0".into()))]);
-        assert!(matches!(
-            only.run(record(json!({"amount": 2}))),
-            Ok(StepOutcome::Kept(None))
-        ));
+        assert!(matches!(run(&only, json!({"amount": 2})), Ok(Some(None))));
+        // Not JSON: a dead letter before any step.
+        let mut out = Vec::new();
+        let e = only.run_json(b"{nope", &mut out).unwrap_err();
+        assert_eq!(e.kind(), "invalid_record");
     }
 
     #[test]
@@ -353,7 +337,7 @@ mod tests {
             ("ok", StepKind::Filter("true".into())),
             ("ratio", map(&[("r", "record.a / record.b")])),
         ]);
-        let Err(e) = s.run(record(json!({"a": 1, "b": 0}))) else {
+        let Err(e) = run(&s, json!({"a": 1, "b": 0})) else {
             panic!("no error")
         };
         assert_eq!(e.kind(), "expression_error");
@@ -365,17 +349,17 @@ mod tests {
             "{text}"
         );
         assert_eq!(e.step(), Some(("ratio".into(), "record.a / record.b".into())));
-        let Err(e) = s.run(record(json!({"a": 1}))) else {
+        let Err(e) = run(&s, json!({"a": 1})) else {
             panic!("no error")
         };
         assert!(e.to_string().contains("(ratio).map.r"), "{e}");
         let typed = steps(&[("typed", StepKind::Filter("record.a".into()))]);
-        let Err(e) = typed.run(record(json!({"a": 3}))) else {
+        let Err(e) = run(&typed, json!({"a": 3})) else {
             panic!("no error")
         };
         assert!(e.to_string().contains("expected a bool, got"), "{e}");
         let nan = steps(&[("nan", map(&[("x", "0.0 / 0.0")]))]);
-        let Err(e) = nan.run(record(json!({}))) else {
+        let Err(e) = run(&nan, json!({})) else {
             panic!("no error")
         };
         assert!(e.to_string().contains("cannot be written as JSON"), "{e}");
@@ -412,21 +396,30 @@ mod tests {
 
     #[test]
     fn durations_and_bytes() {
-        assert_eq!(
-            cel_to_json(&record(json!(null))).unwrap(),
-            serde_json::Value::Null
-        );
         let s = steps(&[("d", map(&[("d", "duration('1500ms')"), ("e", "duration('2m')")]))]);
-        let StepOutcome::Kept(Some(v)) = s.run(record(json!({}))).unwrap() else {
+        let Some(Some(v)) = run(&s, json!({})).unwrap() else {
             panic!()
         };
         assert_eq!(v, json!({"d": "1.5s", "e": "120s"}));
         let b = steps(&[("b", map(&[("b", "b'abc'")]))]);
-        assert!(
-            b.run(record(json!({})))
-                .unwrap_err()
-                .to_string()
-                .contains("bytes")
+        assert!(run(&b, json!({})).unwrap_err().to_string().contains("bytes"));
+    }
+
+    #[test]
+    fn a_record_is_read_as_json_gives_it_and_written_back_the_same() {
+        // Integers stay int (arithmetic works), big ones uint, escapes and
+        // nesting survive, maps are written with sorted keys.
+        let s = steps(&[
+            ("next", map(&[("n", "record.n + 1"), ("big", "record.big"), ("s", "record.s"), ("o", "record.o")])),
+            ("again", map(&[("n", "record.n * 2"), ("rest", "[record.big, record.s, record.o]")])),
+        ]);
+        let v = json!({"n": 41, "big": 18446744073709551615u64, "s": "a\"b\\c\u{e9}", "o": {"z": [1, 2.5, null], "a": true}});
+        let Some(Some(out)) = run(&s, v).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            out,
+            json!({"n": 84, "rest": [18446744073709551615u64, "a\"b\\c\u{e9}", {"a": true, "z": [1, 2.5, null]}]})
         );
     }
 }

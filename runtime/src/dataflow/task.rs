@@ -15,9 +15,9 @@ use tracing::info;
 
 use super::groups::GroupOperators;
 use super::key_groups;
-use super::keying::{DeadLetterReason, KeyOutcome, KeyingStage, SinkKey};
+use super::keying::{KeyOutcome, KeyingStage, SinkKey};
 use super::repartition::{self, UpstreamRef, WatermarkRecord, WireRef};
-use super::steps::{StepOutcome, Steps};
+use super::steps::StepOutcome;
 use super::window_operator::OperatorStats;
 use super::{Disposition, KeyedRecord, WindowResult};
 use crate::codec::output::encode_result;
@@ -973,13 +973,14 @@ impl Task {
             let (mut key, mut value) = (Vec::new(), Vec::new());
             encode_result(&r, &self.plan.names, &mut key, &mut value);
             if !self.plan.result_steps.is_empty() {
-                match result_steps(&self.plan.result_steps, &value) {
+                let mut mapped = Vec::new();
+                match self.plan.result_steps.run_json(&value, &mut mapped) {
                     Ok(StepOutcome::Filtered) => {
                         self.counters.results_filtered += 1;
                         continue;
                     }
-                    Ok(StepOutcome::Kept(None)) => {}
-                    Ok(StepOutcome::Kept(Some(json))) => value = json,
+                    Ok(StepOutcome::Unchanged) => {}
+                    Ok(StepOutcome::Mapped) => value = mapped,
                     Err(reason) => {
                         self.counters.dead_lettered += 1;
                         out.push(Out::DeadLetter {
@@ -1015,24 +1016,6 @@ impl Task {
             .with_context(|| format!("writing {}", dir.join(META_FILE).display()))?;
         Ok(())
     }
-}
-
-/// A window result (its JSON) through `spec.pipeline.resultSteps`: what
-/// goes to the sink instead (`Kept(Some)`, as JSON bytes), nothing
-/// (`Filtered`), or why it is a dead letter.
-fn result_steps(steps: &Steps, value: &[u8]) -> std::result::Result<StepOutcome<Vec<u8>>, DeadLetterReason> {
-    let record = serde_json::from_slice::<serde_json::Value>(value)
-        .map(|v| crate::codec::json::json_to_cel(&v))
-        .map_err(|e| DeadLetterReason::InvalidRecord(format!("the window result as JSON: {e}")))?;
-    Ok(match steps.run(record)? {
-        StepOutcome::Filtered => StepOutcome::Filtered,
-        StepOutcome::Kept(None) => StepOutcome::Kept(None),
-        StepOutcome::Kept(Some(json)) => {
-            StepOutcome::Kept(Some(serde_json::to_vec(&json).map_err(|e| {
-                DeadLetterReason::InvalidRecord(format!("writing the result: {e}"))
-            })?))
-        }
-    })
 }
 
 #[cfg(test)]
