@@ -336,6 +336,26 @@ pub struct StepSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 4096)))]
     pub map: Option<BTreeMap<String, String>>,
+    /// `spec.pipeline.steps` only: the first rule whose `when` is true
+    /// sends the record, as it is at this step, to the StreamTopic `to`,
+    /// and it leaves the pipeline; a record no rule matches goes on.
+    /// Routed records are written in the job's transactions, exactly once
+    /// like the sink, keyed by the source record's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub route: Option<Vec<RouteSpec>>,
+}
+
+/// One rule of a `route` step.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// CEL predicate over `record`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: String,
+    /// Name of a StreamTopic in this namespace (not a source topic).
+    #[schemars(length(min = 1, max = 253))]
+    pub to: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -990,6 +1010,18 @@ impl StreamJobSpec {
             .unwrap_or(false)
     }
 
+    /// StreamTopics the job's `route` steps write to, each once, in spec
+    /// order.
+    pub fn route_topics(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for rule in self.pipeline.steps.iter().flat_map(|s| s.route.iter().flatten()) {
+            if !out.contains(&rule.to.as_str()) {
+                out.push(&rule.to);
+            }
+        }
+        out
+    }
+
     /// StreamTopic names this job writes to, with the spec field naming each.
     fn output_topics(&self) -> impl Iterator<Item = (&'static str, &str)> {
         [
@@ -1200,33 +1232,54 @@ fn validate_steps(list: &str, steps: &[StepSpec], errors: &mut Vec<FieldError>) 
                 format!("duplicate step name {:?}", step.name),
             ));
         }
-        match (&step.filter, &step.map) {
-            (Some(filter), None) => crate::expr::check_cel(&format!("{f}.filter"), filter, errors),
-            (None, Some(map)) => {
-                if map.is_empty() {
-                    errors.push(FieldError::new(
-                        format!("{f}.map"),
-                        "a map step needs at least one field",
-                    ));
-                }
-                for (field, expr) in map {
-                    if field.is_empty() {
-                        errors.push(FieldError::new(format!("{f}.map"), "an output field has no name"));
-                    }
-                    crate::expr::check_cel(&format!("{f}.map.{field}"), expr, errors);
-                }
-            }
-            (Some(_), Some(_)) => errors.push(FieldError::new(
-                format!("{f}.map"),
+        let kinds = [step.filter.is_some(), step.map.is_some(), step.route.is_some()];
+        match kinds.iter().filter(|k| **k).count() {
+            0 => errors.push(FieldError::new(
+                f.clone(),
+                format!("step {:?} needs a filter, a map or a route", step.name),
+            )),
+            1 => {}
+            _ => errors.push(FieldError::new(
+                format!("{f}.{}", if step.route.is_some() { "route" } else { "map" }),
                 format!(
-                    "step {:?} is a filter or a map, not both; make it two steps",
+                    "step {:?} is one of filter, map and route, not several; make it several steps",
                     step.name
                 ),
             )),
-            (None, None) => errors.push(FieldError::new(
-                f.clone(),
-                format!("step {:?} needs a filter or a map", step.name),
-            )),
+        }
+        if let Some(filter) = &step.filter {
+            crate::expr::check_cel(&format!("{f}.filter"), filter, errors);
+        }
+        if let Some(map) = &step.map {
+            if map.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{f}.map"),
+                    "a map step needs at least one field",
+                ));
+            }
+            for (field, expr) in map {
+                if field.is_empty() {
+                    errors.push(FieldError::new(format!("{f}.map"), "an output field has no name"));
+                }
+                crate::expr::check_cel(&format!("{f}.map.{field}"), expr, errors);
+            }
+        }
+        if let Some(route) = &step.route {
+            if list != "spec.pipeline.steps" {
+                errors.push(FieldError::new(
+                    format!("{f}.route"),
+                    "a result step cannot route; route records in spec.pipeline.steps",
+                ));
+            }
+            if route.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{f}.route"),
+                    "a route step needs at least one rule",
+                ));
+            }
+            for (j, rule) in route.iter().enumerate() {
+                crate::expr::check_cel(&format!("{f}.route[{j}].when"), &rule.when, errors);
+            }
         }
     }
 }
@@ -1301,6 +1354,19 @@ impl Validation for StreamJobSpec {
         let sources: BTreeSet<&str> = self.source.topics.iter().map(String::as_str).collect();
         if sources.len() != self.source.topics.len() {
             errors.push(FieldError::new("spec.source.topics", "a topic is listed twice"));
+        }
+        for (i, step) in self.pipeline.steps.iter().enumerate() {
+            for (j, rule) in step.route.iter().flatten().enumerate() {
+                if sources.contains(rule.to.as_str()) {
+                    errors.push(FieldError::new(
+                        format!("spec.pipeline.steps[{i}].route[{j}].to"),
+                        format!(
+                            "{:?} is also a source topic; the job would read its own output",
+                            rule.to
+                        ),
+                    ));
+                }
+            }
         }
         let mut outputs = BTreeMap::new();
         for (field, topic) in self.output_topics() {

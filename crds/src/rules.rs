@@ -253,10 +253,26 @@ pub fn rules() -> Vec<CelRule> {
             Reason::Forbidden,
             "a step is a filter or a map, not both; make it two steps",
         ),
-        CelRule::new(job, "spec.pipeline.steps[]", "has(self.filter) || has(self.map)").field(
+        CelRule::new(
+            job,
+            "spec.pipeline.steps[]",
+            "!has(self.route) || (!has(self.filter) && !has(self.map))",
+        )
+        .field(
+            ".route",
+            Reason::Forbidden,
+            "a route step has only route; put the filter or map in a step of its own",
+        ),
+        CelRule::new(
+            job,
+            "spec.pipeline.steps[]",
+            "has(self.filter) || has(self.map) || has(self.route)",
+        )
+        .field(
             "",
             Reason::Required,
-            "a step needs a filter (a CEL predicate over record) or a map (output field -> CEL expression)",
+            "a step needs a filter (a CEL predicate over record), a map (output field -> CEL expression) or a \
+             route (a list of {when, to})",
         ),
         // Result steps: the same.
         CelRule::new(
@@ -273,6 +289,11 @@ pub fn rules() -> Vec<CelRule> {
             ".map",
             Reason::Forbidden,
             "a step is a filter or a map, not both; make it two steps",
+        ),
+        CelRule::new(job, "spec.pipeline.resultSteps[]", "!has(self.route)").field(
+            ".route",
+            Reason::Forbidden,
+            "a result step cannot route; route records in steps",
         ),
         CelRule::new(job, "spec.pipeline.resultSteps[]", "has(self.filter) || has(self.map)").field(
             "",
@@ -341,6 +362,17 @@ pub fn rules() -> Vec<CelRule> {
             "",
             Reason::Invalid,
             "a topic is listed twice; list each source topic once",
+        ),
+        CelRule::new(
+            job,
+            "spec",
+            "!has(self.pipeline.steps) || self.pipeline.steps.all(s, !has(s.route) || \
+             s.route.all(r, !(r.to in self.source.topics)))",
+        )
+        .field(
+            ".pipeline.steps",
+            Reason::Invalid,
+            "a route sends records to a source topic, so the job would read its own output; route to another topic",
         ),
         CelRule::new(job, "spec", "!(self.sink.topic in self.source.topics)").field(
             ".sink.topic",

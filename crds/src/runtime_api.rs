@@ -166,6 +166,10 @@ pub struct JobTopics {
     pub sink: String,
     pub late_events: Option<String>,
     pub dead_letter: Option<String>,
+    /// The Kafka topic of each StreamTopic a `route` step writes to, by
+    /// StreamTopic name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, String>,
     /// Internal, P partitions, owned by the job.
     pub repartition: String,
     /// Internal, P partitions, `cleanup.policy=compact`, owned by the job.

@@ -40,8 +40,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 use streamops_e2e::{
-    TestNamespace, api_for, apply_ok, client, cluster_test, collect_logs, field, kubectl, obj, phase,
-    repo_root, say, stream_topic,
+    TestNamespace, api_for, apply_ok, client, cluster_test, collect_logs, field, kubectl, load_manifests,
+    obj, phase, repo_root, say, stream_topic,
 };
 
 /// Event time of the record that closes every window: after all data, and
@@ -978,6 +978,7 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
     }
     in_namespace("e2e-job-stateless", |client, ns, t0| async move {
         let (input, sink) = topics(&client, &ns, 4).await?;
+        apply_ok(&client, &ns, &stream_topic("big", &format!("{ns}-big"), 2)?).await?;
         // Orders with an id unique over the input; every 97th malformed,
         // every 89th with a string amount (the first step fails on it).
         let orders = |range: std::ops::Range<usize>| -> Vec<Input> {
@@ -999,14 +1000,19 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
             out
         };
         let (first, second, third) = (orders(0..800), orders(800..1600), orders(1600..2000));
-        // The steps in plain Rust: keep amounts not divisible by 3; id,
+        // The steps in plain Rust: amounts of 480 or more routed to `big`
+        // as they came; of the rest, keep amounts not divisible by 3; id,
         // customer upper-cased, amount doubled.
         let mut expected: BTreeMap<String, Value> = BTreeMap::new();
+        let mut expected_big: BTreeMap<String, String> = BTreeMap::new();
         let (mut malformed, mut failing) = (0, 0);
         for r in first.iter().chain(&second).chain(&third) {
             match serde_json::from_str::<Value>(&r.value) {
                 Err(_) => malformed += 1,
                 Ok(v) if v["amount"].is_string() => failing += 1,
+                Ok(v) if v["amount"].as_i64().unwrap_or_default() >= 480 => {
+                    expected_big.insert(v["id"].as_str().unwrap_or_default().to_owned(), r.value.clone());
+                }
                 Ok(v) if v["amount"].as_i64().unwrap_or_default() % 3 != 0 => {
                     let customer = v["customer"].as_str().unwrap_or_default().to_uppercase();
                     let id = v["id"].as_str().unwrap_or_default().to_owned();
@@ -1025,6 +1031,7 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
                 json!({
                     "source": {"topics": ["in"]},
                     "pipeline": {"steps": [
+                        {"name": "aside", "route": [{"when": "record.amount >= 480", "to": "big"}]},
                         {"name": "not-thirds", "filter": "record.amount % 3 != 0"},
                         {"name": "shape", "map": {"id": "record.id", "customer": "record.customer.upperAscii()",
                                                   "amount": "record.amount * 2"}},
@@ -1120,7 +1127,29 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
             .into_iter()
             .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
             .collect();
-        let by_step = dead.iter().filter(|r| r.headers["streamops-step"] == "not-thirds").count();
+        let by_step = dead.iter().filter(|r| r.headers["streamops-step"] == "aside").count();
+        // The routed records: each once, as they came.
+        let mut big: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in dump(&format!("{ns}-big"))? {
+            if r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)) {
+                let v: Value = serde_json::from_str(&r.value).context("a routed record that is not JSON")?;
+                big.entry(v["id"].as_str().unwrap_or_default().to_owned()).or_default().push(r.value);
+            } else {
+                bail!("a routed record outside committed checkpoints");
+            }
+        }
+        let big_faults: Vec<String> = expected_big
+            .iter()
+            .filter(|(id, want)| big.get(*id).map(Vec::as_slice) != Some(std::slice::from_ref(*want)))
+            .map(|(id, _)| format!("{id}: {:?}", big.get(id)))
+            .chain(big.keys().filter(|id| !expected_big.contains_key(*id)).map(|id| format!("unexpected {id}")))
+            .collect();
+        ensure!(
+            big_faults.is_empty(),
+            "{} routed faults, first: {:?}",
+            big_faults.len(),
+            &big_faults[..big_faults.len().min(10)]
+        );
         ensure!(
             dead.len() == malformed + failing && by_step == failing,
             "dead letters: {} ({by_step} naming the step), want {} ({malformed} malformed + {failing} the step failed on)",
@@ -1137,11 +1166,100 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
             t0,
             format!(
                 "stateless: {} orders exactly once across a kill of every pod and a rescale 2 -> 4, keyed by \
-                 customer; {malformed} malformed and {failing} step failures dead-lettered; no record through the \
-                 repartition topic",
-                expected.len()
+                 customer, {} routed to big exactly once; {malformed} malformed and {failing} step failures \
+                 dead-lettered; no record through the repartition topic",
+                expected.len(),
+                expected_big.len()
             ),
         );
+        Ok(())
+    })
+    .await;
+}
+
+/// The clean-and-route example as users deploy it (`examples/clean-orders.yaml`,
+/// its topics renamed for this namespace), fed its test input
+/// (`examples/tests/clean-orders.input.jsonl`) through Kafka: the sink holds
+/// exactly what `streamops-runtime test` expects
+/// (`clean-orders.expected.jsonl`), once each and keyed by customer, the
+/// review topic the one order the route sends there, the dead-letter
+/// topic the four records the test command lists.
+#[tokio::test]
+async fn the_clean_orders_example_gives_on_kafka_what_its_test_file_expects() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    in_namespace("e2e-example-orders", |client, ns, t0| async move {
+        let kafka = |name: &str| format!("{ns}-{name}");
+        for mut o in load_manifests(&repo_root().join("examples/clean-orders.yaml"))? {
+            if o.types.as_ref().is_some_and(|t| t.kind == "StreamTopic") {
+                let name = o.metadata.name.clone().context("a StreamTopic without a name")?;
+                o.data["spec"]["topicName"] = json!(kafka(&name));
+                o.data["spec"]["deletionPolicy"] = json!("Delete");
+            }
+            apply_ok(&client, &ns, &o).await?;
+        }
+        let api = job_api(&client, &ns).await?;
+        wait_running(&api, "clean-orders", Duration::from_secs(180)).await?;
+        say(t0, "clean-orders Running; producing its test input");
+        let input = std::fs::read_to_string(repo_root().join("examples/tests/clean-orders.input.jsonl"))?;
+        let records: Vec<Input> = input
+            .lines()
+            .enumerate()
+            .map(|(i, l)| Input { partition: (i % 2) as i32, value: l.to_owned() })
+            .collect();
+        produce(&kafka("orders"), &records)?;
+        let expected: Vec<Value> = std::fs::read_to_string(repo_root().join("examples/tests/clean-orders.expected.jsonl"))?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let control = control_topic(&ns, "clean-orders");
+        let committed = |topic: &str| -> anyhow::Result<Vec<Record>> {
+            let marks = markers(&control)?;
+            Ok(dump(topic)?
+                .into_iter()
+                .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
+                .collect())
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (sink, review, dead) = loop {
+            let (sink, review, dead) = (
+                committed(&kafka("orders-clean"))?,
+                committed(&kafka("orders-review"))?,
+                committed(&kafka("orders-dead-letter"))?,
+            );
+            if (sink.len() >= expected.len() && review.len() == 1 && dead.len() == 4) || Instant::now() >= deadline {
+                break (sink, review, dead);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let mut got: Vec<Value> = sink.iter().map(|r| serde_json::from_str(&r.value)).collect::<Result<_, _>>()?;
+        let mut want = expected.clone();
+        let canonical = |v: &Value| v.to_string();
+        got.sort_by_key(canonical);
+        want.sort_by_key(canonical);
+        ensure!(got == want, "orders-clean holds {got:?}, the test file expects {want:?}");
+        ensure!(
+            sink.iter().all(|r| serde_json::from_str::<Value>(&r.value).ok().and_then(|v| v["customer"].as_str().map(str::to_owned))
+                == r.key),
+            "orders-clean not keyed by customer: {:?}",
+            sink.iter().map(|r| &r.key).collect::<Vec<_>>()
+        );
+        let routed: Vec<Value> = review.iter().map(|r| serde_json::from_str(&r.value)).collect::<Result<_, _>>()?;
+        ensure!(
+            routed.len() == 1 && routed[0]["id"] == "o-11" && routed[0]["cents"] == 12000,
+            "orders-review holds {routed:?}"
+        );
+        let steps: BTreeSet<String> = dead
+            .iter()
+            .filter_map(|r| r.headers["streamops-step"].as_str().map(str::to_owned))
+            .collect();
+        ensure!(
+            dead.len() == 4 && steps == BTreeSet::from(["complete".to_owned(), "normalise".to_owned()]),
+            "dead letters: {} naming steps {steps:?}",
+            dead.len()
+        );
+        say(t0, "clean-orders on Kafka: 3 cleaned orders as the test file expects, 1 routed to review, 4 dead letters");
         Ok(())
     })
     .await;

@@ -41,6 +41,8 @@ pub struct LocalRun {
     pub late: Vec<Value>,
     /// Records the dead-letter topic would receive.
     pub dead_letters: Vec<DeadLetter>,
+    /// Records `route` steps sent, with the StreamTopic each went to.
+    pub routed: Vec<(String, Value)>,
 }
 
 /// A record the job refused, and why (the dead-letter topic's headers).
@@ -98,6 +100,7 @@ fn advance(h: &mut Harness, now_ms: i64, run: &mut LocalRun) -> Result<()> {
         match e.out {
             Out::Result { value, .. } => run.results.push(json(&value)),
             Out::Late { value, .. } => run.late.push(json(&value)),
+            Out::Routed { to, value, .. } => run.routed.push((to, json(&value))),
             Out::DeadLetter { kind, reason, .. } => run.dead_letters.push(DeadLetter {
                 record: usize::try_from(e.offset).unwrap_or_default(),
                 kind: kind.to_owned(),

@@ -89,8 +89,16 @@ fn test(args: &streamops_runtime::local::TestArgs) -> ExitCode {
     for l in &run.late {
         eprintln!("late: {}", streamops_runtime::local::canonical(l));
     }
+    for (to, r) in &run.routed {
+        eprintln!("routed to {to}: {}", streamops_runtime::local::canonical(r));
+    }
+    let routed = if run.routed.is_empty() {
+        String::new()
+    } else {
+        format!(", {} routed", run.routed.len())
+    };
     eprintln!(
-        "{} records: {} results, {} late, {} dead letters",
+        "{} records: {} results, {} late, {} dead letters{routed}",
         outcome.records,
         run.results.len(),
         run.late.len(),

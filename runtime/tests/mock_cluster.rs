@@ -44,6 +44,7 @@ fn job(storage: &std::path::Path) -> JobFile {
             sink: "out".into(),
             late_events: None,
             dead_letter: None,
+            routes: Default::default(),
             repartition: "repartition".into(),
             control: "control".into(),
         },

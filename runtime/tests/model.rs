@@ -365,7 +365,9 @@ fn collect(outputs: &[Emitted]) -> (Emissions, usize) {
             }
             Out::Late { .. } => late += 1,
             Out::DeadLetter { reason, .. } => panic!("unexpected dead letter: {reason}"),
-            o @ (Out::Keyed { .. } | Out::Watermark { .. }) => panic!("internal record in the output: {o:?}"),
+            o @ (Out::Keyed { .. } | Out::Watermark { .. } | Out::Routed { .. }) => {
+                panic!("internal or routed record in the output: {o:?}")
+            }
         }
     }
     (emissions, late)

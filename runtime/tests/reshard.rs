@@ -199,7 +199,9 @@ fn run(c: &Case) -> Results {
             }
             Out::Late { .. } => panic!("a late record, although none can be late"),
             Out::DeadLetter { reason, .. } => panic!("unexpected dead letter: {reason}"),
-            o @ (Out::Keyed { .. } | Out::Watermark { .. }) => panic!("internal record in the output: {o:?}"),
+            o @ (Out::Keyed { .. } | Out::Watermark { .. } | Out::Routed { .. }) => {
+                panic!("internal or routed record in the output: {o:?}")
+            }
         }
     }
     got

@@ -23,6 +23,18 @@ enum Term {
 enum Step {
     Greater(&'static str, i64),
     Map(BTreeMap<&'static str, Term>),
+    /// Route records whose field is below the bound to the topic.
+    Route(&'static str, i64, &'static str),
+}
+
+/// What the steps did with a record.
+#[derive(Debug, PartialEq)]
+enum Model {
+    Dropped,
+    /// Kept, as replaced by the last map (or unchanged).
+    Kept(Value),
+    /// Routed to the topic, as it was at the route step.
+    Routed(&'static str, Value),
 }
 
 fn field() -> impl Strategy<Value = &'static str> {
@@ -41,6 +53,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (field(), -20i64..20).prop_map(|(f, k)| Step::Greater(f, k)),
         prop::collection::btree_map(field(), term(), 1..=3).prop_map(Step::Map),
+        (field(), -20i64..20, prop::sample::select(vec!["low", "lower"]))
+            .prop_map(|(f, k, t)| Step::Route(f, k, t)),
     ]
 }
 
@@ -63,19 +77,24 @@ fn cel_of(step: &Step) -> StepKind {
     match step {
         Step::Greater(f, k) => StepKind::Filter(format!("record.{f} > {k}")),
         Step::Map(m) => StepKind::Map(m.iter().map(|(o, t)| ((*o).to_owned(), term(t))).collect()),
+        Step::Route(f, k, t) => StepKind::Route(vec![(format!("record.{f} < {k}"), (*t).to_owned())]),
     }
 }
 
-/// What the steps mean: `Ok(None)` dropped, `Ok(Some(record))` kept (as
-/// replaced by the last map, or unchanged), `Err(i)` step `i` failed.
-fn interpret(steps: &[Step], record: &Value) -> Result<Option<Value>, usize> {
+/// What the steps mean (`Err(i)`: step `i` failed).
+fn interpret(steps: &[Step], record: &Value) -> Result<Model, usize> {
     let mut r = record.clone();
     for (i, s) in steps.iter().enumerate() {
         let int = |f: &str, r: &Value| r.get(f).and_then(Value::as_i64).ok_or(i);
         match s {
             Step::Greater(f, k) => {
                 if int(f, &r)? <= *k {
-                    return Ok(None);
+                    return Ok(Model::Dropped);
+                }
+            }
+            Step::Route(f, k, t) => {
+                if int(f, &r)? < *k {
+                    return Ok(Model::Routed(t, r));
                 }
             }
             Step::Map(m) => {
@@ -92,7 +111,7 @@ fn interpret(steps: &[Step], record: &Value) -> Result<Option<Value>, usize> {
             }
         }
     }
-    Ok(Some(r))
+    Ok(Model::Kept(r))
 }
 
 proptest! {
@@ -110,11 +129,16 @@ proptest! {
         let got = engine.run_json(record.to_string().as_bytes(), &mut out);
         let mapped = steps.iter().any(|s| matches!(s, Step::Map(_)));
         match (interpret(&steps, &record), got) {
-            (Ok(None), Ok(StepOutcome::Filtered)) => {}
-            (Ok(Some(_)), Ok(StepOutcome::Unchanged)) => prop_assert!(!mapped),
-            (Ok(Some(want)), Ok(StepOutcome::Mapped)) => {
+            (Ok(Model::Dropped), Ok(StepOutcome::Filtered)) => {}
+            (Ok(Model::Kept(want)), Ok(StepOutcome::Unchanged)) => prop_assert_eq!(want, record),
+            (Ok(Model::Kept(want)), Ok(StepOutcome::Mapped)) => {
                 prop_assert!(mapped);
                 let got: Value = serde_json::from_slice(&out).unwrap();
+                prop_assert_eq!(got, want);
+            }
+            (Ok(Model::Routed(to, want)), Ok(StepOutcome::Routed { target, mapped })) => {
+                prop_assert_eq!(engine.target(target), to);
+                let got: Value = if mapped { serde_json::from_slice(&out).unwrap() } else { record.clone() };
                 prop_assert_eq!(got, want);
             }
             (Err(i), Err(reason)) => {

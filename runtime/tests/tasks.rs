@@ -131,6 +131,7 @@ impl Sim {
                 }
                 Out::Late { .. } => self.late += 1,
                 Out::DeadLetter { reason, .. } => panic!("dead letter: {reason}"),
+                Out::Routed { to, .. } => panic!("a record routed to {to}: these jobs have no route"),
             }
         }
     }
@@ -385,6 +386,7 @@ fn sources_of(source: Vec<SourceTopic>, layout: Vec<streamops_crds::layout::Task
             sink: "out".into(),
             late_events: None,
             dead_letter: None,
+            routes: Default::default(),
             repartition: "r".into(),
             control: "c".into(),
         })

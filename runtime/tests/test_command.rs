@@ -74,7 +74,7 @@ fn the_failed_logins_example_alerts_past_its_threshold_only() {
 }
 
 #[test]
-fn the_stateless_clean_orders_example_cleans_reshapes_and_dead_letters() {
+fn the_stateless_clean_orders_example_cleans_reshapes_routes_and_dead_letters() {
     let out = test_command(&[
         "examples/clean-orders.yaml",
         "--input",
@@ -85,7 +85,7 @@ fn the_stateless_clean_orders_example_cleans_reshapes_and_dead_letters() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
     assert!(
-        stderr.contains("10 records: 3 results, 0 late, 4 dead letters"),
+        stderr.contains("11 records: 3 results, 0 late, 4 dead letters, 1 routed"),
         "{stderr}"
     );
     for line in [
@@ -93,6 +93,7 @@ fn the_stateless_clean_orders_example_cleans_reshapes_and_dead_letters() {
         "dead letter: record 7 (expression_error): spec.pipeline.steps[1] (normalise).map.customer",
         "dead letter: record 8 (expression_error): spec.pipeline.steps[0] (complete).filter",
         "dead letter: record 10 (expression_error): spec.pipeline.steps[1] (normalise).map.items",
+        "routed to orders-review: {\"cents\":12000,\"country\":\"IE\",\"customer\":\"dee\",\"id\":\"o-11\",",
     ] {
         assert!(stderr.contains(line), "{line}\n{stderr}");
     }

@@ -166,6 +166,7 @@ fn references(job: &StreamJob, topic: &str) -> bool {
         || s.sink.topic == topic
         || s.late_events.as_ref().is_some_and(|t| t.topic == topic)
         || s.dead_letter.as_ref().is_some_and(|t| t.topic == topic)
+        || s.route_topics().contains(&topic)
 }
 
 /// What the pods need from outside the spec: image, Kafka access, storage.
@@ -277,6 +278,12 @@ async fn resolve_topics(
         Some(s) => Some(resolve(&s.topic).await?),
         None => None,
     };
+    let mut routes = BTreeMap::new();
+    for to in spec.route_topics() {
+        if let Some((topic, _)) = resolve(to).await? {
+            routes.insert(to.to_owned(), topic);
+        }
+    }
     if !problems.is_empty() {
         return Ok(Err(problems.join("; ")));
     }
@@ -288,6 +295,7 @@ async fn resolve_topics(
         sink: name(sink),
         late_events: late.map(name),
         dead_letter: dead.map(name),
+        routes,
         repartition: names.repartition_topic(),
         control: names.control_topic(),
     }))

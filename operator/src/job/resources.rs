@@ -577,6 +577,7 @@ mod tests {
                 sink: "out".into(),
                 late_events: None,
                 dead_letter: None,
+                routes: Default::default(),
                 repartition: "streamops.ns.clicks-per-user.repartition".into(),
                 control: "streamops.ns.clicks-per-user.checkpoints".into(),
             },

@@ -204,7 +204,7 @@ fn drive(h: &mut Harness, events: usize, commit_every: usize, checkpoint_every: 
         h.poll_keyed(0, usize::MAX)?;
         for e in h.take_committed() {
             match e.out {
-                Out::Result { .. } => results += 1,
+                Out::Result { .. } | Out::Routed { .. } => results += 1,
                 Out::Late { .. } => late += 1,
                 Out::DeadLetter { reason, .. } => {
                     return Err(RuntimeError::InvalidArgument(format!(

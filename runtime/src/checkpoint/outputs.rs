@@ -61,9 +61,9 @@ impl Held {
             + match self {
                 Held::Out { out, .. } => match out {
                     Out::Keyed { key, value, .. } => key.len() + value.len(),
-                    Out::Late { key, value } | Out::Result { key, value, .. } => {
-                        key.as_ref().map_or(0, Vec::len) + value.len()
-                    }
+                    Out::Late { key, value }
+                    | Out::Result { key, value, .. }
+                    | Out::Routed { key, value, .. } => key.as_ref().map_or(0, Vec::len) + value.len(),
                     Out::DeadLetter {
                         key, value, reason, ..
                     } => key.as_ref().map_or(0, Vec::len) + value.len() + reason.len(),
@@ -153,6 +153,25 @@ pub fn write<L: TaskLog + ?Sized>(
         } => write_keyed(log, to, header, partition, &key, &value),
         Out::Watermark { .. } => Ok(()),
         Out::Result { key, value, .. } => write_result(log, to, header, key.as_deref(), &value),
+        Out::Routed {
+            to: target,
+            key,
+            value,
+        } => {
+            let topic = to.topics.routes.get(&target).ok_or_else(|| {
+                crate::error::RuntimeError::Dataflow(format!(
+                    "a route step writes to StreamTopic {target:?}, which the job file gives no Kafka topic for"
+                ))
+            })?;
+            m.with_label_values(&["routed"]).inc();
+            log.send(&Record {
+                topic,
+                partition: None,
+                key: key.as_deref(),
+                value: &value,
+                headers: &checkpoint,
+            })
+        }
         Out::Late { key, value } => match &to.topics.late_events {
             Some(topic) => {
                 m.with_label_values(&["late"]).inc();

@@ -49,12 +49,14 @@ fn plan() -> Arc<Plan> {
 }
 
 /// A stateless job over the same data: users other than `u3` (and the
-/// flush record), reshaped; each record to the sink keyed by user.
+/// flush record); amounts above 900 routed to `big` as they came, the
+/// rest reshaped, to the sink keyed by user.
 fn stateless_plan() -> Arc<Plan> {
     let spec = json!({
         "source": {"topics": ["in"]},
         "pipeline": {"steps": [
             {"name": "not-u3", "filter": "record.user != 'u3'"},
+            {"name": "aside", "route": [{"when": "record.amount > 900", "to": "big"}]},
             {"name": "shape", "map": {"u": "record.user", "cents": "record.amount * 100", "ts": "record.ts"}}
         ]},
         "sink": {"topic": "out", "key": "record.u"},
@@ -73,6 +75,7 @@ pub(crate) fn topics() -> JobTopics {
         sink: "out".into(),
         late_events: None,
         dead_letter: Some("dlq".into()),
+        routes: [("big".to_owned(), "big-topic".to_owned())].into(),
         repartition: "rep".into(),
         control: "control".into(),
     }
@@ -172,6 +175,7 @@ impl World {
                 ("control", TASKS as usize),
                 ("out", 1),
                 ("dlq", 1),
+                ("big-topic", 1),
             ]),
             objects: Arc::new(InMemory::new()),
             rt: tokio::runtime::Builder::new_multi_thread()
@@ -449,7 +453,7 @@ impl World {
                     .header_value()
             })
             .collect();
-        for topic in ["out", "rep", "dlq"] {
+        for topic in ["out", "rep", "dlq", "big-topic"] {
             for e in b.committed(topic) {
                 let header = e
                     .headers
@@ -505,13 +509,38 @@ fn a_stateless_job_crashing_between_any_two_steps_loses_and_doubles_no_record() 
     let reference = World::with_plan(stateless_plan(), true, 200).run(None);
     // Every record but the malformed ones and u3's, each once, by an
     // independent count of the input.
-    let kept = dataset(200)
+    let records: Vec<serde_json::Value> = dataset(200)
         .iter()
         .flatten()
         .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r).ok())
         .filter(|v| v["user"] != "u3")
-        .count();
-    assert_eq!(reference.len(), kept, "the run without a crash");
+        .collect();
+    let big = |v: &serde_json::Value| v["amount"].as_i64().unwrap_or_default() > 900;
+    assert_eq!(
+        reference.len(),
+        records.iter().filter(|v| !big(v)).count(),
+        "the run without a crash"
+    );
+    let routed = |world: &World| -> Vec<Vec<u8>> {
+        let mut r: Vec<Vec<u8>> = world
+            .broker
+            .borrow()
+            .committed("big-topic")
+            .into_iter()
+            .map(|e| e.value)
+            .collect();
+        r.sort();
+        r
+    };
+    let mut world = World::with_plan(stateless_plan(), true, 200);
+    assert_eq!(world.run(None), reference);
+    let routed_reference = routed(&world);
+    assert_eq!(
+        routed_reference.len(),
+        records.iter().filter(|v| big(v)).count(),
+        "routed"
+    );
+    assert!(!routed_reference.is_empty());
     assert!(
         reference.iter().all(
             |(k, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["u"].as_str()
@@ -527,6 +556,11 @@ fn a_stateless_job_crashing_between_any_two_steps_loses_and_doubles_no_record() 
                 assert_eq!(
                     got, reference,
                     "task {task} crashed at {step:?} of checkpoint {nth}"
+                );
+                assert_eq!(
+                    routed(&world),
+                    routed_reference,
+                    "routed, task {task} crashed at {step:?} of {nth}"
                 );
                 assert_eq!(world.broker.borrow().committed("dlq").len(), TASKS as usize);
                 assert_eq!(

@@ -8,7 +8,9 @@ use std::fmt;
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
 use cel::common::value::Val;
 
 use super::{FieldPaths, RecordDecoder, Scalar};
@@ -182,7 +184,8 @@ pub fn write_cel_json(v: &cel::Value, out: &mut Vec<u8>) -> Result<(), String> {
             out.push(b']');
         }
         cel::Value::Map(m) => {
-            let mut entries: Vec<(String, &cel::Value)> = m.map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let mut entries: Vec<(String, &cel::Value)> =
+                m.map.iter().map(|(k, v)| (k.to_string(), v)).collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             out.push(b'{');
             for (i, (k, v)) in entries.iter().enumerate() {

@@ -140,6 +140,9 @@ pub enum KeyOutcome {
     /// A stateless job kept the record: it goes to the sink (as the last
     /// `map` made it, [`KeyingStage::mapped`]) with this key.
     Passed(SinkKey),
+    /// A `route` step sent it to route target `.0` ([`super::steps::Steps::target`]),
+    /// as the last `map` made it ([`KeyingStage::mapped`]).
+    Routed(usize),
 }
 
 /// The Kafka key of a record a stateless job writes.
@@ -231,6 +234,10 @@ impl KeyingStage {
                     self.has_mapped = true;
                     value = &self.mapped;
                 }
+                super::steps::StepOutcome::Routed { target, mapped } => {
+                    self.has_mapped = mapped;
+                    return Ok(KeyOutcome::Routed(target));
+                }
             }
         }
         // Slots on the stack for the common case: no allocation per record.
@@ -251,7 +258,10 @@ impl KeyingStage {
                 .map_err(DeadLetterReason::InvalidRecord)?;
         }
         let ctx = if self.needs_cel {
-            let record = plan.decoder.to_val(value).map_err(DeadLetterReason::InvalidRecord)?;
+            let record = plan
+                .decoder
+                .to_val(value)
+                .map_err(DeadLetterReason::InvalidRecord)?;
             let mut ctx = cel::Context::with_env(plan.env.clone());
             ctx.add_variable_as_val("record", record);
             Some(ctx)

@@ -108,6 +108,16 @@ impl Plan {
                 "a window result's key is its keyBy key",
             ));
         }
+        if let Some(i) = def
+            .result_steps
+            .iter()
+            .position(|s| matches!(s.kind, super::steps::StepKind::Route(_)))
+        {
+            return Err(RuntimeError::compile(
+                format!("spec.pipeline.resultSteps[{i}].route"),
+                "a result step cannot route",
+            ));
+        }
         if !windowed && !def.result_steps.is_empty() {
             return Err(RuntimeError::compile(
                 "spec.pipeline.resultSteps",

@@ -191,6 +191,7 @@ mod tests {
             sink: "out".into(),
             late_events: None,
             dead_letter: None,
+            routes: Default::default(),
             repartition: "r".into(),
             control: "c".into(),
         }

@@ -34,6 +34,9 @@ pub enum StepKind {
     Filter(String),
     /// Output fields, in the order given.
     Map(Vec<(String, String)>),
+    /// `(when, to)` rules: the first whose `when` holds sends the record to
+    /// StreamTopic `to`.
+    Route(Vec<(String, String)>),
 }
 
 /// The steps from a spec.
@@ -42,13 +45,18 @@ pub fn from_spec(list: &str, steps: &[streamops_crds::job::StepSpec]) -> Result<
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let kind = match (&s.filter, &s.map) {
-                (Some(f), None) => StepKind::Filter(f.clone()),
-                (None, Some(m)) => StepKind::Map(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            let kind = match (&s.filter, &s.map, &s.route) {
+                (Some(f), None, None) => StepKind::Filter(f.clone()),
+                (None, Some(m), None) => {
+                    StepKind::Map(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                }
+                (None, None, Some(r)) => {
+                    StepKind::Route(r.iter().map(|r| (r.when.clone(), r.to.clone())).collect())
+                }
                 _ => {
                     return Err(RuntimeError::compile(
                         format!("{list}[{i}]"),
-                        "exactly one of filter and map",
+                        "exactly one of filter, map and route",
                     ));
                 }
             };
@@ -71,11 +79,15 @@ struct Compiled {
 enum CompiledKind {
     Filter(String, cel::Program),
     Map(Vec<(Arc<String>, String, cel::Program)>),
+    /// `(when source, when, index into Steps::targets)`.
+    Route(Vec<(String, cel::Program, usize)>),
 }
 
 /// Compiled steps.
 pub struct Steps {
     steps: Vec<Compiled>,
+    /// The StreamTopics `route` steps write to, each once.
+    targets: Vec<String>,
     /// CEL's standard library with the strings, math, lists and encoders
     /// extensions (`lowerAscii`, `split`, `math.greatest`, `base64.encode`,
     /// ...), as cel-go's `ext` packages offer them.
@@ -108,6 +120,10 @@ pub enum StepOutcome {
     /// It goes on as the last `map` made it (written as JSON to the
     /// caller's buffer).
     Mapped,
+    /// A `route` step sent it to [`Steps::target`] `target`, as it was
+    /// (`mapped: false`) or as the last `map` made it (in the caller's
+    /// buffer).
+    Routed { target: usize, mapped: bool },
 }
 
 impl Steps {
@@ -127,6 +143,7 @@ impl Steps {
             Ok(program)
         };
         let mut steps = Vec::new();
+        let mut targets: Vec<String> = Vec::new();
         if let Some(source) = filter.filter(|_| !defs.is_empty()) {
             let cel = match crate::expr::plain_path(source.trim()) {
                 Some(path) => format!("record.{}", path.join(".")),
@@ -162,6 +179,26 @@ impl Steps {
                             .collect::<Result<Vec<_>>>()?,
                     )
                 }
+                StepKind::Route(rules) => CompiledKind::Route(
+                    rules
+                        .iter()
+                        .enumerate()
+                        .map(|(j, (when, to))| {
+                            let target = match targets.iter().position(|t| t == to) {
+                                Some(t) => t,
+                                None => {
+                                    targets.push(to.clone());
+                                    targets.len() - 1
+                                }
+                            };
+                            Ok((
+                                when.clone(),
+                                compile(&format!("{field}.route[{j}].when"), when)?,
+                                target,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                ),
             };
             steps.push(Compiled {
                 at: format!("{field} ({})", d.name),
@@ -171,6 +208,7 @@ impl Steps {
         }
         Ok(Steps {
             steps,
+            targets,
             env: Arc::new(env),
         })
     }
@@ -179,12 +217,21 @@ impl Steps {
         self.steps.is_empty()
     }
 
+    /// The StreamTopic of route target `i` ([`StepOutcome::Routed`]).
+    pub fn target(&self, i: usize) -> &str {
+        self.targets.get(i).map_or("", String::as_str)
+    }
+
     /// Runs every step on the JSON record `value`. The record is decoded
     /// once, straight into CEL's representation, and bound once; only a
     /// `map` binds a new one. When a `map` ran, the record it made is
     /// written to `out` as JSON (fields in name order) and the outcome is
     /// [`StepOutcome::Mapped`]; `out` is cleared first.
-    pub fn run_json(&self, value: &[u8], out: &mut Vec<u8>) -> std::result::Result<StepOutcome, DeadLetterReason> {
+    pub fn run_json(
+        &self,
+        value: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<StepOutcome, DeadLetterReason> {
         let record = crate::codec::json::to_val(value).map_err(DeadLetterReason::InvalidRecord)?;
         let mut ctx = cel::Context::with_env(self.env.clone());
         ctx.add_variable_as_val("record", record);
@@ -218,34 +265,71 @@ impl Steps {
                         let mut record: HashMap<CelMapKey<'static>, Box<dyn Val>> =
                             HashMap::with_capacity(values.len());
                         for (name, v) in &values {
-                            let v: Box<dyn Val> = v
-                                .clone()
-                                .try_into()
-                                .map_err(|e: cel::ExecutionError| failed(step, &format!("map.{name}"), "", e.to_string()))?;
+                            let v: Box<dyn Val> =
+                                v.clone().try_into().map_err(|e: cel::ExecutionError| {
+                                    failed(step, &format!("map.{name}"), "", e.to_string())
+                                })?;
                             record.insert(CelMapKey::String(CelString::from(name.as_str().to_owned())), v);
                         }
                         ctx.add_variable_as_val("record", Box::new(CelMap::from(record)));
                     }
                     mapped = Some((step, values));
                 }
+                CompiledKind::Route(rules) => {
+                    for (source, program, target) in rules {
+                        match program.execute(&ctx) {
+                            Ok(cel::Value::Bool(true)) => {
+                                if let Some((by, values)) = &mapped {
+                                    write_record(by, values, out)?;
+                                }
+                                return Ok(StepOutcome::Routed {
+                                    target: *target,
+                                    mapped: mapped.is_some(),
+                                });
+                            }
+                            Ok(cel::Value::Bool(false) | cel::Value::Null) => {}
+                            Ok(other) => {
+                                return Err(failed(
+                                    step,
+                                    "route",
+                                    source,
+                                    format!("expected a bool, got {:?}", other.type_of()),
+                                ));
+                            }
+                            Err(e) => return Err(failed(step, "route", source, e.to_string())),
+                        }
+                    }
+                }
             }
         }
         let Some((step, values)) = mapped else {
             return Ok(StepOutcome::Unchanged);
         };
-        out.clear();
-        out.push(b'{');
-        for (i, (name, v)) in values.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            crate::codec::json::write_json_string(out, name);
-            out.push(b':');
-            crate::codec::json::write_cel_json(v, out).map_err(|e| failed(step, &format!("map.{name}"), "", e))?;
-        }
-        out.push(b'}');
+        write_record(step, &values, out)?;
         Ok(StepOutcome::Mapped)
     }
+}
+
+/// The record a `map` step made (its fields in name order) as JSON, into
+/// `out` (cleared first).
+fn write_record(
+    step: &Compiled,
+    values: &[(&Arc<String>, cel::Value)],
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), DeadLetterReason> {
+    out.clear();
+    out.push(b'{');
+    for (i, (name, v)) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        crate::codec::json::write_json_string(out, name);
+        out.push(b':');
+        crate::codec::json::write_cel_json(v, out)
+            .map_err(|e| failed(step, &format!("map.{name}"), "", e))?;
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 fn failed(step: &Compiled, part: &str, source: &str, error: String) -> DeadLetterReason {
@@ -275,13 +359,71 @@ mod tests {
 
     /// Runs `s` on `v`: `Ok(None)` filtered, `Ok(Some(None))` unchanged,
     /// `Ok(Some(Some(json)))` mapped.
-    fn run(s: &Steps, v: serde_json::Value) -> std::result::Result<Option<Option<serde_json::Value>>, DeadLetterReason> {
+    fn run(
+        s: &Steps,
+        v: serde_json::Value,
+    ) -> std::result::Result<Option<Option<serde_json::Value>>, DeadLetterReason> {
         let mut out = Vec::new();
         Ok(match s.run_json(v.to_string().as_bytes(), &mut out)? {
             StepOutcome::Filtered => None,
             StepOutcome::Unchanged => Some(None),
             StepOutcome::Mapped => Some(Some(serde_json::from_slice(&out).expect("the map's JSON"))),
+            StepOutcome::Routed { .. } => panic!("routed: use run_json"),
         })
+    }
+
+    #[test]
+    fn a_route_sends_the_record_as_it_is_to_the_first_matching_rule() {
+        let s = steps(&[
+            ("shape", map(&[("u", "record.user"), ("a", "record.amount")])),
+            (
+                "aside",
+                StepKind::Route(vec![
+                    ("record.a > 100".into(), "big".into()),
+                    ("record.a < 0".into(), "refunds".into()),
+                    ("record.a > 50".into(), "big".into()),
+                ]),
+            ),
+        ]);
+        let mut out = Vec::new();
+        let mut route = |v: serde_json::Value| {
+            let r = s.run_json(v.to_string().as_bytes(), &mut out);
+            (r, serde_json::from_slice::<serde_json::Value>(&out).ok())
+        };
+        let (r, v) = route(json!({"user": "a", "amount": 500}));
+        let Ok(StepOutcome::Routed { target, mapped: true }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((s.target(target), v), ("big", Some(json!({"u": "a", "a": 500}))));
+        let (r, _) = route(json!({"user": "a", "amount": -1}));
+        let Ok(StepOutcome::Routed { target, .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(s.target(target), "refunds");
+        let (r, _) = route(json!({"user": "a", "amount": 60}));
+        let Ok(StepOutcome::Routed { target, .. }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(s.target(target), "big", "the same topic from two rules");
+        assert_eq!(
+            route(json!({"user": "a", "amount": 7})).0,
+            Ok(StepOutcome::Mapped)
+        );
+        let (r, _) = route(json!({"user": "a", "amount": "x"}));
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("spec.pipeline.steps[1] (aside).route: expression `record.a > 100` failed"),
+            "{e}"
+        );
+        // Before any map the record goes as it came.
+        let first = steps(&[("aside", StepKind::Route(vec![("true".into(), "all".into())]))]);
+        assert_eq!(
+            first.run_json(b"{\"x\":1}", &mut out),
+            Ok(StepOutcome::Routed {
+                target: 0,
+                mapped: false
+            })
+        );
     }
 
     fn map(fields: &[(&str, &str)]) -> StepKind {
@@ -410,8 +552,22 @@ mod tests {
         // Integers stay int (arithmetic works), big ones uint, escapes and
         // nesting survive, maps are written with sorted keys.
         let s = steps(&[
-            ("next", map(&[("n", "record.n + 1"), ("big", "record.big"), ("s", "record.s"), ("o", "record.o")])),
-            ("again", map(&[("n", "record.n * 2"), ("rest", "[record.big, record.s, record.o]")])),
+            (
+                "next",
+                map(&[
+                    ("n", "record.n + 1"),
+                    ("big", "record.big"),
+                    ("s", "record.s"),
+                    ("o", "record.o"),
+                ]),
+            ),
+            (
+                "again",
+                map(&[
+                    ("n", "record.n * 2"),
+                    ("rest", "[record.big, record.s, record.o]"),
+                ]),
+            ),
         ]);
         let v = json!({"n": 41, "big": 18446744073709551615u64, "s": "a\"b\\c\u{e9}", "o": {"z": [1, 2.5, null], "a": true}});
         let Some(Some(out)) = run(&s, v).unwrap() else {

@@ -50,6 +50,12 @@ pub enum Out {
         key: Option<Vec<u8>>,
         value: Vec<u8>,
     },
+    /// A record a `route` step sent to StreamTopic `to`.
+    Routed {
+        to: String,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+    },
     DeadLetter {
         key: Option<Vec<u8>>,
         value: Vec<u8>,
@@ -108,6 +114,8 @@ pub struct TaskCounters {
     pub results: u64,
     /// Results a `resultSteps` filter dropped.
     pub results_filtered: u64,
+    /// Records a `route` step sent to its topic.
+    pub routed: u64,
     /// Keyed records already seen from their upstream (replays).
     pub duplicates_dropped: u64,
 }
@@ -654,6 +662,14 @@ impl Task {
         self.last_active_ms = now_ms;
         match self.keying.key(value, &mut self.keyed) {
             Ok(KeyOutcome::Filtered) => self.counters.filtered += 1,
+            Ok(KeyOutcome::Routed(target)) => {
+                self.counters.routed += 1;
+                out.push(Out::Routed {
+                    to: self.plan.keying.steps.target(target).to_owned(),
+                    key: key.map(<[u8]>::to_vec),
+                    value: self.keying.mapped().unwrap_or(value).to_vec(),
+                });
+            }
             Ok(KeyOutcome::Passed(sink_key)) => {
                 let key = match sink_key {
                     SinkKey::Input => key,
@@ -981,6 +997,18 @@ impl Task {
                     }
                     Ok(StepOutcome::Unchanged) => {}
                     Ok(StepOutcome::Mapped) => value = mapped,
+                    // Refused when the plan is built (a result cannot route).
+                    Ok(StepOutcome::Routed { .. }) => {
+                        self.counters.dead_lettered += 1;
+                        out.push(Out::DeadLetter {
+                            key: Some(key),
+                            value,
+                            kind: "expression_error",
+                            reason: "spec.pipeline.resultSteps: a result step cannot route".into(),
+                            step: None,
+                        });
+                        continue;
+                    }
                     Err(reason) => {
                         self.counters.dead_lettered += 1;
                         out.push(Out::DeadLetter {
@@ -1040,6 +1068,7 @@ mod tests {
             sink: "out".into(),
             late_events: None,
             dead_letter: None,
+            routes: Default::default(),
             repartition: "r".into(),
             control: "c".into(),
         };

@@ -190,6 +190,7 @@ pub fn job(
             sink: topics.sink.clone(),
             late_events: Some(topics.late.clone()),
             dead_letter: Some(topics.dlq.clone()),
+            routes: Default::default(),
             repartition: topics.repartition.clone(),
             control: topics.control.clone(),
         },

@@ -30,6 +30,7 @@ fn topics(partitions: i32) -> JobTopics {
         sink: "out".into(),
         late_events: None,
         dead_letter: None,
+        routes: Default::default(),
         repartition: "streamops.ns.job.repartition".into(),
         control: "streamops.ns.job.checkpoints".into(),
     }
