@@ -1046,8 +1046,9 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
         let control = control_topic(&ns, "clicks");
         // Committed sink records: id -> (key, partition, value), and every
         // fault.
-        let committed = |marks: &BTreeMap<String, Marker>| -> anyhow::Result<(BTreeMap<String, Vec<(Option<String>, i64, Value)>>, usize)> {
-            let mut by_id: BTreeMap<String, Vec<(Option<String>, i64, Value)>> = BTreeMap::new();
+        type ById = BTreeMap<String, Vec<(Option<String>, i64, Value)>>;
+        let committed = |marks: &BTreeMap<String, Marker>| -> anyhow::Result<(ById, usize)> {
+            let mut by_id = ById::new();
             let mut untagged = 0;
             for r in dump(&sink)? {
                 if !r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)) {

@@ -235,7 +235,7 @@ impl Steps {
         let record = crate::codec::json::to_val(value).map_err(DeadLetterReason::InvalidRecord)?;
         let mut ctx = cel::Context::with_env(self.env.clone());
         ctx.add_variable_as_val("record", record);
-        let mut mapped: Option<(&Compiled, Vec<(&Arc<String>, cel::Value)>)> = None;
+        let mut mapped: Option<(&Compiled, Fields<'_>)> = None;
         for (i, step) in self.steps.iter().enumerate() {
             match &step.kind {
                 CompiledKind::Filter(source, program) => match program.execute(&ctx) {
@@ -310,11 +310,14 @@ impl Steps {
     }
 }
 
+/// A map step's output fields and their values, in name order.
+type Fields<'a> = Vec<(&'a Arc<String>, cel::Value)>;
+
 /// The record a `map` step made (its fields in name order) as JSON, into
 /// `out` (cleared first).
 fn write_record(
     step: &Compiled,
-    values: &[(&Arc<String>, cel::Value)],
+    values: &Fields<'_>,
     out: &mut Vec<u8>,
 ) -> std::result::Result<(), DeadLetterReason> {
     out.clear();
