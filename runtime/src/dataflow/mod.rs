@@ -17,6 +17,7 @@ pub mod groups;
 pub mod harness;
 pub mod key_groups;
 pub mod keying;
+pub mod native;
 pub mod partitioner;
 pub mod plan;
 pub mod repartition;

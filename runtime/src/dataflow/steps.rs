@@ -86,6 +86,9 @@ enum CompiledKind {
 /// Compiled steps.
 pub struct Steps {
     steps: Vec<Compiled>,
+    /// The same steps without CEL, when every expression is in the native
+    /// subset ([`super::native`]); records it cannot decide go through CEL.
+    native: Option<super::native::NativeSteps>,
     /// The StreamTopics `route` steps write to, each once.
     targets: Vec<String>,
     /// CEL's standard library with the strings, math, lists and encoders
@@ -206,10 +209,50 @@ impl Steps {
                 kind,
             });
         }
+        let native = super::native::NativeSteps::compile(
+            &steps
+                .iter()
+                .map(|s| match &s.kind {
+                    CompiledKind::Filter(_, p) => super::native::StepShape::Filter(p),
+                    CompiledKind::Map(fields) => super::native::StepShape::Map(
+                        fields.iter().map(|(n, _, p)| (n.as_str(), p)).collect(),
+                    ),
+                    CompiledKind::Route(rules) => {
+                        super::native::StepShape::Route(rules.iter().map(|(_, p, t)| (p, *t)).collect())
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
         Ok(Steps {
             steps,
+            native,
             targets,
             env: Arc::new(env),
+        })
+    }
+
+    /// The same steps run through CEL only (the native subset off): what
+    /// the differential tests compare the native evaluation with.
+    pub fn cel_only(mut self) -> Steps {
+        self.native = None;
+        self
+    }
+
+    /// Whether the steps have a native evaluation ([`super::native`]).
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// The native evaluation of the record alone: `None` when the steps
+    /// have none or it gives the record to CEL.
+    pub fn run_native(&self, value: &[u8], out: &mut Vec<u8>) -> Option<StepOutcome> {
+        use super::native::NativeOutcome as N;
+        let native = self.native.as_ref()?;
+        Some(match native.run(&crate::codec::JsonDecoder, value, out).ok()? {
+            N::Filtered => StepOutcome::Filtered,
+            N::Unchanged => StepOutcome::Unchanged,
+            N::Mapped => StepOutcome::Mapped,
+            N::Routed { target, mapped } => StepOutcome::Routed { target, mapped },
         })
     }
 
@@ -232,6 +275,9 @@ impl Steps {
         value: &[u8],
         out: &mut Vec<u8>,
     ) -> std::result::Result<StepOutcome, DeadLetterReason> {
+        if let Some(outcome) = self.run_native(value, out) {
+            return Ok(outcome);
+        }
         let record = crate::codec::json::to_val(value).map_err(DeadLetterReason::InvalidRecord)?;
         let mut ctx = cel::Context::with_env(self.env.clone());
         ctx.add_variable_as_val("record", record);
