@@ -135,13 +135,20 @@ const SOURCE_IN: &str = "streamops_runtime_pipeline_records_in_total{stage=\"sou
 /// committed after that; returns (wall ms stage 1 had read every source
 /// record, wall ms of that commit).
 fn wait_processed_and_committed(p: &mut Proc, total: usize, timeout: Duration) -> (i64, i64) {
+    wait_until_committed(p, total, KEYED, timeout)
+}
+
+/// [`wait_processed_and_committed`] with `done` the counter that reaches
+/// `total` when every record went through (a stateless job has no stage 2:
+/// [`SOURCE_IN`]).
+fn wait_until_committed(p: &mut Proc, total: usize, done: &str, timeout: Duration) -> (i64, i64) {
     let started = Instant::now();
     let mut stage1 = None;
     loop {
         assert!(
             started.elapsed() < timeout,
-            "pipeline stalled at {} keyed records of {total}:\n{}",
-            metric(p, KEYED),
+            "pipeline stalled at {} of {total} ({done}):\n{}",
+            metric(p, done),
             p.log()
         );
         if let Some(exit) = p.child.try_wait().unwrap() {
@@ -150,7 +157,7 @@ fn wait_processed_and_committed(p: &mut Proc, total: usize, timeout: Duration) -
         if stage1.is_none() && metric(p, SOURCE_IN) >= total as f64 {
             stage1 = Some(now_ms());
         }
-        let keyed = metric(p, KEYED);
+        let keyed = metric(p, done);
         if std::env::var("BENCH_TRACE").is_ok() {
             eprintln!(
                 "[trace] {} source {} keyed {keyed} checkpoints {} ({:.3}s)",
@@ -302,6 +309,82 @@ fn pipeline_throughput_vs_plain_copy() {
         stats(&alo_ratios, 3),
         stats(&stage1s, 2),
         stats(&startups, 2),
+    );
+}
+
+/// One run of a stateless ETL job (a filter, a map of five fields, the
+/// record written to the sink) over the records already in
+/// `topics.source`: seconds from Running to all of them committed.
+fn etl_run(topics: &Topics, interval: &str, total: usize, log: &str) -> f64 {
+    let work = tempfile::tempdir().unwrap();
+    let mut j = job(topics, 1, 1, &work.path().join("storage"), empty_ok());
+    set_spec(&mut j, |spec| {
+        let source = spec["source"].as_object_mut().unwrap();
+        source.remove("eventTime");
+        source.remove("watermark");
+        spec.as_object_mut().unwrap().remove("lateEvents");
+        spec["pipeline"] = json!({"steps": [
+            {"name": "valid", "filter": "record.amount >= 0"},
+            {"name": "shape", "map": {"user": "record.user", "ts": "record.ts", "amount": "record.amount",
+                                      "cents": "record.amount * 100", "big": "record.amount > 90"}}
+        ]});
+        spec["checkpoint"]["interval"] = json!(interval);
+    });
+    j.topics.late_events = None;
+    let path = write_job(work.path(), &j);
+    let mut proc = Proc::spawn(&path, "0-3", work.path(), None);
+    proc.wait_running(Duration::from_secs(120));
+    let running = now_ms();
+    let (_, done) = wait_until_committed(&mut proc, total, SOURCE_IN, Duration::from_secs(900));
+    let out = metric(
+        &proc,
+        "streamops_runtime_pipeline_records_out_total{path=\"result\"}",
+    );
+    assert_eq!(out as usize, total, "every record written once");
+    proc.signal(libc::SIGTERM);
+    proc.wait_exit(Duration::from_secs(60));
+    if let Ok(dir) = std::env::var("BENCH_LOG_DIR") {
+        let _ = std::fs::write(format!("{dir}/{log}.log"), proc.log());
+    }
+    (done - running) as f64 / 1000.0
+}
+
+/// A stateless ETL job (decode, a filter, a map of five fields, encode,
+/// exactly once) against a plain copy of the same records on the same
+/// broker, alternated run by run. Issue 22's target: at least 0.8.
+#[test]
+#[ignore = "benchmark: needs STREAMOPS_BOOTSTRAP and --release"]
+fn etl_throughput_vs_plain_copy() {
+    let runs: usize = env_or("BENCH_RUNS", 5);
+    let per_partition: usize = env_or("BENCH_RECORDS_PER_PARTITION", 50_000);
+    let interval: String = env_or("BENCH_INTERVAL", "1s".to_string());
+    let (mut base, mut etl, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let topics = Topics::create("etl", 4);
+        let copy_to = format!("{}-copy", topics.source);
+        create_topics(&[(&copy_to, 4, &[])]);
+        let data = input(4, per_partition, 10_000);
+        let total = data.len();
+        produce(&topics.source, &data);
+        let baseline = total as f64 / copy(&topics.source, &copy_to, total, 4).as_secs_f64();
+        let secs = etl_run(&topics, &interval, total, &format!("etl-{run}"));
+        let rate = total as f64 / secs;
+        eprintln!(
+            "[etl] run {run}: {total} records; plain copy {baseline:.0} rec/s; exactly-once ETL job {rate:.0} rec/s \
+             ({secs:.2}s from Running to committed output); ratio {:.3}",
+            rate / baseline
+        );
+        base.push(baseline);
+        etl.push(rate);
+        ratios.push(rate / baseline);
+    }
+    eprintln!(
+        "[etl] {runs} runs x {} records, interval {interval}: plain copy median {}, exactly-once ETL job median {}, \
+         ratio median {} (target >= 0.8)",
+        per_partition * 4,
+        stats(&base, 0),
+        stats(&etl, 0),
+        stats(&ratios, 3),
     );
 }
 

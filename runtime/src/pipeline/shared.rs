@@ -74,7 +74,7 @@ impl Metrics {
         let records_out = IntCounterVec::new(
             Opts::new(
                 "pipeline_records_out_total",
-                "Records written, by path (keyed, result, late, dead_letter, late_dropped, dead_letter_dropped)",
+                "Records written, by path (keyed, result, routed, late, dead_letter, late_dropped, dead_letter_dropped)",
             ),
             &["path"],
         )?;
