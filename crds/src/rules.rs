@@ -295,7 +295,7 @@ pub fn rules() -> Vec<CelRule> {
             Reason::Forbidden,
             "a result step cannot route; route records in steps",
         ),
-        CelRule::new(job, "spec.pipeline.resultSteps[]", "has(self.filter) || has(self.map)").field(
+        CelRule::new(job, "spec.pipeline.resultSteps[]", "has(self.filter) || has(self.map) || has(self.route)").field(
             "",
             Reason::Required,
             "a step needs a filter (a CEL predicate over record) or a map (output field -> CEL expression)",

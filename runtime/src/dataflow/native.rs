@@ -109,9 +109,9 @@ fn compile(e: &Expr, scope: &mut Scope<'_>) -> Option<NExpr> {
     }
     match e {
         Expr::Literal(l) => Some(NExpr::Lit(match l {
-            LiteralValue::Boolean(b) => NVal::Bool(bool::from(b.clone())),
-            LiteralValue::Int(i) => NVal::Int(i64::from(i.clone())),
-            LiteralValue::Double(d) => NVal::Double(f64::from(d.clone())),
+            LiteralValue::Boolean(b) => NVal::Bool(bool::from(*b)),
+            LiteralValue::Int(i) => NVal::Int(i64::from(*i)),
+            LiteralValue::Double(d) => NVal::Double(f64::from(*d)),
             LiteralValue::String(s) => NVal::Str(Cow::Owned(s.inner().to_owned())),
             LiteralValue::Null => NVal::Null,
             LiteralValue::UInt(_) | LiteralValue::Bytes(_) => return None,
