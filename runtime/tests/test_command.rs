@@ -49,6 +49,29 @@ fn the_clickstream_example_gives_its_expected_results() {
 }
 
 #[test]
+fn the_clickstream_job_in_step_form_gives_the_short_forms_results() {
+    let out = test_command(&[
+        "examples/clickstream-steps.yaml",
+        "--input",
+        "examples/tests/clicks-per-user.input.jsonl",
+        "--expect",
+        "examples/tests/clicks-per-user.expected.jsonl",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
+    assert!(
+        stderr.contains("14 records: 6 results, 1 late, 2 dead letters"),
+        "{stderr}"
+    );
+    // The record without a time fails the map step instead of the event
+    // time: a dead letter naming the step.
+    assert!(
+        stderr.contains("dead letter: record 14 (expression_error): spec.pipeline.steps[1] (shape).map.ts"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_failed_logins_example_alerts_past_its_threshold_only() {
     let out = test_command(&[
         "examples/failed-logins.yaml",
