@@ -23,103 +23,83 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
-fn the_clickstream_example_gives_its_expected_results() {
+/// Runs `job` on `input` against `expected` (paths under `examples/`),
+/// requires success and every line of `wanted` on stderr; returns stderr.
+fn expect_example(job: &str, input: &str, expected: &str, wanted: &[&str]) -> String {
     let out = test_command(&[
-        "examples/clickstream-job.yaml",
+        &format!("examples/{job}"),
         "--input",
-        "examples/tests/clicks-per-user.input.jsonl",
+        &format!("examples/tests/{input}"),
         "--expect",
-        "examples/tests/clicks-per-user.expected.jsonl",
+        &format!("examples/tests/{expected}"),
     ]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
-    assert!(
-        stderr.contains("14 records: 6 results, 1 late, 2 dead letters"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("dead letter: record 6 (invalid_record)"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("dead letter: record 14 (missing_event_time)"),
-        "{stderr}"
+    for line in wanted {
+        assert!(stderr.contains(line), "{line}\n{stderr}");
+    }
+    stderr
+}
+
+#[test]
+fn the_clickstream_example_gives_its_expected_results() {
+    expect_example(
+        "clickstream-job.yaml",
+        "clicks-per-user.input.jsonl",
+        "clicks-per-user.expected.jsonl",
+        &[
+            "14 records: 6 results, 1 late, 2 dead letters",
+            "dead letter: record 6 (invalid_record)",
+            "dead letter: record 14 (missing_event_time)",
+        ],
     );
 }
 
 #[test]
 fn the_clickstream_job_in_step_form_gives_the_short_forms_results() {
-    let out = test_command(&[
-        "examples/clickstream-steps.yaml",
-        "--input",
-        "examples/tests/clicks-per-user.input.jsonl",
-        "--expect",
-        "examples/tests/clicks-per-user.expected.jsonl",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
-    assert!(
-        stderr.contains("14 records: 6 results, 1 late, 2 dead letters"),
-        "{stderr}"
-    );
     // The record without a time fails the map step instead of the event
     // time: a dead letter naming the step.
-    assert!(
-        stderr.contains("dead letter: record 14 (expression_error): spec.pipeline.steps[1] (shape).map.ts"),
-        "{stderr}"
+    expect_example(
+        "clickstream-steps.yaml",
+        "clicks-per-user.input.jsonl",
+        "clicks-per-user.expected.jsonl",
+        &[
+            "14 records: 6 results, 1 late, 2 dead letters",
+            "dead letter: record 14 (expression_error): spec.pipeline.steps[1] (shape).map.ts",
+        ],
     );
 }
 
 #[test]
 fn the_failed_logins_example_alerts_past_its_threshold_only() {
-    let out = test_command(&[
-        "examples/failed-logins.yaml",
-        "--input",
-        "examples/tests/failed-logins.input.jsonl",
-        "--expect",
-        "examples/tests/failed-logins.expected.jsonl",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
-    assert!(
-        stderr.contains("28 records: 3 results, 0 late, 2 dead letters"),
-        "{stderr}"
-    );
     // A step failing on a record names the step and its expression.
-    assert!(
-        stderr.contains(
+    expect_example(
+        "failed-logins.yaml",
+        "failed-logins.input.jsonl",
+        "failed-logins.expected.jsonl",
+        &[
+            "28 records: 3 results, 0 late, 2 dead letters",
             "dead letter: record 10 (expression_error): spec.pipeline.steps[1] (normalise).map.user: expression \
-             `record.user.trim().lowerAscii()` failed"
-        ),
-        "{stderr}"
+             `record.user.trim().lowerAscii()` failed",
+        ],
     );
 }
 
 #[test]
 fn the_stateless_clean_orders_example_cleans_reshapes_routes_and_dead_letters() {
-    let out = test_command(&[
-        "examples/clean-orders.yaml",
-        "--input",
-        "examples/tests/clean-orders.input.jsonl",
-        "--expect",
-        "examples/tests/clean-orders.expected.jsonl",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}{}", text(&out.stdout));
-    assert!(
-        stderr.contains("11 records: 3 results, 0 late, 4 dead letters, 1 routed"),
-        "{stderr}"
+    expect_example(
+        "clean-orders.yaml",
+        "clean-orders.input.jsonl",
+        "clean-orders.expected.jsonl",
+        &[
+            "11 records: 3 results, 0 late, 4 dead letters, 1 routed",
+            "dead letter: record 6 (invalid_record)",
+            "dead letter: record 7 (expression_error): spec.pipeline.steps[1] (normalise).map.customer",
+            "dead letter: record 8 (expression_error): spec.pipeline.steps[0] (complete).filter",
+            "dead letter: record 10 (expression_error): spec.pipeline.steps[1] (normalise).map.items",
+            "routed to orders-review: {\"cents\":12000,\"country\":\"IE\",\"customer\":\"dee\",\"id\":\"o-11\",",
+        ],
     );
-    for line in [
-        "dead letter: record 6 (invalid_record)",
-        "dead letter: record 7 (expression_error): spec.pipeline.steps[1] (normalise).map.customer",
-        "dead letter: record 8 (expression_error): spec.pipeline.steps[0] (complete).filter",
-        "dead letter: record 10 (expression_error): spec.pipeline.steps[1] (normalise).map.items",
-        "routed to orders-review: {\"cents\":12000,\"country\":\"IE\",\"customer\":\"dee\",\"id\":\"o-11\",",
-    ] {
-        assert!(stderr.contains(line), "{line}\n{stderr}");
-    }
 }
 
 #[test]
