@@ -1178,89 +1178,225 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
     .await;
 }
 
-/// The clean-and-route example as users deploy it (`examples/clean-orders.yaml`,
-/// its topics renamed for this namespace), fed its test input
-/// (`examples/tests/clean-orders.input.jsonl`) through Kafka: the sink holds
-/// exactly what `streamops-runtime test` expects
-/// (`clean-orders.expected.jsonl`), once each and keyed by customer, the
-/// review topic the one order the route sends there, the dead-letter
-/// topic the four records the test command lists.
+/// What one of `examples/` gives on Kafka.
+struct ExampleRun {
+    /// Committed records of the sink.
+    sink: Vec<Record>,
+    /// Committed records of each other output topic, by StreamTopic name.
+    others: BTreeMap<String, Vec<Record>>,
+}
+
+/// Runs example `file`'s job `job` as users deploy it (its StreamTopics
+/// renamed for namespace `ns`) on its test input (`examples/tests/<input>`)
+/// through Kafka, with a kill of every pod of the job half-way: the first
+/// half of the input is produced, the job commits output for it (the sink
+/// or the dead-letter topic), every pod is killed, the second half and
+/// `flush` (one record per partition) follow. Returns what was committed
+/// once the sink holds as many records as `examples/tests/<expected>` and
+/// `others` their counts (read again after two checkpoint intervals, so a
+/// late duplicate would show), and checks the sink equals the expected
+/// file as a multiset.
+#[allow(clippy::too_many_arguments)]
+async fn example_on_kafka(
+    client: &Client,
+    ns: &str,
+    t0: Instant,
+    (file, job): (&str, &str),
+    (source, sink): (&str, &str),
+    (input, expected): (&str, &str),
+    others: &[(&str, usize)],
+    flush: Option<Value>,
+) -> anyhow::Result<ExampleRun> {
+    let kafka = |name: &str| format!("{ns}-{name}");
+    for mut o in load_manifests(&repo_root().join("examples").join(file))? {
+        if o.types.as_ref().is_some_and(|t| t.kind == "StreamTopic") {
+            let name = o.metadata.name.clone().context("a StreamTopic without a name")?;
+            o.data["spec"]["topicName"] = json!(kafka(&name));
+            o.data["spec"]["deletionPolicy"] = json!("Delete");
+        }
+        apply_ok(client, ns, &o).await?;
+    }
+    let api = job_api(client, ns).await?;
+    wait_running(&api, job, Duration::from_secs(180)).await?;
+    let lines: Vec<Input> = std::fs::read_to_string(repo_root().join("examples/tests").join(input))?
+        .lines()
+        .enumerate()
+        .map(|(i, l)| Input {
+            partition: (i % 2) as i32,
+            value: l.to_owned(),
+        })
+        .collect();
+    let expected: Vec<Value> = std::fs::read_to_string(repo_root().join("examples/tests").join(expected))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let control = control_topic(ns, job);
+    let committed = |topic: &str| -> anyhow::Result<Vec<Record>> {
+        let marks = markers(&control)?;
+        Ok(dump(&kafka(topic))?
+            .into_iter()
+            .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
+            .collect())
+    };
+    let (first, second) = lines.split_at(lines.len() / 2);
+    say(
+        t0,
+        format!(
+            "{job} Running; producing the first {} records of {input}",
+            first.len()
+        ),
+    );
+    produce(&kafka(source), first)?;
+    let dead = others.first().map_or(sink, |o| o.0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(sink)?.is_empty() && committed(dead)?.is_empty() {
+        ensure!(Instant::now() < deadline, "{job}: nothing committed in 120s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pod",
+        "-l",
+        &format!("streamops.io/job={job}"),
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ])?;
+    say(
+        t0,
+        format!("killed every pod of {job} with output committed; producing the rest"),
+    );
+    let mut rest = second.to_vec();
+    if let Some(f) = flush {
+        rest.extend((0..2).map(|p| Input {
+            partition: p,
+            value: f.to_string(),
+        }));
+    }
+    produce(&kafka(source), &rest)?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = committed(sink)?.len() >= expected.len()
+            && others
+                .iter()
+                .all(|(t, n)| committed(t).is_ok_and(|r| r.len() >= *n));
+        if done {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{job}: outputs incomplete after 180s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let interval = Duration::from_secs(2 * 5);
+    tokio::time::sleep(interval).await;
+    let run = ExampleRun {
+        sink: committed(sink)?,
+        others: others
+            .iter()
+            .map(|(t, _)| Ok(((*t).to_owned(), committed(t)?)))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let canonical = |v: &Value| v.to_string();
+    let mut got: Vec<Value> = run
+        .sink
+        .iter()
+        .map(|r| serde_json::from_str(&r.value))
+        .collect::<Result<_, _>>()?;
+    let mut want = expected;
+    got.sort_by_key(canonical);
+    want.sort_by_key(canonical);
+    ensure!(
+        got == want,
+        "{sink} holds {got:?}, the test file expects {want:?}"
+    );
+    for (t, n) in others {
+        ensure!(
+            run.others[*t].len() == *n,
+            "{t} holds {} records, want {n}",
+            run.others[*t].len()
+        );
+    }
+    Ok(run)
+}
+
+/// The clean-and-route example (`examples/clean-orders.yaml`) on Kafka
+/// with its test input and a kill of every pod half-way: the sink holds
+/// exactly what `streamops-runtime test` expects, once each and keyed by
+/// customer; the review topic the one order the route sends there; the
+/// dead-letter topic the four records the test command lists.
 #[tokio::test]
 async fn the_clean_orders_example_gives_on_kafka_what_its_test_file_expects() {
     if !cluster_test(CLUSTER) {
         return;
     }
     in_namespace("e2e-example-orders", |client, ns, t0| async move {
-        let kafka = |name: &str| format!("{ns}-{name}");
-        for mut o in load_manifests(&repo_root().join("examples/clean-orders.yaml"))? {
-            if o.types.as_ref().is_some_and(|t| t.kind == "StreamTopic") {
-                let name = o.metadata.name.clone().context("a StreamTopic without a name")?;
-                o.data["spec"]["topicName"] = json!(kafka(&name));
-                o.data["spec"]["deletionPolicy"] = json!("Delete");
-            }
-            apply_ok(&client, &ns, &o).await?;
-        }
-        let api = job_api(&client, &ns).await?;
-        wait_running(&api, "clean-orders", Duration::from_secs(180)).await?;
-        say(t0, "clean-orders Running; producing its test input");
-        let input = std::fs::read_to_string(repo_root().join("examples/tests/clean-orders.input.jsonl"))?;
-        let records: Vec<Input> = input
-            .lines()
-            .enumerate()
-            .map(|(i, l)| Input { partition: (i % 2) as i32, value: l.to_owned() })
-            .collect();
-        produce(&kafka("orders"), &records)?;
-        let expected: Vec<Value> = std::fs::read_to_string(repo_root().join("examples/tests/clean-orders.expected.jsonl"))?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
-        let control = control_topic(&ns, "clean-orders");
-        let committed = |topic: &str| -> anyhow::Result<Vec<Record>> {
-            let marks = markers(&control)?;
-            Ok(dump(topic)?
-                .into_iter()
-                .filter(|r| r.checkpoint.as_ref().is_some_and(|c| marks.contains_key(c)))
-                .collect())
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (sink, review, dead) = loop {
-            let (sink, review, dead) = (
-                committed(&kafka("orders-clean"))?,
-                committed(&kafka("orders-review"))?,
-                committed(&kafka("orders-dead-letter"))?,
-            );
-            if (sink.len() >= expected.len() && review.len() == 1 && dead.len() == 4) || Instant::now() >= deadline {
-                break (sink, review, dead);
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
-        let mut got: Vec<Value> = sink.iter().map(|r| serde_json::from_str(&r.value)).collect::<Result<_, _>>()?;
-        let mut want = expected.clone();
-        let canonical = |v: &Value| v.to_string();
-        got.sort_by_key(canonical);
-        want.sort_by_key(canonical);
-        ensure!(got == want, "orders-clean holds {got:?}, the test file expects {want:?}");
+        let run = example_on_kafka(
+            &client,
+            &ns,
+            t0,
+            ("clean-orders.yaml", "clean-orders"),
+            ("orders", "orders-clean"),
+            ("clean-orders.input.jsonl", "clean-orders.expected.jsonl"),
+            &[("orders-dead-letter", 4), ("orders-review", 1)],
+            None,
+        )
+        .await?;
         ensure!(
-            sink.iter().all(|r| serde_json::from_str::<Value>(&r.value).ok().and_then(|v| v["customer"].as_str().map(str::to_owned))
+            run.sink.iter().all(|r| serde_json::from_str::<Value>(&r.value)
+                .ok()
+                .and_then(|v| v["customer"].as_str().map(str::to_owned))
                 == r.key),
             "orders-clean not keyed by customer: {:?}",
-            sink.iter().map(|r| &r.key).collect::<Vec<_>>()
+            run.sink.iter().map(|r| &r.key).collect::<Vec<_>>()
         );
-        let routed: Vec<Value> = review.iter().map(|r| serde_json::from_str(&r.value)).collect::<Result<_, _>>()?;
-        ensure!(
-            routed.len() == 1 && routed[0]["id"] == "o-11" && routed[0]["cents"] == 12000,
-            "orders-review holds {routed:?}"
-        );
-        let steps: BTreeSet<String> = dead
+        let routed: Vec<Value> = run.others["orders-review"]
+            .iter()
+            .map(|r| serde_json::from_str(&r.value))
+            .collect::<Result<_, _>>()?;
+        ensure!(routed[0]["id"] == "o-11" && routed[0]["cents"] == 12000, "orders-review holds {routed:?}");
+        let steps: BTreeSet<String> = run.others["orders-dead-letter"]
             .iter()
             .filter_map(|r| r.headers["streamops-step"].as_str().map(str::to_owned))
             .collect();
         ensure!(
-            dead.len() == 4 && steps == BTreeSet::from(["complete".to_owned(), "normalise".to_owned()]),
-            "dead letters: {} naming steps {steps:?}",
-            dead.len()
+            steps == BTreeSet::from(["complete".to_owned(), "normalise".to_owned()]),
+            "dead letters naming steps {steps:?}"
         );
-        say(t0, "clean-orders on Kafka: 3 cleaned orders as the test file expects, 1 routed to review, 4 dead letters");
+        say(
+            t0,
+            "clean-orders on Kafka through a kill: 3 cleaned orders as the test file expects, 1 routed to review, \
+             4 dead letters",
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// The failed-login alert example (`examples/failed-logins.yaml`: steps,
+/// a window, result steps as HAVING) on Kafka with its test input and a
+/// kill of every pod half-way: the alerts topic holds exactly the three
+/// alerts `streamops-runtime test` expects. A record per partition an hour
+/// later closes every window, as the end of the file does for the test
+/// command (its own window has too few failures to alert).
+#[tokio::test]
+async fn the_failed_logins_example_gives_on_kafka_what_its_test_file_expects() {
+    if !cluster_test(CLUSTER) {
+        return;
+    }
+    in_namespace("e2e-example-logins", |client, ns, t0| async move {
+        example_on_kafka(
+            &client,
+            &ns,
+            t0,
+            ("failed-logins.yaml", "failed-logins"),
+            ("logins", "login-alerts"),
+            ("failed-logins.input.jsonl", "failed-logins.expected.jsonl"),
+            &[("logins-dead-letter", 2)],
+            Some(json!({"user": "zz-flush", "outcome": "failure", "ip": "0.0.0.0", "at": "2026-01-01T01:00:00Z"})),
+        )
+        .await?;
+        say(t0, "failed-logins on Kafka through a kill: the 3 alerts the test file expects, 2 dead letters");
         Ok(())
     })
     .await;
