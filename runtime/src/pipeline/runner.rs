@@ -112,6 +112,9 @@ struct Slot {
     fired_at: Option<Instant>,
     /// The task already committed early since the last scheduled checkpoint.
     committed_early: bool,
+    /// Newest Kafka timestamp of a source record read here: the lag signal
+    /// of a job that reads no event time (a stateless job).
+    newest_record_ms: Option<i64>,
 }
 
 impl Slot {
@@ -495,6 +498,7 @@ impl Runner {
             open_id: 0,
             fired_at: None,
             committed_early: false,
+            newest_record_ms: None,
         })
     }
 
@@ -649,6 +653,7 @@ impl Runner {
                         &mut self.out,
                         &self.instance,
                         (m.topic(), m.partition(), m.offset()),
+                        m.timestamp().to_millis(),
                         m.key(),
                         m.payload().unwrap_or(&[]),
                     )?,
@@ -921,7 +926,9 @@ impl Runner {
                     load.push(PartitionLoad {
                         end: high,
                         position,
-                        newest_event_ms: s.task.meta.source_max_event_time,
+                        // A stateless job reads no event time: the records'
+                        // Kafka timestamps say how far behind it is.
+                        newest_event_ms: s.task.meta.source_max_event_time.or(s.newest_record_ms),
                     });
                 }
             }
@@ -1155,6 +1162,7 @@ fn on_message(
     out: &mut Vec<Out>,
     instance: &str,
     (topic, partition, offset): (&str, i32, i64),
+    timestamp_ms: Option<i64>,
     key: Option<&[u8]>,
     value: &[u8],
 ) -> Result<()> {
@@ -1208,6 +1216,9 @@ fn on_message(
             rest: out,
             error: None,
         };
+        if let Some(ts) = timestamp_ms {
+            slot.newest_record_ms = Some(slot.newest_record_ms.map_or(ts, |n| n.max(ts)));
+        }
         slot.task.on_source(offset, key, value, now, &mut to);
         if let Some(e) = to.error {
             return Err(e);
