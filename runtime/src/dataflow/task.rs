@@ -663,21 +663,36 @@ impl Task {
         match self.keying.key(value, &mut self.keyed) {
             Ok(KeyOutcome::Filtered) => self.counters.filtered += 1,
             Ok(KeyOutcome::Routed(target)) => {
+                let to = self.plan.keying.steps.target(target);
+                let written = self.keying.mapped().unwrap_or(value);
+                let size = key.map_or(0, <[u8]>::len) + written.len();
+                if let Some(letter) = too_large(self.max_record_bytes, key, value, size, to) {
+                    self.counters.dead_lettered += 1;
+                    out.push(letter);
+                    return;
+                }
                 self.counters.routed += 1;
                 out.push(Out::Routed {
-                    to: self.plan.keying.steps.target(target).to_owned(),
+                    to: to.to_owned(),
                     key: key.map(<[u8]>::to_vec),
-                    value: self.keying.mapped().unwrap_or(value).to_vec(),
+                    value: written.to_vec(),
                 });
             }
             Ok(KeyOutcome::Passed(sink_key)) => {
-                let key = match sink_key {
+                let out_key = match sink_key {
                     SinkKey::Input => key,
                     SinkKey::Absent => None,
                     SinkKey::Computed => Some(self.keyed.group_key.as_slice()),
                 };
+                let written = self.keying.mapped().unwrap_or(value);
+                let size = out_key.map_or(0, <[u8]>::len) + written.len();
+                if let Some(letter) = too_large(self.max_record_bytes, key, value, size, "the sink") {
+                    self.counters.dead_lettered += 1;
+                    out.push(letter);
+                    return;
+                }
                 self.counters.results += 1;
-                out.result(key, self.keying.mapped().unwrap_or(value));
+                out.result(out_key, written);
             }
             Err(reason) => {
                 self.counters.dead_lettered += 1;
@@ -724,32 +739,11 @@ impl Task {
                     self.keying.mapped().unwrap_or(value),
                     &mut self.buf,
                 );
-                let limit = self.max_record_bytes.saturating_sub(RECORD_OVERHEAD);
-                if self.keyed.group_key.len() + self.buf.len() > limit {
-                    // It would fail the transaction and every retry of it.
-                    // Never moves the watermark: it is not processed.
+                // Never moves the watermark: it is not processed.
+                let size = self.keyed.group_key.len() + self.buf.len();
+                if let Some(letter) = too_large(self.max_record_bytes, key, value, size, "the keyed stage") {
                     self.counters.dead_lettered += 1;
-                    let size = key.map_or(0, <[u8]>::len) + value.len();
-                    let (copy, how) = if size <= limit {
-                        (true, "copied here")
-                    } else {
-                        (
-                            false,
-                            "not copied (too large for this topic too): read it at the source coordinates in the headers",
-                        )
-                    };
-                    out.push(Out::DeadLetter {
-                        key: key.filter(|_| copy).map(<[u8]>::to_vec),
-                        value: if copy { value.to_vec() } else { Vec::new() },
-                        kind: RECORD_TOO_LARGE,
-                        step: None,
-                        reason: format!(
-                            "the record ({size} bytes, {} bytes on its way to the keyed stage) exceeds the {} bytes \
-                             a record may have; {how}",
-                            self.keyed.group_key.len() + self.buf.len(),
-                            self.max_record_bytes
-                        ),
-                    });
+                    out.push(letter);
                     return;
                 }
                 let t = self.keyed.event_time;
@@ -1046,6 +1040,44 @@ impl Task {
     }
 }
 
+/// A dead letter when a record of `size` bytes on its way to `to` is
+/// larger than a record may be (it would fail the transaction and
+/// every retry of it); the source record (`key`, `value`) is copied
+/// into it when it fits, and otherwise left to the source coordinates
+/// of the dead letter's headers.
+fn too_large(
+    max_record_bytes: usize,
+    key: Option<&[u8]>,
+    value: &[u8],
+    size: usize,
+    to: &str,
+) -> Option<Out> {
+    let limit = max_record_bytes.saturating_sub(RECORD_OVERHEAD);
+    if size <= limit {
+        return None;
+    }
+    let source = key.map_or(0, <[u8]>::len) + value.len();
+    let (copy, how) = if source <= limit {
+        (true, "copied here")
+    } else {
+        (
+            false,
+            "not copied (too large for this topic too): read it at the source coordinates in the headers",
+        )
+    };
+    Some(Out::DeadLetter {
+        key: key.filter(|_| copy).map(<[u8]>::to_vec),
+        value: if copy { value.to_vec() } else { Vec::new() },
+        kind: RECORD_TOO_LARGE,
+        step: None,
+        reason: format!(
+            "the record ({source} bytes, {size} bytes on its way to {to}) exceeds the {} bytes a record may have; \
+             {how}",
+            max_record_bytes
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use streamops_crds::runtime_api::{JobTopics, SourceTopic};
@@ -1339,5 +1371,62 @@ mod tests {
         assert!(matches!(out[..], [Out::Keyed { .. }]), "{out:?}");
         assert_eq!(task.meta.source_offset, Some(3));
         assert_eq!(task.counters.dead_lettered, 2);
+    }
+
+    #[test]
+    fn a_stateless_record_grown_too_large_by_its_map_is_a_dead_letter_and_the_stream_goes_on() {
+        let spec: streamops_crds::StreamJobSpec = serde_json::from_value(serde_json::json!({
+            "source": {"topics": ["a"]},
+            "pipeline": {"steps": [
+                {"name": "grow", "map": {"p": "record.p + record.p + record.p"}},
+                {"name": "aside", "route": [{"when": "size(record.p) > 6000", "to": "big"}]}
+            ]},
+            "sink": {"topic": "out"}
+        }))
+        .unwrap();
+        let plan = Arc::new(crate::plan::compile(&spec).unwrap());
+        let mut task = Task::new(0, sources(&[("a", 1)]), plan, Box::new(MemoryBackend::new()), 0)
+            .with_max_record_bytes(4_096);
+        let record = |pad: usize| format!(r#"{{"p": "{}"}}"#, "x".repeat(pad));
+        let mut out = Vec::new();
+        // 1,000 bytes in, 3,000 out: fits.
+        task.on_source(0, None, record(1_000).as_bytes(), 0, &mut out);
+        // 1,500 in, 4,500 to the sink: too large, the source record copied.
+        task.on_source(1, Some(b"k"), record(1_500).as_bytes(), 0, &mut out);
+        // 2,500 in, 7,500 routed: too large for the route too.
+        task.on_source(2, None, record(2_500).as_bytes(), 0, &mut out);
+        assert!(
+            matches!(&out[0], Out::Result { value, .. } if value.len() > 3_000),
+            "{:?}",
+            out[0]
+        );
+        let Out::DeadLetter {
+            key,
+            value,
+            kind,
+            reason,
+            ..
+        } = &out[1]
+        else {
+            panic!("{:?}", out[1]);
+        };
+        assert_eq!(
+            (key.as_deref(), value.as_slice(), *kind),
+            (Some(&b"k"[..]), record(1_500).as_bytes(), RECORD_TOO_LARGE)
+        );
+        assert!(reason.contains("on its way to the sink"), "{reason}");
+        let Out::DeadLetter { reason, .. } = &out[2] else {
+            panic!("{:?}", out[2]);
+        };
+        assert!(reason.contains("on its way to big"), "{reason}");
+        assert_eq!(
+            (
+                task.counters.results,
+                task.counters.routed,
+                task.counters.dead_lettered
+            ),
+            (1, 0, 2)
+        );
+        assert_eq!(task.meta.source_offset, Some(3));
     }
 }
