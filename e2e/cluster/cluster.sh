@@ -476,6 +476,13 @@ EOF
 
     prepare_checkpoint_dir
     mkdir -p "$STATE/kubelet"
+    # The kubelet makes its root directory a shared mount by bind-mounting
+    # it onto itself while it already creates its sockets there: a socket
+    # made before that mount and renamed after it fails with EXDEV ("invalid
+    # cross-device link") and the kubelet exits (seen once in a make test).
+    # Mounted and shared beforehand, the kubelet has nothing to do.
+    mountpoint -q "$STATE/kubelet" || mount --bind "$STATE/kubelet" "$STATE/kubelet"
+    mount --make-rshared "$STATE/kubelet"
     write_kubelet_config
     start kubelet "$KBIN/kubelet" --config="$STATE/kubelet.yaml" \
       --kubeconfig="$STATE/kubelet.kubeconfig" \
