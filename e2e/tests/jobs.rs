@@ -798,6 +798,22 @@ async fn topics(client: &Client, ns: &str, partitions: i32) -> anyhow::Result<(S
     Ok((format!("{ns}-in"), format!("{ns}-out")))
 }
 
+/// Kills every pod in namespace `ns` matching label `selector` at once
+/// (no grace period: a SIGKILL, as a node failure would).
+fn force_kill(ns: &str, selector: &str) -> anyhow::Result<String> {
+    kubectl(&[
+        "-n",
+        ns,
+        "delete",
+        "pod",
+        "-l",
+        selector,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ])
+}
+
 fn control_topic(ns: &str, job: &str) -> String {
     format!("streamops.{ns}.{job}.checkpoints")
 }
@@ -913,17 +929,7 @@ async fn a_job_with_steps_is_exact_through_a_kill_of_its_pods() {
         produce(&input, &first)?;
         let control = control_topic(&ns, "clicks");
         wait_first_results(&sink, &control).await?;
-        kubectl(&[
-            "-n",
-            &ns,
-            "delete",
-            "pod",
-            "-l",
-            "streamops.io/job=clicks",
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ])?;
+        force_kill(&ns, "streamops.io/job=clicks")?;
         say(t0, "killed every pod of the job mid-input; producing the second half");
         produce(&input, &second)?;
         expect_exact(&sink, &control, &expected, None).await?;
@@ -1066,17 +1072,7 @@ async fn a_stateless_job_is_exact_through_a_kill_of_its_pods() {
             ensure!(Instant::now() < deadline, "no committed output in 120s");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        kubectl(&[
-            "-n",
-            &ns,
-            "delete",
-            "pod",
-            "-l",
-            "streamops.io/job=clicks",
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ])?;
+        force_kill(&ns, "streamops.io/job=clicks")?;
         say(t0, "killed every pod of the stateless job mid-input; producing the second half");
         produce(&input, &second)?;
         // A rescale to 4 pods while the second half is read: its drained
@@ -1253,17 +1249,7 @@ async fn example_on_kafka(
         ensure!(Instant::now() < deadline, "{job}: nothing committed in 120s");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    kubectl(&[
-        "-n",
-        ns,
-        "delete",
-        "pod",
-        "-l",
-        &format!("streamops.io/job={job}"),
-        "--grace-period=0",
-        "--force",
-        "--wait=false",
-    ])?;
+    force_kill(ns, &format!("streamops.io/job={job}"))?;
     say(
         t0,
         format!("killed every pod of {job} with output committed; producing the rest"),
@@ -2342,17 +2328,7 @@ async fn operator_killed_mid_upgrade_completes_it() {
             t0,
             |ph| {
                 if killed_in.is_none() && matches!(ph, "Savepointing" | "Upgrading") {
-                    kubectl(&[
-                        "-n",
-                        OPERATOR_NS,
-                        "delete",
-                        "pod",
-                        "-l",
-                        OPERATOR_SELECTOR,
-                        "--grace-period=0",
-                        "--force",
-                        "--wait=false",
-                    ])?;
+                    force_kill(OPERATOR_NS, OPERATOR_SELECTOR)?;
                     say(
                         t0,
                         format!("deleted the operator pod (grace period 0) while {ph}"),
@@ -2474,19 +2450,7 @@ async fn jobs_on_one_node_keep_their_checkpoints_apart() {
                 host.display(),
                 task_dirs(&host)
             );
-            let kill = |ns: &str| {
-                kubectl(&[
-                    "-n",
-                    ns,
-                    "delete",
-                    "pod",
-                    "-l",
-                    "streamops.io/job=clicks",
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ])
-            };
+            let kill = |ns: &str| force_kill(ns, "streamops.io/job=clicks");
             // A's pods die at once; B is upgraded meanwhile, and C's pods
             // die while B's upgrade runs.
             kill(&ns_a)?;
