@@ -284,19 +284,11 @@ impl Steps {
         let mut mapped: Option<(&Compiled, Fields<'_>)> = None;
         for (i, step) in self.steps.iter().enumerate() {
             match &step.kind {
-                CompiledKind::Filter(source, program) => match program.execute(&ctx) {
-                    Ok(cel::Value::Bool(true)) => {}
-                    Ok(cel::Value::Bool(false) | cel::Value::Null) => return Ok(StepOutcome::Filtered),
-                    Ok(other) => {
-                        return Err(failed(
-                            step,
-                            "filter",
-                            source,
-                            format!("expected a bool, got {:?}", other.type_of()),
-                        ));
+                CompiledKind::Filter(source, program) => {
+                    if !holds(step, "filter", source, program, &ctx)? {
+                        return Ok(StepOutcome::Filtered);
                     }
-                    Err(e) => return Err(failed(step, "filter", source, e.to_string())),
-                },
+                }
                 CompiledKind::Map(fields) => {
                     let mut values = Vec::with_capacity(fields.len());
                     for (name, source, program) in fields {
@@ -323,26 +315,14 @@ impl Steps {
                 }
                 CompiledKind::Route(rules) => {
                     for (source, program, target) in rules {
-                        match program.execute(&ctx) {
-                            Ok(cel::Value::Bool(true)) => {
-                                if let Some((by, values)) = &mapped {
-                                    write_record(by, values, out)?;
-                                }
-                                return Ok(StepOutcome::Routed {
-                                    target: *target,
-                                    mapped: mapped.is_some(),
-                                });
+                        if holds(step, "route", source, program, &ctx)? {
+                            if let Some((by, values)) = &mapped {
+                                write_record(by, values, out)?;
                             }
-                            Ok(cel::Value::Bool(false) | cel::Value::Null) => {}
-                            Ok(other) => {
-                                return Err(failed(
-                                    step,
-                                    "route",
-                                    source,
-                                    format!("expected a bool, got {:?}", other.type_of()),
-                                ));
-                            }
-                            Err(e) => return Err(failed(step, "route", source, e.to_string())),
+                            return Ok(StepOutcome::Routed {
+                                target: *target,
+                                mapped: mapped.is_some(),
+                            });
                         }
                     }
                 }
@@ -353,6 +333,28 @@ impl Steps {
         };
         write_record(step, &values, out)?;
         Ok(StepOutcome::Mapped)
+    }
+}
+
+/// Whether the predicate `program` (`source`, at `part` of `step`) holds:
+/// true; false or null do not; any other value or an error fails the step.
+fn holds(
+    step: &Compiled,
+    part: &str,
+    source: &str,
+    program: &cel::Program,
+    ctx: &cel::Context,
+) -> std::result::Result<bool, DeadLetterReason> {
+    match program.execute(ctx) {
+        Ok(cel::Value::Bool(b)) => Ok(b),
+        Ok(cel::Value::Null) => Ok(false),
+        Ok(other) => Err(failed(
+            step,
+            part,
+            source,
+            format!("expected a bool, got {:?}", other.type_of()),
+        )),
+        Err(e) => Err(failed(step, part, source, e.to_string())),
     }
 }
 
